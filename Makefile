@@ -1,0 +1,26 @@
+# make demo: create .venv if needed, install, run the embedded demo sweep, print where results are.
+# make test: create .venv if needed, install with test extras, run the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stablesweep-installed
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --out $(DEMO_OUT) --name demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(DEMO_OUT) runs .pytest_cache

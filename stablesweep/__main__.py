@@ -1,0 +1,5 @@
+import sys
+
+from stablesweep.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""`stablesweep <command>`: thin. Parses, calls the library, prints.
+
+Each command lives in a module with `register(subparsers)`, which adds its parser and sets
+`func(args) -> int`. Bad input raises a ConfigError/DataError/SpaceError (all ValueErrors with a
+message that names the place); it is printed as `error: ...` and the exit status is 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from stablesweep import __version__
+
+# command modules, in the order `--help` lists them
+COMMANDS = (
+    "stablesweep.commands.train",
+    "stablesweep.commands.data",
+    "stablesweep.commands.sweep",
+    "stablesweep.commands.ramp",
+    "stablesweep.commands.diagnose",
+    "stablesweep.commands.compare",
+)
+
+EPILOG = """\
+Start here:
+  stablesweep data synth --out data/synth --scale 0.02   # a small multi-dataset as real files
+  stablesweep train configs/demo.yaml                   # one guarded run, ends with a verdict
+  stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml
+
+Every command takes --help. Exit status: 0 ok, 1 findings or a diverged run, 2 bad input.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stablesweep",
+        description="Find where training is stable: guarded multi-dataset training, stability "
+                    "sweeps with Ray Tune + Optuna, the stable region in MLflow.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stablesweep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a command not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:  # ConfigError, DataError, SpaceError: bad input, named
+        if type(e).__name__ in {"ConfigError", "DataError", "SpaceError", "InputError"}:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

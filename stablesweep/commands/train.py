@@ -1,0 +1,67 @@
+"""`stablesweep train`: one guarded run, progress per report interval, a verdict at the end."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  stablesweep train configs/demo.yaml
+  stablesweep train configs/demo.yaml --set training.lr=1e3          # watch it diverge
+  stablesweep train my.yaml --set training.lr=2e-6 --set loss.masking=slice --device cuda --out runs/a
+  stablesweep train my.yaml --out runs/a --resume runs/a/checkpoints/checkpoint_00000200
+
+Writes OUT/result.json (verdict, reason, first_bad_step, steps, train_flops, per-dataset eval loss
+and accuracy), OUT/config.yaml (the config as run, overrides applied) and the last checkpoint in
+OUT/checkpoints/. Exit status: 0 stable, 1 diverged, 2 bad input (config, data or device).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="run one guarded training run and print its verdict",
+                       description="Train the multi-dataset model once with the guarded loss. Progress is "
+                                   "printed every training.report_interval steps; the run ends stable or "
+                                   "diverged (with the reason and the step where it began).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="training config YAML")
+    add_set_argument(p)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train (default: auto = cuda when there is one)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write result.json, config.yaml and checkpoints here (default: runs/<config name>)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT_DIR",
+                   help="continue exactly from a checkpoint written by an earlier run")
+    p.add_argument("--quiet", action="store_true", help="print only the verdict")
+    p.set_defaults(func=run)
+
+
+def add_set_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, dotted (repeatable): --set training.lr=2e-6 "
+                        "--set loss.masking=slice")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablesweep.config import load_config
+    from stablesweep.train import resolve_device, run_training
+
+    cfg = load_config(args.config, args.overrides)
+    resolve_device(args.device)  # a GPU asked for where there is none: error before any work
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    log = None if args.quiet else (lambda s: print(s, flush=True))
+    result = run_training(cfg, device=args.device, checkpoint_dir=out / "checkpoints",
+                          resume_from=args.resume, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if result.verdict == "stable":
+        accs = [d["accuracy"] for d in result.datasets.values()]
+        acc = f", mean eval accuracy {100 * sum(accs) / len(accs):.1f}%" if accs else ""
+        print(f"verdict: stable for {result.steps} steps (objective {result.objective:.4f}{acc})")
+    else:
+        print(f"verdict: {result.verdict}: {result.reason} at step {result.first_bad_step} "
+              f"(stopped after {result.steps} of {result.budget_steps} steps)")
+    print(f"results: {out / 'result.json'}", file=sys.stderr)
+    return 0 if result.verdict == "stable" else 1

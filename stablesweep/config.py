@@ -1,0 +1,447 @@
+"""Typed training configuration: YAML in the user's own shape, loaded into dataclasses.
+
+Every error names the dotted key (and the file) and says what was expected. Unknown keys get a
+close-match suggestion. Dotted overrides (`training.lr=2e-6`) are applied to the raw mapping
+before validation, so an override is checked exactly like the file.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message names the file and the dotted key."""
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MASKINGS = ("none", "neg_inf", "large_negative", "finfo_min", "slice")
+LOSS_TYPES = ("cross_entropy", "label_smoothing")
+
+# The six datasets of the incident: name -> number of classes (2816 in all).
+FOOD_DATASETS: dict[str, int] = {
+    "food101": 101,
+    "food172": 172,
+    "foodx251": 251,
+    "food2k": 2000,
+    "fru92": 92,
+    "veg200": 200,
+}
+
+
+@dataclass
+class TrainingConfig:
+    lr: float = 1e-3
+    max_grad_norm: float | None = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    tf32: bool = True
+    epochs: int | None = None
+    steps: int | None = None  # total optimizer steps; wins over epochs when both are set
+    batch_size: int = 64
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    report_interval: int = 10  # steps between reports (and the one host sync of the monitor)
+    eval_every: int = 0  # evaluate every N reports; 0 = only at the end
+    checkpoint_every: int = 1  # write a checkpoint every N reports when a directory is given; 0 = never
+    num_workers: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    num_classes: int
+    # where the data comes from: a JSONL manifest or an ImageFolder directory (train/val), or
+    # `synthetic` (generated in memory, with class structure a small model can learn)
+    source: Literal["auto", "manifest", "folder", "synthetic"] = "auto"
+    train: str | None = None
+    val: str | None = None
+    image_key: str = "image"
+    label_key: str = "label"
+    eval_ratio: float = 1.0
+    skip_evaluation: bool | None = None  # None = inherit datasets.skip_evaluation
+    weight: float | None = None  # mixing weight (only with datasets.mixing: weighted)
+    train_size: int | None = None  # synthetic: samples in the train split (default: per class x classes)
+    val_size: int | None = None
+
+
+@dataclass
+class DatasetsConfig:
+    dataset_configs: dict[str, DatasetConfig] = field(default_factory=dict)
+    enable_logits_masking: bool = True
+    skip_evaluation: bool = False
+    mixing: Literal["proportional", "balanced", "weighted"] = "proportional"
+
+
+@dataclass
+class LossConfig:
+    type: Literal["cross_entropy", "label_smoothing"] = "cross_entropy"
+    label_smoothing: float = 0.1  # epsilon, used when type is label_smoothing
+    # None: follow datasets.enable_logits_masking (true -> slice, false -> none)
+    masking: Literal["none", "neg_inf", "large_negative", "finfo_min", "slice"] | None = None
+    mask_value: float = -1e9  # the value of large_negative
+    mask_in: Literal["fp32", "autocast"] = "fp32"  # dtype the mask is applied in
+    z_loss: float = 0.0
+    logit_clip: float | None = None
+    on_bad_label: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18"  # any torchvision classification model, or small_cnn
+    weights: str | None = None  # local weights file (loaded with weights_only=True)
+    channels_last: bool = True  # on GPU
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 64
+    synthetic_per_class: int = 16  # synthetic train samples per class (val: a quarter)
+    synthetic_noise: float = 0.6
+    synthetic_seed: int = 1234
+    verify_images: Literal["none", "header", "full"] = "header"
+
+
+@dataclass
+class MonitorConfig:
+    explosion_factor: float = 4.0  # diverged when the smoothed loss exceeds this multiple of its best
+    smoothing: float = 0.9  # EMA factor of the smoothed loss
+    min_steps: int = 10  # steps before the explosion rule applies
+    max_skipped_steps: int = 0  # non-finite steps tolerated (skipped) before the run is diverged
+    stop_on_divergence: bool = True
+
+
+@dataclass
+class Config:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    base_dir: str = field(default=".", metadata={"internal": True})  # manifests resolve against it
+    source: str = field(default="<dict>", metadata={"internal": True})
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def masking(self) -> str:
+        if self.loss.masking is not None:
+            return self.loss.masking
+        return "slice" if self.datasets.enable_logits_masking else "none"
+
+    @property
+    def dataset_names(self) -> list[str]:
+        return list(self.datasets.dataset_configs)
+
+    def resolve_path(self, p: str | None) -> Path | None:
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    def eval_skipped(self, name: str) -> bool:
+        """Per-dataset `skip_evaluation` wins over the global one when it is set.
+
+        `datasets.skip_evaluation: true` with `food101: {skip_evaluation: false}` evaluates only
+        food101; a per-dataset `true` skips that dataset whatever the global says.
+        """
+        own = self.datasets.dataset_configs[name].skip_evaluation
+        return self.datasets.skip_evaluation if own is None else own
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [_plain(x) for x in v]
+    return v
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply `key=value` overrides, validate, return a Config."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides, source=str(path), base_dir=str(path.resolve().parent))
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None, *, source: str = "<dict>",
+                     base_dir: str = ".") -> Config:
+    raw = copy.deepcopy(raw)
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    cfg = _build(Config, raw, "", source)
+    cfg.source = source
+    cfg.base_dir = base_dir
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, for example training.lr=2e-6")
+    key, value = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_override(raw: dict, text: str | tuple[str, Any]) -> None:
+    key, value = parse_override(text) if isinstance(text, str) else text
+    set_dotted(raw, key, value)
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def get_dotted(raw: dict, key: str, default: Any = None) -> Any:
+    node: Any = raw
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return default
+        node = node[p]
+    return node
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        inner = " or ".join(_type_name(a) for a in args)
+        return inner + (" or null" if len(args) < len(get_args(tp)) else "")
+    if origin is tuple:
+        return "a list of " + str(len(get_args(tp))) + " numbers"
+    if origin is dict:
+        return "a mapping"
+    return {float: "a number", int: "an integer", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    def bad(extra: str = "") -> ConfigError:
+        return ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {value!r}{extra}")
+
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key, source)
+            except ConfigError:
+                continue
+        literals = [str(v) for a in args if get_origin(a) is Literal for v in get_args(a)]
+        close = difflib.get_close_matches(str(value), literals, n=1)
+        raise bad(f" (did you mean {close[0]!r}?)" if close else "")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+        raise bad(f" (did you mean {close[0]!r}?)" if close else "")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(get_args(tp)):
+            raise bad()
+        return tuple(_coerce(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(get_args(tp), value)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    raise bad()
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    where = prefix or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for k in raw:
+        if k not in fields:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint} (known here: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: {key}: required, missing")
+            continue
+        value = raw[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key, source)
+        elif get_origin(tp) is dict:
+            _, vtp = get_args(tp)
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key}: expected a mapping, got {value!r}")
+            kwargs[name] = {str(k): _build(vtp, v, f"{key}.{k}", source) for k, v in value.items()}
+        else:
+            kwargs[name] = _coerce(tp, value, key, source)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> None:
+    s = cfg.source
+    t = cfg.training
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{s}: {key}: {msg}")
+
+    need(math.isfinite(t.lr) and t.lr > 0, "training.lr", f"must be a positive number, got {t.lr}")
+    need(t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm",
+         f"must be positive or null (no clipping), got {t.max_grad_norm}")
+    need(t.batch_size >= 1, "training.batch_size", f"must be at least 1, got {t.batch_size}")
+    need(t.steps is None or t.steps >= 1, "training.steps", f"must be at least 1, got {t.steps}")
+    need(t.epochs is None or t.epochs >= 1, "training.epochs", f"must be at least 1, got {t.epochs}")
+    need(t.steps is not None or t.epochs is not None, "training.steps",
+         "set training.steps or training.epochs")
+    need(t.report_interval >= 1, "training.report_interval", f"must be at least 1, got {t.report_interval}")
+    need(t.warmup_steps >= 0, "training.warmup_steps", "must be 0 or more")
+    need(t.eval_every >= 0, "training.eval_every", "must be 0 or more")
+    need(t.checkpoint_every >= 0, "training.checkpoint_every", "must be 0 or more")
+    need(t.weight_decay >= 0, "training.weight_decay", "must be 0 or more")
+    need(all(0 <= b < 1 for b in t.betas), "training.betas", "each must be in [0, 1)")
+
+    ds = cfg.datasets
+    need(len(ds.dataset_configs) > 0, "datasets.dataset_configs", "at least one dataset is needed")
+    for name, d in ds.dataset_configs.items():
+        k = f"datasets.dataset_configs.{name}"
+        need(d.num_classes >= 1, f"{k}.num_classes", f"must be at least 1, got {d.num_classes}")
+        need(0 < d.eval_ratio <= 1, f"{k}.eval_ratio", f"must be in (0, 1], got {d.eval_ratio}")
+        src = data_source(d)
+        if src in ("manifest", "folder"):
+            need(d.train is not None, f"{k}.train", f"a {src} dataset needs a train path")
+        if d.weight is not None:
+            need(d.weight > 0, f"{k}.weight", "must be positive")
+        if ds.mixing == "weighted":
+            need(d.weight is not None, f"{k}.weight", "datasets.mixing is weighted: every dataset needs a weight")
+        for sz in ("train_size", "val_size"):
+            v = getattr(d, sz)
+            need(v is None or v >= 1, f"{k}.{sz}", "must be at least 1")
+
+    lo = cfg.loss
+    need(0 <= lo.label_smoothing < 1, "loss.label_smoothing", f"must be in [0, 1), got {lo.label_smoothing}")
+    need(lo.mask_value < 0, "loss.mask_value", f"must be negative, got {lo.mask_value}")
+    need(lo.z_loss >= 0, "loss.z_loss", "must be 0 or more")
+    need(lo.logit_clip is None or lo.logit_clip > 0, "loss.logit_clip", "must be positive or null")
+    if lo.masking not in (None, "none"):
+        need(ds.enable_logits_masking, "loss.masking",
+             f"is {lo.masking!r} but datasets.enable_logits_masking is false; set one of them consistently")
+
+    need(cfg.data.image_size >= 8, "data.image_size", "must be at least 8")
+    need(cfg.data.synthetic_per_class >= 1, "data.synthetic_per_class", "must be at least 1")
+    m = cfg.monitor
+    need(m.explosion_factor > 1, "monitor.explosion_factor", "must be greater than 1")
+    need(0 <= m.smoothing < 1, "monitor.smoothing", "must be in [0, 1)")
+    need(m.max_skipped_steps >= 0, "monitor.max_skipped_steps", "must be 0 or more")
+
+
+def data_source(d: DatasetConfig) -> str:
+    """The concrete source of a dataset: manifest, folder or synthetic."""
+    if d.source != "auto":
+        return d.source
+    if d.train is None:
+        return "synthetic"
+    return "manifest" if str(d.train).endswith((".jsonl", ".json", ".ndjson")) else "folder"
+
+
+def synthetic_config(scale: float = 1.0, **training: Any) -> dict:
+    """A raw config dict over the six food datasets as synthetic data, class counts scaled."""
+    dcs = {name: {"num_classes": max(2, round(n * scale)), "source": "synthetic"}
+           for name, n in FOOD_DATASETS.items()}
+    return {"training": dict(training), "datasets": {"enable_logits_masking": True, "dataset_configs": dcs}}
+
+
+def total_steps(cfg: Config, train_samples: int) -> int:
+    t = cfg.training
+    if t.steps is not None:
+        return t.steps
+    per_epoch = max(1, train_samples // t.batch_size)
+    return per_epoch * (t.epochs or 1)

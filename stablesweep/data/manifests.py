@@ -1,0 +1,470 @@
+"""JSONL manifests and ImageFolder directories: pre-flight validation and image loading.
+
+Pre-flight reads EVERY line of every manifest (and every file of a folder dataset) and collects
+problems instead of stopping at the first one: bad JSON, a missing key, a label that is not an
+integer (a bool is not one), a label outside [0, num_classes), a missing or unreadable image.
+Each problem names the dataset, the file and the line. Nothing is ever clamped: a label 101 in a
+101-class dataset is the bug that caused the whole incident, so it is reported, not hidden.
+"""
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stablesweep.config import Config, DatasetConfig
+
+# ImageNet statistics: images come out roughly zero mean / unit std, as torchvision backbones expect.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CHECK_LEVELS = ("none", "header", "full")
+MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
+
+
+class DataError(ValueError):
+    """Bad data: the message names the dataset, the file and the line where there is one."""
+
+    def __init__(self, message: str, report: "LabelReport | None" = None):
+        super().__init__(message)
+        self.report = report
+
+
+# ---- images -----------------------------------------------------------------------------------
+
+def normalise(x01: torch.Tensor) -> torch.Tensor:
+    """float [3,H,W] in [0,1] -> normalised float32."""
+    return TF.normalize(x01.to(torch.float32), list(MEAN), list(STD))
+
+
+def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
+    """Read an image file as RGB, resize to a square image_size, normalise: float32 [3,S,S]."""
+    with Image.open(path) as im:
+        im.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale when possible
+        im = im.convert("RGB")
+        t = TF.pil_to_tensor(im)  # uint8 [3,h,w]
+    if t.shape[-2:] != (image_size, image_size):
+        t = TF.resize(t, [image_size, image_size], antialias=True)
+    return normalise(TF.to_dtype(t, torch.float32, scale=True))
+
+
+def check_image(path: str, level: str) -> str | None:
+    """None when the file passes the check of `level` (none|header|full), else why it fails."""
+    if level == "none":
+        return None
+    try:
+        if not os.path.isfile(path):
+            return "not found"
+        with Image.open(path) as im:
+            im.verify()  # header + structure (PNG chunk CRCs), no decoding
+        if level == "full":
+            with Image.open(path) as im:
+                im.load()  # decode every pixel: catches truncated files
+    except UnidentifiedImageError:
+        return "unreadable: not an image PIL can identify"
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem to report
+        return f"unreadable: {type(e).__name__}: {e}"
+    return None
+
+
+def _check_many(paths: list[str], level: str) -> list[str | None]:
+    if level == "none" or not paths:
+        return [None] * len(paths)
+    workers = min(32, 4 * (os.cpu_count() or 1), len(paths))
+    if workers <= 1 or len(paths) < 64:
+        return [check_image(p, level) for p in paths]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(lambda p: check_image(p, level), paths, chunksize=64))
+
+
+# ---- sources: one split of one dataset --------------------------------------------------------
+
+class FileSource:
+    """Image files with local labels (from a manifest or a folder); images load lazily."""
+
+    kind = "file"
+
+    def __init__(self, dataset: str, split: str, display: str, paths: list[str], labels: np.ndarray,
+                 lines: np.ndarray | None, image_size: int):
+        self.dataset = dataset
+        self.split = split
+        self.display = display  # the manifest / folder as the config names it
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.lines = None if lines is None else np.asarray(lines, dtype=np.int64)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
+
+    def where(self, i: int) -> str:
+        if self.lines is not None:
+            return f"{self.display}:{int(self.lines[i])}"
+        return self.paths[i]
+
+    def load(self, i: int) -> torch.Tensor:
+        try:
+            return load_image(self.paths[i], self.image_size)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{self.dataset}: {self.where(i)}: image {self.paths[i]} could not be read: "
+                            f"{type(e).__name__}: {e}") from None
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+@dataclass
+class SplitReport:
+    """Labels of one split of one dataset. `problems` are errors; `notes` are not."""
+
+    dataset: str
+    split: str  # train | val
+    source: str  # manifest | folder | synthetic
+    path: str | None
+    num_classes: int
+    count: int = 0  # samples (non-blank lines / files)
+    min: int | None = None  # over the integer labels
+    max: int | None = None
+    distinct: int = 0
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # lines whose only fault is an integer label outside [0, num_classes): with loss.on_bad_label
+    # 'skip' these samples are kept, dropped by the collate and counted in Batch.dropped
+    bad_label_lines: int = 0
+    fatal: int = 0  # problems that no on_bad_label setting tolerates
+
+    def errors(self, on_bad_label: str = "error") -> int:
+        return self.fatal + (self.bad_label_lines if on_bad_label == "error" else 0)
+
+
+@dataclass
+class LabelReport:
+    """Per dataset and split: count, min, max, distinct, problems. `ok()` when there are no problems."""
+
+    splits: list[SplitReport] = field(default_factory=list)
+    check_images: str = "header"
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for s in self.splits for p in s.problems]
+
+    @property
+    def notes(self) -> list[str]:
+        return [n for s in self.splits for n in s.notes]
+
+    def get(self, dataset: str, split: str) -> SplitReport | None:
+        for s in self.splits:
+            if s.dataset == dataset and s.split == split:
+                return s
+        return None
+
+    def ok(self, on_bad_label: str = "error") -> bool:
+        """No problems. With on_bad_label='skip', lines whose only fault is an out-of-range label
+        are tolerated (they are dropped at run time and counted)."""
+        return all(s.errors(on_bad_label) == 0 for s in self.splits)
+
+    def format(self, max_listed: int = MAX_LISTED) -> str:
+        head = ("dataset", "split", "source", "classes", "count", "min", "max", "distinct", "status")
+        rows = []
+        for s in self.splits:
+            status = "ok" if not s.problems else f"{len(s.problems)} problem(s)"
+            rows.append((s.dataset, s.split, s.source, str(s.num_classes), str(s.count),
+                         "-" if s.min is None else str(s.min), "-" if s.max is None else str(s.max),
+                         str(s.distinct), status))
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+        def line(cells):
+            return "  ".join(c.rjust(w) if i in (3, 4, 5, 6, 7) else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        probs = self.format_problems(max_listed)
+        if probs:
+            out += ["", probs]
+        notes = self.notes
+        if notes:
+            out += ["", f"notes ({len(notes)}):"] + [f"  {n}" for n in notes]
+        out += ["", f"images checked: {self.check_images}"]
+        return "\n".join(out)
+
+    def format_problems(self, max_listed: int = MAX_LISTED, on_bad_label: str = "error") -> str:
+        out = []
+        total = sum(len(s.problems) for s in self.splits)
+        if not total:
+            return ""
+        out.append(f"problems ({total}):")
+        for s in self.splits:
+            if not s.problems:
+                continue
+            for p in s.problems[:max_listed]:
+                out.append(f"  {p}")
+            if len(s.problems) > max_listed:
+                out.append(f"  ... and {len(s.problems) - max_listed} more in {s.dataset} {s.split} "
+                           f"({s.path}); validate_labels(cfg).problems lists all")
+        if on_bad_label == "skip" and any(s.bad_label_lines for s in self.splits):
+            out.append("  (loss.on_bad_label: skip: out-of-range labels are dropped at run time, "
+                       "the other problems are errors)")
+        return "\n".join(out)
+
+
+# ---- scanning ---------------------------------------------------------------------------------
+
+@dataclass
+class _Scan:
+    report: SplitReport
+    source: FileSource | None = None
+
+
+def _label_stats(rep: SplitReport, labels: list[int]) -> None:
+    n = rep.num_classes
+    if labels:
+        arr = np.asarray(labels, dtype=np.int64)
+        rep.min, rep.max = int(arr.min()), int(arr.max())
+        uniq = np.unique(arr)
+        rep.distinct = int(len(uniq))
+        where = f"{rep.dataset}: {rep.path}"
+        if rep.min == 1 and rep.max == n:
+            rep.problems.insert(0, (
+                f"{where}: labels look 1-based (shifted by one): min 1, max {n}, num_classes {n}; "
+                f"labels must be 0-based, in [0, {n}): subtract 1 from every label in the manifest "
+                f"(do not clamp: clamping merges class {n} into class {n - 1})"))
+            rep.fatal += 1
+        elif rep.min == 0 and rep.max == n:
+            rep.notes.append(f"{where}: labels run from 0 to {n}: if the dataset really has {n + 1} classes, "
+                             f"set num_classes: {n + 1}")
+        in_range = uniq[(uniq >= 0) & (uniq < n)]
+        if len(in_range) < n:
+            missing = sorted(set(range(n)) - set(in_range.tolist()))
+            shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+            rep.notes.append(f"{where}: {len(in_range)} of {n} classes present "
+                             f"({len(missing)} absent: {shown})")
+
+
+def _describe(v: Any) -> str:
+    return {bool: "a boolean", float: "a number with a fraction", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def scan_manifest(dataset: str, split: str, d: "DatasetConfig", display: str, path: Path,
+                  check_images: str, image_size: int) -> _Scan:
+    rep = SplitReport(dataset, split, "manifest", display, d.num_classes)
+    n = d.num_classes
+    if not path.is_file():
+        rep.problems.append(f"{dataset}: {display}: {split} manifest not found (looked at {path})")
+        rep.fatal += 1
+        return _Scan(rep)
+    base = path.parent
+    ik, lk = d.image_key, d.label_key
+    paths: list[str] = []
+    labels: list[int] = []
+    lines: list[int] = []
+    problems: list[tuple[int, str, bool]] = []  # (line, message, is_label_range_only)
+    all_ints: list[int] = []
+    with open(path, "rb") as f:
+        for ln, raw in enumerate(f, 1):
+            text = raw.strip()
+            if not text:
+                continue
+            rep.count += 1
+            at = f"{dataset}: {display}:{ln}"
+            try:
+                obj = json.loads(text)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+                col = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+                problems.append((ln, f"{at}: bad JSON: {msg}{col}", False))
+                continue
+            if not isinstance(obj, dict):
+                problems.append((ln, f"{at}: expected a JSON object, got {_describe(obj)}", False))
+                continue
+            ok = True
+            img = obj.get(ik)
+            if ik not in obj:
+                keys = ", ".join(map(repr, list(obj)[:6]))
+                problems.append((ln, f"{at}: missing key {ik!r} (image_key; the line has {keys})", False))
+                ok = False
+            elif not isinstance(img, str) or not img:
+                problems.append((ln, f"{at}: {ik!r} must be a non-empty string path, got {img!r}", False))
+                ok = False
+            if lk not in obj:
+                keys = ", ".join(map(repr, list(obj)[:6]))
+                problems.append((ln, f"{at}: missing key {lk!r} (label_key; the line has {keys})", False))
+                continue
+            lab = obj[lk]
+            if isinstance(lab, bool) or not isinstance(lab, int):
+                problems.append((ln, f"{at}: label {json.dumps(lab)} is {_describe(lab)}, expected an integer "
+                                     f"in [0, {n})", False))
+                continue
+            all_ints.append(lab)
+            if not 0 <= lab < n:
+                problems.append((ln, f"{at}: label {lab} is outside [0, {n})", ok))
+            if ok:
+                p = Path(img).expanduser()
+                paths.append(str(p if p.is_absolute() else base / p))
+                labels.append(lab)
+                lines.append(ln)
+    for ln, p, why in zip(lines, paths, _check_many(paths, check_images)):
+        if why is not None:
+            problems.append((ln, f"{dataset}: {display}:{ln}: image {p} {why}", False))
+    # a line with an out-of-range label AND another fault is fatal, not skippable
+    fatal_lines = {ln for ln, _, skippable in problems if not skippable}
+    problems.sort(key=lambda t: t[0])
+    for ln, msg, skippable in problems:
+        rep.problems.append(msg)
+        if skippable and ln not in fatal_lines:
+            rep.bad_label_lines += 1
+        else:
+            rep.fatal += 1
+    _label_stats(rep, all_ints)
+    if rep.count == 0:
+        rep.notes.append(f"{dataset}: {display}: the {split} manifest is empty")
+    if fatal_lines:  # keep only lines that can be loaded
+        keep = [i for i, ln in enumerate(lines) if ln not in fatal_lines]
+        paths = [paths[i] for i in keep]
+        labels = [labels[i] for i in keep]
+        lines = [lines[i] for i in keep]
+    src = FileSource(dataset, split, display, paths, np.asarray(labels, np.int64),
+                     np.asarray(lines, np.int64), image_size)
+    return _Scan(rep, src)
+
+
+def scan_folder(dataset: str, split: str, d: "DatasetConfig", display: str, root: Path,
+                check_images: str, image_size: int,
+                class_to_idx: dict[str, int] | None = None) -> tuple[_Scan, dict[str, int] | None]:
+    """An ImageFolder split (root/<class>/<image>). Class discovery is torchvision's `find_classes`
+    (sorted folder names). The val split uses the train split's class -> index mapping, so a val
+    folder that lacks a class does not shift the labels of the others."""
+    rep = SplitReport(dataset, split, "folder", display, d.num_classes)
+    n = d.num_classes
+    if not root.is_dir():
+        rep.problems.append(f"{dataset}: {display}: {split} folder not found (looked at {root})")
+        rep.fatal += 1
+        return _Scan(rep), None
+    try:
+        classes, own = find_classes(root)
+    except FileNotFoundError:
+        rep.problems.append(f"{dataset}: {display}: no class folders (ImageFolder expects "
+                            f"{display}/<class name>/<image>)")
+        rep.fatal += 1
+        return _Scan(rep), None
+    if class_to_idx is None:
+        if len(classes) != n:
+            rep.problems.append(f"{dataset}: {display}: {len(classes)} class folders, but num_classes is {n}"
+                                f" (first folders: {', '.join(classes[:5])})")
+            rep.fatal += 1
+        mapping = own
+    else:
+        extra = [c for c in classes if c not in class_to_idx]
+        if extra:
+            rep.problems.append(f"{dataset}: {display}: class folders not in the train split: "
+                                f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}")
+            rep.fatal += 1
+        mapping = class_to_idx
+    samples = make_dataset(str(root), mapping, extensions=IMG_EXTENSIONS, allow_empty=True)
+    empty = sorted(set(classes) & set(mapping) - {Path(p).relative_to(root).parts[0] for p, _ in samples})
+    if empty:
+        rep.notes.append(f"{dataset}: {display}: class folders without images: "
+                         f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}")
+    paths = [p for p, _ in samples]
+    labels = [c for _, c in samples]
+    rep.count = len(paths)
+    if not paths:
+        rep.problems.append(f"{dataset}: {display}: no image files (extensions {', '.join(IMG_EXTENSIONS)})")
+        rep.fatal += 1
+    bad = set()
+    for i, (p, why) in enumerate(zip(paths, _check_many(paths, check_images))):
+        if why is not None:
+            rep.problems.append(f"{dataset}: {p}: image {why}")
+            rep.fatal += 1
+            bad.add(i)
+    _label_stats(rep, labels)
+    if bad:
+        paths = [p for i, p in enumerate(paths) if i not in bad]
+        labels = [c for i, c in enumerate(labels) if i not in bad]
+    src = FileSource(dataset, split, display, paths, np.asarray(labels, np.int64), None, image_size)
+    return _Scan(rep, src), mapping
+
+
+def _check_level(cfg: "Config", check_images: Any) -> str:
+    if check_images is True or check_images is None:
+        return cfg.data.verify_images
+    if check_images is False:
+        return "none"
+    if check_images not in CHECK_LEVELS:
+        raise ValueError(f"check_images: expected one of {', '.join(CHECK_LEVELS)}, got {check_images!r}")
+    return check_images
+
+
+def scan(cfg: "Config", check_images: Any = "header") -> tuple[LabelReport, dict[tuple[str, str], Any]]:
+    """Scan every dataset split of the config: the report and the sources (None where unusable)."""
+    from stablesweep.config import data_source
+
+    from .synthetic import SyntheticSource, synthetic_sizes
+
+    level = _check_level(cfg, check_images)
+    report = LabelReport(check_images=level)
+    sources: dict[tuple[str, str], Any] = {}
+    size = cfg.data.image_size
+    offset = 0
+    for name, d in cfg.datasets.dataset_configs.items():
+        src = data_source(d)
+        if src == "synthetic":
+            sizes = synthetic_sizes(cfg, d)
+            for split in ("train", "val"):
+                count = sizes[split]
+                rep = SplitReport(name, split, "synthetic", None, d.num_classes, count=count, min=0,
+                                  max=min(count, d.num_classes) - 1, distinct=min(count, d.num_classes))
+                if count < d.num_classes:
+                    rep.notes.append(f"{name}: synthetic {split} split has {count} samples for "
+                                     f"{d.num_classes} classes: {d.num_classes - count} classes absent")
+                report.splits.append(rep)
+                sources[(name, split)] = SyntheticSource(
+                    name, split, d.num_classes, offset, count, size, cfg.data.synthetic_seed,
+                    cfg.data.synthetic_noise)
+        else:
+            mapping = None
+            for split in ("train", "val"):
+                raw = getattr(d, split)
+                if raw is None:
+                    rep = SplitReport(name, split, src, None, d.num_classes)
+                    if split == "train":  # config validation normally catches this
+                        rep.problems.append(f"{name}: no train {src} configured (datasets.dataset_configs."
+                                            f"{name}.train)")
+                        rep.fatal += 1
+                    else:
+                        rep.notes.append(f"{name}: no val split configured: {name} is not evaluated")
+                    report.splits.append(rep)
+                    sources[(name, split)] = None
+                    continue
+                path = cfg.resolve_path(raw)
+                if src == "manifest":
+                    sc = scan_manifest(name, split, d, raw, path, level, size)
+                else:
+                    sc, m = scan_folder(name, split, d, raw, path, level, size, class_to_idx=mapping)
+                    if split == "train":
+                        mapping = m
+                report.splits.append(sc.report)
+                sources[(name, split)] = sc.source
+        offset += d.num_classes
+    return report, sources
+
+
+def validate_labels(cfg: "Config", *, check_images: str = "header") -> LabelReport:
+    """Check every label (and, per check_images none|header|full, every image) of every dataset.
+
+    Never raises for data problems: they are collected in the report. `check_images=True` means
+    the config's data.verify_images, False means none.
+    """
+    report, _ = scan(cfg, check_images)
+    return report

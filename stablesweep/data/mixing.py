@@ -1,0 +1,329 @@
+"""The unified label space, deterministic resumable mixed batching, eval subsets, `build_data`.
+
+Global class = offsets[d] + local label, datasets in config order. The order of train epoch e is
+a pure function of (seed, e), so a run resumed at step k sees exactly the batches an
+uninterrupted run sees from step k on. Every batch is sorted by dataset id in the collate, so each
+dataset's samples form one contiguous slice whose bounds are known on the host (`segments`): a
+loss over each dataset's own slice of the logits needs neither a mask nor a device sync.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+from .manifests import DataError, LabelReport, scan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from stablesweep.config import Config
+
+MIXINGS = ("proportional", "balanced", "weighted")
+
+
+def _seed_of(*parts: Any) -> int:
+    """A stable 63-bit seed from parts (sha256; never Python's salted hash)."""
+    text = "/".join(str(p) for p in ("stablesweep",) + parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+# ---- label space ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelSpace:
+    names: tuple[str, ...]  # dataset names in config order
+    num_classes: tuple[int, ...]
+    offsets: tuple[int, ...]  # global class = offsets[d] + local label
+
+    @property
+    def total(self) -> int:
+        return (self.offsets[-1] + self.num_classes[-1]) if self.names else 0
+
+    def index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"unknown dataset {name!r} (known: {', '.join(self.names)})") from None
+
+    def allowed_mask(self, device=None) -> torch.Tensor:
+        """bool [n_datasets, total]: True where the class belongs to the dataset."""
+        mask = torch.zeros(len(self.names), self.total, dtype=torch.bool)
+        for d, (o, n) in enumerate(zip(self.offsets, self.num_classes)):
+            mask[d, o:o + n] = True
+        return mask.to(device) if device is not None else mask
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "LabelSpace":
+        names, nums, offs = [], [], []
+        o = 0
+        for name, d in cfg.datasets.dataset_configs.items():
+            names.append(name)
+            nums.append(d.num_classes)
+            offs.append(o)
+            o += d.num_classes
+        return cls(tuple(names), tuple(nums), tuple(offs))
+
+
+# ---- batches ----------------------------------------------------------------------------------
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # float32 [B,3,H,W], normalised
+    labels: torch.Tensor  # int64 [B], global class ids
+    local_labels: torch.Tensor  # int64 [B]
+    dataset_ids: torch.Tensor  # int64 [B], sorted ascending
+    segments: tuple[tuple[int, int, int], ...]  # (dataset_index, start, end) of each dataset present
+    dropped: int = 0  # samples dropped for a bad label (loss.on_bad_label: skip)
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        return self._replace(images=self.images.to(device, non_blocking=non_blocking),
+                             labels=self.labels.to(device, non_blocking=non_blocking),
+                             local_labels=self.local_labels.to(device, non_blocking=non_blocking),
+                             dataset_ids=self.dataset_ids.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True); keeps segments a tuple
+        return self._replace(images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+                             local_labels=self.local_labels.pin_memory(),
+                             dataset_ids=self.dataset_ids.pin_memory())
+
+
+class _MixedDataset(Dataset):
+    """The train splits concatenated: flat index -> (image, local label, dataset id, index)."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+        self.starts = [0]
+        for s in sources:
+            self.starts.append(self.starts[-1] + len(s))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, g: int):
+        d = bisect.bisect_right(self.starts, g) - 1
+        i = g - self.starts[d]
+        src = self.sources[d]
+        return src.load(i), src.label(i), d, i
+
+    def where(self, d: int, i: int) -> str:
+        return self.sources[d].where(i)
+
+
+class _EvalDataset(Dataset):
+    def __init__(self, source, d: int, indices: np.ndarray):
+        self.source = source
+        self.d = d
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        i = int(self.indices[k])
+        return self.source.load(i), self.source.label(i), self.d, i
+
+    def where(self, d: int, i: int) -> str:
+        return self.source.where(i)
+
+
+class Collate:
+    """Stack samples into a Batch sorted by dataset id, with the host-side label guard."""
+
+    def __init__(self, dataset, label_space: LabelSpace, on_bad_label: str, image_size: int):
+        self.dataset = dataset
+        self.space = label_space
+        self.on_bad_label = on_bad_label
+        self.image_size = image_size
+
+    def __call__(self, items) -> Batch:
+        nc = self.space.num_classes
+        keep = []
+        dropped = 0
+        for item in items:
+            _, lab, d, i = item
+            if not 0 <= lab < nc[d]:
+                if self.on_bad_label == "error":
+                    raise DataError(f"{self.space.names[d]}: {self.dataset.where(d, i)}: label {lab} is outside "
+                                    f"[0, {nc[d]}) (loss.on_bad_label is error; 'skip' drops such samples)")
+                dropped += 1
+                continue
+            keep.append(item)
+        keep.sort(key=lambda t: t[2])  # stable: keeps the sampled order within a dataset
+        if keep:
+            images = torch.stack([t[0] for t in keep])
+        else:
+            images = torch.empty(0, 3, self.image_size, self.image_size)
+        local = torch.tensor([t[1] for t in keep], dtype=torch.int64)
+        ds = [t[2] for t in keep]
+        offs = torch.tensor([self.space.offsets[d] for d in ds], dtype=torch.int64)
+        segments = []
+        start = 0
+        for k in range(1, len(ds) + 1):
+            if k == len(ds) or ds[k] != ds[start]:
+                segments.append((ds[start], start, k))
+                start = k
+        return Batch(images, offs + local, local, torch.tensor(ds, dtype=torch.int64), tuple(segments), dropped)
+
+
+# ---- sampling ---------------------------------------------------------------------------------
+
+class MixingBatchSampler:
+    """Endless batches of flat indices over epochs; epoch e's order depends only on (seed, e).
+
+    proportional: a permutation of all samples (each sample equally likely).
+    balanced: each dataset has equal probability per draw; a uniform sample within it (with
+    replacement). weighted: dataset probability proportional to its weight. An epoch has as many
+    draws as the mixed train set has samples; the last partial batch is dropped.
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int, seed: int, mixing: str = "proportional",
+                 weights: list[float] | None = None, start_step: int = 0):
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing: expected one of {', '.join(MIXINGS)}, got {mixing!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if start_step < 0:
+            raise ValueError(f"start_step must be 0 or more, got {start_step}")
+        self.sizes = list(sizes)
+        self.n = sum(self.sizes)
+        if self.n < batch_size:
+            raise DataError(f"the mixed train set has {self.n} samples, fewer than batch_size {batch_size}: "
+                            f"no full batch (drop_last)")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mixing = mixing
+        self.start_step = start_step
+        if mixing == "balanced":
+            p = [1.0 if s > 0 else 0.0 for s in self.sizes]
+        elif mixing == "weighted":
+            if weights is None or len(weights) != len(self.sizes):
+                raise ValueError("weighted mixing needs one weight per dataset")
+            p = [float(w) if s > 0 else 0.0 for w, s in zip(weights, self.sizes)]
+        else:
+            p = [float(s) for s in self.sizes]
+        self.probs = torch.tensor(p, dtype=torch.float64) / sum(p)
+        self._sizes_t = torch.tensor(self.sizes, dtype=torch.int64)
+        self._starts_t = torch.tensor(np.cumsum([0] + self.sizes[:-1]), dtype=torch.int64)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(_seed_of("epoch", self.seed, epoch))
+        if self.mixing == "proportional":
+            return torch.randperm(self.n, generator=g)
+        ds = torch.multinomial(self.probs, self.n, replacement=True, generator=g)
+        u = torch.rand(self.n, generator=g, dtype=torch.float64)
+        sizes = self._sizes_t[ds]
+        local = torch.minimum((u * sizes).to(torch.int64), sizes - 1)
+        return self._starts_t[ds] + local
+
+    def __iter__(self) -> Iterator[list[int]]:
+        spe, b = self.steps_per_epoch, self.batch_size
+        epoch, k = divmod(self.start_step, spe)
+        while True:
+            order = self.epoch_order(epoch)
+            for s in range(k, spe):
+                yield order[s * b:(s + 1) * b].tolist()
+            epoch, k = epoch + 1, 0
+
+
+def eval_subset(name: str, n: int, ratio: float) -> np.ndarray:
+    """Sorted indices of a deterministic subset of size max(1, round(ratio * n)), seeded by the name."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n, max(1, round(ratio * n)))
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    g = torch.Generator().manual_seed(_seed_of("eval", name))
+    return np.sort(torch.randperm(n, generator=g)[:k].numpy())
+
+
+# ---- the data of a run ------------------------------------------------------------------------
+
+class MultiData:
+    """The mixed train set and the per-dataset eval subsets of a config."""
+
+    def __init__(self, cfg: "Config", label_space: LabelSpace, train_sources: list,
+                 val_sources: dict[str, Any], report: LabelReport):
+        self.cfg = cfg
+        self.label_space = label_space
+        self.report = report
+        self.image_size = cfg.data.image_size
+        self.on_bad_label = cfg.loss.on_bad_label
+        self.mixing = cfg.datasets.mixing
+        dcs = cfg.datasets.dataset_configs
+        self.weights = [dcs[n].weight if dcs[n].weight is not None else 1.0 for n in label_space.names]
+        self._train = _MixedDataset(train_sources)
+        self.train_sizes: dict[str, int] = {n: len(s) for n, s in zip(label_space.names, train_sources)}
+        self.train_size = len(self._train)
+        self._eval: dict[str, _EvalDataset] = {}
+        self.eval_names: list[str] = []
+        for d, name in enumerate(label_space.names):
+            src = val_sources.get(name)
+            if src is None or len(src) == 0 or cfg.eval_skipped(name):
+                continue
+            self._eval[name] = _EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio))
+            self.eval_names.append(name)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.train_size // batch_size
+
+    def batch_sampler(self, batch_size: int, seed: int, start_step: int = 0) -> MixingBatchSampler:
+        return MixingBatchSampler(list(self.train_sizes.values()), batch_size, seed, self.mixing,
+                                  self.weights, start_step)
+
+    def train_batches(self, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
+                      *, pin_memory: bool = False) -> Iterator[Batch]:
+        """Endless train batches from `start_step` on (step s of an uninterrupted run = batch s)."""
+        loader = DataLoader(self._train, batch_sampler=self.batch_sampler(batch_size, seed, start_step),
+                            collate_fn=Collate(self._train, self.label_space, self.on_bad_label, self.image_size),
+                            num_workers=num_workers, pin_memory=pin_memory)
+        return iter(loader)
+
+    def _eval_ds(self, name: str) -> _EvalDataset:
+        if name not in self._eval:
+            raise KeyError(f"{name!r} is not evaluated (evaluated: {', '.join(self.eval_names) or 'none'}; "
+                           f"a dataset without a val split or with skip_evaluation is not)")
+        return self._eval[name]
+
+    def eval_size(self, name: str) -> int:
+        return len(self._eval_ds(name))
+
+    def eval_batches(self, name: str, batch_size: int, num_workers: int = 0, *,
+                     pin_memory: bool = False) -> Iterator[Batch]:
+        """The dataset's eval subset in a fixed order; the last batch may be smaller."""
+        ds = self._eval_ds(name)
+        sampler = BatchSampler(SequentialSampler(range(len(ds))), batch_size, drop_last=False)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                            collate_fn=Collate(ds, self.label_space, self.on_bad_label, self.image_size))
+        return iter(loader)
+
+
+def build_data(cfg: "Config", *, check_images: bool = True) -> MultiData:
+    """Validate every label (and image, per data.verify_images when check_images) first; raise one
+    DataError listing the problems, each with dataset, file and line; then build the data."""
+    report, sources = scan(cfg, cfg.data.verify_images if check_images else "none")
+    on_bad = cfg.loss.on_bad_label
+    space = LabelSpace.from_config(cfg)
+    for name in space.names:  # a train split with nothing to train on
+        src, rep = sources.get((name, "train")), report.get(name, "train")
+        if src is not None and len(src) == 0 and rep is not None and rep.errors(on_bad) == 0:
+            rep.problems.append(f"{name}: {rep.path}: the train split has no usable samples")
+            rep.fatal += 1
+    if not report.ok(on_bad):
+        n = sum(s.errors(on_bad) for s in report.splits)
+        raise DataError(f"{cfg.source}: data check failed ({n} problem(s)); nothing was trained:\n"
+                        + report.format_problems(on_bad_label=on_bad), report)
+    skipped = sum(s.bad_label_lines for s in report.splits)
+    if skipped:
+        warnings.warn(f"{skipped} samples have a label outside their dataset's range; loss.on_bad_label is "
+                      f"skip, so they are dropped at run time and counted in Batch.dropped", stacklevel=2)
+    train = [sources[(n, "train")] for n in space.names]
+    val = {n: sources.get((n, "val")) for n in space.names}
+    return MultiData(cfg, space, train, val, report)

@@ -1,0 +1,335 @@
+"""The training loop: one file says what training is.
+
+`run_training(cfg, report)` runs the multi-dataset model with the guarded loss and ends with one
+verdict. It imports neither Ray nor MLflow: it calls `report(metrics, checkpoint_dir)` once per
+report interval (the monitor's one host sync) and once at the end, so the same loop serves
+`stablesweep train`, tests, benchmarks and Tune trials.
+"""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stablesweep.config import Config, ConfigError, total_steps
+from stablesweep.data import build_data
+from stablesweep.model import build_model
+from stablesweep.stability.loss import GuardedLoss
+from stablesweep.stability.monitor import DIVERGED, DivergenceMonitor, Snapshot, Verdict
+from stablesweep.stability.precision import make_optimizer, make_precision
+
+Report = Callable[[dict, "str | None"], None]
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    verdict: str
+    reason: str | None
+    first_bad_step: int
+    steps: int  # optimizer steps run (skipped ones included)
+    budget_steps: int  # the step budget the verdict holds for
+    train_flops: float
+    flops_per_step: float
+    objective: float
+    initial_loss: float
+    final_loss: float  # smoothed train loss at the end
+    samples_per_s: float
+    wall_s: float
+    device: str
+    precision: str
+    masking: str
+    lr: float
+    nonfinite_loss_steps: int = 0
+    nonfinite_grad_steps: int = 0
+    overflow_steps: int = 0
+    dropped_samples: int = 0
+    max_grad_norm_seen: float = math.nan
+    datasets: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is visible on this machine "
+                          "(torch.cuda.is_available() is False); use --device cpu or auto")
+    return dev
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warmup to 1, then constant or cosine decay to 0 at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        span = max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+    return 1.0
+
+
+def fallback_objective(initial_loss: float, total_classes: int) -> float:
+    """The finite objective of a run that diverged: its initial loss (as in Wortsman et al.'s LR
+    sensitivity), or chance-level cross entropy if even that was not finite."""
+    return initial_loss if math.isfinite(initial_loss) else math.log(total_classes)
+
+
+class Trainer:
+    """Holds the parts of one run; `run()` is the loop."""
+
+    def __init__(self, cfg: Config, *, device: str = "auto", log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.log = log or (lambda s: None)
+        self.device = resolve_device(device)
+        t = cfg.training
+        torch.manual_seed(t.seed)
+        self.data = build_data(cfg)  # pre-flight: labels and files checked before any training
+        self.space = self.data.label_space
+        self.model = build_model(cfg.model, self.space.total, cfg.source).to(self.device)
+        self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.precision = make_precision(t.precision, self.device, t.tf32)
+        self.optimizer = make_optimizer(t.optimizer, self.params, lr=t.lr, weight_decay=t.weight_decay,
+                                        momentum=t.momentum, betas=t.betas)
+        self.total = total_steps(cfg, self.data.train_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule))
+        self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
+        self.monitor = DivergenceMonitor(cfg.monitor, self.device)
+        self.step = 0
+        self.flops_per_step = 0.0
+        self.dropped = 0
+        n = len(self.space.names)
+        self._acc = torch.zeros(3, n, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+
+    # -- one step ---------------------------------------------------------------------------
+    def _train_step(self, batch) -> None:
+        images = batch.images
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            logits = self.model(images)
+        out = self.loss_fn(logits, batch)
+        self.precision.backward(out.loss)
+        flags = self.precision.step(self.optimizer, self.params, out.loss, self.cfg.training.max_grad_norm)
+        self.monitor.update(out.loss, flags.grad_norm, flags.loss_bad, flags.grad_bad, flags.overflow)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        ids = batch.dataset_ids
+        correct = (self.loss_fn.predict(logits.detach(), batch) == batch.labels).double()
+        self._acc[0].index_add_(0, ids, out.per_sample.detach().double())
+        self._acc[1].index_add_(0, ids, torch.ones_like(correct))
+        self._acc[2].index_add_(0, ids, correct)
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        self.model.eval()
+        sums, counts = [], []
+        for name in self.data.eval_names:
+            acc, n = torch.zeros(2, dtype=torch.float64, device=self.device), 0
+            for batch in self.data.eval_batches(name, self.cfg.training.batch_size):
+                batch = batch.to(self.device)
+                images = batch.images
+                if self.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with self.precision.autocast():
+                    logits = self.model(images)
+                out = self.loss_fn(logits, batch)
+                correct = (self.loss_fn.predict(logits, batch) == batch.labels).double().sum()
+                acc += torch.stack([out.per_sample.double().sum(), correct])
+                n += len(batch.labels)
+            sums.append(acc)
+            counts.append(n)
+        self.model.train()
+        if not sums:
+            return {}
+        values = torch.stack(sums).tolist()  # one sync for the whole evaluation
+        return {name: {"loss": s / max(n, 1), "accuracy": c / max(n, 1), "samples": n}
+                for name, (s, c), n in zip(self.data.eval_names, values, counts)}
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "precision": self.precision.state_dict(),
+            "monitor": self.monitor.state_dict(),
+            "flops_per_step": self.flops_per_step,
+            "dropped": self.dropped,
+            "rng_cpu": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / (CHECKPOINT_FILE + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(directory / CHECKPOINT_FILE)
+        return directory
+
+    def load(self, directory: str | Path) -> None:
+        path = Path(directory)
+        path = path / CHECKPOINT_FILE if path.is_dir() else path
+        if not path.exists():
+            raise ConfigError(f"resume: no checkpoint at {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state["precision"])
+        self.monitor.load_state_dict(state["monitor"])
+        self.step = int(state["step"])
+        self.flops_per_step = float(state["flops_per_step"])
+        self.dropped = int(state["dropped"])
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, report: Report | None = None, checkpoint_dir: str | Path | None = None) -> TrainResult:
+        cfg, t = self.cfg, self.cfg.training
+        names = self.space.names
+        self.log(f"training {self.total} steps on {self.device} ({t.precision}, masking {cfg.masking}, "
+                 f"lr {t.lr:.2e}, clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes")
+        batches = self.data.train_batches(t.batch_size, t.seed, start_step=self.step, num_workers=t.num_workers)
+        started = time.perf_counter()
+        tick, tick_step, samples_per_s = started, self.step, 0.0
+        last_ckpt: Path | None = None
+        verdict, snap, reports = Verdict("stable"), None, 0
+        evals: dict[str, dict[str, float]] = {}
+        done = self.step >= self.total
+        while not done:
+            batch = next(batches)
+            self.dropped += batch.dropped
+            batch = batch.to(self.device)
+            if not self.flops_per_step:
+                with FlopCounterMode(display=False) as counter:
+                    self._train_step(batch)
+                self.flops_per_step = float(counter.get_total_flops())
+            else:
+                self._train_step(batch)
+            self.step += 1
+            if self.step % t.report_interval and self.step < self.total:
+                continue
+            # -- report: the one host sync of the interval --------------------------------
+            values = torch.cat([self.monitor.state_vector(), self._acc.flatten()]).tolist()
+            self._acc.zero_()
+            k = len(values) - self._acc.numel()
+            snap = self.monitor.snapshot(values[:k])
+            verdict = self.monitor.judge(snap)
+            per_ds = [values[k + i * len(names):k + (i + 1) * len(names)] for i in range(3)]
+            now = time.perf_counter()
+            samples_per_s = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
+            tick, tick_step = now, self.step
+            reports += 1
+            done = self.step >= self.total or (verdict.diverged and cfg.monitor.stop_on_divergence)
+            if not verdict.diverged and (done or (t.eval_every and reports % t.eval_every == 0)):
+                evals = self.evaluate()
+            metrics = self._metrics(snap, verdict, samples_per_s, done, evals, per_ds)
+            self.log(self._progress_line(metrics, per_ds))
+            ckpt = None
+            if checkpoint_dir is not None and t.checkpoint_every and (reports % t.checkpoint_every == 0 or done):
+                ckpt = self.save(Path(checkpoint_dir) / f"checkpoint_{self.step:08d}")
+            if report is not None:
+                report(metrics, str(ckpt) if ckpt else None)
+            if ckpt is not None:
+                if last_ckpt is not None and last_ckpt != ckpt:
+                    shutil.rmtree(last_ckpt, ignore_errors=True)
+                last_ckpt = ckpt
+        if snap is None:  # resumed at the end: nothing left to run
+            snap, verdict = self.monitor.read()
+            evals = {} if verdict.diverged else self.evaluate()
+        wall = time.perf_counter() - started
+        metrics = self._metrics(snap, verdict, samples_per_s, True, evals, None)
+        return TrainResult(
+            verdict=verdict.verdict, reason=verdict.reason, first_bad_step=verdict.first_bad_step,
+            steps=self.step, budget_steps=self.total, train_flops=metrics["train_flops"],
+            flops_per_step=self.flops_per_step, objective=metrics["objective"],
+            initial_loss=snap.initial_loss, final_loss=snap.smoothed_loss, samples_per_s=samples_per_s,
+            wall_s=wall, device=str(self.device), precision=t.precision, masking=cfg.masking, lr=t.lr,
+            nonfinite_loss_steps=snap.nonfinite_loss_steps, nonfinite_grad_steps=snap.nonfinite_grad_steps,
+            overflow_steps=snap.overflow_steps, dropped_samples=self.dropped,
+            max_grad_norm_seen=snap.max_grad_norm, datasets=evals,
+        )
+
+    def _metrics(self, snap: Snapshot, verdict: Verdict, samples_per_s: float, done: bool,
+                 evals: dict, per_ds: list | None) -> dict:
+        if verdict.diverged:
+            objective = fallback_objective(snap.initial_loss, self.space.total)
+        elif done and evals and all(math.isfinite(e["loss"]) for e in evals.values()):
+            objective = sum(e["loss"] for e in evals.values()) / len(evals)
+        elif math.isfinite(snap.smoothed_loss):
+            objective = snap.smoothed_loss
+        else:
+            objective = fallback_objective(snap.initial_loss, self.space.total)
+        m = {
+            "step": self.step, "budget_steps": self.total, "done": done,
+            "verdict": verdict.verdict, "reason": verdict.reason, "first_bad_step": verdict.first_bad_step,
+            "objective": objective, "loss": snap.smoothed_loss, "last_loss": snap.last_loss,
+            "initial_loss": snap.initial_loss, "grad_norm": snap.last_grad_norm,
+            "max_grad_norm_seen": snap.max_grad_norm,
+            "nonfinite_steps": snap.nonfinite_loss_steps + snap.nonfinite_grad_steps,
+            "overflow_steps": snap.overflow_steps,
+            "train_flops": self.flops_per_step * self.step, "flops_per_step": self.flops_per_step,
+            "samples_per_s": samples_per_s, "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        if per_ds is not None:
+            for i, name in enumerate(self.space.names):
+                n = per_ds[1][i]
+                if n:
+                    m[f"train_loss/{name}"] = per_ds[0][i] / n
+                    m[f"train_acc/{name}"] = per_ds[2][i] / n
+        for name, e in evals.items():
+            m[f"eval_loss/{name}"] = e["loss"]
+            m[f"eval_acc/{name}"] = e["accuracy"]
+        return m
+
+    def _progress_line(self, m: dict, per_ds: list) -> str:
+        width = len(str(self.total))
+        head = (f"step {m['step']:>{width}}/{self.total}  loss {m['last_loss']:.4g} (smoothed {m['loss']:.4g})  "
+                f"grad {m['grad_norm']:.3g}  lr {m['lr']:.2e}  {m['samples_per_s']:.0f} samples/s  "
+                f"[{m['verdict']}{' ' + m['reason'] + ' at step ' + str(m['first_bad_step']) if m['reason'] else ''}]")
+        parts = []
+        for name in self.space.names:
+            if f"train_loss/{name}" in m:
+                parts.append(f"{name} {m[f'train_loss/{name}']:.3g}/{100 * m[f'train_acc/{name}']:.1f}%")
+        lines = [head, "    train loss/acc: " + "  ".join(parts)] if parts else [head]
+        evals = [n for n in self.space.names if f"eval_loss/{n}" in m]
+        for name in evals:
+            lines.append(f"    Eval {name}: Loss: {m[f'eval_loss/{name}']:.4f} "
+                         f"Accuracy: {100 * m[f'eval_acc/{name}']:.1f}%")
+        return "\n".join(lines)
+
+
+def run_training(cfg: Config, report: Report | None = None, *, device: str = "auto",
+                 checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
+                 log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train `cfg` to its step budget (or until it diverges) and return the verdict.
+
+    `report(metrics, checkpoint_dir_or_None)` is called every `training.report_interval` steps and
+    at the end (`metrics["done"]`). With `checkpoint_dir`, a checkpoint is written before each
+    report (every `training.checkpoint_every` reports); `resume_from` continues such a checkpoint
+    exactly (model, optimizer, loss scale, monitor, step, RNG; the data order is a function of the
+    seed and the step).
+    """
+    trainer = Trainer(cfg, device=device, log=log)
+    if resume_from is not None:
+        trainer.load(resume_from)
+    return trainer.run(report, checkpoint_dir)

@@ -1,0 +1,235 @@
+"""Pre-flight label and image validation over real manifest files and ImageFolder trees."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stablesweep.data import DataError, build_data, validate_labels
+from stablesweep.data.mixing import Collate, LabelSpace, _MixedDataset
+
+from .conftest import make_config, write_manifest, write_png
+
+
+def _ds(train, val=None, n=3, **kw):
+    d = {"num_classes": n, "train": train, **kw}
+    if val is not None:
+        d["val"] = val
+    return d
+
+
+def test_clean_manifest_reports_counts_and_builds(root):
+    tr = write_manifest(root, "food", [0, 1, 2, 1])
+    va = write_manifest(root, "food", [2, 0], split="val")
+    cfg = make_config(root, {"food": _ds(tr, va)})
+    rep = validate_labels(cfg)
+    assert rep.ok(), rep.format()
+    s = rep.get("food", "train")
+    assert (s.count, s.min, s.max, s.distinct) == (4, 0, 2, 3)
+    assert rep.get("food", "val").count == 2
+    table = rep.format()
+    assert "food" in table and "distinct" in table and "manifest" in table
+    md = build_data(cfg)
+    assert md.train_size == 4 and md.eval_names == ["food"] and md.eval_size("food") == 2
+
+
+def test_one_based_labels_are_recognised_and_named(root):
+    tr = write_manifest(root, "food101", [1, 2, 3, 3, 1])
+    cfg = make_config(root, {"food101": _ds(tr, n=3)})
+    rep = validate_labels(cfg)
+    assert not rep.ok()
+    text = "\n".join(rep.problems)
+    assert "food101: food101_train.jsonl: labels look 1-based" in text
+    assert "subtract 1" in text
+    # each out-of-range line is named with file:line too
+    assert "food101: food101_train.jsonl:3: label 3 is outside [0, 3)" in rep.problems
+    assert "food101: food101_train.jsonl:4: label 3 is outside [0, 3)" in rep.problems
+    with pytest.raises(DataError, match="1-based"):
+        build_data(cfg)
+
+
+def test_label_equal_to_num_classes_and_negative_named_with_file_and_line(root):
+    tr = write_manifest(root, "food101", [0, 1, 3, 2, -1, 0])
+    cfg = make_config(root, {"food101": _ds(tr)})
+    rep = validate_labels(cfg)
+    assert rep.problems == ["food101: food101_train.jsonl:3: label 3 is outside [0, 3)",
+                            "food101: food101_train.jsonl:5: label -1 is outside [0, 3)"]
+    s = rep.get("food101", "train")
+    assert (s.min, s.max) == (-1, 3)
+    assert not any("1-based" in p for p in rep.problems)  # min is -1, not 1
+    with pytest.raises(DataError) as ei:
+        build_data(cfg)
+    assert "food101_train.jsonl:3: label 3" in str(ei.value) and "food101_train.jsonl:5: label -1" in str(ei.value)
+
+
+def test_bad_json_missing_key_and_non_integer_labels(root):
+    tr = write_manifest(root, "d", [0, 1, 2, 0, 1, 2], raw_lines={
+        2: '{"image": "img/d/train/1.png", "label": 1',  # truncated
+        3: '{"image": "img/d/train/2.png"}',
+        4: '{"image": "img/d/train/3.png", "label": true}',
+        5: '{"image": "img/d/train/4.png", "label": "1"}',
+        6: '{"image": "img/d/train/5.png", "label": 2.0}',
+    })
+    cfg = make_config(root, {"d": _ds(tr)})
+    probs = validate_labels(cfg).problems
+    assert len(probs) == 5, probs
+    assert probs[0].startswith("d: d_train.jsonl:2: bad JSON")
+    assert probs[1].startswith("d: d_train.jsonl:3: missing key 'label'")
+    assert probs[2].startswith("d: d_train.jsonl:4: label true is a boolean")
+    assert probs[3].startswith('d: d_train.jsonl:5: label "1" is a string')
+    assert probs[4].startswith("d: d_train.jsonl:6: label 2.0 is a number with a fraction")
+
+
+def test_custom_keys_are_used(root):
+    (root / "m.jsonl").write_text('{"file": "a.png", "y": 1}\n{"image": "a.png", "label": 0}\n')
+    write_png(root / "a.png")
+    cfg = make_config(root, {"d": _ds("m.jsonl", n=2, image_key="file", label_key="y")})
+    probs = validate_labels(cfg).problems
+    assert probs == ["d: m.jsonl:2: missing key 'file' (image_key; the line has 'image', 'label')",
+                     "d: m.jsonl:2: missing key 'y' (label_key; the line has 'image', 'label')"]
+
+
+def test_missing_image_named_with_manifest_line(root):
+    tr = write_manifest(root, "d", [0, 1, 2])
+    (root / "img/d/train/1.png").unlink()
+    cfg = make_config(root, {"d": _ds(tr)})
+    probs = validate_labels(cfg).problems
+    assert len(probs) == 1
+    assert probs[0].startswith("d: d_train.jsonl:2: image ") and "1.png not found" in probs[0]
+    # with image checks off, the missing file is not looked at
+    assert validate_labels(cfg, check_images="none").ok()
+
+
+@pytest.mark.parametrize("level", ["header", "full"])
+def test_corrupt_image_is_a_problem(root, level):
+    tr = write_manifest(root, "d", [0, 1, 2])
+    (root / "img/d/train/2.png").write_bytes(b"\x89PNG garbage, not an image at all" * 3)
+    cfg = make_config(root, {"d": _ds(tr)}, data={"verify_images": level})
+    probs = validate_labels(cfg, check_images=level).problems
+    assert len(probs) == 1 and probs[0].startswith("d: d_train.jsonl:3: image ") and "unreadable" in probs[0]
+    with pytest.raises(DataError, match="unreadable"):
+        build_data(cfg)  # check_images=True follows data.verify_images
+
+
+def test_truncated_png_caught_by_full_check(root):
+    tr = write_manifest(root, "d", [0, 1])
+    p = root / "img/d/train/1.png"
+    write_png(p, size=64)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    cfg = make_config(root, {"d": _ds(tr, n=2)})
+    assert not validate_labels(cfg, check_images="full").ok()
+
+
+def test_all_problems_of_all_datasets_listed_before_anything_is_built(root):
+    a = write_manifest(root, "a", [0, 1, 5])
+    b = write_manifest(root, "b", [0, 1, 0], raw_lines={2: "not json"})
+    cfg = make_config(root, {"a": _ds(a), "b": _ds(b, "missing_val.jsonl")})
+    with pytest.raises(DataError) as ei:
+        build_data(cfg)
+    msg = str(ei.value)
+    assert "a: a_train.jsonl:3: label 5 is outside [0, 3)" in msg
+    assert "b: b_train.jsonl:2: bad JSON" in msg
+    assert "b: missing_val.jsonl: val manifest not found" in msg
+    assert ei.value.report is not None and len(ei.value.report.problems) == 3
+
+
+def test_missing_val_is_fine_but_reported(root):
+    tr = write_manifest(root, "d", [0, 1, 2])
+    cfg = make_config(root, {"d": _ds(tr)})
+    rep = validate_labels(cfg)
+    assert rep.ok()
+    assert any("no val split" in n for n in rep.notes)
+    md = build_data(cfg)
+    assert md.eval_names == []
+    with pytest.raises(KeyError):
+        md.eval_size("d")
+
+
+def test_fewer_distinct_labels_is_a_note_not_an_error(root):
+    tr = write_manifest(root, "d", [0, 0, 2])
+    cfg = make_config(root, {"d": _ds(tr, n=4)})
+    rep = validate_labels(cfg)
+    assert rep.ok()
+    assert any("2 of 4 classes present" in n and "1, 3" in n for n in rep.notes)
+
+
+def test_skip_mode_keeps_bad_label_samples_and_drops_them_in_batches(root):
+    tr = write_manifest(root, "d", [0, 1, 7, 2, 1, 0, 2, 9])
+    cfg = make_config(root, {"d": _ds(tr)}, loss={"on_bad_label": "skip"})
+    assert not validate_labels(cfg).ok()  # still reported
+    with pytest.warns(UserWarning, match="2 samples"):
+        md = build_data(cfg)
+    it = md.train_batches(8, seed=0)
+    b = next(it)
+    assert b.dropped == 2 and len(b.labels) == 6
+    assert sorted(b.local_labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    # with on_bad_label: error the same data does not build
+    with pytest.raises(DataError):
+        build_data(make_config(root, {"d": _ds(tr)}))
+
+
+def test_runtime_guard_in_collate(root):
+    """The host-side guard: an out-of-range label raises (error) or is dropped and counted (skip)."""
+    tr = write_manifest(root, "d", [0, 1, 3])
+    cfg = make_config(root, {"d": _ds(tr, n=3)}, loss={"on_bad_label": "skip"})
+    with pytest.warns(UserWarning):
+        md = build_data(cfg)
+    space = LabelSpace.from_config(cfg)
+    ds = _MixedDataset([md._train.sources[0]])
+    items = [ds[0], ds[2], ds[1]]
+    with pytest.raises(DataError, match=r"d: d_train.jsonl:3: label 3 is outside \[0, 3\)"):
+        Collate(ds, space, "error", 8)(items)
+    b = Collate(ds, space, "skip", 8)(items)
+    assert b.dropped == 1 and b.local_labels.tolist() == [0, 1]
+    empty = Collate(ds, space, "skip", 8)([ds[2]])
+    assert empty.images.shape == (0, 3, 8, 8) and empty.segments == () and empty.dropped == 1
+
+
+# ---- ImageFolder ------------------------------------------------------------------------------
+
+def _folder(root, split, classes, per=2):
+    for c in classes:
+        for i in range(per):
+            write_png(root / "imgs" / split / c / f"{i}.png", value=10 * i)
+
+
+def test_imagefolder_loads_with_torchvision_class_order(root):
+    _folder(root, "train", ["cat", "ant", "bee"])
+    _folder(root, "val", ["cat", "ant"], per=1)  # bee absent: must not shift cat's index
+    cfg = make_config(root, {"bugs": _ds("imgs/train", "imgs/val", n=3)})
+    rep = validate_labels(cfg)
+    assert rep.ok(), rep.format()
+    assert rep.get("bugs", "train").count == 6 and rep.get("bugs", "train").source == "folder"
+    md = build_data(cfg)
+    labels = sorted(b for batch in md.eval_batches("bugs", 8) for b in batch.local_labels.tolist())
+    assert labels == [0, 2]  # ant=0, cat=2 (sorted folder names), as in train
+
+
+def test_imagefolder_class_count_mismatch_is_an_error(root):
+    _folder(root, "train", ["a", "b"])
+    cfg = make_config(root, {"d": _ds("imgs/train", n=3)})
+    probs = validate_labels(cfg).problems
+    assert len(probs) == 1 and "2 class folders, but num_classes is 3" in probs[0] and probs[0].startswith("d: ")
+    with pytest.raises(DataError, match="num_classes is 3"):
+        build_data(cfg)
+
+
+def test_imagefolder_corrupt_file_and_unknown_val_class(root):
+    _folder(root, "train", ["a", "b"])
+    _folder(root, "val", ["a", "zzz"], per=1)
+    (root / "imgs/train/b/1.png").write_bytes(b"garbage")
+    cfg = make_config(root, {"d": _ds("imgs/train", "imgs/val", n=2)})
+    probs = validate_labels(cfg).problems
+    assert any("b/1.png" in p and "unreadable" in p for p in probs)
+    assert any("class folders not in the train split: zzz" in p for p in probs)
+
+
+def test_images_are_resized_rgb_float(root):
+    (root / "m.jsonl").write_text('{"image": "big.png", "label": 0}\n{"image": "gray.png", "label": 1}\n')
+    write_png(root / "big.png", size=40)
+    from PIL import Image
+    Image.new("L", (5, 9), 200).save(root / "gray.png")
+    cfg = make_config(root, {"d": _ds("m.jsonl", n=2)}, data={"image_size": 12})
+    b = next(build_data(cfg).train_batches(2, seed=0))
+    assert b.images.shape == (2, 3, 12, 12) and b.images.dtype == torch.float32
+    assert torch.isfinite(b.images).all()

@@ -1,0 +1,80 @@
+"""The divergence monitor judges from device flags read once per report."""
+import math
+
+import torch
+
+from stablesweep.config import MonitorConfig
+from stablesweep.stability.monitor import DivergenceMonitor
+
+
+def feed(mon, losses, grads=None):
+    for i, loss in enumerate(losses):
+        g = 1.0 if grads is None else grads[i]
+        lt, gt = torch.tensor(loss), torch.tensor(g)
+        lb, gb = ~torch.isfinite(lt), ~torch.isfinite(gt) & torch.isfinite(lt)
+        mon.update(lt, gt, lb, gb)
+
+
+def test_finite_decreasing_losses_are_stable():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [3.0 - 0.01 * i for i in range(50)])
+    snap, v = mon.read()
+    assert v.verdict == "stable" and v.reason is None and v.first_bad_step == -1
+    assert snap.steps == 50 and snap.initial_loss == 3.0
+    assert 2.5 < snap.smoothed_loss < 2.7
+
+
+def test_nonfinite_loss_names_its_first_step():
+    mon = DivergenceMonitor(MonitorConfig())
+    losses = [2.0] * 7 + [math.inf, math.nan, 2.0]
+    feed(mon, losses)
+    snap, v = mon.read()
+    assert (v.verdict, v.reason, v.first_bad_step) == ("diverged", "nonfinite_loss", 7)
+    assert snap.nonfinite_loss_steps == 2
+
+
+def test_nonfinite_gradient_with_finite_loss():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [2.0] * 6, grads=[1, 1, 1, math.nan, 1, 1])
+    _, v = mon.read()
+    assert (v.verdict, v.reason, v.first_bad_step) == ("diverged", "nonfinite_grad", 3)
+
+
+def test_loss_explosion_over_factor_times_best_smoothed():
+    mon = DivergenceMonitor(MonitorConfig(explosion_factor=4.0, smoothing=0.5, min_steps=5))
+    losses = [2.0 - 0.1 * i for i in range(15)] + [50.0] * 5
+    feed(mon, losses)
+    _, v = mon.read()
+    assert v.reason == "loss_explosion" and v.first_bad_step == 15
+
+
+def test_explosion_rule_waits_for_min_steps_and_ignores_noise():
+    mon = DivergenceMonitor(MonitorConfig(explosion_factor=4.0, min_steps=10))
+    feed(mon, [2.0, 2.5, 1.8, 3.0, 2.2, 2.9] * 10)  # noisy but bounded
+    assert mon.read()[1].verdict == "stable"
+
+
+def test_skipped_steps_tolerated_up_to_the_threshold():
+    mon = DivergenceMonitor(MonitorConfig(max_skipped_steps=2))
+    feed(mon, [2.0, math.inf, 2.0, math.nan, 2.0])
+    assert mon.read()[1].verdict == "stable"
+    feed(mon, [math.inf])
+    _, v = mon.read()
+    assert v.verdict == "diverged" and v.first_bad_step == 1
+
+
+def test_fp16_overflow_steps_are_not_divergence():
+    mon = DivergenceMonitor(MonitorConfig())
+    t = torch.tensor
+    mon.update(t(2.0), t(math.inf), t(False), t(False), overflow=t(True))
+    mon.update(t(2.0), t(1.0), t(False), t(False), overflow=t(False))
+    snap, v = mon.read()
+    assert v.verdict == "stable" and snap.overflow_steps == 1
+
+
+def test_state_round_trip():
+    a = DivergenceMonitor(MonitorConfig())
+    feed(a, [3.0, 2.0, math.inf, 1.5])
+    b = DivergenceMonitor(MonitorConfig())
+    b.load_state_dict(a.state_dict())
+    assert a.read() == b.read()

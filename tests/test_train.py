@@ -1,0 +1,126 @@
+"""The training loop end to end on CPU, on the demo config (synthetic, small CNN)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablesweep.config import load_config
+from stablesweep.train import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_result():
+    cfg = load_config(DEMO)
+    reports = []
+    res = run_training(cfg, report=lambda m, c: reports.append(m), device="cpu")
+    return cfg, res, reports
+
+
+def test_default_demo_is_stable_and_learns(demo_result):
+    cfg, res, reports = demo_result
+    assert res.verdict == "stable" and res.reason is None and res.first_bad_step == -1
+    assert res.steps == cfg.training.steps
+    # chance is 1/num_classes within each dataset (masking restricts the prediction to it)
+    margins = {name: d["accuracy"] - 1 / cfg.datasets.dataset_configs[name].num_classes
+               for name, d in res.datasets.items()}
+    mean_acc = sum(d["accuracy"] for d in res.datasets.values()) / len(res.datasets)
+    chance = sum(1 / cfg.datasets.dataset_configs[n].num_classes for n in res.datasets) / len(res.datasets)
+    assert mean_acc > chance + 0.4, (mean_acc, chance, margins)
+    assert res.train_flops > 0 and res.train_flops == pytest.approx(res.flops_per_step * res.steps)
+    # one report per interval plus the end; each carries a finite objective and the verdict fields
+    assert [m["step"] for m in reports] == list(range(20, 121, 20))
+    assert all(math.isfinite(m["objective"]) and m["verdict"] == "stable" for m in reports)
+    assert reports[-1]["done"] and not reports[0]["done"]
+
+
+def test_huge_lr_diverges_with_reason_and_step_and_stops_within_an_interval():
+    cfg = load_config(DEMO, ["training.lr=1e3", "training.warmup_steps=0", "training.max_grad_norm=null"])
+    reports = []
+    res = run_training(cfg, report=lambda m, c: reports.append(m), device="cpu")
+    assert res.verdict == "diverged"
+    assert res.reason in ("nonfinite_loss", "nonfinite_grad", "loss_explosion")
+    assert 0 <= res.first_bad_step < res.steps
+    interval = cfg.training.report_interval
+    assert res.steps - res.first_bad_step <= interval  # stopped at the first report after it
+    assert res.steps < cfg.training.steps
+    assert reports[-1]["done"] and reports[-1]["verdict"] == "diverged"
+    assert math.isfinite(reports[-1]["objective"])
+
+
+def test_resume_continues_exactly(tmp_path):
+    over = ["training.steps=40", "training.report_interval=10"]
+    full_cfg = load_config(DEMO, over)
+    full = []
+    run_training(full_cfg, report=lambda m, c: full.append(m), device="cpu")
+
+    first = []
+    ck = {}
+    cfg = load_config(DEMO, over)
+    # run the first 20 steps only (same schedule: the budget stays 40), keep the checkpoint at 20
+    class Stop(Exception):
+        pass
+
+    def report(m, c):
+        first.append(m)
+        if m["step"] == 20:
+            ck["dir"] = c
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_training(cfg, report=report, device="cpu", checkpoint_dir=tmp_path / "ck")
+    resumed = []
+    run_training(cfg, report=lambda m, c: resumed.append(m), device="cpu", resume_from=ck["dir"])
+    assert [m["step"] for m in resumed] == [30, 40]
+    for a, b in zip(full[2:], resumed):
+        assert a["last_loss"] == b["last_loss"] and a["loss"] == b["loss"], (a["step"], a["last_loss"], b["last_loss"])
+    assert full[-1]["objective"] == resumed[-1]["objective"]
+
+
+def test_cli_train_writes_result_json_and_exit_status(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "stablesweep", "train", str(DEMO), "--set", "training.steps=20",
+           "--set", "training.report_interval=10", "--device", "cpu", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "verdict: stable" in p.stdout and "Eval food101: Loss:" in p.stdout
+    res = json.loads((out / "result.json").read_text())
+    for key in ("verdict", "reason", "first_bad_step", "steps", "train_flops", "datasets"):
+        assert key in res
+    assert set(res["datasets"]) == {"food101", "food172", "foodx251", "food2k", "fru92", "veg200"}
+    assert {"loss", "accuracy"} <= set(res["datasets"]["food101"])
+    p = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "d"), "--set", "training.lr=1e3",
+                                   "--set", "training.max_grad_norm=null"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "verdict: diverged" in p.stdout
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--set", "training.lrr=1"], "unknown key 'training.lrr'; did you mean 'training.lr'"),
+    (["--set", "loss.masking=neginf"], "did you mean 'neg_inf'"),
+    (["--set", "training.lr=-1"], "training.lr: must be a positive number"),
+    (["--device", "cuda"], "no CUDA device"),
+])
+def test_cli_bad_input_is_a_clear_error_and_exit_2(tmp_path, args, expect):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "never"
+    p = subprocess.run([sys.executable, "-m", "stablesweep", "train", str(DEMO), "--out", str(out), *args],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert expect in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists()  # nothing written
+
+
+def test_training_core_imports_neither_ray_nor_mlflow():
+    code = ("import sys, stablesweep.train, stablesweep.commands.train; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow', 'optuna')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
