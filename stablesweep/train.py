@@ -111,7 +111,11 @@ class Trainer:
         self.flops_per_step = 0.0
         self.dropped = 0
         n = len(self.space.names)
-        self._acc = torch.zeros(3, n, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        self._acc = torch.zeros(n, 3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
+        self._allowed = None if cfg.masking == "none" else self.loss_fn.allowed
+        self._accumulate = accumulate
+        if self.device.type == "cuda":  # a handful of launches instead of a dozen
+            self._accumulate = torch.compile(accumulate, fullgraph=True, dynamic=False)
 
     # -- one step ---------------------------------------------------------------------------
     def _train_step(self, batch) -> None:
@@ -122,15 +126,11 @@ class Trainer:
             logits = self.model(images)
         out = self.loss_fn(logits, batch)
         self.precision.backward(out.loss)
-        flags = self.precision.step(self.optimizer, self.params, out.loss, self.cfg.training.max_grad_norm)
-        self.monitor.update(out.loss, flags.grad_norm, flags.loss_bad, flags.grad_bad, flags.overflow)
+        self.precision.step(self.optimizer, self.params, out.loss, self.cfg.training.max_grad_norm, self.monitor)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        ids = batch.dataset_ids
-        correct = (self.loss_fn.predict(logits.detach(), batch) == batch.labels).double()
-        self._acc[0].index_add_(0, ids, out.per_sample.detach().double())
-        self._acc[1].index_add_(0, ids, torch.ones_like(correct))
-        self._acc[2].index_add_(0, ids, correct)
+        self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
+                                     out.per_sample.detach(), self._allowed)
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,7 +234,7 @@ class Trainer:
             k = len(values) - self._acc.numel()
             snap = self.monitor.snapshot(values[:k])
             verdict = self.monitor.judge(snap)
-            per_ds = [values[k + i * len(names):k + (i + 1) * len(names)] for i in range(3)]
+            per_ds = [values[k + i::3] for i in range(3)]
             now = time.perf_counter()
             samples_per_s = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
             tick, tick_step = now, self.step
@@ -316,6 +316,14 @@ class Trainer:
             lines.append(f"    Eval {name}: Loss: {m[f'eval_loss/{name}']:.4f} "
                          f"Accuracy: {100 * m[f'eval_acc/{name}']:.1f}%")
         return "\n".join(lines)
+
+
+def accumulate(acc: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor,
+               per_sample: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """acc [D, 3] plus this batch's per-dataset sums of loss, count and correct predictions."""
+    x = logits if allowed is None else torch.where(allowed[dataset_ids], logits.float(), float("-inf"))
+    correct = (x.argmax(dim=1) == labels).double()
+    return acc.index_add(0, dataset_ids, torch.stack([per_sample.double(), torch.ones_like(correct), correct], dim=1))
 
 
 def run_training(cfg: Config, report: Report | None = None, *, device: str = "auto",

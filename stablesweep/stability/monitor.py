@@ -5,7 +5,10 @@ gradients, the first bad step and its kind, the max finite loss and gradient nor
 exponentially smoothed loss (bias-corrected) and its best value, and the first step at which the
 smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-finder rule).
 
-Per report (`read`, one sync): the flags come to the host and `judge` gives the verdict:
+The whole state is one fp64 vector and the update is one pure function of it, so on CUDA it is
+compiled (torch.compile) into a kernel or two: the guard costs a few launches a step, not dozens.
+
+Per report (`read`, one sync): the vector comes to the host and `judge` gives the verdict:
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
 `loss_explosion`) and the step where it began. Every verdict holds for the steps run so far.
 """
@@ -21,10 +24,74 @@ from stablesweep.config import MonitorConfig
 STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
 REASONS = ("nonfinite_loss", "nonfinite_grad", "loss_explosion")
 
-# the order of the values in the state vector read once per report
-_FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
-           "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
-           "last_gnorm")
+# the fields of the state vector, in order
+FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
+          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
+          "last_gnorm")
+_I = {name: i for i, name in enumerate(FIELDS)}
+_INITIAL = {"first_bad": -1.0, "max_loss": -math.inf, "max_gnorm": -math.inf, "best": math.inf,
+            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan}
+
+
+def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
+    """(loss_bad, grad_bad, overflow) of one step.
+
+    A non-finite gradient norm with a finite loss is `grad_bad`, except in fp16 at a loss scale
+    above 1: there it is the scaler finding its range (`overflow`), an expected skip, not divergence.
+    """
+    loss_bad = ~torch.isfinite(loss)
+    norm_bad = ~torch.isfinite(grad_norm) & ~loss_bad
+    overflow = norm_bad & (scale > 1)
+    return loss_bad, norm_bad & ~overflow, overflow
+
+
+def _update(v: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor, scale: torch.Tensor,
+            beta: float, factor: float, min_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the new state vector, the skip flag as 0./1. for the fused optimizer's found_inf) after
+    one step: a pure function, compiled on CUDA."""
+    skip = (~torch.isfinite(loss + gnorm)).float()
+    loss = loss.double()
+    gnorm = gnorm.double()
+    loss_bad, grad_bad, overflow = classify(loss, gnorm, scale)
+    step = v[_I["steps"]]
+    bad = loss_bad | grad_bad
+    ok = ~bad & ~overflow
+    first_bad = v[_I["first_bad"]]
+    new_bad = bad & (first_bad < 0)
+    kind = torch.where(loss_bad, 1.0, 2.0)
+    ema = torch.where(ok, beta * v[_I["ema"]] + (1 - beta) * torch.nan_to_num(loss), v[_I["ema"]])
+    n = v[_I["ema_n"]] + ok.double()
+    smoothed = ema / (1 - beta ** torch.clamp(n, min=1.0))
+    best = v[_I["best"]]
+    exploded = ok & (n > min_steps) & (smoothed > factor * best)
+    first_exp = v[_I["first_explosion"]]
+    return torch.stack([
+        step + 1,
+        v[_I["loss_bad"]] + loss_bad.double(),
+        v[_I["grad_bad"]] + grad_bad.double(),
+        v[_I["overflow"]] + overflow.double(),
+        torch.where(new_bad, step, first_bad),
+        torch.where(new_bad, kind, v[_I["first_kind"]]),
+        torch.where(ok, torch.maximum(v[_I["max_loss"]], loss), v[_I["max_loss"]]),
+        torch.where(torch.isfinite(gnorm), torch.maximum(v[_I["max_gnorm"]], gnorm), v[_I["max_gnorm"]]),
+        ema,
+        n,
+        torch.where(ok, torch.minimum(best, smoothed), best),
+        torch.where(exploded & (first_exp < 0), step, first_exp),
+        torch.where(step == 0, loss, v[_I["initial_loss"]]),
+        loss,
+        gnorm,
+    ]), skip
+
+
+_compiled = None
+
+
+def _compiled_update():
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_update, fullgraph=True, dynamic=False)
+    return _compiled
 
 
 @dataclass
@@ -60,74 +127,37 @@ class Snapshot:
 
 
 class DivergenceMonitor:
-    def __init__(self, cfg: MonitorConfig, device: torch.device | str = "cpu"):
+    """`update` every step (device only), `read` once per report (one sync), `judge` the snapshot.
+
+    `compile`: None = compile the update on CUDA only; True/False to force.
+    """
+
+    def __init__(self, cfg: MonitorConfig, device: torch.device | str = "cpu", compile: bool | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
-        f32 = dict(dtype=torch.float32, device=self.device)
-        i64 = dict(dtype=torch.int64, device=self.device)
-        self.state: dict[str, torch.Tensor] = {
-            "steps": torch.zeros((), **i64),
-            "loss_bad": torch.zeros((), **i64),
-            "grad_bad": torch.zeros((), **i64),
-            "overflow": torch.zeros((), **i64),
-            "first_bad": torch.full((), -1, **i64),
-            "first_kind": torch.zeros((), **i64),  # 1 loss, 2 grad
-            "max_loss": torch.full((), -math.inf, **f32),
-            "max_gnorm": torch.full((), -math.inf, **f32),
-            "ema": torch.zeros((), **f32),
-            "ema_n": torch.zeros((), **i64),
-            "best": torch.full((), math.inf, **f32),
-            "first_explosion": torch.full((), -1, **i64),
-            "initial_loss": torch.full((), math.nan, **f32),
-            "last_loss": torch.full((), math.nan, **f32),
-            "last_gnorm": torch.full((), math.nan, **f32),
-        }
-        self._beta = torch.tensor(cfg.smoothing, **f32)  # made once: a per-step tensor() is a host copy
+        init = [_INITIAL.get(name, 0.0) for name in FIELDS]
+        self.v = torch.tensor(init, dtype=torch.float64, device=self.device)
+        self._one = torch.ones((), device=self.device)
+        use_compile = self.device.type == "cuda" if compile is None else compile
+        self._fn = _compiled_update() if use_compile else _update
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, loss_bad: torch.Tensor,
-               grad_bad: torch.Tensor, overflow: torch.Tensor | None = None) -> None:
-        s = self.state
-        step = s["steps"]  # index of this step (0-based)
-        loss = loss.detach().float()
-        gnorm = grad_norm.detach().float()
-        bad = loss_bad | grad_bad
-        ok = ~loss_bad & torch.isfinite(loss)
-        if overflow is not None:
-            ok = ok & ~overflow
-        s["initial_loss"].copy_(torch.where(step == 0, loss, s["initial_loss"]))
-        s["last_loss"].copy_(loss)
-        s["last_gnorm"].copy_(gnorm)
-        s["loss_bad"].add_(loss_bad.long())
-        s["grad_bad"].add_(grad_bad.long())
-        if overflow is not None:
-            s["overflow"].add_(overflow.long())
-        new_bad = bad & (s["first_bad"] < 0)
-        s["first_kind"].copy_(torch.where(new_bad, torch.where(loss_bad, 1, 2), s["first_kind"]))
-        s["first_bad"].copy_(torch.where(new_bad, step, s["first_bad"]))
-        s["max_loss"].copy_(torch.where(ok, torch.maximum(s["max_loss"], loss), s["max_loss"]))
-        s["max_gnorm"].copy_(torch.where(torch.isfinite(gnorm), torch.maximum(s["max_gnorm"], gnorm), s["max_gnorm"]))
-        # smoothed loss over finite steps only, bias-corrected as in Adam and the lr finders
-        beta = self.cfg.smoothing
-        ema = torch.where(ok, beta * s["ema"] + (1 - beta) * torch.nan_to_num(loss), s["ema"])
-        n = s["ema_n"] + ok.long()
-        smoothed = ema / (1 - torch.pow(self._beta, n.clamp(min=1).float()))
-        s["ema"].copy_(ema)
-        s["ema_n"].copy_(n)
-        exploded = ok & (n > self.cfg.min_steps) & (smoothed > self.cfg.explosion_factor * s["best"])
-        s["first_explosion"].copy_(torch.where(exploded & (s["first_explosion"] < 0), step, s["first_explosion"]))
-        s["best"].copy_(torch.where(ok, torch.minimum(s["best"], smoothed), s["best"]))
-        s["steps"].add_(1)
+    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Record one step; returns 1. if its update must be skipped (non-finite loss or gradient
+        norm), else 0., as a device tensor for the fused optimizer's `found_inf`."""
+        scale = self._one if scale is None else scale
+        self.v, skip = self._fn(self.v, loss.detach(), grad_norm.detach(), scale, self.cfg.smoothing,
+                                self.cfg.explosion_factor, self.cfg.min_steps)
+        return skip
 
     def state_vector(self) -> torch.Tensor:
         """All flags as one fp64 vector: read it together with other stats in a single sync."""
-        return torch.stack([self.state[k].double() for k in _FIELDS])
+        return self.v
 
     def snapshot(self, values: list[float] | None = None) -> Snapshot:
-        v = dict(zip(_FIELDS, values if values is not None else self.state_vector().tolist()))
-        beta = self.cfg.smoothing
+        v = dict(zip(FIELDS, values if values is not None else self.v.tolist()))
         n = int(v["ema_n"])
-        smoothed = v["ema"] / (1 - beta ** n) if n else math.nan
+        smoothed = v["ema"] / (1 - self.cfg.smoothing ** n) if n else math.nan
         return Snapshot(
             steps=int(v["steps"]), nonfinite_loss_steps=int(v["loss_bad"]),
             nonfinite_grad_steps=int(v["grad_bad"]), overflow_steps=int(v["overflow"]),
@@ -155,8 +185,7 @@ class DivergenceMonitor:
         return snap, self.judge(snap)
 
     def state_dict(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.state.items()}
+        return {"v": self.v.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            self.state[k].copy_(v.to(self.device))
+        self.v = state["v"].to(self.device, torch.float64).clone()

@@ -13,16 +13,31 @@ from dataclasses import dataclass
 
 import torch
 
+from stablesweep.stability.monitor import classify
+
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
 class StepFlags:
+    """What one guarded step left on the device (nothing here has been read by the host)."""
+
     grad_norm: torch.Tensor  # fp32 scalar, total norm of the unscaled gradients (before clipping)
-    loss_bad: torch.Tensor  # bool scalar
-    grad_bad: torch.Tensor  # bool scalar: non-finite gradients (the loss was finite)
-    overflow: torch.Tensor  # bool scalar: fp16 loss-scale overflow (an expected skip, not divergence)
     skipped: torch.Tensor  # bool scalar: the update was skipped
+    scale: torch.Tensor  # the loss scale this step ran at (1 unless fp16)
+    loss: torch.Tensor
+
+    @property
+    def loss_bad(self) -> torch.Tensor:
+        return classify(self.loss, self.grad_norm, self.scale)[0]
+
+    @property
+    def grad_bad(self) -> torch.Tensor:
+        return classify(self.loss, self.grad_norm, self.scale)[1]
+
+    @property
+    def overflow(self) -> torch.Tensor:
+        return classify(self.loss, self.grad_norm, self.scale)[2]
 
 
 class Precision:
@@ -55,32 +70,33 @@ class Precision:
         return self.scaler._get_scale_async() if self.scaler.is_enabled() else self._one
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-             loss: torch.Tensor, max_grad_norm: float | None) -> StepFlags:
-        """Unscale, clip, skip-or-step, update the scale. No host sync."""
-        scale = self.scale().detach().clone()
+             loss: torch.Tensor, max_grad_norm: float | None, monitor=None) -> StepFlags:
+        """Unscale, clip, skip-or-step, update the loss scale. No host sync.
+
+        With a DivergenceMonitor, the step is recorded by it and its skip flag is used (one
+        compiled call on CUDA for both); without one, the flag is computed here.
+        """
+        enabled = self.scaler.is_enabled()
+        scale = self.scaler._get_scale_async().clone() if enabled else self._one
         self.scaler.unscale_(optimizer)
-        grads = [p.grad for p in params if p.grad is not None]
         if max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        norm = norm.float()
-        loss_bad = ~torch.isfinite(loss.detach())
-        norm_bad = ~torch.isfinite(norm)
-        skip = loss_bad | norm_bad
-        # fused optimizers read these two attributes (as GradScaler.step sets them)
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+        loss = loss.detach()
+        if monitor is not None:
+            skip = monitor.update(loss, norm, scale)
+        else:  # loss + norm is non-finite when either is
+            skip = (~torch.isfinite(loss + norm)).float()
+        # fused optimizers read these two attributes (GradScaler.step sets them the same way)
         optimizer.grad_scale = None
-        optimizer.found_inf = skip.float()
+        optimizer.found_inf = skip
         try:
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
         self.scaler.update()
-        # In fp16 a non-finite gradient at a loss scale above 1 is the scaler finding its range:
-        # expected, skipped, not divergence. At scale <= 1 the gradients overflow on their own.
-        overflow = norm_bad & ~loss_bad & (scale > 1)
-        grad_bad = norm_bad & ~loss_bad & ~overflow
-        return StepFlags(norm, loss_bad, grad_bad, overflow, skip)
+        return StepFlags(norm, skip.bool(), scale, loss)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "scaler": self.scaler.state_dict()}

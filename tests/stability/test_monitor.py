@@ -10,9 +10,7 @@ from stablesweep.stability.monitor import DivergenceMonitor
 def feed(mon, losses, grads=None):
     for i, loss in enumerate(losses):
         g = 1.0 if grads is None else grads[i]
-        lt, gt = torch.tensor(loss), torch.tensor(g)
-        lb, gb = ~torch.isfinite(lt), ~torch.isfinite(gt) & torch.isfinite(lt)
-        mon.update(lt, gt, lb, gb)
+        mon.update(torch.tensor(loss), torch.tensor(g))
 
 
 def test_finite_decreasing_losses_are_stable():
@@ -66,8 +64,8 @@ def test_skipped_steps_tolerated_up_to_the_threshold():
 def test_fp16_overflow_steps_are_not_divergence():
     mon = DivergenceMonitor(MonitorConfig())
     t = torch.tensor
-    mon.update(t(2.0), t(math.inf), t(False), t(False), overflow=t(True))
-    mon.update(t(2.0), t(1.0), t(False), t(False), overflow=t(False))
+    mon.update(t(2.0), t(math.inf), scale=t(65536.0))  # the scaler's range finding
+    mon.update(t(2.0), t(1.0), scale=t(32768.0))
     snap, v = mon.read()
     assert v.verdict == "stable" and snap.overflow_steps == 1
 
@@ -78,3 +76,18 @@ def test_state_round_trip():
     b = DivergenceMonitor(MonitorConfig())
     b.load_state_dict(a.state_dict())
     assert a.read() == b.read()
+
+
+def test_fp16_nonfinite_gradient_at_scale_one_is_divergence():
+    mon = DivergenceMonitor(MonitorConfig())
+    mon.update(torch.tensor(2.0), torch.tensor(math.inf), scale=torch.tensor(1.0))
+    assert mon.read()[1].reason == "nonfinite_grad"
+
+
+def test_compiled_update_agrees_with_eager():
+    losses = [3.0 - 0.05 * i for i in range(20)] + [40.0, math.nan, 2.0]
+    a, b = DivergenceMonitor(MonitorConfig(), compile=False), DivergenceMonitor(MonitorConfig(), compile=True)
+    feed(a, losses)
+    feed(b, losses)
+    assert a.read()[1] == b.read()[1]
+    torch.testing.assert_close(a.state_vector(), b.state_vector(), equal_nan=True)
