@@ -52,7 +52,10 @@ class TrainingConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
-    schedule: Literal["constant", "cosine"] = "constant"
+    # constant or cosine after warmup; exponential rises from lr to lr_final over the budget (the
+    # lr range test of the fastai / Lightning lr finders)
+    schedule: Literal["constant", "cosine", "exponential"] = "constant"
+    lr_final: float | None = None
     seed: int = 0
     report_interval: int = 10  # steps between reports (and the one host sync of the monitor)
     eval_every: int = 0  # evaluate every N reports; 0 = only at the end
@@ -384,6 +387,9 @@ def validate(cfg: Config) -> None:
          "set training.steps or training.epochs")
     need(t.report_interval >= 1, "training.report_interval", f"must be at least 1, got {t.report_interval}")
     need(t.warmup_steps >= 0, "training.warmup_steps", "must be 0 or more")
+    if t.schedule == "exponential":
+        need(t.lr_final is not None and t.lr_final > t.lr, "training.lr_final",
+             f"the exponential schedule needs lr_final above lr ({t.lr}), got {t.lr_final}")
     need(t.eval_every >= 0, "training.eval_every", "must be 0 or more")
     need(t.checkpoint_every >= 0, "training.checkpoint_every", "must be 0 or more")
     need(t.weight_decay >= 0, "training.weight_decay", "must be 0 or more")

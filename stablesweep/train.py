@@ -67,10 +67,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
-    """Linear warmup to 1, then constant or cosine decay to 0 at `total`."""
+def lr_factor(step: int, warmup: int, total: int, schedule: str, ratio: float = 1.0) -> float:
+    """Linear warmup to 1, then constant, cosine decay to 0 at `total`, or exponential growth to
+    `ratio` (lr_final / lr) at the last step."""
     if warmup and step < warmup:
         return (step + 1) / warmup
+    if schedule == "exponential":
+        return ratio ** (min(step, total - 1) / max(1, total - 1))
     if schedule == "cosine":
         span = max(1, total - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
@@ -104,7 +107,8 @@ class Trainer:
                                         momentum=t.momentum, betas=t.betas)
         self.total = total_steps(cfg, self.data.train_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule))
+            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule,
+                                                (t.lr_final or t.lr) / t.lr))
         self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
         self.monitor = DivergenceMonitor(cfg.monitor, self.device)
         self.step = 0
@@ -184,7 +188,9 @@ class Trainer:
         tmp.replace(directory / CHECKPOINT_FILE)
         return directory
 
-    def load(self, directory: str | Path) -> None:
+    def load(self, directory: str | Path, *, keep_config_lr: bool = False) -> None:
+        """Restore a checkpoint. `keep_config_lr`: train on at this config's lr (a warm start at a
+        new lr, as the ramp's continue mode does) instead of the checkpoint's."""
         path = Path(directory)
         path = path / CHECKPOINT_FILE if path.is_dir() else path
         if not path.exists():
@@ -193,6 +199,11 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if keep_config_lr:
+            self.scheduler.base_lrs = [self.cfg.training.lr for _ in self.optimizer.param_groups]
+            for g in self.optimizer.param_groups:
+                g["initial_lr"] = self.cfg.training.lr
+                g["lr"] = self.cfg.training.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
         self.precision.load_state_dict(state["precision"])
         self.monitor.load_state_dict(state["monitor"])
         self.step = int(state["step"])
@@ -328,16 +339,17 @@ def accumulate(acc: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, da
 
 def run_training(cfg: Config, report: Report | None = None, *, device: str = "auto",
                  checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
-                 log: Callable[[str], None] | None = None) -> TrainResult:
+                 log: Callable[[str], None] | None = None, warm_start: bool = False) -> TrainResult:
     """Train `cfg` to its step budget (or until it diverges) and return the verdict.
 
     `report(metrics, checkpoint_dir_or_None)` is called every `training.report_interval` steps and
     at the end (`metrics["done"]`). With `checkpoint_dir`, a checkpoint is written before each
     report (every `training.checkpoint_every` reports); `resume_from` continues such a checkpoint
     exactly (model, optimizer, loss scale, monitor, step, RNG; the data order is a function of the
-    seed and the step).
+    seed and the step). With `warm_start`, the checkpoint's model, optimizer and step are
+    continued at this config's lr (and `training.steps` is the new total budget).
     """
     trainer = Trainer(cfg, device=device, log=log)
     if resume_from is not None:
-        trainer.load(resume_from)
+        trainer.load(resume_from, keep_config_lr=warm_start)
     return trainer.run(report, checkpoint_dir)

@@ -124,3 +124,28 @@ def test_training_core_imports_neither_ray_nor_mlflow():
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_warm_start_continues_the_step_counter_at_a_new_lr(tmp_path):
+    cfg = load_config(DEMO, ["training.steps=20", "training.report_interval=10", "training.warmup_steps=0",
+                             "training.schedule=constant"])
+    ck = []
+    run_training(cfg, report=lambda m, c: ck.append(c), device="cpu", checkpoint_dir=tmp_path / "a")
+    more = load_config(DEMO, ["training.steps=40", "training.report_interval=10", "training.warmup_steps=0",
+                              "training.schedule=constant", "training.lr=6e-3"])
+    seen = []
+    res = run_training(more, report=lambda m, c: seen.append(m), device="cpu", resume_from=ck[-1], warm_start=True)
+    assert [m["step"] for m in seen] == [30, 40] and res.steps == 40
+    assert all(m["lr"] == pytest.approx(6e-3) for m in seen)
+
+
+def test_exponential_schedule_is_an_lr_range_test():
+    cfg = load_config(DEMO, ["training.steps=30", "training.report_interval=10", "training.warmup_steps=0",
+                             "training.schedule=exponential", "training.lr=1e-3", "training.lr_final=1e3",
+                             "monitor.stop_on_divergence=false"])
+    seen = []
+    run_training(cfg, report=lambda m, c: seen.append(m), device="cpu")
+    # lr after step s is lr * ratio ** (s / (total - 1)); the last report is past the end of the ramp
+    assert seen[0]["lr"] == pytest.approx(1e-3 * 1e6 ** (10 / 29))
+    assert seen[-1]["lr"] == pytest.approx(1e3)
+    assert seen[-1]["verdict"] == "diverged"
