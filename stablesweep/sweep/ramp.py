@@ -1,0 +1,180 @@
+"""The progressive learning-rate ramp: the largest stable lr of each setting, found with few probes.
+
+The user's own move, automated: once a setting trains, raise its lr along a ladder (1e-6, 2e-6,
+5e-6, ...) until a rung diverges, then bisect in log space between the last stable and the first
+diverged lr until their ratio is at most `resolution`. Each probe is a real short training run
+judged by the same monitor as everything else.
+
+This module is the planner: plain data in, the next probes out, no Ray. `stablesweep.sweep.
+ramp_runner` runs the probes as Tune trials and logs them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LADDERS = ("1-2-5", "x2", "x10")
+
+# status of a setting
+RUNNING, BRACKETED, NEVER_DIVERGED, DIVERGED_AT_START, FAILED = (
+    "running", "bracketed", "never_diverged", "diverged_at_start", "error")
+
+
+def ladder(start: float, stop: float, kind: str = "1-2-5") -> list[float]:
+    """The rungs from `start` to `stop` (both included): 1-2-5 per decade, doubling, or decades."""
+    if not (0 < start < stop):
+        raise ValueError(f"the ladder needs 0 < lr-start < lr-stop, got {start} and {stop}")
+    eps = 1e-9
+    if kind == "x2" or kind == "x10":
+        f = 2.0 if kind == "x2" else 10.0
+        rungs, k = [], 0
+        while start * f ** k <= stop * (1 + eps):
+            rungs.append(float(f"{start * f ** k:.12g}"))
+            k += 1
+    elif kind == "1-2-5":
+        rungs = [start]
+        decade = 10.0 ** math.floor(math.log10(start))
+        while decade <= stop * 10:
+            for m in (1.0, 2.0, 5.0):
+                v = float(f"{m * decade:.6g}")
+                if start * (1 + eps) < v <= stop * (1 + eps):
+                    rungs.append(v)
+            decade *= 10
+    else:
+        raise ValueError(f"unknown ladder {kind!r}; expected one of {', '.join(LADDERS)}")
+    if rungs[-1] < stop * (1 - eps):
+        rungs.append(stop)
+    return rungs
+
+
+def geometric_points(lo: float, hi: float, k: int) -> list[float]:
+    """k points splitting [lo, hi] into k + 1 equal parts in log space."""
+    r = math.log(hi / lo)
+    return [lo * math.exp(r * i / (k + 1)) for i in range(1, k + 1)]
+
+
+def range_test_lr(lr_start: float, lr_stop: float, steps: int, step: int) -> float:
+    """The lr at `step` of an exponential range test from lr_start to lr_stop over `steps`."""
+    return lr_start * (lr_stop / lr_start) ** (min(step, steps - 1) / max(1, steps - 1))
+
+
+@dataclass
+class Probe:
+    lr: float
+    verdict: str  # stable | diverged | error
+    reason: str | None = None
+    first_bad_step: int = -1
+    steps: int = 0
+    train_flops: float = 0.0
+    wall_s: float = 0.0
+    phase: str = "ladder"  # ladder | bisect | verify | range-test
+    objective: float = math.nan
+    start_step: int = 0  # continue mode: the step the warm start began at
+    checkpoint: str | None = None  # continue mode: where this probe's last state lies
+    trial_id: str | None = None
+
+
+@dataclass
+class Setting:
+    """One combination of the categorical axes, and everything probed for it."""
+
+    key: str
+    params: dict[str, Any]
+    rungs: list[float]
+    probes: list[Probe] = field(default_factory=list)
+    range_test: Probe | None = None
+    status: str = RUNNING
+
+    # -- what is known ------------------------------------------------------------------------
+    @property
+    def tested(self) -> list[Probe]:
+        return [p for p in self.probes if p.phase != "range-test"]
+
+    @property
+    def min_diverged(self) -> float | None:
+        d = [p.lr for p in self.tested if p.verdict == "diverged"]
+        return min(d) if d else None
+
+    @property
+    def max_stable(self) -> float | None:
+        """The largest stable lr below the smallest diverged one (a stable probe above a
+        diverged one, which noise near the boundary can give, does not widen the bracket)."""
+        hi = self.min_diverged
+        s = [p.lr for p in self.tested if p.verdict == "stable" and (hi is None or p.lr < hi)]
+        return max(s) if s else None
+
+    def last_stable_probe(self) -> Probe | None:
+        lo = self.max_stable
+        return next((p for p in self.tested if p.lr == lo and p.verdict == "stable"), None)
+
+    def has(self, lr: float) -> bool:
+        return any(math.isclose(p.lr, lr, rel_tol=1e-9) for p in self.tested)
+
+    def summary(self, safety: float) -> dict[str, Any]:
+        lo, hi = self.max_stable, self.min_diverged
+        return {
+            "setting": self.key, "params": self.params, "status": self.status,
+            "max_stable_lr": lo, "min_diverged_lr": hi,
+            "ratio": (hi / lo) if lo and hi else None,
+            "recommended_lr": lo * safety if lo else None,
+            "probes": len(self.tested) + (1 if self.range_test else 0),
+            "compute_s": sum(p.wall_s for p in self.probes) + (self.range_test.wall_s if self.range_test else 0),
+            "train_flops": sum(p.train_flops for p in self.probes)
+            + (self.range_test.train_flops if self.range_test else 0),
+            "budget_steps": max((p.steps - p.start_step for p in self.tested), default=0),
+            "range_test": asdict(self.range_test) if self.range_test else None,
+            "probe_list": [asdict(p) for p in self.probes],
+        }
+
+
+def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[float, str]]:
+    """The next (lr, phase) probes of a setting, at most `parallel` of them; [] when it is done
+    (and `s.status` then says how it ended)."""
+    if s.status != RUNNING:
+        return []
+    if any(p.verdict == "error" for p in s.tested):
+        s.status = FAILED
+        return []
+    lo, hi = s.max_stable, s.min_diverged
+    first, last = s.rungs[0], s.rungs[-1]
+    if hi is None:  # climbing: the next untested rungs above the last stable one
+        up = [r for r in s.rungs if (lo is None or r > lo * (1 + 1e-9)) and not s.has(r)]
+        if not up:
+            s.status = NEVER_DIVERGED
+            return []
+        return [(r, "ladder") for r in up[:parallel]]
+    if lo is None:  # nothing stable below the first diverged lr: step down the ladder
+        if hi <= first * (1 + 1e-9):
+            s.status = DIVERGED_AT_START
+            return []
+        down = [r for r in s.rungs if r < hi * (1 - 1e-9) and not s.has(r)]
+        return [(r, "ladder") for r in sorted(down, reverse=True)[:parallel]]
+    if hi / lo <= resolution * (1 + 1e-9):
+        s.status = BRACKETED
+        return []
+    # bisect: the fewest points that split the bracket, at most `parallel`
+    k = 1
+    while k < parallel and (hi / lo) ** (1 / (k + 1)) > resolution:
+        k += 1
+    return [(lr, "bisect") for lr in geometric_points(lo, hi, k)]
+
+
+def seed_from_range_test(s: Setting, rt: Probe, lr_start: float, lr_stop: float, rt_steps: int,
+                         parallel: int) -> list[tuple[float, str]]:
+    """Probes that verify the bracket proposed by a range test (instead of climbing from the bottom).
+
+    The range test spends few steps at each lr, so the lr where it blew up is an upper guess of the
+    fixed-lr boundary: verify it and a decade below it (plus points between when running more in
+    parallel). A range test that never diverged proposes the top of the ladder.
+    """
+    s.range_test = rt
+    if rt.verdict == "diverged" and rt.first_bad_step >= 0:
+        hi = range_test_lr(lr_start, lr_stop, rt_steps, rt.first_bad_step)
+    else:
+        hi = lr_stop
+    hi = min(max(hi, lr_start), lr_stop)
+    lo = max(hi / 10, lr_start)
+    inner = geometric_points(lo, hi, parallel - 2) if parallel > 2 and hi > lo else []
+    points = [lo, *inner, hi] if hi > lo else [lo]
+    return [(lr, "verify") for lr in points]

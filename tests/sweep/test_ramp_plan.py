@@ -1,0 +1,69 @@
+"""The ramp's planner on a known boundary (pure: no Ray, no training)."""
+import math
+
+import pytest
+
+from stablesweep.sweep.ramp import (BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED, Probe, Setting, ladder,
+                                    next_probes, range_test_lr, seed_from_range_test)
+
+
+def test_ladders():
+    assert ladder(1e-6, 1e-5, "1-2-5") == [1e-6, 2e-6, 5e-6, 1e-5]
+    assert ladder(1e-6, 8e-6, "x2") == [1e-6, 2e-6, 4e-6, 8e-6]
+    assert ladder(3e-6, 1e-3, "x10") == [3e-6, 3e-5, 3e-4, 1e-3]
+    assert ladder(3e-6, 2e-5, "1-2-5") == [3e-6, 5e-6, 1e-5, 2e-5]
+    with pytest.raises(ValueError, match="unknown ladder"):
+        ladder(1e-6, 1.0, "x3")
+    with pytest.raises(ValueError, match="lr-start < lr-stop"):
+        ladder(1.0, 1e-6)
+
+
+def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None):
+    s = Setting("s", {}, ladder(start, stop, kind))
+    todo = seed or next_probes(s, parallel, resolution)
+    while todo:
+        for lr, phase in todo:
+            s.probes.append(Probe(lr, "stable" if lr < boundary else "diverged", phase=phase))
+        todo = next_probes(s, parallel, resolution)
+    return s
+
+
+@pytest.mark.parametrize("boundary", [3.3e-6, 1.7e-4, 0.049, 0.9])
+@pytest.mark.parametrize("parallel", [1, 2, 4])
+def test_bracket_contains_the_boundary_at_the_resolution(boundary, parallel):
+    s = run_plan(boundary, parallel)
+    assert s.status == BRACKETED
+    assert s.max_stable < boundary <= s.min_diverged
+    assert s.min_diverged / s.max_stable <= 1.25 + 1e-9
+    grid = math.ceil(math.log(1e6) / math.log(1.25)) + 1  # a 1.25x grid over 1e-6..1
+    assert len(s.probes) < grid / 2
+
+
+def test_never_diverges_and_diverges_at_start_are_reported_as_such():
+    assert run_plan(boundary=10.0).status == NEVER_DIVERGED
+    s = run_plan(boundary=1e-7)
+    assert s.status == DIVERGED_AT_START and s.max_stable is None and s.min_diverged == 1e-6
+
+
+def test_a_stable_probe_above_a_diverged_one_does_not_widen_the_bracket():
+    s = Setting("s", {}, ladder(1e-3, 1.0))
+    s.probes += [Probe(1e-2, "stable"), Probe(2e-2, "diverged"), Probe(5e-2, "stable")]
+    assert s.max_stable == 1e-2 and s.min_diverged == 2e-2
+
+
+def test_range_test_seeds_a_bracket_near_where_it_blew_up():
+    steps = 100
+    lr_at = range_test_lr(1e-6, 1.0, steps, 70)
+    s = Setting("s", {}, ladder(1e-6, 1.0))
+    seed = seed_from_range_test(s, Probe(0.0, "diverged", "loss_explosion", 70, phase="range-test"),
+                                1e-6, 1.0, steps, parallel=2)
+    assert [p for p, _ in seed] == pytest.approx([lr_at / 10, lr_at])
+    boundary = lr_at / 3
+    todo = seed
+    while todo:
+        for lr, phase in todo:
+            s.probes.append(Probe(lr, "stable" if lr < boundary else "diverged", phase=phase))
+        todo = next_probes(s, 2, 1.25)
+    assert s.status == BRACKETED and s.max_stable < boundary <= s.min_diverged
+    plain = run_plan(boundary, 2)
+    assert len(s.tested) < len(plain.tested)  # the first pass saves climbing the ladder
