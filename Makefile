@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@rm -rf $(DEMO_OUT)/demo
 	$(BIN)/stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --out $(DEMO_OUT) --name demo
 
 test: $(STAMP)

@@ -45,9 +45,10 @@ def add_set_argument(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # bad config: an error before torch is even imported
     from stablesweep.train import resolve_device, run_training
 
-    cfg = load_config(args.config, args.overrides)
     resolve_device(args.device)  # a GPU asked for where there is none: error before any work
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     log = None if args.quiet else (lambda s: print(s, flush=True))

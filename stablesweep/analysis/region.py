@@ -1,0 +1,499 @@
+"""The stable region: a plain table of trials in, tables, figures and a recommended config out.
+
+No Ray, no MLflow: one row a trial, with its params as columns named by their dotted config key
+(`training.lr`, `loss.masking`, ...) and the columns `verdict` (stable | diverged | pruned |
+error), `objective`, `initial_loss`, `steps`, `budget_steps`, `trial_id`.
+
+Per combination of the categorical axes (lr excluded) it reports the verdict counts, the bracket
+of the stability boundary (the largest lr seen stable, the smallest seen diverged), the best
+objective and its config, and the LR sensitivity of Wortsman et al. (2023), "Small-scale proxies
+for large-scale Transformer training instabilities": E over the sampled lrs of
+min(L(lr), L0) - min over lrs of L(lr), where L is the final loss (the trial's objective: the mean
+eval loss at the end of a stable run) and L0 the initial loss; a diverged trial counts as L0.
+A pruned trial was stable only up to the step where the scheduler stopped it: it never counts as
+stable (nor in the sensitivity, which needs a final loss). Every number holds for the step budget
+the trials ran, and says so.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
+VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
+LR_KEY = "training.lr"
+SAFETY = 0.5  # recommended lr <= SAFETY x the smallest diverged lr of its combination
+
+
+@dataclass
+class Group:
+    """One combination of the categorical axes."""
+
+    key: dict[str, Any]
+    counts: dict[str, int]
+    max_stable_lr: float | None
+    min_diverged_lr: float | None
+    bracket_ok: bool | None  # max stable < min diverged (None when either is missing)
+    best_objective: float | None
+    best_trial: str | None
+    best_params: dict[str, Any] | None
+    lr_sensitivity: float | None
+    sensitivity_n: int
+    budget_steps: int | None
+    recommended_lr: float | None = None  # its best stable lr, at most SAFETY x min_diverged_lr
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{_short(k)}={_fmt(v)}" for k, v in self.key.items()) or "all"
+
+
+@dataclass
+class Region:
+    lr_key: str | None
+    group_keys: list[str]
+    param_keys: list[str]
+    budget_steps: int | None
+    counts: dict[str, int]
+    groups: list[Group]
+    best: dict[str, Any] | None  # the best stable trial: trial_id, objective, params, group
+    importance: dict[str, float] = field(default_factory=dict)
+    importance_method: str = ""
+    divergence_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    recommended: dict[str, Any] | None = None  # params of recommended.yaml, lr with the margin
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["groups"] = [{**asdict(g), "label": g.label} for g in self.groups]
+        return _jsonable(d)
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for g in self.groups:
+            row = {_short(k): _fmt(v) for k, v in g.key.items()}
+            row.update({v: g.counts.get(v, 0) for v in VERDICTS})
+            row.update({"max stable lr": g.max_stable_lr, "min diverged lr": g.min_diverged_lr,
+                        "best objective": g.best_objective,
+                        "best lr": (g.best_params or {}).get(self.lr_key) if self.lr_key else None,
+                        "lr sensitivity": g.lr_sensitivity})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_text(self) -> str:
+        """The region table for a terminal."""
+        t = self.table()
+        if t.empty:
+            return "(no trials)"
+        shown = t.copy()
+        for c in ("max stable lr", "min diverged lr", "best lr"):
+            shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.2e}")
+        for c in ("best objective", "lr sensitivity"):
+            shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.4g}")
+        return shown.to_string(index=False)
+
+    def to_markdown(self, title: str = "Stable region") -> str:
+        c = self.counts
+        lines = [f"# {title}", "",
+                 f"Budget: **{self.budget_steps} steps** per trial. Every verdict here holds for this budget: "
+                 "a run stable for this many steps may still diverge later.", "",
+                 f"Trials: {sum(c.values())} (stable {c.get(STABLE, 0)}, diverged {c.get(DIVERGED, 0)}, "
+                 f"pruned {c.get(PRUNED, 0)}, error {c.get(ERROR, 0)}). Pruned trials were stopped early by "
+                 "the scheduler for poor (finite) progress and do not count as stable.", "",
+                 "## Per combination", ""]
+        t = self.table()
+        if not t.empty:
+            cols = list(t.columns)
+            lines.append("| " + " | ".join(cols) + " |")
+            lines.append("|" + "---|" * len(cols))
+            for _, r in t.iterrows():
+                cells = []
+                for col in cols:
+                    v = r[col]
+                    if col in ("max stable lr", "min diverged lr", "best lr"):
+                        cells.append("-" if v is None or _isnan(v) else f"{v:.2e}")
+                    elif col in ("best objective", "lr sensitivity"):
+                        cells.append("-" if v is None or _isnan(v) else f"{v:.4g}")
+                    else:
+                        cells.append(str(v))
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+            lines.append("The bracket of the stability boundary lies between *max stable lr* and *min diverged lr*. "
+                         "LR sensitivity (Wortsman et al. 2023): mean over the sampled lrs of "
+                         "min(final loss, initial loss) minus the best final loss; a diverged trial counts as "
+                         "its initial loss.")
+            lines.append("")
+        if self.best:
+            lines += ["## Best stable setting", "",
+                      f"Trial `{self.best['trial_id']}`, objective {self.best['objective']:.4g}: "
+                      + ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.best["params"].items()), ""]
+        if self.recommended:
+            lines += ["## Recommended (recommended.yaml)", "",
+                      ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.recommended.items()), "",
+                      f"lr is at most {SAFETY}x the smallest diverged lr of its combination.", ""]
+        if self.importance:
+            lines += [f"## What drives divergence ({self.importance_method})", "",
+                      "| param | importance |", "|---|---|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in self.importance.items()]
+            lines.append("")
+        if self.divergence_rates:
+            lines += ["## Divergence rate by value", "", "Among trials that ran to a verdict (stable or diverged).", ""]
+            for k, rates in self.divergence_rates.items():
+                lines.append(f"- `{k}`: " + ", ".join(f"{v}: {100 * r:.0f}%" for v, r in rates.items()))
+            lines.append("")
+        return "\n".join(lines)
+
+
+# ---- analysis -------------------------------------------------------------------------------
+
+def param_columns(df: pd.DataFrame) -> list[str]:
+    """Param columns are named by dotted config keys; metrics use '/' (eval_loss/food101)."""
+    return [c for c in df.columns if "." in c and "/" not in c]
+
+
+def infer_group_keys(df: pd.DataFrame, params: list[str], lr_key: str | None) -> list[str]:
+    keys = []
+    for k in params:
+        if k == lr_key:
+            continue
+        col = df[k]
+        if col.dtype == object or col.dtype == bool or col.nunique(dropna=False) <= 6:
+            keys.append(k)
+    return keys
+
+
+def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[str] | None = None,
+            param_keys: list[str] | None = None, distributions: dict | None = None,
+            importance: bool = True) -> Region:
+    """The stable region of a trials table."""
+    params = list(param_keys) if param_keys is not None else param_columns(df)
+    if lr_key is not None and lr_key not in df.columns:
+        lr_key = None
+    groups_by = list(group_keys) if group_keys is not None else infer_group_keys(df, params, lr_key)
+    groups_by = [k for k in groups_by if k != lr_key and k in df.columns]
+    counts = {v: int((df["verdict"] == v).sum()) for v in VERDICTS} if len(df) else {v: 0 for v in VERDICTS}
+    groups = [_summarize(sub, dict(zip(groups_by, key)), lr_key, params)
+              for key, sub in _groupby(df, groups_by)]
+    budget = _budget(df)
+    best = None
+    stable = df[df["verdict"] == STABLE] if len(df) else df
+    stable = stable[stable["objective"].map(_finite)] if len(stable) else stable
+    if len(stable):
+        row = stable.loc[stable["objective"].astype(float).idxmin()]
+        best = {"trial_id": str(row.get("trial_id")), "objective": float(row["objective"]),
+                "params": {k: _py(row[k]) for k in params},
+                "group": {k: _py(row[k]) for k in groups_by}}
+    region = Region(lr_key=lr_key, group_keys=groups_by, param_keys=params, budget_steps=budget,
+                    counts=counts, groups=groups, best=best)
+    if importance:
+        region.importance, region.importance_method = divergence_importance(df, params, distributions)
+    region.divergence_rates = divergence_rates(df, groups_by)
+    region.recommended = recommended_params(region)
+    return region
+
+
+def _groupby(df: pd.DataFrame, keys: list[str]):
+    if not keys:
+        yield (), df
+        return
+    frame = df.copy()
+    tmp = [f"__g{i}" for i in range(len(keys))]
+    for t, k in zip(tmp, keys):
+        frame[t] = frame[k].map(lambda v: repr(_py(v)))  # None/NaN-safe, type-preserving keys
+    out = []
+    for _, sub in frame.groupby(tmp, sort=False, dropna=False):
+        key = tuple(_py(sub[k].iloc[0]) for k in keys)
+        out.append((key, sub.drop(columns=tmp)))
+    out.sort(key=lambda kv: tuple(_sort_key(v) for v in kv[0]))
+    yield from out
+
+
+def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[str]) -> Group:
+    counts = {v: int((sub["verdict"] == v).sum()) for v in VERDICTS}
+    max_stable = min_div = None
+    if lr_key:
+        st = sub.loc[sub["verdict"] == STABLE, lr_key].dropna()
+        dv = sub.loc[sub["verdict"] == DIVERGED, lr_key].dropna()
+        max_stable = float(st.max()) if len(st) else None
+        min_div = float(dv.min()) if len(dv) else None
+    ok = None if max_stable is None or min_div is None else bool(max_stable < min_div)
+    best_obj = best_trial = best_params = None
+    st = sub[(sub["verdict"] == STABLE) & sub["objective"].map(_finite)]
+    if len(st):
+        row = st.loc[st["objective"].astype(float).idxmin()]
+        best_obj, best_trial = float(row["objective"]), str(row.get("trial_id"))
+        best_params = {k: _py(row[k]) for k in params}
+    sens, n = lr_sensitivity(sub)
+    rec = None
+    if lr_key and best_params and _float(best_params.get(lr_key)) is not None:
+        rec = float(best_params[lr_key])
+        if min_div is not None:
+            rec = min(rec, SAFETY * min_div)
+    return Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
+                 best_objective=best_obj, best_trial=best_trial, best_params=best_params,
+                 lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec)
+
+
+def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
+    """Wortsman et al. (2023): mean over trials of min(L, L0) minus min over trials of L, where a
+    diverged trial's L is its initial loss L0. Only trials with a verdict (stable or diverged)
+    count; None with fewer than two."""
+    losses = []
+    for _, r in sub.iterrows():
+        l0 = _float(r.get("initial_loss"))
+        if r["verdict"] == STABLE:
+            final = _float(r.get("objective"))
+            if final is None:
+                continue
+            losses.append(min(final, l0) if l0 is not None else final)
+        elif r["verdict"] == DIVERGED and l0 is not None:
+            losses.append(l0)
+    if len(losses) < 2:
+        return None, len(losses)
+    return float(sum(losses) / len(losses) - min(losses)), len(losses)
+
+
+def divergence_rates(df: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, float]]:
+    judged = df[df["verdict"].isin([STABLE, DIVERGED])] if len(df) else df
+    out = {}
+    for k in keys:
+        rates = {}
+        for key, sub in _groupby(judged, [k]):
+            rates[_fmt(key[0])] = float((sub["verdict"] == DIVERGED).mean())
+        if rates:
+            out[k] = rates
+    return out
+
+
+def divergence_importance(df: pd.DataFrame, params: list[str], distributions: dict | None = None
+                          ) -> tuple[dict[str, float], str]:
+    """Which params drive divergence: Optuna's fANOVA evaluator on a 0/1 target (1 = diverged),
+    over the trials that reached a verdict, in a throwaway in-memory study. fANOVA needs
+    scikit-learn; without it, PED-ANOVA with the "good" quantile set to exactly the stable
+    trials. Empty when there is nothing to explain (one class only, or too few trials)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    judged = df[df["verdict"].isin([STABLE, DIVERGED])] if len(df) else df
+    n_div = int((judged["verdict"] == DIVERGED).sum()) if len(judged) else 0
+    if len(judged) < 4 or n_div == 0 or n_div == len(judged) or not params:
+        return {}, ""
+    dists = {}
+    for k in params:
+        if distributions and k in distributions:
+            dists[k] = distributions[k]
+            continue
+        values = [_py(v) for v in judged[k]]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and len(set(values)) > 6:
+            lo, hi = float(min(values)), float(max(values))
+            dists[k] = FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
+        else:
+            dists[k] = CategoricalDistribution(sorted(set(values), key=_sort_key))
+    trials = []
+    for _, r in judged.iterrows():
+        p = {k: _py(r[k]) for k in dists}
+        try:
+            trials.append(optuna.trial.create_trial(params=p, distributions=dists,
+                                                    value=1.0 if r["verdict"] == DIVERGED else 0.0))
+        except ValueError:  # a value outside the given distribution: skip the trial
+            continue
+    if len(trials) < 4:
+        return {}, ""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="minimize")
+        study.add_trials(trials)
+        try:
+            import sklearn  # noqa: F401
+
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+            method = "fANOVA (Optuna) on a 0/1 divergence target"
+        except ImportError:
+            q = 1.0 - n_div / len(trials)
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator(baseline_quantile=q)
+            method = "PED-ANOVA (Optuna), stable trials vs all"
+        with _quiet_warnings():
+            imp = optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True)
+    except (ValueError, RuntimeError) as e:
+        logging.getLogger(__name__).warning("divergence importance unavailable: %s", e)
+        return {}, ""
+    finally:
+        optuna.logging.set_verbosity(level)
+    return {k: float(v) for k, v in imp.items()}, method
+
+
+def recommended_params(region: Region) -> dict[str, Any] | None:
+    """The best stable trial's params, lr capped at SAFETY x the smallest diverged lr of its
+    combination."""
+    if not region.best:
+        return None
+    params = dict(region.best["params"])
+    lr_key = region.lr_key
+    if lr_key and lr_key in params and params[lr_key] is not None:
+        group = next((g for g in region.groups if g.key == region.best["group"]), None)
+        if group is not None and group.min_diverged_lr is not None:
+            params[lr_key] = min(float(params[lr_key]), SAFETY * group.min_diverged_lr)
+    return params
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
+    """A complete training config (base + recommended params) and the header that says how it
+    was made. None when no trial was stable."""
+    from stablesweep.config import config_from_dict, set_dotted
+
+    if not region.recommended or not region.best:
+        return None
+    raw = copy.deepcopy(base)
+    for k, v in region.recommended.items():
+        set_dotted(raw, k, v)
+    cfg = config_from_dict(raw)  # refuses anything the config would refuse
+    c = region.counts
+    group = next((g for g in region.groups if g.key == region.best["group"]), None)
+    lines = [
+        "# recommended.yaml: written by `stablesweep sweep` on "
+        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"# From {sum(c.values())} trials (stable {c.get(STABLE, 0)}, diverged {c.get(DIVERGED, 0)}, "
+        f"pruned {c.get(PRUNED, 0)}, error {c.get(ERROR, 0)}): the best stable trial "
+        f"{region.best['trial_id']} (objective {region.best['objective']:.4g}).",
+    ]
+    if region.lr_key and region.lr_key in region.best["params"]:
+        best_lr = region.best["params"][region.lr_key]
+        if group is not None and group.min_diverged_lr is not None:
+            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_diverged_lr:.3g}, the smallest "
+                         f"lr that diverged with {group.label}) = {region.recommended[region.lr_key]:.3g}.")
+        else:
+            lines.append(f"# lr = its lr {best_lr:.3g}: no trial diverged with "
+                         f"{group.label if group else 'these settings'}, so the margin to the boundary is unknown.")
+    lines.append(f"# Stable for {region.budget_steps} steps, the budget the sweep measured; "
+                 "a longer run may still diverge: re-check at the length you train.")
+    return cfg.to_dict(), "\n".join(lines) + "\n"
+
+
+def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dict | None = None,
+                 title: str = "Stable region", extra: dict | None = None, figures: bool = True) -> dict[str, Path]:
+    """stable_region.json, stable_region.md, trials.csv, figures/*.png and recommended.yaml."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    data = {"kind": "sweep", "title": title, **(extra or {}), **region.to_dict()}
+    files["json"] = out / "stable_region.json"
+    files["json"].write_text(json.dumps(data, indent=2, default=str) + "\n")
+    files["md"] = out / "stable_region.md"
+    files["md"].write_text(region.to_markdown(title) + "\n")
+    files["trials"] = out / "trials.csv"
+    df.to_csv(files["trials"], index=False)
+    if figures:
+        from stablesweep.analysis.plots import plot_lr_objective, plot_region
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        files["figure_region"] = plot_region(df, fig_dir / "region_lr_clip.png", lr_key=region.lr_key or LR_KEY)
+        files["figure_objective"] = plot_lr_objective(df, fig_dir / "lr_objective.png",
+                                                      lr_key=region.lr_key or LR_KEY)
+    if base is not None:
+        rec = recommended_config(region, base)
+        if rec is not None:
+            cfg, header = rec
+            files["recommended"] = out / "recommended.yaml"
+            files["recommended"].write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+    return files
+
+
+# ---- small helpers ----------------------------------------------------------------------------
+
+def _budget(df: pd.DataFrame) -> int | None:
+    for col in ("budget_steps", "steps"):
+        if col in df.columns and len(df):
+            s = pd.to_numeric(df[col], errors="coerce").dropna()
+            if len(s):
+                return int(s.max())
+    return None
+
+
+def _py(v: Any) -> Any:
+    """A plain Python value: NaN (pandas' None) -> None, numpy scalars -> Python."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _float(v: Any) -> float | None:
+    v = _py(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def _finite(v: Any) -> bool:
+    return _float(v) is not None
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _sort_key(v: Any):
+    v = _py(v)
+    if v is None:
+        return (0, 0, "")
+    if isinstance(v, (int, float)):
+        return (1, float(v), "")
+    return (2, 0, str(v))
+
+
+def _short(key: str) -> str:
+    return {"training.max_grad_norm": "clip", "training.precision": "precision",
+            "loss.masking": "masking"}.get(key, key.rsplit(".", 1)[-1])
+
+
+def _fmt(v: Any) -> str:
+    v = _py(v)
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e4:
+            return f"{v:.1f}"
+        return f"{v:.3g}" if 1e-2 <= abs(v) < 1e4 else f"{v:.2e}"
+    return str(v)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    v = _py(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+class _quiet_warnings:
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)

@@ -1,0 +1,140 @@
+"""`stablesweep sweep`: a stability sweep with Ray Tune + Optuna; the stable region in MLflow."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EPILOG = """\
+examples:
+  # the CPU demo: 16 trials, both stable and diverged ones, a few minutes on two cores
+  stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --samples 16
+
+  # map the region evenly (QMC), four trials per GPU, on a running Ray cluster
+  stablesweep sweep my.yaml --space search_spaces/default.yaml --sampler qmc --samples 128 \\
+      --gpus-per-trial 0.25 --address auto --out runs/sweeps --name food-qmc
+
+  # every combination of grid/choice values, a short budget
+  stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 200
+
+  # continue an interrupted sweep (no trial lost, none run twice; the sampler keeps what it learnt)
+  stablesweep sweep my.yaml --space search_spaces/default.yaml --out runs/sweeps --name food-qmc --resume
+
+A search space is YAML whose keys are dotted config keys:
+  training.lr: {loguniform: [1.0e-6, 1.0e-1]}
+  training.max_grad_norm: {choice: [null, 0.5, 1.0, 5.0]}
+  loss.masking: {choice: [none, neg_inf, large_negative, finfo_min, slice]}
+  training.precision: {choice: [fp32, bf16, fp16]}
+(also {uniform: [lo, hi]}, {int: [lo, hi]}, {grid: [...]}). It is checked against the config before
+Ray starts.
+
+Every trial ends with one verdict: stable (ran its budget), diverged (non-finite loss or gradient,
+or a loss explosion; stopped at the report where it was seen), pruned (stopped by ASHA for poor
+but finite progress), error (crashed). Files in OUT/NAME: trials.csv, stable_region.json/.md,
+figures/, recommended.yaml (the best stable setting, lr at most half the smallest diverged lr of
+its combination), optuna.db, and Tune's experiment. MLflow: OUT/mlflow.db unless --mlflow.
+Exit status: 0 done, 1 no trial ended stable, 2 bad input, 130 interrupted (continue with --resume).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="sweep lr, clipping, masking, precision with Ray Tune + Optuna; "
+                                     "find the stable region",
+                       description="Run a stability sweep: one guarded training run per trial, diverged trials "
+                                   "stopped at once, the stable region (per combination of categorical axes: "
+                                   "largest stable lr, smallest diverged lr, best setting, LR sensitivity) written "
+                                   "to files and logged to MLflow.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="base training config YAML (every trial starts from it)")
+    p.add_argument("--space", required=True, metavar="SPACE", help="search space YAML (see below)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="number of trials (default: 16; with --sampler grid, the grid size)")
+    p.add_argument("--sampler", choices=["tpe", "qmc", "random", "grid"], default=None,
+                   help="tpe (default) hunts the best stable setting; qmc fills the space evenly to map the "
+                        "region; random; grid runs every combination of grid/choice values")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs a trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                   help="GPUs a trial; fractions pack trials on a card (0.25: four a GPU). Default 0 (CPU)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+                   help="trials at once (default: as many as the cluster fits)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")
+    p.add_argument("--out", default="runs/sweeps", metavar="DIR",
+                   help="sweeps live in DIR/NAME; the MLflow store is DIR/mlflow.db (default runs/sweeps). On a "
+                        "multi-node cluster DIR must be shared storage")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="MLflow tracking URI (default sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
+    p.add_argument("--name", default=None, help="sweep name (default: CONFIG-SPACE-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep --name in --out (default: the latest one there)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config key (repeatable): --set training.report_interval=10")
+    p.add_argument("--steps", type=int, default=None, metavar="S",
+                   help="step budget of every trial (sets training.steps); verdicts hold for this budget")
+    p.add_argument("--no-asha", dest="asha", action="store_const", const=False, default=None,
+                   help="do not prune poor trials with ASHA (on by default: at half the budget the worse "
+                        "half of the finite trials stops)")
+    p.add_argument("--asha-grace", type=int, default=None, metavar="REPORTS",
+                   help="reports before ASHA may stop a trial (default: half the budget)")
+    p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0)")
+    p.set_defaults(func=run)
+
+
+def resume_command(argv: list[str], name: str) -> str:
+    """This very command line, with --name and --resume: the same config, space and overrides."""
+    args = list(argv[1:])
+    if "sweep" in args:
+        args = args[args.index("sweep"):]
+    if "--name" not in args and not any(a.startswith("--name=") for a in args):
+        args += ["--name", name]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "stablesweep " + shlex.join(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablesweep.config import load_config
+    from stablesweep.sweep.space import load_space
+
+    # the cheap checks first, before Ray is even imported
+    cfg = load_config(args.config, list(args.overrides) + ([f"training.steps={args.steps}"] if args.steps else []))
+    load_space(args.space).validate(cfg)
+
+    from stablesweep.sweep.runner import SweepOptions, run_sweep
+    from stablesweep.tracking import ui_command
+
+    opts = SweepOptions(config=args.config, space=args.space, samples=args.samples, sampler=args.sampler,
+                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                        max_concurrent=args.max_concurrent, address=args.address, out=args.out,
+                        mlflow=args.mlflow, name=args.name, resume=args.resume, overrides=args.overrides,
+                        steps=args.steps, asha=args.asha, asha_grace=args.asha_grace, seed=args.seed)
+    res = run_sweep(opts, echo=lambda s: print(s, flush=True))
+    c = res.counts
+    print()
+    print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "
+          f"diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, error {c.get('error', 0)}"
+          + (f", unfinished {c['unfinished']}" if c.get("unfinished") else ""))
+    print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget)")
+    print()
+    print(res.region.to_text())
+    if res.region.importance:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(res.region.importance.items())[:4])
+        print(f"\nwhat drives divergence ({res.region.importance_method}): {top}")
+    if c.get("pruned"):
+        print(f"\n{c['pruned']} trial(s) pruned by ASHA: stable only up to where they stopped, so not counted as "
+              "stable; --no-asha maps the boundary with full-budget runs")
+    if res.region.recommended:
+        from stablesweep.sweep.space import format_value
+
+        print("\nrecommended: " + "  ".join(f"{k}={format_value(v) if v is not None else 'null'}"
+                                            for k, v in res.region.recommended.items()))
+    print(f"\nfiles in {res.sweep_dir}:")
+    for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective"):
+        if key in res.files:
+            print(f"  {res.files[key]}")
+    print(f"\nMLflow: parent run {res.parent_run_id} in {res.tracking_uri}")
+    print(f"  {ui_command(res.tracking_uri)}")
+    if res.interrupted:
+        print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
+        return 130
+    return 0 if c.get("stable", 0) else 1

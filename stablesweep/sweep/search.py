@@ -1,0 +1,277 @@
+"""An Optuna-backed Tune searcher that records divergence properly.
+
+Why not Ray's `OptunaSearch`: it tells every stopped trial COMPLETE with its last value (a
+diverged trial would be COMPLETE with a stand-in loss, or, with NaN, the tell raises and the
+Optuna trial is left RUNNING forever), and it pickles the whole study. This searcher tells Optuna
+exactly what happened (see `StabilitySearcher`), keeps its study in sqlite beside the sweep so
+`--resume` keeps the sampler's knowledge, and handles concurrency itself so that its bookkeeping
+survives a restore (Tune's `ConcurrencyLimiter` does not save its live-trial set, and after a
+restore silently drops the completion of every trial that was running).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from stablesweep.sweep.space import SearchSpace, SpaceError, short_name
+from stablesweep.sweep.stopper import DIVERGED, PRUNED, STABLE, Outcome, final_verdict
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("tpe", "qmc", "random", "grid")
+DIVERGED_CONSTRAINT = "diverged"  # Optuna constraint: > 0 means the trial diverged (infeasible)
+
+
+def make_sampler(name: str, space: SearchSpace, seed: int | None = 0) -> optuna.samplers.BaseSampler:
+    """tpe hunts the best stable setting; qmc (scrambled Sobol) fills the space evenly to map the
+    region; random is the baseline; grid runs every combination of `grid`/`choice` values."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
+                                              warn_independent_sampling=False,
+                                              warn_asynchronous_seeding=False)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return _GridSampler(space.grid(), seed=seed)
+    raise SpaceError(f"--sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls `study.stop()` after the last grid point is told, which raises
+    outside `study.optimize`; here Tune's `num_samples` (the grid size) ends the sweep instead."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def sqlite_url(path) -> str:
+    return f"sqlite:///{path}"
+
+
+def open_study(storage_url: str, study_name: str, sampler=None, *, create: bool = True) -> optuna.Study:
+    storage = optuna.storages.RDBStorage(storage_url)
+    if create:
+        return optuna.create_study(storage=storage, study_name=study_name, sampler=sampler,
+                                   direction="minimize", load_if_exists=True)
+    return optuna.load_study(storage=storage, study_name=study_name, sampler=sampler)
+
+
+class StabilitySearcher(Searcher):
+    """Optuna ask/tell behind Tune's Searcher interface, with stability verdicts.
+
+    What Optuna is told when a trial ends:
+
+    - stable: COMPLETE with the objective (finite by the trainable's contract; a non-finite one
+      is told FAIL rather than made up).
+    - diverged: PRUNED, with user attributes `verdict`, `reason`, `first_bad_step`, and the
+      Optuna constraint `diverged = 1` (infeasible). PRUNED rather than FAIL because samplers
+      read PRUNED trials and skip FAIL ones: with FAIL, TPE would never learn where training
+      blows up and would keep proposing it. TPE ranks infeasible trials after every feasible
+      one, so a diverged point lands in its "bad" density, whatever stand-in loss it reported;
+      GridSampler counts it visited, so nothing is re-suggested. Intermediate values are only
+      the real, finite objectives reported before the divergence (the stopping report, which
+      carries the stand-in, is never reported to Optuna), so the PRUNED trial's value is a loss
+      that was actually observed.
+    - pruned (stopped by ASHA, finite): PRUNED with `verdict: pruned`, constraint 0.
+    - error: FAIL with `verdict: error` and the error text.
+
+    A trial is never left RUNNING: `reconcile_study` closes any that a crash left open.
+    """
+
+    def __init__(self, space: SearchSpace, storage_url: str, study_name: str, sampler: str = "tpe",
+                 seed: int | None = 0, metric: str = "objective", mode: str = "min",
+                 max_concurrent: int = 0):
+        super().__init__(metric=metric, mode=mode)
+        self._space_keys = space.keys
+        self._distributions = space.to_optuna()
+        self._sampler_name = sampler
+        self._sampler = make_sampler(sampler, space, seed)
+        self._storage_url = storage_url
+        self._study_name = study_name
+        self._max_concurrent = max_concurrent
+        self._trials: dict[str, tuple[int, int]] = {}  # tune trial id -> (optuna number, storage id)
+        self._finished: set[str] = set()
+        self._study: optuna.Study | None = None
+        self._live: dict[str, optuna.Trial] = {}
+        self._reported: dict[str, int] = {}  # last step reported to Optuna, by Tune trial id
+
+    # ---- state ---------------------------------------------------------------------------
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = open_study(self._storage_url, self._study_name, self._sampler)
+        return self._study
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_study"] = None
+        state["_live"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.__dict__.update(state)
+        self._study, self._live = None, {}
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        super().restore_from_dir(checkpoint_dir)
+        moved = Path(checkpoint_dir) / "optuna.db"  # the study travels with a moved sweep directory
+        if self._storage_url.startswith("sqlite:///") and moved.exists():
+            self._storage_url = sqlite_url(moved.resolve())
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return False  # the space is ours (given at construction)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self._max_concurrent = max_concurrent
+        return True  # we limit concurrency ourselves, in state that survives a restore
+
+    # ---- Tune interface ------------------------------------------------------------------
+    def _running(self) -> int:
+        return sum(1 for t in self._trials if t not in self._finished)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id in self._trials:
+            return dict(self._trial(trial_id).params)
+        if self._max_concurrent and self._running() >= self._max_concurrent:
+            return None
+        trial = self._claim_orphan()
+        if trial is None:
+            trial = self.study.ask(fixed_distributions=self._distributions)
+        params = dict(trial.params)
+        trial.set_user_attr("tune_trial_id", trial_id)
+        trial.set_user_attr("name", short_name(params))
+        self._trials[trial_id] = (trial.number, trial._trial_id)
+        self._live[trial_id] = trial
+        return params
+
+    def _claim_orphan(self) -> optuna.Trial | None:
+        """A RUNNING Optuna trial that no Tune trial owns: asked just before a crash, after the
+        last experiment checkpoint. Re-using it keeps the study free of dangling trials and keeps
+        a grid point from being lost."""
+        owned = {sid for _, sid in self._trials.values()}
+        for ft in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if ft._trial_id not in owned and set(ft.params) == set(self._distributions):
+                logger.info("re-using Optuna trial %d left open by an interrupted run", ft.number)
+                return optuna.Trial(self.study, ft._trial_id)
+        return None
+
+    def _trial(self, trial_id: str) -> optuna.Trial:
+        t = self._live.get(trial_id)
+        if t is None:
+            t = self._live[trial_id] = optuna.Trial(self.study, self._trials[trial_id][1])
+        return t
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._trials or trial_id in self._finished:
+            return
+        if result.get("verdict") != STABLE:
+            return  # the stand-in objective of a diverged report is not an observation
+        value, step = result.get(self.metric), result.get("step")
+        if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, int):
+            if step > self._reported.get(trial_id, -1):
+                self._trial(trial_id).report(float(value), step)
+                self._reported[trial_id] = step
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._trials:
+            logger.warning("completion of unknown trial %s ignored", trial_id)
+            return
+        if trial_id in self._finished:
+            return
+        self._finished.add(trial_id)
+        self._live.pop(trial_id, None)
+        self._reported.pop(trial_id, None)
+        _, sid = self._trials[trial_id]
+        try:
+            tell(self.study, sid, final_verdict(result, errored=error))
+        except Exception:  # never fail a Tune trial over bookkeeping; reconcile_study closes it later
+            logger.exception("telling Optuna about trial %s failed", trial_id)
+
+
+def tell(study: optuna.Study, storage_trial_id: int, outcome: Outcome) -> TrialState | None:
+    """Finish one Optuna trial with a verdict; a trial already finished is left as it is."""
+    storage = study._storage
+    frozen = storage.get_trial(storage_trial_id)
+    if frozen.state.is_finished():
+        return None
+    trial = optuna.Trial(study, storage_trial_id)
+    trial.set_user_attr("verdict", outcome.verdict)
+    trial.set_user_attr("reason", outcome.reason)
+    trial.set_user_attr("first_bad_step", int(outcome.first_bad_step))
+    trial.set_user_attr("steps", int(outcome.steps))
+    if outcome.verdict in (STABLE, DIVERGED, PRUNED):
+        trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if outcome.verdict == DIVERGED else 0.0)
+    if outcome.verdict == PRUNED and outcome.objective is not None and outcome.steps > 0:
+        # the objective at the report where ASHA stopped it: a real, finite observation
+        last = max(frozen.intermediate_values, default=-1)
+        if outcome.steps > last:
+            trial.report(float(outcome.objective), int(outcome.steps))
+    if outcome.verdict == STABLE and outcome.objective is not None:
+        state, values = TrialState.COMPLETE, outcome.objective
+    elif outcome.verdict in (DIVERGED, PRUNED):
+        state, values = TrialState.PRUNED, None
+    else:
+        if outcome.verdict == STABLE:
+            trial.set_user_attr("note", "stable but no finite objective was reported")
+        state, values = TrialState.FAIL, None
+    study.tell(trial, values, state=state)
+    return state
+
+
+def reconcile_study(storage_url: str, study_name: str, outcomes: dict[str, Outcome],
+                    owned: set[str] | None = None, final: bool = True) -> dict[str, int]:
+    """After the sweep, make Optuna agree with Tune. Trials still RUNNING get the verdict of their
+    Tune trial (`outcomes`, by Tune trial id). Trials of `owned` Tune trials without an outcome
+    (an interrupted sweep) stay RUNNING for --resume. When the sweep is `final`, RUNNING trials
+    that no Tune trial owns (asked just before a crash, never run) are told FAIL with
+    `verdict: abandoned`: nothing is left RUNNING. Returns the Optuna number of each Tune trial."""
+    study = open_study(storage_url, study_name, create=False)
+    owned = set(outcomes) | set(owned or ())
+    numbers: dict[str, int] = {}
+    for ft in study.get_trials(deepcopy=False):
+        tid = ft.user_attrs.get("tune_trial_id")
+        if tid is not None:
+            numbers[tid] = ft.number
+        if ft.state != TrialState.RUNNING:
+            continue
+        if tid in outcomes:
+            tell(study, ft._trial_id, outcomes[tid])
+        elif tid in owned or not final:
+            continue
+        else:
+            trial = optuna.Trial(study, ft._trial_id)
+            trial.set_user_attr("verdict", "abandoned")
+            trial.set_user_attr("reason", "asked by an interrupted run and never run")
+            study.tell(ft.number, state=TrialState.FAIL)
+    return numbers
+
+
+def study_summary(storage_url: str, study_name: str) -> list[dict[str, Any]]:
+    """One dict a trial (number, state, value, params, user attrs): for reports and tests."""
+    study = open_study(storage_url, study_name, create=False)
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
+             "constraints": dict(t.constraints), **t.user_attrs} for t in study.get_trials(deepcopy=False)]

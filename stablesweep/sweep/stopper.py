@@ -1,0 +1,89 @@
+"""When a trial stops, and what its verdict is.
+
+- `DivergenceStopper` ends a trial the moment it reports `verdict: diverged` (ASHA alone would
+  not: it compares the objective, and a NaN objective never falls below a cutoff).
+- `StabilityASHA` is Tune's ASHA that keeps diverged trials out of its rung statistics: a
+  diverged trial reports its initial loss as objective, and recording it would loosen the cutoff
+  that finite trials are judged by. Divergence is the stopper's business, not the scheduler's.
+- `final_verdict` turns a trial's last result into exactly one of stable, diverged, pruned, error.
+  The trainable forwards the training loop's `done` as `finished` (Tune owns the `done` key and
+  sets it on every stopped trial), so "stopped before finished and not diverged" means pruned.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ray.tune.schedulers import AsyncHyperBandScheduler
+from ray.tune.stopper import Stopper
+
+STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
+VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
+FINISHED_KEY = "finished"  # the training loop's own `done`, renamed (Tune owns `done`)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: str
+    reason: str | None = None
+    first_bad_step: int = -1
+    objective: float | None = None  # finite, or None
+    steps: int = 0
+
+
+def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: str | None = None) -> Outcome:
+    """The one verdict of a finished trial from its last reported result."""
+    result = result or {}
+    steps = int(result.get("step") or 0)
+    obj = result.get("objective")
+    obj = float(obj) if isinstance(obj, (int, float)) and math.isfinite(obj) else None
+    if errored:
+        return Outcome(ERROR, reason=error or "trial raised an exception", steps=steps)
+    if "verdict" not in result:
+        return Outcome(ERROR, reason=error or "no result reported", steps=steps)
+    fbs = result.get("first_bad_step")
+    fbs = int(fbs) if isinstance(fbs, (int, float)) and math.isfinite(fbs) else -1
+    if result["verdict"] == DIVERGED:
+        return Outcome(DIVERGED, reason=result.get("reason") or "diverged", first_bad_step=fbs,
+                       objective=obj, steps=steps)
+    if result.get(FINISHED_KEY):
+        return Outcome(STABLE, objective=obj, steps=steps)
+    return Outcome(PRUNED, reason="scheduler", objective=obj, steps=steps)
+
+
+class DivergenceStopper(Stopper):
+    """Stop a trial at the first report whose verdict is `diverged`."""
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return result.get("verdict") == DIVERGED
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class StabilityASHA(AsyncHyperBandScheduler):
+    """ASHA on the finite objective; diverged trials never enter the rungs."""
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if result and result.get("verdict") == DIVERGED:
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._trial_info.pop(trial.trial_id, None)
+
+
+def asha_for(n_reports: int | None, *, grace: int | None = None, reduction_factor: float = 2.0,
+             metric: str = "objective", mode: str = "min") -> StabilityASHA:
+    """ASHA over report counts. By default a single pruning rung at half the budget, where the
+    worse half (by objective among the trials seen there) stops. Mild on purpose: a pruned trial
+    is no evidence of stability at the budget, and the trials ASHA stops are often the slow, noisy
+    ones just below the boundary; map a boundary with --no-asha, hunt a best setting with it."""
+    max_t = n_reports if n_reports else 10**6
+    if grace is None:
+        grace = max(1, math.ceil(n_reports / 2)) if n_reports else 5
+    grace = max(1, min(int(grace), max_t))
+    return StabilityASHA(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t,
+                         grace_period=grace, reduction_factor=reduction_factor, stop_last_trials=False)

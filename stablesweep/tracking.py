@@ -1,0 +1,203 @@
+"""MLflow, and only here: the one module that imports mlflow.
+
+One parent run per sweep (config, space, sampler, seed, code version; the region files as
+artifacts) and one child run per trial, nested under it with the `mlflow.parentRunId` tag
+(flattened params, metrics at every report step, tags `verdict`, `reason`, `first_bad_step`).
+Everything goes through an explicit `MlflowClient` with explicit run ids (no fluent, global
+active run), from the driver only.
+
+The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it in
+`<out>/mlartifacts` (MLflow 3 refuses the plain file store unless told otherwise).
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+DEFAULT_EXPERIMENT = "stablesweep"
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "stablesweep.trial_id"
+SWEEP_TAG = "stablesweep.sweep"
+KIND_TAG = "stablesweep.kind"
+
+
+def default_tracking_uri(out: str | Path) -> str:
+    return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command that shows this store (a server URI is opened as it is)."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+
+
+def code_version() -> dict[str, str]:
+    from stablesweep import __version__
+
+    tags = {"stablesweep.version": __version__}
+    try:
+        root = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        if sha.returncode == 0 and sha.stdout.strip():
+            tags["mlflow.source.git.commit"] = sha.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            tags["stablesweep.git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
+
+
+def param_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """A narrow interface over one MLflow experiment. Picklable (the client is made lazily)."""
+
+    def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT, artifact_root: str | Path | None = None):
+        self.uri = uri
+        self.experiment = experiment
+        if artifact_root is None and uri.startswith("sqlite:///"):
+            # an embedded store keeps its artifacts beside it, not in ./mlruns of whatever directory
+            artifact_root = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+        self.artifact_root = str(artifact_root) if artifact_root else None
+        self._client = None
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
+                self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        return self._experiment_id
+
+    # ---- the sweep (parent) run -----------------------------------------------------------
+    def start_sweep(self, name: str, params: dict[str, Any], tags: dict[str, str],
+                    texts: dict[str, str] | None = None) -> str:
+        from mlflow.entities import Param
+
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={KIND_TAG: "sweep", SWEEP_TAG: name, **code_version(), **tags})
+        run_id = run.info.run_id
+        items = [Param(k[:250], param_value(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+        for fname, text in (texts or {}).items():
+            self.client.log_text(run_id, text, fname)
+        return run_id
+
+    def resume_sweep(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_sweep(self, run_id: str, metrics: dict[str, float], tags: dict[str, str],
+                  artifacts: Iterable[Path] = (), status: str = "FINISHED") -> None:
+        self._log(run_id, metrics, step=0)
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+        for path in artifacts:
+            path = Path(path)
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
+            elif path.exists():
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status)
+
+    # ---- trial (child) runs -----------------------------------------------------------------
+    def trial_run(self, parent_id: str, trial_id: str, name: str, params: dict[str, Any],
+                  tags: dict[str, str] | None = None) -> str:
+        """The child run of a trial: found again if it exists (a resumed sweep), else created."""
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            from mlflow.entities import Param
+
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={
+                PARENT_TAG: parent_id, TRIAL_TAG: trial_id, KIND_TAG: "trial", **(tags or {})})
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
+        self._runs[trial_id] = run_id
+        return run_id
+
+    def last_step(self, run_id: str) -> int:
+        hist = self.client.get_metric_history(run_id, "objective")
+        return max((m.step for m in hist), default=-1)
+
+    def log_trial_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        self._log(run_id, metrics, step)
+
+    def finish_trial(self, run_id: str, verdict: str, reason: str | None, first_bad_step: int,
+                     summary: dict[str, float], tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        all_tags = {"verdict": verdict, "reason": reason or "", "first_bad_step": str(int(first_bad_step)),
+                    **(tags or {})}
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
+        logged = self.client.get_run(run_id).data.metrics
+        self._log(run_id, {k: v for k, v in summary.items() if k not in logged},
+                  step=int(summary.get("steps", 0) or 0))  # only what the live reports did not log
+        status = {"stable": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED"}.get(verdict, "FAILED")
+        self.client.set_terminated(run_id, status)
+
+    def _log(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    # ---- reading back -----------------------------------------------------------------------
+    def children(self, parent_id: str) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                       max_results=10000)
+
+    def sweep_runs(self) -> list:
+        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+                                       max_results=1000)

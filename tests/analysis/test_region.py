@@ -1,0 +1,156 @@
+"""The stable region on hand-built trial tables: pure pandas, no Ray, no MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stablesweep.analysis.region import analyze, lr_sensitivity, recommended_config, write_region
+from stablesweep.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def trial(i, lr, verdict, objective=None, initial=3.0, clip=1.0, precision="fp32", masking="slice", steps=100):
+    if objective is None:
+        objective = initial if verdict == "diverged" else 1.0
+    return {"trial_id": f"t{i:02d}", "training.lr": lr, "training.max_grad_norm": clip,
+            "training.precision": precision, "loss.masking": masking, "verdict": verdict,
+            "reason": "nonfinite_loss" if verdict == "diverged" else None,
+            "first_bad_step": 40 if verdict == "diverged" else -1,
+            "steps": 50 if verdict in ("diverged", "pruned") else steps, "budget_steps": steps,
+            "objective": objective, "initial_loss": initial}
+
+
+KEYS = ["training.lr", "training.max_grad_norm", "training.precision", "loss.masking"]
+GROUPS = ["training.max_grad_norm", "training.precision", "loss.masking"]
+
+
+@pytest.fixture
+def table():
+    rows = [
+        # fp32 / slice / clip 1.0: stable up to 1e-3, diverged from 1e-2; a pruned trial at 5e-3
+        trial(0, 1e-5, "stable", 1.20), trial(1, 1e-4, "stable", 0.80), trial(2, 1e-3, "stable", 0.60),
+        trial(3, 5e-3, "pruned", 2.00), trial(4, 1e-2, "diverged"), trial(5, 1e-1, "diverged"),
+        # bf16 / neg_inf / no clip: diverges earlier
+        trial(6, 1e-5, "stable", 1.30, clip=None, precision="bf16", masking="neg_inf"),
+        trial(7, 1e-4, "diverged", clip=None, precision="bf16", masking="neg_inf"),
+        trial(8, 1e-3, "diverged", clip=None, precision="bf16", masking="neg_inf"),
+        trial(9, 3e-4, "error", objective=np.nan, initial=np.nan, clip=None, precision="bf16", masking="neg_inf"),
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_bracket_per_combination_ignores_pruned(table):
+    r = analyze(table, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.counts == {"stable": 4, "diverged": 4, "pruned": 1, "error": 1}
+    assert r.budget_steps == 100
+    groups = {(g.key["training.precision"], g.key["loss.masking"]): g for g in r.groups}
+    fp32 = groups[("fp32", "slice")]
+    assert fp32.key["training.max_grad_norm"] == 1.0
+    assert fp32.counts == {"stable": 3, "diverged": 2, "pruned": 1, "error": 0}
+    assert (fp32.max_stable_lr, fp32.min_diverged_lr, fp32.bracket_ok) == (1e-3, 1e-2, True)  # not 5e-3
+    assert fp32.best_objective == 0.60 and fp32.best_params["training.lr"] == 1e-3
+    assert fp32.recommended_lr == 1e-3  # already below half the smallest diverged lr
+    bf16 = groups[("bf16", "neg_inf")]
+    assert bf16.key["training.max_grad_norm"] is None  # a null choice is its own group
+    assert (bf16.max_stable_lr, bf16.min_diverged_lr) == (1e-5, 1e-4)
+    assert bf16.counts["error"] == 1
+    assert r.best["trial_id"] == "t02"
+
+
+def test_lr_sensitivity_follows_wortsman():
+    df = pd.DataFrame([trial(0, 1e-4, "stable", 1.0), trial(1, 1e-3, "stable", 2.0),
+                       trial(2, 1e-2, "stable", 4.0, initial=3.0),  # worse than its start: counts as 3.0
+                       trial(3, 1e-1, "diverged", initial=3.0), trial(4, 1.0, "pruned", 0.5)])
+    sens, n = lr_sensitivity(df)
+    assert n == 4  # the pruned trial has no final loss
+    assert sens == pytest.approx((1.0 + 2.0 + 3.0 + 3.0) / 4 - 1.0)
+    assert lr_sensitivity(df.iloc[:1]) == (None, 1)
+
+
+def test_recommended_lr_keeps_half_the_smallest_diverged(table):
+    close = table.copy()
+    close.loc[close["trial_id"] == "t04", "training.lr"] = 1.5e-3  # diverged just above the best stable lr
+    r = analyze(close, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.best["params"]["training.lr"] == 1e-3
+    assert r.recommended["training.lr"] == pytest.approx(0.5 * 1.5e-3)
+    fp32 = next(g for g in r.groups if g.key["training.precision"] == "fp32")
+    assert fp32.recommended_lr == pytest.approx(0.5 * 1.5e-3)
+    base = load_config(DEMO).to_dict()
+    cfg, header = recommended_config(r, base)
+    assert cfg["training"]["lr"] == pytest.approx(7.5e-4)
+    assert cfg["loss"]["masking"] == "slice" and cfg["training"]["precision"] == "fp32"
+    assert "100 steps" in header and "0.5 x 0.0015" in header
+
+
+def test_no_divergence_in_the_best_combination_says_the_margin_is_unknown():
+    df = pd.DataFrame([trial(0, 1e-4, "stable", 1.0), trial(1, 1e-3, "stable", 0.9)])
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.recommended["training.lr"] == 1e-3
+    _, header = recommended_config(r, load_config(DEMO).to_dict())
+    assert "margin to the boundary is unknown" in header
+
+
+def test_nothing_stable_means_nothing_recommended():
+    df = pd.DataFrame([trial(0, 1e-1, "diverged"), trial(1, 1.0, "diverged")])
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS)
+    assert r.best is None and r.recommended is None
+    assert recommended_config(r, load_config(DEMO).to_dict()) is None
+    assert r.importance == {}  # one class only: nothing to explain
+
+
+def test_divergence_importance_finds_the_lr():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        lr = float(10 ** rng.uniform(-5, -1))
+        clip = [None, 1.0][i % 2]
+        masking = ["slice", "neg_inf"][(i // 2) % 2]
+        rows.append(trial(i, lr, "diverged" if lr > 1e-3 else "stable", clip=clip, masking=masking))
+    r = analyze(pd.DataFrame(rows), group_keys=GROUPS, param_keys=KEYS)
+    assert r.importance_method
+    assert max(r.importance, key=r.importance.get) == "training.lr"
+    assert r.importance["training.lr"] > 0.8
+    rates = r.divergence_rates["loss.masking"]
+    assert set(rates) == {"slice", "neg_inf"}
+
+
+def test_inferred_groups_and_params():
+    df = pd.DataFrame([trial(0, 1e-4, "stable"), trial(1, 1e-2, "diverged"),
+                       trial(2, 1e-3, "stable", masking="neg_inf")])
+    r = analyze(df, importance=False)
+    assert "training.lr" in r.param_keys and "training.lr" not in r.group_keys
+    assert set(r.group_keys) == set(GROUPS)
+
+
+def test_files(table, tmp_path):
+    r = analyze(table, group_keys=GROUPS, param_keys=KEYS)
+    files = write_region(r, table, tmp_path, base=load_config(DEMO).to_dict(), title="Region of test",
+                         extra={"sweep": "test"})
+    data = json.loads(files["json"].read_text())
+    assert data["kind"] == "sweep" and data["sweep"] == "test" and data["budget_steps"] == 100
+    assert len(data["groups"]) == 2 and {"key", "max_stable_lr", "min_diverged_lr", "recommended_lr", "budget_steps",
+                                         "label"} <= set(data["groups"][0])
+    md = files["md"].read_text()
+    assert md.startswith("# Region of test") and "**100 steps**" in md and "| clip | precision | masking |" in md
+    assert pd.read_csv(files["trials"]).shape[0] == len(table)
+    for key in ("figure_region", "figure_objective"):
+        assert files[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = files["recommended"].read_text()
+    assert text.startswith("# recommended.yaml")
+    assert yaml.safe_load(text)["training"]["lr"] <= 0.5 * 1e-2
+    load_config(files["recommended"])
+    assert r.to_text().splitlines()[0].split()[:3] == ["clip", "precision", "masking"]
+
+
+def test_empty_table():
+    df = pd.DataFrame(columns=["trial_id", "training.lr", "verdict", "objective", "initial_loss", "steps"])
+    r = analyze(df, param_keys=["training.lr"])
+    assert r.counts == {"stable": 0, "diverged": 0, "pruned": 0, "error": 0}
+    assert r.best is None and r.to_text()

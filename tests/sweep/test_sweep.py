@@ -1,0 +1,261 @@
+"""Sweeps end to end: real Ray (the session cluster, or a subprocess's own), real Optuna, real
+MLflow sqlite, the real training loop on the demo config (synthetic data, small CNN, CPU)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stablesweep.config import load_config
+from stablesweep.sweep.runner import InputError, SweepOptions, run_sweep
+from stablesweep.sweep.search import study_summary
+from stablesweep.tracking import Tracker
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+INTERVAL = 10
+STEPS = 40
+# lr 1e-3 and 1e-2 train fine on the demo for 40 steps; 1e3 blows up within the first interval
+GRID = "training.lr: {grid: [1.0e-3, 1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n"
+N_GRID = 6
+
+
+def grid_space(tmp_path: Path) -> Path:
+    p = tmp_path / "grid.yaml"
+    p.write_text(GRID)
+    return p
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid_sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    lines: list[str] = []
+    opts = SweepOptions(config=str(DEMO), space=str(grid_space(tmp)), sampler="grid", steps=STEPS,
+                        overrides=[f"training.report_interval={INTERVAL}"], asha=False, out=str(tmp / "out"),
+                        name="grid", mlflow=uri, max_concurrent=2)
+    t0 = time.time()
+    res = run_sweep(opts, echo=lines.append)
+    return res, lines, uri, time.time() - t0
+
+
+def test_every_trial_has_one_verdict(grid_sweep):
+    res, lines, _, _ = grid_sweep
+    t = res.table
+    assert len(t) == N_GRID and t["trial_id"].is_unique
+    assert set(t["verdict"]) == {"stable", "diverged"}, t[["name", "verdict", "reason"]]
+    assert (t.loc[t["training.lr"] == 1e3, "verdict"] == "diverged").all()
+    assert (t.loc[t["training.lr"] < 1, "verdict"] == "stable").all()
+    assert len([ln for ln in lines if ln.startswith("[")]) == N_GRID  # one progress line a trial
+    assert not res.interrupted
+
+
+def test_diverged_trials_stop_within_one_report_interval(grid_sweep):
+    res, _, _, _ = grid_sweep
+    div = res.table[res.table["verdict"] == "diverged"]
+    assert len(div) == 2
+    for _, r in div.iterrows():
+        assert r["reason"] in ("nonfinite_loss", "nonfinite_grad", "loss_explosion")
+        assert 0 <= r["first_bad_step"] <= r["steps"] <= r["first_bad_step"] + INTERVAL
+        assert r["steps"] < STEPS and r["train_flops"] < r["flops_per_step"] * STEPS
+        assert math.isfinite(r["objective"])  # the finite stand-in: Tune, ASHA and Optuna never see NaN
+        # the trial's own reports (Tune's result.json) end at that step
+        reports = [json.loads(ln) for ln in (res.sweep_dir / f"trial_{r['trial_id']}" / "result.json").open()]
+        assert reports[-1]["step"] == r["steps"] and reports[-1]["verdict"] == "diverged"
+    stable = res.table[res.table["verdict"] == "stable"]
+    assert (stable["steps"] == STEPS).all() and (stable["first_bad_step"] == -1).all()
+
+
+def test_optuna_records_the_verdicts(grid_sweep):
+    res, _, _, _ = grid_sweep
+    state = json.loads((res.sweep_dir / "sweep.json").read_text())
+    rows = {r["tune_trial_id"]: r for r in study_summary(state["study_url"], state["study_name"])}
+    assert len(rows) == N_GRID and not [r for r in rows.values() if r["state"] == "RUNNING"]
+    seen = set()
+    for _, t in res.table.iterrows():
+        r = rows[t["trial_id"]]
+        seen.add((r["params"]["training.lr"], r["params"]["training.max_grad_norm"]))
+        assert r["verdict"] == t["verdict"]
+        if t["verdict"] == "stable":
+            assert r["state"] == "COMPLETE" and r["value"] == pytest.approx(t["objective"])
+        else:
+            assert r["state"] == "PRUNED" and r["constraints"] == {"diverged": 1.0}
+            assert (r["reason"], r["first_bad_step"]) == (t["reason"], t["first_bad_step"])
+    assert len(seen) == N_GRID  # every grid point exactly once
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_trial(grid_sweep):
+    res, _, uri, _ = grid_sweep
+    tr = Tracker(uri)
+    parents = tr.sweep_runs()
+    assert [p.info.run_id for p in parents] == [res.parent_run_id]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
+    arts = {a.path for a in tr.client.list_artifacts(res.parent_run_id)}
+    assert {"stable_region.json", "stable_region.md", "recommended.yaml", "trials.csv", "config.yaml"} <= arts
+    children = tr.children(res.parent_run_id)
+    assert len(children) == N_GRID
+    by_trial = {c.data.tags["stablesweep.trial_id"]: c for c in children}
+    for _, t in res.table.iterrows():
+        c = by_trial[t["trial_id"]]
+        assert c.data.tags["verdict"] == t["verdict"]
+        assert c.data.tags["first_bad_step"] == str(t["first_bad_step"])
+        assert c.data.params["training.lr"] == str(t["training.lr"])
+        assert c.info.run_name == t["name"]
+        hist = tr.client.get_metric_history(c.info.run_id, "objective")
+        assert sorted(m.step for m in hist) == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL))
+        assert "train_flops" in c.data.metrics
+
+
+def test_region_brackets_the_boundary_and_recommends_with_a_margin(grid_sweep):
+    res, _, _, _ = grid_sweep
+    region = res.region
+    assert region.budget_steps == STEPS
+    assert len(region.groups) == 2  # clip none / 1.0
+    for g in region.groups:
+        assert g.max_stable_lr is not None and g.min_diverged_lr is not None
+        assert g.max_stable_lr < g.min_diverged_lr and g.bracket_ok
+    for key in ("json", "md", "trials", "recommended", "figure_region", "figure_objective"):
+        assert res.files[key].exists(), key
+    rec = res.files["recommended"]
+    assert "steps" in rec.read_text().splitlines()[3]  # the header names the budget
+    cfg = load_config(rec)  # a complete, valid training config
+    group = next(g for g in region.groups if g.key == region.best["group"])
+    assert cfg.training.lr <= 0.5 * group.min_diverged_lr
+    data = json.loads(res.files["json"].read_text())
+    assert data["budget_steps"] == STEPS and data["counts"]["diverged"] == 2
+
+
+def test_gpu_asked_where_there_is_none_fails_before_any_trial(ray_cluster, tmp_path, mlflow_uri):
+    opts = SweepOptions(config=str(DEMO), space=str(grid_space(tmp_path)), sampler="grid", gpus_per_trial=0.25,
+                        out=str(tmp_path / "out"), name="gpu", mlflow=mlflow_uri)
+    with pytest.raises(InputError, match=r"--gpus-per-trial 0.25: the Ray cluster has no GPUs"):
+        run_sweep(opts, echo=lambda s: None)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_bad_space_fails_fast_before_ray(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training.lr: {loguniform: [1.0e-3, 1.0]}\ntraining.max_grad_nrom: {choice: [null, 1.0]}\n")
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(bad),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    took = time.time() - t0
+    assert p.returncode == 2, p.stderr
+    assert f"{bad}:2: training.max_grad_nrom: unknown config key; did you mean 'training.max_grad_norm'?" in p.stderr
+    assert took < 10, took
+    assert "Ray" not in p.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_sweep_input_exits_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(grid_space(tmp_path)),
+                        "--samples", "0", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and "--samples 0" in p.stderr
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+
+def test_driver_killed_mid_sweep_then_resumed(tmp_path):
+    """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume ends
+    with every grid point run exactly once: no trial lost, none run twice."""
+    out, space = tmp_path / "out", grid_space(tmp_path)
+    cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
+           "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}", "--no-asha",
+           "--max-concurrent", "2", "--out", str(out), "--name", "k"]
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # a Ray of its own, never the test session's
+    log1 = tmp_path / "first.log"
+    first = subprocess.Popen(cmd, stdout=log1.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        done_before: list[str] = []
+        while time.time() < deadline and first.poll() is None:
+            done_before = [ln for ln in log1.read_text().splitlines() if ln.startswith("[")]
+            if len(done_before) >= 2:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # let Tune snapshot the experiment once more (it does after every checkpoint)
+        assert first.poll() is None, log1.read_text()[-3000:]
+        assert 2 <= len(done_before) < N_GRID, log1.read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        _kill_group(first)
+    finished_early = {ln.rsplit("(trial ", 1)[1].rstrip(")") for ln in done_before}
+    reports_before = {t: (out / "k" / f"trial_{t}" / "result.json").read_text() for t in finished_early}
+
+    second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=ROOT, env=env, start_new_session=True)
+    try:
+        output, _ = second.communicate(timeout=240)
+    finally:
+        _kill_group(second)
+    assert second.returncode == 0, output[-4000:]
+    assert "resuming sweep k" in output
+
+    sweep_dir = out / "k"
+    table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
+    assert len(table) == N_GRID and table["trial_id"].is_unique
+    assert set(table["verdict"]) <= {"stable", "diverged"}
+    # every grid point exactly once, in Tune's table and in Optuna
+    points = {(lr, None if math.isnan(c) else c) for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}
+    assert len(points) == N_GRID
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = study_summary(state["study_url"], state["study_name"])
+    assert not [r for r in rows if r["state"] == "RUNNING"]
+    real = [r for r in rows if r.get("verdict") != "abandoned"]
+    assert len(real) == N_GRID
+    assert {r["tune_trial_id"] for r in real} == set(table["trial_id"])
+    assert len({(r["params"]["training.lr"], r["params"]["training.max_grad_norm"]) for r in real}) == N_GRID
+    # trials finished before the kill were not run again: their reports are untouched
+    assert finished_early <= set(table["trial_id"])
+    for t in finished_early:
+        assert (sweep_dir / f"trial_{t}" / "result.json").read_text() == reports_before[t]
+    # MLflow: still one parent, one child a trial
+    tr = Tracker(state["tracking_uri"])
+    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
+    children = tr.children(state["parent_run_id"])
+    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
+    assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
+    space = tmp_path / "asha.yaml"
+    space.write_text("training.lr: {grid: [3.0e-2, 1.0e-4, 1.0e-3, 1.0e-5]}\n")
+    # one trial at a time; seed 5 makes the grid run 3e-2 (the best) first, so the slower lrs land
+    # below the median at the rung (report 2) and ASHA stops at least one of them there
+    opts = SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=STEPS, seed=5,
+                        overrides=[f"training.report_interval={INTERVAL}"], asha_grace=2, out=str(tmp_path / "out"),
+                        name="asha", mlflow=mlflow_uri, max_concurrent=1)
+    res = run_sweep(opts, echo=lambda s: None)
+    t = res.table
+    assert set(t["verdict"]) == {"stable", "pruned"}, t[["name", "verdict", "steps", "objective"]]
+    pruned = t[t["verdict"] == "pruned"]
+    assert (pruned["steps"] < STEPS).all() and (pruned["first_bad_step"] == -1).all()
+    state = json.loads((res.sweep_dir / "sweep.json").read_text())
+    rows = {r["tune_trial_id"]: r for r in study_summary(state["study_url"], state["study_name"])}
+    for tid in pruned["trial_id"]:
+        assert (rows[tid]["state"], rows[tid]["verdict"], rows[tid]["constraints"]) == ("PRUNED", "pruned",
+                                                                                          {"diverged": 0.0})
+    children = {c.data.tags["stablesweep.trial_id"]: c for c in Tracker(mlflow_uri).children(res.parent_run_id)}
+    assert all(children[tid].info.status == "KILLED" for tid in pruned["trial_id"])
+    # a pruned trial is no evidence of stability at the budget
+    g = res.region.groups[0]
+    assert g.counts["pruned"] == len(pruned)
+    assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
