@@ -1,0 +1,82 @@
+"""`stablesweep ramp`: the largest stable lr of each setting, by a progressive ramp."""
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  # the demo config: one setting, lr from 1e-3 up the 1-2-5 ladder, then bisection to 1.25x
+  stablesweep ramp configs/demo.yaml --lr-start 1e-3 --lr-stop 30 --steps 30
+
+  # every precision x masking x clip of a space, 4 probes a setting at once, on the GPUs of a cluster
+  stablesweep ramp my.yaml --space search_spaces/default.yaml --parallel 4 --gpus-per-trial 0.25 --address auto
+
+  # the user's way: raise lr step by step, each rung continuing from the last stable one
+  stablesweep ramp my.yaml --mode continue --ladder 1-2-5 --lr-start 1e-6 --lr-stop 1e-4
+
+  # let an lr range test (exponential lr, stopped at 4x the best smoothed loss) propose the bracket
+  stablesweep ramp my.yaml --first-pass range-test
+
+How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
+settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung
+diverges, then the bracket [last stable, first diverged] is bisected in log space until its ratio
+is at most --resolution. Each probe is a real short training run (--steps) judged by the same
+monitor as `train` and `sweep`: verdicts hold for that budget. Settings that never diverge up to
+--lr-stop, or diverge already at --lr-start, are reported as such.
+
+Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
+--safety); logs a parent MLflow run with one child run a probe (OUT/mlflow.db unless --mlflow).
+Exit status: 0 done, 1 no setting has a stable lr, 2 bad input.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ramp", help="find the largest stable lr of each setting with a progressive ramp",
+                       description="Progressive learning-rate ramp: climb a ladder of lrs until training "
+                                   "diverges, then bisect the boundary, per setting.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="training config YAML (needs training.steps, or pass --steps)")
+    p.add_argument("--space", default=None, help="search space YAML: its categorical axes give the settings "
+                                                 "(default: the config as it is, one setting)")
+    p.add_argument("--lr-start", type=float, default=1e-6, help="first rung (default 1e-6)")
+    p.add_argument("--lr-stop", type=float, default=1.0, help="last rung (default 1.0)")
+    p.add_argument("--ladder", choices=["1-2-5", "x2", "x10"], default="1-2-5",
+                   help="rungs: 1, 2, 5 a decade (default), doubling, or decades")
+    p.add_argument("--resolution", type=float, default=1.25,
+                   help="stop bisecting when min diverged / max stable <= this (default 1.25)")
+    p.add_argument("--parallel", type=int, default=2, metavar="K", help="probes a setting at once (default 2)")
+    p.add_argument("--safety", type=float, default=0.5, help="recommended lr = max stable lr x this (default 0.5)")
+    p.add_argument("--steps", type=int, default=None, metavar="S",
+                   help="step budget of each probe (default: training.steps of the config)")
+    p.add_argument("--mode", choices=["restart", "continue"], default="restart",
+                   help="restart: every probe from scratch (default); continue: each rung warm-starts from the "
+                        "last stable rung's checkpoint and trains S more steps")
+    p.add_argument("--first-pass", choices=["range-test"], default=None,
+                   help="one lr range test per setting proposes the bracket, which probes then verify")
+    p.add_argument("--range-steps", type=int, default=None, help="steps of the range test (default: --steps)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs a probe (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
+                   help="GPUs a probe; fractions pack probes on a card (default 0: CPU)")
+    p.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="probes at once in all")
+    p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster to join (default: a local Ray)")
+    p.add_argument("--out", default="runs/ramps", metavar="DIR", help="ramps live in DIR/NAME (default runs/ramps)")
+    p.add_argument("--mlflow", default=None, metavar="URI", help="MLflow tracking URI (default sqlite:///DIR/mlflow.db)")
+    p.add_argument("--name", default=None, help="ramp name (default: CONFIG-ramp-TIMESTAMP)")
+    p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
+
+    opts = RampOptions(config=args.config, space=args.space, lr_start=args.lr_start, lr_stop=args.lr_stop,
+                       ladder=args.ladder, resolution=args.resolution, parallel=args.parallel, safety=args.safety,
+                       steps=args.steps, mode=args.mode, first_pass=args.first_pass, range_steps=args.range_steps,
+                       out=args.out, mlflow=args.mlflow, address=args.address, name=args.name,
+                       overrides=args.overrides, cpus_per_trial=args.cpus_per_trial,
+                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+                       evaluate=args.evaluate)
+    result = run_ramp(opts)
+    return 0 if any(x["max_stable_lr"] for x in result.summary) else 1
