@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean stable-template
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_OUT) runs .pytest_cache
+
+stable-template: $(STAMP)
+	$(BIN)/python scripts/make_stable_template.py

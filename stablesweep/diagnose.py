@@ -703,15 +703,9 @@ def match_setting(cfg, region: MeasuredRegion) -> MeasuredSetting | None:
 
 
 def _fmt(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) < 1e4:
-            return f"{v:.1f}"
-        return f"{v:.3g}" if 1e-2 <= abs(v) < 1e4 else f"{v:.2e}"
-    return str(v)
+    from stablesweep.sweep.space import format_value
+
+    return format_value(v)
 
 
 def check_lr(cfg, report, measured: MeasuredRegion | None, config_path: Path) -> list[Finding]:

@@ -319,7 +319,7 @@ def test_lr_against_a_sweep_region(healthy, tmp_path):
     diag = diagnose(healthy, region=region)  # lr 2e-3 (write_synthetic), fp32, slice, clip 1.0
     f = find(diag, "lr.above_max_stable")
     assert f.severity == "warning"
-    assert any("max stable lr 1.00e-03" in e and "60 steps" in e for e in f.evidence)
+    assert any("max stable lr 1.0e-03" in e and "60 steps" in e for e in f.evidence)
     assert any("trains 200 steps, longer than the 60 measured" in e for e in f.evidence)
     assert f.changes == {"training.lr": 1e-3}
     above = diagnose(healthy, ["training.lr=0.02"], region=region)

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from stablesweep.sweep.space import format_value
 import yaml
 
 STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
@@ -464,16 +466,7 @@ def _short(key: str) -> str:
 
 
 def _fmt(v: Any) -> str:
-    v = _py(v)
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) < 1e4:
-            return f"{v:.1f}"
-        return f"{v:.3g}" if 1e-2 <= abs(v) < 1e4 else f"{v:.2e}"
-    return str(v)
+    return format_value(_py(v))
 
 
 def _jsonable(v: Any) -> Any:
