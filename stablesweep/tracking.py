@@ -6,6 +6,10 @@ artifacts) and one child run per trial, nested under it with the `mlflow.parentR
 Everything goes through an explicit `MlflowClient` with explicit run ids (no fluent, global
 active run), from the driver only.
 
+Reading back (`TrackerReader`, for `stablesweep compare`): the parents by `stablesweep.kind`, their
+trials by `mlflow.parentRunId`, as plain `RunRecord`s; it never creates an experiment or a run
+except the `compare` report run that `log_report` writes.
+
 The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it in
 `<out>/mlartifacts` (MLflow 3 refuses the plain file store unless told otherwise).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -201,3 +206,195 @@ class Tracker:
     def sweep_runs(self) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
                                        max_results=1000)
+
+
+# ---- reading back, for `stablesweep compare` (additive: nothing here writes a sweep's runs) --------
+
+COMPARE_KIND = "compare"
+PARENT_KINDS = ("sweep", "ramp")
+
+
+class TrackingReadError(RuntimeError):
+    """The store could not be read (a wrapped MlflowException or connection error)."""
+
+
+@dataclass
+class RunRecord:
+    """One MLflow run as plain data (no mlflow types leave this module)."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    experiment_id: str = ""
+
+
+def _record(run) -> RunRecord:
+    return RunRecord(run_id=run.info.run_id, name=run.info.run_name or "", status=run.info.status,
+                     start_time=int(run.info.start_time or 0), params=dict(run.data.params),
+                     tags=dict(run.data.tags), metrics=dict(run.data.metrics),
+                     experiment_id=run.info.experiment_id)
+
+
+def store_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (relative or absolute), else None."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///"))
+    return None
+
+
+def probe_store(uri: str, timeout: float = 5.0) -> str | None:
+    """None when there is something to read at `uri`; otherwise why not, in words. One HTTP
+    request (any HTTP answer counts: the server is up) or a file check; it never waits out
+    MLflow's own retries (minutes, by default). Opening a missing sqlite file would create an
+    empty store, so a missing file is refused here."""
+    import urllib.error
+    import urllib.request
+
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout):
+                return None
+        except urllib.error.HTTPError:
+            return None  # something answers HTTP there: MLflow itself says what is wrong, if anything
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            why = getattr(e, "reason", None) or e
+            return f"no MLflow server answers at {uri} ({why}; waited at most {timeout:g}s)"
+    path = store_path(uri)
+    if path is not None:
+        if not path.is_file():
+            return f"no MLflow store at {uri} (no file {path.resolve()})"
+    elif uri.startswith("file:") or "://" not in uri:
+        local = Path(uri.removeprefix("file://").removeprefix("file:"))
+        if not local.exists():
+            return f"no MLflow store at {uri} (no directory {local.resolve()})"
+    return None
+
+
+class _reading:
+    """Turns MLflow's exceptions (and a server lost mid-read) into TrackingReadError."""
+
+    def __init__(self, uri: str, what: str):
+        self.uri, self.what = uri, what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is None:
+            return False
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import SQLAlchemyError
+
+        # requests' errors are OSErrors; a sqlite file that is no MLflow store raises SQLAlchemy's
+        if isinstance(exc, (MlflowException, OSError, SQLAlchemyError)):
+            msg = str(getattr(exc, "message", None) or exc).strip().splitlines()
+            raise TrackingReadError(f"{self.what} at {self.uri}: {msg[0] if msg else type(exc).__name__}") from exc
+        return False
+
+
+def _search_all(client, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=order_by, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+class TrackerReader:
+    """Read-only helpers over one experiment: never creates the experiment or any run."""
+
+    def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT):
+        self.uri = uri
+        self.experiment = experiment
+        self._client = None
+        self._experiment_id: str | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            with _reading(self.uri, "opening the MLflow store"):
+                self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str | None:
+        """The experiment's id, or None when there is no experiment of that name."""
+        if self._experiment_id is None:
+            with _reading(self.uri, f"looking up experiment {self.experiment!r}"):
+                exp = self.client.get_experiment_by_name(self.experiment)
+            self._experiment_id = exp.experiment_id if exp is not None else None
+        return self._experiment_id
+
+    def experiment_names(self) -> list[str]:
+        with _reading(self.uri, "listing experiments"):
+            return sorted(e.name for e in self.client.search_experiments())
+
+    def parent_runs(self, kinds: Iterable[str] = PARENT_KINDS) -> list[RunRecord]:
+        """The sweep (and ramp) runs of the experiment, oldest first."""
+        eid = self.experiment_id()
+        if eid is None:
+            return []
+        runs = []
+        with _reading(self.uri, "searching runs"):
+            for kind in kinds:
+                runs += _search_all(self.client, eid, f"tags.`{KIND_TAG}` = '{kind}'")
+        return sorted((_record(r) for r in runs), key=lambda r: (r.start_time, r.run_id))
+
+    def child_runs(self, parent_id: str) -> list[RunRecord]:
+        """The runs nested under `parent_id` (tags.`mlflow.parentRunId`)."""
+        eid = self.experiment_id()
+        if eid is None:
+            return []
+        with _reading(self.uri, f"searching the runs of {parent_id}"):
+            runs = _search_all(self.client, eid, f"tags.`{PARENT_TAG}` = '{parent_id}'")
+        return sorted((_record(r) for r in runs), key=lambda r: (r.start_time, r.run_id))
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """A text artifact of a run (e.g. config.yaml), or None when it is not there."""
+        import tempfile
+
+        import os
+
+        bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar for a small file
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.client.download_artifacts(run_id, path, tmp)
+                return Path(local).read_text()
+        except Exception:  # a missing artifact, or a store without artifact access: not an error here
+            return None
+        finally:
+            if bar is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+    def log_report(self, name: str, params: dict[str, Any], tags: dict[str, str], files: Iterable[Path],
+                   metrics: dict[str, float] | None = None, note: str | None = None) -> str:
+        """One run of kind `compare` holding a report: its files as artifacts (a directory goes
+        in under its own name), `note` as the run's description in the UI."""
+        tracker = Tracker(self.uri, self.experiment)
+        all_tags = {KIND_TAG: COMPARE_KIND, **code_version(), **tags}
+        if note:
+            limit = 7000
+            all_tags["mlflow.note.content"] = note if len(note) <= limit else \
+                note[:limit] + "\n\n(truncated: the whole report is the artifact report.md)"
+        with _reading(self.uri, "logging the report"):
+            run = tracker.client.create_run(tracker.experiment_id, run_name=name, tags=all_tags)
+            run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(k[:250], param_value(v)[:6000]) for k, v in params.items()]
+            if items:
+                tracker.client.log_batch(run_id, params=items)
+            tracker.end_sweep(run_id, metrics or {}, tags={}, artifacts=files)
+        return run_id

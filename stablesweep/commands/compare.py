@@ -1,0 +1,131 @@
+"""`stablesweep compare`: sweeps (and ramps) side by side, read back from MLflow."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
+
+EPILOG = """\
+examples:
+  # every sweep in the default store (runs/sweeps/mlflow.db, what `stablesweep sweep` writes)
+  stablesweep compare
+
+  # two sweeps of a server, only their stable configurations, the ten safest (most lr headroom)
+  stablesweep compare food-qmc food-qmc-slice --mlflow http://127.0.0.1:5000 --only stable --by margin --top 10
+
+  # a markdown report for a pull request; a CSV for pandas; an HTML page with the figures
+  stablesweep compare a b --mlflow sqlite:///runs/sweeps/mlflow.db --format md > compare.md
+  stablesweep compare a b --format csv > configs.csv
+  stablesweep compare a b --format html --out runs/compare/a-vs-b   # open runs/compare/a-vs-b/report.html
+
+What it reads: the parent run of each sweep (tag stablesweep.kind = sweep, or ramp) and its trials
+(child runs: tags.mlflow.parentRunId = the parent's run id), with their verdict tags and objective
+metric; nothing from local files. SWEEP is a sweep's name (its run name) or a run id; none: all of
+the experiment, oldest first.
+
+What it reports:
+  - per sweep: verdict counts, the step budget, the best objective, LR sensitivity;
+  - per sweep and setting (a combination of the categorical axes, lr excluded): the largest stable
+    and the smallest diverged lr (the boundary lies between), LR sensitivity;
+  - the configurations ranked (stable first) by objective, or by lr margin: lr over the smallest
+    diverged lr of its setting in its sweep (0.1: ten times below the boundary; blank: nothing
+    diverged there). Values that differ from the first row are marked (`*`, bold in md, highlighted
+    in html); a column marked `*` differs among the rows shown;
+  - between each sweep and the next: the settings that became stable or unstable (with a note when
+    only the lr range changed), and the base-config keys that differ.
+Files in --out: report.txt/.md/.html, configs.csv, settings.csv, changes.csv, compare.json,
+figures/parallel.png (stable vs diverged trials, parallel coordinates) and figures/region_SWEEP.png.
+The report is logged back to MLflow as a run with the tag stablesweep.kind = compare (--no-log: not).
+
+The same in MLflow's UI (Experiments > stablesweep; the search box takes these filters; select runs,
+then Compare):
+  tags.verdict = 'stable'                                 stable trials of every sweep
+  tags.`mlflow.parentRunId` = '<parent run id>'           the trials of one sweep
+  tags.`stablesweep.sweep` = 'food-qmc' and tags.verdict = 'diverged'
+  tags.`stablesweep.kind` = 'sweep'                       the sweeps (their region files are artifacts)
+  tags.`stablesweep.kind` = 'compare'                     the reports of this command
+Sort by metrics.objective; the run names read like `lr=2.0e-06 bf16 slice clip=1.0`.
+Exit status: 0 done, 2 bad input (no store there, unreachable server, unknown sweep or experiment).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare sweeps side by side, read back from MLflow: stable configs, "
+                                       "lr margins, settings that changed verdict",
+                       description="Compare stability sweeps (and ramps) as MLflow holds them: the stable "
+                                   "configurations side by side with the parameters that differ highlighted, "
+                                   "objective, lr margin to the boundary, LR sensitivity and verdict counts per "
+                                   "sweep; with two or more sweeps, the settings that became stable or unstable.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP",
+                   help="sweep (or ramp) names or run ids; default: all in the experiment")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help=f"MLflow tracking URI: sqlite:///PATH/mlflow.db or a server http://127.0.0.1:5000 "
+                        f"(default: sqlite:///{DEFAULT_STORE}, the default of `stablesweep sweep`, if it exists)")
+    p.add_argument("--experiment", default=None, metavar="NAME", help="MLflow experiment (default stablesweep)")
+    p.add_argument("--only", default=None, choices=["stable", "diverged", "pruned", "error"],
+                   help="list only trials with this verdict (e.g. --only stable)")
+    p.add_argument("--top", type=int, default=None, metavar="K", help="list the first K configurations only")
+    p.add_argument("--by", default="objective", choices=["objective", "margin"],
+                   help="rank by objective (default; lower first) or by lr margin (most headroom first)")
+    p.add_argument("--format", default="table", choices=["table", "md", "csv", "html"],
+                   help="what goes to stdout (default table); every format is written to --out anyway")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the report files and figures go (default runs/compare/compare-TIMESTAMP)")
+    p.add_argument("--no-log", dest="log", action="store_false",
+                   help="do not log the report to MLflow as a `compare` run")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the figures")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="seconds to wait for an MLflow server to answer (default 5)")
+    p.set_defaults(func=run)
+
+
+def resolve_uri(uri: str | None) -> str:
+    from stablesweep.analysis.compare import InputError
+
+    if uri:
+        return uri
+    if DEFAULT_STORE.is_file():
+        return f"sqlite:///{DEFAULT_STORE}"
+    raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
+                     "`stablesweep sweep`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
+                     "or a server such as http://127.0.0.1:5000")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stablesweep.analysis.compare import InputError, compare, log_report, read_sweeps, write_report
+
+    if args.top is not None and args.top < 1:
+        raise InputError(f"--top {args.top}: expected 1 or more")
+    uri = resolve_uri(args.mlflow)
+    # a server that goes away mid-read fails in seconds, not after MLflow's default minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # stdout is the report in md/csv/html: everything else goes to stderr
+    info = sys.stdout if args.format == "table" else sys.stderr
+    notes: list[str] = []
+    sweeps = read_sweeps(uri, args.experiment, args.sweeps, timeout=args.timeout, notes=notes)
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    experiment = args.experiment or "stablesweep"
+    cmp = compare(sweeps, only=args.only, top=args.top, by=args.by, source=f"{uri} (experiment {experiment})")
+    out = Path(args.out or f"runs/compare/compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    files = write_report(cmp, sweeps, out, figures=args.figures)
+    figs = [str(p.relative_to(out)) for k, p in files.items() if k.startswith("figure_")]
+    figs.sort(key=lambda n: (not n.endswith("parallel.png"), n))
+    text = cmp.render(args.format, figs)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    print(f"\nfiles in {out}: " + ", ".join(sorted({p.name for k, p in files.items() if not k.startswith('figure_')}))
+          + (", figures/" if figs else ""), file=info)
+    if args.log:
+        run_id = log_report(cmp, files, out, uri, args.experiment)
+        print(f"MLflow: logged as run {run_id} (tags.`stablesweep.kind` = 'compare') in {uri}", file=info)
+    ids = [s.run_id for s in cmp.sweeps]
+    if ids:
+        print(f"In the UI: tags.verdict = 'stable'   or   tags.`mlflow.parentRunId` = '{ids[0]}'", file=info)
+    return 0

@@ -1,0 +1,258 @@
+"""`stablesweep compare` against a real `mlflow server` (sqlite backend, 127.0.0.1, a free port)
+holding two real sweeps (real Ray, Optuna and training loop on the demo config, CPU), plus the
+comparison logic on hand-built tables. No mocks."""
+from __future__ import annotations
+
+import io
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stablesweep.analysis.compare import SweepData, compare, parse_param, read_sweeps
+from stablesweep.cli import main
+from stablesweep.sweep.runner import SweepOptions, run_sweep
+from stablesweep.tracking import TrackerReader
+from tests.mlflow_server import free_port, mlflow_server
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+STEPS, INTERVAL = 20, 10
+# The demo trains fine at lr 1e-3 and 1e-2; lr 1e3 blows up in the first report interval.
+# `wide` brackets the boundary (each masking: stable at 1e-2, diverged at 1e3); `low` stays below it
+# and tries one masking only. 4 + 2 trials.
+SPACES = {
+    "wide": "training.lr: {grid: [1.0e-2, 1.0e+3]}\nloss.masking: {choice: [slice, large_negative]}\n",
+    "low": "training.lr: {grid: [1.0e-3, 1.0e-2]}\nloss.masking: {choice: [slice]}\n",
+}
+N = {"wide": 4, "low": 2}
+
+
+@pytest.fixture(scope="module")
+def mlflow_proc(tmp_path_factory):
+    """A real `mlflow server`, started (not yet waited for); stopped at the end, also on failure."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def server(mlflow_proc) -> str:
+    return mlflow_proc.uri  # waits until /health answers
+
+
+@pytest.fixture(scope="module")
+def sweeps(mlflow_proc, ray_cluster, tmp_path_factory):
+    """Two real sweeps logged to the server, oldest first: wide, then low. (The server starts while
+    Ray does.)"""
+    server = mlflow_proc.uri
+    tmp = tmp_path_factory.mktemp("compare_sweeps")
+    results = {}
+    for name, text in SPACES.items():
+        space = tmp / f"{name}.yaml"
+        space.write_text(text)
+        opts = SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=STEPS,
+                            overrides=[f"training.report_interval={INTERVAL}"], asha=False, out=str(tmp / "out"),
+                            name=name, mlflow=server, max_concurrent=2)
+        results[name] = run_sweep(opts, echo=lambda s: None)
+    assert set(results["wide"].table["verdict"]) == {"stable", "diverged"}
+    assert set(results["low"].table["verdict"]) == {"stable"}
+    return results
+
+
+@pytest.fixture(scope="module")
+def data(server, sweeps):
+    return read_sweeps(server, names=["wide", "low"])
+
+
+# ---- read back from the server ------------------------------------------------------------------
+
+def test_sweeps_are_read_back_from_mlflow(server, sweeps, data):
+    assert [d.name for d in data] == ["wide", "low"]
+    for d in data:
+        res = sweeps[d.name]
+        assert d.run_id == res.parent_run_id and d.kind == "sweep" and d.budget_steps == STEPS
+        assert d.categorical == ["loss.masking"] and d.lr_key == "training.lr"
+        assert d.config["training.steps"] == STEPS and d.config["loss.masking"] == "slice"  # from config.yaml
+        got = d.trials.set_index("trial_id")
+        assert len(got) == len(res.table) == N[d.name]
+        for _, t in res.table.iterrows():
+            r = got.loc[t["trial_id"]]
+            assert r["verdict"] == t["verdict"] and r["name"] == t["name"]
+            assert r["training.lr"] == pytest.approx(t["training.lr"]) and r["loss.masking"] == t["loss.masking"]
+            assert r["objective"] == pytest.approx(t["objective"])
+            assert r["first_bad_step"] == t["first_bad_step"]
+    # no sweep named: every sweep of the experiment, oldest first (reports of compare are no sweeps)
+    assert [d.name for d in read_sweeps(server)] == ["wide", "low"]
+    # a run id works as a name
+    assert [d.name for d in read_sweeps(server, names=[sweeps["low"].parent_run_id[:10]])] == ["low"]
+
+
+def test_stable_configs_ranked_side_by_side(data):
+    cmp = compare(data)
+    t = cmp.configs
+    assert len(t) == 6 and list(t["rank"]) == list(range(1, 7))
+    assert list(t["verdict"]) == ["stable"] * 4 + ["diverged"] * 2  # stable first
+    stable = t[t["verdict"] == "stable"]
+    assert set(stable["sweep"]) == {"wide", "low"}
+    assert list(stable["objective"]) == sorted(stable["objective"])  # best objective first
+    # margin: lr over the smallest diverged lr of its setting in its sweep; none where nothing diverged
+    wide = t[t["sweep"] == "wide"]
+    assert wide["margin"].tolist() == pytest.approx([r / 1e3 for r in wide["training.lr"]])
+    assert t.loc[t["sweep"] == "low", "margin"].isna().all()
+    # the params that differ from the best row are named; columns that vary are known
+    assert set(cmp.varying) == {"training.lr", "loss.masking"}
+    best = t.iloc[0]
+    for _, r in t.iterrows():
+        assert set(r["_differs"]) == {k for k in ("training.lr", "loss.masking")
+                                      if str(r[k]) != str(best[k])}
+    # per sweep: verdict counts, LR sensitivity; per setting: the bracket of the boundary
+    s = {x.label: x for x in cmp.sweeps}
+    assert s["wide"].counts["stable"] == 2 and s["wide"].counts["diverged"] == 2 and s["low"].counts["stable"] == 2
+    assert s["wide"].lr_sensitivity > s["low"].lr_sensitivity >= 0
+    settings = cmp.settings_table()
+    w = settings[settings["sweep"] == "wide"]
+    assert (w["max_stable_lr"] == 1e-2).all() and (w["min_diverged_lr"] == 1e3).all()
+
+    by_margin = compare(data, only="stable", by="margin", top=3).configs
+    assert len(by_margin) == 3 and (by_margin["verdict"] == "stable").all()
+    assert list(by_margin["sweep"][:2]) == ["wide", "wide"]  # known headroom first, unknown last
+
+
+def test_settings_that_changed_verdict(data):
+    (tr,) = compare(data).transitions
+    assert (tr.before, tr.after) == ("wide", "low")
+    change = {c.label: c for c in tr.settings}
+    assert {k: c.change for k, c in change.items()} == {"masking=slice": "became stable",
+                                                        "masking=large_negative": "only in wide"}
+    slice_ = change["masking=slice"]
+    assert (slice_.before.status, slice_.after.status) == ("mixed", "stable")
+    assert "lr range changed" in slice_.note  # low never tried an lr near wide's boundary
+    assert not tr.config_diff  # same base config
+    back = {c.label: c.change for c in compare(list(reversed(data))).transitions[0].settings}
+    assert back == {"masking=slice": "less stable", "masking=large_negative": "only in wide"}
+    assert "low -> wide" in compare(list(reversed(data))).to_text()
+    assert "wide -> low: became stable: masking=slice" in compare(data).to_text()
+
+
+# ---- the command, in this process (fast) and as a subprocess (exit status) -----------------------
+
+def test_cli_every_format_and_the_report_logged_to_mlflow(server, sweeps, data, tmp_path, capsys):
+    outs = {}
+    for fmt in ("table", "md", "csv", "html"):
+        out = tmp_path / fmt
+        args = ["compare", "wide", "low", "--mlflow", server, "--only", "stable", "--format", fmt, "--out", str(out)]
+        if fmt != "html":
+            args += ["--no-log", "--no-figures"]
+        assert main(args) == 0
+        outs[fmt] = capsys.readouterr().out
+    csv = pd.read_csv(io.StringIO(outs["csv"]))
+    assert len(csv) == 4 and (csv["verdict"] == "stable").all() and list(csv["rank"]) == list(range(1, 5))
+    assert {"sweep", "training.lr", "loss.masking", "objective", "margin", "differs_from_best"} <= set(csv.columns)
+    assert set(csv["sweep"]) == {"wide", "low"}
+    assert "<table>" in outs["html"] and 'class="diff"' in outs["html"] and "figures/parallel.png" in outs["html"]
+    md = outs["md"]
+    assert "| rank | sweep | verdict |" in md and "|---|" in md and "**" in md
+    assert "became stable" in md
+    assert "rank" in outs["table"] and "Changes wide -> low" in outs["table"]
+
+    out = tmp_path / "html"
+    for f in ("report.md", "report.html", "report.txt", "configs.csv", "settings.csv", "changes.csv",
+              "compare.json", "figures/parallel.png", "figures/region_wide.png", "figures/region_low.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    # logged back: one run of kind compare, the report files its artifacts
+    reader = TrackerReader(server)
+    (run,) = reader.parent_runs(kinds=("compare",))
+    assert run.name == "compare wide vs low"
+    assert run.tags["stablesweep.compared"] == "wide,low"
+    assert run.tags["stablesweep.became_stable"] == "masking=slice"
+    assert "Sweep comparison" in run.tags["mlflow.note.content"]
+    arts = {a.path for a in reader.client.list_artifacts(run.run_id)}
+    assert {"report.md", "report.html", "configs.csv", "compare.json", "figures"} <= arts
+    assert {a.path for a in reader.client.list_artifacts(run.run_id, "figures")} >= {
+        "figures/parallel.png", "figures/region_wide.png", "figures/region_low.png"}
+    # the MLflow UI's own filters find the same runs
+    stable = reader.client.search_runs([reader.experiment_id()], "tags.verdict = 'stable'")
+    assert len(stable) == 4
+    kids = reader.client.search_runs([reader.experiment_id()],
+                                     f"tags.`mlflow.parentRunId` = '{sweeps['wide'].parent_run_id}'")
+    assert len(kids) == 4
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "stablesweep", "compare", *args], capture_output=True, text=True,
+                       timeout=60, cwd=cwd)
+    return p, time.time() - t0
+
+
+def test_unknown_sweep_is_a_clear_error(server, sweeps, tmp_path):
+    p, _ = _cli("wdie", "low", "--mlflow", server, "--out", str(tmp_path / "out"))
+    assert p.returncode == 2, p.stderr
+    assert f"error: unknown sweep 'wdie' in experiment 'stablesweep' at {server}; did you mean 'wide'?" in p.stderr
+    assert "sweeps there: low, wide" in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_unreachable_server_is_a_clear_error_within_seconds(tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    p, took = _cli("--mlflow", uri, "--out", str(tmp_path / "out"))
+    assert p.returncode == 2, p.stderr
+    assert f"error: --mlflow {uri}: no MLflow server answers at {uri}" in p.stderr
+    assert took < 15, took
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_default_store_says_which_uri_was_tried(tmp_path):
+    p, _ = _cli(cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert "no MLflow store at sqlite:///runs/sweeps/mlflow.db" in p.stderr and "pass --mlflow URI" in p.stderr
+    assert not (tmp_path / "runs").exists()  # no empty store created
+
+
+# ---- the comparison on hand-built tables (no server) ---------------------------------------------
+
+def _sweep(name: str, rows: list[tuple], config: dict, axes: list[str], categorical: list[str]) -> SweepData:
+    recs = []
+    for i, (lr, verdict, *rest) in enumerate(rows):
+        rec = {"trial_id": f"{name}{i}", "run_id": f"{name}-run{i}", "name": f"lr={lr:.1e}", "training.lr": lr,
+               "verdict": verdict, "reason": "nonfinite_loss" if verdict == "diverged" else None,
+               "first_bad_step": 5 if verdict == "diverged" else -1, "budget_steps": 100,
+               "objective": 3.0 if verdict == "diverged" else 1.0 + lr, "initial_loss": 3.0, "steps": 100}
+        rec.update(dict(zip(axes[1:], rest)))
+        recs.append(rec)
+    return SweepData(name=name, run_id=f"{name}-parent", trials=pd.DataFrame(recs), axes=axes,
+                     categorical=categorical, config=config)
+
+
+def test_unswept_keys_come_from_each_config_and_verdict_changes_are_named():
+    base = {"training.lr": 1e-3, "training.max_grad_norm": 1.0, "loss.masking": "slice", "training.steps": 100}
+    # a: masking swept, clipping fixed at 1.0; b: clipping swept, masking fixed at slice
+    a = _sweep("a", [(1e-3, "stable", "slice"), (1e-2, "stable", "slice"),
+                     (1e-3, "stable", "neg_inf"), (1e-2, "diverged", "neg_inf")],
+               base, ["training.lr", "loss.masking"], ["loss.masking"])
+    b = _sweep("b", [(1e-3, "diverged", 1.0), (1e-2, "diverged", 1.0), (1e-3, "stable", None)],
+               {**base, "training.steps": 200}, ["training.lr", "training.max_grad_norm"], ["training.max_grad_norm"])
+    cmp = compare([a, b])
+    assert cmp.setting_keys == ["loss.masking", "training.max_grad_norm"]
+    (tr,) = cmp.transitions
+    change = {c.label: c.change for c in tr.settings}
+    assert change == {"masking=slice clip=1.0": "became unstable", "masking=neg_inf clip=1.0": "only in a",
+                      "masking=slice clip=none": "only in b"}
+    assert tr.config_diff == {"training.steps": (100, 200)}
+    assert cmp.config_keys == ["training.steps"]
+    rows = cmp.configs
+    assert rows.loc[rows["sweep"] == "a", "training.max_grad_norm"].eq(1.0).all()  # filled from a's config
+    a_neg = rows[(rows["sweep"] == "a") & (rows["loss.masking"] == "neg_inf") & (rows["training.lr"] == 1e-3)]
+    assert a_neg["margin"].iloc[0] == pytest.approx(0.1)
+    for fmt in ("table", "md", "csv", "html"):
+        assert cmp.render(fmt)
+
+
+def test_params_parse_back_from_mlflow_strings():
+    assert [parse_param(s) for s in ("null", "true", "false", "3", "0.001", "1e-05", "1000.0", "slice")] == \
+        [None, True, False, 3, 0.001, 1e-05, 1000.0, "slice"]
+    assert math.isinf(parse_param("inf"))
