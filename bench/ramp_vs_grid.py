@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=float, default=1.25)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    ap.add_argument("--clip", default="none,1.0", help="clip values, one setting axis (default none,1.0)")
     args = ap.parse_args()
     import yaml
 
@@ -42,7 +43,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ramp-vs-grid-"))
     n = math.ceil(math.log(args.lr_stop / args.lr_start) / math.log(args.resolution))
     lrs = [float(f"{args.lr_start * args.resolution ** k:.6g}") for k in range(n + 1)]
-    space = {k: {"grid": v} for k, v in AXES.items()}
+    axes = dict(AXES)
+    axes["training.max_grad_norm"] = [None if c == "none" else float(c) for c in args.clip.split(",")]
+    space = {k: {"grid": v} for k, v in axes.items()}
     (tmp / "settings.yaml").write_text(yaml.safe_dump(space))
     (tmp / "grid.yaml").write_text(yaml.safe_dump({**space, "training.lr": {"grid": lrs}}))
     config = str(ROOT / "configs" / "demo.yaml")
