@@ -425,7 +425,7 @@ def plot_ramp(settings: list[Setting], summary: list[dict], path: Path, budget: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(settings) + 1.6))
+    fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(settings) + 1.6))
     for i, (s, x) in enumerate(zip(settings, summary)):
         for p in s.tested:
             ax.scatter(p.lr, i, color=VERDICT_COLORS.get(p.verdict, "k"), marker="o" if p.phase != "bisect" else "D",
@@ -440,9 +440,11 @@ def plot_ramp(settings: list[Setting], summary: list[dict], path: Path, budget: 
     ax.set_title(f"lr ramp: probes per setting (budget {budget} steps)")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLORS.items()]
+    seen = {p.verdict for s in settings for p in s.tested}
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLORS.items() if v in seen]
+    handles.append(Line2D([], [], marker="D", ls="", color="k", label="bisection probe"))
     handles.append(Line2D([], [], marker="*", ls="", color="tab:blue", markersize=10, label="recommended"))
-    ax.legend(handles=handles, loc="best", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.grid(True, which="both", axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
