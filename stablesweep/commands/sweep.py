@@ -10,15 +10,22 @@ examples:
   # the CPU demo: 16 trials, both stable and diverged ones, a few minutes on two cores
   stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --samples 16
 
-  # map the region evenly (QMC), four trials per GPU, on a running Ray cluster
+  # map the region evenly (QMC), four trials per GPU of this machine
   stablesweep sweep my.yaml --space search_spaces/default.yaml --sampler qmc --samples 128 \\
-      --gpus-per-trial 0.25 --address auto --out runs/sweeps --name food-qmc
+      --gpus-per-trial 0.25 --out runs/sweeps --name food-qmc
 
   # every combination of grid/choice values, a short budget
   stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 200
 
   # continue an interrupted sweep (no trial lost, none run twice; the sampler keeps what it learnt)
   stablesweep sweep my.yaml --space search_spaces/default.yaml --out runs/sweeps --name food-qmc --resume
+
+  # on a multi-node Ray cluster (docs/cluster.md): --out must be storage every node shares
+  stablesweep sweep my.yaml --space search_spaces/default.yaml --gpus-per-trial 0.25 \\
+      --address auto --out /mnt/shared/sweeps --shared-storage        # an NFS path, the same on every node
+  stablesweep sweep my.yaml --space search_spaces/default.yaml --gpus-per-trial 0.25 \\
+      --address auto --out s3://my-bucket/sweeps --local-dir ~/sweeps  # a bucket: Tune's checkpoints there,
+                                                                       # the region, optuna.db, mlflow.db here
 
 A search space is YAML whose keys are dotted config keys:
   training.lr: {loguniform: [1.0e-6, 1.0e-1]}
@@ -33,6 +40,12 @@ or a loss explosion; stopped at the report where it was seen), pruned (stopped b
 but finite progress), error (crashed). Files in OUT/NAME: trials.csv, stable_region.json/.md,
 figures/, recommended.yaml (the best stable setting, lr at most half the smallest diverged lr of
 its combination), optuna.db, and Tune's experiment. MLflow: OUT/mlflow.db unless --mlflow.
+With a URI --out, only Tune's experiment goes to OUT/NAME; the rest (and mlflow.db) to LOCAL_DIR.
+
+On a cluster of more than one node (alive nodes, plus those an autoscaler may add) a plain local
+--out is refused: each node would write its trials' checkpoints to its own disk, so a trial could
+not be restored on another node. A trial whose node is lost is retried from its last checkpoint
+(--max-failures, 2 by default there) and still ends with exactly one verdict.
 Exit status: 0 done, 1 no trial ended stable, 2 bad input, 130 interrupted (continue with --resume).
 """
 
@@ -61,7 +74,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")
     p.add_argument("--out", default="runs/sweeps", metavar="DIR",
                    help="sweeps live in DIR/NAME; the MLflow store is DIR/mlflow.db (default runs/sweeps). On a "
-                        "multi-node cluster DIR must be shared storage")
+                        "multi-node cluster DIR must be shared storage: a path the same on every node (NFS) with "
+                        "--shared-storage, or a bucket URI Tune understands (s3://, gs://, abfs://, ...)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="declare that the --out path is the same storage on every node of the cluster (an NFS "
+                        "mount at the same path); required for a path --out on a multi-node cluster")
+    p.add_argument("--local-dir", default=None, metavar="DIR",
+                   help="with a URI --out: where the sweep's own files go on this (the driver's) machine: "
+                        "DIR/NAME/{trials.csv, stable_region.*, recommended.yaml, optuna.db, sweep.json} and "
+                        "DIR/mlflow.db (default runs/sweeps)")
+    p.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help="retry a failed trial (e.g. its worker node was lost) up to N times from its last "
+                        "checkpoint (default: 2 on a multi-node cluster, 0 on one node)")
+    p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
+                   help="custom Ray resources a trial needs, as JSON: '{\"worker_node\": 1}' runs trials only on "
+                        "nodes started with `ray start --resources '{\"worker_node\": N}'`")
     p.add_argument("--mlflow", default=None, metavar="URI",
                    help="MLflow tracking URI (default sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
     p.add_argument("--name", default=None, help="sweep name (default: CONFIG-SPACE-TIMESTAMP)")
@@ -78,6 +105,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reports before ASHA may stop a trial (default: half the budget)")
     p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0)")
     p.set_defaults(func=run)
+
+
+def _resources(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); expected e.g. '{{\"worker_node\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object of resource names and amounts, "
+                                         "e.g. '{\"worker_node\": 1}'")
+    return value
 
 
 def resume_command(argv: list[str], name: str) -> str:
@@ -107,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                         max_concurrent=args.max_concurrent, address=args.address, out=args.out,
                         mlflow=args.mlflow, name=args.name, resume=args.resume, overrides=args.overrides,
-                        steps=args.steps, asha=args.asha, asha_grace=args.asha_grace, seed=args.seed)
+                        steps=args.steps, asha=args.asha, asha_grace=args.asha_grace, seed=args.seed,
+                        shared_storage=args.shared_storage, local_dir=args.local_dir,
+                        max_failures=args.max_failures, resources_per_trial=args.resources_per_trial)
     res = run_sweep(opts, echo=lambda s: print(s, flush=True))
     c = res.counts
     print()

@@ -10,6 +10,16 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
     OUT/NAME/tuner.pkl, trial_*/  Tune's experiment (storage_path=OUT, name=NAME)
     OUT/NAME/trials.csv           one row a trial
     OUT/NAME/stable_region.{json,md}, figures/*.png, recommended.yaml
+
+Where `--out` is a URI (s3://bucket/sweeps, gs://..., any pyarrow filesystem URI), only Tune's
+experiment (checkpoints, trial results, experiment state) goes there, as OUT/NAME; the rest of the
+layout above (sweep.json, optuna.db, trials.csv, the region files, mlflow.db) is written on the
+driver's disk under `--local-dir` (default runs/sweeps). Sqlite (Optuna's study, MLflow's store)
+needs a local file, and the region is read by people, so neither belongs in a bucket.
+
+On a Ray cluster of more than one node the trials run in workers on other machines and write
+their checkpoints to Tune's storage themselves: `--out` must be the same storage for every node, a
+bucket URI or a path declared shared with `--shared-storage` (`check_shared_storage`).
 """
 from __future__ import annotations
 
@@ -36,6 +46,11 @@ from stablesweep.sweep.stopper import (DIVERGED, ERROR, FINISHED_KEY, PRUNED, ST
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 16
+DEFAULT_LOCAL_DIR = "runs/sweeps"  # the sweep's own files when --out is a bucket URI
+CLUSTER_MAX_FAILURES = 2  # default retries of a trial from its checkpoint on a multi-node cluster
+LOCAL_SCHEMES = {"file", "local"}  # URIs that name this machine's disk, not shared storage
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_BUILTIN_RESOURCES = {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial", "memory": None}
 UNFINISHED = "unfinished"  # only in an interrupted sweep's table: resumable, no verdict yet
 STATE_FILE = "sweep.json"
 # Tune's bookkeeping keys: not metrics of the run
@@ -72,6 +87,12 @@ class SweepOptions:
     seed: int | None = None  # the sampler's seed (default 0)
     num_cpus: int | None = None  # CPUs of a local Ray started here (default: all)
     experiment: str = "stablesweep"  # MLflow experiment
+    # ---- on a cluster ----
+    shared_storage: bool = False  # the user declares: the --out path is the same storage on every node
+    local_dir: str | None = None  # the sweep's own files when --out is a URI (default runs/sweeps)
+    max_failures: int | None = None  # retries of a failed trial from its checkpoint (default: 2 on
+    #                                  a multi-node cluster, where a worker node may be lost; 0 on one node)
+    resources_per_trial: dict[str, float] | None = None  # custom Ray resources a trial needs
 
 
 @dataclass
@@ -94,6 +115,12 @@ class SweepPlan:
     resume: bool
     state: dict
     notes: list[str] = field(default_factory=list)
+    storage: str = ""  # Tune's storage_path: str(out), or the --out URI
+
+    @property
+    def experiment_path(self) -> str:
+        """Tune's experiment: a local directory (the sweep dir) or STORAGE_URI/NAME."""
+        return str(self.sweep_dir) if self.storage == str(self.out) else f"{self.storage}/{self.name}"
 
     @property
     def study_url(self) -> str:
@@ -133,18 +160,24 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         raise InputError(f"--gpus-per-trial {g}: more than one GPU a trial must be a whole number")
     if opts.address and opts.num_cpus:
         raise InputError("num_cpus applies to a local Ray only; not with --address")
+    if opts.max_failures is not None and opts.max_failures < 0:
+        raise InputError(f"--max-failures {opts.max_failures}: out of range (0 or more)")
+    trial_resources(opts)  # refuses a bad --resources-per-trial
 
     overrides = list(opts.overrides) + ([f"training.steps={opts.steps}"] if opts.steps else [])
     cfg = load_config(opts.config, overrides)
     space = load_space(opts.space)
     space.validate(cfg)
     base = cfg.to_dict()
-    out = Path(opts.out).expanduser().resolve()
+    out, storage = storage_paths(opts.out, opts.local_dir)
 
     if opts.resume:
         sweep_dir = _find_sweep(out, opts.name)
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         _check_same(state, base, space, opts, sweep_dir)
+        if state.get("storage", storage) != storage:
+            raise InputError(f"--resume: sweep {sweep_dir.name} keeps Tune's experiment in {state['storage']}, "
+                             f"not {storage}; resume with --out {state['storage']}")
         name = state["name"]
         sampler, samples, seed = state["sampler"], int(state["samples"]), int(state["seed"])
         asha, grace, rf = bool(state["asha"]), state.get("asha_grace"), float(state.get("asha_rf", 2.0))
@@ -176,9 +209,11 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     t = cfg.training
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
     uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or _default_uri(out)
+    notes += _ephemeral_notes(opts)
     return SweepPlan(opts=opts, name=name, out=out, sweep_dir=sweep_dir, cfg=cfg, base=base, space=space,
                      sampler=sampler, samples=samples, seed=seed, asha=asha, asha_grace=grace, asha_rf=rf,
-                     n_reports=n_reports, tracking_uri=uri, resume=opts.resume, state=state, notes=notes)
+                     n_reports=n_reports, tracking_uri=uri, resume=opts.resume, state=state, notes=notes,
+                     storage=storage)
 
 
 def _default_uri(out: Path) -> str:
@@ -216,6 +251,187 @@ def _check_same(state: dict, base: dict, space: SearchSpace, opts: SweepOptions,
             raise InputError(f"--resume: {flag} differs from the sweep's own ({theirs}); leave it out to resume")
 
 
+# ---- storage and resources on a cluster -----------------------------------------------------
+
+def uri_scheme(out: str) -> str | None:
+    """The scheme of a URI (`s3` of s3://bucket/x), or None for a plain path."""
+    m = _URI.match(str(out))
+    return m.group(1).lower() if m else None
+
+
+def is_shared_uri(out: str) -> bool:
+    """A URI of storage every node reaches by itself (s3://, gs://, abfs://, hdfs://, ...); not
+    file:// or local://, which name each machine's own disk."""
+    scheme = uri_scheme(out)
+    return scheme is not None and scheme not in LOCAL_SCHEMES
+
+
+def storage_paths(out: str, local_dir: str | None = None) -> tuple[Path, str]:
+    """(the directory for the sweep's own files, Tune's storage_path).
+
+    A plain --out is both (the one-machine layout). A URI --out is Tune's storage only; the sweep's
+    own files go to --local-dir (default runs/sweeps) on the driver."""
+    if uri_scheme(out) is None:
+        if local_dir is not None:
+            raise InputError(f"--local-dir {local_dir}: only with a URI --out (s3://..., gs://...); with a path "
+                             f"--out ({out}) the sweep's files are written there")
+        path = Path(out).expanduser().resolve()
+        return path, str(path)
+    storage = str(out).rstrip("/")
+    if uri_scheme(out) in LOCAL_SCHEMES and not storage.split("://", 1)[1].strip("/"):
+        raise InputError(f"--out {out}: a URI needs a path after the scheme")
+    return Path(local_dir or DEFAULT_LOCAL_DIR).expanduser().resolve(), storage
+
+
+def check_shared_storage(out: str, n_nodes: int, declared: bool) -> None:
+    """Refuse a plain local --out on a cluster of more than one node (see the module docstring).
+
+    `n_nodes`: the nodes trials may run on (alive nodes, plus those an autoscaler may add);
+    `declared`: the user said the path is the same storage on every node (--shared-storage)."""
+    if n_nodes <= 1 or declared or is_shared_uri(out):
+        return
+    kind = "a file:// URI of each machine's own disk" if uri_scheme(out) else "a plain local path"
+    raise InputError(
+        f"--out {out}: {kind}, but the Ray cluster has {n_nodes} nodes (alive, or that its autoscaler may add). "
+        "Trials run on worker nodes and write "
+        "their checkpoints to --out themselves, so each node would write its own copy on its own disk: the "
+        "driver would not see the trials' files, and a trial retried on another node (after its node is lost) "
+        "or continued by --resume could not be restored from its checkpoint. Use shared storage: an NFS (or "
+        "other network) path mounted at the same place on every node, declared with --shared-storage (e.g. "
+        "--out /mnt/shared/sweeps --shared-storage), or a bucket URI (e.g. --out s3://my-bucket/sweeps, the "
+        "sweep's own files then go to --local-dir on this machine).")
+
+
+def trial_resources(opts) -> dict[str, float]:
+    """The resources of one trial for `tune.with_resources`: CPUs, GPUs and --resources-per-trial."""
+    res: dict[str, float] = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+    extra = getattr(opts, "resources_per_trial", None) or {}
+    if not isinstance(extra, dict):
+        raise InputError(f"--resources-per-trial {extra!r}: expected a JSON object of resource names and amounts, "
+                         'e.g. \'{"worker_node": 1}\'')
+    for k, v in extra.items():
+        if not isinstance(k, str) or not k:
+            raise InputError(f"--resources-per-trial: resource name {k!r}: expected a non-empty string")
+        if k.lower() in _BUILTIN_RESOURCES or k in ("CPU", "GPU"):
+            flag = _BUILTIN_RESOURCES.get(k.lower())
+            raise InputError(f"--resources-per-trial: {k!r} is one of Ray's own resources"
+                             + (f"; use {flag}" if flag else "; not supported per trial"))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise InputError(f"--resources-per-trial: {k}: {v!r}: expected a number above 0")
+        if v > 1 and not float(v).is_integer():
+            raise InputError(f"--resources-per-trial: {k}: {v}: more than 1 must be a whole number (Ray's rule)")
+        res[k] = float(v)
+    return res
+
+
+def _ephemeral_notes(opts) -> list[str]:
+    """Relative paths in a Ray Job land in the job's copy of --working-dir, which Ray deletes."""
+    if "runtime_resources" not in os.getcwd():
+        return []
+    notes = []
+    for flag, value in (("--out", opts.out), ("--local-dir", getattr(opts, "local_dir", None) or
+                                                (DEFAULT_LOCAL_DIR if uri_scheme(opts.out) else None))):
+        if value and uri_scheme(value) is None and not Path(value).expanduser().is_absolute():
+            notes.append(f"{flag} {value} is relative to this Ray Job's working directory ({os.getcwd()}), which "
+                         "Ray deletes with the job's files: pass an absolute path to keep the results")
+    return notes
+
+
+@dataclass
+class ClusterShape:
+    """What the sweep can use: the alive nodes' resources and, where an autoscaler may add nodes,
+    its node types as (resources, most nodes of that type). Plain data (tested without Ray)."""
+
+    nodes: list[dict[str, float]]
+    node_types: list[tuple[dict[str, float], int]] = field(default_factory=list)
+
+    @staticmethod
+    def fits(node: dict[str, float], need: dict[str, float]) -> int:
+        """How many trials of `need` fit this node (a node type of unknown resources: any number)."""
+        if not node:
+            return 10 ** 6
+        n = 10 ** 6
+        for k, v in need.items():
+            if v > 0:
+                n = min(n, math.floor(node.get(k, 0) / v + 1e-9))
+        return n
+
+    def trial_fit(self, need: dict[str, float]) -> int:
+        """Trials that fit at once: on the alive nodes, plus on the nodes an autoscaler may add."""
+        now = sum(self.fits(n, need) for n in self.nodes if n)
+        later = sum(min(self.fits(r, need), 10 ** 6) * m for r, m in self.node_types if m > 0)
+        return min(now + later, 10 ** 6)
+
+    @property
+    def n_nodes(self) -> int:
+        """Nodes that trials may run on: alive ones, plus the most an autoscaler may add."""
+        return len(self.nodes) + sum(m for _, m in self.node_types if m > 0)
+
+
+def cluster_shape(autoscaling: bool = True) -> ClusterShape:
+    """The shape of the Ray cluster this process is connected to; with `autoscaling`, the node
+    types its autoscaler may start too (a Ray this process started has none)."""
+    import ray
+
+    nodes = [_ray_names(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+    return ClusterShape(nodes=nodes, node_types=_autoscaler_node_types() if autoscaling else [])
+
+
+def joins_a_cluster(opts) -> bool:
+    """The driver joins a running cluster (--address, or RAY_ADDRESS as inside a Ray Job) rather
+    than starting a Ray of its own."""
+    env = os.environ.get("RAY_ADDRESS", "")
+    return bool(getattr(opts, "address", None)) or (bool(env) and env != "local")
+
+
+def _ray_names(res: dict) -> dict[str, float]:
+    """Ray's resource names (CPU, GPU) as tune.with_resources spells them (cpu, gpu)."""
+    return {{"CPU": "cpu", "GPU": "gpu"}.get(k, k): float(v) for k, v in res.items()}
+
+
+def _autoscaler_node_types() -> list[tuple[dict[str, float], int]]:
+    """The worker node types an autoscaler may start: from the cluster config in the GCS (autoscaler
+    v2, KubeRay), else from the cluster launcher's bootstrap config on the head (`ray up`), where
+    this driver runs for `ray job submit` and `ray submit`. Empty for a fixed cluster."""
+    types: list[tuple[dict[str, float], int]] = []
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+        if config is not None:
+            for g in config.node_group_configs:
+                if g.max_count != 0:
+                    types.append((_ray_names(dict(g.resources)), g.max_count if g.max_count > 0 else 10 ** 6))
+            return types
+    except Exception as e:  # an internal API: never fail a sweep over it
+        logger.debug("no cluster config from the GCS: %s", e)
+    path = Path(os.environ.get("STABLESWEEP_AUTOSCALING_CONFIG", "~/ray_bootstrap_config.yaml")).expanduser()
+    try:
+        import yaml
+
+        config = yaml.safe_load(path.read_text()) if path.is_file() else None
+        if not isinstance(config, dict):
+            return types
+        head = config.get("head_node_type")
+        for name, t in (config.get("available_node_types") or {}).items():
+            if name != head and int(t.get("max_workers", 0) or 0) > 0:
+                types.append((_ray_names(t.get("resources") or {}), int(t["max_workers"])))
+    except Exception as e:
+        logger.debug("no autoscaling config at %s: %s", path, e)
+    return types
+
+
+def cluster_checks(opts, shape: ClusterShape | None = None) -> tuple[int, int, ClusterShape]:
+    """After ray.init, before anything is written: the trial fits the cluster, --out is storage
+    every trial's node shares, the retries. Returns (max concurrent trials, max failures, shape)."""
+    shape = shape or cluster_shape(autoscaling=joins_a_cluster(opts))
+    max_concurrent = _check_resources(opts, shape)
+    check_shared_storage(opts.out, shape.n_nodes, bool(getattr(opts, "shared_storage", False)))
+    mf = getattr(opts, "max_failures", None)
+    max_failures = mf if mf is not None else (CLUSTER_MAX_FAILURES if shape.n_nodes > 1 else 0)
+    return max_concurrent, max_failures, shape
+
+
 # ---- running ----------------------------------------------------------------------------------
 
 def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> SweepResult:
@@ -229,8 +445,8 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> SweepR
 
     started_ray = _init_ray(opts)
     try:
-        max_concurrent = _check_resources(opts)
-        return _run(plan, max_concurrent, echo, started)
+        max_concurrent, max_failures, shape = cluster_checks(opts)
+        return _run(plan, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
     finally:
         if started_ray:
             ray.shutdown()
@@ -278,31 +494,43 @@ def _check_reachable(address: str) -> None:
                          "running (`ray start --head`)?") from None
 
 
-def _check_resources(opts: SweepOptions) -> int:
-    """A trial must fit one node; GPUs asked for must exist. The default concurrency is the number
-    of trials the cluster fits now."""
-    import ray
-
-    total = ray.cluster_resources()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+def _check_resources(opts, shape: ClusterShape | None = None) -> int:
+    """A trial must fit one node; GPUs and custom resources asked for must exist (on an alive
+    node, or on a node type an autoscaler may start). The default concurrency is the number of
+    trials the cluster fits: its alive nodes, plus the nodes an autoscaler may add (pending trials
+    are what makes it add them)."""
+    shape = shape or cluster_shape(autoscaling=joins_a_cluster(opts))
+    need = trial_resources(opts)
     cpus, gpus = opts.cpus_per_trial, opts.gpus_per_trial
-    if gpus > 0 and total.get("GPU", 0) <= 0:
+    custom = {k: v for k, v in need.items() if k not in ("cpu", "gpu")}
+    shapes = shape.nodes + [r for r, _ in shape.node_types]
+    known = [n for n in shapes if n]
+    total = {k: sum(n.get(k, 0) for n in shape.nodes) for k in set().union(*shape.nodes)} if shape.nodes else {}
+    if gpus > 0 and not any(n.get("gpu", 0) > 0 for n in known) and len(known) == len(shapes):
         raise InputError(f"--gpus-per-trial {gpus}: the Ray cluster has no GPUs "
-                         f"(resources: {int(total.get('CPU', 0))} CPUs, 0 GPUs); leave --gpus-per-trial out to "
+                         f"(resources: {int(total.get('cpu', 0))} CPUs, 0 GPUs); leave --gpus-per-trial out to "
                          "train on CPU, or connect to a cluster with GPUs (--address)")
-    if nodes and not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
-        biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
-        raise InputError(f"--cpus-per-trial {cpus} --gpus-per-trial {gpus}: no node of the cluster is that big "
-                         f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)")
+    for k, v in custom.items():
+        if not any(n.get(k, 0) > 0 for n in known) and len(known) == len(shapes):
+            have = sorted({r for n in known for r in n if r not in ("cpu", "gpu", "memory", "object_store_memory")
+                           and not r.startswith("node:") and not r.startswith("accelerator_type:")})
+            raise InputError(f"--resources-per-trial {k}={v:g}: no node of the Ray cluster has the resource {k!r} "
+                             f"(custom resources there: {', '.join(have) or 'none'}); start the nodes meant for "
+                             f"trials with `ray start ... --resources '{{\"{k}\": N}}'`")
+    if shapes and not any(ClusterShape.fits(n, need) >= 1 for n in shapes):
+        biggest = max(known, key=lambda n: (n.get("gpu", 0), n.get("cpu", 0)))
+        extra = "".join(f", {biggest.get(k, 0):g} {k}" for k in custom)
+        raise InputError(f"--cpus-per-trial {cpus} --gpus-per-trial {gpus}"
+                         + "".join(f" {k}={v:g}" for k, v in custom.items())
+                         + f": no node of the cluster is that big (largest: {biggest.get('cpu', 0):g} CPUs, "
+                           f"{biggest.get('gpu', 0):g} GPUs{extra})")
     if opts.max_concurrent:
         return opts.max_concurrent
-    fit = math.floor(total.get("CPU", 1) / cpus + 1e-9)
-    if gpus > 0:
-        fit = min(fit, math.floor(total.get("GPU", 0) / gpus + 1e-9))
-    return max(1, fit)
+    return max(1, shape.trial_fit(need))
 
 
-def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], started: float) -> SweepResult:
+def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], started: float, *,
+         max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
     from ray import tune
 
     from stablesweep.sweep.stopper import DivergenceStopper, asha_for
@@ -320,19 +548,24 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         parent = _start_parent(plan, tracker, max_concurrent)
     searcher = StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed)
     scheduler = asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None
+    resources = trial_resources(opts)
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trial, base=plan.base, base_dir=plan.cfg.base_dir, source=plan.cfg.source),
-        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+        resources)
+    custom = "".join(f", {v:g} {k}" for k, v in resources.items() if k not in ("cpu", "gpu"))
     echo(f"sweep {plan.name}: {plan.samples} trials, sampler {plan.sampler}, "
          f"{'ASHA' if plan.asha else 'no ASHA'}, up to {max_concurrent} at once "
-         f"({opts.cpus_per_trial:g} CPU{', %g GPU' % opts.gpus_per_trial if opts.gpus_per_trial else ''} a trial), "
-         f"budget {plan.cfg.training.steps or '?'} steps, report every {plan.cfg.training.report_interval}")
+         f"({opts.cpus_per_trial:g} CPU{', %g GPU' % opts.gpus_per_trial if opts.gpus_per_trial else ''}{custom} "
+         f"a trial), budget {plan.cfg.training.steps or '?'} steps, report every {plan.cfg.training.report_interval}")
+    if n_nodes > 1 or plan.storage != str(plan.out):
+        echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
+             f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     progress = ProgressCallback(plan.samples, space.keys)
     progress.echo = echo
     callbacks = [MlflowCallback(tracker, parent, space.keys, plan.name), progress]
-    exp_dir = plan.sweep_dir
-    if plan.resume and tune.Tuner.can_restore(str(exp_dir)) and list(exp_dir.glob("experiment_state-*.json")):
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    if plan.resume and _can_restore(plan):
+        tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False)
         _swap_echo(tuner, echo)
     else:
         tuner = tune.Tuner(
@@ -342,12 +575,33 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                                         max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=str(plan.out), stop=DivergenceStopper(), callbacks=callbacks,
+                name=plan.name, storage_path=plan.storage, stop=DivergenceStopper(), callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
         )
     results = tuner.fit()
     return _collect(plan, results, tracker, parent, echo, started)
+
+
+def _can_restore(plan: SweepPlan) -> bool:
+    """Tune's experiment of this sweep exists, with its state (a kill before Tune's first snapshot
+    leaves none: the sweep then starts Tune afresh, the Optuna study keeps what it knew)."""
+    from ray import tune
+
+    if plan.storage == str(plan.out):
+        exp_dir = plan.sweep_dir
+        return tune.Tuner.can_restore(str(exp_dir)) and bool(list(exp_dir.glob("experiment_state-*.json")))
+    try:
+        import pyarrow.fs as pafs
+
+        if not tune.Tuner.can_restore(plan.experiment_path):
+            return False
+        fs, path = pafs.FileSystem.from_uri(plan.experiment_path)
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        return any(Path(i.path).name.startswith("experiment_state-") for i in infos)
+    except Exception as e:
+        logger.warning("cannot read Tune's experiment at %s (%s); starting Tune afresh", plan.experiment_path, e)
+        return False
 
 
 def _swap_echo(tuner, echo) -> None:
@@ -375,7 +629,10 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
               "max_concurrent": max_concurrent, "config_file": str(Path(opts.config).resolve()),
               "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys)}
-    parent = tracker.start_sweep(plan.name, params, tags={"sweep_dir": str(plan.sweep_dir)},
+    if opts.resources_per_trial:
+        params["resources_per_trial"] = json.dumps(opts.resources_per_trial, sort_keys=True)
+    parent = tracker.start_sweep(plan.name, params,
+                                 tags={"sweep_dir": str(plan.sweep_dir), "tune_experiment": plan.experiment_path},
                                  texts={"config.yaml": config_yaml, "space.yaml": space_yaml})
     state = {"version": 1, "name": plan.name, "created": _dt.datetime.now().astimezone().isoformat(),
              "config_file": str(Path(opts.config).resolve()), "base_dir": plan.cfg.base_dir,
@@ -384,7 +641,7 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
              "space": {k: a.spec() for k, a in plan.space.axes.items()},
              "sampler": plan.sampler, "samples": plan.samples, "seed": plan.seed, "asha": plan.asha,
              "asha_grace": plan.asha_grace, "asha_rf": plan.asha_rf, "tracking_uri": plan.tracking_uri,
-             "experiment": opts.experiment,
+             "experiment": opts.experiment, "storage": plan.storage, "experiment_path": plan.experiment_path,
              "parent_run_id": parent, "study_name": plan.name, "study_url": plan.study_url}
     (plan.sweep_dir / "config.yaml").write_text(config_yaml)
     (plan.sweep_dir / "space.yaml").write_text(space_yaml)
@@ -643,6 +900,22 @@ class ProgressCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trials, trial, True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Tune retries (FailureConfig.max_failures): its worker or node was
+        lost. Not a verdict: the trial goes on from its last checkpoint and is counted once, when
+        it ends."""
+        try:
+            step = (trial.last_result or {}).get("step")
+            n = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+            name = short_name({k: trial.config.get(k) for k in self.param_keys})
+            why = error_text(_trial_error(trial)) or "its worker failed"
+            (self.echo or print)(f"[retry]  {name}  failed ({why[:200]}); retrying"
+                                 + (f" from its checkpoint at step {step}" if step else " from the start")
+                                 + (f" (failure {n} of at most {trial.max_failures})" if n else "")
+                                 + f"  (trial {trial.trial_id})")
+        except Exception as e:  # printing must never kill a sweep
+            logger.debug("retry line failed: %s", e)
 
     def _line(self, trials, trial, errored: bool) -> None:
         try:
