@@ -35,8 +35,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from stablesweep.analysis.region import (DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, VERDICTS, Region, _short,
-                                         analyze, infer_group_keys)
+from stablesweep.analysis.region import (DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, VERDICTS, Region, _py,
+                                         _short, analyze, infer_group_keys)
 
 UNFINISHED = "unfinished"
 BY = ("objective", "margin")
@@ -925,19 +925,6 @@ def _union(items: Iterable[str]) -> list[str]:
         if k not in out:
             out.append(k)
     return out
-
-
-def _py(v: Any) -> Any:
-    if v is None:
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        try:
-            v = v.item()
-        except (ValueError, AttributeError):
-            pass
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 def _num(v: Any) -> float | None:
