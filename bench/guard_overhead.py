@@ -75,17 +75,6 @@ def unguarded_step(model, params, opt, prec, loss_fn, batch, images):
     opt.zero_grad(set_to_none=True)
 
 
-def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn):
-    with prec.autocast():
-        logits = model(images)
-    out = loss_fn(logits, batch)
-    prec.backward(out.loss)
-    prec.step(opt, params, out.loss, 1.0, monitor)
-    opt.zero_grad(set_to_none=True)
-    acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
-                    loss_fn.allowed)
-
-
 def partial_step(model, params, opt, prec, loss_fn, batch, images, monitor=None):
     """The guarded step without the per-dataset accumulators (and without the monitor if None)."""
     with prec.autocast():
@@ -94,6 +83,14 @@ def partial_step(model, params, opt, prec, loss_fn, batch, images, monitor=None)
     prec.backward(out.loss)
     prec.step(opt, params, out.loss, 1.0, monitor)
     opt.zero_grad(set_to_none=True)
+    return logits, out
+
+
+def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn):
+    """stablesweep's step: the partial step plus the per-dataset accumulators, as the Trainer does."""
+    logits, out = partial_step(model, params, opt, prec, loss_fn, batch, images, monitor)
+    acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
+                    loss_fn.allowed)
 
 
 def time_steps(fn, steps: int) -> float:

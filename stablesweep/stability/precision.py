@@ -23,9 +23,14 @@ class StepFlags:
     """What one guarded step left on the device (nothing here has been read by the host)."""
 
     grad_norm: torch.Tensor  # fp32 scalar, total norm of the unscaled gradients (before clipping)
-    skipped: torch.Tensor  # bool scalar: the update was skipped
+    skip: torch.Tensor  # 1. if the update was skipped, else 0. (the found_inf the optimizer read)
     scale: torch.Tensor  # the loss scale this step ran at (1 unless fp16)
     loss: torch.Tensor
+
+    # the views below cost a kernel each, so they are made only when read (tests, diagnose)
+    @property
+    def skipped(self) -> torch.Tensor:
+        return self.skip.bool()
 
     @property
     def loss_bad(self) -> torch.Tensor:
@@ -96,7 +101,7 @@ class Precision:
         finally:
             del optimizer.grad_scale, optimizer.found_inf
         self.scaler.update()
-        return StepFlags(norm, skip.bool(), scale, loss)
+        return StepFlags(norm, skip, scale, loss)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "scaler": self.scaler.state_dict()}
