@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import argparse
 
+from stablesweep.commands.sweep import add_cluster_arguments
+
 EPILOG = """\
 examples:
   # the demo config: one setting, lr from 1e-3 up the 1-2-5 ladder, then bisection to 1.25x
   stablesweep ramp configs/demo.yaml --lr-start 1e-3 --lr-stop 30 --steps 30
 
-  # every precision x masking x clip of a space, 4 probes a setting at once, on the GPUs of a cluster
-  stablesweep ramp my.yaml --space search_spaces/default.yaml --parallel 4 --gpus-per-trial 0.25 --address auto
+  # every precision x masking x clip of a space, 4 probes a setting at once, on the GPUs of this machine
+  stablesweep ramp my.yaml --space search_spaces/default.yaml --parallel 4 --gpus-per-trial 0.25
+
+  # on a multi-node Ray cluster (docs/cluster.md): --out must be storage every node shares
+  stablesweep ramp my.yaml --space search_spaces/default.yaml --parallel 4 --gpus-per-trial 0.25 \\
+      --address auto --out /mnt/shared/ramps --shared-storage        # or --out s3://bucket/ramps --local-dir DIR
 
   # the user's way: raise lr step by step, each rung continuing from the last stable one
   stablesweep ramp my.yaml --mode continue --ladder 1-2-5 --lr-start 1e-6 --lr-stop 1e-4
@@ -20,12 +26,21 @@ examples:
 How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
 settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung
 diverges, then the bracket [last stable, first diverged] is bisected in log space until its ratio
-is at most --resolution. Each probe is a real short training run (--steps) judged by the same
-monitor as `train` and `sweep`: verdicts hold for that budget. Settings that never diverge up to
+is at most --resolution. The climb gallops by default (rungs 1, 2, 4, 8, 16... of the ladder and
+its top: six decades in about six probes, as stable probes are the costly ones); in continue mode,
+or with --climb step, it tries every rung. Each probe is a real short training run (--steps)
+judged by the same monitor as `train` and `sweep`: verdicts hold for that budget. Settings that never diverge up to
 --lr-stop, or diverge already at --lr-start, are reported as such.
 
 Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
---safety); logs a parent MLflow run with one child run a probe (OUT/mlflow.db unless --mlflow).
+--safety), and Tune's rounds in OUT/NAME/tune; logs a parent MLflow run with one child run a probe
+(OUT/mlflow.db unless --mlflow). With a URI --out, only Tune's rounds go there (OUT/NAME/tune); the
+rest, and mlflow.db, to LOCAL_DIR.
+
+On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
+their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
+last stable rung's checkpoint, which may lie on another node. A probe whose node is lost is
+retried from its last checkpoint (--max-failures, 2 by default there).
 Exit status: 0 done, 1 no setting has a stable lr, 2 bad input.
 """
 
@@ -42,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-stop", type=float, default=1.0, help="last rung (default 1.0)")
     p.add_argument("--ladder", choices=["1-2-5", "x2", "x10"], default="1-2-5",
                    help="rungs: 1, 2, 5 a decade (default), doubling, or decades")
+    p.add_argument("--climb", choices=["gallop", "step"], default=None,
+                   help="gallop: rungs 1, 2, 4, 8... of the ladder, strides doubling (default in restart mode); "
+                        "step: every rung (default in continue mode)")
     p.add_argument("--resolution", type=float, default=1.25,
                    help="stop bisecting when min diverged / max stable <= this (default 1.25)")
     p.add_argument("--parallel", type=int, default=2, metavar="K", help="probes a setting at once (default 2)")
@@ -58,8 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
                    help="GPUs a probe; fractions pack probes on a card (default 0: CPU)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="probes at once in all")
-    p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster to join (default: a local Ray)")
-    p.add_argument("--out", default="runs/ramps", metavar="DIR", help="ramps live in DIR/NAME (default runs/ramps)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")
+    p.add_argument("--out", default="runs/ramps", metavar="DIR",
+                   help="ramps live in DIR/NAME (default runs/ramps). On a multi-node cluster DIR must be shared "
+                        "storage: a path the same on every node with --shared-storage, or a bucket URI")
+    add_cluster_arguments(p, "probe", "runs/ramps", "DIR/NAME/{ramp.json, ramp.md, ramp.png, recommended/}")
     p.add_argument("--mlflow", default=None, metavar="URI", help="MLflow tracking URI (default sqlite:///DIR/mlflow.db)")
     p.add_argument("--name", default=None, help="ramp name (default: CONFIG-ramp-TIMESTAMP)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")
@@ -72,11 +94,12 @@ def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
 
     opts = RampOptions(config=args.config, space=args.space, lr_start=args.lr_start, lr_stop=args.lr_stop,
-                       ladder=args.ladder, resolution=args.resolution, parallel=args.parallel, safety=args.safety,
+                       ladder=args.ladder, climb=args.climb, resolution=args.resolution, parallel=args.parallel, safety=args.safety,
                        steps=args.steps, mode=args.mode, first_pass=args.first_pass, range_steps=args.range_steps,
                        out=args.out, mlflow=args.mlflow, address=args.address, name=args.name,
                        overrides=args.overrides, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                       evaluate=args.evaluate)
+                       evaluate=args.evaluate, shared_storage=args.shared_storage, local_dir=args.local_dir,
+                       max_failures=args.max_failures, resources_per_trial=args.resources_per_trial)
     result = run_ramp(opts)
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1

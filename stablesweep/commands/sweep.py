@@ -76,19 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sweeps live in DIR/NAME; the MLflow store is DIR/mlflow.db (default runs/sweeps). On a "
                         "multi-node cluster DIR must be shared storage: a path the same on every node (NFS) with "
                         "--shared-storage, or a bucket URI Tune understands (s3://, gs://, abfs://, ...)")
-    p.add_argument("--shared-storage", action="store_true",
-                   help="declare that the --out path is the same storage on every node of the cluster (an NFS "
-                        "mount at the same path); required for a path --out on a multi-node cluster")
-    p.add_argument("--local-dir", default=None, metavar="DIR",
-                   help="with a URI --out: where the sweep's own files go on this (the driver's) machine: "
-                        "DIR/NAME/{trials.csv, stable_region.*, recommended.yaml, optuna.db, sweep.json} and "
-                        "DIR/mlflow.db (default runs/sweeps)")
-    p.add_argument("--max-failures", type=int, default=None, metavar="N",
-                   help="retry a failed trial (e.g. its worker node was lost) up to N times from its last "
-                        "checkpoint (default: 2 on a multi-node cluster, 0 on one node)")
-    p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
-                   help="custom Ray resources a trial needs, as JSON: '{\"worker_node\": 1}' runs trials only on "
-                        "nodes started with `ray start --resources '{\"worker_node\": N}'`")
+    add_cluster_arguments(p, "trial", "runs/sweeps",
+                          "DIR/NAME/{trials.csv, stable_region.*, recommended.yaml, optuna.db, sweep.json}")
     p.add_argument("--mlflow", default=None, metavar="URI",
                    help="MLflow tracking URI (default sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
     p.add_argument("--name", default=None, help="sweep name (default: CONFIG-SPACE-TIMESTAMP)")
@@ -105,6 +94,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reports before ASHA may stop a trial (default: half the budget)")
     p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0)")
     p.set_defaults(func=run)
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, unit: str, default_local: str, files: str) -> None:
+    """The options of a run on a multi-node Ray cluster, shared by `sweep` and `ramp`."""
+    p.add_argument("--shared-storage", action="store_true",
+                   help="declare that the --out path is the same storage on every node of the cluster (an NFS "
+                        "mount at the same path); required for a path --out on a multi-node cluster")
+    p.add_argument("--local-dir", default=None, metavar="DIR",
+                   help=f"with a URI --out: where the {'sweep' if unit == 'trial' else 'ramp'}'s own files go on "
+                        f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
+    p.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
+                        "checkpoint (default: 2 on a multi-node cluster, 0 on one node)")
+    p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
+                   help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
+                        "on nodes started with `ray start --resources '{\"worker_node\": N}'`")
 
 
 def _resources(text: str) -> dict:

@@ -5,6 +5,13 @@ The user's own move, automated: once a setting trains, raise its lr along a ladd
 diverged lr until their ratio is at most `resolution`. Each probe is a real short training run
 judged by the same monitor as everything else.
 
+Two ways up the ladder. `step` tries every rung in turn (the user's way, and the only sensible one
+when each rung continues from the last stable one). `gallop` (exponential search, the default for
+probes trained from scratch) tries rungs 0, 1, 3, 7, 15, ... (strides doubling) and the top rung,
+so a boundary six decades up is reached in about six probes instead of eighteen; the bisection
+that follows narrows the wider bracket in log space, a halving a probe. Stable probes cost a whole
+budget and diverged ones stop early, so skipping the stable rungs is where the compute goes down.
+
 This module is the planner: plain data in, the next probes out, no Ray. `stablesweep.sweep.
 ramp_runner` runs the probes as Tune trials and logs them.
 """
@@ -15,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LADDERS = ("1-2-5", "x2", "x10")
+CLIMBS = ("gallop", "step")
 
 # status of a setting
 RUNNING, BRACKETED, NEVER_DIVERGED, DIVERGED_AT_START, FAILED = (
@@ -71,8 +79,9 @@ class Probe:
     phase: str = "ladder"  # ladder | bisect | verify | range-test
     objective: float = math.nan
     start_step: int = 0  # continue mode: the step the warm start began at
-    checkpoint: str | None = None  # continue mode: where this probe's last state lies
+    checkpoint: str | None = None  # continue mode: where this probe's last state lies (path or URI)
     trial_id: str | None = None
+    node_id: str | None = None  # the Ray node it ran on
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Setting:
     probes: list[Probe] = field(default_factory=list)
     range_test: Probe | None = None
     status: str = RUNNING
+    climb: str = "gallop"  # gallop | step (see the module docstring)
 
     # -- what is known ------------------------------------------------------------------------
     @property
@@ -139,7 +149,7 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
     lo, hi = s.max_stable, s.min_diverged
     first, last = s.rungs[0], s.rungs[-1]
     if hi is None:  # climbing: the next untested rungs above the last stable one
-        up = [r for r in s.rungs if (lo is None or r > lo * (1 + 1e-9)) and not s.has(r)]
+        up = [r for r in _climb_rungs(s) if (lo is None or r > lo * (1 + 1e-9)) and not s.has(r)]
         if not up:
             s.status = NEVER_DIVERGED
             return []
@@ -158,6 +168,20 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
     while k < parallel and (hi / lo) ** (1 / (k + 1)) > resolution:
         k += 1
     return [(lr, "bisect") for lr in geometric_points(lo, hi, k)]
+
+
+def _climb_rungs(s: Setting) -> list[float]:
+    """The rungs the climb may try, in order: all of them (step), or those at positions 2^j - 1
+    and the top one (gallop)."""
+    if s.climb == "step":
+        return s.rungs
+    picks, j = [], 0
+    while (1 << j) - 1 < len(s.rungs):
+        picks.append(s.rungs[(1 << j) - 1])
+        j += 1
+    if picks[-1] != s.rungs[-1]:
+        picks.append(s.rungs[-1])
+    return picks
 
 
 def seed_from_range_test(s: Setting, rt: Probe, lr_start: float, lr_stop: float, rt_steps: int,

@@ -6,8 +6,14 @@ Layout, under `--out` (default runs/ramps):
     OUT/NAME/ramp.json, ramp.md     per setting: max stable lr, min diverged lr, recommended lr, probes, compute
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
-    OUT/NAME/checkpoints/           continue mode: the last state of each stable probe
-    OUT/NAME/tune/                  Tune's experiments, one per round
+    OUT/NAME/tune/round_NNN/        Tune's experiment of each round: probe results and checkpoints
+
+On a cluster the rules are the sweep's (`runner.cluster_checks`): probes run on the worker nodes
+and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
+be shared storage (a path declared with `--shared-storage`, or a bucket URI, with the ramp's own
+files then under `--local-dir`, Tune's experiments at OUT/NAME/tune). Continue mode warm-starts a
+rung from the last stable rung's checkpoint in that storage, wherever either probe ran; a probe
+whose node is lost is retried (`--max-failures`) from its last checkpoint.
 """
 from __future__ import annotations
 
@@ -15,22 +21,25 @@ import datetime as _dt
 import itertools
 import json
 import math
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import yaml
 
 from stablesweep.config import ConfigError, load_config
-from stablesweep.sweep.ramp import LADDERS, RUNNING, Probe, Setting, ladder, next_probes, seed_from_range_test
-from stablesweep.sweep.runner import InputError
+from stablesweep.sweep.ramp import (CLIMBS, LADDERS, RUNNING, Probe, Setting, ladder, next_probes,
+                                    seed_from_range_test)
+from stablesweep.sweep.runner import (InputError, _ephemeral_notes, cluster_checks, storage_paths,
+                                      trial_resources, uri_scheme)
 from stablesweep.sweep.space import LR_KEY, SearchSpace, apply_params, load_space, short_name
 
 MODES = ("restart", "continue")
+DEFAULT_LOCAL_DIR = "runs/ramps"  # the ramp's own files when --out is a bucket URI
 VERDICT_COLORS = {"stable": "tab:green", "diverged": "tab:red", "error": "tab:gray"}
 
 
@@ -41,6 +50,7 @@ class RampOptions:
     lr_start: float = 1e-6
     lr_stop: float = 1.0
     ladder: str = "1-2-5"
+    climb: str | None = None  # gallop | step (default: gallop in restart mode, step in continue mode)
     resolution: float = 1.25
     parallel: int = 2
     safety: float = 0.5
@@ -59,6 +69,11 @@ class RampOptions:
     num_cpus: int | None = None
     experiment: str = "stablesweep"
     evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
+    # ---- on a cluster (as SweepOptions) ----
+    shared_storage: bool = False  # the user declares: the --out path is the same storage on every node
+    local_dir: str | None = None  # the ramp's own files when --out is a URI (default runs/ramps)
+    max_failures: int | None = None  # retries of a probe (default: 2 on a multi-node cluster, else 0)
+    resources_per_trial: dict[str, float] | None = None  # custom Ray resources a probe needs
 
 
 @dataclass
@@ -98,10 +113,18 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         raise InputError(f"--safety {opts.safety}: must be in (0, 1] (recommended lr = max stable lr x safety)")
     if opts.mode not in MODES:
         raise InputError(f"--mode {opts.mode}: expected restart or continue")
+    if opts.climb is not None and opts.climb not in CLIMBS:
+        raise InputError(f"--climb {opts.climb}: expected one of {', '.join(CLIMBS)}")
     if opts.first_pass not in (None, "range-test"):
         raise InputError(f"--first-pass {opts.first_pass}: the only first pass is range-test")
     if opts.steps is not None and opts.steps < 1:
         raise InputError(f"--steps {opts.steps}: must be at least 1")
+    if opts.address and opts.num_cpus:
+        raise InputError("num_cpus applies to a local Ray only; not with --address")
+    if opts.max_failures is not None and opts.max_failures < 0:
+        raise InputError(f"--max-failures {opts.max_failures}: out of range (0 or more)")
+    trial_resources(opts)  # refuses a bad --resources-per-trial
+    ramp_paths(opts, "x")  # refuses a bad --out / --local-dir
     cfg = load_config(opts.config, opts.overrides + ([f"training.steps={opts.steps}"] if opts.steps else []))
     if cfg.training.steps is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
@@ -124,11 +147,27 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
             apply_params(base, {**params, LR_KEY: opts.lr_start}, source=cfg.source, base_dir=cfg.base_dir)
         except ConfigError as e:
             raise InputError(f"setting {short_name(params) or 'the config'}: {e}") from None
-        settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs))
+        settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs, climb=climb_of(opts)))
+    notes += _ephemeral_notes(opts, DEFAULT_LOCAL_DIR)
     if opts.mode == "continue" and opts.parallel > 1:
         notes.append("continue mode: each setting climbs one rung at a time (each rung starts from the last "
                      "stable one); settings still run in parallel")
     return base, cfg, settings, notes
+
+
+def ramp_paths(opts: RampOptions, name: str) -> tuple[Path, Path, str]:
+    """(the directory for the ramp's own files, the ramp's directory in it, Tune's storage for its
+    rounds): OUT/NAME and OUT/NAME/tune for a path --out; --local-dir/NAME and OUT_URI/NAME/tune for
+    a URI --out."""
+    out, storage = storage_paths(opts.out, opts.local_dir, DEFAULT_LOCAL_DIR)
+    ramp_dir = out / name
+    return out, ramp_dir, (str(ramp_dir / "tune") if uri_scheme(opts.out) is None else f"{storage}/{name}/tune")
+
+
+def climb_of(opts: RampOptions) -> str:
+    """--climb, or its default: gallop when probes train from scratch, every rung in continue mode
+    (where each rung starts from the last stable one, the user's raise-it-step-by-step)."""
+    return opts.climb or ("step" if opts.mode == "continue" else "gallop")
 
 
 # ---- the trial ----------------------------------------------------------------------------------
@@ -154,25 +193,25 @@ def ramp_probe(config: dict[str, Any], *, base: dict, base_dir: str, source: str
     cfg = apply_params(base, params, source=source, base_dir=base_dir)
     node_id = ray.get_runtime_context().get_node_id()
     device = trial_device()
-    last: dict[str, str | None] = {"ckpt": None}
     work = tempfile.mkdtemp(prefix="stablesweep-probe-")
 
     def report(metrics: dict, checkpoint: str | None) -> None:
         m = dict(metrics)
         m[FINISHED_KEY] = bool(m.pop("done", False))
         m.update(node_id=node_id, device=device)
-        if checkpoint:
-            last["ckpt"] = checkpoint
-            if m[FINISHED_KEY] and req.get("save_to") and m["verdict"] == "stable":
-                dest = Path(req["save_to"])
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.copytree(checkpoint, dest)
-        tune.report(m)
+        tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
 
     try:
+        resume_from, warm = None, False
+        restored = tune.get_checkpoint()
+        if restored is not None:  # a retry (its node was lost): go on from this probe's own last state
+            resume_from = restored.to_directory(f"{work}/restored")
+        elif req.get("warm_from"):  # continue mode: from the last stable rung's checkpoint, in Tune's storage
+            resume_from, warm = tune.Checkpoint(req["warm_from"]).to_directory(f"{work}/warm"), True
+        # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
         run_training(cfg, report=report, device=device,
-                     checkpoint_dir=f"{work}/checkpoints" if req.get("save_to") else None,
-                     resume_from=req.get("warm_from"), warm_start=bool(req.get("warm_from")))
+                     checkpoint_dir=f"{work}/checkpoints" if req.get("checkpoints") else None,
+                     resume_from=resume_from, warm_start=warm)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -182,29 +221,28 @@ def ramp_probe(config: dict[str, Any], *, base: dict, base_dir: str, source: str
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
     import ray
 
-    from stablesweep.sweep.runner import _check_resources, _init_ray, _quiet_tune
+    from stablesweep.sweep.runner import _init_ray, _quiet_tune
     from stablesweep.tracking import KIND_TAG, Tracker, default_tracking_uri
 
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
     name = opts.name or f"{Path(opts.config).stem}-ramp-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-    out = Path(opts.out).resolve()
-    ramp_dir = out / name
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    out, ramp_dir, storage = ramp_paths(opts, name)
     if ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; choose another --name or --out")
     for n in notes:
         echo(f"note: {n}")
     _quiet_tune()
-    ray_opts = SimpleNamespace(address=opts.address, num_cpus=opts.num_cpus, cpus_per_trial=opts.cpus_per_trial,
-                               gpus_per_trial=opts.gpus_per_trial, max_concurrent=opts.max_concurrent)
-    started_ray = _init_ray(ray_opts)
+    started_ray = _init_ray(opts)
     try:
-        max_concurrent = _check_resources(ray_opts)
+        max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         ramp_dir.mkdir(parents=True, exist_ok=True)
         uri = opts.mlflow or default_tracking_uri(out)
         tracker = Tracker(uri, experiment=opts.experiment)
         budget = cfg.training.steps
-        params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
+        params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts),
                   "resolution": opts.resolution, "parallel": opts.parallel, "safety": opts.safety,
                   "mode": opts.mode, "first_pass": opts.first_pass or "none", "budget_steps": budget,
                   "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
@@ -213,9 +251,14 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                      texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)})
         tracker.client.set_tag(parent, KIND_TAG, "ramp")
         echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
-             f"{opts.ladder} ladder, resolution {opts.resolution}, {opts.parallel} probe(s) a setting at once, "
+             f"{opts.ladder} ladder ({climb_of(opts)}), resolution {opts.resolution}, {opts.parallel} probe(s) a setting at once, "
              f"{opts.mode} mode, budget {budget} steps a probe")
-        runner = _Rounds(opts, base, cfg, ramp_dir, tracker, parent, max_concurrent, echo)
+        if shape.n_nodes > 1 or storage != str(ramp_dir / "tune"):
+            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {storage}; the ramp's files in {ramp_dir}; a failed "
+                 f"probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
+                 + (" from its checkpoint" if max_failures else ""))
+        runner = _Rounds(opts, base, cfg, ramp_dir, tracker, parent, echo, max_concurrent=max_concurrent,
+                         max_failures=max_failures, storage=storage)
         runner.run(settings)
         summary = [s.summary(opts.safety) for s in settings]
         files = write_ramp(settings, summary, opts, base, cfg, ramp_dir, name)
@@ -239,9 +282,10 @@ class _Rounds:
     """Round by round: every running setting's next probes, all as one Tune experiment."""
 
     def __init__(self, opts: RampOptions, base: dict, cfg, ramp_dir: Path, tracker, parent: str,
-                 max_concurrent: int, echo: Callable[[str], None]):
+                 echo: Callable[[str], None], *, max_concurrent: int, max_failures: int = 0, storage: str):
         self.opts, self.base, self.cfg, self.dir = opts, base, cfg, ramp_dir
-        self.tracker, self.parent, self.max_concurrent, self.echo = tracker, parent, max_concurrent, echo
+        self.tracker, self.parent, self.echo = tracker, parent, echo
+        self.max_concurrent, self.max_failures, self.storage = max_concurrent, max_failures, storage
         self.round = 0
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.budget = cfg.training.steps
@@ -278,7 +322,8 @@ class _Rounds:
 
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> dict:
         req: dict[str, Any] = {"setting": s.key, "params": s.params, "lr": float(lr), "phase": phase,
-                               "steps": steps or self.budget, "start_step": 0}
+                               "steps": steps or self.budget, "start_step": 0,
+                               "checkpoints": self.max_failures > 0 or self.opts.mode == "continue"}
         if phase == "range-test":
             req["lr_final"] = self.opts.lr_stop
         elif self.opts.mode == "continue":
@@ -287,7 +332,6 @@ class _Rounds:
                 req["warm_from"] = warm.checkpoint
                 req["start_step"] = warm.steps
                 req["steps"] = warm.steps + self.budget
-            req["save_to"] = str(self.dir / "checkpoints" / s.key / f"lr_{lr:.6e}")
         return req
 
     def _execute(self, reqs: list[dict], owners: list[Setting]) -> list[Probe]:
@@ -301,13 +345,14 @@ class _Rounds:
         trainable = tune.with_resources(
             tune.with_parameters(ramp_probe, base=self.base, base_dir=self.cfg.base_dir, source=self.cfg.source,
                                  evaluate=self.opts.evaluate),
-            {"cpu": self.opts.cpus_per_trial, "gpu": self.opts.gpus_per_trial})
+            trial_resources(self.opts))
         tuner = tune.Tuner(
             trainable, param_space={"probe": tune.grid_search(reqs)},
             tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"round_{self.round:03d}", storage_path=str(self.dir / "tune"),
+            run_config=tune.RunConfig(name=f"round_{self.round:03d}", storage_path=self.storage,
                                       stop=DivergenceStopper(), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=self.max_failures)))
         results = tuner.fit()
         by_key = {}
         for r in results:
@@ -324,8 +369,8 @@ class _Rounds:
                               int(m.get("step", 0)), float(m.get("train_flops", 0.0)),
                               float(m.get("time_total_s", 0.0)), req["phase"], float(m.get("objective", math.nan)),
                               start_step=req.get("start_step", 0),
-                              checkpoint=req.get("save_to") if m["verdict"] == "stable" else None,
-                              trial_id=m.get("trial_id"))
+                              checkpoint=self._uri(r.checkpoint) if m["verdict"] == "stable" else None,
+                              trial_id=m.get("trial_id"), node_id=m.get("node_id"))
             probes.append(probe)
             self._log(s, probe, m)
             self.echo(f"    {short_name(s.params) or 'config'} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
@@ -333,11 +378,20 @@ class _Rounds:
                       + (f" steps {probe.start_step}->{probe.steps}" if probe.start_step else ""))
         return probes
 
+    def _uri(self, checkpoint) -> str | None:
+        """Where a probe's last checkpoint lies, as a path or URI any node can open: Tune gives a
+        path on its storage's filesystem; a bucket's needs its scheme back."""
+        if checkpoint is None:
+            return None
+        scheme = uri_scheme(self.storage)
+        return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
+
     def _log(self, s: Setting, probe: Probe, m: dict) -> None:
         params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
-        run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"setting": s.key})
+        run = self.tracker.trial_run(self.parent, trial_id, run_name, params,
+                                     tags={"setting": s.key, "node_id": probe.node_id or ""})
         numeric = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and k not in ("first_bad_step", "step", "time_this_iter_s", "timestamp", "pid",
                                  "training_iteration", "time_since_restore", "iterations_since_restore")}
@@ -382,14 +436,14 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
     budget = cfg.training.steps
     doc = {"kind": "ramp", "name": name, "config": str(Path(opts.config).resolve()),
            "space": str(Path(opts.space).resolve()) if opts.space else None,
-           "lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
+           "lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts),
            "resolution": opts.resolution, "safety": opts.safety, "mode": opts.mode,
            "first_pass": opts.first_pass, "budget_steps": budget,
            "note": f"every verdict holds for a budget of {budget} steps a probe",
            "settings": summary}
     files["ramp.json"] = ramp_dir / "ramp.json"
     files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} from "
+    md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} ({climb_of(opts)} climb) from "
           f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = max stable x "
           f"{opts.safety}.", "",
           "| setting | status | max stable lr | min diverged lr | recommended lr | probes | compute s | train FLOPs |",

@@ -266,21 +266,21 @@ def is_shared_uri(out: str) -> bool:
     return scheme is not None and scheme not in LOCAL_SCHEMES
 
 
-def storage_paths(out: str, local_dir: str | None = None) -> tuple[Path, str]:
+def storage_paths(out: str, local_dir: str | None = None, default_local: str = DEFAULT_LOCAL_DIR) -> tuple[Path, str]:
     """(the directory for the sweep's own files, Tune's storage_path).
 
     A plain --out is both (the one-machine layout). A URI --out is Tune's storage only; the sweep's
-    own files go to --local-dir (default runs/sweeps) on the driver."""
+    own files go to --local-dir (default `default_local`) on the driver."""
     if uri_scheme(out) is None:
         if local_dir is not None:
             raise InputError(f"--local-dir {local_dir}: only with a URI --out (s3://..., gs://...); with a path "
-                             f"--out ({out}) the sweep's files are written there")
+                             f"--out ({out}) its files are written there")
         path = Path(out).expanduser().resolve()
         return path, str(path)
     storage = str(out).rstrip("/")
     if uri_scheme(out) in LOCAL_SCHEMES and not storage.split("://", 1)[1].strip("/"):
         raise InputError(f"--out {out}: a URI needs a path after the scheme")
-    return Path(local_dir or DEFAULT_LOCAL_DIR).expanduser().resolve(), storage
+    return Path(local_dir or default_local).expanduser().resolve(), storage
 
 
 def check_shared_storage(out: str, n_nodes: int, declared: bool) -> None:
@@ -324,13 +324,13 @@ def trial_resources(opts) -> dict[str, float]:
     return res
 
 
-def _ephemeral_notes(opts) -> list[str]:
+def _ephemeral_notes(opts, default_local: str = DEFAULT_LOCAL_DIR) -> list[str]:
     """Relative paths in a Ray Job land in the job's copy of --working-dir, which Ray deletes."""
     if "runtime_resources" not in os.getcwd():
         return []
     notes = []
     for flag, value in (("--out", opts.out), ("--local-dir", getattr(opts, "local_dir", None) or
-                                                (DEFAULT_LOCAL_DIR if uri_scheme(opts.out) else None))):
+                                                (default_local if uri_scheme(opts.out) else None))):
         if value and uri_scheme(value) is None and not Path(value).expanduser().is_absolute():
             notes.append(f"{flag} {value} is relative to this Ray Job's working directory ({os.getcwd()}), which "
                          "Ray deletes with the job's files: pass an absolute path to keep the results")

@@ -420,3 +420,39 @@ def test_worker_node_killed_mid_sweep_trials_resume_elsewhere(cluster, space, tm
     retries = [ln for ln in output.splitlines() if ln.startswith("[retry]")]
     assert any(f"(trial {victim})" in ln and "from its checkpoint at step" in ln for ln in retries), retries
     print(f"kill sweep: node lost at {killed_at:.0f}s, done at {time.time() - t0:.0f}s; {resumed} trial(s) resumed")
+
+
+def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_bucket(cluster, tmp_path):
+    """`stablesweep ramp` on the cluster: a local --out is refused as for a sweep; with the bucket
+    layout (Tune's rounds at a URI, the ramp's files on the driver) every probe runs on the worker
+    node, and continue mode warm-starts each rung from the last stable rung's checkpoint read back
+    from the URI (the step counter carries on)."""
+    ramp = ["ramp", "configs/demo.yaml", "--lr-start", "0.05", "--lr-stop", "0.2", "--ladder", "x2", "--steps", "10",
+            "--mode", "continue", "--set", "training.report_interval=5", "--set", "training.warmup_steps=0",
+            "--set", "training.schedule=constant", "--resources-per-trial", '{"worker_node": 1}',
+            "--address", cluster.address, "--name", "r"]
+    p = run_driver(cluster, [*ramp, "--out", str(tmp_path / "plain")], timeout=120)
+    assert p.returncode == 2 and "a plain local path, but the Ray cluster has 2 nodes" in p.stderr, p.stderr[-3000:]
+    assert not (tmp_path / "plain").exists()
+
+    bucket, local = tmp_path / "bucket", tmp_path / "local"
+    p = run_driver(cluster, [*ramp, "--out", bucket.as_uri(), "--shared-storage", "--local-dir", str(local)])
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    assert "cluster: 2 nodes" in p.stdout, p.stdout
+    doc = json.loads((local / "r" / "ramp.json").read_text())
+    x = doc["settings"][0]
+    probes = x["probe_list"]
+    assert [q["lr"] for q in probes] == [0.05, 0.1, 0.2] and x["status"] == "never_diverged", probes
+    worker = cluster.nodes["worker"].node_id
+    assert all(q["node_id"] == worker for q in probes), [q["node_id"] for q in probes]
+    # each rung went on from the one before it, from a checkpoint in the "bucket"
+    assert [(q["start_step"], q["steps"]) for q in probes] == [(0, 10), (10, 20), (20, 30)]
+    for q in probes:
+        assert q["checkpoint"].startswith(bucket.as_uri() + "/r/tune/round_"), q["checkpoint"]
+        assert (Path(q["checkpoint"].removeprefix("file://")) / "checkpoint.pt").is_file()
+    assert not (bucket / "r" / "ramp.json").exists() and (local / "r" / "ramp.png").is_file()
+    tr = Tracker(f"sqlite:///{local / 'mlflow.db'}")
+    [parent] = tr.client.search_runs([tr.experiment_id], "tags.`stablesweep.kind` = 'ramp'")
+    children = tr.children(parent.info.run_id)
+    assert len(children) == 3 and {c.data.tags["node_id"] for c in children} == {worker}
+    assert {c.data.tags["verdict"] for c in children} == {"stable"}

@@ -106,8 +106,12 @@ def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
 def test_bad_ramp_input_exits_2_before_ray(tmp_path):
     for args, msg in [(["--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
                       (["--resolution", "1"], "--resolution 1.0: must be above 1"),
-                      (["--set", "training.lr=oops"], "training.lr: expected a number")]:
+                      (["--set", "training.lr=oops"], "training.lr: expected a number"),
+                      (["--local-dir", str(tmp_path / "l")], "--local-dir"),
+                      (["--resources-per-trial", '{"gpu": 1}'], "use --gpus-per-trial"),
+                      (["--max-failures", "-1"], "--max-failures -1: out of range")]:
         p = subprocess.run([sys.executable, "-m", "stablesweep", "ramp", str(DEMO), "--out", str(tmp_path), *args],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -18,8 +18,8 @@ def test_ladders():
         ladder(1.0, 1e-6)
 
 
-def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None):
-    s = Setting("s", {}, ladder(start, stop, kind))
+def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None, climb="gallop"):
+    s = Setting("s", {}, ladder(start, stop, kind), climb=climb)
     todo = seed or next_probes(s, parallel, resolution)
     while todo:
         for lr, phase in todo:
@@ -30,8 +30,9 @@ def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="
 
 @pytest.mark.parametrize("boundary", [3.3e-6, 1.7e-4, 0.049, 0.9])
 @pytest.mark.parametrize("parallel", [1, 2, 4])
-def test_bracket_contains_the_boundary_at_the_resolution(boundary, parallel):
-    s = run_plan(boundary, parallel)
+@pytest.mark.parametrize("climb", ["gallop", "step"])
+def test_bracket_contains_the_boundary_at_the_resolution(boundary, parallel, climb):
+    s = run_plan(boundary, parallel, climb=climb)
     assert s.status == BRACKETED
     assert s.max_stable < boundary <= s.min_diverged
     assert s.min_diverged / s.max_stable <= 1.25 + 1e-9
@@ -67,3 +68,29 @@ def test_range_test_seeds_a_bracket_near_where_it_blew_up():
     assert s.status == BRACKETED and s.max_stable < boundary <= s.min_diverged
     plain = run_plan(boundary, 2)
     assert len(s.tested) < len(plain.tested)  # the first pass saves climbing the ladder
+
+
+@pytest.mark.parametrize("boundary", [3.3e-6, 1.7e-4, 0.049, 0.56])
+def test_gallop_reaches_the_same_bracket_with_fewer_stable_probes_than_stepping(boundary):
+    gallop = run_plan(boundary, parallel=2, climb="gallop")
+    step = run_plan(boundary, parallel=2, climb="step")
+    for s in (gallop, step):
+        assert s.status == BRACKETED and s.max_stable < boundary <= s.min_diverged
+        assert s.min_diverged / s.max_stable <= 1.25 + 1e-9
+    stable = [len([p for p in s.probes if p.verdict == "stable"]) for s in (gallop, step)]
+    assert stable[0] <= stable[1]
+    if boundary > 1e-3:  # far up the ladder: the climb is what gallop saves
+        assert stable[0] < stable[1] and len(gallop.probes) < len(step.probes)
+
+
+def test_gallop_tries_rungs_at_doubling_strides_then_the_top():
+    s = Setting("s", {}, ladder(1e-6, 1.0), climb="gallop")  # 19 rungs: 1e-6, 2e-6, 5e-6, 1e-5, ...
+    tried = []
+    while s.status == "running":
+        todo = next_probes(s, 1, 1.25)
+        if not todo or s.min_diverged:
+            break
+        tried += [lr for lr, _ in todo]
+        s.probes += [Probe(lr, "stable") for lr, _ in todo]
+    assert tried == pytest.approx([1e-6, 2e-6, 1e-5, 2e-4, 0.1, 1.0])  # rungs 0, 1, 3, 7, 15 and the top
+    assert s.status == NEVER_DIVERGED
