@@ -93,13 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
 
-    opts = RampOptions(config=args.config, space=args.space, lr_start=args.lr_start, lr_stop=args.lr_stop,
-                       ladder=args.ladder, climb=args.climb, resolution=args.resolution, parallel=args.parallel, safety=args.safety,
-                       steps=args.steps, mode=args.mode, first_pass=args.first_pass, range_steps=args.range_steps,
-                       out=args.out, mlflow=args.mlflow, address=args.address, name=args.name,
-                       overrides=args.overrides, cpus_per_trial=args.cpus_per_trial,
-                       gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
-                       evaluate=args.evaluate, shared_storage=args.shared_storage, local_dir=args.local_dir,
-                       max_failures=args.max_failures, resources_per_trial=args.resources_per_trial)
+    from dataclasses import fields
+
+    # every option of `ramp` is a field of RampOptions by the same name
+    opts = RampOptions(**{f.name: getattr(args, f.name) for f in fields(RampOptions) if hasattr(args, f.name)})
     result = run_ramp(opts)
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1

@@ -124,7 +124,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
     if opts.max_failures is not None and opts.max_failures < 0:
         raise InputError(f"--max-failures {opts.max_failures}: out of range (0 or more)")
     trial_resources(opts)  # refuses a bad --resources-per-trial
-    ramp_paths(opts, "x")  # refuses a bad --out / --local-dir
+    storage_paths(opts.out, opts.local_dir, DEFAULT_LOCAL_DIR)  # refuses a bad --out / --local-dir
     cfg = load_config(opts.config, opts.overrides + ([f"training.steps={opts.steps}"] if opts.steps else []))
     if cfg.training.steps is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
@@ -242,8 +242,9 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         uri = opts.mlflow or default_tracking_uri(out)
         tracker = Tracker(uri, experiment=opts.experiment)
         budget = cfg.training.steps
-        params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts),
-                  "resolution": opts.resolution, "parallel": opts.parallel, "safety": opts.safety,
+        params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
+                  "climb": climb_of(opts), "resolution": opts.resolution, "parallel": opts.parallel,
+                  "safety": opts.safety,
                   "mode": opts.mode, "first_pass": opts.first_pass or "none", "budget_steps": budget,
                   "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
                   "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
@@ -251,11 +252,11 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                      texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)})
         tracker.client.set_tag(parent, KIND_TAG, "ramp")
         echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
-             f"{opts.ladder} ladder ({climb_of(opts)}), resolution {opts.resolution}, {opts.parallel} probe(s) a setting at once, "
-             f"{opts.mode} mode, budget {budget} steps a probe")
+             f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
+             f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
         if shape.n_nodes > 1 or storage != str(ramp_dir / "tune"):
-            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {storage}; the ramp's files in {ramp_dir}; a failed "
-                 f"probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
+            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {storage}; the ramp's files in {ramp_dir}; "
+                 f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
                  + (" from its checkpoint" if max_failures else ""))
         runner = _Rounds(opts, base, cfg, ramp_dir, tracker, parent, echo, max_concurrent=max_concurrent,
                          max_failures=max_failures, storage=storage)
@@ -443,7 +444,8 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
            "settings": summary}
     files["ramp.json"] = ramp_dir / "ramp.json"
     files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} ({climb_of(opts)} climb) from "
+    md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} "
+          f"({climb_of(opts)} climb) from "
           f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = max stable x "
           f"{opts.safety}.", "",
           "| setting | status | max stable lr | min diverged lr | recommended lr | probes | compute s | train FLOPs |",

@@ -171,6 +171,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
+def _terminated(exp_dir: Path) -> set[str]:
+    """Trials that Tune's latest experiment snapshot records as TERMINATED."""
+    states = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        data = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except (OSError, ValueError, KeyError):  # being written
+        return set()
+    trials = [json.loads(t[0]) for t in data]
+    return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
+
+
 def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume ends
     with every grid point run exactly once: no trial lost, none run twice."""
@@ -190,14 +201,19 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
             if len(done_before) >= 2:
                 break
             time.sleep(0.2)
-        time.sleep(1.0)  # let Tune snapshot the experiment once more (it does after every checkpoint)
+        finished_early = {ln.rsplit("(trial ", 1)[1].rstrip(")") for ln in done_before}
+        # kill once Tune's experiment snapshot has them finished (it writes one after every checkpoint
+        # and every trial end; a slow machine may take a while): what the snapshot holds is what
+        # --resume knows, and the test is about trials that had ended, not about the race
+        while time.time() < deadline and first.poll() is None and not finished_early <= _terminated(out / "k"):
+            time.sleep(0.1)
         assert first.poll() is None, log1.read_text()[-3000:]
         assert 2 <= len(done_before) < N_GRID, log1.read_text()[-3000:]
+        assert finished_early <= _terminated(out / "k"), log1.read_text()[-3000:]
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
     finally:
         _kill_group(first)
-    finished_early = {ln.rsplit("(trial ", 1)[1].rstrip(")") for ln in done_before}
     reports_before = {t: (out / "k" / f"trial_{t}" / "result.json").read_text() for t in finished_early}
 
     second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
