@@ -34,8 +34,8 @@ import yaml
 from stablesweep.config import ConfigError, load_config
 from stablesweep.sweep.ramp import (CLIMBS, LADDERS, RUNNING, Probe, Setting, ladder, next_probes,
                                     seed_from_range_test)
-from stablesweep.sweep.runner import (InputError, _ephemeral_notes, cluster_checks, storage_paths,
-                                      trial_resources, uri_scheme)
+from stablesweep.sweep.runner import (InputError, _ephemeral_notes, check_run_options, cluster_checks,
+                                      storage_paths, trial_resources, uri_scheme)
 from stablesweep.sweep.space import LR_KEY, SearchSpace, apply_params, load_space, short_name
 
 MODES = ("restart", "continue")
@@ -119,11 +119,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         raise InputError(f"--first-pass {opts.first_pass}: the only first pass is range-test")
     if opts.steps is not None and opts.steps < 1:
         raise InputError(f"--steps {opts.steps}: must be at least 1")
-    if opts.address and opts.num_cpus:
-        raise InputError("num_cpus applies to a local Ray only; not with --address")
-    if opts.max_failures is not None and opts.max_failures < 0:
-        raise InputError(f"--max-failures {opts.max_failures}: out of range (0 or more)")
-    trial_resources(opts)  # refuses a bad --resources-per-trial
+    check_run_options(opts)
     storage_paths(opts.out, opts.local_dir, DEFAULT_LOCAL_DIR)  # refuses a bad --out / --local-dir
     cfg = load_config(opts.config, opts.overrides + ([f"training.steps={opts.steps}"] if opts.steps else []))
     if cfg.training.steps is None:

@@ -148,21 +148,11 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     if opts.sampler is not None and opts.sampler not in SAMPLERS:
         raise InputError(f"--sampler {opts.sampler!r}: expected one of {', '.join(SAMPLERS)}")
     for flag, v, ok in (("--samples", opts.samples, lambda x: x >= 1), ("--steps", opts.steps, lambda x: x >= 1),
-                        ("--max-concurrent", opts.max_concurrent, lambda x: x >= 1),
-                        ("--cpus-per-trial", opts.cpus_per_trial, lambda x: x > 0),
-                        ("--gpus-per-trial", opts.gpus_per_trial, lambda x: x >= 0),
                         ("--asha-grace", opts.asha_grace, lambda x: x >= 1),
                         ("--asha-rf", opts.asha_rf, lambda x: x > 1)):
         if v is not None and not ok(v):
             raise InputError(f"{flag} {v}: out of range")
-    g = opts.gpus_per_trial
-    if g > 1 and not float(g).is_integer():
-        raise InputError(f"--gpus-per-trial {g}: more than one GPU a trial must be a whole number")
-    if opts.address and opts.num_cpus:
-        raise InputError("num_cpus applies to a local Ray only; not with --address")
-    if opts.max_failures is not None and opts.max_failures < 0:
-        raise InputError(f"--max-failures {opts.max_failures}: out of range (0 or more)")
-    trial_resources(opts)  # refuses a bad --resources-per-trial
+    check_run_options(opts)
 
     overrides = list(opts.overrides) + ([f"training.steps={opts.steps}"] if opts.steps else [])
     cfg = load_config(opts.config, overrides)
@@ -322,6 +312,22 @@ def trial_resources(opts) -> dict[str, float]:
             raise InputError(f"--resources-per-trial: {k}: {v}: more than 1 must be a whole number (Ray's rule)")
         res[k] = float(v)
     return res
+
+
+def check_run_options(opts) -> None:
+    """The options of where and how trials run, shared by sweeps and ramps (before Ray starts)."""
+    for flag, v, ok in (("--max-concurrent", opts.max_concurrent, lambda x: x >= 1),
+                        ("--cpus-per-trial", opts.cpus_per_trial, lambda x: x > 0),
+                        ("--gpus-per-trial", opts.gpus_per_trial, lambda x: x >= 0),
+                        ("--max-failures", opts.max_failures, lambda x: x >= 0)):
+        if v is not None and not ok(v):
+            raise InputError(f"{flag} {v}: out of range")
+    g = opts.gpus_per_trial
+    if g > 1 and not float(g).is_integer():
+        raise InputError(f"--gpus-per-trial {g}: more than one GPU a trial must be a whole number")
+    if opts.address and opts.num_cpus:
+        raise InputError("num_cpus applies to a local Ray only; not with --address")
+    trial_resources(opts)  # refuses a bad --resources-per-trial
 
 
 def _ephemeral_notes(opts, default_local: str = DEFAULT_LOCAL_DIR) -> list[str]:
