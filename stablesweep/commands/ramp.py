@@ -81,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/ramps", metavar="DIR",
                    help="ramps live in DIR/NAME (default runs/ramps). On a multi-node cluster DIR must be shared "
                         "storage: a path the same on every node with --shared-storage, or a bucket URI")
-    add_cluster_arguments(p, "probe", "runs/ramps", "DIR/NAME/{ramp.json, ramp.md, ramp.png, recommended/}")
+    add_cluster_arguments(p, "ramp", "probe", "runs/ramps", "DIR/NAME/{ramp.json, ramp.md, ramp.png, recommended/}")
     p.add_argument("--mlflow", default=None, metavar="URI", help="MLflow tracking URI (default sqlite:///DIR/mlflow.db)")
     p.add_argument("--name", default=None, help="ramp name (default: CONFIG-ramp-TIMESTAMP)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")

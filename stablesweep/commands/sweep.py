@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sweeps live in DIR/NAME; the MLflow store is DIR/mlflow.db (default runs/sweeps). On a "
                         "multi-node cluster DIR must be shared storage: a path the same on every node (NFS) with "
                         "--shared-storage, or a bucket URI Tune understands (s3://, gs://, abfs://, ...)")
-    add_cluster_arguments(p, "trial", "runs/sweeps",
+    add_cluster_arguments(p, "sweep", "trial", "runs/sweeps",
                           "DIR/NAME/{trials.csv, stable_region.*, recommended.yaml, optuna.db, sweep.json}")
     p.add_argument("--mlflow", default=None, metavar="URI",
                    help="MLflow tracking URI (default sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
@@ -96,13 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser, unit: str, default_local: str, files: str) -> None:
-    """The options of a run on a multi-node Ray cluster, shared by `sweep` and `ramp`."""
+def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, default_local: str, files: str) -> None:
+    """The options of a run on a multi-node Ray cluster, shared by `sweep` and `ramp` (whose runs
+    are made of `unit`s: trials, probes)."""
     p.add_argument("--shared-storage", action="store_true",
                    help="declare that the --out path is the same storage on every node of the cluster (an NFS "
                         "mount at the same path); required for a path --out on a multi-node cluster")
     p.add_argument("--local-dir", default=None, metavar="DIR",
-                   help=f"with a URI --out: where the {'sweep' if unit == 'trial' else 'ramp'}'s own files go on "
+                   help=f"with a URI --out: where the {command}'s own files go on "
                         f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
