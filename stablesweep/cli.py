@@ -1,7 +1,7 @@
 """`stablesweep <command>`: thin. Parses, calls the library, prints.
 
 Each command lives in a module with `register(subparsers)`, which adds its parser and sets
-`func(args) -> int`. Bad input raises a ConfigError/DataError/SpaceError (all ValueErrors with a
+`func(args) -> int`. Bad input raises an `InputError` (ConfigError, DataError, SpaceError, ...: a
 message that names the place); it is printed as `error: ...` and the exit status is 2.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from stablesweep import __version__
+from stablesweep.vocab import InputError
 
 # command modules, in the order `--help` lists them
 COMMANDS = (
@@ -64,11 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except ValueError as e:  # ConfigError, DataError, SpaceError: bad input, named
-        if type(e).__name__ in {"ConfigError", "DataError", "SpaceError", "InputError"}:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except InputError as e:  # ConfigError, DataError, SpaceError, ...: bad input, named
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

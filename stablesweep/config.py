@@ -18,14 +18,12 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from stablesweep.vocab import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """Bad configuration: the message names the file and the dotted key."""
 
-
-PRECISIONS = ("fp32", "bf16", "fp16")
-MASKINGS = ("none", "neg_inf", "large_negative", "finfo_min", "slice")
-LOSS_TYPES = ("cross_entropy", "label_smoothing")
 
 # The six datasets of the incident: name -> number of classes (2816 in all).
 FOOD_DATASETS: dict[str, int] = {

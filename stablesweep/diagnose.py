@@ -39,15 +39,11 @@ from typing import Any, Callable
 
 import yaml
 
+from stablesweep.vocab import LR_KEY, SAFETY, InputError, format_value
+
 SEVERITIES = ("error", "warning", "info")
 VALUE_MASKS = ("neg_inf", "large_negative", "finfo_min")
-SAFETY = 0.5  # recommended lr <= SAFETY x the smallest diverged lr (as analysis.region)
 MAX_LINES = 10  # file:line entries listed per finding
-LR_KEY = "training.lr"
-
-
-class InputError(ValueError):
-    """Input diagnose cannot read (a region file): printed as `error: ...`, exit status 2."""
 
 
 # ---- findings -------------------------------------------------------------------------------
@@ -703,8 +699,6 @@ def match_setting(cfg, region: MeasuredRegion) -> MeasuredSetting | None:
 
 
 def _fmt(v: Any) -> str:
-    from stablesweep.sweep.space import format_value
-
     return format_value(v)
 
 

@@ -35,8 +35,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from stablesweep.analysis.region import (DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, VERDICTS, Region, _py,
-                                         _short, analyze, infer_group_keys)
+from stablesweep.analysis.region import Region, analyze, infer_group_keys
+from stablesweep.vocab import (CATEGORICAL, DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, VERDICTS, InputError, format_value,
+                               jsonable, py, short_key)
 
 UNFINISHED = "unfinished"
 BY = ("objective", "margin")
@@ -45,10 +46,6 @@ _VERDICT_ORDER = {STABLE: 0, PRUNED: 1, DIVERGED: 2, ERROR: 3, UNFINISHED: 4}
 _STATUS_ORDER = {"unstable": 0, "mixed": 1, "stable": 2}
 # numeric columns of the trials table read back from a child run's metrics
 _METRICS = ("objective", "initial_loss", "final_loss", "train_flops", "steps")
-
-
-class InputError(ValueError):
-    """Bad input to `compare`: no store there, an unknown sweep or experiment (exit status 2)."""
 
 
 # ---- the data of one sweep ------------------------------------------------------------------
@@ -118,7 +115,6 @@ def sweep_from_runs(parent, children, config_text: str | None = None, space_text
     its child runs and, when present, the text of its config.yaml and space.yaml artifacts."""
     import yaml
 
-    from stablesweep.sweep.space import CATEGORICAL
     from stablesweep.tracking import KIND_TAG, SWEEP_TAG, TRIAL_TAG, flatten
 
     axes = [k for k in (parent.params.get("space_keys") or "").split(",") if k]
@@ -410,7 +406,7 @@ class Comparison:
                 if c == "run":
                     text = str(r["name"])
                 elif c == "verdict":
-                    reason = _py(r.get("reason"))
+                    reason = py(r.get("reason"))
                     text = str(r["verdict"]) + (f" ({reason})" if r["verdict"] == DIVERGED and reason else "")
                 elif c in ("objective",):
                     text = _g(r[c])
@@ -588,9 +584,8 @@ class Comparison:
         raise InputError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
 
     def to_dict(self) -> dict:
-        from stablesweep.analysis.region import _jsonable
 
-        return _jsonable({
+        return jsonable({
             "kind": "compare", "source": self.source, "by": self.by, "only": self.only, "top": self.top,
             "setting_keys": self.setting_keys, "param_keys": self.param_keys, "config_keys": self.config_keys,
             "sweeps": [{k: v for k, v in asdict(s).items() if k != "region"} | {"region": s.region.to_dict()}
@@ -768,7 +763,7 @@ def parallel_data(table: pd.DataFrame, keys: list[str], lr_key: str | None = LR_
     for k in keys:
         if k not in table.columns:
             continue
-        vals = [_py(v) for v in table[k]]
+        vals = [py(v) for v in table[k]]
         present = [v for v in vals if v is not None]
         nums = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
         # numbers on a scale: lr and objective always, other numeric params when they take many values
@@ -928,7 +923,7 @@ def _union(items: Iterable[str]) -> list[str]:
 
 
 def _num(v: Any) -> float | None:
-    v = _py(parse_param(v) if isinstance(v, str) else v)
+    v = py(parse_param(v) if isinstance(v, str) else v)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
         return float(v)
     return None
@@ -936,7 +931,7 @@ def _num(v: Any) -> float | None:
 
 def _norm(v: Any) -> str:
     """A value's identity across sweeps: 1 and 1.0 are the same, None and NaN too."""
-    v = _py(v)
+    v = py(v)
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -963,16 +958,14 @@ def _sort_str(s: str):
 
 
 def _label(key: str) -> str:
-    return _short(key)
+    return short_key(key)
 
 
 def _fmtv(v: Any) -> str:
-    from stablesweep.analysis.region import _fmt
-
-    v = _py(v)
+    v = py(v)
     if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0:
         return f"{v:.2e}"
-    return _fmt(v)
+    return format_value(v)
 
 
 def _e(v: Any, none: str = "-") -> str:

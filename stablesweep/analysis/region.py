@@ -27,13 +27,10 @@ from typing import Any
 
 import pandas as pd
 
-from stablesweep.sweep.space import format_value
 import yaml
 
-STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
-VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
-LR_KEY = "training.lr"
-SAFETY = 0.5  # recommended lr <= SAFETY x the smallest diverged lr of its combination
+from stablesweep.vocab import (DIVERGED, ERROR, LR_KEY, PRUNED, SAFETY, STABLE, VERDICTS, finite, format_value,
+                               jsonable, py, recommended_lr, short_key)
 
 
 @dataclass
@@ -55,7 +52,7 @@ class Group:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{_short(k)}={_fmt(v)}" for k, v in self.key.items()) or "all"
+        return " ".join(f"{short_key(k)}={_fmt(v)}" for k, v in self.key.items()) or "all"
 
 
 @dataclass
@@ -75,12 +72,12 @@ class Region:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["groups"] = [{**asdict(g), "label": g.label} for g in self.groups]
-        return _jsonable(d)
+        return jsonable(d)
 
     def table(self) -> pd.DataFrame:
         rows = []
         for g in self.groups:
-            row = {_short(k): _fmt(v) for k, v in g.key.items()}
+            row = {short_key(k): _fmt(v) for k, v in g.key.items()}
             row.update({v: g.counts.get(v, 0) for v in VERDICTS})
             row.update({"max stable lr": g.max_stable_lr, "min diverged lr": g.min_diverged_lr,
                         "best objective": g.best_objective,
@@ -139,7 +136,8 @@ class Region:
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
                       ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.recommended.items()), "",
-                      f"lr is at most {SAFETY}x the smallest diverged lr of its combination.", ""]
+                      f"lr is at most {SAFETY}x the smallest diverged lr of its combination "
+                      "(or its largest stable lr where none diverged).", ""]
         if self.importance:
             lines += [f"## What drives divergence ({self.importance_method})", "",
                       "| param | importance |", "|---|---|"]
@@ -186,12 +184,12 @@ def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[s
     budget = _budget(df)
     best = None
     stable = df[df["verdict"] == STABLE] if len(df) else df
-    stable = stable[stable["objective"].map(_finite)] if len(stable) else stable
+    stable = stable[stable["objective"].map(lambda v: finite(v) is not None)] if len(stable) else stable
     if len(stable):
         row = stable.loc[stable["objective"].astype(float).idxmin()]
         best = {"trial_id": str(row.get("trial_id")), "objective": float(row["objective"]),
-                "params": {k: _py(row[k]) for k in params},
-                "group": {k: _py(row[k]) for k in groups_by}}
+                "params": {k: py(row[k]) for k in params},
+                "group": {k: py(row[k]) for k in groups_by}}
     region = Region(lr_key=lr_key, group_keys=groups_by, param_keys=params, budget_steps=budget,
                     counts=counts, groups=groups, best=best)
     if importance:
@@ -208,10 +206,10 @@ def _groupby(df: pd.DataFrame, keys: list[str]):
     frame = df.copy()
     tmp = [f"__g{i}" for i in range(len(keys))]
     for t, k in zip(tmp, keys):
-        frame[t] = frame[k].map(lambda v: repr(_py(v)))  # None/NaN-safe, type-preserving keys
+        frame[t] = frame[k].map(lambda v: repr(py(v)))  # None/NaN-safe, type-preserving keys
     out = []
     for _, sub in frame.groupby(tmp, sort=False, dropna=False):
-        key = tuple(_py(sub[k].iloc[0]) for k in keys)
+        key = tuple(py(sub[k].iloc[0]) for k in keys)
         out.append((key, sub.drop(columns=tmp)))
     out.sort(key=lambda kv: tuple(_sort_key(v) for v in kv[0]))
     yield from out
@@ -227,17 +225,14 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
         min_div = float(dv.min()) if len(dv) else None
     ok = None if max_stable is None or min_div is None else bool(max_stable < min_div)
     best_obj = best_trial = best_params = None
-    st = sub[(sub["verdict"] == STABLE) & sub["objective"].map(_finite)]
+    st = sub[(sub["verdict"] == STABLE) & sub["objective"].map(lambda v: finite(v) is not None)]
     if len(st):
         row = st.loc[st["objective"].astype(float).idxmin()]
         best_obj, best_trial = float(row["objective"]), str(row.get("trial_id"))
-        best_params = {k: _py(row[k]) for k in params}
+        best_params = {k: py(row[k]) for k in params}
     sens, n = lr_sensitivity(sub)
-    rec = None
-    if lr_key and best_params and _float(best_params.get(lr_key)) is not None:
-        rec = float(best_params[lr_key])
-        if min_div is not None:
-            rec = min(rec, SAFETY * min_div)
+    rec = recommended_lr(finite(best_params.get(lr_key)) if lr_key and best_params else None,
+                         max_stable=max_stable, min_diverged=min_div)
     return Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
                  best_objective=best_obj, best_trial=best_trial, best_params=best_params,
                  lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec)
@@ -249,9 +244,9 @@ def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
     count; None with fewer than two."""
     losses = []
     for _, r in sub.iterrows():
-        l0 = _float(r.get("initial_loss"))
+        l0 = finite(r.get("initial_loss"))
         if r["verdict"] == STABLE:
-            final = _float(r.get("objective"))
+            final = finite(r.get("objective"))
             if final is None:
                 continue
             losses.append(min(final, l0) if l0 is not None else final)
@@ -292,7 +287,7 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
         if distributions and k in distributions:
             dists[k] = distributions[k]
             continue
-        values = [_py(v) for v in judged[k]]
+        values = [py(v) for v in judged[k]]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and len(set(values)) > 6:
             lo, hi = float(min(values)), float(max(values))
             dists[k] = FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
@@ -300,7 +295,7 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
             dists[k] = CategoricalDistribution(sorted(set(values), key=_sort_key))
     trials = []
     for _, r in judged.iterrows():
-        p = {k: _py(r[k]) for k in dists}
+        p = {k: py(r[k]) for k in dists}
         try:
             trials.append(optuna.trial.create_trial(params=p, distributions=dists,
                                                     value=1.0 if r["verdict"] == DIVERGED else 0.0))
@@ -333,16 +328,16 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
 
 
 def recommended_params(region: Region) -> dict[str, Any] | None:
-    """The best stable trial's params, lr capped at SAFETY x the smallest diverged lr of its
-    combination."""
+    """The best stable trial's params, its lr replaced by its combination's recommended lr
+    (vocab.recommended_lr)."""
     if not region.best:
         return None
     params = dict(region.best["params"])
     lr_key = region.lr_key
     if lr_key and lr_key in params and params[lr_key] is not None:
         group = next((g for g in region.groups if g.key == region.best["group"]), None)
-        if group is not None and group.min_diverged_lr is not None:
-            params[lr_key] = min(float(params[lr_key]), SAFETY * group.min_diverged_lr)
+        if group is not None and group.recommended_lr is not None:
+            params[lr_key] = group.recommended_lr
     return params
 
 
@@ -373,9 +368,10 @@ def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
         if group is not None and group.min_diverged_lr is not None:
             lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_diverged_lr:.3g}, the smallest "
                          f"lr that diverged with {group.label}) = {region.recommended[region.lr_key]:.3g}.")
-        else:
-            lines.append(f"# lr = its lr {best_lr:.3g}: no trial diverged with "
-                         f"{group.label if group else 'these settings'}, so the margin to the boundary is unknown.")
+        elif group is not None and group.max_stable_lr is not None:
+            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.max_stable_lr:.3g}, the largest stable lr "
+                         f"with {group.label}) = {region.recommended[region.lr_key]:.3g}: no trial diverged there, "
+                         "so the boundary is somewhere above.")
     lines.append(f"# Stable for {region.budget_steps} steps, the budget the sweep measured; "
                  "a longer run may still diverge: re-check at the length you train.")
     return cfg.to_dict(), "\n".join(lines) + "\n"
@@ -422,37 +418,12 @@ def _budget(df: pd.DataFrame) -> int | None:
     return None
 
 
-def _py(v: Any) -> Any:
-    """A plain Python value: NaN (pandas' None) -> None, numpy scalars -> Python."""
-    if v is None:
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
-        try:
-            v = v.item()
-        except (ValueError, AttributeError):
-            pass
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def _float(v: Any) -> float | None:
-    v = _py(v)
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
-    return None
-
-
-def _finite(v: Any) -> bool:
-    return _float(v) is not None
-
-
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
 def _sort_key(v: Any):
-    v = _py(v)
+    v = py(v)
     if v is None:
         return (0, 0, "")
     if isinstance(v, (int, float)):
@@ -460,24 +431,8 @@ def _sort_key(v: Any):
     return (2, 0, str(v))
 
 
-def _short(key: str) -> str:
-    return {"training.max_grad_norm": "clip", "training.precision": "precision",
-            "loss.masking": "masking"}.get(key, key.rsplit(".", 1)[-1])
-
-
 def _fmt(v: Any) -> str:
-    return format_value(_py(v))
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    v = _py(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    return format_value(v)
 
 
 class _quiet_warnings:

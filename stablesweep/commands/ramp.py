@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from stablesweep.commands.sweep import add_cluster_arguments
+from stablesweep.vocab import SAFETY
 
 EPILOG = """\
 examples:
@@ -63,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=float, default=1.25,
                    help="stop bisecting when min diverged / max stable <= this (default 1.25)")
     p.add_argument("--parallel", type=int, default=2, metavar="K", help="probes a setting at once (default 2)")
-    p.add_argument("--safety", type=float, default=0.5, help="recommended lr = max stable lr x this (default 0.5)")
+    p.add_argument("--safety", type=float, default=SAFETY,
+                   help=f"recommended lr = this x the smallest diverged lr, at most the largest stable lr "
+                        f"(this x the largest stable lr when none diverged; default {SAFETY})")
     p.add_argument("--steps", type=int, default=None, metavar="S",
                    help="step budget of each probe (default: training.steps of the config)")
     p.add_argument("--mode", choices=["restart", "continue"], default="restart",

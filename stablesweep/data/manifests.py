@@ -21,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms.v2 import functional as TF
 
+from stablesweep.vocab import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
     from stablesweep.config import Config, DatasetConfig
 
@@ -31,7 +33,7 @@ CHECK_LEVELS = ("none", "header", "full")
 MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad data: the message names the dataset, the file and the line where there is one."""
 
     def __init__(self, message: str, report: "LabelReport | None" = None):

@@ -20,9 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stablesweep.config import MonitorConfig
-
-STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
-REASONS = ("nonfinite_loss", "nonfinite_grad", "loss_explosion")
+from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NONFINITE_GRAD, NONFINITE_LOSS, STABLE
 
 # the fields of the state vector, in order
 FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
@@ -171,10 +169,10 @@ class DivergenceMonitor:
         """stable so far, or diverged with the reason and step of whatever broke first."""
         found: list[tuple[int, str]] = []
         if snap.nonfinite_loss_steps + snap.nonfinite_grad_steps > self.cfg.max_skipped_steps:
-            kind = "nonfinite_loss" if snap.first_bad_kind == 1 else "nonfinite_grad"
+            kind = NONFINITE_LOSS if snap.first_bad_kind == 1 else NONFINITE_GRAD
             found.append((snap.first_bad_step, kind))
         if snap.first_explosion_step >= 0:
-            found.append((snap.first_explosion_step, "loss_explosion"))
+            found.append((snap.first_explosion_step, LOSS_EXPLOSION))
         if not found:
             return Verdict(STABLE)
         step, reason = min(found)

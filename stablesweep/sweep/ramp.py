@@ -21,6 +21,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from stablesweep.vocab import recommended_lr
+
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
 
@@ -127,7 +129,7 @@ class Setting:
             "setting": self.key, "params": self.params, "status": self.status,
             "max_stable_lr": lo, "min_diverged_lr": hi,
             "ratio": (hi / lo) if lo and hi else None,
-            "recommended_lr": lo * safety if lo else None,
+            "recommended_lr": recommended_lr(lo, max_stable=lo, min_diverged=hi, safety=safety),
             "probes": len(self.tested) + (1 if self.range_test else 0),
             "compute_s": sum(p.wall_s for p in self.probes) + (self.range_test.wall_s if self.range_test else 0),
             "train_flops": sum(p.train_flops for p in self.probes)

@@ -34,9 +34,10 @@ import yaml
 from stablesweep.config import ConfigError, load_config
 from stablesweep.sweep.ramp import (CLIMBS, LADDERS, RUNNING, Probe, Setting, ladder, next_probes,
                                     seed_from_range_test)
-from stablesweep.sweep.runner import (InputError, _ephemeral_notes, check_run_options, cluster_checks,
-                                      storage_paths, trial_resources, uri_scheme)
-from stablesweep.sweep.space import LR_KEY, SearchSpace, apply_params, load_space, short_name
+from stablesweep.sweep.runner import (_ephemeral_notes, check_run_options, cluster_checks, storage_paths,
+                                      trial_resources, uri_scheme)
+from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
+from stablesweep.vocab import LR_KEY, SAFETY, InputError
 
 MODES = ("restart", "continue")
 DEFAULT_LOCAL_DIR = "runs/ramps"  # the ramp's own files when --out is a bucket URI
@@ -53,7 +54,7 @@ class RampOptions:
     climb: str | None = None  # gallop | step (default: gallop in restart mode, step in continue mode)
     resolution: float = 1.25
     parallel: int = 2
-    safety: float = 0.5
+    safety: float = SAFETY
     steps: int | None = None
     mode: str = "restart"
     first_pass: str | None = None  # "range-test"
@@ -110,7 +111,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
     if opts.parallel < 1:
         raise InputError(f"--parallel {opts.parallel}: must be at least 1")
     if not (0 < opts.safety <= 1):
-        raise InputError(f"--safety {opts.safety}: must be in (0, 1] (recommended lr = max stable lr x safety)")
+        raise InputError(f"--safety {opts.safety}: must be in (0, 1] (recommended lr = safety x the smallest diverged lr)")
     if opts.mode not in MODES:
         raise InputError(f"--mode {opts.mode}: expected restart or continue")
     if opts.climb is not None and opts.climb not in CLIMBS:
@@ -173,7 +174,7 @@ def ramp_probe(config: dict[str, Any], *, base: dict, base_dir: str, source: str
     import ray
     from ray import tune
 
-    from stablesweep.sweep.stopper import FINISHED_KEY
+    from stablesweep.vocab import FINISHED
     from stablesweep.sweep.trainable import trial_device
     from stablesweep.train import run_training
 
@@ -193,7 +194,7 @@ def ramp_probe(config: dict[str, Any], *, base: dict, base_dir: str, source: str
 
     def report(metrics: dict, checkpoint: str | None) -> None:
         m = dict(metrics)
-        m[FINISHED_KEY] = bool(m.pop("done", False))
+        m[FINISHED] = bool(m.pop("done", False))
         m.update(node_id=node_id, device=device)
         tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
 
@@ -442,8 +443,8 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
     files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
     md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} "
           f"({climb_of(opts)} climb) from "
-          f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = max stable x "
-          f"{opts.safety}.", "",
+          f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = min(max stable, "
+          f"{opts.safety} x min diverged), or {opts.safety} x max stable where none diverged.", "",
           "| setting | status | max stable lr | min diverged lr | recommended lr | probes | compute s | train FLOPs |",
           "|---|---|---|---|---|---|---|---|"]
     for x in summary:
@@ -461,8 +462,9 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
         for k, v in s.params.items():
             set_dotted(raw, k, v)
         set_dotted(raw, LR_KEY, float(f"{x['recommended_lr']:.3g}"))
-        header = (f"# recommended by `stablesweep ramp` ({name}): lr = {opts.safety} x the largest stable lr "
-                  f"{x['max_stable_lr']:.3g}\n# (smallest diverged: {_fmt(x['min_diverged_lr'])}), measured with "
+        header = (f"# recommended by `stablesweep ramp` ({name}): lr = {x['recommended_lr']:.3g}, at most {opts.safety} x "
+                  f"the smallest diverged lr {_fmt(x['min_diverged_lr'])}\n# (largest stable: {x['max_stable_lr']:.3g}; "
+                  f"{opts.safety} x it where none diverged), measured with "
                   f"a budget of {budget} steps a probe; stability may not hold for longer runs.\n")
         path = rec_dir / f"{s.key}.yaml"
         path.write_text(header + yaml.safe_dump(raw, sort_keys=False))

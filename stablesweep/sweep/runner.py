@@ -40,8 +40,8 @@ from ray.tune import Callback
 from stablesweep.config import Config, load_config
 from stablesweep.sweep.search import SAMPLERS, StabilitySearcher, reconcile_study, sqlite_url
 from stablesweep.sweep.space import SearchSpace, load_space, short_name
-from stablesweep.sweep.stopper import (DIVERGED, ERROR, FINISHED_KEY, PRUNED, STABLE, VERDICTS, Outcome,
-                                       final_verdict)
+from stablesweep.sweep.stopper import Outcome, final_verdict
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, PRUNED, STABLE, VERDICTS, InputError, py
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", 
               "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
               "iterations_since_restore", "experiment_tag", "should_checkpoint"}
 # result keys that are tags or params, not metrics
-_NOT_METRICS = {"step", "first_bad_step", "budget_steps", FINISHED_KEY, "verdict", "reason", "node_id", "device"}
-
-
-class InputError(ValueError):
-    """Bad input to a sweep that is neither a config nor a space error (named, exit status 2)."""
+_NOT_METRICS = {"step", "first_bad_step", "budget_steps", FINISHED, "verdict", "reason", "node_id", "device"}
 
 
 @dataclass
@@ -716,7 +712,7 @@ class TrialRecord:
             return True
         if self.status != "TERMINATED":
             return False
-        return bool(r.get(FINISHED_KEY)) or r.get("verdict") == DIVERGED or bool(r.get("done"))
+        return bool(r.get(FINISHED)) or r.get("verdict") == DIVERGED or bool(r.get("done"))
 
 
 def trial_records(results) -> list[TrialRecord]:
@@ -791,25 +787,15 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         o = outcomes.get(r["trial_id"])
         if o is None or o.verdict not in VERDICTS:
             continue
-        params = {k: _py(r[k]) for k in plan.space.keys}
+        params = {k: py(r[k]) for k in plan.space.keys}
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params, tags={"stablesweep.sweep": plan.name})
-        summary = {k: _py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps")
-                   if _py(r.get(k)) is not None}
-        tags = {"node_id": str(r.get("node_id") or ""), "budget_steps": str(_py(r.get("budget_steps")) or ""),
+        summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps")
+                   if py(r.get(k)) is not None}
+        tags = {"node_id": str(r.get("node_id") or ""), "budget_steps": str(py(r.get("budget_steps")) or ""),
                 "optuna_number": str(r.get("optuna_number"))}
         if o.verdict == ERROR and o.reason:
             tags["error"] = o.reason[:5000]
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
-
-
-def _py(v: Any) -> Any:
-    if v is None:
-        return None
-    if hasattr(v, "item") and not isinstance(v, str):
-        v = v.item()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
 
 
 # ---- driver-side callbacks -----------------------------------------------------------------------

@@ -29,15 +29,14 @@ from typing import Any
 import yaml
 
 from stablesweep.config import Config, ConfigError, config_from_dict, set_dotted
+from stablesweep.vocab import CATEGORICAL, LR_KEY, InputError, format_value
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
-CATEGORICAL = ("choice", "grid")
-LR_KEY = "training.lr"
 # the config check tries every combination of probe values up to this many, else one axis at a time
 MAX_COMBINATIONS = 512
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """A bad search space: the message names the file (and line) and the key."""
 
 
@@ -328,20 +327,6 @@ _SHORT = {
     "loss.masking": "",
     "training.max_grad_norm": "clip",
 }
-
-
-def format_value(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) < 1e4:
-            return f"{v:.1f}"
-        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
-            return f"{v:.1e}"
-        return f"{v:.3g}"
-    return str(v)
 
 
 def short_name(params: dict[str, Any]) -> str:

@@ -18,9 +18,7 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.stopper import Stopper
 
-STABLE, DIVERGED, PRUNED, ERROR = "stable", "diverged", "pruned", "error"
-VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
-FINISHED_KEY = "finished"  # the training loop's own `done`, renamed (Tune owns `done`)
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, PRUNED, STABLE
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: s
     if result["verdict"] == DIVERGED:
         return Outcome(DIVERGED, reason=result.get("reason") or "diverged", first_bad_step=fbs,
                        objective=obj, steps=steps)
-    if result.get(FINISHED_KEY):
+    if result.get(FINISHED):
         return Outcome(STABLE, objective=obj, steps=steps)
     return Outcome(PRUNED, reason="scheduler", objective=obj, steps=steps)
 

@@ -14,7 +14,7 @@ import ray
 from ray import tune
 
 from stablesweep.sweep.space import apply_params
-from stablesweep.sweep.stopper import FINISHED_KEY
+from stablesweep.vocab import FINISHED
 
 
 def trial_device() -> str:
@@ -35,7 +35,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", sour
 
     def report(metrics: dict, checkpoint: str | None) -> None:
         m = dict(metrics)
-        m[FINISHED_KEY] = bool(m.pop("done", False))  # Tune owns `done`
+        m[FINISHED] = bool(m.pop("done", False))  # Tune owns `done`
         m["node_id"] = node_id
         m["device"] = device
         ckpt = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None

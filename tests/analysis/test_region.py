@@ -89,12 +89,12 @@ def test_recommended_lr_keeps_half_the_smallest_diverged(table):
     assert "100 steps" in header and "0.5 x 0.0015" in header
 
 
-def test_no_divergence_in_the_best_combination_says_the_margin_is_unknown():
+def test_no_divergence_in_the_best_combination_keeps_the_margin_below_the_largest_stable_lr():
     df = pd.DataFrame([trial(0, 1e-4, "stable", 1.0), trial(1, 1e-3, "stable", 0.9)])
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
-    assert r.recommended["training.lr"] == 1e-3
+    assert r.recommended["training.lr"] == pytest.approx(0.5 * 1e-3)
     _, header = recommended_config(r, load_config(DEMO).to_dict())
-    assert "margin to the boundary is unknown" in header
+    assert "no trial diverged there" in header and "0.5 x 0.001" in header
 
 
 def test_nothing_stable_means_nothing_recommended():

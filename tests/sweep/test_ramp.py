@@ -67,7 +67,9 @@ def test_ramp_files_and_mlflow(ramp):
     doc = json.loads((res.ramp_dir / "ramp.json").read_text())
     assert doc["kind"] == "ramp" and doc["budget_steps"] == STEPS
     x = doc["settings"][0]
-    assert x["recommended_lr"] == pytest.approx(0.5 * x["max_stable_lr"])
+    # the one rule (vocab.recommended_lr): at most 0.5 x the smallest diverged lr, never above max stable
+    assert x["min_diverged_lr"] is not None
+    assert x["recommended_lr"] == pytest.approx(min(x["max_stable_lr"], 0.5 * x["min_diverged_lr"]))
     assert x["probes"] == len(res.settings[0].probes) and x["train_flops"] > 0
     assert (res.ramp_dir / "ramp.png").stat().st_size > 1000
     rec = load_config(res.ramp_dir / "recommended" / "s00.yaml")

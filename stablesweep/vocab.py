@@ -1,0 +1,133 @@
+"""The project's vocabulary: every name that more than one module speaks, defined once.
+
+The ground floor: imports neither torch, Ray, Optuna nor MLflow, so the training core, the sweep
+engine, the analysis and the tracking code can all import it (as Ray Tune's `tune/result.py`).
+
+- Outcomes: the one verdict a run or trial ends with, and the reasons a divergence is given.
+- Result keys: the names in a report (Tune's result, result.json, MLflow metrics).
+- Search-space words: the lr key, the categorical distributions.
+- The recommended-lr rule and its safety factor: one rule for the sweep's region, the ramp and
+  diagnose.
+- Value helpers: plain Python values from numpy/pandas, one formatter for values in names,
+  tables and files.
+- `InputError`: the base of every bad-input error (ConfigError, DataError, SpaceError, ...); the
+  CLI prints it as `error: ...` and exits 2.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# ---- outcomes -------------------------------------------------------------------------------
+
+STABLE = "stable"      # ran its budget, every loss and gradient finite, no explosion
+DIVERGED = "diverged"  # non-finite loss or gradient, or a loss explosion; with a reason and step
+PRUNED = "pruned"      # stopped by the scheduler for poor, finite progress (not a stability verdict)
+ERROR = "error"        # the trial crashed; bad input is caught before training
+VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
+
+NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION = "nonfinite_loss", "nonfinite_grad", "loss_explosion"
+REASONS = (NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION)
+
+# ---- result keys (one report of the training loop; Tune's result; result.json) -----------------
+
+STEP = "step"
+BUDGET_STEPS = "budget_steps"
+VERDICT = "verdict"
+REASON = "reason"
+FIRST_BAD_STEP = "first_bad_step"
+OBJECTIVE = "objective"          # finite always: the eval loss, the smoothed loss, or a stand-in
+INITIAL_LOSS = "initial_loss"
+TRAIN_FLOPS = "train_flops"
+FINISHED = "finished"            # the training loop's own `done`, renamed (Tune owns `done`)
+
+# ---- search-space words -----------------------------------------------------------------------
+
+LR_KEY = "training.lr"
+CATEGORICAL = ("choice", "grid")  # distributions whose values name a setting (lr excluded)
+
+# ---- the recommended lr -------------------------------------------------------------------------
+
+SAFETY = 0.5
+
+
+def recommended_lr(lr: float | None, *, max_stable: float | None, min_diverged: float | None,
+                   safety: float = SAFETY) -> float | None:
+    """The lr we recommend for one setting: `lr` (the best stable trial's, or the largest stable
+    one), at most `safety` x the smallest lr seen to diverge; when none diverged, at most `safety`
+    x the largest stable lr (the edge was never seen, so we keep the same margin below what we
+    know). None when nothing was stable."""
+    if lr is None or max_stable is None:
+        return None
+    edge = min_diverged if min_diverged is not None else max_stable
+    return min(float(lr), safety * float(edge))
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+class InputError(ValueError):
+    """Bad input from the user (a file, a flag, a config key): the message names the place and
+    says what was expected. The CLI prints it and exits 2; nothing has been written."""
+
+
+# ---- values -------------------------------------------------------------------------------------
+
+
+def py(v: Any) -> Any:
+    """A plain Python value: numpy/pandas scalars -> Python, NaN -> None."""
+    if v is None:
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        try:
+            v = v.item()
+        except (ValueError, AttributeError):
+            pass
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def finite(v: Any) -> float | None:
+    """`v` as a finite float, or None (None, NaN, inf, bools and non-numbers)."""
+    v = py(v)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def jsonable(v: Any) -> Any:
+    """Nested dicts/lists of plain values, with NaN and inf as None (JSON has neither)."""
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    v = py(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def format_value(v: Any) -> str:
+    """A value as names, tables and files show it: none, true/false, 1.0, 2.0e-06, 0.25."""
+    v = py(v)
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e4:
+            return f"{v:.1f}"
+        if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+            return f"{v:.1e}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+SHORT_KEYS = {"training.max_grad_norm": "clip", "training.precision": "precision",
+              "loss.masking": "masking", LR_KEY: "lr"}
+
+
+def short_key(key: str) -> str:
+    """A config key as a column or axis label: clip, precision, masking, lr, else its last part."""
+    return SHORT_KEYS.get(key, key.rsplit(".", 1)[-1])
