@@ -1,12 +1,12 @@
 # make demo: create .venv if needed, install, run the embedded demo sweep, print where results are.
-# make test: create .venv if needed, install with test extras, run the whole suite.
+# make test: create .venv if needed, install with test extras, lint (ruff), run the whole suite.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test install clean stable-template
+.PHONY: demo test lint install clean stable-template
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 	$(BIN)/stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --out $(DEMO_OUT) --name demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(DEMO_OUT) runs .pytest_cache

@@ -101,8 +101,9 @@ class LossConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet18"  # any torchvision classification model, or small_cnn
-    weights: str | None = None  # local weights file (loaded with weights_only=True)
+    name: str = "resnet18"  # any torchvision classification model, small_cnn, or timm:NAME (timm installed)
+    factory: str | None = None  # "package.module:function": called with the number of classes, returns an nn.Module
+    weights: str | None = None  # local weights file (loaded with weights_only=True); the head is replaced
     channels_last: bool = True  # on GPU
 
 
@@ -434,13 +435,6 @@ def data_source(d: DatasetConfig) -> str:
     if d.train is None:
         return "synthetic"
     return "manifest" if str(d.train).endswith((".jsonl", ".json", ".ndjson")) else "folder"
-
-
-def synthetic_config(scale: float = 1.0, **training: Any) -> dict:
-    """A raw config dict over the six food datasets as synthetic data, class counts scaled."""
-    dcs = {name: {"num_classes": max(2, round(n * scale)), "source": "synthetic"}
-           for name, n in FOOD_DATASETS.items()}
-    return {"training": dict(training), "datasets": {"enable_logits_masking": True, "dataset_configs": dcs}}
 
 
 def total_steps(cfg: Config, train_samples: int) -> int:

@@ -21,7 +21,7 @@ from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DIVERGED, DivergenceMonitor, Snapshot, Verdict
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict
 from stablesweep.stability.precision import make_optimizer, make_precision
 
 Report = Callable[[dict, "str | None"], None]
