@@ -21,7 +21,7 @@ from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
 from stablesweep.stability.precision import make_optimizer, make_precision
 
 Report = Callable[[dict, "str | None"], None]
@@ -40,6 +40,7 @@ class TrainResult:
     objective: float
     initial_loss: float
     final_loss: float  # smoothed train loss at the end
+    progress: float  # 1 - final_loss / initial_loss: a stable run has at least monitor.min_progress
     samples_per_s: float
     wall_s: float
     device: str
@@ -244,7 +245,7 @@ class Trainer:
             self._acc.zero_()
             k = len(values) - self._acc.numel()
             snap = self.monitor.snapshot(values[:k])
-            verdict = self.monitor.judge(snap)
+            verdict = self.monitor.judge(snap, final=self.step >= self.total)
             per_ds = [values[k + i::3] for i in range(3)]
             now = time.perf_counter()
             samples_per_s = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
@@ -265,7 +266,7 @@ class Trainer:
                     shutil.rmtree(last_ckpt, ignore_errors=True)
                 last_ckpt = ckpt
         if snap is None:  # resumed at the end: nothing left to run
-            snap, verdict = self.monitor.read()
+            snap, verdict = self.monitor.read(final=True)
             evals = {} if verdict.diverged else self.evaluate()
         wall = time.perf_counter() - started
         metrics = self._metrics(snap, verdict, samples_per_s, True, evals, None)
@@ -273,7 +274,7 @@ class Trainer:
             verdict=verdict.verdict, reason=verdict.reason, first_bad_step=verdict.first_bad_step,
             steps=self.step, budget_steps=self.total, train_flops=metrics["train_flops"],
             flops_per_step=self.flops_per_step, objective=metrics["objective"],
-            initial_loss=snap.initial_loss, final_loss=snap.smoothed_loss, samples_per_s=samples_per_s,
+            initial_loss=snap.initial_loss, final_loss=snap.smoothed_loss, progress=progress(snap), samples_per_s=samples_per_s,
             wall_s=wall, device=str(self.device), precision=t.precision, masking=cfg.masking, lr=t.lr,
             nonfinite_loss_steps=snap.nonfinite_loss_steps, nonfinite_grad_steps=snap.nonfinite_grad_steps,
             overflow_steps=snap.overflow_steps, dropped_samples=self.dropped,
@@ -294,7 +295,7 @@ class Trainer:
             "step": self.step, "budget_steps": self.total, "done": done,
             "verdict": verdict.verdict, "reason": verdict.reason, "first_bad_step": verdict.first_bad_step,
             "objective": objective, "loss": snap.smoothed_loss, "last_loss": snap.last_loss,
-            "initial_loss": snap.initial_loss, "grad_norm": snap.last_grad_norm,
+            "initial_loss": snap.initial_loss, "progress": progress(snap), "grad_norm": snap.last_grad_norm,
             "max_grad_norm_seen": snap.max_grad_norm,
             "nonfinite_steps": snap.nonfinite_loss_steps + snap.nonfinite_grad_steps,
             "overflow_steps": snap.overflow_steps,

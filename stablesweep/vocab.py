@@ -20,14 +20,16 @@ from typing import Any
 
 # ---- outcomes -------------------------------------------------------------------------------
 
-STABLE = "stable"      # ran its budget, every loss and gradient finite, no explosion
+STABLE = "stable"      # ran its budget, every loss and gradient finite, no explosion, and it trained
+STALLED = "stalled"    # ran its budget, finite, no explosion, but the loss did not fall enough
 DIVERGED = "diverged"  # non-finite loss or gradient, or a loss explosion; with a reason and step
 PRUNED = "pruned"      # stopped by the scheduler for poor, finite progress (not a stability verdict)
 ERROR = "error"        # the trial crashed; bad input is caught before training
-VERDICTS = (STABLE, DIVERGED, PRUNED, ERROR)
+VERDICTS = (STABLE, STALLED, DIVERGED, PRUNED, ERROR)
 
 NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION = "nonfinite_loss", "nonfinite_grad", "loss_explosion"
 REASONS = (NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION)
+NO_PROGRESS = "no_progress"  # the reason of a stalled run
 
 # ---- result keys (one report of the training loop; Tune's result; result.json) -----------------
 

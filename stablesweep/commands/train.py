@@ -15,15 +15,18 @@ examples:
 
 Writes OUT/result.json (verdict, reason, first_bad_step, steps, train_flops, per-dataset eval loss
 and accuracy), OUT/config.yaml (the config as run, overrides applied) and the last checkpoint in
-OUT/checkpoints/. Exit status: 0 stable, 1 diverged, 2 bad input (config, data or device).
+OUT/checkpoints/. Exit status: 0 stable (finite and trained), 1 diverged, 2 bad input (config,
+data or device), 3 stalled (finite, but the smoothed loss fell less than monitor.min_progress of
+the initial loss: the lr is too small, or at the edge of stability).
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run one guarded training run and print its verdict",
                        description="Train the multi-dataset model once with the guarded loss. Progress is "
-                                   "printed every training.report_interval steps; the run ends stable or "
-                                   "diverged (with the reason and the step where it began).",
+                                   "printed every training.report_interval steps; the run ends stable "
+                                   "(finite and trained), stalled (finite, did not train) or diverged "
+                                   "(with the reason and the step where it began).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="training config YAML")
     add_set_argument(p)
@@ -61,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
         accs = [d["accuracy"] for d in result.datasets.values()]
         acc = f", mean eval accuracy {100 * sum(accs) / len(accs):.1f}%" if accs else ""
         print(f"verdict: stable for {result.steps} steps (objective {result.objective:.4f}{acc})")
+    elif result.verdict == "stalled":
+        print(f"verdict: stalled after {result.steps} steps: the smoothed loss fell {100 * result.progress:.1f}% "
+              f"from {result.initial_loss:.4g} to {result.final_loss:.4g}, less than monitor.min_progress "
+              f"({100 * cfg.monitor.min_progress:.0f}%): finite, but not training")
     else:
         print(f"verdict: {result.verdict}: {result.reason} at step {result.first_bad_step} "
               f"(stopped after {result.steps} of {result.budget_steps} steps)")
     print(f"results: {out / 'result.json'}", file=sys.stderr)
-    return 0 if result.verdict == "stable" else 1
+    return {"stable": 0, "stalled": 3}.get(result.verdict, 1)

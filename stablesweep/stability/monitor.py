@@ -3,14 +3,19 @@
 Per step (`update`, device ops only, no branch on the host): counts of non-finite losses and
 gradients, the first bad step and its kind, the max finite loss and gradient norm, an
 exponentially smoothed loss (bias-corrected) and its best value, and the first step at which the
-smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-finder rule).
+smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-finder rule), and the
+initial loss as the mean of the first `min_steps` finite losses (one batch alone is noisy: on the
+demo, the first batch's loss ranges 2.71..3.24 over seeds).
 
 The whole state is one fp64 vector and the update is one pure function of it, so on CUDA it is
 compiled (torch.compile) into a kernel or two: the guard costs a few launches a step, not dozens.
 
 Per report (`read`, one sync): the vector comes to the host and `judge` gives the verdict:
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
-`loss_explosion`) and the step where it began. Every verdict holds for the steps run so far.
+`loss_explosion`) and the step where it began. At the end of the budget (`final=True`) a run that
+did not diverge is `stable` only if it trained: its smoothed loss fell below
+(1 - `min_progress`) x its initial loss; else it is `stalled` (reason `no_progress`). Every
+verdict holds for the steps run so far.
 """
 from __future__ import annotations
 
@@ -20,15 +25,15 @@ from dataclasses import asdict, dataclass
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NONFINITE_GRAD, NONFINITE_LOSS, STABLE
+from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NO_PROGRESS, NONFINITE_GRAD, NONFINITE_LOSS, STABLE, STALLED
 
 # the fields of the state vector, in order
 FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
-          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
+          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "init_sum", "last_loss",
           "last_gnorm")
 _I = {name: i for i, name in enumerate(FIELDS)}
 _INITIAL = {"first_bad": -1.0, "max_loss": -math.inf, "max_gnorm": -math.inf, "best": math.inf,
-            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan}
+            "first_explosion": -1.0, "last_loss": math.nan, "last_gnorm": math.nan}
 
 
 def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
@@ -76,7 +81,7 @@ def _update(v: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor, scale: tor
         n,
         torch.where(ok, torch.minimum(best, smoothed), best),
         torch.where(exploded & (first_exp < 0), step, first_exp),
-        torch.where(step == 0, loss, v[_I["initial_loss"]]),
+        v[_I["init_sum"]] + torch.where(ok & (n <= min_steps), loss, 0.0),
         loss,
         gnorm,
     ]), skip
@@ -90,6 +95,19 @@ def _compiled_update():
     if _compiled is None:
         _compiled = torch.compile(_update, fullgraph=True, dynamic=False)
     return _compiled
+
+
+def progress(snap: Snapshot) -> float:
+    """How far the loss fell: 1 - smoothed loss / initial loss (NaN when either is unknown)."""
+    if not (math.isfinite(snap.initial_loss) and math.isfinite(snap.smoothed_loss)) or snap.initial_loss <= 0:
+        return math.nan
+    return 1.0 - snap.smoothed_loss / snap.initial_loss
+
+
+def made_progress(snap: Snapshot, min_progress: float) -> bool:
+    """The run trained: its smoothed loss is below (1 - min_progress) x its initial loss."""
+    p = progress(snap)
+    return math.isfinite(p) and p >= min_progress
 
 
 @dataclass
@@ -156,17 +174,19 @@ class DivergenceMonitor:
         v = dict(zip(FIELDS, values if values is not None else self.v.tolist()))
         n = int(v["ema_n"])
         smoothed = v["ema"] / (1 - self.cfg.smoothing ** n) if n else math.nan
+        n_init = min(n, max(1, self.cfg.min_steps))
         return Snapshot(
             steps=int(v["steps"]), nonfinite_loss_steps=int(v["loss_bad"]),
             nonfinite_grad_steps=int(v["grad_bad"]), overflow_steps=int(v["overflow"]),
             first_bad_step=int(v["first_bad"]), first_bad_kind=int(v["first_kind"]),
             max_loss=v["max_loss"], max_grad_norm=v["max_gnorm"], smoothed_loss=smoothed,
             best_smoothed_loss=v["best"], first_explosion_step=int(v["first_explosion"]),
-            initial_loss=v["initial_loss"], last_loss=v["last_loss"], last_grad_norm=v["last_gnorm"],
+            initial_loss=v["init_sum"] / n_init if n else math.nan, last_loss=v["last_loss"], last_grad_norm=v["last_gnorm"],
         )
 
-    def judge(self, snap: Snapshot) -> Verdict:
-        """stable so far, or diverged with the reason and step of whatever broke first."""
+    def judge(self, snap: Snapshot, final: bool = False) -> Verdict:
+        """stable so far, or diverged with the reason and step of whatever broke first; with
+        `final` (the budget is spent), stalled if the loss did not fall enough."""
         found: list[tuple[int, str]] = []
         if snap.nonfinite_loss_steps + snap.nonfinite_grad_steps > self.cfg.max_skipped_steps:
             kind = NONFINITE_LOSS if snap.first_bad_kind == 1 else NONFINITE_GRAD
@@ -174,13 +194,15 @@ class DivergenceMonitor:
         if snap.first_explosion_step >= 0:
             found.append((snap.first_explosion_step, LOSS_EXPLOSION))
         if not found:
+            if final and not made_progress(snap, self.cfg.min_progress):
+                return Verdict(STALLED, NO_PROGRESS)
             return Verdict(STABLE)
         step, reason = min(found)
         return Verdict(DIVERGED, reason, step)
 
-    def read(self) -> tuple[Snapshot, Verdict]:
+    def read(self, final: bool = False) -> tuple[Snapshot, Verdict]:
         snap = self.snapshot()
-        return snap, self.judge(snap)
+        return snap, self.judge(snap, final)
 
     def state_dict(self) -> dict:
         return {"v": self.v.detach().clone()}

@@ -1,10 +1,11 @@
 """The divergence monitor judges from device flags read once per report."""
 import math
 
+import pytest
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.stability.monitor import DivergenceMonitor
+from stablesweep.stability.monitor import DivergenceMonitor, progress
 
 
 def feed(mon, losses, grads=None):
@@ -18,8 +19,41 @@ def test_finite_decreasing_losses_are_stable():
     feed(mon, [3.0 - 0.01 * i for i in range(50)])
     snap, v = mon.read()
     assert v.verdict == "stable" and v.reason is None and v.first_bad_step == -1
-    assert snap.steps == 50 and snap.initial_loss == 3.0
+    assert snap.steps == 50 and snap.initial_loss == pytest.approx(3.0 - 0.01 * 4.5)  # mean of the first 10
     assert 2.5 < snap.smoothed_loss < 2.7
+    _, final = mon.read(final=True)
+    assert final.verdict == "stable"  # it fell 14%: it trained
+
+
+def test_a_constant_loss_at_the_end_of_the_budget_is_stalled():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [3.0 + 0.05 * math.sin(i) for i in range(60)])  # finite, noisy, flat: lr far too small
+    snap, so_far = mon.read()
+    assert so_far.verdict == "stable"  # stalled is a verdict on a spent budget only
+    _, v = mon.read(final=True)
+    assert (v.verdict, v.reason, v.first_bad_step) == ("stalled", "no_progress", -1)
+    assert abs(progress(snap)) < 0.05
+
+
+def test_a_loss_that_rises_and_stays_finite_is_stalled_not_diverged():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [3.0 + 0.02 * i for i in range(60)])  # +40%, below the 4x explosion rule
+    snap, v = mon.read(final=True)
+    assert v.verdict == "stalled" and progress(snap) < -0.2
+
+
+def test_min_progress_sets_the_bar():
+    losses = [3.0 - 0.005 * i for i in range(60)]  # falls about 9%
+    for bar, verdict in [(0.05, "stable"), (0.2, "stalled"), (0.0, "stable")]:
+        mon = DivergenceMonitor(MonitorConfig(min_progress=bar))
+        feed(mon, losses)
+        assert mon.read(final=True)[1].verdict == verdict, bar
+
+
+def test_divergence_wins_over_a_stall():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [3.0] * 20 + [math.nan] + [3.0] * 20)
+    assert mon.read(final=True)[1].verdict == "diverged"
 
 
 def test_nonfinite_loss_names_its_first_step():
