@@ -23,6 +23,7 @@ from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
 from stablesweep.stability.precision import make_optimizer, make_precision
+from stablesweep.vocab import HISTORY
 
 Report = Callable[[dict, "str | None"], None]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -53,6 +54,7 @@ class TrainResult:
     dropped_samples: int = 0
     max_grad_norm_seen: float = math.nan
     datasets: dict[str, dict[str, float]] = field(default_factory=dict)
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # diverged: (step, loss, grad norm) before the end
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -225,6 +227,7 @@ class Trainer:
         tick, tick_step, samples_per_s = started, self.step, 0.0
         last_ckpt: Path | None = None
         verdict, snap, reports = Verdict("stable"), None, 0
+        history: list[tuple[int, float, float]] = []
         evals: dict[str, dict[str, float]] = {}
         done = self.step >= self.total
         while not done:
@@ -255,6 +258,9 @@ class Trainer:
             if not verdict.diverged and (done or (t.eval_every and reports % t.eval_every == 0)):
                 evals = self.evaluate()
             metrics = self._metrics(snap, verdict, samples_per_s, done, evals, per_ds)
+            if done and verdict.diverged:  # what led there: the last steps, read once
+                history = self.monitor.history()
+                metrics[HISTORY] = history
             self.log(self._progress_line(metrics, per_ds))
             ckpt = None
             if checkpoint_dir is not None and t.checkpoint_every and (reports % t.checkpoint_every == 0 or done):
@@ -278,7 +284,7 @@ class Trainer:
             wall_s=wall, device=str(self.device), precision=t.precision, masking=cfg.masking, lr=t.lr,
             nonfinite_loss_steps=snap.nonfinite_loss_steps, nonfinite_grad_steps=snap.nonfinite_grad_steps,
             overflow_steps=snap.overflow_steps, dropped_samples=self.dropped,
-            max_grad_norm_seen=snap.max_grad_norm, datasets=evals,
+            max_grad_norm_seen=snap.max_grad_norm, datasets=evals, history=history,
         )
 
     def _metrics(self, snap: Snapshot, verdict: Verdict, samples_per_s: float, done: bool,

@@ -42,6 +42,8 @@ OBJECTIVE = "objective"          # finite always: the eval loss, the smoothed lo
 INITIAL_LOSS = "initial_loss"
 TRAIN_FLOPS = "train_flops"
 FINISHED = "finished"            # the training loop's own `done`, renamed (Tune owns `done`)
+PROGRESS = "progress"            # 1 - final smoothed loss / initial loss
+HISTORY = "history"              # diverged, last report only: [(step, loss, grad norm), ...] before the end
 
 # ---- search-space words -----------------------------------------------------------------------
 

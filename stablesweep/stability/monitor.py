@@ -48,10 +48,12 @@ def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
     return loss_bad, norm_bad & ~overflow, overflow
 
 
-def _update(v: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor, scale: torch.Tensor,
-            beta: float, factor: float, min_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the new state vector, the skip flag as 0./1. for the fused optimizer's found_inf) after
-    one step: a pure function, compiled on CUDA."""
+def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor,
+            scale: torch.Tensor, beta: float, factor: float,
+            min_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the new state vector, the new history ring, the skip flag as 0./1. for the fused
+    optimizer's found_inf) after one step: a pure function, compiled on CUDA. The ring [N, 2]
+    keeps the raw loss and gradient norm of the last N steps, step s in row s % N."""
     skip = (~torch.isfinite(loss + gnorm)).float()
     loss = loss.double()
     gnorm = gnorm.double()
@@ -68,6 +70,8 @@ def _update(v: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor, scale: tor
     best = v[_I["best"]]
     exploded = ok & (n > min_steps) & (smoothed > factor * best)
     first_exp = v[_I["first_explosion"]]
+    row = (slots == torch.remainder(step, slots.numel())).unsqueeze(1)
+    ring = torch.where(row, torch.stack([loss, gnorm]).unsqueeze(0), ring)
     return torch.stack([
         step + 1,
         v[_I["loss_bad"]] + loss_bad.double(),
@@ -84,7 +88,7 @@ def _update(v: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor, scale: tor
         v[_I["init_sum"]] + torch.where(ok & (n <= min_steps), loss, 0.0),
         loss,
         gnorm,
-    ]), skip
+    ]), ring, skip
 
 
 _compiled = None
@@ -153,6 +157,9 @@ class DivergenceMonitor:
         self.device = torch.device(device)
         init = [_INITIAL.get(name, 0.0) for name in FIELDS]
         self.v = torch.tensor(init, dtype=torch.float64, device=self.device)
+        n = max(1, cfg.history_steps)
+        self.ring = torch.full((n, 2), math.nan, dtype=torch.float64, device=self.device)
+        self._slots = torch.arange(n, dtype=torch.float64, device=self.device)
         self._one = torch.ones((), device=self.device)
         use_compile = self.device.type == "cuda" if compile is None else compile
         self._fn = _compiled_update() if use_compile else _update
@@ -162,9 +169,18 @@ class DivergenceMonitor:
         """Record one step; returns 1. if its update must be skipped (non-finite loss or gradient
         norm), else 0., as a device tensor for the fused optimizer's `found_inf`."""
         scale = self._one if scale is None else scale
-        self.v, skip = self._fn(self.v, loss.detach(), grad_norm.detach(), scale, self.cfg.smoothing,
-                                self.cfg.explosion_factor, self.cfg.min_steps)
+        self.v, self.ring, skip = self._fn(self.v, self.ring, self._slots, loss.detach(), grad_norm.detach(), scale,
+                                           self.cfg.smoothing, self.cfg.explosion_factor, self.cfg.min_steps)
         return skip
+
+    def history(self) -> list[tuple[int, float, float]]:
+        """(step, loss, gradient norm) of the last `monitor.history_steps` steps, raw (inf and NaN
+        as they were), oldest first: what led to a divergence. One host sync: call it once, at
+        the end of a run, not per step."""
+        steps = int(self.v[_I["steps"]].item())
+        rows = self.ring.tolist()
+        n = len(rows)
+        return [(s, *rows[s % n]) for s in range(max(0, steps - n), steps)]
 
     def state_vector(self) -> torch.Tensor:
         """All flags as one fp64 vector: read it together with other stats in a single sync."""
@@ -205,7 +221,9 @@ class DivergenceMonitor:
         return snap, self.judge(snap, final)
 
     def state_dict(self) -> dict:
-        return {"v": self.v.detach().clone()}
+        return {"v": self.v.detach().clone(), "ring": self.ring.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
         self.v = state["v"].to(self.device, torch.float64).clone()
+        if "ring" in state and state["ring"].shape == self.ring.shape:
+            self.ring = state["ring"].to(self.device, torch.float64).clone()

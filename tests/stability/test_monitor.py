@@ -125,3 +125,25 @@ def test_compiled_update_agrees_with_eager():
     feed(b, losses)
     assert a.read()[1] == b.read()[1]
     torch.testing.assert_close(a.state_vector(), b.state_vector(), equal_nan=True)
+
+
+def test_history_keeps_the_last_steps_at_their_true_steps():
+    mon = DivergenceMonitor(MonitorConfig(history_steps=8))
+    losses = [3.0 - 0.01 * i for i in range(20)] + [50.0, math.inf]
+    feed(mon, losses, grads=[1.0] * 20 + [30.0, math.nan])
+    hist = mon.history()
+    assert [h[0] for h in hist] == list(range(14, 22))
+    assert hist[-2][1:] == (50.0, 30.0) and math.isinf(hist[-1][1]) and math.isnan(hist[-1][2])
+    assert hist[0][1] == pytest.approx(3.0 - 0.14)
+    short = DivergenceMonitor(MonitorConfig(history_steps=8))
+    feed(short, [2.0, 1.0])
+    assert short.history() == [(0, 2.0, 1.0), (1, 1.0, 1.0)]
+
+
+def test_history_survives_a_checkpoint():
+    mon = DivergenceMonitor(MonitorConfig(history_steps=4))
+    feed(mon, [1.0, 2.0, 3.0])
+    other = DivergenceMonitor(MonitorConfig(history_steps=4))
+    other.load_state_dict(mon.state_dict())
+    feed(other, [4.0])
+    assert [h[1] for h in other.history()] == [1.0, 2.0, 3.0, 4.0]
