@@ -7,8 +7,10 @@ Everything goes through an explicit `MlflowClient` with explicit run ids (no flu
 active run), from the driver only.
 
 Reading back (`TrackerReader`, for `stablesweep compare`): the parents by `stablesweep.kind`, their
-trials by `mlflow.parentRunId`, as plain `RunRecord`s; it never creates an experiment or a run
-except the `compare` report run that `log_report` writes.
+trials by `mlflow.parentRunId`, as plain `RunRecord`s (no mlflow type leaves this module); it never
+creates an experiment or a run. The report of `compare` is written back by `Tracker.log_report`,
+as a run of kind `compare`. What MLflow raises while reading or logging a report comes out as
+`TrackingError`, with the store and the step in its message.
 
 The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it in
 `<out>/mlartifacts` (MLflow 3 refuses the plain file store unless told otherwise).
@@ -21,11 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from stablesweep.vocab import DIVERGED, PRUNED, STABLE
+
 DEFAULT_EXPERIMENT = "stablesweep"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "stablesweep.trial_id"
 SWEEP_TAG = "stablesweep.sweep"
-KIND_TAG = "stablesweep.kind"
+KIND_TAG = "stablesweep.kind"  # sweep | ramp (parent runs), trial, compare (a report)
+PARENT_KINDS = ("sweep", "ramp")
+COMPARE_KIND = "compare"
 
 
 def default_tracking_uri(out: str | Path) -> str:
@@ -117,14 +123,10 @@ class Tracker:
     # ---- the sweep (parent) run -----------------------------------------------------------
     def start_sweep(self, name: str, params: dict[str, Any], tags: dict[str, str],
                     texts: dict[str, str] | None = None) -> str:
-        from mlflow.entities import Param
-
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={KIND_TAG: "sweep", SWEEP_TAG: name, **code_version(), **tags})
         run_id = run.info.run_id
-        items = [Param(k[:250], param_value(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+        self._log_params(run_id, params)
         for fname, text in (texts or {}).items():
             self.client.log_text(run_id, text, fname)
         return run_id
@@ -160,12 +162,10 @@ class Tracker:
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
-            from mlflow.entities import Param
-
             run = self.client.create_run(self.experiment_id, run_name=name, tags={
                 PARENT_TAG: parent_id, TRIAL_TAG: trial_id, KIND_TAG: "trial", **(tags or {})})
             run_id = run.info.run_id
-            self.client.log_batch(run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
+            self._log_params(run_id, params)
         self._runs[trial_id] = run_id
         return run_id
 
@@ -186,8 +186,31 @@ class Tracker:
         logged = self.client.get_run(run_id).data.metrics
         self._log(run_id, {k: v for k, v in summary.items() if k not in logged},
                   step=int(summary.get("steps", 0) or 0))  # only what the live reports did not log
-        status = {"stable": "FINISHED", "diverged": "FINISHED", "pruned": "KILLED"}.get(verdict, "FAILED")
+        status = {STABLE: "FINISHED", DIVERGED: "FINISHED", PRUNED: "KILLED"}.get(verdict, "FAILED")
         self.client.set_terminated(run_id, status)
+
+    # ---- the report of `stablesweep compare` -------------------------------------------------
+    def log_report(self, name: str, params: dict[str, Any], tags: dict[str, str], files: Iterable[Path],
+                   metrics: dict[str, float] | None = None, note: str | None = None) -> str:
+        """One finished run of kind `compare` holding a report: its files as artifacts (a
+        directory goes in under its own name), `note` as the run's description in the UI."""
+        all_tags = {KIND_TAG: COMPARE_KIND, **code_version(), **tags}
+        if note:
+            limit = 7000
+            all_tags["mlflow.note.content"] = note if len(note) <= limit else \
+                note[:limit] + "\n\n(truncated: the whole report is the artifact report.md)"
+        with _mlflow_errors(self.uri, "logging the report"):
+            run_id = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags).info.run_id
+            self._log_params(run_id, params)
+            self.end_sweep(run_id, metrics or {}, tags={}, artifacts=files)
+        return run_id
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], param_value(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def _log(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -208,14 +231,11 @@ class Tracker:
                                        max_results=1000)
 
 
-# ---- reading back, for `stablesweep compare` (additive: nothing here writes a sweep's runs) --------
+# ---- reading back, for `stablesweep compare` ------------------------------------------------------
 
-COMPARE_KIND = "compare"
-PARENT_KINDS = ("sweep", "ramp")
-
-
-class TrackingReadError(RuntimeError):
-    """The store could not be read (a wrapped MlflowException or connection error)."""
+class TrackingError(RuntimeError):
+    """The store could not be read or written (a wrapped MlflowException, database or connection
+    error)."""
 
 
 @dataclass
@@ -275,8 +295,8 @@ def probe_store(uri: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-class _reading:
-    """Turns MLflow's exceptions (and a server lost mid-read) into TrackingReadError."""
+class _mlflow_errors:
+    """Turns MLflow's exceptions (and a server lost mid-read) into TrackingError."""
 
     def __init__(self, uri: str, what: str):
         self.uri, self.what = uri, what
@@ -293,7 +313,7 @@ class _reading:
         # requests' errors are OSErrors; a sqlite file that is no MLflow store raises SQLAlchemy's
         if isinstance(exc, (MlflowException, OSError, SQLAlchemyError)):
             msg = str(getattr(exc, "message", None) or exc).strip().splitlines()
-            raise TrackingReadError(f"{self.what} at {self.uri}: {msg[0] if msg else type(exc).__name__}") from exc
+            raise TrackingError(f"{self.what} at {self.uri}: {msg[0] if msg else type(exc).__name__}") from exc
         return False
 
 
@@ -322,20 +342,20 @@ class TrackerReader:
         if self._client is None:
             from mlflow import MlflowClient
 
-            with _reading(self.uri, "opening the MLflow store"):
+            with _mlflow_errors(self.uri, "opening the MLflow store"):
                 self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
     def experiment_id(self) -> str | None:
         """The experiment's id, or None when there is no experiment of that name."""
         if self._experiment_id is None:
-            with _reading(self.uri, f"looking up experiment {self.experiment!r}"):
+            with _mlflow_errors(self.uri, f"looking up experiment {self.experiment!r}"):
                 exp = self.client.get_experiment_by_name(self.experiment)
             self._experiment_id = exp.experiment_id if exp is not None else None
         return self._experiment_id
 
     def experiment_names(self) -> list[str]:
-        with _reading(self.uri, "listing experiments"):
+        with _mlflow_errors(self.uri, "listing experiments"):
             return sorted(e.name for e in self.client.search_experiments())
 
     def parent_runs(self, kinds: Iterable[str] = PARENT_KINDS) -> list[RunRecord]:
@@ -344,7 +364,7 @@ class TrackerReader:
         if eid is None:
             return []
         runs = []
-        with _reading(self.uri, "searching runs"):
+        with _mlflow_errors(self.uri, "searching runs"):
             for kind in kinds:
                 runs += _search_all(self.client, eid, f"tags.`{KIND_TAG}` = '{kind}'")
         return sorted((_record(r) for r in runs), key=lambda r: (r.start_time, r.run_id))
@@ -354,15 +374,14 @@ class TrackerReader:
         eid = self.experiment_id()
         if eid is None:
             return []
-        with _reading(self.uri, f"searching the runs of {parent_id}"):
+        with _mlflow_errors(self.uri, f"searching the runs of {parent_id}"):
             runs = _search_all(self.client, eid, f"tags.`{PARENT_TAG}` = '{parent_id}'")
         return sorted((_record(r) for r in runs), key=lambda r: (r.start_time, r.run_id))
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """A text artifact of a run (e.g. config.yaml), or None when it is not there."""
-        import tempfile
-
         import os
+        import tempfile
 
         bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # no progress bar for a small file
@@ -377,24 +396,3 @@ class TrackerReader:
                 os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
             else:
                 os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
-
-    def log_report(self, name: str, params: dict[str, Any], tags: dict[str, str], files: Iterable[Path],
-                   metrics: dict[str, float] | None = None, note: str | None = None) -> str:
-        """One run of kind `compare` holding a report: its files as artifacts (a directory goes
-        in under its own name), `note` as the run's description in the UI."""
-        tracker = Tracker(self.uri, self.experiment)
-        all_tags = {KIND_TAG: COMPARE_KIND, **code_version(), **tags}
-        if note:
-            limit = 7000
-            all_tags["mlflow.note.content"] = note if len(note) <= limit else \
-                note[:limit] + "\n\n(truncated: the whole report is the artifact report.md)"
-        with _reading(self.uri, "logging the report"):
-            run = tracker.client.create_run(tracker.experiment_id, run_name=name, tags=all_tags)
-            run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            items = [Param(k[:250], param_value(v)[:6000]) for k, v in params.items()]
-            if items:
-                tracker.client.log_batch(run_id, params=items)
-            tracker.end_sweep(run_id, metrics or {}, tags={}, artifacts=files)
-        return run_id

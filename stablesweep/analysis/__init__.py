@@ -1,4 +1,13 @@
-"""Analysis on plain tables of trials (no Ray, no MLflow): the stable region and its figures."""
+"""Analysis of sweeps, in rooms that do one thing (none imports Ray or the sweep engine):
+
+- region.py: the stable region of a plain table of trials (no MLflow), its files;
+- plots.py: the figures, each a plain-data step (`*_data`) and a drawing step (`plot_*`);
+- reading.py: sweeps read back from MLflow (through `stablesweep.tracking`) as plain `SweepData`;
+- comparison.py: sweeps side by side on plain data (no MLflow): a `Comparison`;
+- render.py: a `Comparison` as text, markdown, CSV or HTML;
+- report.py: the comparison's files and figures, and its run in MLflow (through tracking);
+- text.py: how numbers and values read in those tables, labels and ticks.
+"""
 from stablesweep.analysis.region import Group, Region, analyze, lr_sensitivity, write_region
 
 __all__ = ["Group", "Region", "analyze", "lr_sensitivity", "write_region"]

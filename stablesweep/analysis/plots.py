@@ -1,23 +1,231 @@
-"""Figures of the stable region (matplotlib, Agg). Each builds plain data first, then renders.
+"""Figures (matplotlib, Agg), each in two steps as Optuna's visualization: a `*_data` function
+turns a trials table into plain data (a small dataclass: what goes where), a `plot_*` function
+draws that data into a PNG. Tests assert on the data and that the drawing is a valid image.
 
-- `plot_region`: lr (log axis) against gradient clipping, coloured by verdict, a panel per
-  precision x masking: where training is stable and where it blows up.
-- `plot_lr_objective`: lr against the objective; diverged trials marked (at their stand-in,
-  the initial loss), pruned ones hollow.
+- `region_data` / `plot_region`: lr (log axis) against gradient clipping, coloured by verdict, a
+  panel per precision x masking: where training is stable and where it blows up.
+- `objective_data` / `plot_lr_objective`: lr against the objective; diverged trials marked (at
+  their stand-in, the initial loss), pruned ones hollow.
+- `parallel_data` / `plot_parallel`: parallel coordinates, one line a trial, one axis a param
+  (log, linear or categorical), coloured by verdict (the figure of `stablesweep compare`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-COLORS = {"stable": "#2ca02c", "diverged": "#d62728", "pruned": "#7f7f7f", "error": "#000000"}
-MARKERS = {"stable": "o", "diverged": "X", "pruned": "o", "error": "s"}
+from stablesweep.analysis.text import lr_text, num_text, text_order, value_text
+from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, py, short_key
+
+COLORS = {STABLE: "#2ca02c", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
+MARKERS = {STABLE: "o", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
 CLIP_KEY = "training.max_grad_norm"
 PANEL_KEYS = ("training.precision", "loss.masking")
 
+
+# ---- the region: lr against clipping, a panel per precision x masking ----------------------------
+
+@dataclass
+class RegionInfo:
+    panels: dict[str, dict[str, tuple[list[float], list[int]]]]  # title -> verdict -> (lrs, y levels)
+    y_levels: list[str]  # tick labels of the y axis, bottom up
+    y_label: str
+    panel_keys: tuple[str, ...]
+    lr_key: str
+
+
+def region_data(df: pd.DataFrame, lr_key: str = LR_KEY, y_key: str = CLIP_KEY,
+                panel_keys: tuple[str, ...] = PANEL_KEYS) -> RegionInfo:
+    """Each trial with an lr as a point (lr, index of its `y_key` value) in the panel of its
+    `panel_keys` values, grouped by verdict; panels sorted by title."""
+    panel_keys = tuple(k for k in panel_keys if k in df.columns)
+    y_levels = []
+    if y_key in df.columns:
+        y_levels = sorted({_label(v) for v in df[y_key]},
+                          key=lambda s: (s != "none", float(s) if _is_num(s) else math.inf, s))
+    panels: dict[str, dict[str, tuple[list, list]]] = {}
+    for _, r in df.iterrows():
+        if lr_key not in df.columns or py(r[lr_key]) is None:
+            continue
+        title = " / ".join(_label(r[k]) for k in panel_keys) or "all trials"
+        y = y_levels.index(_label(r[y_key])) if y_levels else 0
+        xs, ys = panels.setdefault(title, {}).setdefault(r["verdict"], ([], []))
+        xs.append(float(r[lr_key]))
+        ys.append(y)
+    return RegionInfo(panels=dict(sorted(panels.items())), y_levels=y_levels or [""],
+                      y_label="gradient clip (max_grad_norm)" if y_levels and y_key == CLIP_KEY else y_key,
+                      panel_keys=panel_keys, lr_key=lr_key)
+
+
+def plot_region(info: RegionInfo, path: str | Path) -> Path:
+    plt = _matplotlib()
+    n = max(1, len(info.panels))
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.2 + 0.35 * len(info.y_levels) * rows),
+                             squeeze=False, sharex=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (title, by_verdict) in zip(axes.flat, info.panels.items() or [("no trials", {})]):
+        for verdict, (xs, ys) in by_verdict.items():
+            jitter = [y + 0.12 * ((i % 5) - 2) / 2 for i, y in enumerate(ys)]
+            ax.scatter(xs, jitter, marker=MARKERS.get(verdict, "o"), s=36, alpha=0.85, label=verdict,
+                       **_colour(verdict))
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(info.y_levels)))
+        ax.set_yticklabels(info.y_levels)
+        ax.set_ylim(-0.6, len(info.y_levels) - 0.4)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, which="major", axis="x", alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{info.lr_key} (log)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(info.y_label)
+    handles = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
+    keys = " x ".join(k.rsplit(".", 1)[-1] for k in info.panel_keys)
+    fig.suptitle(f"Verdict by lr and clipping{', a panel per ' + keys if keys else ''}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
+    return _save(plt, fig, path)
+
+
+# ---- lr against the objective ----------------------------------------------------------------------
+
+@dataclass
+class ObjectiveInfo:
+    series: dict[str, tuple[list[float], list[float]]]  # verdict -> (lrs, objectives)
+    lr_key: str
+
+
+def objective_data(df: pd.DataFrame, lr_key: str = LR_KEY) -> ObjectiveInfo:
+    """Each trial with an lr and a finite objective as a point, grouped by verdict."""
+    out: dict[str, tuple[list, list]] = {}
+    if lr_key in df.columns:
+        for _, r in df.iterrows():
+            lr, obj = py(r[lr_key]), py(r.get("objective"))
+            if lr is None or obj is None or not math.isfinite(float(obj)):
+                continue
+            xs, ys = out.setdefault(r["verdict"], ([], []))
+            xs.append(float(lr))
+            ys.append(float(obj))
+    return ObjectiveInfo(series=out, lr_key=lr_key)
+
+
+def plot_lr_objective(info: ObjectiveInfo, path: str | Path) -> Path:
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    labels = {STABLE: "stable (final objective)", DIVERGED: "diverged (initial loss, stand-in)",
+              PRUNED: "pruned (objective when stopped)", ERROR: "error"}
+    for verdict in (STABLE, PRUNED, DIVERGED, ERROR):
+        if verdict not in info.series:
+            continue
+        xs, ys = info.series[verdict]
+        ax.scatter(xs, ys, marker=MARKERS[verdict], s=40 if verdict == DIVERGED else 30,
+                   alpha=0.85, label=labels[verdict], **_colour(verdict))
+    if DIVERGED in info.series:
+        ax.axvline(min(info.series[DIVERGED][0]), color=COLORS[DIVERGED], ls="--", lw=0.8,
+                   label="smallest diverged lr")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{info.lr_key} (log)")
+    ax.set_ylabel("objective (lower is better)")
+    ax.set_title("lr against objective")
+    ax.grid(True, alpha=0.3)
+    if info.series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+# ---- parallel coordinates ----------------------------------------------------------------------------
+
+@dataclass
+class ParallelAxis:
+    key: str
+    kind: str  # log | linear | categorical
+    ticks: list[tuple[float, str]]  # (position in [0, 1], label)
+
+
+@dataclass
+class ParallelInfo:
+    axes: list[ParallelAxis]
+    lines: list[tuple[str, list[float | None]]]  # one a trial: (verdict, its position on each axis)
+
+
+def parallel_data(table: pd.DataFrame, keys: list[str], lr_key: str | None = LR_KEY) -> ParallelInfo:
+    """Per axis (a column of `keys` that `table` has) its kind and tick labels, and each trial's
+    position on it in [0, 1] (None: no value). lr and the objective are numeric axes, as is any
+    numeric column with more than 6 values (log when it spans 100x or more); the rest categorical,
+    its levels in value order."""
+    axes, positions = [], []
+    for k in keys:
+        if k not in table.columns:
+            continue
+        vals = [py(v) for v in table[k]]
+        present = [v for v in vals if v is not None]
+        nums = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if nums and len(nums) == len(present) and (k in (lr_key, "objective") or len(set(nums)) > 6):
+            lo, hi = min(nums), max(nums)
+            log = lo > 0 and hi / lo >= 100
+            f = math.log10 if log else (lambda x: x)
+            a, b = f(lo), f(hi)
+            pos = [None if v is None else (0.5 if b == a else (f(v) - a) / (b - a)) for v in vals]
+            shown = sorted(set(nums)) if len(set(nums)) <= 6 else [lo, hi]
+            fmt = lr_text if log or k == lr_key else num_text
+            axes.append(ParallelAxis(k, "log" if log else "linear",
+                                     [(0.5 if b == a else (f(v) - a) / (b - a), fmt(v)) for v in shown]))
+        else:
+            levels = sorted({value_text(v) for v in vals}, key=text_order)
+            n = len(levels)
+            where = {lv: (0.5 if n == 1 else i / (n - 1)) for i, lv in enumerate(levels)}
+            pos = [where[value_text(v)] for v in vals]
+            axes.append(ParallelAxis(k, "categorical", [(where[lv], lv) for lv in levels]))
+        positions.append(pos)
+    lines = [(str(v), [p[i] for p in positions]) for i, v in enumerate(table["verdict"])]
+    return ParallelInfo(axes=axes, lines=lines)
+
+
+def plot_parallel(info: ParallelInfo, path: str | Path, title: str = "Stable vs diverged trials") -> Path:
+    plt = _matplotlib()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.7 * max(2, len(info.axes))), 4.2))
+    order = {PRUNED: 0, STABLE: 2, DIVERGED: 3}  # drawn last: on top
+    seen = set()
+    for verdict, ys in sorted(info.lines, key=lambda line: order.get(line[0], 1)):
+        pts = [(i, y) for i, y in enumerate(ys) if y is not None]
+        if not pts:
+            continue
+        faded = verdict not in (STABLE, DIVERGED)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=COLORS.get(verdict, "#1f77b4"),
+                alpha=0.35 if faded else 0.75, lw=1.6, ls="--" if verdict == PRUNED else "-",
+                label=None if verdict in seen else verdict, marker="o", ms=3)
+        seen.add(verdict)
+    for i, a in enumerate(info.axes):
+        ax.axvline(i, color="#444", lw=0.8)
+        for y, text in a.ticks:
+            ax.text(i + 0.04, y, text, fontsize=7, va="center", ha="left", color="#222",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.7})
+    ax.set_xticks(range(len(info.axes)))
+    ax.set_xticklabels([short_key(a.key) + (" (log)" if a.kind == "log" else "") for a in info.axes], fontsize=8)
+    ax.set_yticks([])
+    ax.set_xlim(-0.2, len(info.axes) - 0.5)
+    ax.set_ylim(-0.08, 1.08)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if seen:
+        ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 1.15), ncol=len(seen), frameon=False)
+    ax.set_title(title, fontsize=10, loc="left")
+    fig.tight_layout()
+    return _save(plt, fig, path)
+
+
+# ---- small helpers ---------------------------------------------------------------------------------
 
 def _matplotlib():
     import matplotlib
@@ -28,117 +236,7 @@ def _matplotlib():
     return plt
 
 
-def _val(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v.item() if hasattr(v, "item") else v
-
-
-def _label(v: Any) -> str:
-    v = _val(v)
-    return "none" if v is None else str(v)
-
-
-def region_data(df: pd.DataFrame, lr_key: str = "training.lr", y_key: str = CLIP_KEY,
-                panel_keys: tuple[str, ...] = PANEL_KEYS) -> dict:
-    """Plain data for `plot_region`: panels -> verdict -> (lrs, y positions); y tick labels."""
-    panel_keys = tuple(k for k in panel_keys if k in df.columns)
-    y_levels = []
-    if y_key in df.columns:
-        y_levels = sorted({_label(v) for v in df[y_key]},
-                          key=lambda s: (s != "none", float(s) if _is_num(s) else math.inf, s))
-    panels: dict[str, dict[str, tuple[list, list]]] = {}
-    for _, r in df.iterrows():
-        if lr_key not in df.columns or _val(r[lr_key]) is None:
-            continue
-        title = " / ".join(_label(r[k]) for k in panel_keys) or "all trials"
-        y = y_levels.index(_label(r[y_key])) if y_levels else 0
-        xs, ys = panels.setdefault(title, {}).setdefault(r["verdict"], ([], []))
-        xs.append(float(r[lr_key]))
-        ys.append(y)
-    return {"panels": dict(sorted(panels.items())), "y_levels": y_levels or [""],
-            "y_label": "gradient clip (max_grad_norm)" if y_levels and y_key == CLIP_KEY else y_key,
-            "panel_keys": panel_keys, "lr_key": lr_key}
-
-
-def plot_region(df: pd.DataFrame, path: str | Path, lr_key: str = "training.lr", y_key: str = CLIP_KEY,
-                panel_keys: tuple[str, ...] = PANEL_KEYS) -> Path:
-    data = region_data(df, lr_key, y_key, panel_keys)
-    plt = _matplotlib()
-    n = max(1, len(data["panels"]))
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.2 + 0.35 * len(data["y_levels"]) * rows),
-                             squeeze=False, sharex=True)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, (title, by_verdict) in zip(axes.flat, data["panels"].items() or [("no trials", {})]):
-        for verdict, (xs, ys) in by_verdict.items():
-            jitter = [y + 0.12 * ((i % 5) - 2) / 2 for i, y in enumerate(ys)]
-            ax.scatter(xs, jitter, marker=MARKERS.get(verdict, "o"), s=36, alpha=0.85, label=verdict,
-                       **_colour(verdict))
-        ax.set_xscale("log")
-        ax.set_yticks(range(len(data["y_levels"])))
-        ax.set_yticklabels(data["y_levels"])
-        ax.set_ylim(-0.6, len(data["y_levels"]) - 0.4)
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, which="major", axis="x", alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel(f"{lr_key} (log)")
-    for ax in axes[:, 0]:
-        ax.set_ylabel(data["y_label"])
-    handles = {}
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(lab, h)
-    if handles:
-        fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
-    keys = " x ".join(k.rsplit(".", 1)[-1] for k in data["panel_keys"])
-    fig.suptitle(f"Verdict by lr and clipping{', a panel per ' + keys if keys else ''}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def objective_data(df: pd.DataFrame, lr_key: str = "training.lr") -> dict:
-    out: dict[str, tuple[list, list]] = {}
-    if lr_key not in df.columns:
-        return {"series": out, "lr_key": lr_key}
-    for _, r in df.iterrows():
-        lr, obj = _val(r[lr_key]), _val(r.get("objective"))
-        if lr is None or obj is None or not math.isfinite(float(obj)):
-            continue
-        xs, ys = out.setdefault(r["verdict"], ([], []))
-        xs.append(float(lr))
-        ys.append(float(obj))
-    return {"series": out, "lr_key": lr_key}
-
-
-def plot_lr_objective(df: pd.DataFrame, path: str | Path, lr_key: str = "training.lr") -> Path:
-    data = objective_data(df, lr_key)
-    plt = _matplotlib()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    labels = {"stable": "stable (final objective)", "diverged": "diverged (initial loss, stand-in)",
-              "pruned": "pruned (objective when stopped)", "error": "error"}
-    for verdict in ("stable", "pruned", "diverged", "error"):
-        if verdict not in data["series"]:
-            continue
-        xs, ys = data["series"][verdict]
-        ax.scatter(xs, ys, marker=MARKERS[verdict], s=40 if verdict == "diverged" else 30,
-                   alpha=0.85, label=labels[verdict], **_colour(verdict))
-    if "diverged" in data["series"]:
-        ax.axvline(min(data["series"]["diverged"][0]), color=COLORS["diverged"], ls="--", lw=0.8,
-                   label="smallest diverged lr")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{lr_key} (log)")
-    ax.set_ylabel("objective (lower is better)")
-    ax.set_title("lr against objective")
-    ax.grid(True, alpha=0.3)
-    if data["series"]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+def _save(plt, fig, path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -147,7 +245,12 @@ def plot_lr_objective(df: pd.DataFrame, path: str | Path, lr_key: str = "trainin
 
 def _colour(verdict: str) -> dict:
     c = COLORS.get(verdict, "#1f77b4")
-    return {"facecolors": "none", "edgecolors": c} if verdict == "pruned" else {"color": c}
+    return {"facecolors": "none", "edgecolors": c} if verdict == PRUNED else {"color": c}
+
+
+def _label(v: Any) -> str:
+    v = py(v)
+    return "none" if v is None else str(v)
 
 
 def _is_num(s: str) -> bool:

@@ -26,11 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
 import yaml
 
-from stablesweep.vocab import (DIVERGED, ERROR, LR_KEY, PRUNED, SAFETY, STABLE, VERDICTS, finite, format_value,
-                               jsonable, py, recommended_lr, short_key)
+from stablesweep.vocab import (
+    DIVERGED,
+    ERROR,
+    LR_KEY,
+    PRUNED,
+    SAFETY,
+    STABLE,
+    VERDICTS,
+    finite,
+    format_value,
+    jsonable,
+    py,
+    recommended_lr,
+    short_key,
+)
 
 
 @dataclass
@@ -391,13 +403,13 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
     files["trials"] = out / "trials.csv"
     df.to_csv(files["trials"], index=False)
     if figures:
-        from stablesweep.analysis.plots import plot_lr_objective, plot_region
+        from stablesweep.analysis.plots import objective_data, plot_lr_objective, plot_region, region_data
 
         fig_dir = out / "figures"
         fig_dir.mkdir(exist_ok=True)
-        files["figure_region"] = plot_region(df, fig_dir / "region_lr_clip.png", lr_key=region.lr_key or LR_KEY)
-        files["figure_objective"] = plot_lr_objective(df, fig_dir / "lr_objective.png",
-                                                      lr_key=region.lr_key or LR_KEY)
+        lr_key = region.lr_key or LR_KEY
+        files["figure_region"] = plot_region(region_data(df, lr_key), fig_dir / "region_lr_clip.png")
+        files["figure_objective"] = plot_lr_objective(objective_data(df, lr_key), fig_dir / "lr_objective.png")
     if base is not None:
         rec = recommended_config(region, base)
         if rec is not None:

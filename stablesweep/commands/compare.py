@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from stablesweep.vocab import InputError
+
 DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
 
 EPILOG = """\
@@ -85,8 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_uri(uri: str | None) -> str:
-    from stablesweep.analysis.compare import InputError
-
     if uri:
         return uri
     if DEFAULT_STORE.is_file():
@@ -97,7 +97,11 @@ def resolve_uri(uri: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stablesweep.analysis.compare import InputError, compare, log_report, read_sweeps, write_report
+    from stablesweep.analysis.comparison import compare
+    from stablesweep.analysis.reading import read_sweeps
+    from stablesweep.analysis.render import render
+    from stablesweep.analysis.report import figure_names, log_report, write_report
+    from stablesweep.tracking import DEFAULT_EXPERIMENT
 
     if args.top is not None and args.top < 1:
         raise InputError(f"--top {args.top}: expected 1 or more")
@@ -111,13 +115,12 @@ def run(args: argparse.Namespace) -> int:
     sweeps = read_sweeps(uri, args.experiment, args.sweeps, timeout=args.timeout, notes=notes)
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
-    experiment = args.experiment or "stablesweep"
+    experiment = args.experiment or DEFAULT_EXPERIMENT
     cmp = compare(sweeps, only=args.only, top=args.top, by=args.by, source=f"{uri} (experiment {experiment})")
     out = Path(args.out or f"runs/compare/compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     files = write_report(cmp, sweeps, out, figures=args.figures)
-    figs = [str(p.relative_to(out)) for k, p in files.items() if k.startswith("figure_")]
-    figs.sort(key=lambda n: (not n.endswith("parallel.png"), n))
-    text = cmp.render(args.format, figs)
+    figs = figure_names(files, out)
+    text = render(cmp, args.format, figs)
     sys.stdout.write(text)
     sys.stdout.flush()
     print(f"\nfiles in {out}: " + ", ".join(sorted({p.name for k, p in files.items() if not k.startswith('figure_')}))

@@ -11,24 +11,10 @@ import yaml
 
 from stablesweep.analysis.region import analyze, lr_sensitivity, recommended_config, write_region
 from stablesweep.config import load_config
+from tests.analysis.tables import GROUPS, KEYS, trial
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
-
-
-def trial(i, lr, verdict, objective=None, initial=3.0, clip=1.0, precision="fp32", masking="slice", steps=100):
-    if objective is None:
-        objective = initial if verdict == "diverged" else 1.0
-    return {"trial_id": f"t{i:02d}", "training.lr": lr, "training.max_grad_norm": clip,
-            "training.precision": precision, "loss.masking": masking, "verdict": verdict,
-            "reason": "nonfinite_loss" if verdict == "diverged" else None,
-            "first_bad_step": 40 if verdict == "diverged" else -1,
-            "steps": 50 if verdict in ("diverged", "pruned") else steps, "budget_steps": steps,
-            "objective": objective, "initial_loss": initial}
-
-
-KEYS = ["training.lr", "training.max_grad_norm", "training.precision", "loss.masking"]
-GROUPS = ["training.max_grad_norm", "training.precision", "loss.masking"]
 
 
 @pytest.fixture
@@ -153,4 +139,12 @@ def test_empty_table():
     df = pd.DataFrame(columns=["trial_id", "training.lr", "verdict", "objective", "initial_loss", "steps"])
     r = analyze(df, param_keys=["training.lr"])
     assert r.counts == {"stable": 0, "diverged": 0, "pruned": 0, "error": 0}
-    assert r.best is None and r.to_text()
+    assert r.best is None and r.recommended is None and r.budget_steps is None
+    # no categorical axis: one group of all (no) trials, its row all zeros and dashes
+    (g,) = r.groups
+    assert g.label == "all" and sum(g.counts.values()) == 0 and g.max_stable_lr is None
+    assert r.to_text().splitlines()[1].split() == ["0", "0", "0", "0", "-", "-", "-", "-", "-"]
+    # with a categorical axis: no group at all
+    df["loss.masking"] = pd.Series(dtype=object)
+    r = analyze(df, group_keys=["loss.masking"], param_keys=["training.lr", "loss.masking"])
+    assert r.groups == [] and r.to_text() == "(no trials)"

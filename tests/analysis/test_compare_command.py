@@ -1,10 +1,10 @@
-"""`stablesweep compare` against a real `mlflow server` (sqlite backend, 127.0.0.1, a free port)
-holding two real sweeps (real Ray, Optuna and training loop on the demo config, CPU), plus the
-comparison logic on hand-built tables. No mocks."""
+"""`stablesweep compare` end to end, against a real `mlflow server` (sqlite backend, 127.0.0.1, a
+free port) holding two real sweeps (real Ray, Optuna and training loop on the demo config, CPU):
+read back, compared, rendered, logged. No mocks. The parts on their own, faster: test_reading,
+test_comparison, test_render, test_report, test_plots."""
 from __future__ import annotations
 
 import io
-import math
 import subprocess
 import sys
 import time
@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stablesweep.analysis.compare import SweepData, compare, parse_param, read_sweeps
+from stablesweep.analysis.comparison import compare
+from stablesweep.analysis.reading import read_sweeps
+from stablesweep.analysis.render import to_text
 from stablesweep.cli import main
 from stablesweep.sweep.runner import SweepOptions, run_sweep
 from stablesweep.tracking import TrackerReader
@@ -107,7 +109,7 @@ def test_stable_configs_ranked_side_by_side(data):
     assert set(cmp.varying) == {"training.lr", "loss.masking"}
     best = t.iloc[0]
     for _, r in t.iterrows():
-        assert set(r["_differs"]) == {k for k in ("training.lr", "loss.masking")
+        assert set(r["differs_from_best"]) == {k for k in ("training.lr", "loss.masking")
                                       if str(r[k]) != str(best[k])}
     # per sweep: verdict counts, LR sensitivity; per setting: the bracket of the boundary
     s = {x.label: x for x in cmp.sweeps}
@@ -134,8 +136,8 @@ def test_settings_that_changed_verdict(data):
     assert not tr.config_diff  # same base config
     back = {c.label: c.change for c in compare(list(reversed(data))).transitions[0].settings}
     assert back == {"masking=slice": "less stable", "masking=large_negative": "only in wide"}
-    assert "low -> wide" in compare(list(reversed(data))).to_text()
-    assert "wide -> low: became stable: masking=slice" in compare(data).to_text()
+    assert "low -> wide" in to_text(compare(list(reversed(data))))
+    assert "wide -> low: became stable: masking=slice" in to_text(compare(data))
 
 
 # ---- the command, in this process (fast) and as a subprocess (exit status) -----------------------
@@ -211,48 +213,3 @@ def test_missing_default_store_says_which_uri_was_tried(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "no MLflow store at sqlite:///runs/sweeps/mlflow.db" in p.stderr and "pass --mlflow URI" in p.stderr
     assert not (tmp_path / "runs").exists()  # no empty store created
-
-
-# ---- the comparison on hand-built tables (no server) ---------------------------------------------
-
-def _sweep(name: str, rows: list[tuple], config: dict, axes: list[str], categorical: list[str]) -> SweepData:
-    recs = []
-    for i, (lr, verdict, *rest) in enumerate(rows):
-        rec = {"trial_id": f"{name}{i}", "run_id": f"{name}-run{i}", "name": f"lr={lr:.1e}", "training.lr": lr,
-               "verdict": verdict, "reason": "nonfinite_loss" if verdict == "diverged" else None,
-               "first_bad_step": 5 if verdict == "diverged" else -1, "budget_steps": 100,
-               "objective": 3.0 if verdict == "diverged" else 1.0 + lr, "initial_loss": 3.0, "steps": 100}
-        rec.update(dict(zip(axes[1:], rest)))
-        recs.append(rec)
-    return SweepData(name=name, run_id=f"{name}-parent", trials=pd.DataFrame(recs), axes=axes,
-                     categorical=categorical, config=config)
-
-
-def test_unswept_keys_come_from_each_config_and_verdict_changes_are_named():
-    base = {"training.lr": 1e-3, "training.max_grad_norm": 1.0, "loss.masking": "slice", "training.steps": 100}
-    # a: masking swept, clipping fixed at 1.0; b: clipping swept, masking fixed at slice
-    a = _sweep("a", [(1e-3, "stable", "slice"), (1e-2, "stable", "slice"),
-                     (1e-3, "stable", "neg_inf"), (1e-2, "diverged", "neg_inf")],
-               base, ["training.lr", "loss.masking"], ["loss.masking"])
-    b = _sweep("b", [(1e-3, "diverged", 1.0), (1e-2, "diverged", 1.0), (1e-3, "stable", None)],
-               {**base, "training.steps": 200}, ["training.lr", "training.max_grad_norm"], ["training.max_grad_norm"])
-    cmp = compare([a, b])
-    assert cmp.setting_keys == ["loss.masking", "training.max_grad_norm"]
-    (tr,) = cmp.transitions
-    change = {c.label: c.change for c in tr.settings}
-    assert change == {"masking=slice clip=1.0": "became unstable", "masking=neg_inf clip=1.0": "only in a",
-                      "masking=slice clip=none": "only in b"}
-    assert tr.config_diff == {"training.steps": (100, 200)}
-    assert cmp.config_keys == ["training.steps"]
-    rows = cmp.configs
-    assert rows.loc[rows["sweep"] == "a", "training.max_grad_norm"].eq(1.0).all()  # filled from a's config
-    a_neg = rows[(rows["sweep"] == "a") & (rows["loss.masking"] == "neg_inf") & (rows["training.lr"] == 1e-3)]
-    assert a_neg["margin"].iloc[0] == pytest.approx(0.1)
-    for fmt in ("table", "md", "csv", "html"):
-        assert cmp.render(fmt)
-
-
-def test_params_parse_back_from_mlflow_strings():
-    assert [parse_param(s) for s in ("null", "true", "false", "3", "0.001", "1e-05", "1000.0", "slice")] == \
-        [None, True, False, 3, 0.001, 1e-05, 1000.0, "slice"]
-    assert math.isinf(parse_param("inf"))

@@ -1,0 +1,227 @@
+"""A `Comparison` as text: a terminal table, markdown, CSV or an HTML page (figures named by their
+paths relative to the report, embedded by `<img>`). Strings only: `analysis.report` writes them."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Callable, Iterable
+
+from stablesweep.analysis.comparison import UNFINISHED, Comparison
+from stablesweep.analysis.text import lr_text, num_text, value_text
+from stablesweep.vocab import DIVERGED, VERDICTS, InputError, finite, py, short_key
+
+FORMATS = ("table", "md", "csv", "html")
+
+
+def render(cmp: Comparison, fmt: str, figures: Iterable[str] = ()) -> str:
+    """`cmp` in one of FORMATS (figures: md and html only)."""
+    if fmt == "table":
+        return to_text(cmp)
+    if fmt == "md":
+        return to_markdown(cmp, figures)
+    if fmt == "csv":
+        return to_csv(cmp)
+    if fmt == "html":
+        return to_html(cmp, figures)
+    raise InputError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+
+
+def to_text(cmp: Comparison) -> str:
+    out = [f"Compare: {len(cmp.sweeps)} sweep(s)" + (f" from {cmp.source}" if cmp.source else ""), ""]
+    out += ["  " + ln for ln in _header_lines(cmp)]
+    out += ["", "Per sweep and setting (the boundary lies between max stable lr and min diverged lr):", ""]
+    out.append(_indent(_text_table(*_settings_cells(cmp))))
+    out += ["", f"Configurations: {_ranking_line(cmp)}. `*` after a value: differs from the first row; "
+                "after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
+                "setting.", ""]
+    head, rows = _configs_cells(cmp, lambda s: s + "*")
+    out.append(_indent(_text_table(head, rows)) if rows else "  (no trials)")
+    for t in cmp.transitions:
+        out += ["", f"Changes {t.before} -> {t.after}:"]
+        if t.config_diff:
+            out.append("  base configs differ in: " + "; ".join(
+                f"{k}: {value_text(a)} -> {value_text(b)}" for k, (a, b) in t.config_diff.items()))
+        for c in t.settings:
+            line = f"  {c.label}: {c.change}"
+            if c.before and c.after:
+                line += f"  [{c.before.describe()} -> {c.after.describe()}]"
+            if c.note:
+                line += f"  note: {c.note}"
+            out.append(line)
+        out.append("  " + t.summary())
+    return "\n".join(out) + "\n"
+
+
+def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
+    out = ["# Sweep comparison", ""]
+    if cmp.source:
+        out += [f"Read from {cmp.source}.", ""]
+    out += ["## Sweeps", ""]
+    out += [f"- **{ln.split(' ', 1)[0]}** {ln.split(' ', 1)[1]}" for ln in _header_lines(cmp)]
+    out += ["", "Every verdict holds for the sweep's step budget: a run stable for that many steps may still "
+                "diverge later.", "", "## Per sweep and setting", ""]
+    out += _md_table(*_settings_cells(cmp))
+    ranking = _ranking_line(cmp)
+    out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
+                "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
+                "a diverged trial counts as its initial loss.", "",
+            "## Configurations", "",
+            f"{ranking[0].upper()}{ranking[1:]}. **Bold**: differs from the first row; "
+            "`*` after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
+            "setting (blank: nothing diverged there).", ""]
+    head, rows = _configs_cells(cmp, lambda s: f"**{s}**")
+    out += _md_table(head, rows) if rows else ["(no trials)"]
+    for t in cmp.transitions:
+        out += ["", f"## Changes {t.before} -> {t.after}", ""]
+        if t.config_diff:
+            out += ["Base configs differ in: " + "; ".join(f"`{k}`: {value_text(a)} -> {value_text(b)}"
+                                                           for k, (a, b) in t.config_diff.items()), ""]
+        rows = [[c.label, f"**{c.change}**" if c.change.startswith("became") else c.change,
+                 c.before.describe() if c.before else "-", c.after.describe() if c.after else "-", c.note]
+                for c in t.settings]
+        out += _md_table(["setting", "change", t.before, t.after, "note"], rows)
+        out += ["", t.summary()]
+    figs = list(figures)
+    if figs:
+        out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs]
+    return "\n".join(out) + "\n"
+
+
+def to_html(cmp: Comparison, figures: Iterable[str] = ()) -> str:
+    esc = html.escape
+
+    def table(head: list[str], rows: list[list]) -> str:
+        """A cell is a string, or (text, highlighted)."""
+        th = "".join(f"<th>{esc(h)}</th>" for h in head)
+        body = []
+        for cells in rows:
+            tds = []
+            for c in cells:
+                text, hi = c if isinstance(c, tuple) else (str(c), False)
+                tds.append(f'<td class="diff"><b>{esc(text)}</b></td>' if hi else f"<td>{esc(text)}</td>")
+            body.append("<tr>" + "".join(tds) + "</tr>")
+        return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+
+    marker = "\x00"
+    head, rows = _configs_cells(cmp, lambda s: marker + s)
+    rows = [[(c[1:], True) if c.startswith(marker) else c for c in r] for r in rows]
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Sweep comparison</title>',
+             "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
+             "th,td{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left}"
+             "th{background:#f3f3f3}td.diff{background:#fff3b0}img{max-width:100%}</style></head><body>",
+             "<h1>Sweep comparison</h1>"]
+    if cmp.source:
+        parts.append(f"<p>Read from {esc(cmp.source)}.</p>")
+    parts.append("<h2>Sweeps</h2>")
+    st = cmp.sweeps_table()
+    parts.append(table(list(st.columns), [[value_text(v) for v in r] for r in st.itertuples(index=False)]))
+    parts.append("<h2>Per sweep and setting</h2>")
+    parts.append(table(*_settings_cells(cmp)))
+    parts.append(f"<h2>Configurations</h2><p>{esc(_ranking_line(cmp))}. Highlighted: differs from the first "
+                 "row; <code>*</code> after a column name: differs among the rows. margin = lr / smallest "
+                 "diverged lr of its setting.</p>")
+    parts.append(table(head, rows))
+    for t in cmp.transitions:
+        parts.append(f"<h2>Changes {esc(t.before)} &rarr; {esc(t.after)}</h2>")
+        if t.config_diff:
+            parts.append("<p>Base configs differ in: " + esc("; ".join(
+                f"{k}: {value_text(a)} -> {value_text(b)}" for k, (a, b) in t.config_diff.items())) + "</p>")
+        parts.append(table(["setting", "change", t.before, t.after, "note"],
+                           [[c.label, (c.change, c.change.startswith("became")),
+                             c.before.describe() if c.before else "-", c.after.describe() if c.after else "-",
+                             c.note] for c in t.settings]))
+        parts.append(f"<p>{esc(t.summary())}</p>")
+    figs = list(figures)
+    if figs:
+        parts.append("<h2>Figures</h2>")
+        parts += [f'<p><img src="{esc(f)}" alt="{esc(Path(f).stem)}"></p>' for f in figs]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(cmp: Comparison) -> str:
+    return cmp.configs_csv().to_csv(index=False)
+
+
+# ---- the parts the formats share ------------------------------------------------------------------
+
+def _header_lines(cmp: Comparison) -> list[str]:
+    lines = []
+    for s in cmp.sweeps:
+        c = s.counts
+        lines.append(f"{s.label} ({s.kind}, run {s.run_id}): {s.trials} trials, budget {s.budget_steps or '?'} "
+                     f"steps: " + ", ".join(f"{v} {c.get(v, 0)}" for v in VERDICTS)
+                     + (f", unfinished {c[UNFINISHED]}" if c.get(UNFINISHED) else "")
+                     + f"; best objective {num_text(s.best_objective)}, lr sensitivity {num_text(s.lr_sensitivity)}")
+    return lines
+
+
+def _ranking_line(cmp: Comparison) -> str:
+    what = f"{cmp.only} trials" if cmp.only else "trials (stable first)"
+    by = "objective (lower first)" if cmp.by == "objective" else \
+        "lr margin (lr / smallest diverged lr of its setting; most headroom first)"
+    top = f", top {cmp.top}" if cmp.top else ""
+    return f"{what}, ranked by {by}{top}"
+
+
+def _settings_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
+    t = cmp.settings_table()
+    head = ["sweep", *[short_key(k) for k in cmp.setting_keys], *VERDICTS, "max stable lr", "min diverged lr",
+            "lr sensitivity", "best objective"]
+    rows = []
+    for _, r in t.iterrows():
+        rows.append([str(r["sweep"]), *[value_text(r[k]) for k in cmp.setting_keys],
+                     *[str(int(r[v])) for v in VERDICTS], lr_text(r["max_stable_lr"]), lr_text(r["min_diverged_lr"]),
+                     num_text(r["lr_sensitivity"]), num_text(r["best_objective"])])
+    return head, rows
+
+
+def _configs_cells(cmp: Comparison, mark: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the configs table; `mark(text)` highlights a cell that differs from the
+    best row; a column whose values vary among the rows gets ` *` in its header."""
+    diff = cmp.diff_columns()
+    cols = ["rank", "sweep", "verdict", "objective", *([cmp.lr_key] if cmp.lr_key else []), "margin",
+            *[k for k in diff if k != cmp.lr_key], "steps", "run"]
+    head = [(short_key(c) if c in diff else c) + (" *" if c in cmp.varying else "") for c in cols]
+    rows = []
+    for _, r in cmp.configs.iterrows():
+        cells = []
+        for c in cols:
+            if c == "run":
+                text = str(r["name"])
+            elif c == "verdict":
+                reason = py(r.get("reason"))
+                text = str(r["verdict"]) + (f" ({reason})" if r["verdict"] == DIVERGED and reason else "")
+            elif c == "objective":
+                text = num_text(r[c])
+            elif c in ("margin", cmp.lr_key):
+                text = lr_text(r[c])
+            elif c == "steps":
+                steps, budget = finite(r.get("steps")), finite(r.get("budget_steps"))
+                text = "-" if steps is None else f"{int(steps)}" + (f"/{int(budget)}" if budget else "")
+            else:
+                text = value_text(r[c])
+            if c in r["differs_from_best"]:
+                text = mark(text)
+            cells.append(text)
+        rows.append(cells)
+    return head, rows
+
+
+def _indent(text: str, n: int = 2) -> str:
+    return "\n".join(" " * n + ln for ln in text.splitlines())
+
+
+def _text_table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)] + \
+        ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]

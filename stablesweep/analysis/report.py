@@ -1,0 +1,106 @@
+"""The report of `stablesweep compare` as files (`write_report`: every format, the tables, the JSON
+and the figures) and as a run of kind `compare` in MLflow (`log_report`, through
+`stablesweep.tracking`)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from stablesweep.analysis import render
+from stablesweep.analysis.comparison import Comparison, SweepData
+from stablesweep.analysis.plots import CLIP_KEY, PANEL_KEYS, parallel_data, plot_parallel, plot_region, region_data
+from stablesweep.tracking import DEFAULT_EXPERIMENT, Tracker, TrackingError
+from stablesweep.vocab import LR_KEY, STABLE, VERDICTS, InputError
+
+
+def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, figures: bool = True
+                 ) -> dict[str, Path]:
+    """report.{txt,md,html}, configs.csv, settings.csv, changes.csv, compare.json and figures/:
+    parallel.png (all trials of all sweeps, stable vs diverged) and region_<sweep>.png (the
+    sweep's region panels, as `stablesweep sweep` draws them)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    if figures:
+        files.update(_figures(cmp, sweeps, out / "figures"))
+    figs = figure_names(files, out)
+    for key, name, text in (("txt", "report.txt", render.to_text(cmp)),
+                            ("md", "report.md", render.to_markdown(cmp, figs)),
+                            ("html", "report.html", render.to_html(cmp, figs)),
+                            ("csv", "configs.csv", render.to_csv(cmp))):
+        files[key] = out / name
+        files[key].write_text(text)
+    files["settings"] = out / "settings.csv"
+    cmp.settings_table().to_csv(files["settings"], index=False)
+    files["changes"] = out / "changes.csv"
+    cmp.changes_table().to_csv(files["changes"], index=False)
+    files["json"] = out / "compare.json"
+    files["json"].write_text(json.dumps(cmp.to_dict(), indent=2, default=str) + "\n")
+    return files
+
+
+def figure_names(files: dict[str, Path], out: str | Path) -> list[str]:
+    """The figures among `files`, as paths relative to `out`: the parallel coordinates first."""
+    names = [str(p.relative_to(out)) for k, p in files.items() if k.startswith("figure_")]
+    return sorted(names, key=lambda n: (not n.endswith("parallel.png"), n))
+
+
+def _figures(cmp: Comparison, sweeps: list[SweepData], fig_dir: Path) -> dict[str, Path]:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    every = []
+    for s in sweeps:
+        t = s.trials.copy()
+        for k in (*cmp.param_keys, CLIP_KEY, *PANEL_KEYS):  # fixed ones from its config, for the panels
+            if k not in t.columns:
+                t[k] = [s.config.get(k)] * len(t) if len(t) else pd.Series(dtype=object)
+        t.insert(0, "sweep", s.label)
+        every.append(t)
+        judged = t[t["verdict"].isin(VERDICTS)]
+        files[f"figure_region_{s.label}"] = plot_region(region_data(judged, lr_key=s.lr_key or LR_KEY),
+                                                        fig_dir / f"region_{_slug(s.label)}.png")
+    table = pd.concat(every, ignore_index=True) if every else pd.DataFrame(columns=["verdict"])
+    table = table[table["verdict"].isin(VERDICTS)]
+    keys = (["sweep"] if len(sweeps) > 1 else []) + list(cmp.setting_keys) + \
+        [k for k in cmp.param_keys if k not in cmp.setting_keys] + ["objective"]
+    files["figure_parallel"] = plot_parallel(
+        parallel_data(table, keys, lr_key=cmp.lr_key), fig_dir / "parallel.png",
+        title="Trials of " + ", ".join(s.label for s in sweeps)
+        + ": stable vs diverged (objective: diverged at initial loss)")
+    return files
+
+
+def log_report(cmp: Comparison, files: dict[str, Path], out: str | Path, uri: str, experiment: str | None = None
+               ) -> str:
+    """The report as a run of kind `compare` in MLflow: its files as artifacts (figures under
+    figures/), the markdown as the run's description, the compared sweeps as tags."""
+    out = Path(out)
+    labels = [s.label for s in cmp.sweeps]
+    name = "compare " + (" vs ".join(labels) if len(labels) <= 3 else f"{labels[0]} .. {labels[-1]} "
+                                                                       f"({len(labels)} sweeps)")
+    top_files = [p for k, p in files.items() if not k.startswith("figure_")]
+    if (out / "figures").is_dir():
+        top_files.append(out / "figures")
+    tags = {"stablesweep.compared": ",".join(labels)[:5000],
+            "stablesweep.compared_runs": ",".join(s.run_id for s in cmp.sweeps)[:5000]}
+    if len(cmp.transitions) == 1:
+        for what in ("became stable", "became unstable"):
+            got = cmp.transitions[0].became(what)
+            if got:
+                tags[f"stablesweep.{what.replace(' ', '_')}"] = "; ".join(got)[:5000]
+    params = {"sweeps": ",".join(labels), "by": cmp.by, "only": cmp.only or "", "top": cmp.top or ""}
+    n = len(cmp.configs)
+    metrics = {"configs": float(n),
+               "stable_configs": float((cmp.configs["verdict"] == STABLE).sum()) if n else 0.0}
+    try:
+        return Tracker(uri, experiment or DEFAULT_EXPERIMENT).log_report(
+            name, params, tags, top_files, metrics=metrics, note=render.to_markdown(cmp))
+    except TrackingError as e:
+        raise InputError(f"--mlflow {uri}: cannot log the report: {e}") from None
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "sweep"
