@@ -26,6 +26,7 @@ DIVERGED = "diverged"  # non-finite loss or gradient, or a loss explosion; with 
 PRUNED = "pruned"      # stopped by the scheduler for poor, finite progress (not a stability verdict)
 ERROR = "error"        # the trial crashed; bad input is caught before training
 VERDICTS = (STABLE, STALLED, DIVERGED, PRUNED, ERROR)
+UNFINISHED = "unfinished"  # not a verdict: a trial still running, or lost before it had one (resumable)
 
 NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION = "nonfinite_loss", "nonfinite_grad", "loss_explosion"
 REASONS = (NONFINITE_LOSS, NONFINITE_GRAD, LOSS_EXPLOSION)

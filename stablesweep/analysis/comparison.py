@@ -31,6 +31,7 @@ from stablesweep.vocab import (
     LR_KEY,
     PRUNED,
     STABLE,
+    UNFINISHED,
     VERDICTS,
     InputError,
     finite,
@@ -39,7 +40,6 @@ from stablesweep.vocab import (
     short_key,
 )
 
-UNFINISHED = "unfinished"  # the verdict of a trial run that has none (still running, or lost)
 BY = ("objective", "margin")
 _VERDICT_ORDER = {STABLE: 0, PRUNED: 1, DIVERGED: 2, ERROR: 3, UNFINISHED: 4}
 _STATUS_ORDER = {"unstable": 0, "mixed": 1, "stable": 2}

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from stablesweep.analysis.comparison import UNFINISHED, SweepData
+from stablesweep.analysis.comparison import SweepData
 from stablesweep.tracking import (
     DEFAULT_EXPERIMENT,
     KIND_TAG,
@@ -29,7 +29,7 @@ from stablesweep.tracking import (
     flatten,
     probe_store,
 )
-from stablesweep.vocab import CATEGORICAL, LR_KEY, InputError, finite
+from stablesweep.vocab import CATEGORICAL, LR_KEY, UNFINISHED, InputError, finite
 
 # numeric columns of the trials table read back from a child run's metrics
 METRICS = ("objective", "initial_loss", "final_loss", "train_flops", "steps")

@@ -6,9 +6,9 @@ import html
 from pathlib import Path
 from typing import Callable, Iterable
 
-from stablesweep.analysis.comparison import UNFINISHED, Comparison
+from stablesweep.analysis.comparison import Comparison
 from stablesweep.analysis.text import lr_text, num_text, value_text
-from stablesweep.vocab import DIVERGED, VERDICTS, InputError, finite, py, short_key
+from stablesweep.vocab import DIVERGED, UNFINISHED, VERDICTS, InputError, finite, py, short_key
 
 FORMATS = ("table", "md", "csv", "html")
 
