@@ -122,7 +122,7 @@ class MonitorConfig:
     smoothing: float = 0.9  # EMA factor of the smoothed loss
     min_steps: int = 10  # steps before the explosion rule applies; the initial loss is their mean
     history_steps: int = 32  # the last N steps' loss and gradient norm, kept on the device for a divergence's story
-    min_progress: float = 0.05  # stable needs the final smoothed loss <= (1 - this) x the initial loss
+    min_progress: float = 0.1  # stable needs the final smoothed loss <= (1 - this) x the initial loss
     max_skipped_steps: int = 0  # non-finite steps tolerated (skipped) before the run is diverged
     stop_on_divergence: bool = True
 
