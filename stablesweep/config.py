@@ -122,6 +122,7 @@ class MonitorConfig:
     smoothing: float = 0.9  # EMA factor of the smoothed loss
     min_steps: int = 10  # steps before the explosion rule applies; the initial loss is their mean
     history_steps: int = 32  # the last N steps' loss and gradient norm, kept on the device for a divergence's story
+    initial_batches: int = 4  # the initial loss: mean over this many batches at the initial weights (0: the first step's)
     min_progress: float = 0.1  # stable needs the final smoothed loss <= (1 - this) x the initial loss
     max_skipped_steps: int = 0  # non-finite steps tolerated (skipped) before the run is diverged
     stop_on_divergence: bool = True
@@ -428,6 +429,7 @@ def validate(cfg: Config) -> None:
     need(m.explosion_factor > 1, "monitor.explosion_factor", "must be greater than 1")
     need(0 <= m.smoothing < 1, "monitor.smoothing", "must be in [0, 1)")
     need(0 <= m.min_progress < 1, "monitor.min_progress", "must be in [0, 1) (0: any finite run counts as stable)")
+    need(m.initial_batches >= 0, "monitor.initial_batches", "must be 0 or more")
     need(m.history_steps >= 1, "monitor.history_steps", "must be at least 1")
     need(m.max_skipped_steps >= 0, "monitor.max_skipped_steps", "must be 0 or more")
 

@@ -139,6 +139,36 @@ class Trainer:
         self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
                                      out.per_sample.detach(), self._allowed)
 
+    @torch.no_grad()
+    def initial_loss(self, batches: int) -> torch.Tensor:
+        """The mean loss of the first `batches` training batches at the initial weights, as a device
+        tensor: the baseline a run's progress is measured from. The model's buffers (BatchNorm
+        statistics) and the RNG are restored, so the run goes on exactly as without it."""
+        t = self.cfg.training
+        buffers = [b.clone() for b in self.model.buffers()]
+        rng = torch.get_rng_state()
+        rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        it = self.data.train_batches(t.batch_size, t.seed, start_step=0, num_workers=0)
+        losses = []
+        for _ in range(batches):
+            images, batch = self._inputs(next(it))
+            with self.precision.autocast():
+                logits = self.model(images)
+            losses.append(self.loss_fn(logits, batch).loss.float())
+        for b, saved in zip(self.model.buffers(), buffers):
+            b.copy_(saved)
+        torch.set_rng_state(rng)
+        if rng_cuda is not None:
+            torch.cuda.set_rng_state(rng_cuda, self.device)
+        return torch.stack(losses).mean()
+
+    def _inputs(self, batch):
+        batch = batch.to(self.device)
+        images = batch.images
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, batch
+
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
@@ -230,6 +260,8 @@ class Trainer:
         history: list[tuple[int, float, float]] = []
         evals: dict[str, dict[str, float]] = {}
         done = self.step >= self.total
+        if self.step == 0 and cfg.monitor.initial_batches:
+            self.monitor.set_initial_loss(self.initial_loss(cfg.monitor.initial_batches))
         while not done:
             batch = next(batches)
             self.dropped += batch.dropped
@@ -272,7 +304,8 @@ class Trainer:
                     shutil.rmtree(last_ckpt, ignore_errors=True)
                 last_ckpt = ckpt
         if snap is None:  # resumed at the end: nothing left to run
-            snap, verdict = self.monitor.read(final=True)
+            snap = self.monitor.snapshot()
+            verdict = self.monitor.judge(snap, final=True)
             evals = {} if verdict.diverged else self.evaluate()
         wall = time.perf_counter() - started
         metrics = self._metrics(snap, verdict, samples_per_s, True, evals, None)

@@ -4,8 +4,8 @@ Per step (`update`, device ops only, no branch on the host): counts of non-finit
 gradients, the first bad step and its kind, the max finite loss and gradient norm, an
 exponentially smoothed loss (bias-corrected) and its best value, and the first step at which the
 smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-finder rule), and the
-initial loss as the mean of the first `min_steps` finite losses (one batch alone is noisy: on the
-demo, the first batch's loss ranges 2.71..3.24 over seeds).
+initial loss (the trainer sets it to the mean loss of the first `initial_batches` batches at the
+initial weights, before any update; else it is the first step's).
 
 The whole state is one fp64 vector and the update is one pure function of it, so on CUDA it is
 compiled (torch.compile) into a kernel or two: the guard costs a few launches a step, not dozens.
@@ -13,9 +13,9 @@ compiled (torch.compile) into a kernel or two: the guard costs a few launches a 
 Per report (`read`, one sync): the vector comes to the host and `judge` gives the verdict:
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
 `loss_explosion`) and the step where it began. At the end of the budget (`final=True`) a run that
-did not diverge is `stable` only if it trained: its smoothed loss fell below
-(1 - `min_progress`) x its initial loss; else it is `stalled` (reason `no_progress`). Every
-verdict holds for the steps run so far.
+did not diverge is `stable` only if it trained: its progress, 1 - smoothed / initial loss, is at
+least `min_progress`; else it is `stalled` (reason `no_progress`). Every verdict holds for the
+steps run so far.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NO_PROGRESS, NONFINITE_G
 
 # the fields of the state vector, in order
 FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
-          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "init_sum", "last_loss",
+          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
           "last_gnorm")
 _I = {name: i for i, name in enumerate(FIELDS)}
 _INITIAL = {"first_bad": -1.0, "max_loss": -math.inf, "max_gnorm": -math.inf, "best": math.inf,
-            "first_explosion": -1.0, "last_loss": math.nan, "last_gnorm": math.nan}
+            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan}
 
 
 def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
@@ -85,7 +85,7 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torc
         n,
         torch.where(ok, torch.minimum(best, smoothed), best),
         torch.where(exploded & (first_exp < 0), step, first_exp),
-        v[_I["init_sum"]] + torch.where(ok & (n <= min_steps), loss, 0.0),
+        torch.where((step == 0) & torch.isnan(v[_I["initial_loss"]]), loss, v[_I["initial_loss"]]),
         loss,
         gnorm,
     ]), ring, skip
@@ -106,12 +106,6 @@ def progress(snap: Snapshot) -> float:
     if not (math.isfinite(snap.initial_loss) and math.isfinite(snap.smoothed_loss)) or snap.initial_loss <= 0:
         return math.nan
     return 1.0 - snap.smoothed_loss / snap.initial_loss
-
-
-def made_progress(snap: Snapshot, min_progress: float) -> bool:
-    """The run trained: its smoothed loss is below (1 - min_progress) x its initial loss."""
-    p = progress(snap)
-    return math.isfinite(p) and p >= min_progress
 
 
 @dataclass
@@ -182,6 +176,12 @@ class DivergenceMonitor:
         n = len(rows)
         return [(s, *rows[s % n]) for s in range(max(0, steps - n), steps)]
 
+    def set_initial_loss(self, loss: torch.Tensor) -> None:
+        """The loss before any update, measured by the caller over a few batches (one batch's loss
+        is noisy: on the demo the first batch's ranges 2.7..3.2 over seeds); no sync."""
+        self.v = self.v.index_copy(0, torch.tensor([_I["initial_loss"]], device=self.device),
+                                   loss.detach().double().reshape(1).to(self.device))
+
     def state_vector(self) -> torch.Tensor:
         """All flags as one fp64 vector: read it together with other stats in a single sync."""
         return self.v
@@ -190,14 +190,13 @@ class DivergenceMonitor:
         v = dict(zip(FIELDS, values if values is not None else self.v.tolist()))
         n = int(v["ema_n"])
         smoothed = v["ema"] / (1 - self.cfg.smoothing ** n) if n else math.nan
-        n_init = min(n, max(1, self.cfg.min_steps))
         return Snapshot(
             steps=int(v["steps"]), nonfinite_loss_steps=int(v["loss_bad"]),
             nonfinite_grad_steps=int(v["grad_bad"]), overflow_steps=int(v["overflow"]),
             first_bad_step=int(v["first_bad"]), first_bad_kind=int(v["first_kind"]),
             max_loss=v["max_loss"], max_grad_norm=v["max_gnorm"], smoothed_loss=smoothed,
             best_smoothed_loss=v["best"], first_explosion_step=int(v["first_explosion"]),
-            initial_loss=v["init_sum"] / n_init if n else math.nan, last_loss=v["last_loss"], last_grad_norm=v["last_gnorm"],
+            initial_loss=v["initial_loss"], last_loss=v["last_loss"], last_grad_norm=v["last_gnorm"],
         )
 
     def judge(self, snap: Snapshot, final: bool = False) -> Verdict:
@@ -210,15 +209,16 @@ class DivergenceMonitor:
         if snap.first_explosion_step >= 0:
             found.append((snap.first_explosion_step, LOSS_EXPLOSION))
         if not found:
-            if final and not made_progress(snap, self.cfg.min_progress):
+            p = progress(snap)
+            if final and not (math.isfinite(p) and p >= self.cfg.min_progress):
                 return Verdict(STALLED, NO_PROGRESS)
             return Verdict(STABLE)
         step, reason = min(found)
         return Verdict(DIVERGED, reason, step)
 
-    def read(self, final: bool = False) -> tuple[Snapshot, Verdict]:
+    def read(self) -> tuple[Snapshot, Verdict]:
         snap = self.snapshot()
-        return snap, self.judge(snap, final)
+        return snap, self.judge(snap)
 
     def state_dict(self) -> dict:
         return {"v": self.v.detach().clone(), "ring": self.ring.detach().clone()}

@@ -19,9 +19,9 @@ def test_finite_decreasing_losses_are_stable():
     feed(mon, [3.0 - 0.01 * i for i in range(50)])
     snap, v = mon.read()
     assert v.verdict == "stable" and v.reason is None and v.first_bad_step == -1
-    assert snap.steps == 50 and snap.initial_loss == pytest.approx(3.0 - 0.01 * 4.5)  # mean of the first 10
+    assert snap.steps == 50 and snap.initial_loss == 3.0
     assert 2.5 < snap.smoothed_loss < 2.7
-    _, final = mon.read(final=True)
+    final = mon.judge(snap, final=True)
     assert final.verdict == "stable"  # it fell 14%: it trained
 
 
@@ -30,7 +30,7 @@ def test_a_constant_loss_at_the_end_of_the_budget_is_stalled():
     feed(mon, [3.0 + 0.05 * math.sin(i) for i in range(60)])  # finite, noisy, flat: lr far too small
     snap, so_far = mon.read()
     assert so_far.verdict == "stable"  # stalled is a verdict on a spent budget only
-    _, v = mon.read(final=True)
+    v = mon.judge(snap, final=True)
     assert (v.verdict, v.reason, v.first_bad_step) == ("stalled", "no_progress", -1)
     assert abs(progress(snap)) < 0.05
 
@@ -38,7 +38,8 @@ def test_a_constant_loss_at_the_end_of_the_budget_is_stalled():
 def test_a_loss_that_rises_and_stays_finite_is_stalled_not_diverged():
     mon = DivergenceMonitor(MonitorConfig())
     feed(mon, [3.0 + 0.02 * i for i in range(60)])  # +40%, below the 4x explosion rule
-    snap, v = mon.read(final=True)
+    snap = mon.snapshot()
+    v = mon.judge(snap, final=True)
     assert v.verdict == "stalled" and progress(snap) < -0.2
 
 
@@ -47,13 +48,13 @@ def test_min_progress_sets_the_bar():
     for bar, verdict in [(0.05, "stable"), (0.2, "stalled"), (0.0, "stable")]:
         mon = DivergenceMonitor(MonitorConfig(min_progress=bar))
         feed(mon, losses)
-        assert mon.read(final=True)[1].verdict == verdict, bar
+        assert mon.judge(mon.snapshot(), final=True).verdict == verdict, bar
 
 
 def test_divergence_wins_over_a_stall():
     mon = DivergenceMonitor(MonitorConfig())
     feed(mon, [3.0] * 20 + [math.nan] + [3.0] * 20)
-    assert mon.read(final=True)[1].verdict == "diverged"
+    assert mon.judge(mon.snapshot(), final=True).verdict == "diverged"
 
 
 def test_nonfinite_loss_names_its_first_step():
@@ -147,3 +148,11 @@ def test_history_survives_a_checkpoint():
     other.load_state_dict(mon.state_dict())
     feed(other, [4.0])
     assert [h[1] for h in other.history()] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_measured_initial_loss_is_kept():
+    mon = DivergenceMonitor(MonitorConfig())
+    mon.set_initial_loss(torch.tensor(4.0))
+    feed(mon, [3.0] * 30)
+    snap = mon.snapshot()
+    assert snap.initial_loss == 4.0 and progress(snap) == pytest.approx(0.25)
