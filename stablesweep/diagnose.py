@@ -400,12 +400,13 @@ def _absent_finding(name, split, display, n, labs, outside, key) -> Finding | No
 def _problem_findings(rep, key: str, covered: bool) -> list[Finding]:
     """The scan's other problems (missing manifests or images, bad JSON, non-integer labels),
     grouped by kind per split."""
+    from stablesweep.data.manifests import ProblemKind
+
     missing, other = [], []
     for p in rep.problems:
-        if "labels look 1-based" in p or ("is outside [0," in p and ": label " in p):
-            if covered:
-                continue
-        (missing if ("not found" in p or "no such" in p.lower()) else other).append(p)
+        if covered and p.kind in (ProblemKind.ONE_BASED, ProblemKind.LABEL_OUT_OF_RANGE):
+            continue
+        (missing if p.kind in (ProblemKind.MISSING_FILE, ProblemKind.MISSING_IMAGE) else other).append(p.message)
     out = []
     name, split = rep.dataset, rep.split
     for kind, probs, title, fix in (
