@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stablesweep.config import Config, ConfigError, total_steps
-from stablesweep.data import build_data
+from stablesweep.data import MultiData, build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
@@ -90,15 +90,20 @@ def fallback_objective(initial_loss: float, total_classes: int) -> float:
 
 
 class Trainer:
-    """Holds the parts of one run; `run()` is the loop."""
+    """Holds the parts of one run; `run()` is the loop.
 
-    def __init__(self, cfg: Config, *, device: str = "auto", log: Callable[[str], None] | None = None):
+    `data`: the run's data when the caller built it (diagnose's probe, which keeps out-of-range
+    labels); by default `build_data(cfg)`, whose pre-flight checks every label and file first.
+    """
+
+    def __init__(self, cfg: Config, *, device: str = "auto", log: Callable[[str], None] | None = None,
+                 data: MultiData | None = None):
         self.cfg = cfg
         self.log = log or (lambda s: None)
         self.device = resolve_device(device)
         t = cfg.training
         torch.manual_seed(t.seed)
-        self.data = build_data(cfg)  # pre-flight: labels and files checked before any training
+        self.data = build_data(cfg) if data is None else data
         self.space = self.data.label_space
         self.model = build_model(cfg.model, self.space.total, cfg.source).to(self.device)
         self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
@@ -125,17 +130,25 @@ class Trainer:
             self._accumulate = torch.compile(accumulate, fullgraph=True, dynamic=False)
 
     # -- one step ---------------------------------------------------------------------------
-    def _train_step(self, batch) -> None:
+    def forward(self, batch):
+        """The logits and the guarded loss (a LossOutput) of a batch on the device."""
         images = batch.images
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.precision.autocast():
             logits = self.model(images)
-        out = self.loss_fn(logits, batch)
-        self.precision.backward(out.loss)
-        self.precision.step(self.optimizer, self.params, out.loss, self.cfg.training.max_grad_norm, self.monitor)
+        return logits, self.loss_fn(logits, batch)
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step), the scheduler."""
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+
+    def _train_step(self, batch) -> None:
+        logits, out = self.forward(batch)
+        self.update(out.loss)
         self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
                                      out.per_sample.detach(), self._allowed)
 

@@ -47,7 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import ConfigError
-    from stablesweep.diagnose import diagnose, format_changes, format_diagnosis, write_fixed
+    from stablesweep.diagnose import (
+        diagnose,
+        format_changes,
+        format_diagnosis,
+        write_fixed,
+    )
 
     if args.probe_steps < 0:
         raise ConfigError(f"--probe-steps: must be 0 or more, got {args.probe_steps}")

@@ -1,11 +1,18 @@
 """Data: JSONL manifests, ImageFolder directories and synthetic datasets mixed over one label space.
 
 The training core's entry points: `build_data(cfg)` (validates every label first) and
-`validate_labels(cfg)` (a report, never raises for data problems).
+`validate_labels(cfg)` (a report of structured `Problem`s, never raises for data problems).
 """
-from .manifests import DataError, LabelReport, SplitReport, validate_labels
+from .manifests import (
+           DataError,
+           LabelReport,
+           Problem,
+           ProblemKind,
+           SplitReport,
+           validate_labels,
+)
 from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset
 from .synthetic import write_synthetic
 
 __all__ = ["DataError", "LabelSpace", "Batch", "MultiData", "build_data", "validate_labels", "LabelReport",
-           "SplitReport", "write_synthetic", "eval_subset"]
+           "SplitReport", "Problem", "ProblemKind", "write_synthetic", "eval_subset"]

@@ -1,10 +1,12 @@
-"""JSONL manifests and ImageFolder directories: pre-flight validation and image loading.
+"""JSONL manifests and ImageFolder directories: pre-flight validation and their sources.
 
 Pre-flight reads EVERY line of every manifest (and every file of a folder dataset) and collects
 problems instead of stopping at the first one: bad JSON, a missing key, a label that is not an
 integer (a bool is not one), a label outside [0, num_classes), a missing or unreadable image.
-Each problem names the dataset, the file and the line. Nothing is ever clamped: a label 101 in a
-101-class dataset is the bug that caused the whole incident, so it is reported, not hidden.
+Each `Problem` says what (its kind) and where (dataset, split, file, line, the offending value),
+with a message that names them; code reads the fields, people read the message. Nothing is ever
+clamped: a label 101 in a 101-class dataset is the bug that caused the whole incident, so it is
+reported, not hidden.
 """
 from __future__ import annotations
 
@@ -12,23 +14,21 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from torchvision.transforms.v2 import functional as TF
 
+from stablesweep.config import Config, DatasetConfig, data_source
 from stablesweep.vocab import InputError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from stablesweep.config import Config, DatasetConfig
+from .images import load_image
+from .synthetic import SyntheticSource, synthetic_sizes
 
-# ImageNet statistics: images come out roughly zero mean / unit std, as torchvision backbones expect.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 CHECK_LEVELS = ("none", "header", "full")
 MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
 
@@ -41,44 +41,63 @@ class DataError(InputError):
         self.report = report
 
 
-# ---- images -----------------------------------------------------------------------------------
+# ---- problems ---------------------------------------------------------------------------------
 
-def normalise(x01: torch.Tensor) -> torch.Tensor:
-    """float [3,H,W] in [0,1] -> normalised float32."""
-    return TF.normalize(x01.to(torch.float32), list(MEAN), list(STD))
+class ProblemKind(StrEnum):
+    """What is wrong with the data; a `Problem` says where."""
+
+    MISSING_FILE = "missing_file"  # a manifest or folder that is not there (value: the path looked at)
+    NO_TRAIN = "no_train"  # no train split configured
+    BAD_JSON = "bad_json"
+    NOT_AN_OBJECT = "not_an_object"  # a manifest line that is JSON but not an object
+    MISSING_KEY = "missing_key"  # value: the key (image_key or label_key)
+    BAD_IMAGE_PATH = "bad_image_path"  # the image key holds no non-empty string (value: what it holds)
+    LABEL_NOT_INT = "label_not_int"  # value: the label
+    LABEL_OUT_OF_RANGE = "label_out_of_range"  # value: the label
+    ONE_BASED = "one_based"  # the split's labels run 1..num_classes (value: (min, max))
+    MISSING_IMAGE = "missing_image"  # value: the image path
+    UNREADABLE_IMAGE = "unreadable_image"  # value: the image path
+    CLASS_FOLDERS = "class_folders"  # ImageFolder classes that do not fit (value: the folder names)
+    NO_IMAGES = "no_images"  # an ImageFolder without image files
+    NO_USABLE_SAMPLES = "no_usable_samples"  # a train split left with nothing to train on
 
 
-def load_image(path: str | os.PathLike, image_size: int) -> torch.Tensor:
-    """Read an image file as RGB, resize to a square image_size, normalise: float32 [3,S,S]."""
-    with Image.open(path) as im:
-        im.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale when possible
-        im = im.convert("RGB")
-        t = TF.pil_to_tensor(im)  # uint8 [3,h,w]
-    if t.shape[-2:] != (image_size, image_size):
-        t = TF.resize(t, [image_size, image_size], antialias=True)
-    return normalise(TF.to_dtype(t, torch.float32, scale=True))
+@dataclass(frozen=True)
+class Problem:
+    """One data problem: what (`kind`), where (dataset, split, file as the config names it, 1-based
+    line of a manifest), the offending value, and the message a person reads (which names all that)."""
+
+    kind: ProblemKind
+    dataset: str
+    split: str
+    file: str | None
+    line: int | None
+    value: Any
+    message: str
 
 
-def check_image(path: str, level: str) -> str | None:
-    """None when the file passes the check of `level` (none|header|full), else why it fails."""
+# ---- image checks -----------------------------------------------------------------------------
+
+def check_image(path: str, level: str) -> tuple[ProblemKind, str] | None:
+    """None when the file passes the check of `level` (none|header|full), else (kind, why)."""
     if level == "none":
         return None
     try:
         if not os.path.isfile(path):
-            return "not found"
+            return ProblemKind.MISSING_IMAGE, "not found"
         with Image.open(path) as im:
             im.verify()  # header + structure (PNG chunk CRCs), no decoding
         if level == "full":
             with Image.open(path) as im:
                 im.load()  # decode every pixel: catches truncated files
     except UnidentifiedImageError:
-        return "unreadable: not an image PIL can identify"
+        return ProblemKind.UNREADABLE_IMAGE, "unreadable: not an image PIL can identify"
     except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem to report
-        return f"unreadable: {type(e).__name__}: {e}"
+        return ProblemKind.UNREADABLE_IMAGE, f"unreadable: {type(e).__name__}: {e}"
     return None
 
 
-def _check_many(paths: list[str], level: str) -> list[str | None]:
+def _check_many(paths: list[str], level: str) -> list[tuple[ProblemKind, str] | None]:
     if level == "none" or not paths:
         return [None] * len(paths)
     workers = min(32, 4 * (os.cpu_count() or 1), len(paths))
@@ -136,15 +155,35 @@ class SplitReport:
     path: str | None
     num_classes: int
     count: int = 0  # samples (non-blank lines / files)
-    min: int | None = None  # over the integer labels
-    max: int | None = None
-    distinct: int = 0
-    problems: list[str] = field(default_factory=list)
+    label_counts: dict[int, int] = field(default_factory=dict)  # every integer label -> its samples
+    problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # lines whose only fault is an integer label outside [0, num_classes): with loss.on_bad_label
     # 'skip' these samples are kept, dropped by the collate and counted in Batch.dropped
     bad_label_lines: int = 0
     fatal: int = 0  # problems that no on_bad_label setting tolerates
+
+    @property
+    def min(self) -> int | None:
+        return min(self.label_counts) if self.label_counts else None
+
+    @property
+    def max(self) -> int | None:
+        return max(self.label_counts) if self.label_counts else None
+
+    @property
+    def distinct(self) -> int:
+        return len(self.label_counts)
+
+    def add(self, kind: ProblemKind, message: str, *, line: int | None = None, value: Any = None,
+            fatal: bool = True) -> None:
+        """Record a problem of this split (in the file the config names for it). `fatal=False`: a
+        line whose only fault is its out-of-range label, which loss.on_bad_label: skip tolerates."""
+        self.problems.append(Problem(kind, self.dataset, self.split, self.path, line, value, message))
+        if fatal:
+            self.fatal += 1
+        else:
+            self.bad_label_lines += 1
 
     def errors(self, on_bad_label: str = "error") -> int:
         return self.fatal + (self.bad_label_lines if on_bad_label == "error" else 0)
@@ -158,7 +197,7 @@ class LabelReport:
     check_images: str = "header"
 
     @property
-    def problems(self) -> list[str]:
+    def problems(self) -> list[Problem]:
         return [p for s in self.splits for p in s.problems]
 
     @property
@@ -210,7 +249,7 @@ class LabelReport:
             if not s.problems:
                 continue
             for p in s.problems[:max_listed]:
-                out.append(f"  {p}")
+                out.append(f"  {p.message}")
             if len(s.problems) > max_listed:
                 out.append(f"  ... and {len(s.problems) - max_listed} more in {s.dataset} {s.split} "
                            f"({s.path}); validate_labels(cfg).problems lists all")
@@ -231,13 +270,12 @@ class _Scan:
 def _label_stats(rep: SplitReport, labels: list[int]) -> None:
     n = rep.num_classes
     if labels:
-        arr = np.asarray(labels, dtype=np.int64)
-        rep.min, rep.max = int(arr.min()), int(arr.max())
-        uniq = np.unique(arr)
-        rep.distinct = int(len(uniq))
+        uniq, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+        rep.label_counts = dict(zip(uniq.tolist(), counts.tolist()))
         where = f"{rep.dataset}: {rep.path}"
         if rep.min == 1 and rep.max == n:
-            rep.problems.insert(0, (
+            rep.problems.insert(0, Problem(  # the split's diagnosis before its lines
+                ProblemKind.ONE_BASED, rep.dataset, rep.split, rep.path, None, (1, n),
                 f"{where}: labels look 1-based (shifted by one): min 1, max {n}, num_classes {n}; "
                 f"labels must be 0-based, in [0, {n}): subtract 1 from every label in the manifest "
                 f"(do not clamp: clamping merges class {n} into class {n - 1})"))
@@ -258,20 +296,20 @@ def _describe(v: Any) -> str:
             dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
 
 
-def scan_manifest(dataset: str, split: str, d: "DatasetConfig", display: str, path: Path,
+def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path: Path,
                   check_images: str, image_size: int) -> _Scan:
     rep = SplitReport(dataset, split, "manifest", display, d.num_classes)
     n = d.num_classes
     if not path.is_file():
-        rep.problems.append(f"{dataset}: {display}: {split} manifest not found (looked at {path})")
-        rep.fatal += 1
+        rep.add(ProblemKind.MISSING_FILE, f"{dataset}: {display}: {split} manifest not found (looked at {path})",
+                value=str(path))
         return _Scan(rep)
     base = path.parent
     ik, lk = d.image_key, d.label_key
     paths: list[str] = []
     labels: list[int] = []
     lines: list[int] = []
-    problems: list[tuple[int, str, bool]] = []  # (line, message, is_label_range_only)
+    found: list[tuple[ProblemKind, int, Any, str]] = []  # (kind, line, value, message)
     all_ints: list[int] = []
     with open(path, "rb") as f:
         for ln, raw in enumerate(f, 1):
@@ -285,49 +323,51 @@ def scan_manifest(dataset: str, split: str, d: "DatasetConfig", display: str, pa
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
                 col = f" at column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
-                problems.append((ln, f"{at}: bad JSON: {msg}{col}", False))
+                found.append((ProblemKind.BAD_JSON, ln, None, f"{at}: bad JSON: {msg}{col}"))
                 continue
             if not isinstance(obj, dict):
-                problems.append((ln, f"{at}: expected a JSON object, got {_describe(obj)}", False))
+                found.append((ProblemKind.NOT_AN_OBJECT, ln, None,
+                              f"{at}: expected a JSON object, got {_describe(obj)}"))
                 continue
             ok = True
             img = obj.get(ik)
             if ik not in obj:
                 keys = ", ".join(map(repr, list(obj)[:6]))
-                problems.append((ln, f"{at}: missing key {ik!r} (image_key; the line has {keys})", False))
+                found.append((ProblemKind.MISSING_KEY, ln, ik,
+                              f"{at}: missing key {ik!r} (image_key; the line has {keys})"))
                 ok = False
             elif not isinstance(img, str) or not img:
-                problems.append((ln, f"{at}: {ik!r} must be a non-empty string path, got {img!r}", False))
+                found.append((ProblemKind.BAD_IMAGE_PATH, ln, img,
+                              f"{at}: {ik!r} must be a non-empty string path, got {img!r}"))
                 ok = False
             if lk not in obj:
                 keys = ", ".join(map(repr, list(obj)[:6]))
-                problems.append((ln, f"{at}: missing key {lk!r} (label_key; the line has {keys})", False))
+                found.append((ProblemKind.MISSING_KEY, ln, lk,
+                              f"{at}: missing key {lk!r} (label_key; the line has {keys})"))
                 continue
             lab = obj[lk]
             if isinstance(lab, bool) or not isinstance(lab, int):
-                problems.append((ln, f"{at}: label {json.dumps(lab)} is {_describe(lab)}, expected an integer "
-                                     f"in [0, {n})", False))
+                found.append((ProblemKind.LABEL_NOT_INT, ln, lab,
+                              f"{at}: label {json.dumps(lab)} is {_describe(lab)}, expected an integer "
+                              f"in [0, {n})"))
                 continue
             all_ints.append(lab)
             if not 0 <= lab < n:
-                problems.append((ln, f"{at}: label {lab} is outside [0, {n})", ok))
+                found.append((ProblemKind.LABEL_OUT_OF_RANGE, ln, lab, f"{at}: label {lab} is outside [0, {n})"))
             if ok:
                 p = Path(img).expanduser()
                 paths.append(str(p if p.is_absolute() else base / p))
                 labels.append(lab)
                 lines.append(ln)
-    for ln, p, why in zip(lines, paths, _check_many(paths, check_images)):
-        if why is not None:
-            problems.append((ln, f"{dataset}: {display}:{ln}: image {p} {why}", False))
+    for ln, p, bad in zip(lines, paths, _check_many(paths, check_images)):
+        if bad is not None:
+            found.append((bad[0], ln, p, f"{dataset}: {display}:{ln}: image {p} {bad[1]}"))
     # a line with an out-of-range label AND another fault is fatal, not skippable
-    fatal_lines = {ln for ln, _, skippable in problems if not skippable}
-    problems.sort(key=lambda t: t[0])
-    for ln, msg, skippable in problems:
-        rep.problems.append(msg)
-        if skippable and ln not in fatal_lines:
-            rep.bad_label_lines += 1
-        else:
-            rep.fatal += 1
+    fatal_lines = {ln for kind, ln, _, _ in found if kind != ProblemKind.LABEL_OUT_OF_RANGE}
+    found.sort(key=lambda t: t[1])
+    for kind, ln, value, msg in found:
+        rep.add(kind, msg, line=ln, value=value,
+                fatal=kind != ProblemKind.LABEL_OUT_OF_RANGE or ln in fatal_lines)
     _label_stats(rep, all_ints)
     if rep.count == 0:
         rep.notes.append(f"{dataset}: {display}: the {split} manifest is empty")
@@ -341,7 +381,7 @@ def scan_manifest(dataset: str, split: str, d: "DatasetConfig", display: str, pa
     return _Scan(rep, src)
 
 
-def scan_folder(dataset: str, split: str, d: "DatasetConfig", display: str, root: Path,
+def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: Path,
                 check_images: str, image_size: int,
                 class_to_idx: dict[str, int] | None = None) -> tuple[_Scan, dict[str, int] | None]:
     """An ImageFolder split (root/<class>/<image>). Class discovery is torchvision's `find_classes`
@@ -350,28 +390,27 @@ def scan_folder(dataset: str, split: str, d: "DatasetConfig", display: str, root
     rep = SplitReport(dataset, split, "folder", display, d.num_classes)
     n = d.num_classes
     if not root.is_dir():
-        rep.problems.append(f"{dataset}: {display}: {split} folder not found (looked at {root})")
-        rep.fatal += 1
+        rep.add(ProblemKind.MISSING_FILE, f"{dataset}: {display}: {split} folder not found (looked at {root})",
+                value=str(root))
         return _Scan(rep), None
     try:
         classes, own = find_classes(root)
     except FileNotFoundError:
-        rep.problems.append(f"{dataset}: {display}: no class folders (ImageFolder expects "
-                            f"{display}/<class name>/<image>)")
-        rep.fatal += 1
+        rep.add(ProblemKind.CLASS_FOLDERS, f"{dataset}: {display}: no class folders (ImageFolder expects "
+                                           f"{display}/<class name>/<image>)", value=[])
         return _Scan(rep), None
     if class_to_idx is None:
         if len(classes) != n:
-            rep.problems.append(f"{dataset}: {display}: {len(classes)} class folders, but num_classes is {n}"
-                                f" (first folders: {', '.join(classes[:5])})")
-            rep.fatal += 1
+            rep.add(ProblemKind.CLASS_FOLDERS, f"{dataset}: {display}: {len(classes)} class folders, but "
+                                               f"num_classes is {n} (first folders: {', '.join(classes[:5])})",
+                    value=classes)
         mapping = own
     else:
         extra = [c for c in classes if c not in class_to_idx]
         if extra:
-            rep.problems.append(f"{dataset}: {display}: class folders not in the train split: "
-                                f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}")
-            rep.fatal += 1
+            rep.add(ProblemKind.CLASS_FOLDERS, f"{dataset}: {display}: class folders not in the train split: "
+                                               f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}",
+                    value=extra)
         mapping = class_to_idx
     samples = make_dataset(str(root), mapping, extensions=IMG_EXTENSIONS, allow_empty=True)
     empty = sorted(set(classes) & set(mapping) - {Path(p).relative_to(root).parts[0] for p, _ in samples})
@@ -382,13 +421,12 @@ def scan_folder(dataset: str, split: str, d: "DatasetConfig", display: str, root
     labels = [c for _, c in samples]
     rep.count = len(paths)
     if not paths:
-        rep.problems.append(f"{dataset}: {display}: no image files (extensions {', '.join(IMG_EXTENSIONS)})")
-        rep.fatal += 1
+        rep.add(ProblemKind.NO_IMAGES, f"{dataset}: {display}: no image files (extensions "
+                                       f"{', '.join(IMG_EXTENSIONS)})")
     bad = set()
     for i, (p, why) in enumerate(zip(paths, _check_many(paths, check_images))):
         if why is not None:
-            rep.problems.append(f"{dataset}: {p}: image {why}")
-            rep.fatal += 1
+            rep.add(why[0], f"{dataset}: {p}: image {why[1]}", value=p)
             bad.add(i)
     _label_stats(rep, labels)
     if bad:
@@ -398,7 +436,7 @@ def scan_folder(dataset: str, split: str, d: "DatasetConfig", display: str, root
     return _Scan(rep, src), mapping
 
 
-def _check_level(cfg: "Config", check_images: Any) -> str:
+def _check_level(cfg: Config, check_images: Any) -> str:
     if check_images is True or check_images is None:
         return cfg.data.verify_images
     if check_images is False:
@@ -408,12 +446,14 @@ def _check_level(cfg: "Config", check_images: Any) -> str:
     return check_images
 
 
-def scan(cfg: "Config", check_images: Any = "header") -> tuple[LabelReport, dict[tuple[str, str], Any]]:
+def _balanced_counts(count: int, num_classes: int) -> dict[int, int]:
+    """The label counts of `count` samples labelled i % num_classes (a synthetic split)."""
+    q, r = divmod(count, num_classes)
+    return {c: q + (c < r) for c in range(min(count, num_classes))}
+
+
+def scan(cfg: Config, check_images: Any = "header") -> tuple[LabelReport, dict[tuple[str, str], Any]]:
     """Scan every dataset split of the config: the report and the sources (None where unusable)."""
-    from stablesweep.config import data_source
-
-    from .synthetic import SyntheticSource, synthetic_sizes
-
     level = _check_level(cfg, check_images)
     report = LabelReport(check_images=level)
     sources: dict[tuple[str, str], Any] = {}
@@ -425,8 +465,8 @@ def scan(cfg: "Config", check_images: Any = "header") -> tuple[LabelReport, dict
             sizes = synthetic_sizes(cfg, d)
             for split in ("train", "val"):
                 count = sizes[split]
-                rep = SplitReport(name, split, "synthetic", None, d.num_classes, count=count, min=0,
-                                  max=min(count, d.num_classes) - 1, distinct=min(count, d.num_classes))
+                rep = SplitReport(name, split, "synthetic", None, d.num_classes, count=count,
+                                  label_counts=_balanced_counts(count, d.num_classes))
                 if count < d.num_classes:
                     rep.notes.append(f"{name}: synthetic {split} split has {count} samples for "
                                      f"{d.num_classes} classes: {d.num_classes - count} classes absent")
@@ -441,9 +481,8 @@ def scan(cfg: "Config", check_images: Any = "header") -> tuple[LabelReport, dict
                 if raw is None:
                     rep = SplitReport(name, split, src, None, d.num_classes)
                     if split == "train":  # config validation normally catches this
-                        rep.problems.append(f"{name}: no train {src} configured (datasets.dataset_configs."
-                                            f"{name}.train)")
-                        rep.fatal += 1
+                        rep.add(ProblemKind.NO_TRAIN, f"{name}: no train {src} configured (datasets."
+                                                      f"dataset_configs.{name}.train)")
                     else:
                         rep.notes.append(f"{name}: no val split configured: {name} is not evaluated")
                     report.splits.append(rep)
@@ -462,7 +501,7 @@ def scan(cfg: "Config", check_images: Any = "header") -> tuple[LabelReport, dict
     return report, sources
 
 
-def validate_labels(cfg: "Config", *, check_images: str = "header") -> LabelReport:
+def validate_labels(cfg: Config, *, check_images: str = "header") -> LabelReport:
     """Check every label (and, per check_images none|header|full, every image) of every dataset.
 
     Never raises for data problems: they are collected in the report. `check_images=True` means

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from .manifests import DataError, LabelReport, scan
+from .manifests import DataError, LabelReport, ProblemKind, scan
 
 if TYPE_CHECKING:  # pragma: no cover
     from stablesweep.config import Config
@@ -49,6 +49,13 @@ class LabelSpace:
             return self.names.index(name)
         except ValueError:
             raise KeyError(f"unknown dataset {name!r} (known: {', '.join(self.names)})") from None
+
+    def owner(self, column: int) -> tuple[str, int] | None:
+        """(dataset, local class) of a global column; None beyond the last dataset."""
+        for name, off, n in zip(self.names, self.offsets, self.num_classes):
+            if off <= column < off + n:
+                return name, column - off
+        return None
 
     def allowed_mask(self, device=None) -> torch.Tensor:
         """bool [n_datasets, total]: True where the class belongs to the dataset."""
@@ -160,13 +167,18 @@ class Collate:
         local = torch.tensor([t[1] for t in keep], dtype=torch.int64)
         ds = [t[2] for t in keep]
         offs = torch.tensor([self.space.offsets[d] for d in ds], dtype=torch.int64)
-        segments = []
-        start = 0
-        for k in range(1, len(ds) + 1):
-            if k == len(ds) or ds[k] != ds[start]:
-                segments.append((ds[start], start, k))
-                start = k
-        return Batch(images, offs + local, local, torch.tensor(ds, dtype=torch.int64), tuple(segments), dropped)
+        return Batch(images, offs + local, local, torch.tensor(ds, dtype=torch.int64), segments(ds), dropped)
+
+
+def segments(dataset_ids: list[int]) -> tuple[tuple[int, int, int], ...]:
+    """(dataset index, start, end) of each run of equal ids: a Batch's `segments`."""
+    out = []
+    start = 0
+    for k in range(1, len(dataset_ids) + 1):
+        if k == len(dataset_ids) or dataset_ids[k] != dataset_ids[start]:
+            out.append((dataset_ids[start], start, k))
+            start = k
+    return tuple(out)
 
 
 # ---- sampling ---------------------------------------------------------------------------------
@@ -314,8 +326,7 @@ def build_data(cfg: "Config", *, check_images: bool = True) -> MultiData:
     for name in space.names:  # a train split with nothing to train on
         src, rep = sources.get((name, "train")), report.get(name, "train")
         if src is not None and len(src) == 0 and rep is not None and rep.errors(on_bad) == 0:
-            rep.problems.append(f"{name}: {rep.path}: the train split has no usable samples")
-            rep.fatal += 1
+            rep.add(ProblemKind.NO_USABLE_SAMPLES, f"{name}: {rep.path}: the train split has no usable samples")
     if not report.ok(on_bad):
         n = sum(s.errors(on_bad) for s in report.splits)
         raise DataError(f"{cfg.source}: data check failed ({n} problem(s)); nothing was trained:\n"

@@ -13,7 +13,6 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,10 +20,9 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from .manifests import MEAN, normalise
+from stablesweep.config import FOOD_DATASETS, Config, DatasetConfig, config_from_dict
 
-if TYPE_CHECKING:  # pragma: no cover
-    from stablesweep.config import Config, DatasetConfig
+from .images import MEAN, normalise
 
 GRID = 4  # prototype resolution per channel
 PIXEL_SCALE = 0.22  # pixel = MEAN[c] + PIXEL_SCALE * (prototype + noise * N(0, 1)), clipped to [0, 1]
@@ -32,7 +30,7 @@ _BASE = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _SPLIT_ID = {"train": 0, "val": 1}
 
 
-def synthetic_sizes(cfg: "Config", d: "DatasetConfig") -> dict[str, int]:
+def synthetic_sizes(cfg: Config, d: DatasetConfig) -> dict[str, int]:
     per = cfg.data.synthetic_per_class
     return {"train": d.train_size or per * d.num_classes,
             "val": d.val_size or max(per // 4, 2) * d.num_classes}
@@ -109,8 +107,6 @@ def write_synthetic(out_dir, scale: float = 1.0, *, per_class: int = 16, image_s
     a class, val max(per_class // 4, 2). Image i of a split is exactly the in-memory synthetic image
     i of a synthetic config with the same datasets, seed, noise and image size, quantised to uint8.
     """
-    from stablesweep.config import FOOD_DATASETS, config_from_dict
-
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     if per_class < 1:

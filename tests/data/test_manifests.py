@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stablesweep.data import DataError, build_data, validate_labels
+from stablesweep.data import DataError, ProblemKind, build_data, validate_labels
+from stablesweep.data.manifests import scan
 from stablesweep.data.mixing import Collate, LabelSpace, _MixedDataset
 
 from .conftest import make_config, write_manifest, write_png
@@ -37,12 +38,15 @@ def test_one_based_labels_are_recognised_and_named(root):
     cfg = make_config(root, {"food101": _ds(tr, n=3)})
     rep = validate_labels(cfg)
     assert not rep.ok()
-    text = "\n".join(rep.problems)
-    assert "food101: food101_train.jsonl: labels look 1-based" in text
-    assert "subtract 1" in text
+    first = rep.problems[0]  # the split's diagnosis first, then its lines
+    assert (first.kind, first.dataset, first.split, first.file, first.line, first.value) == \
+        (ProblemKind.ONE_BASED, "food101", "train", "food101_train.jsonl", None, (1, 3))
+    assert first.message.startswith("food101: food101_train.jsonl: labels look 1-based")
+    assert "subtract 1" in first.message
     # each out-of-range line is named with file:line too
-    assert "food101: food101_train.jsonl:3: label 3 is outside [0, 3)" in rep.problems
-    assert "food101: food101_train.jsonl:4: label 3 is outside [0, 3)" in rep.problems
+    assert [(p.kind, p.line, p.value, p.message) for p in rep.problems[1:]] == [
+        (ProblemKind.LABEL_OUT_OF_RANGE, 3, 3, "food101: food101_train.jsonl:3: label 3 is outside [0, 3)"),
+        (ProblemKind.LABEL_OUT_OF_RANGE, 4, 3, "food101: food101_train.jsonl:4: label 3 is outside [0, 3)")]
     with pytest.raises(DataError, match="1-based"):
         build_data(cfg)
 
@@ -51,11 +55,15 @@ def test_label_equal_to_num_classes_and_negative_named_with_file_and_line(root):
     tr = write_manifest(root, "food101", [0, 1, 3, 2, -1, 0])
     cfg = make_config(root, {"food101": _ds(tr)})
     rep = validate_labels(cfg)
-    assert rep.problems == ["food101: food101_train.jsonl:3: label 3 is outside [0, 3)",
-                            "food101: food101_train.jsonl:5: label -1 is outside [0, 3)"]
+    assert [(p.kind, p.file, p.line, p.value) for p in rep.problems] == [
+        (ProblemKind.LABEL_OUT_OF_RANGE, "food101_train.jsonl", 3, 3),
+        (ProblemKind.LABEL_OUT_OF_RANGE, "food101_train.jsonl", 5, -1)]  # min is -1, not 1: not 1-based
+    assert [p.message for p in rep.problems] == ["food101: food101_train.jsonl:3: label 3 is outside [0, 3)",
+                                                 "food101: food101_train.jsonl:5: label -1 is outside [0, 3)"]
     s = rep.get("food101", "train")
     assert (s.min, s.max) == (-1, 3)
-    assert not any("1-based" in p for p in rep.problems)  # min is -1, not 1
+    assert s.label_counts == {-1: 1, 0: 2, 1: 1, 2: 1, 3: 1}
+    assert (s.bad_label_lines, s.fatal) == (2, 0)  # only their labels are wrong: on_bad_label skip drops them
     with pytest.raises(DataError) as ei:
         build_data(cfg)
     assert "food101_train.jsonl:3: label 3" in str(ei.value) and "food101_train.jsonl:5: label -1" in str(ei.value)
@@ -71,12 +79,15 @@ def test_bad_json_missing_key_and_non_integer_labels(root):
     })
     cfg = make_config(root, {"d": _ds(tr)})
     probs = validate_labels(cfg).problems
-    assert len(probs) == 5, probs
-    assert probs[0].startswith("d: d_train.jsonl:2: bad JSON")
-    assert probs[1].startswith("d: d_train.jsonl:3: missing key 'label'")
-    assert probs[2].startswith("d: d_train.jsonl:4: label true is a boolean")
-    assert probs[3].startswith('d: d_train.jsonl:5: label "1" is a string')
-    assert probs[4].startswith("d: d_train.jsonl:6: label 2.0 is a number with a fraction")
+    assert [(p.kind, p.line, p.value) for p in probs] == [
+        (ProblemKind.BAD_JSON, 2, None), (ProblemKind.MISSING_KEY, 3, "label"), (ProblemKind.LABEL_NOT_INT, 4, True),
+        (ProblemKind.LABEL_NOT_INT, 5, "1"), (ProblemKind.LABEL_NOT_INT, 6, 2.0)]
+    msgs = [p.message for p in probs]
+    assert msgs[0].startswith("d: d_train.jsonl:2: bad JSON")
+    assert msgs[1].startswith("d: d_train.jsonl:3: missing key 'label'")
+    assert msgs[2].startswith("d: d_train.jsonl:4: label true is a boolean")
+    assert msgs[3].startswith('d: d_train.jsonl:5: label "1" is a string')
+    assert msgs[4].startswith("d: d_train.jsonl:6: label 2.0 is a number with a fraction")
 
 
 def test_custom_keys_are_used(root):
@@ -84,8 +95,11 @@ def test_custom_keys_are_used(root):
     write_png(root / "a.png")
     cfg = make_config(root, {"d": _ds("m.jsonl", n=2, image_key="file", label_key="y")})
     probs = validate_labels(cfg).problems
-    assert probs == ["d: m.jsonl:2: missing key 'file' (image_key; the line has 'image', 'label')",
-                     "d: m.jsonl:2: missing key 'y' (label_key; the line has 'image', 'label')"]
+    assert [(p.kind, p.line, p.value) for p in probs] == [(ProblemKind.MISSING_KEY, 2, "file"),
+                                                          (ProblemKind.MISSING_KEY, 2, "y")]
+    assert [p.message for p in probs] == [
+        "d: m.jsonl:2: missing key 'file' (image_key; the line has 'image', 'label')",
+        "d: m.jsonl:2: missing key 'y' (label_key; the line has 'image', 'label')"]
 
 
 def test_missing_image_named_with_manifest_line(root):
@@ -93,8 +107,9 @@ def test_missing_image_named_with_manifest_line(root):
     (root / "img/d/train/1.png").unlink()
     cfg = make_config(root, {"d": _ds(tr)})
     probs = validate_labels(cfg).problems
-    assert len(probs) == 1
-    assert probs[0].startswith("d: d_train.jsonl:2: image ") and "1.png not found" in probs[0]
+    missing = str(root / "img/d/train/1.png")
+    assert [(p.kind, p.line, p.value) for p in probs] == [(ProblemKind.MISSING_IMAGE, 2, missing)]
+    assert probs[0].message.startswith("d: d_train.jsonl:2: image ") and "1.png not found" in probs[0].message
     # with image checks off, the missing file is not looked at
     assert validate_labels(cfg, check_images="none").ok()
 
@@ -105,7 +120,8 @@ def test_corrupt_image_is_a_problem(root, level):
     (root / "img/d/train/2.png").write_bytes(b"\x89PNG garbage, not an image at all" * 3)
     cfg = make_config(root, {"d": _ds(tr)}, data={"verify_images": level})
     probs = validate_labels(cfg, check_images=level).problems
-    assert len(probs) == 1 and probs[0].startswith("d: d_train.jsonl:3: image ") and "unreadable" in probs[0]
+    assert [(p.kind, p.line) for p in probs] == [(ProblemKind.UNREADABLE_IMAGE, 3)]
+    assert probs[0].message.startswith("d: d_train.jsonl:3: image ") and "unreadable" in probs[0].message
     with pytest.raises(DataError, match="unreadable"):
         build_data(cfg)  # check_images=True follows data.verify_images
 
@@ -130,7 +146,10 @@ def test_all_problems_of_all_datasets_listed_before_anything_is_built(root):
     assert "a: a_train.jsonl:3: label 5 is outside [0, 3)" in msg
     assert "b: b_train.jsonl:2: bad JSON" in msg
     assert "b: missing_val.jsonl: val manifest not found" in msg
-    assert ei.value.report is not None and len(ei.value.report.problems) == 3
+    assert ei.value.report is not None
+    assert [(p.kind, p.dataset, p.split) for p in ei.value.report.problems] == [
+        (ProblemKind.LABEL_OUT_OF_RANGE, "a", "train"), (ProblemKind.BAD_JSON, "b", "train"),
+        (ProblemKind.MISSING_FILE, "b", "val")]
 
 
 def test_missing_val_is_fine_but_reported(root):
@@ -172,10 +191,9 @@ def test_runtime_guard_in_collate(root):
     """The host-side guard: an out-of-range label raises (error) or is dropped and counted (skip)."""
     tr = write_manifest(root, "d", [0, 1, 3])
     cfg = make_config(root, {"d": _ds(tr, n=3)}, loss={"on_bad_label": "skip"})
-    with pytest.warns(UserWarning):
-        md = build_data(cfg)
+    _, sources = scan(cfg)
     space = LabelSpace.from_config(cfg)
-    ds = _MixedDataset([md._train.sources[0]])
+    ds = _MixedDataset([sources[("d", "train")]])
     items = [ds[0], ds[2], ds[1]]
     with pytest.raises(DataError, match=r"d: d_train.jsonl:3: label 3 is outside \[0, 3\)"):
         Collate(ds, space, "error", 8)(items)
@@ -209,7 +227,8 @@ def test_imagefolder_class_count_mismatch_is_an_error(root):
     _folder(root, "train", ["a", "b"])
     cfg = make_config(root, {"d": _ds("imgs/train", n=3)})
     probs = validate_labels(cfg).problems
-    assert len(probs) == 1 and "2 class folders, but num_classes is 3" in probs[0] and probs[0].startswith("d: ")
+    assert [(p.kind, p.file, p.value) for p in probs] == [(ProblemKind.CLASS_FOLDERS, "imgs/train", ["a", "b"])]
+    assert "2 class folders, but num_classes is 3" in probs[0].message and probs[0].message.startswith("d: ")
     with pytest.raises(DataError, match="num_classes is 3"):
         build_data(cfg)
 
@@ -220,8 +239,10 @@ def test_imagefolder_corrupt_file_and_unknown_val_class(root):
     (root / "imgs/train/b/1.png").write_bytes(b"garbage")
     cfg = make_config(root, {"d": _ds("imgs/train", "imgs/val", n=2)})
     probs = validate_labels(cfg).problems
-    assert any("b/1.png" in p and "unreadable" in p for p in probs)
-    assert any("class folders not in the train split: zzz" in p for p in probs)
+    assert any(p.kind == ProblemKind.UNREADABLE_IMAGE and p.value.endswith("b/1.png") and "unreadable" in p.message
+               for p in probs)
+    assert any(p.kind == ProblemKind.CLASS_FOLDERS and p.split == "val" and p.value == ["zzz"]
+               and "class folders not in the train split: zzz" in p.message for p in probs)
 
 
 def test_images_are_resized_rgb_float(root):

@@ -34,6 +34,7 @@ def test_sizes_and_overrides(root):
     assert md.eval_size("a") == 3 * 5 and md.eval_size("b") == 4  # val: max(12 // 4, 2) per class
     rep = validate_labels(cfg)
     assert rep.ok() and rep.get("b", "train").distinct == 3 and rep.get("a", "train").max == 4
+    assert rep.get("b", "train").label_counts == {0: 3, 1: 2, 2: 2}  # sample i has label i % 3
 
 
 def test_two_thousand_classes_are_lazy(root):

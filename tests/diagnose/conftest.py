@@ -1,14 +1,24 @@
-"""Fixtures for the diagnose tests: the user's incident on real files written by write_synthetic."""
+"""Fixtures for the diagnose tests: the user's incident on real files written by write_synthetic.
+
+The incident: food101's train manifest shifted to 1-based, one food172 label equal to num_classes,
+-inf masking, bf16, lr 5e-6.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from stablesweep.data import write_synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SCALE = 0.02  # food101 2 classes, food172 3, foodx251 5, food2k 40, fru92 2, veg200 4: 56 in all
 PER_CLASS = 4
@@ -74,3 +84,42 @@ def digest_tree(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
         if p.is_file() and p.name not in exclude:
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "stablesweep", "diagnose", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=300)
+
+
+def codes(diag) -> dict[str, str]:
+    """code -> severity of a Diagnosis's findings (or of a list of findings)."""
+    return {f.code: f.severity for f in getattr(diag, "findings", diag)}
+
+
+def find(diag, code: str):
+    """The first finding with this code, of a Diagnosis (or of a list of findings)."""
+    hits = [f for f in getattr(diag, "findings", diag) if f.code == code]
+    assert hits, f"no {code} finding in {sorted(codes(diag))}"
+    return hits[0]
+
+
+@pytest.fixture(scope="package")
+def healthy_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("healthy")
+    synth(root)
+    return root
+
+
+@pytest.fixture
+def healthy(healthy_dir, tmp_path) -> Path:
+    """A private copy of the healthy data and config."""
+    return clone(healthy_dir, tmp_path / "data")
+
+
+@pytest.fixture
+def incident(healthy_dir, tmp_path):
+    root = tmp_path / "incident"
+    clone(healthy_dir, root)
+    path, info = make_incident(root)
+    return path, info

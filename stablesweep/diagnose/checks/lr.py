@@ -1,0 +1,66 @@
+"""The lr against a measured stability boundary (--region), or a pointer to measure one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stablesweep.config import total_steps
+from stablesweep.vocab import SAFETY, format_value, recommended_lr
+
+from ..findings import Finding
+from ..keys import config_value
+from .context import Context
+
+
+def check_lr(ctx: Context) -> list[Finding]:
+    cfg, measured = ctx.cfg, ctx.region
+    lr = cfg.training.lr
+    setting = (f"precision {cfg.training.precision}, masking {cfg.masking}, clip "
+               f"{format_value(cfg.training.max_grad_norm)}, loss {cfg.loss.type}")
+    if measured is None:
+        return [Finding("lr.unmeasured", "info",
+                        f"lr {lr:.3g} is not checked against a measured stability boundary",
+                        [f"training.lr: {lr:g} ({setting}); no --region given"],
+                        f"run `stablesweep ramp {ctx.config_path}` (or a sweep) and pass its ramp.json "
+                        "(or stable_region.json) with --region", "training.lr")]
+    train = sum(s.count for s in ctx.report.splits if s.split == "train")
+    run_steps = total_steps(cfg, max(train, 1))
+    s = measured.setting_for(cfg)
+    name = Path(measured.path).name
+    if s is None:
+        known = "; ".join(x.label for x in measured.settings[:8]) or "none"
+        keys = sorted({k for x in measured.settings for k in x.key})
+        mine = ", ".join(f"{k}={format_value(config_value(cfg, k)[1])}" for k in keys)
+        return [Finding("lr.setting_unmeasured", "info",
+                        f"{name} has no measurement for this config's setting ({mine or setting})",
+                        [f"measured settings: {known}"],
+                        f"run `stablesweep ramp {ctx.config_path}` with this setting in the space", "training.lr")]
+    budget = s.budget_steps or measured.budget_steps
+    bud = f"{budget} steps" if budget else "an unknown step budget"
+    ev = [f"{name} ({measured.kind}), setting {s.label}: max stable lr "
+          f"{format_value(s.max_stable_lr)}, min diverged lr {format_value(s.min_diverged_lr)}, measured over {bud}",
+          f"training.lr: {lr:g}"]
+    if budget and run_steps > budget:
+        ev.append(f"this config trains {run_steps} steps, longer than the {budget} measured: a run stable for "
+                  f"{budget} steps may still diverge later")
+    M, D = s.max_stable_lr, s.min_diverged_lr
+    if M is None:
+        return [Finding("lr.no_stable", "error",
+                        f"no lr was stable with this setting ({s.label}) in {name}", ev,
+                        "change the setting (precision, masking, clipping) to one with a measured stable lr, or "
+                        f"ramp lower than {format_value(D)}", "training.lr")]
+    rec = s.recommended_lr if s.recommended_lr is not None else recommended_lr(M, max_stable=M, min_diverged=D)
+    if D is not None and lr >= D:
+        return [Finding("lr.above_boundary", "error",
+                        f"lr {lr:.3g} is at or above the smallest lr that diverged ({D:.3g}) with this setting",
+                        ev, f"training.lr: {rec:.3g} (the recommended lr: max stable {M:.3g}, at most {SAFETY} x "
+                            f"{D:.3g})", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
+    if lr > M:
+        return [Finding("lr.above_max_stable", "warning",
+                        f"lr {lr:.3g} is {lr / M:.3g}x the largest lr measured stable ({M:.3g}) with this setting",
+                        ev,
+                        f"training.lr: {rec:.3g} (the recommended lr), or measure up to {lr:g} with "
+                        f"`stablesweep ramp`", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
+    return [Finding("lr.within", "info",
+                    f"lr {lr:.3g} is within the measured stable range (max stable {M:.3g}; {lr / M:.2g}x of it)",
+                    ev, "nothing to change" + (f"; recommended {rec:.3g}" if lr > rec else ""),
+                    "training.lr")]
