@@ -164,23 +164,13 @@ class Trainer:
         it = self.data.train_batches(t.batch_size, t.seed, start_step=0, num_workers=0)
         losses = []
         for _ in range(batches):
-            images, batch = self._inputs(next(it))
-            with self.precision.autocast():
-                logits = self.model(images)
-            losses.append(self.loss_fn(logits, batch).loss.float())
+            losses.append(self.forward(next(it).to(self.device))[1].loss.float())
         for b, saved in zip(self.model.buffers(), buffers):
             b.copy_(saved)
         torch.set_rng_state(rng)
         if rng_cuda is not None:
             torch.cuda.set_rng_state(rng_cuda, self.device)
         return torch.stack(losses).mean()
-
-    def _inputs(self, batch):
-        batch = batch.to(self.device)
-        images = batch.images
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, batch
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,12 +181,7 @@ class Trainer:
             acc, n = torch.zeros(2, dtype=torch.float64, device=self.device), 0
             for batch in self.data.eval_batches(name, self.cfg.training.batch_size):
                 batch = batch.to(self.device)
-                images = batch.images
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with self.precision.autocast():
-                    logits = self.model(images)
-                out = self.loss_fn(logits, batch)
+                logits, out = self.forward(batch)
                 correct = (self.loss_fn.predict(logits, batch) == batch.labels).double().sum()
                 acc += torch.stack([out.per_sample.double().sum(), correct])
                 n += len(batch.labels)
