@@ -12,6 +12,11 @@ stopped without touching anything else on its machines.
   cluster, over SSH, and nothing else. Ray's own `ray stop` stops every Ray process of the account
   on a machine; `ray down` of a local provider stops no worker at all.
 
+A cluster's processes on a machine are found by its Ray temp dir (`ray start --temp-dir`, one of
+the cluster's own): every Ray process there (GCS, raylet, agents, workers, job drivers) writes its
+logs under it and holds them open. Not by name, nor by a variable in their environment: Ray
+renames its processes (`ray::IDLE`), which overwrites what /proc shows of their environment.
+
 Both checks return the lines of a report and the problems found; each problem names the place
 and says what to do. The conventions a file is held to are those of cluster.yaml and
 configs/cluster_onprem.yaml; docs/cluster.md says why each one is there.
@@ -33,24 +38,26 @@ import yaml
 
 from stablesweep.vocab import InputError
 
-MARK = "STABLESWEEP_CLUSTER"  # set for each `ray start` to NAME/head or NAME/worker: finds the cluster's processes
+MAX_TEMP_DIR = 40  # Ray's unix sockets live under TEMP_DIR/session_<date>_<pid>/sockets/ (107 bytes at most)
 _RAY_START = re.compile(r"(\S*?)\bray\s+start\b")
 _ENV = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)=(\S*?);?(?=\s|$)")
 _NUM_CPUS_0 = re.compile(r"--num-cpus[= ]0(?:\.0*)?(?:\s|$)")
+_TEMP_DIR = re.compile(r"--temp-dir[= ](\S+)")
 
 
 class ClusterError(InputError):
     """A cluster file or a running cluster that will not serve a sweep as it is."""
 
 
-def node_stop_command(cluster: str, role: str) -> str:
-    """A shell line that stops the processes of one role (head, worker) of this cluster on the
-    machine it runs on: those started with STABLESWEEP_CLUSTER=CLUSTER/ROLE in their environment
-    (Ray's workers and job drivers inherit it), SIGTERM first, SIGKILL after 20 s."""
-    return (f"p() {{ grep -lzx {MARK}={cluster}/{role} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }}; "
-            "n=$(p | wc -l); kill $(p) 2>/dev/null; i=0; "
-            'while [ -n "$(p)" ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done; '
-            f'kill -9 $(p) 2>/dev/null; echo "stopped $n processes of {cluster}/{role}"')
+def node_stop_command(temp_dir: str, grace: int = 20) -> str:
+    """A shell line that stops the Ray whose temp dir is `temp_dir` on the machine it runs on: the
+    processes with a file open, or their working directory, under it; SIGTERM first, SIGKILL after
+    `grace` seconds. (A process that closed all of them, such as multiprocessing's helpers, ends
+    with its parent.)"""
+    return (f"p() {{ find /proc/[0-9]*/cwd /proc/[0-9]*/fd -maxdepth 1 -lname '{temp_dir}/*' 2>/dev/null "
+            "| cut -d/ -f3 | sort -u; }; n=$(p | wc -l); kill $(p) 2>/dev/null; i=0; "
+            f'while [ -n "$(p)" ] && [ $i -lt {grace} ]; do sleep 1; i=$((i+1)); done; '
+            f'kill -9 $(p) 2>/dev/null; echo "stopped $n processes of {temp_dir}"')
 
 
 # ---- the cluster file -----------------------------------------------------------------------------
@@ -96,6 +103,16 @@ def load_cluster_file(path: str | Path) -> ClusterFile:
 def _home(p: str) -> str:
     """A remote path spelled the one way: ~/x for $HOME/x and ${HOME}/x."""
     return re.sub(r"^(\$HOME|\$\{HOME\})(?=/|$)", "~", p.strip()).rstrip("/")
+
+
+def temp_dirs(cf: ClusterFile) -> dict[str, str | None]:
+    """The Ray temp dir of each role (head, worker), from its `ray start` command (None: Ray's default)."""
+    found: dict[str, str | None] = {}
+    for role in ("head", "worker"):
+        m = next((_TEMP_DIR.search(cmd) for _, cmd, _, _ in _starts(cf.config.get(f"{role}_start_ray_commands") or [])),
+                 None)
+        found[role] = m.group(1).rstrip("/") if m else None
+    return found
 
 
 def _starts(commands: list[str]) -> list[tuple[int, str, dict[str, str], str]]:
@@ -165,11 +182,15 @@ def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[
                                     "token file that file_mounts puts on every node")
                 elif tp is not None:
                     token_paths.add(_home(tp))
-            want = f"{cf.name}/{role}"
-            if sets.get(MARK) != want:
-                problems.append(f"{place}: {MARK}={want} is not set for `ray start` (found "
-                                f"{sets.get(MARK) or 'nothing'}): `stablesweep cluster stop` and the stop before "
-                                "each start find this cluster's processes, and only those, by it")
+            tm = _TEMP_DIR.search(cmd)
+            temp = tm.group(1).rstrip("/") if tm else None
+            if temp is None or temp in ("/tmp/ray", "$TMPDIR/ray") or not temp.startswith("/") \
+                    or len(temp) > MAX_TEMP_DIR:
+                problems.append(f"{place}: --temp-dir={temp or '(Ray default, /tmp/ray)'}: give `ray start` a temp "
+                                f"dir of this cluster's own, an absolute path of at most {MAX_TEMP_DIR} characters "
+                                f"(Ray's sockets live under it), e.g. --temp-dir=/tmp/ray-{cf.name}: `stablesweep "
+                                "cluster stop` and the stop before each start find this cluster's processes, and "
+                                "only those, by it")
             if role == "head" and local:
                 if not _NUM_CPUS_0.search(cmd):
                     problems.append(f"{place}: the head would take trials: start it with --num-cpus=0 (the "
@@ -188,9 +209,9 @@ def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[
                 "worker_start_ray_commands"):
         for i, cmd in enumerate(c.get(key) or []):
             if re.search(r"\bray\s+stop\b", cmd):
-                role = "worker" if "worker" in key else "head"
                 problems.append(f"{key}[{i}]: `ray stop` stops every Ray process of the account on the machine, "
-                                f"other clusters' included; stop only this cluster's: {node_stop_command(cf.name, role)}")
+                                "other clusters' included; stop only this cluster's, by its --temp-dir: "
+                                f"{node_stop_command(f'/tmp/ray-{cf.name}')}")
     if len(auth_modes) > 1:
         problems.append(f"RAY_AUTH_MODE differs between `ray start` commands ({', '.join(sorted(auth_modes))}): "
                         "nodes of one cluster need one mode")
@@ -391,11 +412,16 @@ def check_live(address: str | None, out: str | None = None, timeout: float = 120
 
 def stop_nodes(cf: ClusterFile, echo: Callable[[str], None] = print) -> list[str]:
     """Stop this cluster's Ray on every machine of an on-prem cluster, over SSH as `ray up` reached
-    them, workers first: only the processes started with its STABLESWEEP_CLUSTER mark. Returns the
-    machines where that failed, each with why."""
+    them, workers first: only the processes of its Ray temp dir. Returns the machines where that
+    failed, each with why."""
     if cf.provider != "local":
         raise ClusterError(f"{cf.path}: provider {cf.provider}: `ray down {cf.path}` stops and terminates a cloud "
                            "cluster's machines; `stablesweep cluster stop` is for machines you keep (provider: local)")
+    temps = temp_dirs(cf)
+    for role, temp in temps.items():
+        if temp is None:
+            raise ClusterError(f"{cf.path}: {role}_start_ray_commands: `ray start` has no --temp-dir, so this "
+                               "cluster's processes cannot be told from other Ray processes of the machine")
     auth, prov = cf.config["auth"], cf.config["provider"]
     ssh = ["ssh", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
            "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
@@ -406,7 +432,7 @@ def stop_nodes(cf: ClusterFile, echo: Callable[[str], None] = print) -> list[str
     failed = []
     for role, ip in [("worker", ip) for ip in prov.get("worker_ips") or []] + [("head", prov["head_ip"])]:
         try:
-            p = subprocess.run([*ssh, f"{auth['ssh_user']}@{ip}", node_stop_command(cf.name, role)],
+            p = subprocess.run([*ssh, f"{auth['ssh_user']}@{ip}", node_stop_command(temps[role])],
                                check=False, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             failed.append(f"{ip} ({role}): no answer in 90 s")

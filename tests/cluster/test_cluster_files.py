@@ -1,6 +1,10 @@
 """The shipped cluster files, as `ray up` and `stablesweep cluster check` read them (no cluster):
 Ray's own schema, and each way a file goes wrong on Ray 2.60's launcher refused with its reason."""
 import copy
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +12,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from stablesweep.cli import main
-from stablesweep.cluster import ClusterError, ClusterFile, check_file, load_cluster_file, node_stop_command
+from stablesweep.cluster import ClusterError, ClusterFile, check_file, load_cluster_file, node_stop_command, temp_dirs
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD, ONPREM = ROOT / "cluster.yaml", ROOT / "configs" / "cluster_onprem.yaml"
@@ -52,9 +56,10 @@ def test_shipped_files_pass_the_check(path, user, capsys):
     lines, found = check_file(cf, user)
     assert found == [], found
     assert any("RAY_AUTH_MODE=token on every node, token ~/stablesweep-cluster/auth_token" in ln for ln in lines)
-    # each start list first stops this cluster's earlier Ray of its role, exactly as `cluster stop` does
-    for role in ("head", "worker"):
-        assert cf.config[f"{role}_start_ray_commands"][0] == node_stop_command(cf.name, role)
+    # each start list first stops this cluster's earlier Ray (by its temp dir), exactly as `cluster stop` does
+    for role, temp in temp_dirs(cf).items():
+        assert temp == f"/tmp/ray-{cf.name}"
+        assert cf.config[f"{role}_start_ray_commands"][0] == node_stop_command(temp)
     # the project is installed into a venv of its own, from where it shadows nothing
     assert "~/stablesweep-src" in cf.config["file_mounts"]
     assert any("stablesweep-venv/bin/python -m pip install" in c and "-e ~/stablesweep-src" in c
@@ -109,11 +114,15 @@ def _start(raw: dict, role: str, old: str, new: str) -> None:
     # 4. `ray` of the login shell
     (lambda r: _start(r, "worker", "$HOME/stablesweep-venv/bin/ray start", "ray start"),
      "worker_start_ray_commands[1]: `ray start` from the login shell's PATH"),
-    # 5. a blanket stop, and the mark `cluster stop` finds a cluster's processes by
+    # 5. a blanket stop, and the temp dir `cluster stop` finds a cluster's processes by
     (lambda r: r["head_start_ray_commands"].insert(0, "ray stop"),
      "head_start_ray_commands[0]: `ray stop` stops every Ray process of the account on the machine"),
-    (lambda r: _start(r, "worker", "/worker PATH=", "/head PATH="),
-     "worker_start_ray_commands[1]: STABLESWEEP_CLUSTER="),
+    (lambda r: _start(r, "worker", f"--temp-dir=/tmp/ray-{r['cluster_name']} ", ""),
+     "worker_start_ray_commands[1]: --temp-dir=(Ray default, /tmp/ray): give `ray start` a temp dir of this"),
+    (lambda r: _start(r, "head", f"--temp-dir=/tmp/ray-{r['cluster_name']} ", "--temp-dir=/tmp/ray "),
+     "head_start_ray_commands[1]: --temp-dir=/tmp/ray: give"),
+    (lambda r: _start(r, "head", f"--temp-dir=/tmp/ray-{r['cluster_name']} ", f"--temp-dir=/tmp/{'x' * 40} "),
+     f"head_start_ray_commands[1]: --temp-dir=/tmp/{'x' * 40}: give"),
 ])
 def test_each_way_a_file_goes_wrong_is_named(path, change, expect, user):
     found = problems(edited(path, change), user)
@@ -173,3 +182,39 @@ def test_the_file_as_shipped_before_issue_16_fails_on_every_count(tmp_path, user
 def test_cli_refuses_bad_input(argv, expect, capsys, user):
     assert main(argv) == 2
     assert expect in capsys.readouterr().err
+
+
+def test_a_local_cluster_without_temp_dirs_cannot_be_stopped(tmp_path, user, capsys):
+    raw = yaml.safe_load(ONPREM.read_text())
+    raw["worker_start_ray_commands"] = [c.replace(f"--temp-dir=/tmp/ray-{raw['cluster_name']} ", "")
+                                        for c in raw["worker_start_ray_commands"]]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["cluster", "stop", str(path)]) == 2
+    assert "worker_start_ray_commands: `ray start` has no --temp-dir" in capsys.readouterr().err
+
+
+def test_the_stop_line_stops_the_processes_of_its_temp_dir_and_no_other(tmp_path):
+    """Run as `cluster stop` runs it on a machine: a process with a file open under the temp dir and
+    one working in it go (one of them ignoring SIGTERM, so SIGKILL follows); one of another temp dir
+    stays."""
+    ours, theirs = tmp_path / "ray-ours", tmp_path / "ray-theirs"
+    for d in (ours / "session", theirs / "session"):
+        d.mkdir(parents=True)
+    hold = "import sys, time; f = open(sys.argv[1], 'w'); time.sleep(300)"
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+    procs = [subprocess.Popen([sys.executable, "-c", hold, str(ours / "session" / "raylet.out")], start_new_session=True),
+             subprocess.Popen([sys.executable, "-c", deaf], cwd=ours / "session", start_new_session=True),
+             subprocess.Popen([sys.executable, "-c", hold, str(theirs / "session" / "raylet.out")],
+                              start_new_session=True)]
+    try:
+        time.sleep(1.0)  # the files are open
+        p = subprocess.run(["sh", "-c", node_stop_command(str(ours), grace=2)], capture_output=True, text=True, timeout=60,
+                           check=False)
+        assert p.stdout.strip() == f"stopped 2 processes of {ours}", p.stdout + p.stderr
+        assert procs[0].wait(timeout=10) == -signal.SIGTERM and procs[1].wait(timeout=10) == -signal.SIGKILL
+        assert procs[2].poll() is None  # another cluster's
+    finally:
+        for q in procs:
+            q.kill()
+            q.wait()

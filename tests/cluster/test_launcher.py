@@ -15,8 +15,9 @@ PATH is a stub that only records its calls: a blanket `ray stop` (which `ray dow
 stops nothing of this machine's other Ray processes.
 
 Every process the test starts carries a marker in its environment (the nodes' through sshd's
-SetEnv); the teardown kills the process groups it started and then anything left with the marker,
-and checks that nothing is left, also when the test fails.
+SetEnv) or holds files under its temp dir (Ray's, whose renamed processes lose what /proc shows of
+their environment); the teardown kills the process groups it started and then anything left of
+either kind, and checks that nothing is left, also when the test fails.
 """
 from __future__ import annotations
 
@@ -169,15 +170,25 @@ class Machines:
             raise AssertionError(f"{' '.join(args[:4])} ... ran past {timeout:g} s:\n{out[-6000:]}") from None
         return subprocess.CompletedProcess(args, p.returncode, out, "")
 
-    def procs(self, var: str = MARK, prefix: str | None = None) -> list[int]:
-        """Processes whose environment has var=<this test's marker> (or var=prefix...)."""
-        want, found = prefix or self.marker, []
+    def procs(self, under: Path | None = None) -> list[int]:
+        """This test's processes: those with its marker in their environment, or a file open (or
+        their working directory) under its temp dir; with `under`, only the latter, under that
+        path. Both, since Ray renames its processes, which overwrites what /proc shows of their
+        environment."""
+        root = str(under or self.dir) + "/"
+        found = []
         for p in all_procs():
             try:
-                v = p.environ().get(var)
-            except OSError:
+                if under is None and p.environ().get(MARK) == self.marker:
+                    found.append(p.pid)
+                    continue
+                links = [os.readlink(f"/proc/{p.pid}/cwd")]
+                for fd in os.listdir(f"/proc/{p.pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        links.append(os.readlink(f"/proc/{p.pid}/fd/{fd}"))
+            except OSError:  # gone, or not ours to read
                 continue
-            if v is not None and (v.startswith(want) if prefix else v == want):
+            if any(link.startswith(root) for link in links):
                 found.append(p.pid)
         return found
 
@@ -213,8 +224,9 @@ def cluster_file(m: Machines, name: str, gcs: int, dashboard: int) -> Path:
     c["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(m.key)}
     c["setup_commands"] = [cmd for cmd in c["setup_commands"] if "pip install" not in cmd]
 
-    def node(cmd: str, *extra: str) -> str:
-        cmd = cmd.replace(shipped_name, name).replace("6379", str(gcs))
+    def node(role: str, cmd: str, *extra: str) -> str:
+        # each "machine" its own temp dir (the shipped /tmp/ray-NAME would be one for both here)
+        cmd = cmd.replace(f"/tmp/ray-{shipped_name}", str(m.home[role] / "ray")).replace("6379", str(gcs))
         return cmd + (" " + " ".join(extra) if re.search(r"\bray start\b", cmd) else "")
 
     from ray._private.utils import get_ray_client_dependency_error
@@ -222,11 +234,11 @@ def cluster_file(m: Machines, name: str, gcs: int, dashboard: int) -> Path:
     # the Ray Client server listens on 10001 unless told (only where ray[client] is installed)
     client = [] if get_ray_client_dependency_error() else [f"--ray-client-server-port={free_port()}"]
     c["head_start_ray_commands"] = [
-        node(cmd, f"--node-ip-address={HEAD}", f"--temp-dir={m.home['head'] / 'ray'}", f"--dashboard-port={dashboard}",
+        node("head", cmd, f"--node-ip-address={HEAD}", f"--dashboard-port={dashboard}",
              f"--dashboard-agent-listen-port={free_port()}", *client) for cmd in c["head_start_ray_commands"]]
     c["worker_start_ray_commands"] = [
-        node(cmd, f"--node-ip-address={WORKER}", f"--temp-dir={m.home['worker'] / 'ray'}", "--num-cpus=2",
-             f"--dashboard-agent-listen-port={free_port()}") for cmd in c["worker_start_ray_commands"]]
+        node("worker", cmd, f"--node-ip-address={WORKER}", "--num-cpus=2", f"--dashboard-agent-listen-port={free_port()}")
+        for cmd in c["worker_start_ray_commands"]]
     path = m.dir / "cluster.yaml"
     path.write_text(yaml.safe_dump(c, sort_keys=False))
     return path
@@ -273,8 +285,9 @@ def test_ray_up_job_submit_stop_and_down_with_the_shipped_onprem_file(machines):
     while len(alive_nodes(dashboard, token)) < 2 and time.time() < deadline:
         time.sleep(2)
     nodes = alive_nodes(dashboard, token)
-    monitor = "".join(f.read_text(errors="replace") for f in (m.home["head"] / "ray").glob("session_latest/logs/monitor.*"))
-    assert len(nodes) == 2, f"the worker did not join: {nodes}\n{monitor[-5000:]}"
+    if len(nodes) < 2:
+        log = (m.home["head"] / "ray" / "session_latest" / "logs" / "monitor.out").read_text(errors="replace")
+        raise AssertionError(f"the worker did not join: {nodes}\nthe head's monitor.out:\n{log[-6000:]}")
     took["worker joined"] = time.time() - t0
     assert not (m.dir / "bin" / "calls").exists()  # every `ray` the file runs is the venv's, by its path
     ids = {n["node_ip"]: n["node_id"] for n in nodes}
@@ -306,16 +319,18 @@ def test_ray_up_job_submit_stop_and_down_with_the_shipped_onprem_file(machines):
     assert len(table) == 1 and set(table["verdict"]) == {"stable"}, out[-4000:]
     assert set(table["node_id"]) == {ids[WORKER]}, (table["node_id"], ids)  # trials on the worker only
 
-    assert m.procs("STABLESWEEP_CLUSTER", prefix=f"{name}/head") and m.procs("STABLESWEEP_CLUSTER", prefix=f"{name}/worker")
+    temps = [m.home[role] / "ray" for role in ("head", "worker")]
+    assert all(m.procs(under=t) for t in temps)
     p = m.run([*stablesweep, "cluster", "stop", str(path)], timeout=180)
     assert p.returncode == 0, p.stdout
     for ip, role in ((WORKER, "worker"), (HEAD, "head")):
-        n = re.search(rf"^{re.escape(ip)} \({role}\): stopped (\d+) processes of {name}/{role}$", p.stdout, re.MULTILINE)
+        n = re.search(rf"^{re.escape(ip)} \({role}\): stopped (\d+) processes of {m.home[role] / 'ray'}$", p.stdout,
+                      re.MULTILINE)
         assert n and int(n.group(1)) > 0, p.stdout
     p = m.run([str(BIN / "ray"), "down", "-y", str(path)], timeout=180)
     assert p.returncode == 0, p.stdout[-4000:]
     took["stop and down"] = time.time() - t0
     # `ray down` ran `ray stop` in the head's login shell (Ray's launcher, whatever the file says)
     assert (m.dir / "bin" / "calls").read_text().split() == ["stop"]
-    assert not m.procs("STABLESWEEP_CLUSTER", prefix=f"{name}/"), "Ray processes of the cluster left"
+    assert not [pid for t in temps for pid in m.procs(under=t)], "Ray processes of the cluster left"
     print("launcher test, seconds since start: " + ", ".join(f"{k} {v:.0f}" for k, v in took.items()))
