@@ -21,6 +21,7 @@ COMMANDS = (
     "stablesweep.commands.ramp",
     "stablesweep.commands.diagnose",
     "stablesweep.commands.compare",
+    "stablesweep.commands.cluster",
 )
 
 EPILOG = """\

@@ -1,0 +1,445 @@
+"""A Ray cluster made by Ray's cluster launcher (`ray up`), checked before a sweep runs on it, and
+stopped without touching anything else on its machines.
+
+- `check_file(path)`: what a cluster YAML will give a sweep, read without a cluster: Ray's own
+  schema, the node types and their GPUs, token authentication on every node, the autoscaler
+  version, where the project is mounted, how `ray start` is run.
+- `check_live(address, out)`: the running cluster, from a driver joined to it (on the head, e.g.
+  as a Ray Job): every alive node, the GPUs per node type (types still at zero included), the Ray,
+  Python and stablesweep versions and the token mode each node runs with, and whether every node
+  sees `--out` as the same storage.
+- `stop_nodes(path)`: this cluster's Ray on every machine of an on-prem (provider: local)
+  cluster, over SSH, and nothing else. Ray's own `ray stop` stops every Ray process of the account
+  on a machine; `ray down` of a local provider stops no worker at all.
+
+A cluster's processes on a machine are found by its Ray temp dir (`ray start --temp-dir`, one of
+the cluster's own): every Ray process there (GCS, raylet, agents, workers, job drivers) writes its
+logs under it and holds them open. Not by name, nor by a variable in their environment: Ray
+renames its processes (`ray::IDLE`), which overwrites what /proc shows of their environment.
+
+Both checks return the lines of a report and the problems found; each problem names the place
+and says what to do. The conventions a file is held to are those of cluster.yaml and
+configs/cluster_onprem.yaml; docs/cluster.md says why each one is there.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import secrets
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stablesweep.vocab import InputError
+
+MAX_TEMP_DIR = 40  # Ray's unix sockets live under TEMP_DIR/session_<date>_<pid>/sockets/ (107 bytes at most)
+_RAY_START = re.compile(r"(\S*?)\bray\s+start\b")
+_ENV = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)=(\S*?);?(?=\s|$)")
+_NUM_CPUS_0 = re.compile(r"--num-cpus[= ]0(?:\.0*)?(?:\s|$)")
+_TEMP_DIR = re.compile(r"--temp-dir[= ](\S+)")
+
+
+class ClusterError(InputError):
+    """A cluster file or a running cluster that will not serve a sweep as it is."""
+
+
+def node_stop_command(temp_dir: str, grace: int = 20) -> str:
+    """A shell line that stops the Ray whose temp dir is `temp_dir` on the machine it runs on: the
+    processes with a file open, or their working directory, under it; SIGTERM first, SIGKILL after
+    `grace` seconds. (A process that closed all of them, such as multiprocessing's helpers, ends
+    with its parent.)"""
+    return (f"p() {{ find /proc/[0-9]*/cwd /proc/[0-9]*/fd -maxdepth 1 -lname '{temp_dir}/*' 2>/dev/null "
+            "| cut -d/ -f3 | sort -u; }; n=$(p | wc -l); kill $(p) 2>/dev/null; i=0; "
+            f'while [ -n "$(p)" ] && [ $i -lt {grace} ]; do sleep 1; i=$((i+1)); done; '
+            f'kill -9 $(p) 2>/dev/null; echo "stopped $n processes of {temp_dir}"')
+
+
+# ---- the cluster file -----------------------------------------------------------------------------
+
+@dataclass
+class ClusterFile:
+    path: str
+    raw: dict   # as written
+    config: dict  # as `ray up` sees it: Ray's defaults filled in, validated
+
+    @property
+    def name(self) -> str:
+        return self.config["cluster_name"]
+
+    @property
+    def provider(self) -> str:
+        return self.config["provider"]["type"]
+
+
+def load_cluster_file(path: str | Path) -> ClusterFile:
+    """The file as `ray up` reads it: YAML, Ray's defaults filled in, Ray's schema checked."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    p = Path(path)
+    if not p.is_file():
+        raise ClusterError(f"{path}: no such cluster file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ClusterError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ClusterError(f"{path}: expected a mapping (cluster_name, provider, ...), got {type(raw).__name__}")
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # its INFO lines about defaults it fills in
+    try:
+        config = prepare_config(copy.deepcopy(raw))
+        validate_config(config)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 (jsonschema's ValidationError, click's abort of a local provider)
+        msg = getattr(e, "message", None) or str(e) or type(e).__name__
+        raise ClusterError(f"{path}: Ray's cluster launcher refuses it: {msg.splitlines()[0]}") from None
+    return ClusterFile(str(path), raw, config)
+
+
+def _home(p: str) -> str:
+    """A remote path spelled the one way: ~/x for $HOME/x and ${HOME}/x."""
+    return re.sub(r"^(\$HOME|\$\{HOME\})(?=/|$)", "~", p.strip()).rstrip("/")
+
+
+def temp_dirs(cf: ClusterFile) -> dict[str, str | None]:
+    """The Ray temp dir of each role (head, worker), from its `ray start` command (None: Ray's default)."""
+    found: dict[str, str | None] = {}
+    for role in ("head", "worker"):
+        m = next((_TEMP_DIR.search(cmd) for _, cmd, _, _ in _starts(cf.config.get(f"{role}_start_ray_commands") or [])),
+                 None)
+        found[role] = m.group(1).rstrip("/") if m else None
+    return found
+
+
+def _starts(commands: list[str]) -> list[tuple[int, str, dict[str, str], str]]:
+    """The `ray start` commands of a list: (index, the command, the variables set before `ray
+    start` in it, the path `ray` is run from: '' for the login shell's PATH)."""
+    found = []
+    for i, cmd in enumerate(commands):
+        m = _RAY_START.search(cmd)
+        if m:
+            found.append((i, cmd, dict(_ENV.findall(cmd[:m.start()])), m.group(1)))
+    return found
+
+
+def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Read a cluster file for what it will give a sweep. `environ`: the environment `ray up`
+    and `ray job` run in (default: this process's)."""
+    env = os.environ if environ is None else environ
+    c, where = cf.config, cf.path
+    local = cf.provider == "local"
+    lines = [f"{where}: cluster {cf.name}, provider {cf.provider}"]
+    problems: list[str] = []
+
+    # ---- nodes and their GPUs
+    head_type = c["head_node_type"]
+    if local:
+        ips = c["provider"].get("worker_ips") or []
+        lines.append(f"  head {c['provider']['head_ip']}, {len(ips)} worker(s): {', '.join(map(str, ips)) or 'none'} "
+                     "(their CPUs and GPUs: what Ray detects on each machine)")
+    else:
+        for name, t in c["available_node_types"].items():
+            res = (cf.raw.get("available_node_types") or {}).get(name, {}).get("resources") or {}
+            have = ", ".join(f"{k} {v:g}" for k, v in res.items()) or "not declared"
+            count = "head" if name == head_type else f"{t.get('min_workers', 0)}..{t.get('max_workers', 0)} nodes"
+            lines.append(f"  {name}: {count}, {have}")
+            if name != head_type and not {"CPU", "GPU"} <= set(res):
+                problems.append(
+                    f"available_node_types.{name}.resources: {res or '{}'} does not declare both CPU and GPU. Ray then "
+                    "looks them up from the instance type at `ray up` and only warns when that fails; the autoscaler "
+                    "then does not know this type has GPUs, and GPU trials never start it from zero. Write what one "
+                    "node has, e.g. resources: {CPU: 48, GPU: 4} for a g5.12xlarge (GPU: 0 for a CPU-only type)")
+
+    # ---- how Ray is started on each role
+    auth_modes, token_paths, v1 = set(), set(), False
+    for role, key in (("head", "head_start_ray_commands"), ("worker", "worker_start_ray_commands")):
+        commands = c.get(key) or []
+        starts = _starts(commands)
+        if not starts:
+            problems.append(f"{key}: no `ray start` command")
+        for i, cmd, sets, ray_path in starts:
+            place = f"{key}[{i}]"
+            if not ray_path:
+                problems.append(f"{place}: `ray start` from the login shell's PATH, which may hold another Ray or "
+                                "none; run the cluster's own by its path, e.g. $HOME/stablesweep-venv/bin/ray start")
+            mode = sets.get("RAY_AUTH_MODE")
+            if mode is None:
+                problems.append(f"{place}: RAY_AUTH_MODE is not set for `ray start`. A head started where "
+                                "~/.ray/auth_token exists requires a token, and a node that joins without "
+                                "RAY_AUTH_MODE=token fails with InvalidAuthToken; put `export RAY_AUTH_MODE=token "
+                                "RAY_AUTH_TOKEN_PATH=$HOME/stablesweep-cluster/auth_token;` before it (and mount the "
+                                "token there: file_mounts)")
+            else:
+                auth_modes.add(mode)
+            if mode == "token":
+                tp = sets.get("RAY_AUTH_TOKEN_PATH")
+                if tp is None and "RAY_AUTH_TOKEN" not in sets:
+                    problems.append(f"{place}: RAY_AUTH_MODE=token without RAY_AUTH_TOKEN_PATH: set it to the "
+                                    "token file that file_mounts puts on every node")
+                elif tp is not None:
+                    token_paths.add(_home(tp))
+            tm = _TEMP_DIR.search(cmd)
+            temp = tm.group(1).rstrip("/") if tm else None
+            if temp is None or temp in ("/tmp/ray", "$TMPDIR/ray") or not temp.startswith("/") \
+                    or len(temp) > MAX_TEMP_DIR:
+                problems.append(f"{place}: --temp-dir={temp or '(Ray default, /tmp/ray)'}: give `ray start` a temp "
+                                f"dir of this cluster's own, an absolute path of at most {MAX_TEMP_DIR} characters "
+                                f"(Ray's sockets live under it), e.g. --temp-dir=/tmp/ray-{cf.name}: `stablesweep "
+                                "cluster stop` and the stop before each start find this cluster's processes, and "
+                                "only those, by it")
+            if role == "head" and local:
+                if not _NUM_CPUS_0.search(cmd):
+                    problems.append(f"{place}: the head would take trials: start it with --num-cpus=0 (the "
+                                    "driver runs there; trials go to the workers)")
+                v1 = sets.get("RAY_enable_autoscaler_v2", env.get("RAY_UP_enable_autoscaler_v2", "1")) == "0"
+                if not v1:
+                    problems.append(f"{place}: Ray 2.60's default autoscaler (v2) never starts the workers of a "
+                                    "local provider (the head logs 'Adding 1 nodes to satisfy min count' every 5 s); "
+                                    "put `export RAY_enable_autoscaler_v2=0;` before the head's `ray start`")
+        if role == "head" and not local and starts:
+            head_res = (cf.raw.get("available_node_types") or {}).get(head_type, {}).get("resources") or {}
+            if head_res.get("CPU") != 0 and not any(_NUM_CPUS_0.search(cmd) for _, cmd, _, _ in starts):
+                problems.append(f"available_node_types.{head_type}.resources: the head would take trials: "
+                                "resources: {CPU: 0}")
+    for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
+                "worker_start_ray_commands"):
+        for i, cmd in enumerate(c.get(key) or []):
+            if re.search(r"\bray\s+stop\b", cmd):
+                problems.append(f"{key}[{i}]: `ray stop` stops every Ray process of the account on the machine, "
+                                "other clusters' included; stop only this cluster's, by its --temp-dir: "
+                                f"{node_stop_command(f'/tmp/ray-{cf.name}')}")
+    if len(auth_modes) > 1:
+        problems.append(f"RAY_AUTH_MODE differs between `ray start` commands ({', '.join(sorted(auth_modes))}): "
+                        "nodes of one cluster need one mode")
+
+    # ---- files on the nodes: the project, the token
+    mounts = {_home(k): v for k, v in (c.get("file_mounts") or {}).items()}
+    for remote, source in mounts.items():
+        if remote == "~/stablesweep":
+            problems.append(f"file_mounts: {remote}: a directory named stablesweep in the home directory is "
+                            "imported instead of the installed package by anything run from there (`cannot import "
+                            "name '__version__'`); mount the project elsewhere, e.g. ~/stablesweep-src")
+        elif source in (".", "./"):
+            lines.append(f"  project: {remote} on every node, from the directory `ray up` runs in")
+    mode = next(iter(auth_modes)) if len(auth_modes) == 1 else None
+    if mode == "token":
+        for tp in sorted(token_paths):
+            if tp not in mounts:
+                problems.append(f"RAY_AUTH_TOKEN_PATH={tp}: no file_mounts entry puts the token there; add "
+                                f'"{tp}": "~/.ray/auth_token"')
+                continue
+            source = Path(mounts[tp]).expanduser()
+            lines.append(f"  token authentication: RAY_AUTH_MODE=token on every node, token {tp} from {mounts[tp]}")
+            if not source.is_file():
+                problems.append(f"file_mounts: {tp}: {mounts[tp]} does not exist here; make the token once with "
+                                "`ray get-auth-token --generate`")
+                continue
+            mine = env.get("RAY_AUTH_TOKEN") or _read(Path(env.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser())
+            theirs = source.read_text().strip()
+            if env.get("RAY_AUTH_MODE") != "token" or mine != theirs:
+                why = "no token" if mine is None else "another token" if mine != theirs else "the cluster's token"
+                problems.append(f"this shell: RAY_AUTH_MODE={env.get('RAY_AUTH_MODE') or '(unset)'}, {why}: `ray job` "
+                                "and `ray status` against this cluster fail ('Missing authentication token', "
+                                f"'InvalidAuthToken'); export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={mounts[tp]}")
+    elif mode is not None:
+        lines.append(f"  token authentication: RAY_AUTH_MODE={mode} on every node")
+    if local:
+        lines.append(f"  autoscaler: {'v1' if v1 else 'v2 (Ray default)'}")
+    return lines, problems
+
+
+def _read(p: Path) -> str | None:
+    return p.read_text().strip() if p.is_file() else None
+
+
+# ---- the running cluster ----------------------------------------------------------------------
+
+def _probe(out_marker: str | None) -> dict[str, Any]:
+    """Run on one node: what a trial there would see."""
+    import platform
+    import socket
+
+    import ray
+
+    import stablesweep
+
+    seen = None
+    if out_marker:
+        path, content = out_marker.split("\n", 1)
+        seen = _read(Path(path)) == content
+    return {"ray": ray.__version__, "stablesweep": stablesweep.__version__,
+            "stablesweep_at": str(Path(stablesweep.__file__).parent), "python": platform.python_version(),
+            "auth_mode": os.environ.get("RAY_AUTH_MODE") or "(unset)", "host": socket.gethostname(), "sees_out": seen}
+
+
+@dataclass
+class NodeReport:
+    """One alive node as the check saw it: its resources (Ray's names: CPU, GPU) and the probe's
+    answer (None: no answer; `error`: why it failed)."""
+
+    node_id: str
+    ip: str
+    head: bool
+    resources: dict[str, float]
+    answer: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def judge(nodes: list[NodeReport], node_types: list[tuple[dict[str, float], int]], driver: dict[str, Any],
+          out: str | None, timeout: float) -> tuple[list[str], list[str]]:
+    """The report and the problems of a live cluster, from plain data: the alive nodes, the node
+    types an autoscaler may start (resources as Tune spells them: cpu, gpu; most nodes), and the
+    driver's own versions and token mode."""
+    mine = (f"Ray {driver['ray']}, stablesweep {driver['stablesweep']}, Python {driver['python']}, "
+            f"RAY_AUTH_MODE={driver['auth_mode']}")
+    lines = [f"  driver: {mine}"]
+    problems: list[str] = []
+    for n in nodes:
+        where = f"{'head' if n.head else 'worker'} {n.ip} ({n.node_id[:12]})"
+        text = f"  {where}: {n.resources.get('CPU', 0):g} CPUs, {n.resources.get('GPU', 0):g} GPUs"
+        got = n.answer
+        if got is None:
+            lines.append(text + ": no answer")
+            problems.append(f"{where}: " + (f"the probe task failed: {n.error}" if n.error else
+                                            f"did not run a task in {timeout:g} s (no free worker process there, or "
+                                            "its runtime environment failed: the node's raylet.out and "
+                                            "runtime_env_setup logs say)"))
+            continue
+        lines.append(text + f"; Ray {got['ray']}, stablesweep {got['stablesweep']} ({got['stablesweep_at']}), "
+                            f"Python {got['python']}, RAY_AUTH_MODE={got['auth_mode']}, host {got['host']}"
+                            + ("" if got["sees_out"] is None else f", sees --out: {'yes' if got['sees_out'] else 'NO'}"))
+        for k, what in (("ray", "Ray"), ("stablesweep", "stablesweep"), ("python", "Python"),
+                        ("auth_mode", "RAY_AUTH_MODE")):
+            if got[k] != driver[k]:
+                problems.append(f"{where}: {what} {got[k]}, the driver's is {driver[k]}: every node must run the "
+                                "same (install the same versions in each node's venv; one RAY_AUTH_MODE for all)")
+        if got["sees_out"] is False:
+            problems.append(f"{where}: does not see the file the driver wrote under --out {out}: that path is not "
+                            "the same storage there; trials on it could not save or restore checkpoints. Mount the "
+                            "shared storage at that path on every node, or use a bucket URI")
+    head_cpus = sum(n.resources.get("CPU", 0.0) for n in nodes if n.head)
+    if head_cpus > 0 and (any(not n.head for n in nodes) or node_types):
+        problems.append(f"the head has {head_cpus:g} CPUs, so trials may run on it; start it with --num-cpus=0 "
+                        "(or resources: {CPU: 0} for its node type)")
+    for res, most in node_types:
+        cpu, gpu = res.get("cpu"), res.get("gpu")
+        if cpu is None and gpu is None:
+            problems.append(f"a node type of the autoscaler (up to {most} nodes) declares no resources: GPU trials "
+                            "never start it from zero; write its resources (CPU, GPU) in the cluster file")
+        alive = sum(1 for n in nodes if not n.head and n.resources.get("CPU", 0.0) == (cpu or 0.0)
+                    and n.resources.get("GPU", 0.0) == (gpu or 0.0))
+        lines.append(f"  node type: {cpu or 0:g} CPUs, {gpu or 0:g} GPUs; {alive} alive, up to {most} (the "
+                     "autoscaler adds them for pending trials)" + (": at zero now" if not alive else ""))
+    total = sum(n.resources.get("GPU", 0.0) for n in nodes)
+    lines.append(f"  GPUs alive: {total:g}" + (", more as the autoscaler adds nodes" if node_types else ""))
+    return lines, problems
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is refused at once (Ray would retry for minutes)."""
+    import socket
+
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", address)
+    if m is None:
+        return  # auto, ray://...: Ray resolves those itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+    except OSError as e:
+        raise ClusterError(f"--address {address}: nothing answers there ({e.strerror or e}); is the Ray head "
+                           "running?") from None
+
+
+def check_live(address: str | None, out: str | None = None, timeout: float = 120.0) -> tuple[list[str], list[str]]:
+    """Join the cluster at `address` (None: the Ray this process is already connected to) and ask
+    every alive node what a trial there would get."""
+    import platform
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    import stablesweep
+    from stablesweep.sweep.runner import cluster_shape, is_shared_uri, uri_scheme
+
+    joined = address is not None
+    if joined:
+        _check_reachable(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise ClusterError(f"--address {address}: cannot join that Ray cluster: {e}") from None
+    marker_file = None
+    try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        nodes = sorted((NodeReport(n["NodeID"], n["NodeManagerAddress"], "node:__internal_head__" in n["Resources"],
+                                   n["Resources"]) for n in alive), key=lambda n: (not n.head, n.ip))
+        lines = [f"cluster at {address or ray.get_runtime_context().gcs_address}: {len(nodes)} node(s) alive"]
+        out_marker = None
+        if out and is_shared_uri(out):
+            lines.append(f"  --out {out}: a bucket, which every node reaches by itself (not probed from the nodes)")
+        elif out:
+            base = Path(out.split("://", 1)[1] if uri_scheme(out) else out).expanduser().resolve()
+            base.mkdir(parents=True, exist_ok=True)
+            marker_file = base / f".stablesweep-cluster-check-{secrets.token_hex(4)}"
+            content = secrets.token_hex(16)
+            marker_file.write_text(content)
+            out_marker = f"{marker_file}\n{content}"
+        probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.node_id, soft=False))
+                .remote(out_marker) for n in nodes]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        for n, ref in zip(nodes, refs):
+            if ref in ready:
+                try:
+                    n.answer = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 (whatever a node raises is the finding)
+                    n.error = str(e).strip().splitlines()[-1]
+        driver = {"ray": ray.__version__, "stablesweep": stablesweep.__version__, "python": platform.python_version(),
+                  "auth_mode": os.environ.get("RAY_AUTH_MODE") or "(unset)"}
+        more, found = judge(nodes, cluster_shape(autoscaling=True).node_types, driver, out, timeout)
+        return lines + more, found
+    finally:
+        if marker_file is not None:
+            marker_file.unlink(missing_ok=True)
+        if joined:
+            ray.shutdown()
+
+
+# ---- stop -------------------------------------------------------------------------------------------
+
+def stop_nodes(cf: ClusterFile, echo: Callable[[str], None] = print) -> list[str]:
+    """Stop this cluster's Ray on every machine of an on-prem cluster, over SSH as `ray up` reached
+    them, workers first: only the processes of its Ray temp dir. Returns the machines where that
+    failed, each with why."""
+    if cf.provider != "local":
+        raise ClusterError(f"{cf.path}: provider {cf.provider}: `ray down {cf.path}` stops and terminates a cloud "
+                           "cluster's machines; `stablesweep cluster stop` is for machines you keep (provider: local)")
+    temps = temp_dirs(cf)
+    for role, temp in temps.items():
+        if temp is None:
+            raise ClusterError(f"{cf.path}: {role}_start_ray_commands: `ray start` has no --temp-dir, so this "
+                               "cluster's processes cannot be told from other Ray processes of the machine")
+    auth, prov = cf.config["auth"], cf.config["provider"]
+    ssh = ["ssh", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={os.devnull}",
+           "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    if auth.get("ssh_private_key"):
+        ssh += ["-i", str(Path(auth["ssh_private_key"]).expanduser())]
+    if auth.get("ssh_proxy_command"):
+        ssh += ["-o", f"ProxyCommand={auth['ssh_proxy_command']}"]
+    failed = []
+    for role, ip in [("worker", ip) for ip in prov.get("worker_ips") or []] + [("head", prov["head_ip"])]:
+        try:
+            p = subprocess.run([*ssh, f"{auth['ssh_user']}@{ip}", node_stop_command(temps[role])],
+                               check=False, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            failed.append(f"{ip} ({role}): no answer in 90 s")
+            continue
+        said = (p.stdout.strip().splitlines() or [""])[-1]
+        if p.returncode != 0 or not said.startswith("stopped"):
+            failed.append(f"{ip} ({role}): ssh exited {p.returncode}: {(p.stderr or p.stdout).strip()[-500:]}")
+        else:
+            echo(f"{ip} ({role}): {said}")
+    return failed
