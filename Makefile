@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint install clean stable-template
+.PHONY: demo test lint cluster-test install clean stable-template
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Ray's own launcher end to end (ray up of a head and a worker on loopback through a test sshd): ~5 min
+cluster-test: $(STAMP)
+	STABLESWEEP_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/cluster/test_launcher.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
