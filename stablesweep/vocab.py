@@ -57,14 +57,15 @@ SAFETY = 0.5
 
 
 def recommended_lr(lr: float | None, *, max_stable: float | None, min_diverged: float | None,
-                   safety: float = SAFETY) -> float | None:
+                   safety: float = SAFETY, at_risk: float | None = None) -> float | None:
     """The lr we recommend for one setting: `lr` (the best stable trial's, or the largest stable
-    one), at most `safety` x the smallest lr seen to diverge; when none diverged, at most `safety`
-    x the largest stable lr (the edge was never seen, so we keep the same margin below what we
-    know). None when nothing was stable."""
+    one), at most `safety` x the edge. The edge is the lr at 5% risk of failing where replicates
+    measured it (`at_risk`), else the smallest lr seen to diverge, else the largest stable lr (the
+    edge was never seen, so we keep the same margin below what we know). None when nothing was
+    stable."""
     if lr is None or max_stable is None:
         return None
-    edge = min_diverged if min_diverged is not None else max_stable
+    edge = next(x for x in (at_risk, min_diverged, max_stable) if x is not None)
     return min(float(lr), safety * float(edge))
 
 
