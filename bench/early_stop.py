@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--space", default=str(ROOT / "search_spaces" / "quick.yaml"))
     ap.add_argument("--cpus", type=int, default=None)
     args = ap.parse_args()
-    from stablesweep.sweep.runner import SweepOptions, run_sweep
+    from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.runner import run_sweep
 
     tmp = Path(tempfile.mkdtemp(prefix="early-stop-"))
     res = run_sweep(SweepOptions(config=str(ROOT / "configs" / "demo.yaml"), space=args.space, sampler="random",

@@ -36,8 +36,9 @@ def main() -> None:
     args = ap.parse_args()
     import yaml
 
-    from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
-    from stablesweep.sweep.runner import SweepOptions, run_sweep
+    from stablesweep.sweep.options import RampOptions, SweepOptions
+    from stablesweep.sweep.ramp_runner import run_ramp
+    from stablesweep.sweep.runner import run_sweep
     from stablesweep.sweep.space import short_name
 
     tmp = Path(tempfile.mkdtemp(prefix="ramp-vs-grid-"))

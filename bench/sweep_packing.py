@@ -56,7 +56,8 @@ def main() -> None:
     import torch
     import yaml
 
-    from stablesweep.sweep.runner import SweepOptions, run_sweep
+    from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.runner import run_sweep
 
     if not torch.cuda.is_available():
         sys.exit("error: this benchmark needs a CUDA GPU")

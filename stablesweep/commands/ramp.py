@@ -94,11 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
+    from stablesweep.sweep.options import RampOptions
+    from stablesweep.sweep.ramp_runner import run_ramp
 
-    from dataclasses import fields
-
-    # every option of `ramp` is a field of RampOptions by the same name
-    opts = RampOptions(**{f.name: getattr(args, f.name) for f in fields(RampOptions) if hasattr(args, f.name)})
-    result = run_ramp(opts)
+    result = run_ramp(RampOptions.from_args(args))
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1

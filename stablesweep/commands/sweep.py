@@ -140,22 +140,16 @@ def resume_command(argv: list[str], name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
+    from stablesweep.sweep.options import SweepOptions
     from stablesweep.sweep.space import load_space
 
+    opts = SweepOptions.from_args(args)
     # the cheap checks first, before Ray is even imported
-    cfg = load_config(args.config, list(args.overrides) + ([f"training.steps={args.steps}"] if args.steps else []))
-    load_space(args.space).validate(cfg)
+    load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
 
-    from stablesweep.sweep.runner import SweepOptions, run_sweep
+    from stablesweep.sweep.runner import run_sweep
     from stablesweep.tracking import ui_command
 
-    opts = SweepOptions(config=args.config, space=args.space, samples=args.samples, sampler=args.sampler,
-                        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                        max_concurrent=args.max_concurrent, address=args.address, out=args.out,
-                        mlflow=args.mlflow, name=args.name, resume=args.resume, overrides=args.overrides,
-                        steps=args.steps, asha=args.asha, asha_grace=args.asha_grace, seed=args.seed,
-                        shared_storage=args.shared_storage, local_dir=args.local_dir,
-                        max_failures=args.max_failures, resources_per_trial=args.resources_per_trial)
     res = run_sweep(opts, echo=lambda s: print(s, flush=True))
     c = res.counts
     print()
@@ -172,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{c['pruned']} trial(s) pruned by ASHA: stable only up to where they stopped, so not counted as "
               "stable; --no-asha maps the boundary with full-budget runs")
     if res.region.recommended:
-        from stablesweep.sweep.space import format_value
+        from stablesweep.vocab import format_value
 
         print("\nrecommended: " + "  ".join(f"{k}={format_value(v) if v is not None else 'null'}"
                                             for k, v in res.region.recommended.items()))

@@ -1,5 +1,11 @@
-"""Stability sweeps: search spaces, the Tune trainable, the divergence-aware Optuna searcher, the
-stopper and scheduler, and the runner that ties them together.
+"""Stability sweeps and lr ramps: search spaces, the Tune trial function, the divergence-aware
+Optuna searcher, the stopper and scheduler, and the runners that tie them together.
+
+By concern: `space` (search spaces), `options` (what sweeps and ramps share), `cluster` (the
+cluster's shape, resources and shared storage), `session` (Ray and the Tuner), `trainable` (the
+one trial function), `search` (the Optuna searcher), `stopper` (when a trial stops and its
+verdict), `records` (the trial table), `callbacks` (MLflow and progress), `runner` (the sweep),
+`ramp` (the ramp's planner) and `ramp_runner` (the ramp).
 
 `space` needs neither Ray nor torch (a space is checked before Ray starts); the rest import Ray,
 so they are loaded on first use.
@@ -11,13 +17,17 @@ _LAZY = {
     "plan_sweep": "stablesweep.sweep.runner",
     "SweepOptions": "stablesweep.sweep.runner",
     "SweepResult": "stablesweep.sweep.runner",
-    "InputError": "stablesweep.sweep.runner",
-    "trials_table": "stablesweep.sweep.runner",
+    "run_ramp": "stablesweep.sweep.ramp_runner",
+    "RampOptions": "stablesweep.sweep.ramp_runner",
+    "RampResult": "stablesweep.sweep.ramp_runner",
+    "RunOptions": "stablesweep.sweep.options",
+    "InputError": "stablesweep.vocab",
+    "trials_table": "stablesweep.sweep.records",
     "StabilitySearcher": "stablesweep.sweep.search",
     "DivergenceStopper": "stablesweep.sweep.stopper",
     "StabilityASHA": "stablesweep.sweep.stopper",
     "final_verdict": "stablesweep.sweep.stopper",
-    "sweep_trial": "stablesweep.sweep.trainable",
+    "run_trial": "stablesweep.sweep.trainable",
 }
 
 __all__ = ["SearchSpace", "SpaceError", "load_space", "parse_space", *_LAZY]

@@ -149,7 +149,7 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
         s.status = FAILED
         return []
     lo, hi = s.max_stable, s.min_diverged
-    first, last = s.rungs[0], s.rungs[-1]
+    first = s.rungs[0]
     if hi is None:  # climbing: the next untested rungs above the last stable one
         up = [r for r in _climb_rungs(s) if (lo is None or r > lo * (1 + 1e-9)) and not s.has(r)]
         if not up:

@@ -8,7 +8,7 @@ Layout, under `--out` (default runs/ramps):
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
     OUT/NAME/tune/round_NNN/        Tune's experiment of each round: probe results and checkpoints
 
-On a cluster the rules are the sweep's (`runner.cluster_checks`): probes run on the worker nodes
+On a cluster the rules are the sweep's (`cluster.cluster_checks`): probes run on the worker nodes
 and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
 be shared storage (a path declared with `--shared-storage`, or a bucket URI, with the ramp's own
 files then under `--local-dir`, Tune's experiments at OUT/NAME/tune). Continue mode warm-starts a
@@ -17,64 +17,43 @@ whose node is lost is retried (`--max-failures`) from its last checkpoint.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import json
 import math
-import re
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from ray.tune.search import Searcher
 
 from stablesweep.config import ConfigError, load_config
-from stablesweep.sweep.ramp import (CLIMBS, LADDERS, RUNNING, Probe, Setting, ladder, next_probes,
-                                    seed_from_range_test)
-from stablesweep.sweep.runner import (_ephemeral_notes, check_run_options, cluster_checks, storage_paths,
-                                      trial_resources, uri_scheme)
+from stablesweep.sweep.cluster import (
+    check_run_options,
+    cluster_checks,
+    ephemeral_path_notes,
+    storage_paths,
+    uri_scheme,
+)
+from stablesweep.sweep.options import RampOptions
+from stablesweep.sweep.ramp import (
+    CLIMBS,
+    LADDERS,
+    RUNNING,
+    Probe,
+    Setting,
+    ladder,
+    next_probes,
+    seed_from_range_test,
+)
+from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
-from stablesweep.vocab import LR_KEY, SAFETY, InputError
+from stablesweep.sweep.trainable import WARM_START
+from stablesweep.vocab import LR_KEY, InputError
 
 MODES = ("restart", "continue")
-DEFAULT_LOCAL_DIR = "runs/ramps"  # the ramp's own files when --out is a bucket URI
 VERDICT_COLORS = {"stable": "tab:green", "diverged": "tab:red", "error": "tab:gray"}
-
-
-@dataclass
-class RampOptions:
-    config: str
-    space: str | None = None
-    lr_start: float = 1e-6
-    lr_stop: float = 1.0
-    ladder: str = "1-2-5"
-    climb: str | None = None  # gallop | step (default: gallop in restart mode, step in continue mode)
-    resolution: float = 1.25
-    parallel: int = 2
-    safety: float = SAFETY
-    steps: int | None = None
-    mode: str = "restart"
-    first_pass: str | None = None  # "range-test"
-    range_steps: int | None = None  # steps of the range test (default: the probe budget)
-    out: str = "runs/ramps"
-    mlflow: str | None = None
-    address: str | None = None
-    name: str | None = None
-    overrides: list[str] = field(default_factory=list)
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int | None = None
-    num_cpus: int | None = None
-    experiment: str = "stablesweep"
-    evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
-    # ---- on a cluster (as SweepOptions) ----
-    shared_storage: bool = False  # the user declares: the --out path is the same storage on every node
-    local_dir: str | None = None  # the ramp's own files when --out is a URI (default runs/ramps)
-    max_failures: int | None = None  # retries of a probe (default: 2 on a multi-node cluster, else 0)
-    resources_per_trial: dict[str, float] | None = None  # custom Ray resources a probe needs
 
 
 @dataclass
@@ -121,8 +100,8 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
     if opts.steps is not None and opts.steps < 1:
         raise InputError(f"--steps {opts.steps}: must be at least 1")
     check_run_options(opts)
-    storage_paths(opts.out, opts.local_dir, DEFAULT_LOCAL_DIR)  # refuses a bad --out / --local-dir
-    cfg = load_config(opts.config, opts.overrides + ([f"training.steps={opts.steps}"] if opts.steps else []))
+    storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
+    cfg = load_config(opts.config, opts.config_overrides())
     if cfg.training.steps is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
     base = cfg.to_dict()
@@ -145,7 +124,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         except ConfigError as e:
             raise InputError(f"setting {short_name(params) or 'the config'}: {e}") from None
         settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs, climb=climb_of(opts)))
-    notes += _ephemeral_notes(opts, DEFAULT_LOCAL_DIR)
+    notes += ephemeral_path_notes(opts)
     if opts.mode == "continue" and opts.parallel > 1:
         notes.append("continue mode: each setting climbs one rung at a time (each rung starts from the last "
                      "stable one); settings still run in parallel")
@@ -156,7 +135,7 @@ def ramp_paths(opts: RampOptions, name: str) -> tuple[Path, Path, str]:
     """(the directory for the ramp's own files, the ramp's directory in it, Tune's storage for its
     rounds): OUT/NAME and OUT/NAME/tune for a path --out; --local-dir/NAME and OUT_URI/NAME/tune for
     a URI --out."""
-    out, storage = storage_paths(opts.out, opts.local_dir, DEFAULT_LOCAL_DIR)
+    out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
     ramp_dir = out / name
     return out, ramp_dir, (str(ramp_dir / "tune") if uri_scheme(opts.out) is None else f"{storage}/{name}/tune")
 
@@ -167,73 +146,20 @@ def climb_of(opts: RampOptions) -> str:
     return opts.climb or ("step" if opts.mode == "continue" else "gallop")
 
 
-# ---- the trial ----------------------------------------------------------------------------------
-
-def ramp_probe(config: dict[str, Any], *, base: dict, base_dir: str, source: str, evaluate: bool) -> None:
-    """One probe in a Ray worker: a short real training run at one lr (or an lr range test)."""
-    import ray
-    from ray import tune
-
-    from stablesweep.vocab import FINISHED
-    from stablesweep.sweep.trainable import trial_device
-    from stablesweep.train import run_training
-
-    req = config["probe"]
-    params = dict(req["params"])
-    params[LR_KEY] = req["lr"]
-    params["training.steps"] = req["steps"]
-    if req["phase"] == "range-test":
-        params.update({"training.schedule": "exponential", "training.lr_final": req["lr_final"],
-                       "training.warmup_steps": 0})
-    if not evaluate:
-        params["datasets.skip_evaluation"] = True
-    cfg = apply_params(base, params, source=source, base_dir=base_dir)
-    node_id = ray.get_runtime_context().get_node_id()
-    device = trial_device()
-    work = tempfile.mkdtemp(prefix="stablesweep-probe-")
-
-    def report(metrics: dict, checkpoint: str | None) -> None:
-        m = dict(metrics)
-        m[FINISHED] = bool(m.pop("done", False))
-        m.update(node_id=node_id, device=device)
-        tune.report(m, checkpoint=tune.Checkpoint.from_directory(checkpoint) if checkpoint else None)
-
-    try:
-        resume_from, warm = None, False
-        restored = tune.get_checkpoint()
-        if restored is not None:  # a retry (its node was lost): go on from this probe's own last state
-            resume_from = restored.to_directory(f"{work}/restored")
-        elif req.get("warm_from"):  # continue mode: from the last stable rung's checkpoint, in Tune's storage
-            resume_from, warm = tune.Checkpoint(req["warm_from"]).to_directory(f"{work}/warm"), True
-        # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
-        run_training(cfg, report=report, device=device,
-                     checkpoint_dir=f"{work}/checkpoints" if req.get("checkpoints") else None,
-                     resume_from=resume_from, warm_start=warm)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 # ---- the loop -----------------------------------------------------------------------------------
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    import ray
-
-    from stablesweep.sweep.runner import _init_ray, _quiet_tune
-    from stablesweep.tracking import KIND_TAG, Tracker, default_tracking_uri
+    from stablesweep.tracking import KIND_TAG, Tracker, default_tracking_uri, ui_command
 
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
-    name = opts.name or f"{Path(opts.config).stem}-ramp-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only")
+    name = opts.run_name("ramp")
     out, ramp_dir, storage = ramp_paths(opts, name)
     if ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; choose another --name or --out")
     for n in notes:
         echo(f"note: {n}")
-    _quiet_tune()
-    started_ray = _init_ray(opts)
-    try:
+    with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         ramp_dir.mkdir(parents=True, exist_ok=True)
         uri = opts.mlflow or default_tracking_uri(out)
@@ -255,7 +181,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
             echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {storage}; the ramp's files in {ramp_dir}; "
                  f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
                  + (" from its checkpoint" if max_failures else ""))
-        runner = _Rounds(opts, base, cfg, ramp_dir, tracker, parent, echo, max_concurrent=max_concurrent,
+        runner = _Rounds(opts, cfg, tracker, parent, echo, max_concurrent=max_concurrent,
                          max_failures=max_failures, storage=storage)
         runner.run(settings)
         summary = [s.summary(opts.safety) for s in settings]
@@ -267,33 +193,61 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                           tags={"budget_steps": str(budget)}, artifacts=list(files.values()))
         echo(format_table(summary, budget))
         echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
-        from stablesweep.tracking import ui_command
-
         echo(f"MLflow: {ui_command(uri)}")
         return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started)
-    finally:
-        if started_ray:
-            ray.shutdown()
+
+
+@dataclass
+class _Request:
+    """One probe to run: its setting, lr and phase, and its trial's config."""
+
+    setting: Setting
+    lr: float
+    phase: str
+    config: dict[str, Any]  # the trial config of `trainable.run_trial`: dotted config keys (and WARM_START)
+    start_step: int = 0  # continue mode: the step its warm start begins at
+
+
+class _Listed(Searcher):
+    """Tune's searcher of one round: the round's trial configs, each once, in order."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.todo = list(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        return self.todo.pop(0) if self.todo else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # a round's probes do not depend on each other's results
+
+    def save(self, checkpoint_path: str) -> None:
+        pass  # a round is never restored (Tune snapshots its searcher all the same)
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 class _Rounds:
     """Round by round: every running setting's next probes, all as one Tune experiment."""
 
-    def __init__(self, opts: RampOptions, base: dict, cfg, ramp_dir: Path, tracker, parent: str,
-                 echo: Callable[[str], None], *, max_concurrent: int, max_failures: int = 0, storage: str):
-        self.opts, self.base, self.cfg, self.dir = opts, base, cfg, ramp_dir
-        self.tracker, self.parent, self.echo = tracker, parent, echo
+    def __init__(self, opts: RampOptions, cfg, tracker, parent: str, echo: Callable[[str], None], *,
+                 max_concurrent: int, max_failures: int = 0, storage: str):
+        self.opts, self.tracker, self.parent, self.echo = opts, tracker, parent, echo
         self.max_concurrent, self.max_failures, self.storage = max_concurrent, max_failures, storage
         self.round = 0
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.budget = cfg.training.steps
+        # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
+        self.trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
 
     def run(self, settings: list[Setting]) -> None:
         todo: dict[str, list[tuple[float, str]]] = {}
         if self.opts.first_pass == "range-test":
             rt_steps = self.opts.range_steps or self.budget
             reqs = [self._request(s, self.opts.lr_start, "range-test", steps=rt_steps) for s in settings]
-            for s, probe in zip(settings, self._execute(reqs, settings)):
+            for s, probe in zip(settings, self._execute(reqs)):
                 probe.lr = self.opts.lr_start
                 todo[s.key] = seed_from_range_test(s, probe, self.opts.lr_start, self.opts.lr_stop, rt_steps,
                                                    self.per_setting)
@@ -303,73 +257,57 @@ class _Rounds:
                           + ", ".join(f"{lr:.2e}" for lr, _ in todo[s.key]))
         else:
             todo = {s.key: next_probes(s, self.per_setting, self.opts.resolution) for s in settings}
+        announced: set[str] = set()
         while any(todo.values()):
-            reqs, owners = [], []
-            for s in settings:
-                for lr, phase in todo.get(s.key, []):
-                    reqs.append(self._request(s, lr, phase))
-                    owners.append(s)
-            for s, probe in zip(owners, self._execute(reqs, owners)):
-                s.probes.append(probe)
+            reqs = [self._request(s, lr, phase) for s in settings for lr, phase in todo.get(s.key, [])]
+            for req, probe in zip(reqs, self._execute(reqs)):
+                req.setting.probes.append(probe)
             todo = {s.key: next_probes(s, self.per_setting, self.opts.resolution) for s in settings}
             for s in settings:
-                if s.status != RUNNING and not getattr(s, "_announced", False):
-                    s._announced = True  # type: ignore[attr-defined]
+                if s.status != RUNNING and s.key not in announced:
+                    announced.add(s.key)
                     self.echo(f"  done {short_name(s.params) or 'config'}: {s.status}, max stable "
                               f"{_fmt(s.max_stable)}, min diverged {_fmt(s.min_diverged)}, {len(s.probes)} probes")
 
-    def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> dict:
-        req: dict[str, Any] = {"setting": s.key, "params": s.params, "lr": float(lr), "phase": phase,
-                               "steps": steps or self.budget, "start_step": 0,
-                               "checkpoints": self.max_failures > 0 or self.opts.mode == "continue"}
+    def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> _Request:
+        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
+        start_step = 0
         if phase == "range-test":
-            req["lr_final"] = self.opts.lr_stop
-        elif self.opts.mode == "continue":
+            config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
+                           "training.warmup_steps": 0})
+        elif self.opts.mode == "continue":  # from the last stable rung's checkpoint, in Tune's storage
             warm = s.last_stable_probe()
             if warm is not None and warm.checkpoint:
-                req["warm_from"] = warm.checkpoint
-                req["start_step"] = warm.steps
-                req["steps"] = warm.steps + self.budget
-        return req
+                config[WARM_START] = warm.checkpoint
+                config["training.steps"] = warm.steps + self.budget
+                start_step = warm.steps
+        if not self.opts.evaluate:
+            config["datasets.skip_evaluation"] = True
+        return _Request(s, float(lr), phase, config, start_step)
 
-    def _execute(self, reqs: list[dict], owners: list[Setting]) -> list[Probe]:
-        from ray import tune
-
-        from stablesweep.sweep.stopper import DivergenceStopper
-
+    def _execute(self, reqs: list[_Request]) -> list[Probe]:
         self.round += 1
         self.echo(f"round {self.round}: {len(reqs)} probe(s): "
-                  + "; ".join(f"{short_name(r['params']) or 'config'} lr {r['lr']:.2e}" for r in reqs))
-        trainable = tune.with_resources(
-            tune.with_parameters(ramp_probe, base=self.base, base_dir=self.cfg.base_dir, source=self.cfg.source,
-                                 evaluate=self.opts.evaluate),
-            trial_resources(self.opts))
-        tuner = tune.Tuner(
-            trainable, param_space={"probe": tune.grid_search(reqs)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=self.max_concurrent, reuse_actors=True),
-            run_config=tune.RunConfig(name=f"round_{self.round:03d}", storage_path=self.storage,
-                                      stop=DivergenceStopper(), verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=self.max_failures)))
-        results = tuner.fit()
-        by_key = {}
-        for r in results:
-            req = r.config["probe"]
-            by_key[(req["setting"], req["lr"], req["phase"])] = r
+                  + "; ".join(f"{short_name(r.setting.params) or 'config'} lr {r.lr:.2e}" for r in reqs))
+        tuner = make_tuner(self.trainable, name=f"round_{self.round:03d}", storage=self.storage,
+                           search_alg=_Listed([r.config for r in reqs]), num_samples=len(reqs),
+                           max_concurrent=self.max_concurrent, max_failures=self.max_failures)
+        results = {_config_key(r.config): r for r in tuner.fit()}
         probes = []
-        for req, s in zip(reqs, owners):
-            r = by_key[(req["setting"], req["lr"], req["phase"])]
+        for req in reqs:
+            r = results[_config_key(req.config)]
             m = r.metrics or {}
             if r.error is not None or "verdict" not in m:
-                probe = Probe(req["lr"], "error", phase=req["phase"], reason=str(r.error)[:200] if r.error else None)
+                probe = Probe(req.lr, "error", phase=req.phase, reason=str(r.error)[:200] if r.error else None)
             else:
-                probe = Probe(req["lr"], m["verdict"], m.get("reason"), int(m.get("first_bad_step", -1)),
+                probe = Probe(req.lr, m["verdict"], m.get("reason"), int(m.get("first_bad_step", -1)),
                               int(m.get("step", 0)), float(m.get("train_flops", 0.0)),
-                              float(m.get("time_total_s", 0.0)), req["phase"], float(m.get("objective", math.nan)),
-                              start_step=req.get("start_step", 0),
+                              float(m.get("time_total_s", 0.0)), req.phase, float(m.get("objective", math.nan)),
+                              start_step=req.start_step,
                               checkpoint=self._uri(r.checkpoint) if m["verdict"] == "stable" else None,
                               trial_id=m.get("trial_id"), node_id=m.get("node_id"))
             probes.append(probe)
+            s = req.setting
             self._log(s, probe, m)
             self.echo(f"    {short_name(s.params) or 'config'} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
                       + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == "diverged" else "")

@@ -76,7 +76,11 @@ class Axis:
                          f"use {{grid: [...]}} with the values to try, or another --sampler")
 
     def to_optuna(self):
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
 
         if self.categorical:
             return CategoricalDistribution(list(self.values))

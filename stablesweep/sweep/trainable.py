@@ -1,8 +1,14 @@
-"""The Tune trainable: one trial is one `run_training` call on the base config + sampled keys.
+"""The trial function: one sweep trial or one ramp probe is one `run_training` call on the base
+config with the trial's keys applied.
 
 Runs in a Ray worker. It adapts the training loop's `report(metrics, checkpoint_dir)` to
-`ray.tune.report`, resumes from `ray.tune.get_checkpoint()`, and adds the node id. It logs to
-nothing else: MLflow is written by the driver.
+`ray.tune.report` (`tune_result`), goes on from `ray.tune.get_checkpoint()` when Tune retries the
+trial, and adds the node id. It logs to nothing else: MLflow is written by the driver.
+
+A trial's Tune config is its dotted config keys (`training.lr: 0.01`, as a searcher samples them,
+or as the ramp sets a probe's lr, budget and schedule), plus, for a ramp probe in continue mode,
+`WARM_START`: the checkpoint of the last stable rung, whose model, optimizer and step the probe
+continues at its own lr.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from ray import tune
 from stablesweep.sweep.space import apply_params
 from stablesweep.vocab import FINISHED
 
+WARM_START = "warm_start"  # a trial config key (not a config key): a checkpoint path or URI to start from
+
 
 def trial_device() -> str:
     """cuda when Ray gave this trial a GPU (or a fraction of one), else cpu."""
@@ -25,29 +33,44 @@ def trial_device() -> str:
         return "cpu"
 
 
-def sweep_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", source: str = "<sweep>") -> None:
-    """Train one sampled configuration; every report goes to Tune with a checkpoint."""
+def tune_result(metrics: dict[str, Any], node_id: str, device: str) -> dict[str, Any]:
+    """A training report as a Tune result: the loop's `done` is `finished` (Tune owns `done`, and
+    sets it on every stopped trial), and the node and device the trial ran on are added."""
+    result = dict(metrics)
+    result[FINISHED] = bool(result.pop("done", False))
+    result["node_id"] = node_id
+    result["device"] = device
+    return result
+
+
+def run_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", source: str = "<sweep>",
+              checkpoints: bool = True) -> None:
+    """Train `base` with the trial's config keys; every report goes to Tune.
+
+    `checkpoints`: write a checkpoint with the reports (a retry goes on from the last one, and a
+    resumed sweep or the next rung of a continue-mode ramp starts from it). Without, a retried
+    trial starts again from step 0."""
     from stablesweep.train import run_training  # torch is imported in the worker only
 
-    cfg = apply_params(base, config, source=source, base_dir=base_dir)
+    params = dict(config)
+    warm_from = params.pop(WARM_START, None)
+    cfg = apply_params(base, params, source=source, base_dir=base_dir)
     node_id = ray.get_runtime_context().get_node_id()
     device = trial_device()
 
     def report(metrics: dict, checkpoint: str | None) -> None:
-        m = dict(metrics)
-        m[FINISHED] = bool(m.pop("done", False))  # Tune owns `done`
-        m["node_id"] = node_id
-        m["device"] = device
         ckpt = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
-        tune.report(m, checkpoint=ckpt)
+        tune.report(tune_result(metrics, node_id, device), checkpoint=ckpt)
 
     work = tempfile.mkdtemp(prefix="stablesweep-trial-")
     try:
-        resume_from = None
+        resume_from, warm = None, False
         restored = tune.get_checkpoint()
-        if restored is not None:
+        if restored is not None:  # a retry (its node was lost) or a resumed sweep: this trial's own last state
             resume_from = restored.to_directory(f"{work}/restored")
-        run_training(cfg, report=report, device=device, checkpoint_dir=f"{work}/checkpoints",
-                     resume_from=resume_from)
+        elif warm_from:  # the model and optimizer of another trial, wherever it ran, at this trial's lr
+            resume_from, warm = tune.Checkpoint(warm_from).to_directory(f"{work}/warm"), True
+        run_training(cfg, report=report, device=device, checkpoint_dir=f"{work}/checkpoints" if checkpoints else None,
+                     resume_from=resume_from, warm_start=warm)
     finally:
         shutil.rmtree(work, ignore_errors=True)

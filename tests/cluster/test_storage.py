@@ -9,8 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from stablesweep.sweep.runner import (CLUSTER_MAX_FAILURES, ClusterShape, InputError, SweepOptions, check_shared_storage,
-                                      cluster_checks, is_shared_uri, plan_sweep, storage_paths, trial_resources)
+from stablesweep.sweep.cluster import (
+    CLUSTER_MAX_FAILURES,
+    ClusterShape,
+    autoscaler_node_types,
+    check_shared_storage,
+    cluster_checks,
+    ephemeral_path_notes,
+    is_shared_uri,
+    storage_paths,
+    trial_resources,
+)
+from stablesweep.sweep.options import SweepOptions
+from stablesweep.sweep.runner import plan_sweep
+from stablesweep.vocab import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -65,17 +77,15 @@ def test_local_dir_without_uri_out_is_refused(tmp_path):
 
 
 def test_relative_paths_in_a_ray_job_get_a_note(tmp_path, monkeypatch):
-    from stablesweep.sweep.runner import _ephemeral_notes
-
     job_dir = tmp_path / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
     job_dir.mkdir(parents=True)
     monkeypatch.chdir(job_dir)
-    notes = _ephemeral_notes(SweepOptions(config="c", space="s", out="s3://b/sweeps"))
+    notes = ephemeral_path_notes(SweepOptions(config="c", space="s", out="s3://b/sweeps"))
     assert len(notes) == 1 and notes[0].startswith("--local-dir runs/sweeps is relative to this Ray Job")
-    assert len(_ephemeral_notes(SweepOptions(config="c", space="s", out="runs/x", shared_storage=True))) == 1
-    assert _ephemeral_notes(SweepOptions(config="c", space="s", out="/mnt/shared/x")) == []
+    assert len(ephemeral_path_notes(SweepOptions(config="c", space="s", out="runs/x", shared_storage=True))) == 1
+    assert ephemeral_path_notes(SweepOptions(config="c", space="s", out="/mnt/shared/x")) == []
     monkeypatch.chdir(tmp_path)
-    assert _ephemeral_notes(SweepOptions(config="c", space="s", out="runs/x")) == []
+    assert ephemeral_path_notes(SweepOptions(config="c", space="s", out="runs/x")) == []
 
 
 # ---- resources ----------------------------------------------------------------------------------
@@ -177,13 +187,11 @@ def test_the_launchers_bootstrap_config_gives_the_node_types(tmp_path, monkeypat
     import yaml
     from ray.autoscaler._private.util import prepare_config
 
-    from stablesweep.sweep.runner import _autoscaler_node_types
-
     config = prepare_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
     path = tmp_path / "ray_bootstrap_config.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("STABLESWEEP_AUTOSCALING_CONFIG", str(path))
-    types = _autoscaler_node_types()
+    types = autoscaler_node_types()
     assert [m for _, m in types] == [4]  # gpu_worker: up to 4 (its resources are filled by `ray up`)
     shape = ClusterShape(nodes=[{"cpu": 0.0, "memory": 1e9}], node_types=types)
     opts = SweepOptions(config="c", space="s", gpus_per_trial=0.25, out="/mnt/shared/sweeps", shared_storage=True,

@@ -1,119 +1,96 @@
-"""The lr ramp end to end: real probes (Tune trials on the session's Ray), real MLflow."""
-import json
+"""The ramp's planner on a known boundary (pure: no Ray, no training)."""
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from stablesweep.config import load_config
-from stablesweep.sweep.ramp import BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED
-from stablesweep.sweep.ramp_runner import RampOptions, run_ramp
-from stablesweep.train import run_training
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
-STEPS = 30
-# constant lr, no warmup, a report every 5 steps: the verdict of a probe is a function of its lr
-FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.schedule=constant",
-         "datasets.skip_evaluation=true"]
-LO, HI = 0.1, 3.0  # the demo's boundary at 30 steps lies inside (about 0.6)
+from stablesweep.sweep.ramp import (BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED, Probe, Setting, ladder,
+                                    next_probes, range_test_lr, seed_from_range_test)
 
 
-@pytest.fixture(scope="module")
-def grid():
-    """The boundary by brute force: every lr of a 1.25x grid over [LO, HI], trained in process."""
-    n = math.ceil(math.log(HI / LO) / math.log(1.25))
-    lrs = [LO * 1.25 ** k for k in range(n + 1)]
-    verdicts = {}
-    for lr in lrs:
-        cfg = load_config(DEMO, FIXED + [f"training.steps={STEPS}", f"training.lr={lr}"])
-        verdicts[lr] = run_training(cfg, device="cpu").verdict
-    return verdicts
+def test_ladders():
+    assert ladder(1e-6, 1e-5, "1-2-5") == [1e-6, 2e-6, 5e-6, 1e-5]
+    assert ladder(1e-6, 8e-6, "x2") == [1e-6, 2e-6, 4e-6, 8e-6]
+    assert ladder(3e-6, 1e-3, "x10") == [3e-6, 3e-5, 3e-4, 1e-3]
+    assert ladder(3e-6, 2e-5, "1-2-5") == [3e-6, 5e-6, 1e-5, 2e-5]
+    with pytest.raises(ValueError, match="unknown ladder"):
+        ladder(1e-6, 1.0, "x3")
+    with pytest.raises(ValueError, match="lr-start < lr-stop"):
+        ladder(1.0, 1e-6)
 
 
-@pytest.fixture(scope="module")
-def ramp(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ramp")
-    opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, overrides=FIXED, out=str(out),
-                       name="r", parallel=2, resolution=1.25)
-    lines = []
-    res = run_ramp(opts, echo=lines.append)
-    return res, lines
+def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None, climb="gallop"):
+    s = Setting("s", {}, ladder(start, stop, kind), climb=climb)
+    todo = seed or next_probes(s, parallel, resolution)
+    while todo:
+        for lr, phase in todo:
+            s.probes.append(Probe(lr, "stable" if lr < boundary else "diverged", phase=phase))
+        todo = next_probes(s, parallel, resolution)
+    return s
 
 
-def test_bracket_agrees_with_the_grid_at_resolution_and_costs_fewer_probes(grid, ramp):
-    res, _ = ramp
-    s = res.settings[0]
+@pytest.mark.parametrize("boundary", [3.3e-6, 1.7e-4, 0.049, 0.9])
+@pytest.mark.parametrize("parallel", [1, 2, 4])
+@pytest.mark.parametrize("climb", ["gallop", "step"])
+def test_bracket_contains_the_boundary_at_the_resolution(boundary, parallel, climb):
+    s = run_plan(boundary, parallel, climb=climb)
     assert s.status == BRACKETED
-    lo, hi = s.max_stable, s.min_diverged
-    assert hi / lo <= 1.25 + 1e-9
-    # every grid verdict agrees with the bracket: stable at or below lo, diverged at or above hi ...
-    for lr, v in grid.items():
-        if lr <= lo:
-            assert v == "stable", (lr, v, lo, hi)
-        if lr >= hi:
-            assert v == "diverged", (lr, v, lo, hi)
-    # ... so the grid's boundary (first diverged grid point, last stable one below it) meets it
-    g_hi = min(lr for lr, v in grid.items() if v == "diverged")
-    g_lo = max(lr for lr, v in grid.items() if v == "stable" and lr < g_hi)
-    assert max(lo, g_lo) < min(hi, g_hi)
-    assert len(s.probes) < len(grid)
+    assert s.max_stable < boundary <= s.min_diverged
+    assert s.min_diverged / s.max_stable <= 1.25 + 1e-9
+    grid = math.ceil(math.log(1e6) / math.log(1.25)) + 1  # a 1.25x grid over 1e-6..1
+    assert len(s.probes) < grid / 2
 
 
-def test_ramp_files_and_mlflow(ramp):
-    res, lines = ramp
-    doc = json.loads((res.ramp_dir / "ramp.json").read_text())
-    assert doc["kind"] == "ramp" and doc["budget_steps"] == STEPS
-    x = doc["settings"][0]
-    # the one rule (vocab.recommended_lr): at most 0.5 x the smallest diverged lr, never above max stable
-    assert x["min_diverged_lr"] is not None
-    assert x["recommended_lr"] == pytest.approx(min(x["max_stable_lr"], 0.5 * x["min_diverged_lr"]))
-    assert x["probes"] == len(res.settings[0].probes) and x["train_flops"] > 0
-    assert (res.ramp_dir / "ramp.png").stat().st_size > 1000
-    rec = load_config(res.ramp_dir / "recommended" / "s00.yaml")
-    assert rec.training.lr == pytest.approx(float(f"{x['recommended_lr']:.3g}"))
-    from mlflow import MlflowClient
-
-    client = MlflowClient(res.tracking_uri)
-    parent = client.get_run(res.parent_run_id)
-    assert parent.data.tags["stablesweep.kind"] == "ramp"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'")
-    assert len(children) == x["probes"]
-    assert {c.data.tags["verdict"] for c in children} == {"stable", "diverged"}
-    assert any("bracketed" in ln for ln in lines)
+def test_never_diverges_and_diverges_at_start_are_reported_as_such():
+    assert run_plan(boundary=10.0).status == NEVER_DIVERGED
+    s = run_plan(boundary=1e-7)
+    assert s.status == DIVERGED_AT_START and s.max_stable is None and s.min_diverged == 1e-6
 
 
-def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path):
-    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, mode="continue",
-                       overrides=FIXED, out=str(tmp_path), name="c")
-    res = run_ramp(opts, echo=lambda s: None)
-    s = res.settings[0]
-    assert s.status == NEVER_DIVERGED and s.min_diverged is None
-    assert [p.lr for p in s.probes] == [0.005, 0.01, 0.02]
-    assert [(p.start_step, p.steps) for p in s.probes] == [(0, 10), (10, 20), (20, 30)]
-    assert json.loads((res.ramp_dir / "ramp.json").read_text())["settings"][0]["status"] == "never_diverged"
+def test_a_stable_probe_above_a_diverged_one_does_not_widen_the_bracket():
+    s = Setting("s", {}, ladder(1e-3, 1.0))
+    s.probes += [Probe(1e-2, "stable"), Probe(2e-2, "diverged"), Probe(5e-2, "stable")]
+    assert s.max_stable == 1e-2 and s.min_diverged == 2e-2
 
 
-def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
-    opts = RampOptions(config=str(DEMO), lr_start=5.0, lr_stop=10.0, ladder="x2", steps=20, overrides=FIXED,
-                       out=str(tmp_path), name="d", parallel=1)
-    res = run_ramp(opts, echo=lambda s: None)
-    s = res.settings[0]
-    assert s.status == DIVERGED_AT_START and s.max_stable is None and len(s.probes) == 1
+def test_range_test_seeds_a_bracket_near_where_it_blew_up():
+    steps = 100
+    lr_at = range_test_lr(1e-6, 1.0, steps, 70)
+    s = Setting("s", {}, ladder(1e-6, 1.0))
+    seed = seed_from_range_test(s, Probe(0.0, "diverged", "loss_explosion", 70, phase="range-test"),
+                                1e-6, 1.0, steps, parallel=2)
+    assert [p for p, _ in seed] == pytest.approx([lr_at / 10, lr_at])
+    boundary = lr_at / 3
+    todo = seed
+    while todo:
+        for lr, phase in todo:
+            s.probes.append(Probe(lr, "stable" if lr < boundary else "diverged", phase=phase))
+        todo = next_probes(s, 2, 1.25)
+    assert s.status == BRACKETED and s.max_stable < boundary <= s.min_diverged
+    plain = run_plan(boundary, 2)
+    assert len(s.tested) < len(plain.tested)  # the first pass saves climbing the ladder
 
 
-def test_bad_ramp_input_exits_2_before_ray(tmp_path):
-    for args, msg in [(["--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
-                      (["--resolution", "1"], "--resolution 1.0: must be above 1"),
-                      (["--set", "training.lr=oops"], "training.lr: expected a number"),
-                      (["--local-dir", str(tmp_path / "l")], "--local-dir"),
-                      (["--resources-per-trial", '{"gpu": 1}'], "use --gpus-per-trial"),
-                      (["--max-failures", "-1"], "--max-failures -1: out of range")]:
-        p = subprocess.run([sys.executable, "-m", "stablesweep", "ramp", str(DEMO), "--out", str(tmp_path), *args],
-                           capture_output=True, text=True, timeout=60)
-        assert p.returncode == 2 and msg in p.stderr, p.stderr
-        assert "Traceback" not in p.stderr
-    assert not list(tmp_path.iterdir())  # nothing written
+@pytest.mark.parametrize("boundary", [3.3e-6, 1.7e-4, 0.049, 0.56])
+def test_gallop_reaches_the_same_bracket_with_fewer_stable_probes_than_stepping(boundary):
+    gallop = run_plan(boundary, parallel=2, climb="gallop")
+    step = run_plan(boundary, parallel=2, climb="step")
+    for s in (gallop, step):
+        assert s.status == BRACKETED and s.max_stable < boundary <= s.min_diverged
+        assert s.min_diverged / s.max_stable <= 1.25 + 1e-9
+    stable = [len([p for p in s.probes if p.verdict == "stable"]) for s in (gallop, step)]
+    assert stable[0] <= stable[1]
+    if boundary > 1e-3:  # far up the ladder: the climb is what gallop saves
+        assert stable[0] < stable[1] and len(gallop.probes) < len(step.probes)
+
+
+def test_gallop_tries_rungs_at_doubling_strides_then_the_top():
+    s = Setting("s", {}, ladder(1e-6, 1.0), climb="gallop")  # 19 rungs: 1e-6, 2e-6, 5e-6, 1e-5, ...
+    tried = []
+    while s.status == "running":
+        todo = next_probes(s, 1, 1.25)
+        if not todo or s.min_diverged:
+            break
+        tried += [lr for lr, _ in todo]
+        s.probes += [Probe(lr, "stable") for lr, _ in todo]
+    assert tried == pytest.approx([1e-6, 2e-6, 1e-5, 2e-4, 0.1, 1.0])  # rungs 0, 1, 3, 7, 15 and the top
+    assert s.status == NEVER_DIVERGED

@@ -7,7 +7,13 @@ import optuna
 import pytest
 
 from stablesweep.config import load_config
-from stablesweep.sweep.space import SpaceError, apply_params, load_space, parse_space, short_name
+from stablesweep.sweep.space import (
+    SpaceError,
+    apply_params,
+    load_space,
+    parse_space,
+    short_name,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"

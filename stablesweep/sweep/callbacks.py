@@ -1,0 +1,155 @@
+"""Driver-side Tune callbacks of a sweep: live MLflow logging (`MlflowCallback`) and one progress
+line a finished trial (`ProgressCallback`). Neither may ever stop a sweep: failures are logged.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ray.tune import Callback
+
+from stablesweep.sweep.records import error_text
+from stablesweep.sweep.space import short_name
+from stablesweep.sweep.stopper import final_verdict
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, PRUNED, STABLE
+
+logger = logging.getLogger(__name__)
+
+# Tune's bookkeeping keys: not metrics of the run
+_TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+              "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
+              "iterations_since_restore", "experiment_tag", "should_checkpoint"}
+# result keys that are tags or params, not metrics
+_NOT_METRICS = {"step", "first_bad_step", "budget_steps", FINISHED, "verdict", "reason", "node_id", "device"}
+
+
+class MlflowCallback(Callback):
+    """Live MLflow logging from the driver: a child run when a trial starts, metrics at every
+    report step, verdict tags when it ends. Failures to log never stop the sweep (the final
+    reconciliation writes the verdicts again from the trial table)."""
+
+    def __init__(self, tracker, parent_run_id: str, param_keys: list[str], sweep: str):
+        self.tracker = tracker
+        self.parent = parent_run_id
+        self.param_keys = list(param_keys)
+        self.sweep = sweep
+        self._last: dict[str, int] = {}
+
+    def _run(self, trial) -> str:
+        params = {k: trial.config.get(k) for k in self.param_keys}
+        run_id = self.tracker.trial_run(self.parent, trial.trial_id, short_name(params), params,
+                                        tags={"stablesweep.sweep": self.sweep})
+        if trial.trial_id not in self._last:
+            self._last[trial.trial_id] = self.tracker.last_step(run_id)
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._safe(self._run, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        def log(trial):
+            run_id = self._run(trial)
+            step = result.get("step")
+            if not isinstance(step, int) or step <= self._last.get(trial.trial_id, -1):
+                return  # a step an earlier (interrupted) run already logged
+            metrics = {k: v for k, v in result.items()
+                       if k not in _TUNE_KEYS and k not in _NOT_METRICS and isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            self.tracker.log_trial_metrics(run_id, metrics, step)
+            self._last[trial.trial_id] = step
+
+        self._safe(log, trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._safe(self._finish, trial, False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._safe(self._finish, trial, True)
+
+    def _finish(self, trial, errored: bool) -> None:
+        run_id = self._run(trial)
+        res = trial.last_result or {}
+        o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
+        summary = {k: res[k] for k in ("objective", "initial_loss", "train_flops") if isinstance(res.get(k), (int, float))}
+        summary["steps"] = o.steps
+        self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary)
+
+    @staticmethod
+    def _safe(fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as e:  # tracking must never kill a sweep
+            logger.warning("MLflow logging failed (%s: %s); the sweep goes on", type(e).__name__, e)
+
+
+def _trial_error(trial) -> str | None:
+    """The error text of a failed trial: the driver's local error file (written before the
+    callbacks run; the copy in storage comes later), else the stored one."""
+    try:
+        path = trial.error_file
+        if path and Path(path).exists():
+            return Path(path).read_text()
+        return trial.get_error()
+    except Exception:
+        return None
+
+
+class ProgressCallback(Callback):
+    """One line per finished trial: count, verdict, params, steps, objective, time."""
+
+    def __init__(self, total: int, param_keys: list[str]):
+        self.total = total
+        self.param_keys = list(param_keys)
+        self.echo: Callable[[str], None] | None = None
+        self._seen: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["echo"] = None
+        return state
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trials, trial, False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trials, trial, True)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial that Tune retries (FailureConfig.max_failures): its worker or node was
+        lost. Not a verdict: the trial goes on from its last checkpoint and is counted once, when
+        it ends."""
+        try:
+            step = (trial.last_result or {}).get("step")
+            n = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
+            name = short_name({k: trial.config.get(k) for k in self.param_keys})
+            why = error_text(_trial_error(trial)) or "its worker failed"
+            (self.echo or print)(f"[retry]  {name}  failed ({why[:200]}); retrying"
+                                 + (f" from its checkpoint at step {step}" if step else " from the start")
+                                 + (f" (failure {n} of at most {trial.max_failures})" if n else "")
+                                 + f"  (trial {trial.trial_id})")
+        except Exception as e:  # printing must never kill a sweep
+            logger.debug("retry line failed: %s", e)
+
+    def _line(self, trials, trial, errored: bool) -> None:
+        try:
+            self._seen.add(trial.trial_id)
+            n = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._seen)
+            res = trial.last_result or {}
+            o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
+            name = short_name({k: trial.config.get(k) for k in self.param_keys})
+            budget = res.get("budget_steps")
+            what = f"steps {o.steps}" + (f"/{budget}" if budget else "")
+            if o.verdict == DIVERGED:
+                what += f"  {o.reason} at step {o.first_bad_step}"
+            elif o.verdict == ERROR:
+                what = o.reason or "error"
+            if o.objective is not None and o.verdict in (STABLE, PRUNED):
+                what += f"  objective {o.objective:.4g}"
+            wall = res.get("time_total_s")
+            tail = f"  {wall:.1f}s" if isinstance(wall, (int, float)) else ""
+            width = len(str(self.total))
+            (self.echo or print)(f"[{n:>{width}}/{self.total}] {o.verdict:<8}  {name}  {what}{tail}"
+                                 f"  (trial {trial.trial_id})")
+        except Exception as e:  # printing must never kill a sweep
+            logger.debug("progress line failed: %s", e)

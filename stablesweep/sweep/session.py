@@ -1,0 +1,106 @@
+"""Ray and Tune as a sweep and a ramp both use them: Ray started here or a cluster joined
+(`ray_session`), Tune's own output quieted, and the Tuner of a run of trials (`trial_trainable`,
+`make_tuner`): the one trial function with its base config and resources, stopped at divergence,
+one checkpoint kept, retried from it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import ray
+from ray import tune
+
+from stablesweep.config import Config
+from stablesweep.sweep.cluster import trial_resources
+from stablesweep.sweep.options import RunOptions
+from stablesweep.sweep.stopper import DivergenceStopper
+from stablesweep.sweep.trainable import run_trial
+from stablesweep.vocab import InputError
+
+
+@contextmanager
+def ray_session(opts: RunOptions) -> Iterator[None]:
+    """Ray for a run: a cluster joined (--address, or RAY_ADDRESS as inside a Ray Job), or a local
+    Ray started here and shut down at the end; a Ray this process already runs is used as it is."""
+    quiet_tune()
+    started = start_ray(opts)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def quiet_tune() -> None:
+    """Progress is ours (one line a finished trial); Tune's own tables and the warning about the
+    experiment snapshot that follows every trial checkpoint (which is what makes --resume lose
+    nothing) are noise here. Only set where the user has not chosen."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def start_ray(opts: RunOptions) -> bool:
+    """Join or start Ray unless it runs already; True when this call started or joined it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    if opts.address:
+        check_reachable(opts.address)
+        try:
+            ray.init(address=opts.address, **kwargs)
+        except (ConnectionError, ValueError) as e:
+            raise InputError(f"--address {opts.address}: cannot join that Ray cluster: {e}") from None
+    else:
+        ray.init(num_cpus=opts.num_cpus, **kwargs)
+    return True
+
+
+def check_reachable(address: str) -> None:
+    """A HOST:PORT that nothing answers on is refused at once (Ray would retry for minutes)."""
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", address)
+    if "://" in address or m is None:
+        return  # auto, local, ray://... : Ray resolves those itself
+    try:
+        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
+    except OSError as e:
+        raise InputError(f"--address {address}: nothing answers there ({e.strerror or e}); is the Ray head "
+                         "running (`ray start --head`)?") from None
+
+
+# ---- the Tuner -----------------------------------------------------------------------------------
+
+def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
+    """`run_trial` on the base config `cfg`, with the resources of one trial."""
+    fn = tune.with_parameters(run_trial, base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source,
+                              checkpoints=checkpoints)
+    return tune.with_resources(fn, trial_resources(opts))
+
+
+def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: int, max_concurrent: int,
+               max_failures: int, scheduler=None, callbacks: list | None = None) -> tune.Tuner:
+    """The Tuner of a run: trials in `storage`/`name`/trial_<id>, each stopped at its first
+    diverged report, keeping its last checkpoint and retried from it up to `max_failures` times;
+    actors reused; Tune's own output off."""
+    return tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
+                                    max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
+    )
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"

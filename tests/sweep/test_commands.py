@@ -1,0 +1,89 @@
+"""`stablesweep sweep` and `stablesweep ramp` as a user runs them: every flag reaches the options,
+bad input exits 2 before Ray starts, an interrupted sweep says how to resume."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from stablesweep.commands import ramp as ramp_command
+from stablesweep.commands import sweep as sweep_command
+from stablesweep.commands.sweep import resume_command
+from stablesweep.sweep.options import RampOptions, SweepOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def parse(command, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("command, options, argv", [
+    (sweep_command, SweepOptions, ["sweep", "c.yaml", "--space", "s.yaml", "--out", "s3://b/x", "--local-dir", "l",
+                                   "--shared-storage", "--resources-per-trial", '{"w": 1}', "--no-asha", "--steps", "9"]),
+    (ramp_command, RampOptions, ["ramp", "c.yaml", "--mode", "continue", "--max-failures", "3", "--set", "a.b=1"]),
+])
+def test_every_flag_is_an_option_of_the_same_name(command, options, argv):
+    args = parse(command, argv)
+    flags = set(vars(args)) - {"command", "func"}
+    assert flags <= {f.name for f in fields(options)}  # none is dropped on the way
+    opts = options.from_args(args)
+    assert all(getattr(opts, k) == v for k, v in vars(args).items() if k in flags)
+
+
+def test_the_ramp_defaults_to_its_own_directory():
+    opts = RampOptions.from_args(parse(ramp_command, ["ramp", "c.yaml"]))
+    assert opts.out == RampOptions.DEFAULT_DIR == "runs/ramps"
+    assert SweepOptions.from_args(parse(sweep_command, ["sweep", "c.yaml", "--space", "s"])).out == "runs/sweeps"
+
+
+def test_resume_command_repeats_the_command_line():
+    argv = ["/x/__main__.py", "sweep", "c.yaml", "--space", "my space.yaml", "--set", "training.lr=1", "--steps", "40"]
+    assert resume_command(argv, "n1") == ("stablesweep sweep c.yaml --space 'my space.yaml' --set training.lr=1 "
+                                          "--steps 40 --name n1 --resume")
+
+
+def stablesweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stablesweep", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd)
+
+
+def test_bad_space_fails_fast_before_ray(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training.lr: {loguniform: [1.0e-3, 1.0]}\ntraining.max_grad_nrom: {choice: [null, 1.0]}\n")
+    t0 = time.time()
+    p = stablesweep("sweep", str(DEMO), "--space", str(bad), "--out", str(tmp_path / "out"))
+    took = time.time() - t0
+    assert p.returncode == 2, p.stderr
+    assert f"{bad}:2: training.max_grad_nrom: unknown config key; did you mean 'training.max_grad_norm'?" in p.stderr
+    assert took < 10, took
+    assert "Ray" not in p.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_sweep_input_exits_2(tmp_path):
+    space = tmp_path / "grid.yaml"
+    space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
+    p = stablesweep("sweep", str(DEMO), "--space", str(space), "--samples", "0", "--out", str(tmp_path / "out"))
+    assert p.returncode == 2 and "--samples 0" in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_ramp_input_exits_2_before_ray(tmp_path):
+    for args, msg in [(["--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
+                      (["--resolution", "1"], "--resolution 1.0: must be above 1"),
+                      (["--set", "training.lr=oops"], "training.lr: expected a number"),
+                      (["--local-dir", str(tmp_path / "l")], "--local-dir"),
+                      (["--resources-per-trial", '{"gpu": 1}'], "use --gpus-per-trial"),
+                      (["--max-failures", "-1"], "--max-failures -1: out of range")]:
+        p = stablesweep("ramp", str(DEMO), "--out", str(tmp_path), *args)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    assert not list(tmp_path.iterdir())  # nothing written

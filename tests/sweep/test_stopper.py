@@ -1,0 +1,57 @@
+"""When a trial stops and what its verdict is: the verdict rules, the divergence stopper and the
+ASHA that leaves divergence to it (Tune calls these from the driver, and so do these tests)."""
+from __future__ import annotations
+
+from ray.tune.experiment import Trial
+
+from stablesweep.sweep.stopper import (
+    DivergenceStopper,
+    StabilityASHA,
+    asha_for,
+    final_verdict,
+)
+
+
+def stable_result(step, objective, finished=False):
+    return {"step": step, "verdict": "stable", "reason": None, "first_bad_step": -1, "objective": objective,
+            "finished": finished, "training_iteration": step // 10}
+
+
+def diverged_result(step, first_bad, reason="nonfinite_loss", stand_in=4.0):
+    return {"step": step, "verdict": "diverged", "reason": reason, "first_bad_step": first_bad,
+            "objective": stand_in, "finished": True, "training_iteration": step // 10}
+
+
+def test_final_verdict_rules():
+    assert final_verdict(stable_result(40, 1.0, finished=True)).verdict == "stable"
+    d = final_verdict(diverged_result(20, 12, "loss_explosion"))
+    assert (d.verdict, d.reason, d.first_bad_step, d.steps) == ("diverged", "loss_explosion", 12, 20)
+    # stopped by the divergence stopper before the loop said it was done: still diverged
+    assert final_verdict({**diverged_result(20, 12), "finished": False}).verdict == "diverged"
+    p = final_verdict(stable_result(20, 3.0, finished=False))
+    assert (p.verdict, p.objective) == ("pruned", 3.0)
+    e = final_verdict(stable_result(20, 3.0), errored=True, error="Boom")
+    assert (e.verdict, e.reason) == ("error", "Boom")
+    assert final_verdict({}).verdict == "error"
+    assert final_verdict({**stable_result(20, float("nan"), finished=True)}).objective is None
+
+
+def test_the_stopper_stops_at_the_first_diverged_report():
+    stop = DivergenceStopper()
+    assert stop("t", diverged_result(20, 11)) and not stop("t", stable_result(20, 1.0))
+    assert not stop.stop_all()
+
+
+def test_asha_leaves_divergence_to_the_stopper():
+    asha = asha_for(8, reduction_factor=2)  # 8 reports: one rung, at report 4
+    assert isinstance(asha, StabilityASHA)
+    trials = [Trial("run_trial", trial_id=f"t{i}", stub=True) for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    # before the rung nothing is judged, however poor
+    assert asha.on_trial_result(None, trials[3], {"training_iteration": 2, "objective": 100.0}) == "CONTINUE"
+    # a diverged trial ends at report 4 with a tiny stand-in objective: had it entered the rung, its
+    # 0.01 would be the cutoff and every finite trial after it would stop
+    asha.on_trial_complete(None, trials[0], {**diverged_result(40, 35, stand_in=0.01), "training_iteration": 4})
+    assert asha.on_trial_result(None, trials[1], {"training_iteration": 4, "objective": 1.0}) == "CONTINUE"
+    assert asha.on_trial_result(None, trials[2], {"training_iteration": 4, "objective": 5.0}) == "STOP"
