@@ -339,20 +339,6 @@ def judge(nodes: list[NodeReport], node_types: list[tuple[dict[str, float], int]
     return lines, problems
 
 
-def _check_reachable(address: str) -> None:
-    """A HOST:PORT that nothing answers on is refused at once (Ray would retry for minutes)."""
-    import socket
-
-    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", address)
-    if m is None:
-        return  # auto, ray://...: Ray resolves those itself
-    try:
-        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
-    except OSError as e:
-        raise ClusterError(f"--address {address}: nothing answers there ({e.strerror or e}); is the Ray head "
-                           "running?") from None
-
-
 def check_live(address: str | None, out: str | None = None, timeout: float = 120.0) -> tuple[list[str], list[str]]:
     """Join the cluster at `address` (None: the Ray this process is already connected to) and ask
     every alive node what a trial there would get."""
@@ -362,11 +348,12 @@ def check_live(address: str | None, out: str | None = None, timeout: float = 120
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     import stablesweep
-    from stablesweep.sweep.runner import cluster_shape, is_shared_uri, uri_scheme
+    from stablesweep.sweep.cluster import cluster_shape, is_shared_uri, uri_scheme
+    from stablesweep.sweep.session import check_reachable
 
     joined = address is not None
     if joined:
-        _check_reachable(address)
+        check_reachable(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         except (ConnectionError, ValueError, RuntimeError) as e:

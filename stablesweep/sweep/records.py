@@ -16,9 +16,7 @@ import pandas as pd
 
 from stablesweep.sweep.space import SearchSpace, short_name
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, FINISHED
-
-UNFINISHED = "unfinished"  # only in an interrupted sweep's table: resumable, no verdict yet
+from stablesweep.vocab import DIVERGED, FINISHED, UNFINISHED
 
 
 @dataclass

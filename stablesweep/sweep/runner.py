@@ -44,7 +44,7 @@ from stablesweep.sweep.cluster import (
     trial_resources,
 )
 from stablesweep.sweep.options import SweepOptions
-from stablesweep.sweep.records import UNFINISHED, trial_records, trials_table
+from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.search import (
     SAMPLERS,
     StabilitySearcher,
@@ -54,7 +54,7 @@ from stablesweep.sweep.search import (
 from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, load_space
 from stablesweep.sweep.stopper import Outcome
-from stablesweep.vocab import ERROR, VERDICTS, InputError, py
+from stablesweep.vocab import ERROR, UNFINISHED, VERDICTS, InputError, py
 
 logger = logging.getLogger(__name__)
 

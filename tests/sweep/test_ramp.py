@@ -3,8 +3,17 @@ import math
 
 import pytest
 
-from stablesweep.sweep.ramp import (BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED, Probe, Setting, ladder,
-                                    next_probes, range_test_lr, seed_from_range_test)
+from stablesweep.sweep.ramp import (
+    BRACKETED,
+    DIVERGED_AT_START,
+    NEVER_DIVERGED,
+    Probe,
+    Setting,
+    ladder,
+    next_probes,
+    range_test_lr,
+    seed_from_range_test,
+)
 
 
 def test_ladders():
