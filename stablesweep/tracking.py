@@ -1,10 +1,28 @@
 """MLflow, and only here: the one module that imports mlflow.
 
-One parent run per sweep (config, space, sampler, seed, code version; the region files as
-artifacts) and one child run per trial, nested under it with the `mlflow.parentRunId` tag
-(flattened params, metrics at every report step, tags `verdict`, `reason`, `first_bad_step`).
-Everything goes through an explicit `MlflowClient` with explicit run ids (no fluent, global
-active run), from the driver only.
+One parent run per sweep or ramp (config, space, sampler, seed, code version; the region files as
+artifacts; per setting its lr bracket as metrics) and one child run per trial or probe, nested
+under it with the `mlflow.parentRunId` tag. Everything goes through an explicit `MlflowClient`
+with explicit run ids (no fluent, global active run), from the driver only. docs/mlflow.md says
+what a person sees in the UI; in short:
+
+- Status is the verdict's colour: only a stable run is FINISHED (the green tick); stalled,
+  diverged and error runs are FAILED, pruned ones KILLED (`STATUS`).
+- A finished run's name leads with its verdict: `diverged@10 lr=8.2e+01 slice clip=1.0`,
+  `stable lr=3.0e-03 slice clip=1.0` (`run_name`).
+- Params are written as the config writes them (YAML scalars, `none` for null); tags hold no
+  sentinels (no `first_bad_step` unless a run diverged, no empty `reason`).
+- `objective` is logged once, when a run ends, for the runs whose objective is a measurement
+  (stable, stalled, pruned); a diverged run's stand-in (its initial loss) is
+  `stand_in_objective`, so sorting by objective never ranks a diverged run.
+- Constants of a run (`CONSTANTS`: initial loss, FLOPs a step, step budget) are tags, written once.
+- A diverged run's last steps are `step_loss` and `step_grad_norm` at their own steps, with
+  `diverged_at_step`. Metrics are finite numbers only (inf and NaN are left out: see `_log`).
+- Per setting, on the parent: `max_stable_lr.<setting>`, `min_diverged_lr.<setting>`,
+  `recommended_lr.<setting>`, `lr_at_5pct_risk.<setting>`; every child has the tag `setting`
+  (the same slug, for Group-by) and, once the sweep knows its setting's boundary, `lr_margin`.
+- `ui_link` builds a link into the UI's runs table (model-training view, a filter, a sort), or
+  to a view that `Tracker.save_view` stored (with our columns as well).
 
 Reading back (`TrackerReader`, for `stablesweep compare`): the parents by `stablesweep.kind`, their
 trials by `mlflow.parentRunId`, as plain `RunRecord`s (no mlflow type leaves this module); it never
@@ -17,21 +35,62 @@ The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote, urlencode
 
-from stablesweep.vocab import DIVERGED, PRUNED, STABLE
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    DIVERGED,
+    ERROR,
+    INITIAL_LOSS,
+    LR_KEY,
+    OBJECTIVE,
+    PRUNED,
+    STABLE,
+    STALLED,
+    VERDICTS,
+    finite,
+    py,
+)
 
 DEFAULT_EXPERIMENT = "stablesweep"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "stablesweep.trial_id"
 SWEEP_TAG = "stablesweep.sweep"
 KIND_TAG = "stablesweep.kind"  # sweep | ramp (parent runs), trial, compare (a report)
+SETTING_TAG = "setting"  # on every trial and probe: its setting's slug (`setting_slug`)
 PARENT_KINDS = ("sweep", "ramp")
 COMPARE_KIND = "compare"
+
+# the run status of each verdict: MLflow 3.17 draws FINISHED as a green tick, FAILED and KILLED as
+# a red cross; only a run that trained gets the tick
+STATUS = {STABLE: "FINISHED", STALLED: "FAILED", DIVERGED: "FAILED", PRUNED: "KILLED", ERROR: "FAILED"}
+MEASURED = (STABLE, STALLED, PRUNED)  # verdicts whose objective is a measured loss
+STAND_IN_OBJECTIVE = "stand_in_objective"  # a diverged run's objective: its initial loss, not a result
+LR_MARGIN = "lr_margin"  # lr / the smallest diverged lr of the run's setting in its sweep
+DIVERGED_AT_STEP = "diverged_at_step"
+STEP_LOSS, STEP_GRAD_NORM = "step_loss", "step_grad_norm"  # a diverged run's last steps, raw
+CONSTANTS = (INITIAL_LOSS, "flops_per_step", BUDGET_STEPS)  # the same at every report: tags, once
+# per setting on a parent run: `<name>.<setting slug>`
+SETTING_METRICS = ("max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk")
+
+UI_PORT = 5000  # where `mlflow ui` listens unless told otherwise
+ORDER_BY_OBJECTIVE = f"metrics.`{OBJECTIVE}`"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the UI's saved views: an experiment tag each
+# the runs table's columns for trials (the UI's canonical keys; run name, created and duration are
+# always shown); `Tracker.save_view` adds the swept params
+TRIAL_COLUMNS = ("tags.`verdict`", "tags.`setting`", f"params.`{LR_KEY}`", ORDER_BY_OBJECTIVE,
+                 f"metrics.`{LR_MARGIN}`", "metrics.`progress`", "metrics.`steps`", "tags.`reason`",
+                 f"tags.`{SWEEP_TAG}`")
+
+_LABEL = re.compile(r"^(?:%s)(?:@\d+)?(?: |$)" % "|".join(VERDICTS))  # a verdict leading a run name
 
 
 def default_tracking_uri(out: str | Path) -> str:
@@ -42,7 +101,42 @@ def ui_command(uri: str) -> str:
     """The command that shows this store (a server URI is opened as it is)."""
     if uri.startswith(("http://", "https://", "databricks")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}"
+
+
+def ui_base(uri: str) -> str:
+    """Where the UI of this store is: the server itself, or what `ui_command` starts."""
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{UI_PORT}"
+
+
+def ui_link(uri: str, experiment_id: str, filter: str = "", order_by: str = ORDER_BY_OBJECTIVE, *,
+            ascending: bool = True, view: str | None = None) -> str:
+    """A link into MLflow 3.17's runs table of an experiment, in the model-training view (not the
+    GenAI overview the UI opens by default): filtered by `filter` (MLflow search syntax), sorted
+    by `order_by` (a canonical key: metrics.`objective`, params.`training.lr`), or showing the
+    saved view `view` (`Tracker.save_view`; it holds filter, sort and columns, and the UI applies
+    it only when no filter or sort is in the link). A filter on child runs and a sort show the
+    runs flat (the UI fetches and nests parents only without them, or when sorted by date)."""
+    query = {"workflowType": "machine_learning"}
+    if view:
+        query["viewStateShareKey"] = view
+    else:
+        if filter:
+            query["searchFilter"] = filter
+        query.update(orderByKey=order_by, orderByAsc=str(ascending).lower())
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def run_link(uri: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the UI (absolute: see `ui_base`), in the model-training view."""
+    return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def stable_filter(parent_id: str | None = None) -> str:
+    """The filter of the stable trials (of one sweep or ramp: its parent run's id)."""
+    return f"tags.verdict = '{STABLE}'" + (f" and tags.`{PARENT_TAG}` = '{parent_id}'" if parent_id else "")
 
 
 def code_version() -> dict[str, str]:
@@ -64,10 +158,17 @@ def code_version() -> dict[str, str]:
 
 
 def param_value(v: Any) -> str:
+    """A value as a YAML config writes it (floats exactly, 1.0e-05 not 1e-05), with `none` for
+    null, as names and tables show it (vocab.format_value)."""
+    import yaml
+
+    v = py(v)
     if v is None:
-        return "null"
+        return "none"
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, float):
+        return yaml.representer.SafeRepresenter().represent_float(v).value
     return str(v)
 
 
@@ -80,6 +181,40 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def verdict_label(verdict: str, first_bad_step: int | None = None) -> str:
+    """`diverged@10` (with the step where it began), else the verdict itself."""
+    if verdict == DIVERGED and first_bad_step is not None and first_bad_step >= 0:
+        return f"{verdict}@{int(first_bad_step)}"
+    return verdict
+
+
+def run_name(verdict: str, first_bad_step: int | None, params: dict[str, Any]) -> str:
+    """A finished run's name: its verdict, then its params as the sweep names them:
+    `diverged@10 lr=8.2e+01 slice clip=1.0`."""
+    from stablesweep.sweep.space import short_name
+
+    return f"{verdict_label(verdict, first_bad_step)} {short_name(params)}".rstrip()
+
+
+def name_without_verdict(name: str) -> str:
+    """A run name without the verdict `finish_trial` put in front: the params' short name."""
+    return _LABEL.sub("", name, count=1)
+
+
+def setting_slug(setting: dict[str, Any]) -> str:
+    """A setting (its categorical values, lr excluded) as a short name that MLflow takes in a
+    metric name and a tag, without "/" (which would split the UI's chart sections):
+    `bf16_slice_clip-1.0`; `all` when there is nothing to tell apart."""
+    from stablesweep.sweep.space import short_name
+
+    text = short_name({k: v for k, v in setting.items() if k != LR_KEY})
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("=", "-")) or "all"
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(round(seconds * 1000))
 
 
 class Tracker:
@@ -95,6 +230,8 @@ class Tracker:
         self._client = None
         self._experiment_id: str | None = None
         self._runs: dict[str, str] = {}  # trial id -> run id
+        self._sweeps: dict[str, str] = {}  # parent run id -> its sweep name
+        self._constants: dict[str, set[str]] = {}  # run id -> constants written
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -122,10 +259,12 @@ class Tracker:
 
     # ---- the sweep (parent) run -----------------------------------------------------------
     def start_sweep(self, name: str, params: dict[str, Any], tags: dict[str, str],
-                    texts: dict[str, str] | None = None) -> str:
+                    texts: dict[str, str] | None = None, kind: str = "sweep") -> str:
+        """The parent run of a sweep (`kind` sweep) or a ramp (`kind` ramp)."""
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={KIND_TAG: "sweep", SWEEP_TAG: name, **code_version(), **tags})
+                                     tags={KIND_TAG: kind, SWEEP_TAG: name, **code_version(), **tags})
         run_id = run.info.run_id
+        self._sweeps[run_id] = name
         self._log_params(run_id, params)
         for fname, text in (texts or {}).items():
             self.client.log_text(run_id, text, fname)
@@ -147,47 +286,144 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status)
 
+    def log_setting_metrics(self, parent_id: str, settings: Iterable) -> None:
+        """Per setting, its numbers on the parent run: `max_stable_lr.<slug>`, `min_diverged_lr.<slug>`,
+        `recommended_lr.<slug>` and `lr_at_5pct_risk.<slug>`, those that are known. A setting is a
+        region `Group` (its `key` and attributes of those names) or a dict as a ramp summarises
+        a setting (its `params` and keys of those names)."""
+        metrics = {}
+        for s in settings:
+            get = s.get if isinstance(s, dict) else (lambda k, s=s: getattr(s, k, None))
+            slug = setting_slug(s["params"] if isinstance(s, dict) else s.key)
+            for name in SETTING_METRICS:
+                v = finite(get(name))
+                if v is not None:
+                    metrics[f"{name}.{slug}"] = v
+        self._log(parent_id, metrics, step=0)
+
     # ---- trial (child) runs -----------------------------------------------------------------
     def trial_run(self, parent_id: str, trial_id: str, name: str, params: dict[str, Any],
-                  tags: dict[str, str] | None = None) -> str:
-        """The child run of a trial: found again if it exists (a resumed sweep), else created."""
+                  tags: dict[str, str] | None = None, *, setting: dict[str, Any] | None = None,
+                  started_at: float | None = None) -> str:
+        """The child run of a trial or probe: found again if it exists (a resumed sweep), else
+        created, named `name` until it ends, with the parent's sweep tag and, given its `setting`
+        (the categorical values), the `setting` tag. `started_at` (epoch seconds): when it really
+        began, for a run logged after the fact."""
         if trial_id in self._runs:
             return self._runs[trial_id]
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
             max_results=1)
+        extra = {SETTING_TAG: setting_slug(setting)} if setting is not None else {}
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+            if extra:
+                self._tags(run_id, extra)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=name, tags={
-                PARENT_TAG: parent_id, TRIAL_TAG: trial_id, KIND_TAG: "trial", **(tags or {})})
+            sweep = self._sweep(parent_id)
+            if sweep:
+                extra[SWEEP_TAG] = sweep
+            run = self.client.create_run(self.experiment_id, run_name=name, start_time=_ms(started_at), tags={
+                PARENT_TAG: parent_id, TRIAL_TAG: trial_id, KIND_TAG: "trial", **(tags or {}), **extra})
             run_id = run.info.run_id
             self._log_params(run_id, params)
         self._runs[trial_id] = run_id
         return run_id
 
     def last_step(self, run_id: str) -> int:
-        hist = self.client.get_metric_history(run_id, "objective")
+        """The last report step logged (-1: none), so a resumed sweep does not log a step twice."""
+        hist = self.client.get_metric_history(run_id, "loss")
         return max((m.step for m in hist), default=-1)
 
-    def log_trial_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        self._log(run_id, metrics, step)
+    def log_trial_metrics(self, run_id: str, metrics: dict[str, Any], step: int, *,
+                          timestamp: float | None = None) -> None:
+        """One report: its numbers as metrics at `step` (`timestamp`: when it was reported, epoch
+        seconds; default now), except the objective (a verdict's number: `finish_trial` logs it)
+        and the CONSTANTS (tags, once: `log_constants`)."""
+        self.log_constants(run_id, metrics)
+        self._log(run_id, {k: v for k, v in metrics.items() if k != OBJECTIVE and k not in CONSTANTS}, step,
+                  timestamp=timestamp)
+
+    def log_constants(self, run_id: str, values: dict[str, Any]) -> None:
+        """The CONSTANTS among `values` that are known (finite), as tags, each written once."""
+        done = self._constants.setdefault(run_id, set())
+        new = {k: param_value(py(values[k])) for k in CONSTANTS
+               if k not in done and finite(values.get(k)) is not None}
+        if new:
+            self._tags(run_id, new)
+            done.update(new)
+
+    def log_trial_history(self, run_id: str, history: Iterable[tuple[int, float, float]],
+                          diverged_at_step: int | None) -> None:
+        """What led a run to diverge: each (step, loss, gradient norm) of its last steps (the
+        monitor's history, raw) as `step_loss` and `step_grad_norm` at that step, and
+        `diverged_at_step` (the first bad step), at once. Non-finite values are left out (see
+        `_log`): the charts end where the numbers did, and `diverged_at_step` says where."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(x), now, int(step)) for step, loss, gnorm in history
+                 for key, x in ((STEP_LOSS, loss), (STEP_GRAD_NORM, gnorm)) if finite(x) is not None]
+        if diverged_at_step is not None and diverged_at_step >= 0:
+            items.append(Metric(DIVERGED_AT_STEP, float(diverged_at_step), now, int(diverged_at_step)))
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def set_margin(self, run_id: str, lr_margin: float | None) -> None:
+        """`lr_margin` of a trial (lr over the smallest diverged lr of its setting in its sweep),
+        when it is known: nothing is logged where nothing in the setting diverged."""
+        if finite(lr_margin) is not None:
+            self._log(run_id, {LR_MARGIN: lr_margin}, step=0)
 
     def finish_trial(self, run_id: str, verdict: str, reason: str | None, first_bad_step: int,
-                     summary: dict[str, float], tags: dict[str, str] | None = None) -> None:
-        from mlflow.entities import RunTag
+                     summary: dict[str, float], tags: dict[str, str] | None = None, *,
+                     ended_at: float | None = None) -> None:
+        """The end of a trial: its verdict tags, its objective (`objective` when measured,
+        `stand_in_objective` for a diverged run, none for an error), the summary numbers the live
+        reports did not log, its name led by the verdict, its status (STATUS). `ended_at` (epoch
+        seconds): when it really ended, for a run logged after the fact."""
+        all_tags = {"verdict": verdict}
+        if verdict == ERROR:
+            if reason:
+                all_tags["error"] = reason[:5000]
+        elif reason:
+            all_tags["reason"] = reason
+        if verdict == DIVERGED and first_bad_step is not None and first_bad_step >= 0:
+            all_tags["first_bad_step"] = str(int(first_bad_step))
+        self._tags(run_id, {**all_tags, **(tags or {})})
+        summary = dict(summary)
+        self.log_constants(run_id, summary)
+        objective = summary.pop(OBJECTIVE, None)
+        run = self.client.get_run(run_id)
+        logged = run.data.metrics
+        metrics = {k: v for k, v in summary.items() if k not in CONSTANTS and k not in logged}
+        if verdict in MEASURED:
+            metrics[OBJECTIVE] = objective
+        elif verdict == DIVERGED:
+            metrics[STAND_IN_OBJECTIVE] = objective
+        self._log(run_id, metrics, step=int(summary.get("steps", 0) or 0))
+        base = name_without_verdict(run.info.run_name or "")
+        self.client.update_run(run_id, name=f"{verdict_label(verdict, first_bad_step)} {base}".rstrip())
+        self.client.set_terminated(run_id, STATUS.get(verdict, "FAILED"), end_time=_ms(ended_at))
 
-        all_tags = {"verdict": verdict, "reason": reason or "", "first_bad_step": str(int(first_bad_step)),
-                    **(tags or {})}
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
-        logged = self.client.get_run(run_id).data.metrics
-        self._log(run_id, {k: v for k, v in summary.items() if k not in logged},
-                  step=int(summary.get("steps", 0) or 0))  # only what the live reports did not log
-        status = {STABLE: "FINISHED", DIVERGED: "FINISHED", PRUNED: "KILLED"}.get(verdict, "FAILED")
-        self.client.set_terminated(run_id, status)
+    # ---- links into the UI ------------------------------------------------------------------
+    def save_view(self, filter: str, *, order_by: str = ORDER_BY_OBJECTIVE, ascending: bool = True,
+                  params: Iterable[str] = ()) -> str:
+        """A saved view of the UI's runs table: `filter`, the sort and our columns (TRIAL_COLUMNS
+        and the params `params`), as the UI's Share button stores one (an experiment tag
+        `mlflow.sharedViewState.<key>`, the key a hash of the view, so a view is stored once).
+        Returns the key, for `ui_link(..., view=key)`."""
+        columns = list(dict.fromkeys([*TRIAL_COLUMNS, *(f"params.`{k}`" for k in params)]))
+        state = {"searchFilter": filter, "orderByKey": order_by, "orderByAsc": ascending,
+                 "selectedColumns": columns}
+        text = json.dumps(state, sort_keys=True)
+        key = "stablesweep-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        with _mlflow_errors(self.uri, "saving a view of the runs table"):
+            self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + key, text)
+        return key
 
     # ---- the report of `stablesweep compare` -------------------------------------------------
     def log_report(self, name: str, params: dict[str, Any], tags: dict[str, str], files: Iterable[Path],
@@ -205,6 +441,12 @@ class Tracker:
             self.end_sweep(run_id, metrics or {}, tags={}, artifacts=files)
         return run_id
 
+    def _sweep(self, parent_id: str) -> str:
+        """The sweep name of a parent run (its tag), looked up once."""
+        if parent_id not in self._sweeps:
+            self._sweeps[parent_id] = self.client.get_run(parent_id).data.tags.get(SWEEP_TAG, "")
+        return self._sweeps[parent_id]
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -212,12 +454,19 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def _log(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    def _tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _log(self, run_id: str, metrics: dict[str, Any], step: int, timestamp: float | None = None) -> None:
+        """The finite numbers among `metrics` (no bools, no strings). Not inf or NaN: MLflow stores
+        inf as 1.8e308 (a chart of nothing but that spike), and its UI drops the chart of a metric
+        whose latest value is NaN; the verdict, reason and `diverged_at_step` tell that story."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        ms = _ms(timestamp) or int(time.time() * 1000)
+        items = [Metric(k, float(v), ms, int(step)) for k, v in metrics.items() if finite(v) is not None]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 

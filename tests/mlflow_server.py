@@ -1,13 +1,16 @@
 """A real `mlflow server` for tests: sqlite backend, artifacts proxied to a local folder, bound
 to 127.0.0.1 on a free port; stopped (its whole process group) on the way out, also on failure.
+And a headless Chromium to look at its UI (or any page) as a person would.
 
     with mlflow_server(tmp_path) as server:   # started, not waited for
         uri = server.uri                       # http://127.0.0.1:PORT, once /health answers
+    html = dump_dom(url, tmp_path)             # the page's DOM once its scripts have run
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -102,3 +105,29 @@ def mlflow_server(root: Path, timeout: float = 90.0) -> Iterator[MlflowServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+def chromium() -> str | None:
+    """Debian's chromium (`.ci/run` installs it), or None."""
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def dump_dom(url: str, profile: Path, *, width: int = 2400, height: int = 1200, budget_ms: int = 30000,
+             timeout: float = 120.0) -> str:
+    """The DOM of `url` in headless Chromium after `budget_ms` of virtual time (its scripts and
+    requests done), with a throwaway profile in `profile`; the browser's whole process group is
+    killed on the way out. A wide window: the UI's table draws only the columns that fit."""
+    binary = chromium()
+    assert binary, "no chromium binary (apt-get install -y chromium)"
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", f"--user-data-dir={profile}",
+           f"--window-size={width},{height}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # renderers and helpers too
+        proc.wait()
+    return out

@@ -1,31 +1,59 @@
-"""tracking.py against a real embedded MLflow store (sqlite, one for the module): what `Tracker`
-writes, read back through MLflow's own `MlflowClient`, and what `TrackerReader` reads. No Ray, no
-mocks."""
+"""tracking.py against a real embedded MLflow store (sqlite, one for the module), read back through
+MLflow's own `MlflowClient` as a person sees it in the UI: statuses, names, tags, params, the
+per-setting numbers on sweep and ramp parents, the steps that led a real training run to diverge;
+the UI links loaded in headless Chromium against a real `mlflow server`. No Ray, no mocks."""
 from __future__ import annotations
 
+import math
 import pickle
+import re
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from stablesweep.analysis.region import analyze, lr_margins
+from stablesweep.config import load_config
 from stablesweep.tracking import (
+    DIVERGED_AT_STEP,
     KIND_TAG,
     PARENT_TAG,
+    SETTING_TAG,
+    STAND_IN_OBJECTIVE,
+    STEP_GRAD_NORM,
+    STEP_LOSS,
     SWEEP_TAG,
+    TRIAL_COLUMNS,
     TRIAL_TAG,
     Tracker,
     TrackerReader,
     TrackingError,
     default_tracking_uri,
     flatten,
+    name_without_verdict,
     param_value,
     probe_store,
+    run_link,
+    run_name,
+    setting_slug,
+    stable_filter,
     ui_command,
+    ui_link,
 )
-from tests.mlflow_server import free_port
+from tests.mlflow_server import chromium, dump_dom, free_port, mlflow_server
 
+ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "tracking-test"
+SPACE_KEYS = ["training.lr", "training.max_grad_norm", "loss.masking"]
+# (trial, verdict, reason, first bad step, lr, clip, objective): one trial per verdict, two settings
+TRIALS = [("t0", "stable", None, -1, 1e-3, 1.0, 0.5),
+          ("t1", "diverged", "nonfinite_loss", 10, 82.0, 1.0, 3.1),
+          ("t2", "pruned", "scheduler", -1, 1e-2, 1.0, 2.0),
+          ("t3", "error", "ValueError: boom", -1, 1e-4, None, None),
+          ("t4", "stalled", "no_progress", -1, 1e-6, None, 3.0),
+          ("t5", "stable", None, -1, 3e-3, 1.0, 0.4)]
 
 
 @pytest.fixture(scope="module")
@@ -38,31 +66,45 @@ def client(uri) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def trials_table() -> pd.DataFrame:
+    return pd.DataFrame([{"trial_id": t, "verdict": v, "training.lr": lr, "training.max_grad_norm": clip,
+                          "loss.masking": "slice", "objective": obj if v != "error" else None, "initial_loss": 3.2,
+                          "steps": 20, "budget_steps": 20} for t, v, _, _, lr, clip, obj in TRIALS])
+
+
 @pytest.fixture(scope="module")
 def sweep(uri, tmp_path_factory) -> dict:
-    """One sweep as the runner writes it: a parent with params and texts, four trials (stable,
-    diverged, pruned, error) with live metrics, then the parent ended with metrics and files."""
+    """One sweep as the runner writes it: a parent with params and texts; a trial per verdict with
+    live reports (their constants among them), its verdict; then, from the region of the trials
+    table, the setting numbers on the parent and each trial's setting and margin."""
     tr = Tracker(uri, EXPERIMENT)
     parent = tr.start_sweep("s1", {"sampler": "grid", "seed": 0, "asha": False, "note": None,
                                    **{f"p{i}": i for i in range(150)}},  # more than one batch of params
                             tags={"sweep_dir": "/tmp/s1"}, texts={"config.yaml": "training:\n  lr: 0.001\n"})
-    trials = {}
-    for tid, verdict, reason, bad in (("t0", "stable", None, -1), ("t1", "diverged", "nonfinite_loss", 10),
-                                      ("t2", "pruned", None, -1), ("t3", "error", "boom", -1)):
-        run = tr.trial_run(parent, tid, f"lr {tid}", {"training.lr": 1e-3, "training.max_grad_norm": None,
-                                                      "loss.enable": True}, tags={SWEEP_TAG: "s1"})
+    table = trials_table()
+    region = analyze(table, group_keys=["training.max_grad_norm", "loss.masking"], param_keys=SPACE_KEYS,
+                     importance=False)
+    margins = lr_margins(table, region)
+    runs = {}
+    for i, (tid, verdict, reason, bad, lr, clip, obj) in enumerate(TRIALS):
+        params = {"training.lr": lr, "training.max_grad_norm": clip, "loss.masking": "slice"}
+        run = tr.trial_run(parent, tid, f"lr={lr:.1e} slice clip={param_value(clip)}", params,
+                           setting={"training.max_grad_norm": clip, "loss.masking": "slice"})
         for step in (5, 10):
-            tr.log_trial_metrics(run, {"objective": 2.0 / step, "loss": 1.5, "flag": True, "name": "x"}, step)
-        tr.finish_trial(run, verdict, reason, bad, {"objective": 99.0, "initial_loss": 3.0, "steps": 10},
-                        tags={"budget_steps": "20"})
-        trials[tid] = run
+            tr.log_trial_metrics(run, {"objective": 2.0 / step, "loss": 1.5 / step, "initial_loss": 3.2,
+                                       "flops_per_step": 1e6, "budget_steps": 20, "flag": True, "name": "x"}, step)
+        summary = {"objective": obj, "steps": 10 if verdict in ("diverged", "pruned") else 20}
+        tr.finish_trial(run, verdict, reason, bad, summary, tags={"node_id": "n1"})
+        tr.set_margin(run, margins.iloc[i])
+        runs[tid] = run
+    tr.log_setting_metrics(parent, region.groups)
     files = tmp_path_factory.mktemp("files")
     (files / "stable_region.md").write_text("# region\n")
     (files / "figures").mkdir()
     (files / "figures" / "a.png").write_bytes(b"\x89PNG")
-    tr.end_sweep(parent, {"trials_stable": 1.0}, tags={"interrupted": "false"},
+    tr.end_sweep(parent, {"trials_stable": 2.0}, tags={"interrupted": "false"},
                  artifacts=[files / "stable_region.md", files / "figures", files / "missing.txt"])
-    return {"parent": parent, "trials": trials}
+    return {"parent": parent, "trials": runs, "region": region}
 
 
 def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
@@ -72,36 +114,178 @@ def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
     assert tags[KIND_TAG] == "sweep" and tags[SWEEP_TAG] == "s1" and tags["sweep_dir"] == "/tmp/s1"
     assert tags["interrupted"] == "false" and tags["stablesweep.version"]
     params = run.data.params
-    assert (params["sampler"], params["seed"], params["asha"], params["note"]) == ("grid", "0", "false", "null")
+    assert (params["sampler"], params["seed"], params["asha"], params["note"]) == ("grid", "0", "false", "none")
     assert len([k for k in params if k.startswith("p")]) == 150
-    assert run.data.metrics == {"trials_stable": 1.0}
+    assert run.data.metrics["trials_stable"] == 2.0
     arts = {a.path for a in client.list_artifacts(sweep["parent"])}
     assert arts == {"config.yaml", "stable_region.md", "figures"}  # a missing file is skipped
     assert [a.path for a in client.list_artifacts(sweep["parent"], "figures")] == ["figures/a.png"]
 
 
-def test_trial_runs_are_nested_with_verdict_tags_and_status(client, sweep):
-    status = {"t0": "FINISHED", "t1": "FINISHED", "t2": "KILLED", "t3": "FAILED"}
+def test_status_and_name_tell_the_verdict(client, sweep):
+    """Only a stable run wears FINISHED (the UI's green tick); the name leads with the verdict."""
+    want = {"t0": ("FINISHED", "stable lr=1.0e-03 slice clip=1.0"),
+            "t1": ("FAILED", "diverged@10 lr=8.2e+01 slice clip=1.0"),
+            "t2": ("KILLED", "pruned lr=1.0e-02 slice clip=1.0"),
+            "t3": ("FAILED", "error lr=1.0e-04 slice clip=none"),
+            "t4": ("FAILED", "stalled lr=1.0e-06 slice clip=none"),
+            "t5": ("FINISHED", "stable lr=3.0e-03 slice clip=1.0")}
     for tid, run_id in sweep["trials"].items():
-        run = client.get_run(run_id)
+        info = client.get_run(run_id).info
+        assert (info.status, info.run_name) == want[tid], tid
+    assert run_name("diverged", 10, {"training.lr": 82.0, "loss.masking": "slice",
+                                     "training.max_grad_norm": 1.0}) == "diverged@10 lr=8.2e+01 slice clip=1.0"
+    assert run_name("stalled", -1, {"training.lr": 1e-6}) == "stalled lr=1.0e-06"
+    assert name_without_verdict("diverged@10 lr=8.2e+01 slice") == "lr=8.2e+01 slice"
+    assert name_without_verdict("lr=8.2e+01 slice") == "lr=8.2e+01 slice"
+
+
+def test_tags_and_params_hold_no_sentinels(client, sweep):
+    for tid, verdict, reason, bad, lr, clip, _ in TRIALS:
+        run = client.get_run(sweep["trials"][tid])
         tags = run.data.tags
-        assert run.info.status == status[tid], tid
         assert tags[PARENT_TAG] == sweep["parent"] and tags[TRIAL_TAG] == tid and tags[KIND_TAG] == "trial"
-        assert tags[SWEEP_TAG] == "s1" and tags["budget_steps"] == "20"
-        assert run.data.params == {"training.lr": "0.001", "training.max_grad_norm": "null", "loss.enable": "true"}
-    tags = client.get_run(sweep["trials"]["t1"]).data.tags
-    assert (tags["verdict"], tags["reason"], tags["first_bad_step"]) == ("diverged", "nonfinite_loss", "10")
-    assert client.get_run(sweep["trials"]["t0"]).data.tags["reason"] == ""
+        assert tags[SWEEP_TAG] == "s1" and tags["node_id"] == "n1"  # the sweep tag comes from the parent
+        assert tags["verdict"] == verdict
+        assert tags[SETTING_TAG] == ("slice_clip-1.0" if clip else "slice_clip-none")
+        assert tags.get("first_bad_step") == ("10" if verdict == "diverged" else None)
+        if verdict == "error":
+            assert tags["error"] == reason and "reason" not in tags
+        else:
+            assert tags.get("reason") == reason
+        # the constants: tags, written once, as a config writes numbers
+        assert (tags["initial_loss"], tags["flops_per_step"], tags["budget_steps"]) == ("3.2", "1000000.0", "20")
+        assert run.data.params == {"training.lr": param_value(lr), "training.max_grad_norm": "1.0" if clip else "none",
+                                   "loss.masking": "slice"}
+    assert [param_value(v) for v in (None, True, 3, 1e-05, 0.001, 5e-6, float("nan"), "slice")] == \
+        ["none", "true", "3", "1.0e-05", "0.001", "5.0e-06", "none", "slice"]
 
 
-def test_live_metrics_keep_their_steps_and_the_summary_fills_only_the_gaps(client, sweep):
+def test_objective_only_where_it_was_measured(client, sweep):
+    """Sorting by objective ranks measured runs only: a diverged run's stand-in is apart."""
+    for tid, verdict, _, _, _, _, obj in TRIALS:
+        metrics = client.get_run(sweep["trials"][tid]).data.metrics
+        if verdict in ("stable", "stalled", "pruned"):
+            assert metrics["objective"] == obj and STAND_IN_OBJECTIVE not in metrics, tid
+        elif verdict == "diverged":
+            assert metrics[STAND_IN_OBJECTIVE] == obj and "objective" not in metrics
+        else:
+            assert "objective" not in metrics and STAND_IN_OBJECTIVE not in metrics
+        assert not {"initial_loss", "flops_per_step", "budget_steps", "flag", "name"} & set(metrics)
     run_id = sweep["trials"]["t0"]
-    hist = client.get_metric_history(run_id, "objective")
-    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(5, 0.4), (10, 0.2)]
-    metrics = client.get_run(run_id).data.metrics
-    assert metrics["objective"] == 0.2  # the live value, not the summary's 99
-    assert metrics["initial_loss"] == 3.0 and metrics["steps"] == 10.0  # not logged live: from the summary
-    assert "flag" not in metrics and "name" not in metrics  # no bools, no strings
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(5, 0.3), (10, 0.15)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "objective")] == [(20, 0.5)]
+    exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    ranked = client.search_runs([exp], f"tags.`{PARENT_TAG}` = '{sweep['parent']}'", order_by=["metrics.objective"])
+    assert [r.data.tags["verdict"] for r in ranked][:4] == ["stable", "stable", "pruned", "stalled"]
+
+
+def test_per_setting_numbers_on_the_parent_and_the_margin_of_each_trial(client, sweep):
+    metrics = client.get_run(sweep["parent"]).data.metrics
+    # clip 1.0: stable up to 3e-3, diverged at 82, recommended min(best lr 3e-3, 0.5 x 82); clip none:
+    # nothing stable, nothing diverged (an error and a stall): no numbers at all, no sentinels
+    assert {k: v for k, v in metrics.items() if "." in k} == {
+        "max_stable_lr.slice_clip-1.0": 3e-3, "min_diverged_lr.slice_clip-1.0": 82.0,
+        "recommended_lr.slice_clip-1.0": 3e-3}
+    for tid, _, _, _, lr, clip, _ in TRIALS:
+        got = client.get_run(sweep["trials"][tid]).data.metrics.get("lr_margin")
+        assert got == (pytest.approx(lr / 82.0) if clip else None), tid
+    assert setting_slug({"training.precision": "bf16", "loss.masking": "neg_inf", "training.max_grad_norm": None,
+                         "training.lr": 1.0, "data.image size": "a/b"}) == "bf16_neg_inf_clip-none_image_size-a_b"
+    assert setting_slug({}) == "all"
+
+
+def test_a_ramp_logged_after_the_fact(uri, client):
+    """A ramp: its parent of kind ramp with the same per-setting names; each probe created at its
+    true start, its reports at their true times and steps, ended at its true end."""
+    tr = Tracker(uri, EXPERIMENT)
+    parent = tr.start_sweep("r1", {"lr_start": 1e-3}, tags={}, kind="ramp")
+    t0 = time.time() - 3600
+    setting = {"training.precision": "bf16", "loss.masking": "slice"}
+    for i, (lr, verdict, bad) in enumerate([(1e-3, "stable", -1), (1e-1, "diverged", 7)]):
+        start = t0 + 100 * i
+        run = tr.trial_run(parent, f"s00-ladder-{lr:.6e}", f"lr={lr:.1e} bf16 slice ladder",
+                           {**setting, "training.lr": lr, "phase": "ladder"}, setting=setting, started_at=start)
+        for step in (10, 20):
+            tr.log_trial_metrics(run, {"loss": 1.0 / step, "initial_loss": 3.0}, step, timestamp=start + step)
+        tr.finish_trial(run, verdict, "loss_explosion" if bad >= 0 else None, bad, {"objective": 0.9, "steps": 20},
+                        ended_at=start + 30)
+        got = client.get_run(run)
+        assert (got.info.start_time, got.info.end_time) == (round(start * 1000), round((start + 30) * 1000))
+        assert sorted(m.timestamp for m in client.get_metric_history(run, "loss")) == [round((start + s) * 1000)
+                                                                                       for s in (10, 20)]
+        assert got.data.tags[SWEEP_TAG] == "r1" and got.data.tags[SETTING_TAG] == "bf16_slice"
+        assert got.data.params["phase"] == "ladder" and got.data.params["training.lr"] == param_value(lr)
+    tr.log_setting_metrics(parent, [{"setting": "s00", "params": setting, "max_stable_lr": 1e-3,
+                                     "min_diverged_lr": 1e-1, "recommended_lr": 5e-4, "lr_at_5pct_risk": None}])
+    tr.end_sweep(parent, {"probes": 2.0}, tags={})
+    run = client.get_run(parent)
+    assert run.data.tags[KIND_TAG] == "ramp"
+    assert run.data.metrics == {"probes": 2.0, "max_stable_lr.bf16_slice": 1e-3, "min_diverged_lr.bf16_slice": 1e-1,
+                                "recommended_lr.bf16_slice": 5e-4}
+
+
+@pytest.fixture(scope="module")
+def diverged_run():
+    """A real short training run that diverges (the demo at lr 1e3, CPU): its reports and result."""
+    from stablesweep.train import run_training
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml",
+                      ["training.lr=1e3", "training.steps=20", "training.report_interval=10"])
+    reports: list[dict] = []
+    result = run_training(cfg, report=lambda m, ckpt: reports.append(dict(m)), device="cpu")
+    assert result.verdict == "diverged" and result.first_bad_step >= 0 and result.history
+    return reports, result
+
+
+def test_a_diverged_run_shows_the_steps_that_led_there(uri, client, diverged_run):
+    """Fed as the trial callback feeds it, the run holds every report, and, from the last one,
+    the raw loss and gradient norm of its last steps at their own steps around the first bad step."""
+    reports, result = diverged_run
+    tr = Tracker(uri, EXPERIMENT)
+    parent = tr.start_sweep("real", {}, tags={})
+    params = {"training.lr": 1e3, "loss.masking": "slice", "training.max_grad_norm": 1.0}
+    run = tr.trial_run(parent, "real0", "lr=1.0e+03 slice clip=1.0", params, setting=params)
+    for m in reports:
+        numbers = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k not in ("step", "first_bad_step")}
+        tr.log_trial_metrics(run, numbers, m["step"])
+    last = reports[-1]
+    tr.log_trial_history(run, last["history"], last["first_bad_step"])
+    tr.finish_trial(run, last["verdict"], last["reason"], last["first_bad_step"],
+                    {"objective": last["objective"], "steps": last["step"]})
+
+    bad = result.first_bad_step
+    got = client.get_run(run)
+    assert got.info.status == "FAILED"
+    assert got.info.run_name == f"diverged@{bad} lr=1.0e+03 slice clip=1.0"
+    assert got.data.tags["reason"] == result.reason and got.data.tags["first_bad_step"] == str(bad)
+    assert got.data.metrics[DIVERGED_AT_STEP] == bad
+    assert got.data.metrics[STAND_IN_OBJECTIVE] == pytest.approx(result.objective) and "objective" not in got.data.metrics
+    assert float(got.data.tags["initial_loss"]) == pytest.approx(result.initial_loss)
+    assert sorted(m.step for m in client.get_metric_history(run, "loss")) == [m["step"] for m in reports]
+    want = {s: (loss, gnorm) for s, loss, gnorm in result.history}
+    assert min(want) <= bad - 2 and bad + 2 <= max(want)  # the history covers the first bad step
+    losses = {m.step: m.value for m in client.get_metric_history(run, STEP_LOSS)}
+    gnorms = {m.step: m.value for m in client.get_metric_history(run, STEP_GRAD_NORM)}
+    for logged, i in ((losses, 0), (gnorms, 1)):
+        # every finite value at its own step; inf and NaN left out (MLflow: 1.8e308, or a hidden chart)
+        assert logged == pytest.approx({s: v[i] for s, v in want.items() if math.isfinite(v[i])}, rel=1e-6)
+        assert all(math.isfinite(v) for v in logged.values())
+    assert all(s in losses for s in range(min(want), bad))  # the steps before the first bad one: all there
+
+
+def test_inf_and_nan_are_left_out_of_the_charts(uri, client):
+    """MLflow would store inf as 1.8e308 and its UI hides the chart of a metric whose latest value
+    is NaN: non-finite values are not logged, live or in the history."""
+    tr = Tracker(uri, EXPERIMENT)
+    run = tr.trial_run(tr.start_sweep("nan", {}, tags={}), "n0", "lr=1.0e+00", {"training.lr": 1.0})
+    tr.log_trial_metrics(run, {"loss": 2.0, "last_loss": math.inf, "grad_norm": math.nan}, 10)
+    tr.log_trial_history(run, [(7, 1.5, 2.0), (8, math.inf, math.nan), (9, math.nan, 3.0)], 8)
+    history = {k: {m.step: m.value for m in client.get_metric_history(run, k)}
+               for k in ("loss", "last_loss", "grad_norm", STEP_LOSS, STEP_GRAD_NORM, DIVERGED_AT_STEP)}
+    assert history == {"loss": {10: 2.0}, "last_loss": {}, "grad_norm": {}, STEP_LOSS: {7: 1.5},
+                       STEP_GRAD_NORM: {7: 2.0, 9: 3.0}, DIVERGED_AT_STEP: {8: 8.0}}
 
 
 def test_a_resumed_sweep_finds_its_runs_again(uri, client, sweep):
@@ -112,26 +296,27 @@ def test_a_resumed_sweep_finds_its_runs_again(uri, client, sweep):
     run_id = tr.trial_run(parent, "t2", "ignored", {"training.lr": 5.0})
     assert run_id == sweep["trials"]["t2"]
     assert client.get_run(run_id).info.status == "RUNNING"  # reopened
-    assert client.get_run(run_id).data.params["training.lr"] == "0.001"  # not logged twice
+    assert client.get_run(run_id).data.params["training.lr"] == "0.01"  # not logged twice
     assert tr.last_step(run_id) == 10
-    tr.finish_trial(run_id, "pruned", None, -1, {"steps": 10})
+    tr.finish_trial(run_id, "pruned", "scheduler", -1, {"objective": 2.0, "steps": 10})
+    assert client.get_run(run_id).info.run_name == "pruned lr=1.0e-02 slice clip=1.0"  # one verdict in front
     tr.end_sweep(parent, {}, tags={})
     assert client.get_run(parent).info.status == "FINISHED"
-    assert len(tr.children(parent)) == 4
-    assert [r.info.run_id for r in tr.sweep_runs()] == [parent]
+    assert len(tr.children(parent)) == len(TRIALS)
+    assert parent in [r.info.run_id for r in tr.sweep_runs()]
 
 
 def test_reader_reads_plain_records(uri, sweep):
     reader = TrackerReader(uri, EXPERIMENT)
-    (parent,) = reader.parent_runs()
-    assert parent.run_id == sweep["parent"] and parent.name == "s1" and parent.status == "FINISHED"
+    parent = next(p for p in reader.parent_runs() if p.run_id == sweep["parent"])
+    assert parent.name == "s1" and parent.status == "FINISHED"
     assert parent.params["sampler"] == "grid" and parent.tags[KIND_TAG] == "sweep"
     kids = reader.child_runs(sweep["parent"])
-    assert [k.tags[TRIAL_TAG] for k in kids] == ["t0", "t1", "t2", "t3"]  # oldest first
-    assert kids[1].tags["verdict"] == "diverged" and kids[1].metrics["objective"] == 0.2
+    assert [k.tags[TRIAL_TAG] for k in kids] == [t[0] for t in TRIALS]  # oldest first
+    assert kids[1].tags["verdict"] == "diverged" and kids[1].metrics[STAND_IN_OBJECTIVE] == 3.1
     assert reader.read_text(sweep["parent"], "config.yaml") == "training:\n  lr: 0.001\n"
     assert reader.read_text(sweep["parent"], "space.yaml") is None
-    assert reader.parent_runs(kinds=("ramp",)) == []
+    assert reader.parent_runs(kinds=("compare",)) == []
 
 
 def test_reader_never_creates_an_experiment(uri, sweep):
@@ -169,6 +354,8 @@ def test_a_file_that_is_no_store_is_a_tracking_error(tmp_path):
     bad.write_text("not a database " * 100)
     with pytest.raises(TrackingError, match=r"at sqlite:///.*bad\.db: .*file is not a database"):
         TrackerReader(f"sqlite:///{bad}").experiment_id()
+    with pytest.raises(TrackingError, match=r"saving a view of the runs table at sqlite:///.*bad\.db: "):
+        Tracker(f"sqlite:///{bad}").save_view(stable_filter())
 
 
 def test_probe_store_says_why_there_is_nothing_to_read(uri, tmp_path):
@@ -186,14 +373,63 @@ def test_small_helpers(tmp_path):
     assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
     assert ui_command("sqlite:///x.db") == "mlflow ui --backend-store-uri sqlite:///x.db --host 127.0.0.1 --port 5000"
-    assert [param_value(v) for v in (None, True, False, 3, 1e-05, "slice")] == ["null", "true", "false", "3",
-                                                                                "1e-05", "slice"]
     assert flatten({"training": {"lr": 1e-3, "opt": {"name": "adam"}}, "data": {}, "seed": 0}) == \
         {"training.lr": 1e-3, "training.opt.name": "adam", "data": {}, "seed": 0}
 
 
-def test_default_artifacts_sit_beside_an_embedded_store(uri, client, sweep):
-    db = Path(uri.removeprefix("sqlite:///"))
-    location = client.get_experiment_by_name(EXPERIMENT).artifact_location
-    assert location == (db.parent / "mlartifacts").resolve().as_uri()
-    assert (db.parent / "mlartifacts").is_dir()
+def test_ui_links_have_the_shape_of_mlflow_3_17_routes():
+    """The runs tab of the hash router, the model-training view, the facets the UI reads from the
+    query string (searchFilter, orderByKey as a canonical key, orderByAsc), or a saved view."""
+    assert ui_link("http://127.0.0.1:5001/", "3", stable_filter("abc")) == (
+        "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
+        "&searchFilter=tags.verdict%20%3D%20%27stable%27%20and%20tags.%60mlflow.parentRunId%60%20%3D%20%27abc%27"
+        "&orderByKey=metrics.%60objective%60&orderByAsc=true")
+    assert ui_link("sqlite:///x.db", "0", order_by="params.`training.lr`", ascending=False) == (
+        "http://127.0.0.1:5000/#/experiments/0/runs?workflowType=machine_learning"
+        "&orderByKey=params.%60training.lr%60&orderByAsc=false")  # where `mlflow ui` listens
+    assert ui_link("http://h:1", "3", "ignored", view="k1") == \
+        "http://h:1/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=k1"
+    assert run_link("http://h:1", "3", "r1") == "http://h:1/#/experiments/3/runs/r1?workflowType=machine_learning"
+
+
+# ---- the UI itself, in a browser -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with mlflow_server(tmp_path_factory.mktemp("ui_server")) as proc:
+        yield proc.uri
+
+
+def rows_and_columns(dom: str) -> tuple[list[str], set[str]]:
+    """The run ids of the runs table's rows, in order, and the ids of its columns."""
+    rows = list(dict.fromkeys(re.findall(r'row-index="\d+" row-id="([0-9a-f]{32})"', dom)))
+    return rows, set(re.findall(r'col-id="([^"]+)"', dom))
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium binary (Debian: apt-get install -y chromium; "
+                                               ".ci/run installs it)")
+def test_the_links_open_the_stable_trials_best_first_in_the_runs_table(server, tmp_path):
+    tr = Tracker(server, EXPERIMENT)
+    parent = tr.start_sweep("ui", {}, tags={})
+    other = tr.start_sweep("other", {}, tags={})
+    stable = {}
+    for i, (tid, verdict, reason, bad, lr, clip, obj) in enumerate(TRIALS):
+        params = {"training.lr": lr, "training.max_grad_norm": clip}
+        for p in (parent, other):
+            run = tr.trial_run(p, f"{p[:6]}-{tid}", f"lr={lr:.1e}", params, setting={"training.max_grad_norm": clip})
+            tr.log_trial_metrics(run, {"loss": 1.0, "progress": 0.5}, 10)
+            tr.finish_trial(run, verdict, reason, bad, {"objective": obj, "steps": 20})
+            tr.set_margin(run, lr / 82.0)
+            if p == parent and verdict == "stable":
+                stable[run] = obj
+    best_first = sorted(stable, key=stable.get)
+    eid = tr.experiment_id
+    dom = dump_dom(ui_link(server, eid, stable_filter(parent)), tmp_path / "plain")
+    rows, _ = rows_and_columns(dom)
+    assert rows == best_first, dom[-2000:]
+    view = tr.save_view(stable_filter(parent), params=["training.max_grad_norm"])
+    assert view == tr.save_view(stable_filter(parent), params=["training.max_grad_norm"])  # stored once
+    dom = dump_dom(ui_link(server, eid, view=view), tmp_path / "view")
+    rows, columns = rows_and_columns(dom)
+    assert rows == best_first, dom[-2000:]
+    assert {*TRIAL_COLUMNS, "params.`training.max_grad_norm`"} - {"tags.`reason`"} <= columns, columns

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from stablesweep.analysis.region import Region, analyze, infer_group_keys
+from stablesweep.analysis.region import Region, analyze, infer_group_keys, lr_margins
 from stablesweep.analysis.text import lr_text, text_order, value_text
 from stablesweep.vocab import (
     DIVERGED,
@@ -64,6 +64,7 @@ class SweepData:
     status: str = ""
     start_time: int = 0
     label: str = ""  # unique display name (the name, or name@runid when names repeat)
+    experiment_id: str = ""  # its MLflow experiment ("": unknown), for links to its runs
 
     def __post_init__(self):
         self.label = self.label or self.name
@@ -176,6 +177,7 @@ class SweepSummary:
     sampler: str | None
     status: str
     region: Region
+    experiment_id: str = ""
 
 
 @dataclass
@@ -192,6 +194,7 @@ class Comparison:
     top: int | None = None
     lr_key: str | None = LR_KEY
     source: str = ""  # where the sweeps were read (URI and experiment)
+    ui: str | None = None  # the MLflow UI the report links runs to (None: no links)
 
     def sweeps_table(self) -> pd.DataFrame:
         rows = []
@@ -253,8 +256,9 @@ class Comparison:
 
 
 def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None = None, by: str = "objective",
-            source: str = "") -> Comparison:
-    """Rank the trials of `sweeps` side by side (see the module docstring)."""
+            source: str = "", ui: str | None = None) -> Comparison:
+    """Rank the trials of `sweeps` side by side (see the module docstring); `ui`: the MLflow UI
+    (http://host:port) the report links runs to."""
     if by not in BY:
         raise InputError(f"--by {by}: expected one of {', '.join(BY)}")
     if only is not None and only not in (*VERDICTS, UNFINISHED):
@@ -279,8 +283,7 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
         judged = frame[frame["verdict"].isin(VERDICTS)] if len(frame) else frame
         region = analyze(judged, lr_key=lr_key if lr_key in frame.columns else None,
                          group_keys=list(setting_keys), param_keys=list(param_keys), importance=False)
-        min_div = {_key(g.key, setting_keys): g.min_diverged_lr for g in region.groups}
-        frame["margin"] = [_margin(r, lr_key, min_div.get(_key(r, setting_keys))) for _, r in frame.iterrows()]
+        frame["margin"] = lr_margins(frame, region)
         frame.insert(0, "sweep", s.label)
         frame["sweep_run_id"] = s.run_id
         frames.append(frame)
@@ -290,7 +293,7 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
             label=s.label, name=s.name, kind=s.kind, run_id=s.run_id, trials=len(frame), counts=counts,
             budget_steps=s.budget_steps, best_objective=region.best["objective"] if region.best else None,
             lr_sensitivity=sum(sens) / len(sens) if sens else None, sampler=s.params.get("sampler"),
-            status=s.status, region=region))
+            status=s.status, region=region, experiment_id=s.experiment_id))
         states.append(_setting_states(s.label, judged, region, setting_keys, lr_key))
 
     configs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -315,7 +318,7 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
                    for (a, sa), (b, sb) in zip(zip(sweeps, states), zip(sweeps[1:], states[1:]))]
     return Comparison(sweeps=summaries, setting_keys=list(setting_keys), param_keys=list(param_keys),
                       config_keys=config_keys, configs=configs, varying=varying, transitions=transitions, by=by,
-                      only=only, top=top, lr_key=lr_key, source=source)
+                      only=only, top=top, lr_key=lr_key, source=source, ui=ui)
 
 
 def _rank(t: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -330,13 +333,6 @@ def _rank(t: pd.DataFrame, by: str) -> pd.DataFrame:
     primary = obj if by == "objective" else t["margin"].map(number)
     t = t.assign(_o=order, _p=primary, _b=obj)
     return t.sort_values(["_o", "_p", "_b", "sweep"], kind="stable").drop(columns=["_o", "_p", "_b"])
-
-
-def _margin(row, lr_key: str | None, min_div: float | None) -> float | None:
-    lr = finite(row.get(lr_key)) if lr_key else None
-    if lr is None or min_div is None or min_div <= 0:
-        return None
-    return lr / min_div
 
 
 def _setting_states(label: str, judged: pd.DataFrame, region: Region, keys: list[str],

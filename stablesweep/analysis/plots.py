@@ -3,7 +3,9 @@ turns a trials table into plain data (a small dataclass: what goes where), a `pl
 draws that data into a PNG. Tests assert on the data and that the drawing is a valid image.
 
 - `region_data` / `plot_region`: lr (log axis) against gradient clipping, coloured by verdict, a
-  panel per precision x masking: where training is stable and where it blows up.
+  panel per precision x masking: where training is stable and where it blows up, the boundary
+  shaded between the largest stable and the smallest diverged lr of each row; a title (the
+  sweep) and lr limits (`lr_limits`, shared by the figures of several sweeps) when asked.
 - `objective_data` / `plot_lr_objective`: lr against the objective; diverged trials marked (at
   their stand-in, the initial loss), pruned ones hollow.
 - `parallel_data` / `plot_parallel`: parallel coordinates, one line a trial, one axis a param
@@ -12,17 +14,18 @@ draws that data into a PNG. Tests assert on the data and that the drawing is a v
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from stablesweep.analysis.text import lr_text, num_text, text_order, value_text
-from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, py, short_key
+from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, STALLED, py, short_key
 
-COLORS = {STABLE: "#2ca02c", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
-MARKERS = {STABLE: "o", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
+COLORS = {STABLE: "#2ca02c", STALLED: "#ff7f0e", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
+MARKERS = {STABLE: "o", STALLED: "v", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
+BOUNDARY = "#ffbf00"  # the shading between the largest stable and the smallest diverged lr
 CLIP_KEY = "training.max_grad_norm"
 PANEL_KEYS = ("training.precision", "loss.masking")
 
@@ -36,6 +39,8 @@ class RegionInfo:
     y_label: str
     panel_keys: tuple[str, ...]
     lr_key: str
+    # title -> y level -> (largest stable lr, smallest diverged lr), where a row has both
+    bounds: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
 
 def region_data(df: pd.DataFrame, lr_key: str = LR_KEY, y_key: str = CLIP_KEY,
@@ -56,30 +61,54 @@ def region_data(df: pd.DataFrame, lr_key: str = LR_KEY, y_key: str = CLIP_KEY,
         xs, ys = panels.setdefault(title, {}).setdefault(r["verdict"], ([], []))
         xs.append(float(r[lr_key]))
         ys.append(y)
+    bounds = {}
+    for title, by_verdict in panels.items():
+        stable, diverged = by_verdict.get(STABLE, ([], [])), by_verdict.get(DIVERGED, ([], []))
+        rows = {}
+        for y in set(stable[1]) & set(diverged[1]):
+            rows[y] = (max(x for x, yy in zip(*stable) if yy == y), min(x for x, yy in zip(*diverged) if yy == y))
+        if rows:
+            bounds[title] = rows
     return RegionInfo(panels=dict(sorted(panels.items())), y_levels=y_levels or [""],
                       y_label="gradient clip (max_grad_norm)" if y_levels and y_key == CLIP_KEY else y_key,
-                      panel_keys=panel_keys, lr_key=lr_key)
+                      panel_keys=panel_keys, lr_key=lr_key, bounds=bounds)
 
 
-def plot_region(info: RegionInfo, path: str | Path) -> Path:
+def lr_limits(infos: list[RegionInfo]) -> tuple[float, float] | None:
+    """One lr range for several region figures (a factor 1.5 of room on either side), so that
+    they share the lr axis; None when none has a point."""
+    lrs = [x for info in infos for by_verdict in info.panels.values() for xs, _ in by_verdict.values() for x in xs
+           if x > 0]
+    return (min(lrs) / 1.5, max(lrs) * 1.5) if lrs else None
+
+
+def plot_region(info: RegionInfo, path: str | Path, title: str | None = None,
+                lr_limits: tuple[float, float] | None = None) -> Path:
     plt = _matplotlib()
     n = max(1, len(info.panels))
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.2 + 0.35 * len(info.y_levels) * rows),
+    legend_w = 2.0  # inches on the right for the legend
+    width = 4.2 * cols + legend_w
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.2 + 0.35 * len(info.y_levels) * rows),
                              squeeze=False, sharex=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
-    for ax, (title, by_verdict) in zip(axes.flat, info.panels.items() or [("no trials", {})]):
+    for ax, (panel, by_verdict) in zip(axes.flat, info.panels.items() or [("no trials", {})]):
+        for y, (stable, diverged) in info.bounds.get(panel, {}).items():
+            ax.fill_betweenx([y - 0.4, y + 0.4], min(stable, diverged), max(stable, diverged), color=BOUNDARY,
+                             alpha=0.3, lw=0, label="boundary (max stable\nto min diverged lr)")
         for verdict, (xs, ys) in by_verdict.items():
             jitter = [y + 0.12 * ((i % 5) - 2) / 2 for i, y in enumerate(ys)]
             ax.scatter(xs, jitter, marker=MARKERS.get(verdict, "o"), s=36, alpha=0.85, label=verdict,
                        **_colour(verdict))
         ax.set_xscale("log")
+        if lr_limits:
+            ax.set_xlim(*lr_limits)
         ax.set_yticks(range(len(info.y_levels)))
         ax.set_yticklabels(info.y_levels)
         ax.set_ylim(-0.6, len(info.y_levels) - 0.4)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.grid(True, which="major", axis="x", alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel(f"{info.lr_key} (log)")
@@ -90,10 +119,11 @@ def plot_region(info: RegionInfo, path: str | Path) -> Path:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
+        fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
     keys = " x ".join(k.rsplit(".", 1)[-1] for k in info.panel_keys)
-    fig.suptitle(f"Verdict by lr and clipping{', a panel per ' + keys if keys else ''}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.92, 0.95))
+    what = f"Verdict by lr and clipping{', a panel per ' + keys if keys else ''}"
+    fig.suptitle(f"{title}\n{what[0].lower()}{what[1:]}" if title else what, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / width, 0.9 if title else 0.95))
     return _save(plt, fig, path)
 
 
@@ -122,9 +152,10 @@ def objective_data(df: pd.DataFrame, lr_key: str = LR_KEY) -> ObjectiveInfo:
 def plot_lr_objective(info: ObjectiveInfo, path: str | Path) -> Path:
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    labels = {STABLE: "stable (final objective)", DIVERGED: "diverged (initial loss, stand-in)",
-              PRUNED: "pruned (objective when stopped)", ERROR: "error"}
-    for verdict in (STABLE, PRUNED, DIVERGED, ERROR):
+    labels = {STABLE: "stable (final objective)", STALLED: "stalled (final objective, did not train)",
+              DIVERGED: "diverged (initial loss, stand-in)", PRUNED: "pruned (objective when stopped)",
+              ERROR: "error"}
+    for verdict in (STABLE, STALLED, PRUNED, DIVERGED, ERROR):
         if verdict not in info.series:
             continue
         xs, ys = info.series[verdict]

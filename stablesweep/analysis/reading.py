@@ -4,7 +4,10 @@ MLflow).
 
 The parent runs are found by the tag `stablesweep.kind` (`sweep` or `ramp`), their trials by
 `tags.mlflow.parentRunId`; the sweep's base config and search space come from its `config.yaml`
-and `space.yaml` artifacts. `sweep_from_runs` turns those plain run records into a `SweepData`
+and `space.yaml` artifacts. A trial's numbers are its metrics, and its constants (initial loss)
+its tags; a diverged trial's `objective` column is its `stand_in_objective` (its initial loss), as
+in the sweep's own trials table. Runs logged by older versions (an objective for every verdict,
+constants as metrics, `null` params) read the same. `sweep_from_runs` turns those plain run records into a `SweepData`
 (one row a trial), `read_sweeps` picks the sweeps by name or run id and says what is wrong with a
 store, an experiment or a name as an InputError.
 """
@@ -21,15 +24,17 @@ from stablesweep.analysis.comparison import SweepData
 from stablesweep.tracking import (
     DEFAULT_EXPERIMENT,
     KIND_TAG,
+    STAND_IN_OBJECTIVE,
     SWEEP_TAG,
     TRIAL_TAG,
     RunRecord,
     TrackerReader,
     TrackingError,
     flatten,
+    name_without_verdict,
     probe_store,
 )
-from stablesweep.vocab import CATEGORICAL, LR_KEY, UNFINISHED, InputError, finite
+from stablesweep.vocab import CATEGORICAL, DIVERGED, LR_KEY, OBJECTIVE, UNFINISHED, InputError, finite
 
 # numeric columns of the trials table read back from a child run's metrics
 METRICS = ("objective", "initial_loss", "final_loss", "train_flops", "steps")
@@ -37,11 +42,11 @@ METRICS = ("objective", "initial_loss", "final_loss", "train_flops", "steps")
 
 def parse_param(s: Any) -> Any:
     """A param as MLflow holds it (a string, as tracking.param_value wrote it) back to its value:
-    null, true/false, ints, floats; other strings as they are."""
+    none (null), true/false, ints, floats; other strings as they are."""
     if not isinstance(s, str):
         return s
     t = s.strip()
-    if t in ("null", "None", ""):
+    if t in ("none", "null", "None", ""):
         return None
     if t in ("true", "false"):
         return t == "true"
@@ -81,16 +86,19 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
     rows = []
     for c in children:
         row: dict[str, Any] = {"trial_id": c.tags.get(TRIAL_TAG) or c.run_id[:8], "run_id": c.run_id,
-                               "name": c.name}
+                               "name": name_without_verdict(c.name)}
         row.update({k: parse_param(c.params.get(k)) for k in axes})
         first_bad = finite(parse_param(c.tags.get("first_bad_step")))
         budget = finite(parse_param(c.tags.get("budget_steps")))
         budget = budget if budget is not None else finite(params.get("budget_steps"))
-        row.update({"verdict": c.tags.get("verdict") or UNFINISHED, "reason": c.tags.get("reason") or None,
+        verdict = c.tags.get("verdict") or UNFINISHED
+        row.update({"verdict": verdict, "reason": c.tags.get("reason") or c.tags.get("error") or None,
                     "first_bad_step": int(first_bad) if first_bad is not None else -1,
                     "budget_steps": int(budget) if budget is not None else None})
         for m in METRICS:
-            row[m] = c.metrics.get(m)
+            row[m] = c.metrics.get(m, finite(parse_param(c.tags.get(m))))
+        if row[OBJECTIVE] is None and verdict == DIVERGED:
+            row[OBJECTIVE] = c.metrics.get(STAND_IN_OBJECTIVE)
         if row["final_loss"] is None:
             row["final_loss"] = c.metrics.get("loss")
         rows.append(row)
@@ -98,7 +106,7 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
     return SweepData(name=parent.tags.get(SWEEP_TAG) or parent.name, run_id=parent.run_id,
                      trials=pd.DataFrame(rows, columns=columns), kind=parent.tags.get(KIND_TAG, "sweep"), axes=axes,
                      categorical=categorical, config=config, params=params, status=parent.status,
-                     start_time=parent.start_time)
+                     start_time=parent.start_time, experiment_id=parent.experiment_id)
 
 
 def read_sweeps(uri: str, experiment: str | None = None, names: Iterable[str] = (), *, timeout: float = 5.0,

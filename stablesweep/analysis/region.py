@@ -250,6 +250,19 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
                  lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec)
 
 
+def lr_margins(df: pd.DataFrame, region: Region) -> pd.Series:
+    """Each trial's lr margin: its lr over the smallest diverged lr of its group in `region` (the
+    region of `df`); None where that is unknown (no lr, or nothing in its group diverged)."""
+    keys, lr_key = region.group_keys, region.lr_key
+    edge = {tuple(repr(py(g.key.get(k))) for k in keys): g.min_diverged_lr for g in region.groups}
+    out = []
+    for _, r in df.iterrows():
+        lr = finite(r.get(lr_key)) if lr_key else None
+        low = edge.get(tuple(repr(py(r.get(k))) for k in keys))
+        out.append(lr / low if lr is not None and low else None)
+    return pd.Series(out, index=df.index, dtype=object)
+
+
 def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
     """Wortsman et al. (2023): mean over trials of min(L, L0) minus min over trials of L, where a
     diverged trial's L is its initial loss L0. Only trials with a verdict (stable or diverged)
@@ -408,7 +421,7 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
         fig_dir = out / "figures"
         fig_dir.mkdir(exist_ok=True)
         lr_key = region.lr_key or LR_KEY
-        files["figure_region"] = plot_region(region_data(df, lr_key), fig_dir / "region_lr_clip.png")
+        files["figure_region"] = plot_region(region_data(df, lr_key), fig_dir / "region_lr_clip.png", title=title)
         files["figure_objective"] = plot_lr_objective(objective_data(df, lr_key), fig_dir / "lr_objective.png")
     if base is not None:
         rec = recommended_config(region, base)

@@ -1,20 +1,27 @@
-"""A `Comparison` as text: a terminal table, markdown, CSV or an HTML page (figures named by their
-paths relative to the report, embedded by `<img>`). Strings only: `analysis.report` writes them."""
+"""A `Comparison` as text: a terminal table, markdown, CSV or an HTML page. Strings only:
+`analysis.report` writes them.
+
+Figures come as a mapping of each figure's path relative to the report to its source: markdown
+links the path, HTML shows the source (`analysis.report` gives data: URIs, so the page needs no
+other file and shows its figures wherever it is opened, MLflow's sandboxed artifact view
+included). With `Comparison.ui` set, run names and ids link to their pages in that MLflow UI."""
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from stablesweep.analysis.comparison import Comparison
 from stablesweep.analysis.text import lr_text, num_text, value_text
+from stablesweep.tracking import run_link
 from stablesweep.vocab import DIVERGED, UNFINISHED, VERDICTS, InputError, finite, py, short_key
 
 FORMATS = ("table", "md", "csv", "html")
 
 
-def render(cmp: Comparison, fmt: str, figures: Iterable[str] = ()) -> str:
-    """`cmp` in one of FORMATS (figures: md and html only)."""
+def render(cmp: Comparison, fmt: str, figures: Mapping[str, str] | None = None) -> str:
+    """`cmp` in one of FORMATS (figures, path -> source: md and html only)."""
+    figures = figures or {}
     if fmt == "table":
         return to_text(cmp)
     if fmt == "md":
@@ -53,11 +60,17 @@ def to_text(cmp: Comparison) -> str:
 
 
 def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
+    """Markdown; `figures`: paths relative to the report."""
+    def link(text: str, url: str) -> str:
+        return f"[{text}]({url})"
+
     out = ["# Sweep comparison", ""]
     if cmp.source:
         out += [f"Read from {cmp.source}.", ""]
+    if cmp.ui:
+        out += [f"Run names and ids link to their pages in the MLflow UI at {cmp.ui}.", ""]
     out += ["## Sweeps", ""]
-    out += [f"- **{ln.split(' ', 1)[0]}** {ln.split(' ', 1)[1]}" for ln in _header_lines(cmp)]
+    out += [f"- **{ln.split(' ', 1)[0]}** {ln.split(' ', 1)[1]}" for ln in _header_lines(cmp, link)]
     out += ["", "Every verdict holds for the sweep's step budget: a run stable for that many steps may still "
                 "diverge later.", "", "## Per sweep and setting", ""]
     out += _md_table(*_settings_cells(cmp))
@@ -69,7 +82,7 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
             f"{ranking[0].upper()}{ranking[1:]}. **Bold**: differs from the first row; "
             "`*` after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
             "setting (blank: nothing diverged there).", ""]
-    head, rows = _configs_cells(cmp, lambda s: f"**{s}**")
+    head, rows = _configs_cells(cmp, lambda s: f"**{s}**", link)
     out += _md_table(head, rows) if rows else ["(no trials)"]
     for t in cmp.transitions:
         out += ["", f"## Changes {t.before} -> {t.after}", ""]
@@ -87,8 +100,17 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_html(cmp: Comparison, figures: Iterable[str] = ()) -> str:
-    esc = html.escape
+class _Html(str):
+    """Text that is HTML already (not escaped again)."""
+
+
+def to_html(cmp: Comparison, figures: Mapping[str, str] | None = None) -> str:
+    """A page; `figures`: path relative to the report -> the image's source (a data: URI)."""
+    def esc(text: str) -> str:
+        return text if isinstance(text, _Html) else html.escape(text)
+
+    def link(text: str, url: str) -> str:
+        return _Html(f'<a href="{html.escape(url)}" target="_blank" rel="noopener">{html.escape(text)}</a>')
 
     def table(head: list[str], rows: list[list]) -> str:
         """A cell is a string, or (text, highlighted)."""
@@ -97,13 +119,13 @@ def to_html(cmp: Comparison, figures: Iterable[str] = ()) -> str:
         for cells in rows:
             tds = []
             for c in cells:
-                text, hi = c if isinstance(c, tuple) else (str(c), False)
+                text, hi = c if isinstance(c, tuple) else (c, False)
                 tds.append(f'<td class="diff"><b>{esc(text)}</b></td>' if hi else f"<td>{esc(text)}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")
         return f"<table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
 
     marker = "\x00"
-    head, rows = _configs_cells(cmp, lambda s: marker + s)
+    head, rows = _configs_cells(cmp, lambda s: marker + s, link)
     rows = [[(c[1:], True) if c.startswith(marker) else c for c in r] for r in rows]
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8"><title>Sweep comparison</title>',
              "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:.5em 0}"
@@ -112,9 +134,16 @@ def to_html(cmp: Comparison, figures: Iterable[str] = ()) -> str:
              "<h1>Sweep comparison</h1>"]
     if cmp.source:
         parts.append(f"<p>Read from {esc(cmp.source)}.</p>")
+    if cmp.ui:
+        parts.append(f"<p>Run names and ids link to their pages in the MLflow UI at {esc(cmp.ui)} (they do not "
+                     "open inside MLflow's own view of this file, a sandboxed frame: open the file itself, or "
+                     "the links in the report run's description).</p>")
     parts.append("<h2>Sweeps</h2>")
     st = cmp.sweeps_table()
-    parts.append(table(list(st.columns), [[value_text(v) for v in r] for r in st.itertuples(index=False)]))
+    links = [_run_url(cmp, s.experiment_id, s.run_id) for s in cmp.sweeps]
+    parts.append(table(list(st.columns), [[link(str(v), url) if c == "run_id" and url else value_text(v)
+                                           for c, v in zip(st.columns, r)]
+                                          for r, url in zip(st.itertuples(index=False), links)]))
     parts.append("<h2>Per sweep and setting</h2>")
     parts.append(table(*_settings_cells(cmp)))
     parts.append(f"<h2>Configurations</h2><p>{esc(_ranking_line(cmp))}. Highlighted: differs from the first "
@@ -131,10 +160,9 @@ def to_html(cmp: Comparison, figures: Iterable[str] = ()) -> str:
                              c.before.describe() if c.before else "-", c.after.describe() if c.after else "-",
                              c.note] for c in t.settings]))
         parts.append(f"<p>{esc(t.summary())}</p>")
-    figs = list(figures)
-    if figs:
+    if figures:
         parts.append("<h2>Figures</h2>")
-        parts += [f'<p><img src="{esc(f)}" alt="{esc(Path(f).stem)}"></p>' for f in figs]
+        parts += [f'<p><img src="{esc(src)}" alt="{esc(Path(name).stem)}"></p>' for name, src in figures.items()]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -145,11 +173,21 @@ def to_csv(cmp: Comparison) -> str:
 
 # ---- the parts the formats share ------------------------------------------------------------------
 
-def _header_lines(cmp: Comparison) -> list[str]:
+def _run_url(cmp: Comparison, experiment_id: str, run_id) -> str | None:
+    """The page of a run in `cmp.ui`, when there is a UI and the run is known."""
+    run_id = py(run_id)
+    if not (cmp.ui and experiment_id and isinstance(run_id, str) and run_id):
+        return None
+    return run_link(cmp.ui, experiment_id, run_id)
+
+
+def _header_lines(cmp: Comparison, link: Callable[[str, str], str] | None = None) -> list[str]:
     lines = []
     for s in cmp.sweeps:
         c = s.counts
-        lines.append(f"{s.label} ({s.kind}, run {s.run_id}): {s.trials} trials, budget {s.budget_steps or '?'} "
+        url = _run_url(cmp, s.experiment_id, s.run_id) if link else None
+        run = link(s.run_id, url) if url else s.run_id
+        lines.append(f"{s.label} ({s.kind}, run {run}): {s.trials} trials, budget {s.budget_steps or '?'} "
                      f"steps: " + ", ".join(f"{v} {c.get(v, 0)}" for v in VERDICTS)
                      + (f", unfinished {c[UNFINISHED]}" if c.get(UNFINISHED) else "")
                      + f"; best objective {num_text(s.best_objective)}, lr sensitivity {num_text(s.lr_sensitivity)}")
@@ -176,9 +214,12 @@ def _settings_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _configs_cells(cmp: Comparison, mark: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
+def _configs_cells(cmp: Comparison, mark: Callable[[str], str], link: Callable[[str, str], str] | None = None
+                   ) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the configs table; `mark(text)` highlights a cell that differs from the
-    best row; a column whose values vary among the rows gets ` *` in its header."""
+    best row; a column whose values vary among the rows gets ` *` in its header; `link(text,
+    url)`: the run's name as a link to its page (`Comparison.ui`)."""
+    experiments = {s.label: s.experiment_id for s in cmp.sweeps}
     diff = cmp.diff_columns()
     cols = ["rank", "sweep", "verdict", "objective", *([cmp.lr_key] if cmp.lr_key else []), "margin",
             *[k for k in diff if k != cmp.lr_key], "steps", "run"]
@@ -189,6 +230,9 @@ def _configs_cells(cmp: Comparison, mark: Callable[[str], str]) -> tuple[list[st
         for c in cols:
             if c == "run":
                 text = str(r["name"])
+                url = _run_url(cmp, experiments.get(r["sweep"], ""), r.get("run_id")) if link else None
+                if url:
+                    text = link(text, url)
             elif c == "verdict":
                 reason = py(r.get("reason"))
                 text = str(r["verdict"]) + (f" ({reason})" if r["verdict"] == DIVERGED and reason else "")

@@ -1,8 +1,10 @@
 """The report of `stablesweep compare` as files (`write_report`: every format, the tables, the JSON
 and the figures) and as a run of kind `compare` in MLflow (`log_report`, through
-`stablesweep.tracking`)."""
+`stablesweep.tracking`). report.html holds its figures (data: URIs): it needs no other file, so
+it shows them wherever it is opened, MLflow's sandboxed artifact view included."""
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -11,7 +13,15 @@ import pandas as pd
 
 from stablesweep.analysis import render
 from stablesweep.analysis.comparison import Comparison, SweepData
-from stablesweep.analysis.plots import CLIP_KEY, PANEL_KEYS, parallel_data, plot_parallel, plot_region, region_data
+from stablesweep.analysis.plots import (
+    CLIP_KEY,
+    PANEL_KEYS,
+    lr_limits,
+    parallel_data,
+    plot_parallel,
+    plot_region,
+    region_data,
+)
 from stablesweep.tracking import DEFAULT_EXPERIMENT, Tracker, TrackingError
 from stablesweep.vocab import LR_KEY, STABLE, VERDICTS, InputError
 
@@ -20,13 +30,14 @@ def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, f
                  ) -> dict[str, Path]:
     """report.{txt,md,html}, configs.csv, settings.csv, changes.csv, compare.json and figures/:
     parallel.png (all trials of all sweeps, stable vs diverged) and region_<sweep>.png (the
-    sweep's region panels, as `stablesweep sweep` draws them)."""
+    sweep's region panels, as `stablesweep sweep` draws them, titled with the sweep, on one lr
+    axis for all sweeps)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     if figures:
         files.update(_figures(cmp, sweeps, out / "figures"))
-    figs = figure_names(files, out)
+    figs = figure_sources(files, out)
     for key, name, text in (("txt", "report.txt", render.to_text(cmp)),
                             ("md", "report.md", render.to_markdown(cmp, figs)),
                             ("html", "report.html", render.to_html(cmp, figs)),
@@ -42,16 +53,19 @@ def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, f
     return files
 
 
-def figure_names(files: dict[str, Path], out: str | Path) -> list[str]:
-    """The figures among `files`, as paths relative to `out`: the parallel coordinates first."""
-    names = [str(p.relative_to(out)) for k, p in files.items() if k.startswith("figure_")]
-    return sorted(names, key=lambda n: (not n.endswith("parallel.png"), n))
+def figure_sources(files: dict[str, Path], out: str | Path) -> dict[str, str]:
+    """The figures among `files`: each path relative to `out` (the parallel coordinates first) ->
+    the PNG as a data: URI."""
+    out = Path(out)
+    names = sorted((str(p.relative_to(out)) for k, p in files.items() if k.startswith("figure_")),
+                   key=lambda n: (not n.endswith("parallel.png"), n))
+    return {n: "data:image/png;base64," + base64.b64encode((out / n).read_bytes()).decode("ascii") for n in names}
 
 
 def _figures(cmp: Comparison, sweeps: list[SweepData], fig_dir: Path) -> dict[str, Path]:
     fig_dir.mkdir(parents=True, exist_ok=True)
     files = {}
-    every = []
+    every, regions = [], {}
     for s in sweeps:
         t = s.trials.copy()
         for k in (*cmp.param_keys, CLIP_KEY, *PANEL_KEYS):  # fixed ones from its config, for the panels
@@ -59,9 +73,12 @@ def _figures(cmp: Comparison, sweeps: list[SweepData], fig_dir: Path) -> dict[st
                 t[k] = [s.config.get(k)] * len(t) if len(t) else pd.Series(dtype=object)
         t.insert(0, "sweep", s.label)
         every.append(t)
-        judged = t[t["verdict"].isin(VERDICTS)]
-        files[f"figure_region_{s.label}"] = plot_region(region_data(judged, lr_key=s.lr_key or LR_KEY),
-                                                        fig_dir / f"region_{_slug(s.label)}.png")
+        regions[s.label] = region_data(t[t["verdict"].isin(VERDICTS)], lr_key=s.lr_key or LR_KEY)
+    limits = lr_limits(list(regions.values()))
+    for label, info in regions.items():
+        kind = next(s.kind for s in sweeps if s.label == label)
+        files[f"figure_region_{label}"] = plot_region(info, fig_dir / f"region_{_slug(label)}.png",
+                                                      title=f"{kind} {label}", lr_limits=limits)
     table = pd.concat(every, ignore_index=True) if every else pd.DataFrame(columns=["verdict"])
     table = table[table["verdict"].isin(VERDICTS)]
     keys = (["sweep"] if len(sweeps) > 1 else []) + list(cmp.setting_keys) + \

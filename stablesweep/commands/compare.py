@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from stablesweep.vocab import InputError
+from stablesweep.vocab import VERDICTS, InputError
 
 DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
 
@@ -43,14 +43,15 @@ Files in --out: report.txt/.md/.html, configs.csv, settings.csv, changes.csv, co
 figures/parallel.png (stable vs diverged trials, parallel coordinates) and figures/region_SWEEP.png.
 The report is logged back to MLflow as a run with the tag stablesweep.kind = compare (--no-log: not).
 
-The same in MLflow's UI (Experiments > stablesweep; the search box takes these filters; select runs,
-then Compare):
+Links: the report links every run name and sweep run id to its page in the MLflow UI (--ui; by
+default the --mlflow server, or http://127.0.0.1:5000 where `mlflow ui --backend-store-uri
+sqlite:///...` listens), and the command prints a link to the stable trials, best objective first,
+in the UI's runs table (docs/mlflow.md says what the columns are). The UI's search box takes:
   tags.verdict = 'stable'                                 stable trials of every sweep
   tags.`mlflow.parentRunId` = '<parent run id>'           the trials of one sweep
   tags.`stablesweep.sweep` = 'food-qmc' and tags.verdict = 'diverged'
   tags.`stablesweep.kind` = 'sweep'                       the sweeps (their region files are artifacts)
   tags.`stablesweep.kind` = 'compare'                     the reports of this command
-Sort by metrics.objective; the run names read like `lr=2.0e-06 bf16 slice clip=1.0`.
 Exit status: 0 done, 2 bad input (no store there, unreachable server, unknown sweep or experiment).
 """
 
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"MLflow tracking URI: sqlite:///PATH/mlflow.db or a server http://127.0.0.1:5000 "
                         f"(default: sqlite:///{DEFAULT_STORE}, the default of `stablesweep sweep`, if it exists)")
     p.add_argument("--experiment", default=None, metavar="NAME", help="MLflow experiment (default stablesweep)")
-    p.add_argument("--only", default=None, choices=["stable", "diverged", "pruned", "error"],
+    p.add_argument("--only", default=None, choices=list(VERDICTS),
                    help="list only trials with this verdict (e.g. --only stable)")
     p.add_argument("--top", type=int, default=None, metavar="K", help="list the first K configurations only")
     p.add_argument("--by", default="objective", choices=["objective", "margin"],
@@ -81,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-log", dest="log", action="store_false",
                    help="do not log the report to MLflow as a `compare` run")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="skip the figures")
+    p.add_argument("--ui", default=None, metavar="URL",
+                   help="the MLflow UI that run links point to (default: the --mlflow server, else "
+                        "http://127.0.0.1:5000, where `mlflow ui` listens)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
                    help="seconds to wait for an MLflow server to answer (default 5)")
     p.set_defaults(func=run)
@@ -100,11 +104,22 @@ def run(args: argparse.Namespace) -> int:
     from stablesweep.analysis.comparison import compare
     from stablesweep.analysis.reading import read_sweeps
     from stablesweep.analysis.render import render
-    from stablesweep.analysis.report import figure_names, log_report, write_report
-    from stablesweep.tracking import DEFAULT_EXPERIMENT
+    from stablesweep.analysis.report import figure_sources, log_report, write_report
+    from stablesweep.tracking import (
+        DEFAULT_EXPERIMENT,
+        Tracker,
+        TrackingError,
+        run_link,
+        stable_filter,
+        ui_base,
+        ui_command,
+        ui_link,
+    )
 
     if args.top is not None and args.top < 1:
         raise InputError(f"--top {args.top}: expected 1 or more")
+    if args.ui is not None and not args.ui.startswith(("http://", "https://")):
+        raise InputError(f"--ui {args.ui}: expected the address of an MLflow UI, http://HOST:PORT")
     uri = resolve_uri(args.mlflow)
     # a server that goes away mid-read fails in seconds, not after MLflow's default minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -116,19 +131,29 @@ def run(args: argparse.Namespace) -> int:
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     experiment = args.experiment or DEFAULT_EXPERIMENT
-    cmp = compare(sweeps, only=args.only, top=args.top, by=args.by, source=f"{uri} (experiment {experiment})")
+    ui = ui_base(args.ui or uri)
+    cmp = compare(sweeps, only=args.only, top=args.top, by=args.by, source=f"{uri} (experiment {experiment})", ui=ui)
     out = Path(args.out or f"runs/compare/compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     files = write_report(cmp, sweeps, out, figures=args.figures)
-    figs = figure_names(files, out)
+    figs = figure_sources(files, out)
     text = render(cmp, args.format, figs)
     sys.stdout.write(text)
     sys.stdout.flush()
     print(f"\nfiles in {out}: " + ", ".join(sorted({p.name for k, p in files.items() if not k.startswith('figure_')}))
           + (", figures/" if figs else ""), file=info)
+    # one sweep: its stable trials; several: the stable trials of the experiment (MLflow's search has no OR)
+    where = stable_filter(sweeps[0].run_id if len(sweeps) == 1 else None)
+    view = None
     if args.log:
         run_id = log_report(cmp, files, out, uri, args.experiment)
-        print(f"MLflow: logged as run {run_id} (tags.`stablesweep.kind` = 'compare') in {uri}", file=info)
-    ids = [s.run_id for s in cmp.sweeps]
-    if ids:
-        print(f"In the UI: tags.verdict = 'stable'   or   tags.`mlflow.parentRunId` = '{ids[0]}'", file=info)
+        print(f"MLflow: logged as run {run_id} (tags.`stablesweep.kind` = 'compare') in {uri}: "
+              f"{run_link(ui, sweeps[0].experiment_id, run_id)}", file=info)
+        try:  # our columns too: a saved view of the UI (an experiment tag; --no-log writes nothing)
+            view = Tracker(uri, experiment).save_view(where, params=cmp.param_keys)
+        except TrackingError as e:
+            print(f"note: no saved view of the runs table ({e}); the link shows MLflow's default columns", file=info)
+    link = ui_link(ui, sweeps[0].experiment_id, where, view=view)
+    if not uri.startswith(("http://", "https://")) and not args.ui:
+        print(f"MLflow UI: {ui_command(uri)}", file=info)
+    print(f"Stable trials, best objective first: {link}", file=info)
     return 0

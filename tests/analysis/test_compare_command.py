@@ -5,9 +5,11 @@ test_comparison, test_render, test_report, test_plots."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ from stablesweep.analysis.render import to_text
 from stablesweep.cli import main
 from stablesweep.sweep.runner import SweepOptions, run_sweep
 from stablesweep.tracking import TrackerReader
-from tests.mlflow_server import free_port, mlflow_server
+from tests.mlflow_server import chromium, dump_dom, free_port, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -155,7 +157,8 @@ def test_cli_every_format_and_the_report_logged_to_mlflow(server, sweeps, data, 
     assert len(csv) == 4 and (csv["verdict"] == "stable").all() and list(csv["rank"]) == list(range(1, 5))
     assert {"sweep", "training.lr", "loss.masking", "objective", "margin", "differs_from_best"} <= set(csv.columns)
     assert set(csv["sweep"]) == {"wide", "low"}
-    assert "<table>" in outs["html"] and 'class="diff"' in outs["html"] and "figures/parallel.png" in outs["html"]
+    assert "<table>" in outs["html"] and 'class="diff"' in outs["html"]
+    assert outs["html"].count('<img src="data:image/png;base64,') == 3 and "figures/" not in outs["html"]
     md = outs["md"]
     assert "| rank | sweep | verdict |" in md and "|---|" in md and "**" in md
     assert "became stable" in md
@@ -182,6 +185,51 @@ def test_cli_every_format_and_the_report_logged_to_mlflow(server, sweeps, data, 
     kids = reader.client.search_runs([reader.experiment_id()],
                                      f"tags.`mlflow.parentRunId` = '{sweeps['wide'].parent_run_id}'")
     assert len(kids) == 4
+
+
+# a page loaded from disk in Chromium says how many of its images loaded
+CHECK_IMAGES = """<script>window.addEventListener("load", () => {
+  const all = [...document.images], ok = all.filter(i => i.complete && i.naturalWidth > 0);
+  document.body.setAttribute("data-images", ok.length + "/" + all.length);
+});</script>"""
+NO_CHROMIUM = "no chromium binary (Debian: apt-get install -y chromium; .ci/run installs it)"
+
+
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
+def test_the_report_shows_its_figures_and_links_its_runs_wherever_it_is_opened(server, sweeps, data, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "out"
+    assert main(["compare", "wide", "low", "--mlflow", server, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    # alone, in another folder: every image still loads (they are inside the page)
+    alone = tmp_path / "elsewhere" / "report.html"
+    alone.parent.mkdir()
+    alone.write_text(page.replace("</body>", CHECK_IMAGES + "</body>"))
+    dom = dump_dom(alone.as_uri(), tmp_path / "profile1", width=1400)
+    assert re.search(r'data-images="3/3"', dom), dom[-500:]
+    # every run link answers, and names a run of this experiment: each trial shown and each sweep
+    reader = TrackerReader(server)
+    eid = reader.experiment_id()
+    links = set(re.findall(r'<a href="([^"]+)"', page))
+    linked = set()
+    for url in links:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200, url
+        exp, run_id = re.fullmatch(rf"{re.escape(server)}/#/experiments/(\d+)/runs/([0-9a-f]{{32}})\?workflowType=machine_learning",
+                                   url).groups()
+        assert exp == eid and reader.client.get_run(run_id).info.experiment_id == eid
+        linked.add(run_id)
+    assert linked == {r for d in data for r in d.trials["run_id"]} | {d.run_id for d in data}
+    # the printed link: the stable trials, best objective first, with our columns
+    (link,) = re.findall(r"^Stable trials, best objective first: (\S+)$", printed, re.M)
+    rows = [r.info.run_id for r in reader.client.search_runs([eid], "tags.verdict = 'stable'",
+                                                              order_by=["metrics.`objective` ASC"])]
+    dom = dump_dom(link, tmp_path / "profile2")
+    assert list(dict.fromkeys(re.findall(r'row-index="\d+" row-id="([0-9a-f]{32})"', dom))) == rows
+    columns = set(re.findall(r'col-id="([^"]+)"', dom))
+    assert {"tags.`verdict`", "tags.`stablesweep.sweep`", "params.`training.lr`", "params.`loss.masking`",
+            "metrics.`objective`", "metrics.`steps`"} <= columns
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, float]:

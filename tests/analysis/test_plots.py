@@ -11,6 +11,7 @@ from stablesweep.analysis.plots import (
     ObjectiveInfo,
     ParallelInfo,
     RegionInfo,
+    lr_limits,
     objective_data,
     parallel_data,
     plot_lr_objective,
@@ -51,6 +52,35 @@ def test_region_data_places_each_trial_by_lr_clip_and_panel(table):
     assert fp32 == {"stable": ([1e-5, 1e-3], [1, 1]), "pruned": ([5e-3], [1]), "diverged": ([1e-2], [1])}
     bf16 = info.panels["bf16 / neg_inf"]
     assert bf16 == {"stable": ([1e-5], [0]), "diverged": ([1e-4], [0]), "error": ([3e-4], [2])}
+
+
+def test_region_data_brackets_the_boundary_of_each_row(table):
+    """Per panel and clip level with both: (largest stable lr, smallest diverged lr); pruned and
+    error trials bracket nothing."""
+    assert region_data(table).bounds == {"fp32 / slice": {1: (1e-3, 1e-2)}, "bf16 / neg_inf": {0: (1e-5, 1e-4)}}
+    stable_only = table[table["verdict"] != "diverged"]
+    assert region_data(stable_only).bounds == {}
+
+
+def test_one_lr_axis_for_several_figures(table):
+    a = region_data(table[table["loss.masking"] == "slice"])  # lrs 1e-5 .. 1e-2
+    b = region_data(table[table["loss.masking"] == "neg_inf"])  # lrs 1e-5 .. 3e-4
+    assert lr_limits([a, b]) == pytest.approx((1e-5 / 1.5, 1e-2 * 1.5))
+    assert lr_limits([b]) == pytest.approx((1e-5 / 1.5, 3e-4 * 1.5))
+    assert lr_limits([region_data(table.iloc[:0])]) is None
+
+
+def shaded_pixels(path) -> int:
+    """Pixels of the boundary's shading (#ffbf00 at alpha 0.3 over white)."""
+    with Image.open(path) as im:
+        px = np.asarray(im.convert("RGB")).reshape(-1, 3).astype(int)
+    return int((np.abs(px - [255, 236, 178]).max(axis=1) <= 3).sum())
+
+
+def test_the_region_figure_shades_the_boundary(table, tmp_path):
+    assert shaded_pixels(plot_region(region_data(table), tmp_path / "a.png", title="sweep a",
+                                     lr_limits=(1e-6, 1.0))) > 500
+    assert shaded_pixels(plot_region(region_data(table[table["verdict"] != "diverged"]), tmp_path / "b.png")) == 0
 
 
 def test_region_data_without_panels_or_clip(table):
@@ -102,8 +132,8 @@ def test_every_figure_draws_a_png(table, tmp_path):
         "parallel": png(plot_parallel(parallel_data(table, ["training.lr", "loss.masking", "objective"]),
                                       tmp_path / "parallel.png", title="test")),
     }
-    # figsize x dpi 110: the region two panels wide, its height grows with the three clip levels
-    assert sizes["region"][0] == pytest.approx(2 * 4.2 * 110, abs=1)
+    # figsize x dpi 110: the region two panels wide and its legend, its height grows with the three clip levels
+    assert sizes["region"][0] == pytest.approx((2 * 4.2 + 2.0) * 110, abs=1)
     assert sizes["region"][1] == pytest.approx((2.2 + 0.35 * 3) * 110, abs=1)
     assert sizes["objective"] == (704, 440)
     assert sizes["parallel"] == (660, 462)  # three axes: the minimum width

@@ -16,9 +16,9 @@ CONFIG = "training:\n  lr: 0.001\n  steps: 100\nloss:\n  masking: slice\n"
 
 
 def test_params_parse_back_from_mlflow_strings():
-    assert [parse_param(s) for s in ("null", "None", "", "true", "false", "3", "-2", "0.001", "1e-05", "1000.0",
-                                     "slice", " 7 ")] == \
-        [None, None, None, True, False, 3, -2, 0.001, 1e-05, 1000.0, "slice", 7]
+    assert [parse_param(s) for s in ("none", "null", "None", "", "true", "false", "3", "-2", "0.001", "1e-05",
+                                     "1.0e-05", "1000.0", "slice", " 7 ")] == \
+        [None, None, None, None, True, False, 3, -2, 0.001, 1e-05, 1e-05, 1000.0, "slice", 7]
     assert math.isinf(parse_param("inf"))
     assert parse_param(0.5) == 0.5  # not a string: as it is
 
@@ -89,9 +89,9 @@ def store(tmp_path_factory) -> dict:
                params={"budget_steps": 20, "space_keys": "training.lr,loss.masking", "sampler": "grid"})
     for i, (lr, masking, verdict) in enumerate([(1e-3, "slice", "stable"), (1e3, "slice", "diverged")]):
         run = tr.trial_run(p, f"w{i}", f"lr={lr:.1e}", {"training.lr": lr, "loss.masking": masking})
-        tr.log_trial_metrics(run, {"objective": 1.0 + i}, step=10)
+        tr.log_trial_metrics(run, {"loss": 1.0 + i, "initial_loss": 3.0}, step=10)
         tr.finish_trial(run, verdict, "nonfinite_loss" if verdict == "diverged" else None, 3 if i else -1,
-                        {"initial_loss": 3.0, "steps": 20})
+                        {"objective": 1.0 + i, "steps": 20})
     tr.trial_run(p, "w2", "still running", {"training.lr": 1e-2, "loss.masking": "neg_inf"})
     tr.end_sweep(p, {}, tags={})
     parent("dup")
@@ -112,8 +112,11 @@ def test_every_sweep_and_ramp_oldest_first(store):
     assert wide.categorical == ["loss.masking"] and wide.config["training.steps"] == 100 and wide.budget_steps == 20
     t = wide.trials.set_index("trial_id")
     assert list(t["verdict"]) == ["stable", "diverged", "unfinished"]
-    assert t.loc["w1", "training.lr"] == 1e3 and t.loc["w1", "objective"] == 2.0 and t.loc["w1", "first_bad_step"] == 3
-    assert t.loc["w0", "initial_loss"] == 3.0 and t.loc["w0", "budget_steps"] == 20
+    assert t.loc["w1", "training.lr"] == 1e3 and t.loc["w1", "first_bad_step"] == 3
+    # a diverged trial's objective column is its stand-in, as in the sweep's own table
+    assert t.loc["w0", "objective"] == 1.0 and t.loc["w1", "objective"] == 2.0
+    assert t.loc["w0", "initial_loss"] == 3.0 and t.loc["w0", "budget_steps"] == 20  # a tag, read as a number
+    assert t.loc["w0", "final_loss"] == 1.0  # no final_loss: the last smoothed loss
     r1 = got[2]
     assert r1.axes == ["training.lr"] and r1.config == {} and list(r1.trials["verdict"]) == ["stable"]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stablesweep.analysis.region import analyze, lr_sensitivity, recommended_config, write_region
+from stablesweep.analysis.region import analyze, lr_margins, lr_sensitivity, recommended_config, write_region
 from stablesweep.config import load_config
 from tests.analysis.tables import GROUPS, KEYS, trial
 
@@ -34,12 +34,12 @@ def table():
 
 def test_bracket_per_combination_ignores_pruned(table):
     r = analyze(table, group_keys=GROUPS, param_keys=KEYS, importance=False)
-    assert r.counts == {"stable": 4, "diverged": 4, "pruned": 1, "error": 1}
+    assert r.counts == {"stable": 4, "stalled": 0, "diverged": 4, "pruned": 1, "error": 1}
     assert r.budget_steps == 100
     groups = {(g.key["training.precision"], g.key["loss.masking"]): g for g in r.groups}
     fp32 = groups[("fp32", "slice")]
     assert fp32.key["training.max_grad_norm"] == 1.0
-    assert fp32.counts == {"stable": 3, "diverged": 2, "pruned": 1, "error": 0}
+    assert fp32.counts == {"stable": 3, "stalled": 0, "diverged": 2, "pruned": 1, "error": 0}
     assert (fp32.max_stable_lr, fp32.min_diverged_lr, fp32.bracket_ok) == (1e-3, 1e-2, True)  # not 5e-3
     assert fp32.best_objective == 0.60 and fp32.best_params["training.lr"] == 1e-3
     assert fp32.recommended_lr == 1e-3  # already below half the smallest diverged lr
@@ -48,6 +48,17 @@ def test_bracket_per_combination_ignores_pruned(table):
     assert (bf16.max_stable_lr, bf16.min_diverged_lr) == (1e-5, 1e-4)
     assert bf16.counts["error"] == 1
     assert r.best["trial_id"] == "t02"
+
+
+def test_lr_margins_against_each_groups_smallest_diverged_lr(table):
+    r = analyze(table, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    got = lr_margins(table, r)
+    assert list(got.index) == list(table.index)
+    # fp32: lr / 1e-2; bf16 (a null clip is its own group): lr / 1e-4
+    assert got.tolist() == pytest.approx([1e-3, 1e-2, 0.1, 0.5, 1.0, 10.0, 0.1, 1.0, 10.0, 3.0])
+    alone = table[table["trial_id"].isin(["t00", "t01"])]  # nothing diverged: unknown, not a number
+    assert lr_margins(alone, analyze(alone, group_keys=GROUPS, param_keys=KEYS, importance=False)).tolist() == \
+        [None, None]
 
 
 def test_lr_sensitivity_follows_wortsman():
@@ -138,12 +149,12 @@ def test_files(table, tmp_path):
 def test_empty_table():
     df = pd.DataFrame(columns=["trial_id", "training.lr", "verdict", "objective", "initial_loss", "steps"])
     r = analyze(df, param_keys=["training.lr"])
-    assert r.counts == {"stable": 0, "diverged": 0, "pruned": 0, "error": 0}
+    assert r.counts == {"stable": 0, "stalled": 0, "diverged": 0, "pruned": 0, "error": 0}
     assert r.best is None and r.recommended is None and r.budget_steps is None
     # no categorical axis: one group of all (no) trials, its row all zeros and dashes
     (g,) = r.groups
     assert g.label == "all" and sum(g.counts.values()) == 0 and g.max_stable_lr is None
-    assert r.to_text().splitlines()[1].split() == ["0", "0", "0", "0", "-", "-", "-", "-", "-"]
+    assert r.to_text().splitlines()[1].split() == ["0", "0", "0", "0", "0", "-", "-", "-", "-", "-"]
     # with a categorical axis: no group at all
     df["loss.masking"] = pd.Series(dtype=object)
     r = analyze(df, group_keys=["loss.masking"], param_keys=["training.lr", "loss.masking"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from html.parser import HTMLParser
 
 import pandas as pd
@@ -11,7 +12,9 @@ import pytest
 from stablesweep.analysis.comparison import compare
 from stablesweep.analysis.render import FORMATS, render, to_csv, to_html, to_markdown, to_text
 from stablesweep.vocab import InputError
-from tests.analysis.tables import two_sweeps
+from tests.analysis.tables import BASE, sweep, two_sweeps
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 @pytest.fixture
@@ -27,7 +30,7 @@ def test_text(cmp):
     text = to_text(cmp)
     lines = text.splitlines()
     assert lines[0] == "Compare: 2 sweep(s) from sqlite:///x.db (experiment <e>)"
-    assert lines[2] == ("  a (sweep, run a-parent): 4 trials, budget 100 steps: stable 3, diverged 1, pruned 0, "
+    assert lines[2] == ("  a (sweep, run a-parent): 4 trials, budget 100 steps: stable 3, stalled 0, diverged 1, pruned 0, "
                         "error 0; best objective 1.001, lr sensitivity 0.502")
     head = next(ln for ln in lines if ln.lstrip().startswith("rank"))
     assert head.split() == ["rank", "sweep", "verdict", "objective", "lr", "*", "margin", "masking", "*", "clip",
@@ -96,23 +99,24 @@ class Tags(HTMLParser):
 
 
 def test_html_is_well_formed_escaped_and_highlights_the_differences(cmp):
-    page = to_html(cmp, ["figures/parallel.png"])
+    page = to_html(cmp, {"figures/parallel.png": PNG})
     assert page.startswith("<!DOCTYPE html>")
     tags = Tags()
     tags.feed(page)
     tags.close()
     assert tags.open == []
     assert tags.count["table"] == 4  # sweeps, settings, configs, changes a -> b
-    assert tags.count["img"] == 1 and 'src="figures/parallel.png"' in page
+    assert tags.count["img"] == 1 and f'src="{PNG}" alt="parallel"' in page
+    assert "<a " not in page  # no UI known: no links
     assert tags.diff_cells == differing_cells(cmp) + 1  # the differing cells, and "became unstable"
     assert "experiment &lt;e&gt;" in page and "<e>" not in page
     assert "Read from sqlite:///x.db (experiment <e>)." in "".join(tags.text)
 
 
 def test_render_picks_the_format(cmp):
-    figs = ["figures/parallel.png"]
-    assert [render(cmp, f, figs) for f in FORMATS] == [to_text(cmp), to_markdown(cmp, figs), to_csv(cmp),
-                                                       to_html(cmp, figs)]
+    figs = {"figures/parallel.png": PNG}
+    assert [render(cmp, f, figs) for f in FORMATS] == [to_text(cmp), to_markdown(cmp, ["figures/parallel.png"]),
+                                                       to_csv(cmp), to_html(cmp, figs)]
     with pytest.raises(InputError, match=r"^--format pdf: expected one of table, md, csv, html$"):
         render(cmp, "pdf")
 
@@ -125,3 +129,24 @@ def test_no_rows_to_show():
     tags = Tags()
     tags.feed(to_html(empty))
     assert tags.open == [] and tags.diff_cells == 1  # only the change
+
+
+def test_runs_link_to_their_pages_in_the_ui():
+    """With a UI, every run name (configs) and sweep run id links to the run's page; a trial
+    without a run id (never logged) is plain text."""
+    a = sweep("a", [(1e-3, "stable", "slice"), (1e-2, "diverged", "slice")], BASE,
+              ["training.lr", "loss.masking"], ["loss.masking"], experiment_id="7")
+    a.trials.loc[1, "run_id"] = None
+    cmp = compare([a], ui="http://127.0.0.1:5000")
+    page = to_html(cmp)
+    ui = "http://127.0.0.1:5000/#/experiments/7/runs"
+    view = "?workflowType=machine_learning"
+    links = re.findall(r'<a href="([^"]+)" target="_blank" rel="noopener">([^<]+)</a>', page)
+    assert links == [(f"{ui}/a-parent{view}", "a-parent"), (f"{ui}/a-run0{view}", "lr=1.0e-03")]
+    tags = Tags()
+    tags.feed(page)
+    assert tags.open == []
+    md = to_markdown(cmp)
+    assert f"run [a-parent]({ui}/a-parent{view})" in md and f"| [lr=1.0e-03]({ui}/a-run0{view}) |" in md
+    assert "| lr=1.0e-02 |" in md
+    assert "http" not in to_text(cmp)

@@ -1,8 +1,12 @@
 """The report of `compare`: its files and figures (hand-built sweeps), and its run in a real
-embedded MLflow store, read back with MLflow's own client."""
+embedded MLflow store, read back with MLflow's own client. (report.html in a real browser, its
+images and run links against a real server: test_compare_command.)"""
 from __future__ import annotations
 
+import base64
+import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -10,8 +14,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from stablesweep.analysis.comparison import compare
-from stablesweep.analysis.render import to_markdown
-from stablesweep.analysis.report import figure_names, log_report, write_report
+from stablesweep.analysis.render import to_html, to_markdown
+from stablesweep.analysis.report import figure_sources, log_report, write_report
 from stablesweep.vocab import InputError
 from tests.analysis.tables import BASE, sweep, two_sweeps
 
@@ -36,22 +40,42 @@ def test_files_and_figures(report):
             with Image.open(p) as im:
                 im.verify()
     figs = ["figures/parallel.png", "figures/region_a.png", "figures/region_b.png"]
-    assert figure_names(files, out) == figs  # parallel coordinates first
+    sources = figure_sources(files, out)
+    assert list(sources) == figs  # parallel coordinates first
     assert (out / "report.md").read_text() == to_markdown(cmp, figs)
+    assert (out / "report.html").read_text() == to_html(cmp, sources)
     assert json.loads((out / "compare.json").read_text())["setting_keys"] == cmp.setting_keys
     assert len(pd.read_csv(out / "configs.csv")) == 7
     assert len(pd.read_csv(out / "settings.csv")) == len(cmp.settings_table()) == 4
     assert pd.read_csv(out / "changes.csv")["change"].tolist() == [c.change for c in cmp.transitions[0].settings]
 
 
+def test_the_html_page_holds_its_figures(report):
+    """Every <img> of report.html is a PNG inside the page (a data: URI), the same bytes as the
+    figure file: the page needs no other file wherever it is opened."""
+    cmp, files, out = report
+    page = (out / "report.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)" alt="([^"]+)">', page)
+    assert [alt for _, alt in srcs] == ["parallel", "region_a", "region_b"]
+    for src, alt in srcs:
+        head, data = src.split(",", 1)
+        assert head == "data:image/png;base64"
+        raw = base64.b64decode(data)
+        assert raw == (out / "figures" / f"{alt}.png").read_bytes()
+        with Image.open(io.BytesIO(raw)) as im:
+            im.verify()
+    assert "figures/" not in page
+
+
 def test_no_figures(tmp_path):
     sweeps = [sweep("odd name/1", [(1e-3, "stable", "slice")], BASE, ["training.lr", "loss.masking"],
                     ["loss.masking"])]
     files = write_report(compare(sweeps), sweeps, tmp_path, figures=False)
-    assert figure_names(files, tmp_path) == [] and not (tmp_path / "figures").exists()
+    assert figure_sources(files, tmp_path) == {} and not (tmp_path / "figures").exists()
     assert "## Figures" not in (tmp_path / "report.md").read_text()
+    assert "<img" not in (tmp_path / "report.html").read_text()
     files = write_report(compare(sweeps), sweeps, tmp_path / "with")
-    assert figure_names(files, tmp_path / "with") == ["figures/parallel.png", "figures/region_odd_name_1.png"]
+    assert list(figure_sources(files, tmp_path / "with")) == ["figures/parallel.png", "figures/region_odd_name_1.png"]
 
 
 @pytest.fixture(scope="module")
