@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import time
@@ -59,6 +60,8 @@ from stablesweep.vocab import (
     finite,
     py,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "stablesweep"
 PARENT_TAG = "mlflow.parentRunId"
@@ -127,6 +130,20 @@ def ui_link(uri: str, experiment_id: str, filter: str = "", order_by: str = ORDE
             query["searchFilter"] = filter
         query.update(orderByKey=order_by, orderByAsc=str(ascending).lower())
     return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def stable_trials_link(uri: str, parent_run_id: str, params: Iterable[str] = ()) -> str | None:
+    """After a sweep or a ramp: the link to its stable trials, best objective first, with our
+    columns (a saved view). None when the store cannot be read back (the sweep's files say all)."""
+    try:
+        tracker = Tracker(uri)
+        experiment_id = tracker.client.get_run(parent_run_id).info.experiment_id
+        tracker._experiment_id = experiment_id
+        view = tracker.save_view(stable_filter(parent_run_id), params=params)
+        return ui_link(uri, experiment_id, view=view)
+    except Exception as e:  # a link is a convenience: never fail a finished sweep over it
+        logger.warning("no MLflow link (%s: %s)", type(e).__name__, e)
+        return None
 
 
 def run_link(uri: str, experiment_id: str, run_id: str) -> str:

@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
 
     from stablesweep.sweep.runner import run_sweep
-    from stablesweep.tracking import ui_command
+    from stablesweep.tracking import stable_trials_link, ui_command
 
     res = run_sweep(opts, echo=lambda s: print(s, flush=True))
     c = res.counts
@@ -176,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {res.files[key]}")
     print(f"\nMLflow: parent run {res.parent_run_id} in {res.tracking_uri}")
     print(f"  {ui_command(res.tracking_uri)}")
+    link = stable_trials_link(res.tracking_uri, res.parent_run_id, params=list(res.table.columns.intersection(
+        [c for c in res.table.columns if "." in c])))
+    if link:
+        print(f"  the stable trials, best first: {link}")
     if res.interrupted:
         print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
         return 130

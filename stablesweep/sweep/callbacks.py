@@ -12,7 +12,7 @@ from ray.tune import Callback
 from stablesweep.sweep.records import error_text
 from stablesweep.sweep.space import short_name
 from stablesweep.sweep.stopper import final_verdict
-from stablesweep.vocab import DIVERGED, ERROR, FINISHED, PRUNED, STABLE
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, HISTORY, PRUNED, STABLE
 
 logger = logging.getLogger(__name__)
 
@@ -29,17 +29,19 @@ class MlflowCallback(Callback):
     report step, verdict tags when it ends. Failures to log never stop the sweep (the final
     reconciliation writes the verdicts again from the trial table)."""
 
-    def __init__(self, tracker, parent_run_id: str, param_keys: list[str], sweep: str):
+    def __init__(self, tracker, parent_run_id: str, param_keys: list[str], sweep: str,
+                 setting_keys: list[str] | None = None):
         self.tracker = tracker
         self.parent = parent_run_id
         self.param_keys = list(param_keys)
+        self.setting_keys = list(setting_keys or [])  # the categorical axes: a trial's `setting` tag
         self.sweep = sweep
         self._last: dict[str, int] = {}
 
     def _run(self, trial) -> str:
         params = {k: trial.config.get(k) for k in self.param_keys}
         run_id = self.tracker.trial_run(self.parent, trial.trial_id, short_name(params), params,
-                                        tags={"stablesweep.sweep": self.sweep})
+                                        setting={k: params.get(k) for k in self.setting_keys})
         if trial.trial_id not in self._last:
             self._last[trial.trial_id] = self.tracker.last_step(run_id)
         return run_id
@@ -57,6 +59,8 @@ class MlflowCallback(Callback):
                        if k not in _TUNE_KEYS and k not in _NOT_METRICS and isinstance(v, (int, float))
                        and not isinstance(v, bool)}
             self.tracker.log_trial_metrics(run_id, metrics, step)
+            if result.get(HISTORY):  # the last report of a diverged trial: the steps that led there
+                self.tracker.log_trial_history(run_id, result[HISTORY], result.get("first_bad_step"))
             self._last[trial.trial_id] = step
 
         self._safe(log, trial)

@@ -50,9 +50,12 @@ from stablesweep.sweep.ramp import (
 from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
 from stablesweep.sweep.trainable import WARM_START
-from stablesweep.vocab import LR_KEY, InputError
+from stablesweep.vocab import HISTORY, LR_KEY, InputError
 
 MODES = ("restart", "continue")
+# the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
+_REPORTED = ("loss", "last_loss", "grad_norm", "max_grad_norm_seen", "nonfinite_steps", "overflow_steps",
+             "train_flops", "samples_per_s", "lr", "progress", "initial_loss", "flops_per_step", "budget_steps")
 VERDICT_COLORS = {"stable": "tab:green", "diverged": "tab:red", "error": "tab:gray"}
 
 
@@ -149,7 +152,7 @@ def climb_of(opts: RampOptions) -> str:
 # ---- the loop -----------------------------------------------------------------------------------
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    from stablesweep.tracking import KIND_TAG, Tracker, default_tracking_uri, ui_command
+    from stablesweep.tracking import Tracker, default_tracking_uri, stable_trials_link, ui_command
 
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
@@ -172,8 +175,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                   "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
                   "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
         parent = tracker.start_sweep(name, params, tags={"sweep_dir": str(ramp_dir)},
-                                     texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)})
-        tracker.client.set_tag(parent, KIND_TAG, "ramp")
+                                     texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)}, kind="ramp")
         echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
              f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
              f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
@@ -191,9 +193,13 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    "train_flops": float(sum(x["train_flops"] for x in summary)),
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={"budget_steps": str(budget)}, artifacts=list(files.values()))
+        tracker.log_setting_metrics(parent, summary)
         echo(format_table(summary, budget))
         echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
         echo(f"MLflow: {ui_command(uri)}")
+        link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
+        if link:
+            echo(f"  the stable probes, best first: {link}")
         return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started)
 
 
@@ -308,7 +314,7 @@ class _Rounds:
                               trial_id=m.get("trial_id"), node_id=m.get("node_id"))
             probes.append(probe)
             s = req.setting
-            self._log(s, probe, m)
+            self._log(s, probe, m, r)
             self.echo(f"    {short_name(s.params) or 'config'} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
                       + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == "diverged" else "")
                       + (f" steps {probe.start_step}->{probe.steps}" if probe.start_step else ""))
@@ -322,17 +328,29 @@ class _Rounds:
         scheme = uri_scheme(self.storage)
         return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
 
-    def _log(self, s: Setting, probe: Probe, m: dict) -> None:
+    def _log(self, s: Setting, probe: Probe, m: dict, result) -> None:
+        """A probe's child run, logged after its round: its params, setting and sweep tags, every
+        report at its step and time, a divergence's last steps, its true start and end."""
         params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
-        run = self.tracker.trial_run(self.parent, trial_id, run_name, params,
-                                     tags={"setting": s.key, "node_id": probe.node_id or ""})
-        numeric = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("first_bad_step", "step", "time_this_iter_s", "timestamp", "pid",
-                                 "training_iteration", "time_since_restore", "iterations_since_restore")}
-        summary = {**numeric, "steps": probe.steps, "train_flops": probe.train_flops}
-        self.tracker.finish_trial(run, probe.verdict, probe.reason, probe.first_bad_step, summary)
+        ended = m.get("timestamp")
+        started = ended - float(m.get("time_total_s", 0.0)) if isinstance(ended, (int, float)) else None
+        run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"node_id": probe.node_id or ""},
+                                     setting=s.params, started_at=started)
+        reports = getattr(result, "metrics_dataframe", None)
+        for _, row in (reports.iterrows() if reports is not None else ()):
+            numbers = {k: v for k, v in row.items() if k in _REPORTED and isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            if isinstance(row.get("step"), (int, float)):
+                self.tracker.log_trial_metrics(run, numbers, int(row["step"]), timestamp=row.get("timestamp"))
+        if m.get(HISTORY):
+            self.tracker.log_trial_history(run, m[HISTORY], probe.first_bad_step)
+        summary = {k: m[k] for k in ("objective", "initial_loss", "flops_per_step", "budget_steps")
+                   if isinstance(m.get(k), (int, float))}
+        summary.update(steps=probe.steps, train_flops=probe.train_flops)
+        self.tracker.finish_trial(run, probe.verdict, probe.reason, probe.first_bad_step, summary,
+                                  ended_at=ended if isinstance(ended, (int, float)) else None)
 
 
 # ---- outputs ------------------------------------------------------------------------------------

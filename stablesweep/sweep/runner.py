@@ -253,7 +253,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
             search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
             scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
             num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
-            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name), progress])
+            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
     results = tuner.fit()
     return _collect(plan, results, tracker, parent, started)
 
@@ -326,7 +326,7 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
 # ---- after the run: one table, one truth ------------------------------------------------------
 
 def _collect(plan: SweepPlan, results, tracker, parent: str, started: float) -> SweepResult:
-    from stablesweep.analysis.region import analyze, write_region
+    from stablesweep.analysis.region import analyze, lr_margins, write_region
 
     table, outcomes = trials_table(trial_records(results), plan.space)
     finished = {k: v for k, v in outcomes.items() if v.verdict in VERDICTS}
@@ -347,9 +347,10 @@ def _collect(plan: SweepPlan, results, tracker, parent: str, started: float) -> 
     metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
     if region.best:
         metrics["best_objective"] = region.best["objective"]
-    for g in region.groups:
-        if g.max_stable_lr is not None:
-            metrics[f"max_stable_lr/{g.label.replace('=', '_').replace(' ', '/')}"] = g.max_stable_lr
+    tracker.log_setting_metrics(parent, region.groups)
+    for trial_id, margin in zip(done["trial_id"], lr_margins(done, region)) if len(done) else ():
+        run_id = tracker.trial_run(parent, trial_id, "", {})
+        tracker.set_margin(run_id, margin)
     tracker.end_sweep(parent, metrics, tags={"interrupted": str(interrupted).lower()},
                       artifacts=list(files.values()), status="KILLED" if interrupted else "FINISHED")
     return SweepResult(name=plan.name, sweep_dir=plan.sweep_dir, table=table, region=region, files=files,
@@ -365,7 +366,8 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         if o is None or o.verdict not in VERDICTS:
             continue
         params = {k: py(r[k]) for k in plan.space.keys}
-        run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params, tags={"stablesweep.sweep": plan.name})
+        run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
+                                   setting={k: params.get(k) for k in plan.space.categorical_keys})
         summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps")
                    if py(r.get(k)) is not None}
         tags = {"node_id": str(r.get("node_id") or ""), "budget_steps": str(py(r.get("budget_steps")) or ""),
