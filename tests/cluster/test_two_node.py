@@ -279,7 +279,7 @@ def check_sweep(sweep_dir: Path, tracking_uri: str, on_node: str, output: str, s
     for _, t in table.iterrows():
         c = children[t["trial_id"]]
         assert c.data.tags["verdict"] == t["verdict"] and c.data.tags["node_id"] == on_node
-        steps = [m.step for m in tr.client.get_metric_history(c.info.run_id, "objective")]
+        steps = [m.step for m in tr.client.get_metric_history(c.info.run_id, "loss")]
         assert steps == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL)), steps  # each report once
     return table
 

@@ -20,7 +20,8 @@ def trial(trial_id: str, lr: float, status: str = "RUNNING") -> Trial:
 
 
 def report(step, verdict="stable", finished=False, **extra):
-    return {"step": step, "verdict": verdict, "objective": 3.0 - step / 10, "initial_loss": 3.0, "finished": finished,
+    return {"step": step, "verdict": verdict, "objective": 3.0 - step / 10, "loss": 3.0 - step / 10,
+            "initial_loss": 3.0, "finished": finished,
             "budget_steps": 20, "training_iteration": step // 10, "node_id": "n1", "time_total_s": 1.5, **extra}
 
 
@@ -49,10 +50,12 @@ def test_mlflow_callback_logs_a_child_run_a_trial(tracker):
     runs = {c.data.tags["stablesweep.trial_id"]: c for c in tracker.children(parent)}
     assert set(runs) == {"ok", "bad"}
     assert runs["ok"].data.params[LR] == "0.01" and runs["ok"].data.tags["stablesweep.sweep"] == "sw"
-    assert runs["ok"].info.run_name == "lr=1.0e-02"
+    assert runs["ok"].info.run_name == "stable lr=1.0e-02"
     assert runs["ok"].data.tags["verdict"] == "stable" and runs["ok"].info.status == "FINISHED"
-    hist = tracker.client.get_metric_history(runs["ok"].info.run_id, "objective")
+    hist = tracker.client.get_metric_history(runs["ok"].info.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(10, 2.0), (20, 1.0)]
+    assert runs["ok"].data.metrics["objective"] == 1.0  # the verdict's number, logged once at the end
+    assert runs["bad"].info.status == "FAILED" and runs["bad"].info.run_name.startswith("diverged@4 ")
     assert "budget_steps" not in runs["ok"].data.metrics and "training_iteration" not in runs["ok"].data.metrics
     b = runs["bad"].data.tags
     assert (b["verdict"], b["reason"], b["first_bad_step"]) == ("diverged", "nonfinite_loss", "4")

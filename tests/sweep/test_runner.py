@@ -17,7 +17,7 @@ from stablesweep.config import load_config
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.runner import run_sweep
 from stablesweep.sweep.search import study_summary
-from stablesweep.tracking import Tracker
+from stablesweep.tracking import Tracker, param_value
 from stablesweep.vocab import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,12 +108,24 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(grid_sweep):
     for _, t in res.table.iterrows():
         c = by_trial[t["trial_id"]]
         assert c.data.tags["verdict"] == t["verdict"]
-        assert c.data.tags["first_bad_step"] == str(t["first_bad_step"])
-        assert c.data.params["training.lr"] == str(t["training.lr"])
-        assert c.info.run_name == t["name"]
-        hist = tr.client.get_metric_history(c.info.run_id, "objective")
+        assert c.data.tags.get("first_bad_step") == (str(t["first_bad_step"]) if t["verdict"] == "diverged" else None)
+        assert c.data.params["training.lr"] == param_value(t["training.lr"])
+        assert c.info.run_name.startswith(t["verdict"]) and c.info.run_name.endswith(t["name"])
+        assert c.info.status == {"stable": "FINISHED", "pruned": "KILLED"}.get(t["verdict"], "FAILED")
+        assert "setting" in c.data.tags and c.data.tags["stablesweep.sweep"] == res.name
+        hist = tr.client.get_metric_history(c.info.run_id, "loss")
         assert sorted(m.step for m in hist) == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL))
         assert "train_flops" in c.data.metrics
+        if t["verdict"] == "diverged":
+            assert "stand_in_objective" in c.data.metrics and "objective" not in c.data.metrics
+            fbs = int(t["first_bad_step"])
+            steps = [m.step for m in tr.client.get_metric_history(c.info.run_id, "step_loss")]
+            assert steps and min(steps) <= fbs <= max(steps)  # the steps that led there, at their true steps
+            assert c.data.metrics["diverged_at_step"] == fbs
+    metrics = tr.client.get_run(res.parent_run_id).data.metrics
+    for g in res.region.groups:
+        if g.max_stable_lr is not None:
+            assert any(k.startswith("max_stable_lr.") and v == g.max_stable_lr for k, v in metrics.items())
 
 
 def test_region_brackets_the_boundary_and_recommends_with_a_margin(grid_sweep):
