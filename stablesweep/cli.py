@@ -22,6 +22,7 @@ COMMANDS = (
     "stablesweep.commands.diagnose",
     "stablesweep.commands.compare",
     "stablesweep.commands.cluster",
+    "stablesweep.commands.explain",
 )
 
 EPILOG = """\

@@ -58,6 +58,7 @@ class TrainingConfig:
     report_interval: int = 10  # steps between reports (and the one host sync of the monitor)
     eval_every: int = 0  # evaluate every N reports; 0 = only at the end
     checkpoint_every: int = 1  # write a checkpoint every N reports when a directory is given; 0 = never
+    keep_checkpoints: int = 3  # the last K checkpoints are kept (a ring): `stablesweep explain` replays from them
     num_workers: int = 0
 
 
@@ -126,6 +127,13 @@ class MonitorConfig:
     min_progress: float = 0.1  # stable needs the final smoothed loss <= (1 - this) x the initial loss
     max_skipped_steps: int = 0  # non-finite steps tolerated (skipped) before the run is diverged
     stop_on_divergence: bool = True
+    # early-warning thresholds (null: off); a run over one is flagged at_risk with the signal and
+    # step. Chosen with bench/early_warning.py (docs/benchmarks.md, "Early warning").
+    warn_grad_spike: float | None = 5.0  # gradient norm / median of the previous history_steps steps
+    warn_update_ratio: float | None = 0.05  # |weight update| / |weights| of one step (the step before each report)
+    warn_max_logit: float | None = 30.0  # largest |logit| of the raw model output (scale-dependent: set per model)
+    warn_logsumexp: float | None = 30.0  # largest |logsumexp| of a sample's raw logits
+    warn_scale_drops: int | None = 3  # fp16 loss-scale drops after the first min_steps steps
 
 
 @dataclass
@@ -394,6 +402,7 @@ def validate(cfg: Config) -> None:
              f"the exponential schedule needs lr_final above lr ({t.lr}), got {t.lr_final}")
     need(t.eval_every >= 0, "training.eval_every", "must be 0 or more")
     need(t.checkpoint_every >= 0, "training.checkpoint_every", "must be 0 or more")
+    need(t.keep_checkpoints >= 1, "training.keep_checkpoints", f"must be at least 1, got {t.keep_checkpoints}")
     need(t.weight_decay >= 0, "training.weight_decay", "must be 0 or more")
     need(all(0 <= b < 1 for b in t.betas), "training.betas", "each must be in [0, 1)")
 
@@ -432,6 +441,10 @@ def validate(cfg: Config) -> None:
     need(m.initial_batches >= 0, "monitor.initial_batches", "must be 0 or more")
     need(m.history_steps >= 1, "monitor.history_steps", "must be at least 1")
     need(m.max_skipped_steps >= 0, "monitor.max_skipped_steps", "must be 0 or more")
+    for f in dataclasses.fields(m):
+        x = getattr(m, f.name)
+        if f.name.startswith("warn_"):
+            need(x is None or x > 0, f"monitor.{f.name}", f"must be positive or null (off), got {x}")
 
 
 def data_source(d: DatasetConfig) -> str:

@@ -21,7 +21,7 @@ from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import MultiData, build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress, update_ratio
 from stablesweep.stability.precision import make_optimizer, make_precision
 from stablesweep.vocab import HISTORY
 
@@ -55,6 +55,14 @@ class TrainResult:
     max_grad_norm_seen: float = math.nan
     datasets: dict[str, dict[str, float]] = field(default_factory=dict)
     history: list[tuple[int, float, float]] = field(default_factory=list)  # diverged: (step, loss, grad norm) before the end
+    # early warning (monitor.SIGNALS): the first signal over its threshold and its step; each
+    # signal's largest value and first warning step (-1: none)
+    at_risk: bool = False
+    at_risk_signal: str | None = None
+    at_risk_step: int = -1
+    signals: dict[str, float] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+    base_dir: str = "."  # where the config's relative paths resolve (stablesweep explain reloads it)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,16 +147,22 @@ class Trainer:
             logits = self.model(images)
         return logits, self.loss_fn(logits, batch)
 
-    def update(self, loss: torch.Tensor) -> None:
-        """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step), the scheduler."""
+    def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False) -> None:
+        """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step; the monitor
+        gets the raw `logits` for its signals), the scheduler. With `measure_update`, also the
+        update-to-weight ratio (a copy of the weights and two norms on the device: done on the step
+        before each report only)."""
         self.precision.backward(loss)
-        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor)
+        before = [p.detach().clone() for p in self.params] if measure_update else None
+        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor, logits)
+        if before is not None:
+            self.monitor.record_update(update_ratio(before, self.params))
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    def _train_step(self, batch) -> None:
+    def _train_step(self, batch, measure_update: bool = False) -> None:
         logits, out = self.forward(batch)
-        self.update(out.loss)
+        self.update(out.loss, logits, measure_update)
         self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
                                      out.per_sample.detach(), self._allowed)
 
@@ -245,33 +259,38 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"].cpu(), self.device)
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self, report: Report | None = None, checkpoint_dir: str | Path | None = None) -> TrainResult:
+    def run(self, report: Report | None = None, checkpoint_dir: str | Path | None = None,
+            until: int | None = None) -> TrainResult:
+        """Train to the budget, or to step `until` on the budget's schedule (a replay of a few
+        steps, as `stablesweep explain` does), or until the run diverges."""
         cfg, t = self.cfg, self.cfg.training
+        end = self.total if until is None else min(until, self.total)
         names = self.space.names
         self.log(f"training {self.total} steps on {self.device} ({t.precision}, masking {cfg.masking}, "
                  f"lr {t.lr:.2e}, clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes")
         batches = self.data.train_batches(t.batch_size, t.seed, start_step=self.step, num_workers=t.num_workers)
         started = time.perf_counter()
         tick, tick_step, samples_per_s = started, self.step, 0.0
-        last_ckpt: Path | None = None
+        kept: list[Path] = []  # this run's checkpoints, oldest first: the last training.keep_checkpoints
         verdict, snap, reports = Verdict("stable"), None, 0
         history: list[tuple[int, float, float]] = []
         evals: dict[str, dict[str, float]] = {}
-        done = self.step >= self.total
+        done = self.step >= end
         if self.step == 0 and cfg.monitor.initial_batches:
             self.monitor.set_initial_loss(self.initial_loss(cfg.monitor.initial_batches))
         while not done:
             batch = next(batches)
             self.dropped += batch.dropped
             batch = batch.to(self.device)
+            measure = (self.step + 1) % t.report_interval == 0 or self.step + 1 >= end
             if not self.flops_per_step:
                 with FlopCounterMode(display=False) as counter:
-                    self._train_step(batch)
+                    self._train_step(batch, measure)
                 self.flops_per_step = float(counter.get_total_flops())
             else:
-                self._train_step(batch)
+                self._train_step(batch, measure)
             self.step += 1
-            if self.step % t.report_interval and self.step < self.total:
+            if self.step % t.report_interval and self.step < end:
                 continue
             # -- report: the one host sync of the interval --------------------------------
             values = torch.cat([self.monitor.state_vector(), self._acc.flatten()]).tolist()
@@ -284,8 +303,8 @@ class Trainer:
             samples_per_s = (self.step - tick_step) * t.batch_size / max(now - tick, 1e-9)
             tick, tick_step = now, self.step
             reports += 1
-            done = self.step >= self.total or (verdict.diverged and cfg.monitor.stop_on_divergence)
-            if not verdict.diverged and (done or (t.eval_every and reports % t.eval_every == 0)):
+            done = self.step >= end or (verdict.diverged and cfg.monitor.stop_on_divergence)
+            if not verdict.diverged and (self.step >= self.total or (t.eval_every and reports % t.eval_every == 0)):
                 evals = self.evaluate()
             metrics = self._metrics(snap, verdict, samples_per_s, done, evals, per_ds)
             if done and verdict.diverged:  # what led there: the last steps, read once
@@ -297,10 +316,10 @@ class Trainer:
                 ckpt = self.save(Path(checkpoint_dir) / f"checkpoint_{self.step:08d}")
             if report is not None:
                 report(metrics, str(ckpt) if ckpt else None)
-            if ckpt is not None:
-                if last_ckpt is not None and last_ckpt != ckpt:
-                    shutil.rmtree(last_ckpt, ignore_errors=True)
-                last_ckpt = ckpt
+            if ckpt is not None and ckpt not in kept:
+                kept.append(ckpt)
+                while len(kept) > t.keep_checkpoints:
+                    shutil.rmtree(kept.pop(0), ignore_errors=True)
         if snap is None:  # resumed at the end: nothing left to run
             snap = self.monitor.snapshot()
             verdict = self.monitor.judge(snap, final=True)
@@ -316,6 +335,8 @@ class Trainer:
             nonfinite_loss_steps=snap.nonfinite_loss_steps, nonfinite_grad_steps=snap.nonfinite_grad_steps,
             overflow_steps=snap.overflow_steps, dropped_samples=self.dropped,
             max_grad_norm_seen=snap.max_grad_norm, datasets=evals, history=history,
+            at_risk=metrics["at_risk"], at_risk_signal=metrics["at_risk_signal"], at_risk_step=metrics["at_risk_step"],
+            signals=snap.signals, warnings=snap.warnings, base_dir=cfg.base_dir,
         )
 
     def _metrics(self, snap: Snapshot, verdict: Verdict, samples_per_s: float, done: bool,
@@ -338,6 +359,7 @@ class Trainer:
             "overflow_steps": snap.overflow_steps,
             "train_flops": self.flops_per_step * self.step, "flops_per_step": self.flops_per_step,
             "samples_per_s": samples_per_s, "lr": self.optimizer.param_groups[0]["lr"],
+            **snap.signal_metrics(),
         }
         if per_ds is not None:
             for i, name in enumerate(self.space.names):
@@ -354,7 +376,8 @@ class Trainer:
         width = len(str(self.total))
         head = (f"step {m['step']:>{width}}/{self.total}  loss {m['last_loss']:.4g} (smoothed {m['loss']:.4g})  "
                 f"grad {m['grad_norm']:.3g}  lr {m['lr']:.2e}  {m['samples_per_s']:.0f} samples/s  "
-                f"[{m['verdict']}{' ' + m['reason'] + ' at step ' + str(m['first_bad_step']) if m['reason'] else ''}]")
+                f"[{m['verdict']}{' ' + m['reason'] + ' at step ' + str(m['first_bad_step']) if m['reason'] else ''}]"
+                f"{'  at risk: ' + m['at_risk_signal'] + ' at step ' + str(m['at_risk_step']) if m['at_risk'] else ''}")
         parts = []
         for name in self.space.names:
             if f"train_loss/{name}" in m:

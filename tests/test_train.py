@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stablesweep.config import load_config
+from stablesweep.stability.monitor import SIGNALS
 from stablesweep.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,3 +150,75 @@ def test_exponential_schedule_is_an_lr_range_test():
     assert seen[0]["lr"] == pytest.approx(1e-3 * 1e6 ** (10 / 29))
     assert seen[-1]["lr"] == pytest.approx(1e3)
     assert seen[-1]["verdict"] == "diverged"
+
+
+@pytest.fixture
+def one_thread():
+    """Two torch threads on a shared 2-core machine run several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_checkpoint_ring_keeps_the_last_k_and_signals_reach_reports_and_result(tmp_path, one_thread):
+    cfg = load_config(DEMO, ["data.image_size=16", "training.steps=50", "training.report_interval=10",
+                             "training.keep_checkpoints=3"])
+    seen = []
+    res = run_training(cfg, report=lambda m, c: seen.append((m, c)), device="cpu", checkpoint_dir=tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [f"checkpoint_{s:08d}" for s in (30, 40, 50)]
+    assert [Path(c).name for _, c in seen] == [f"checkpoint_{s:08d}" for s in (10, 20, 30, 40, 50)]
+    for m, _ in seen:
+        assert m["at_risk"] is False and m["at_risk_step"] == -1
+        assert {f"signal/{n}" for n in SIGNALS} <= set(m) and {f"warn_step/{n}" for n in SIGNALS} <= set(m)
+    last = seen[-1][0]
+    assert 0 < last["signal/max_logit"] < 30 and 0 < last["signal/update_ratio"] < 0.05
+    assert res.signals == {n: last[f"signal/{n}"] for n in SIGNALS}
+    assert res.warnings == {n: -1 for n in SIGNALS} and res.at_risk is False
+    assert json.loads(json.dumps(res.to_dict()))["signals"]["grad_spike"] == last["signal/grad_spike"]
+
+
+def test_a_run_over_a_threshold_is_flagged_at_risk_with_the_signal_and_step(one_thread):
+    cfg = load_config(DEMO, ["data.image_size=16", "training.steps=20", "training.report_interval=10",
+                             "monitor.warn_max_logit=3"])
+    res = run_training(cfg, device="cpu")
+    assert res.verdict == "stable" and res.at_risk and res.at_risk_signal == "max_logit"
+    assert 0 <= res.at_risk_step == res.warnings["max_logit"] < 20
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_the_guarded_step_adds_no_host_sync(monkeypatch, one_thread):
+    """Reads of a tensor's value on the host by the training core (the data loader's index lists
+    are host data, not reads of the device), counted over a 10-step and a 30-step run with one
+    report each: the same count, so no step reads anything."""
+    pkg = str(ROOT / "stablesweep")
+    data = str(ROOT / "stablesweep" / "data")
+    calls = []
+    for name in HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **k):
+            where = sys._getframe(1).f_code.co_filename
+            if where.startswith(pkg) and not where.startswith(data):
+                calls.append((_name, where, sys._getframe(1).f_lineno))
+            return _real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    counts = {}
+    for steps in (10, 30):
+        calls.clear()
+        cfg = load_config(DEMO, ["data.image_size=16", f"training.steps={steps}", f"training.report_interval={steps}"])
+        run_training(cfg, device="cpu")
+        counts[steps] = list(calls)
+    assert counts[10], "the counter must see the report's read"
+    assert len(counts[30]) == len(counts[10]), sorted(set(counts[30]) - set(counts[10]))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_demo_is_stable_and_never_at_risk(seed, one_thread):
+    """The demo as it is (120 steps, 32 px), five seeds: the warning thresholds raise no false alarm."""
+    res = run_training(load_config(DEMO, [f"training.seed={seed}"]), device="cpu")
+    assert res.verdict == "stable"
+    assert not res.at_risk, (res.at_risk_signal, res.at_risk_step, res.signals)

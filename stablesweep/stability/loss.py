@@ -85,7 +85,9 @@ class GuardedLoss:
                 ces.append(F.cross_entropy(seg, lab, reduction="none", label_smoothing=eps))
                 if self.cfg.z_loss:
                     lses.append(torch.logsumexp(seg, dim=1))
-            per_sample = torch.cat(ces)
+            # an empty batch (every sample dropped for a bad label) has no segment: its loss is the
+            # mean of nothing, NaN, as in the other modes, and the monitor skips the step
+            per_sample = torch.cat(ces) if ces else logits.float().sum(dim=1)
             lse = torch.cat(lses) if lses else None
         else:
             x = logits.float() if self.masking == "none" else self.masked_logits(logits, batch.dataset_ids)

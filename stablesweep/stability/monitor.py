@@ -16,24 +16,78 @@ Per report (`read`, one sync): the vector comes to the host and `judge` gives th
 did not diverge is `stable` only if it trained: its progress, 1 - smoothed / initial loss, is at
 least `min_progress`; else it is `stalled` (reason `no_progress`). Every verdict holds for the
 steps run so far.
+
+Early-warning signals, kept in the same vector by the same function (no extra sync), each with the
+largest value so far and the first step it crossed its threshold (`monitor.warn_*`):
+- `grad_spike`: the gradient norm (before clipping) over the median of the previous
+  `history_steps` steps' finite norms (the ring already holds them), from step `min_steps` on;
+- `max_logit`: the largest |logit| of the model's raw output (the incident's 50-logit clip acts there);
+- `logsumexp`: the largest |logsumexp| of a sample's raw logits (what z-loss pulls to 0);
+- `scale_drops`: fp16 loss-scale drops (overflow steps) after the first `min_steps` steps;
+- `update_ratio`: |w_after - w_before| / |w_before| of one optimizer step, measured on the step
+  before each report only (`record_update`).
+A run whose signal crossed its threshold is `at_risk` (the first such signal and its step): a flag
+next to the verdict, not a verdict.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from stablesweep.config import MonitorConfig
 from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NO_PROGRESS, NONFINITE_GRAD, NONFINITE_LOSS, STABLE, STALLED
 
-# the fields of the state vector, in order
+# the early-warning signals, in the order `at_risk` breaks ties; names of report metrics and
+# result.json keys: signal/<name> (largest value so far), warn_step/<name> (first step over its
+# threshold, -1 if none), at_risk / at_risk_signal / at_risk_step
+SIGNALS = ("grad_spike", "update_ratio", "max_logit", "logsumexp", "scale_drops")
+AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP = "at_risk", "at_risk_signal", "at_risk_step"
+
+
+def signal_key(name: str) -> str:
+    return f"signal/{name}"
+
+
+def warning_key(name: str) -> str:
+    return f"warn_step/{name}"
+
+
+# the fields of the state vector, in order: the verdict's, then each signal's value and warning step
 FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
           "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
-          "last_gnorm")
+          "last_gnorm") + tuple(f"{kind}_{name}" for name in SIGNALS for kind in ("value", "warn"))
 _I = {name: i for i, name in enumerate(FIELDS)}
 _INITIAL = {"first_bad": -1.0, "max_loss": -math.inf, "max_gnorm": -math.inf, "best": math.inf,
-            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan}
+            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan,
+            **{f"value_{name}": (0.0 if name == "scale_drops" else -math.inf) for name in SIGNALS},
+            **{f"warn_{name}": -1.0 for name in SIGNALS}}
+
+
+def thresholds(cfg: MonitorConfig) -> dict[str, float]:
+    """Each signal's warning threshold (inf when its `monitor.warn_*` is null: never warns)."""
+    return {name: math.inf if (x := getattr(cfg, f"warn_{name}")) is None else float(x) for name in SIGNALS}
+
+
+def logit_stats(logits: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest |logit|, largest |logsumexp| of a row) of raw logits, as fp64 scalars like `like`;
+    NaN without logits (none given, or an empty batch)."""
+    if logits is None or logits.numel() == 0:  # None and shapes are known when traced: no branch at run time
+        nan = torch.full_like(like, math.nan, dtype=torch.float64)
+        return nan, nan
+    x = logits.float()
+    return x.abs().amax().double(), torch.logsumexp(x, dim=1).abs().amax().double()
+
+
+def _signal(v: torch.Tensor, name: str, x: torch.Tensor, step: torch.Tensor, threshold: float,
+            armed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest value so far, first warning step) of one signal after a new value `x` at `step`."""
+    value, warn = v[_I[f"value_{name}"]], v[_I[f"warn_{name}"]]
+    if armed is not None:
+        x = torch.where(armed, x, math.nan)
+    new_value = torch.where(torch.isfinite(x), torch.maximum(value, x), value)
+    return new_value, torch.where((warn < 0) & (x > threshold), step, warn)
 
 
 def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
@@ -49,8 +103,8 @@ def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
 
 
 def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor,
-            scale: torch.Tensor, beta: float, factor: float,
-            min_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            scale: torch.Tensor, logits: torch.Tensor | None, beta: float, factor: float, min_steps: int,
+            warn: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the new state vector, the new history ring, the skip flag as 0./1. for the fused
     optimizer's found_inf) after one step: a pure function, compiled on CUDA. The ring [N, 2]
     keeps the raw loss and gradient norm of the last N steps, step s in row s % N."""
@@ -70,6 +124,17 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torc
     best = v[_I["best"]]
     exploded = ok & (n > min_steps) & (smoothed > factor * best)
     first_exp = v[_I["first_explosion"]]
+    # the signals; the spike against the previous steps' norms, before this step enters the ring
+    armed = step >= min_steps
+    past = ring[:, 1]
+    median = torch.nanmedian(torch.where(torch.isfinite(past), past, math.nan))
+    spike = _signal(v, "grad_spike", gnorm / median, step, warn["grad_spike"], armed)
+    max_logit, lse = logit_stats(logits, loss)
+    logit = _signal(v, "max_logit", max_logit, step, warn["max_logit"])
+    lse = _signal(v, "logsumexp", lse, step, warn["logsumexp"])
+    drops = v[_I["value_scale_drops"]] + (overflow & armed).double()
+    warn_drops = v[_I["warn_scale_drops"]]
+    warn_drops = torch.where((warn_drops < 0) & (drops >= warn["scale_drops"]), step, warn_drops)
     row = (slots == torch.remainder(step, slots.numel())).unsqueeze(1)
     ring = torch.where(row, torch.stack([loss, gnorm]).unsqueeze(0), ring)
     return torch.stack([
@@ -88,7 +153,27 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torc
         torch.where((step == 0) & torch.isnan(v[_I["initial_loss"]]), loss, v[_I["initial_loss"]]),
         loss,
         gnorm,
+        *spike,
+        v[_I["value_update_ratio"]], v[_I["warn_update_ratio"]],
+        *logit,
+        *lse,
+        drops, warn_drops,
     ]), ring, skip
+
+
+def _record_update(v: torch.Tensor, ratio: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The state vector after the update-to-weight ratio of the last step was measured."""
+    value, warn = _signal(v, "update_ratio", ratio.double(), v[_I["steps"]] - 1, threshold)
+    i = _I["value_update_ratio"]
+    return torch.cat([v[:i], torch.stack([value, warn]), v[i + 2:]])
+
+
+def update_ratio(before: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
+    """|params - before| / |before| over all tensors, on the device (`before` is overwritten)."""
+    after = [p.detach() for p in params]
+    den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
+    torch._foreach_sub_(before, after)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before))) / den
 
 
 _compiled = None
@@ -138,6 +223,26 @@ class Snapshot:
     initial_loss: float
     last_loss: float
     last_grad_norm: float
+    signals: dict[str, float] = field(default_factory=dict)  # each signal's largest value so far
+    warnings: dict[str, int] = field(default_factory=dict)  # each signal's first step over its threshold, or -1
+
+    @property
+    def at_risk(self) -> tuple[str, int] | None:
+        """(signal, step) of the first warning, or None: a flag next to the verdict."""
+        fired = [(step, SIGNALS.index(name), name) for name, step in self.warnings.items() if step >= 0]
+        if not fired:
+            return None
+        step, _, name = min(fired)
+        return name, step
+
+    def signal_metrics(self) -> dict:
+        """The signals and warnings as report metrics (Tune's result, MLflow, result.json)."""
+        risk = self.at_risk
+        m = {AT_RISK: risk is not None, AT_RISK_SIGNAL: risk[0] if risk else None, AT_RISK_STEP: risk[1] if risk else -1}
+        for name in SIGNALS:
+            m[signal_key(name)] = self.signals[name]
+            m[warning_key(name)] = self.warnings[name]
+        return m
 
 
 class DivergenceMonitor:
@@ -155,17 +260,27 @@ class DivergenceMonitor:
         self.ring = torch.full((n, 2), math.nan, dtype=torch.float64, device=self.device)
         self._slots = torch.arange(n, dtype=torch.float64, device=self.device)
         self._one = torch.ones((), device=self.device)
+        self._warn = thresholds(cfg)
         use_compile = self.device.type == "cuda" if compile is None else compile
         self._fn = _compiled_update() if use_compile else _update
 
     @torch.no_grad()
-    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Record one step; returns 1. if its update must be skipped (non-finite loss or gradient
-        norm), else 0., as a device tensor for the fused optimizer's `found_inf`."""
+    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None,
+               logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Record one step (`logits`: the model's raw output, for the logit signals); returns 1. if
+        its update must be skipped (non-finite loss or gradient norm), else 0., as a device tensor
+        for the fused optimizer's `found_inf`."""
         scale = self._one if scale is None else scale
+        logits = None if logits is None else logits.detach()
         self.v, self.ring, skip = self._fn(self.v, self.ring, self._slots, loss.detach(), grad_norm.detach(), scale,
-                                           self.cfg.smoothing, self.cfg.explosion_factor, self.cfg.min_steps)
+                                           logits, self.cfg.smoothing, self.cfg.explosion_factor, self.cfg.min_steps,
+                                           self._warn)
         return skip
+
+    @torch.no_grad()
+    def record_update(self, ratio: torch.Tensor) -> None:
+        """Record the update-to-weight ratio of the last step (see `update_ratio`); device only."""
+        self.v = _record_update(self.v, ratio, self._warn["update_ratio"])
 
     def history(self) -> list[tuple[int, float, float]]:
         """(step, loss, gradient norm) of the last `monitor.history_steps` steps, raw (inf and NaN
@@ -197,6 +312,8 @@ class DivergenceMonitor:
             max_loss=v["max_loss"], max_grad_norm=v["max_gnorm"], smoothed_loss=smoothed,
             best_smoothed_loss=v["best"], first_explosion_step=int(v["first_explosion"]),
             initial_loss=v["initial_loss"], last_loss=v["last_loss"], last_grad_norm=v["last_gnorm"],
+            signals={name: v[f"value_{name}"] if math.isfinite(v[f"value_{name}"]) else math.nan for name in SIGNALS},
+            warnings={name: int(v[f"warn_{name}"]) for name in SIGNALS},
         )
 
     def judge(self, snap: Snapshot, final: bool = False) -> Verdict:
@@ -224,6 +341,9 @@ class DivergenceMonitor:
         return {"v": self.v.detach().clone(), "ring": self.ring.detach().clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.v = state["v"].to(self.device, torch.float64).clone()
+        v = state["v"].to(self.device, torch.float64)
+        if v.numel() < len(FIELDS):  # a checkpoint from before the signals: they start afresh
+            v = torch.cat([v, self.v[v.numel():]])
+        self.v = v.clone()
         if "ring" in state and state["ring"].shape == self.ring.shape:
             self.ring = state["ring"].to(self.device, torch.float64).clone()

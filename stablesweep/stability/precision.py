@@ -75,11 +75,13 @@ class Precision:
         return self.scaler._get_scale_async() if self.scaler.is_enabled() else self._one
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
-             loss: torch.Tensor, max_grad_norm: float | None, monitor=None) -> StepFlags:
+             loss: torch.Tensor, max_grad_norm: float | None, monitor=None,
+             logits: torch.Tensor | None = None) -> StepFlags:
         """Unscale, clip, skip-or-step, update the loss scale. No host sync.
 
-        With a DivergenceMonitor, the step is recorded by it and its skip flag is used (one
-        compiled call on CUDA for both); without one, the flag is computed here.
+        With a DivergenceMonitor, the step is recorded by it (with the model's raw `logits`, for
+        its logit signals) and its skip flag is used (one compiled call on CUDA for both); without
+        one, the flag is computed here.
         """
         enabled = self.scaler.is_enabled()
         scale = self.scaler._get_scale_async().clone() if enabled else self._one
@@ -90,7 +92,7 @@ class Precision:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
         loss = loss.detach()
         if monitor is not None:
-            skip = monitor.update(loss, norm, scale)
+            skip = monitor.update(loss, norm, scale, logits)
         else:  # loss + norm is non-finite when either is
             skip = (~torch.isfinite(loss + norm)).float()
         # fused optimizers read these two attributes (GradScaler.step sets them the same way)

@@ -131,3 +131,15 @@ def test_predict_stays_within_the_samples_dataset():
     assert ((pred >= off) & (pred < off + n)).all()
     none = GuardedLoss(LossConfig(masking="none"), "none", SPACE).predict(logits, batch)
     assert (none == 0).all()
+
+
+@pytest.mark.parametrize("masking", ["slice", "neg_inf", "none"])
+def test_an_empty_batch_has_a_nan_loss_in_every_mode_and_backpropagates(masking):
+    """Every sample dropped for a bad label (on_bad_label skip): no loss, a NaN the monitor skips."""
+    empty = Batch(torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                  torch.zeros(0, dtype=torch.long), (), 4)
+    logits = torch.zeros(0, SPACE.total, requires_grad=True)
+    out = loss_of(masking, logits, empty)
+    assert math.isnan(out.loss.item()) and out.per_sample.shape == (0,)
+    out.loss.backward()
+    assert logits.grad.shape == logits.shape

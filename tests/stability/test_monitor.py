@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.stability.monitor import DivergenceMonitor, progress
+from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, progress, update_ratio
 
 
 def feed(mon, losses, grads=None):
@@ -156,3 +156,90 @@ def test_a_measured_initial_loss_is_kept():
     feed(mon, [3.0] * 30)
     snap = mon.snapshot()
     assert snap.initial_loss == 4.0 and progress(snap) == pytest.approx(0.25)
+
+
+# ---- early-warning signals ---------------------------------------------------------------------
+
+def test_a_gradient_norm_spike_warns_against_the_running_median():
+    mon = DivergenceMonitor(MonitorConfig(warn_grad_spike=5.0, min_steps=10, history_steps=8))
+    grads = [50.0] + [1.0 + 0.01 * (i % 3) for i in range(24)] + [6.0, 1.0]  # step 0 is before min_steps
+    feed(mon, [2.0] * len(grads), grads)
+    snap = mon.snapshot()
+    assert snap.warnings["grad_spike"] == 25
+    assert snap.signals["grad_spike"] == pytest.approx(6.0 / 1.01)
+    assert snap.at_risk == ("grad_spike", 25)
+    calm = DivergenceMonitor(MonitorConfig(warn_grad_spike=5.0, history_steps=8))
+    feed(calm, [2.0] * 30, [1.0 + 0.5 * (i % 2) for i in range(30)])
+    assert calm.snapshot().at_risk is None and calm.snapshot().signals["grad_spike"] < 2
+
+
+def test_logits_give_the_largest_logit_and_logsumexp():
+    mon = DivergenceMonitor(MonitorConfig(warn_max_logit=30.0, warn_logsumexp=30.0))
+    small = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
+    mon.update(torch.tensor(2.0), torch.tensor(1.0), logits=small)
+    snap = mon.snapshot()
+    assert snap.signals["max_logit"] == pytest.approx(3.0)
+    assert snap.signals["logsumexp"] == pytest.approx(torch.logsumexp(small, 1).abs().max().item())
+    assert snap.at_risk is None
+    mon.update(torch.tensor(2.0), torch.tensor(1.0), logits=torch.tensor([[-40.0, -45.0, -50.0]]))  # |lse| ~40
+    mon.update(torch.tensor(2.0), torch.tensor(1.0), logits=torch.zeros(0, 3))  # an empty batch: no value
+    snap = mon.snapshot()
+    assert snap.warnings == {"grad_spike": -1, "update_ratio": -1, "max_logit": 1, "logsumexp": 1, "scale_drops": -1}
+    assert snap.signals["max_logit"] == 50.0 and snap.at_risk == ("max_logit", 1)  # ties: in SIGNALS order
+
+
+def test_loss_scale_drops_count_after_the_scalers_warm_up():
+    mon = DivergenceMonitor(MonitorConfig(warn_scale_drops=2, min_steps=3))
+    t = torch.tensor
+    for step, g in enumerate([math.inf, math.inf, 1.0, 1.0, math.inf, 1.0, math.inf, 1.0]):
+        mon.update(t(2.0), t(g), scale=t(2.0 ** (16 - step)))
+    snap, v = mon.read()
+    assert v.verdict == "stable" and snap.overflow_steps == 4
+    assert snap.signals["scale_drops"] == 2 and snap.warnings["scale_drops"] == 6
+
+
+def test_update_ratio_is_the_step_over_the_weights_and_recorded_at_its_step():
+    w = [torch.tensor([3.0, 4.0]), torch.zeros(2, 2)]
+    before = [p.clone() for p in w]
+    w[0] += torch.tensor([0.3, 0.0])
+    w[1] += 0.2  # |delta| = sqrt(0.09 + 4 * 0.04) = 0.5, |before| = 5
+    assert update_ratio(before, w).item() == pytest.approx(0.1)
+    mon = DivergenceMonitor(MonitorConfig(warn_update_ratio=0.05))
+    feed(mon, [2.0] * 4)
+    mon.record_update(torch.tensor(0.01))
+    feed(mon, [2.0] * 3)
+    mon.record_update(torch.tensor(0.1))
+    snap = mon.snapshot()
+    assert snap.signals["update_ratio"] == pytest.approx(0.1) and snap.warnings["update_ratio"] == 6
+    assert snap.steps == 7 and mon.read()[1].verdict == "stable"  # a flag, not a verdict
+
+
+def test_a_null_threshold_never_warns_and_metrics_name_every_signal():
+    mon = DivergenceMonitor(MonitorConfig(warn_max_logit=None, warn_logsumexp=None))
+    mon.update(torch.tensor(2.0), torch.tensor(1.0), logits=torch.full((2, 3), 1e4))
+    m = mon.snapshot().signal_metrics()
+    assert m["at_risk"] is False and m["at_risk_signal"] is None and m["at_risk_step"] == -1
+    assert m["signal/max_logit"] == 1e4 and m["warn_step/max_logit"] == -1
+    assert set(m) == {"at_risk", "at_risk_signal", "at_risk_step"} | {f"{k}/{n}" for n in SIGNALS
+                                                                       for k in ("signal", "warn_step")}
+
+
+def test_compiled_update_agrees_with_eager_on_the_signals():
+    cfg = MonitorConfig(min_steps=3, history_steps=4, warn_grad_spike=3.0, warn_max_logit=8.0)
+    a, b = DivergenceMonitor(cfg, compile=False), DivergenceMonitor(cfg, compile=True)
+    g = torch.Generator().manual_seed(0)
+    for step in range(12):
+        logits = torch.randn(4, 5, generator=g) * (1 + step)
+        for mon in (a, b):
+            mon.update(torch.tensor(2.0), torch.tensor(10.0 if step == 9 else 1.0), logits=logits)
+    assert a.snapshot() == b.snapshot() and a.snapshot().warnings["grad_spike"] == 9
+    torch.testing.assert_close(a.state_vector(), b.state_vector(), equal_nan=True)
+
+
+def test_a_checkpoint_from_before_the_signals_still_loads():
+    mon = DivergenceMonitor(MonitorConfig())
+    feed(mon, [3.0, 2.0])
+    old = {"v": mon.state_vector()[:15].clone()}  # the 15 fields a checkpoint had before the signals
+    other = DivergenceMonitor(MonitorConfig())
+    other.load_state_dict(old)
+    assert other.snapshot().steps == 2 and other.snapshot().warnings["grad_spike"] == -1

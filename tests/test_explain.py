@@ -1,0 +1,129 @@
+"""`stablesweep explain` on runs with planted causes: each is named by experiment (CPU, small)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stablesweep.cli import main
+from stablesweep.config import load_config
+from stablesweep.data import build_data, write_synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+SMALL = ["data.image_size=16", "training.report_interval=10", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two torch threads on a shared 2-core machine run several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(config: Path, out: Path, overrides: list[str]) -> dict:
+    args = ["train", str(config), "--out", str(out), "--quiet"]
+    for o in overrides:
+        args += ["--set", o] if "=" in o else [o]
+    main(args)
+    return json.loads((out / "result.json").read_text())
+
+
+def explain(run: Path, *extra: str) -> tuple[int, dict]:
+    code = main(["explain", str(run), "--quiet", *extra])
+    return code, json.loads((run / "explain.json").read_text())
+
+
+def test_a_too_high_lr_is_named(tmp_path, capsys):
+    run = tmp_path / "hot"
+    res = train(DEMO, run, SMALL + ["training.lr=3", "training.max_grad_norm=null", "training.warmup_steps=0",
+                                    "training.schedule=constant", "training.steps=30"])
+    assert res["verdict"] == "diverged"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint_00000010", "checkpoint_00000020"]
+    code, expl = explain(run)
+    assert code == 0 and expl["cause"] == "learning_rate"
+    assert "cause: learning rate" in capsys.readouterr().out
+    last = expl["attempts"][-1]["replays"]
+    assert last[0]["change"] == "as run" and last[0]["verdict"] == "diverged"
+    assert {r["change"]: r["verdict"] for r in last[1:]} == {"lr x0.1": "stable", "data order": "diverged"}
+    assert "deterministic" in expl["attempts"][0]["same_losses"]
+    assert expl["samples"] == []
+
+
+def test_a_planted_bad_batch_is_named_with_its_samples(tmp_path, capsys):
+    """Four samples get a label outside their dataset (label = num_classes, the incident's label
+    101 of 101); with on_bad_label skip they are dropped, and the one batch that holds all four is
+    empty: its loss is NaN. Another data order removes the divergence, a lower lr does not."""
+    config = write_synthetic(tmp_path / "data", names_classes={"food": 3, "veg": 3}, per_class=8, image_size=16)
+    over = ["loss.on_bad_label=skip", "training.batch_size=4", "training.steps=30", "training.report_interval=10",
+            "training.warmup_steps=0"]
+    cfg = load_config(config, over)
+    data = build_data(cfg)
+    planted_step = 13
+    flat = next(iter(data.batch_sampler(4, cfg.training.seed, start_step=planted_step)))
+    sizes = list(data.train_sizes.values())
+    planted = set()
+    for g in flat:
+        d = 0 if g < sizes[0] else 1
+        planted.add((data.label_space.names[d], g - (0 if d == 0 else sizes[0])))
+    for name in ("food", "veg"):
+        manifest = tmp_path / "data" / f"{name}_train.jsonl"
+        rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+        for i, row in enumerate(rows):
+            if (name, i) in planted:
+                row["label"] = 3
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "bad"
+    res = train(config, run, over + ["--device", "cpu"])
+    assert (res["verdict"], res["reason"], res["first_bad_step"]) == ("diverged", "nonfinite_loss", planted_step)
+    code, expl = explain(run)
+    assert code == 0 and expl["cause"] == "data"
+    assert expl["attempts"][0]["start"] == "checkpoint_00000010"
+    named = {(s["dataset"], s["index"]) for s in expl["samples"]}
+    assert named == planted and not any(s["in_range"] for s in expl["samples"])
+    assert all(s["where"].startswith(f"{s['dataset']}_train.jsonl:") for s in expl["samples"])
+    out = capsys.readouterr().out
+    assert "cause: data" in out and "4 with a label outside their dataset's range" in out
+
+
+def test_a_mask_value_in_fp16_is_named_masking_or_precision(tmp_path):
+    """-1e9 in fp16 is -inf; label smoothing over -inf masked classes makes the loss inf at once."""
+    run = tmp_path / "fp16"
+    res = train(DEMO, run, SMALL + ["training.precision=fp16", "loss.masking=large_negative",
+                                    "loss.mask_in=autocast", "loss.type=label_smoothing", "training.steps=4",
+                                    "training.report_interval=2"])
+    assert (res["verdict"], res["reason"], res["first_bad_step"]) == ("diverged", "nonfinite_loss", 0)
+    code, expl = explain(run, "--extra-steps", "2")
+    assert code == 0 and expl["cause"] in ("masking", "precision")
+    assert {"masking slice", "fp32"} <= set(expl["fixes"])
+    assert expl["attempts"][0]["start"] == "initial state"
+
+
+def test_a_divergence_the_replay_does_not_show_is_not_reproduced(tmp_path):
+    run = tmp_path / "calm"
+    train(DEMO, run, SMALL + ["training.steps=10", "training.report_interval=5"])
+    result = json.loads((run / "result.json").read_text())
+    result.update(verdict="diverged", reason="nonfinite_loss", first_bad_step=7)  # a claim the replay refutes
+    (run / "result.json").write_text(json.dumps(result))
+    code, expl = explain(run, "--extra-steps", "0")
+    assert code == 1 and expl["cause"] == "not_reproduced"
+    assert [r["change"] for r in expl["attempts"][0]["replays"]] == ["as run"]
+
+
+@pytest.mark.parametrize("setup, expect", [
+    ("missing", "no such run directory"),
+    ("stable", "only a diverged run can be explained"),
+    ("no_config", "config.yaml: missing"),
+])
+def test_bad_input_is_an_error_that_names_the_place(tmp_path, capsys, setup, expect):
+    run = tmp_path / "run"
+    if setup != "missing":
+        run.mkdir()
+        (run / "result.json").write_text(json.dumps({"verdict": "stable", "first_bad_step": -1}))
+        if setup == "stable":
+            (run / "config.yaml").write_text(DEMO.read_text())
+    assert main(["explain", str(run)]) == 2
+    assert expect in capsys.readouterr().err
+    assert not (run / "explain.json").exists()
