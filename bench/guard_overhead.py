@@ -6,7 +6,10 @@ The model is a torchvision ResNet-18 with one head over the 2816 classes of the 
 batches are random images with dataset ids (sorted, as the loader yields them), already on the GPU,
 so the step is what is timed. Both steps use the same `slice` loss and fused AdamW with clipping
 at 1.0; the guarded one adds what stablesweep adds per step: the non-finite flags, the skip through
-the fused optimizer's `found_inf`, the monitor update and the per-dataset accumulators.
+the fused optimizer's `found_inf`, the monitor update (with the early-warning signals: the
+gradient-norm spike, the largest logit and logsumexp of the logits it is given, the loss-scale
+drops), the per-dataset accumulators, and once every `--report-interval` steps the
+update-to-weight ratio (a copy of the weights and two foreach norms), as the Trainer does.
 
 Host syncs are counted with torch.cuda.set_sync_debug_mode("warn") over the steps between two
 reports (the report itself is the one intended sync).
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stablesweep.config import FOOD_DATASETS, LossConfig, MonitorConfig  # noqa: E402
 from stablesweep.data import Batch, LabelSpace  # noqa: E402
 from stablesweep.stability.loss import GuardedLoss  # noqa: E402
-from stablesweep.stability.monitor import DivergenceMonitor  # noqa: E402
+from stablesweep.stability.monitor import DivergenceMonitor, update_ratio  # noqa: E402
 from stablesweep.stability.precision import make_optimizer, make_precision  # noqa: E402
 from stablesweep.train import accumulate  # noqa: E402
 
@@ -74,20 +77,24 @@ def unguarded_step(model, params, opt, prec, loss_fn, batch, images):
     opt.zero_grad(set_to_none=True)
 
 
-def partial_step(model, params, opt, prec, loss_fn, batch, images, monitor=None):
-    """The guarded step without the per-dataset accumulators (and without the monitor if None)."""
+def partial_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, measure=False):
+    """The guarded step without the per-dataset accumulators (and without the monitor if None);
+    with `measure`, the update-to-weight ratio too (the step before a report)."""
     with prec.autocast():
         logits = model(images)
     out = loss_fn(logits, batch)
     prec.backward(out.loss)
-    prec.step(opt, params, out.loss, 1.0, monitor)
+    before = [p.detach().clone() for p in params] if measure else None
+    prec.step(opt, params, out.loss, 1.0, monitor, logits)
+    if before is not None:
+        monitor.record_update(update_ratio(before, params))
     opt.zero_grad(set_to_none=True)
     return logits, out
 
 
-def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn):
+def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn, measure):
     """stablesweep's step: the partial step plus the per-dataset accumulators, as the Trainer does."""
-    logits, out = partial_step(model, params, opt, prec, loss_fn, batch, images, monitor)
+    logits, out = partial_step(model, params, opt, prec, loss_fn, batch, images, monitor, measure)
     acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
                     loss_fn.allowed)
 
@@ -123,6 +130,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--precisions", default="fp32,bf16,fp16")
+    ap.add_argument("--report-interval", type=int, default=10,
+                    help="the update-to-weight ratio is measured on one step in this many, as in training")
     ap.add_argument("--ablate", action="store_true",
                     help="also time the guard's parts: skip only, + monitor (eager / compiled)")
     args = ap.parse_args()
@@ -139,7 +148,12 @@ def main() -> None:
         monitor = DivergenceMonitor(MonitorConfig(), device)
         acc = [torch.zeros(len(space.names), 3, dtype=torch.float64, device=device)]
         acc_fn = torch.compile(accumulate, fullgraph=True, dynamic=False)  # as the Trainer does on CUDA
-        g = lambda: guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn)  # noqa: E731
+        count = [0]
+
+        def g():
+            count[0] += 1
+            guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn,
+                         count[0] % args.report_interval == 0)
         u = lambda: unguarded_step(model, params, opt, prec, loss_fn, batch, images)  # noqa: E731
         for _ in range(10):
             g(), u()
@@ -166,6 +180,7 @@ def main() -> None:
         mu, mg = statistics.median(tu), statistics.median(tg)
         snap, verdict = monitor.read()
         assert verdict.verdict == "stable", verdict
+        print(f"#   signals: {snap.signals}; at risk: {snap.at_risk}", flush=True)
         print(f"| {precision} | {mu:.3f} | {mg:.3f} | {100 * (mg / mu - 1):+.1f}% | {sg / 20:.2f} | {su / 20:.2f} |",
               flush=True)
         if args.ablate:
