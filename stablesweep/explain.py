@@ -114,6 +114,9 @@ class Explanation:
             bad = sum(not s["in_range"] for s in self.samples)
             lines.append(f"  the batch at step {self.first_bad_step}: {len(self.samples)} samples"
                          + (f", {bad} with a label outside their dataset's range" if bad else ""))
+            if bad == len(self.samples):
+                lines.append("  every sample was dropped for its label (loss.on_bad_label skip): an empty batch "
+                             "has no loss, a NaN")
             for s in self.samples:
                 note = "" if s["in_range"] else f"  <- outside [0, {s['num_classes']})"
                 lines.append(f"    {s['dataset']} #{s['index']} {s['where']} label {s['label']}{note}")
