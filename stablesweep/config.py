@@ -109,12 +109,27 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation, on the device, per sample, seeded by (training.seed, step); evaluation
+    is never augmented. Off by default."""
+
+    random_resized_crop: bool = False  # crop a random box (area `scale`, aspect `ratio`), resize back to image_size
+    scale: tuple[float, float] = (0.08, 1.0)  # the box's area as a fraction of the image (torchvision's defaults)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # the box's aspect ratio (width / height)
+    hflip: bool = False  # flip half the samples left to right
+
+
+@dataclass
 class DataConfig:
     image_size: int = 64
     synthetic_per_class: int = 16  # synthetic train samples per class (val: a quarter)
     synthetic_noise: float = 0.6
     synthetic_seed: int = 1234
     verify_images: Literal["none", "header", "full"] = "header"
+    # decoded images of manifest/folder datasets: auto (a cache under ~/.cache/stablesweep, built when
+    # a run reads its train set at least once, read whenever it is there), off, or a directory
+    cache: bool | str = "auto"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -433,6 +448,13 @@ def validate(cfg: Config) -> None:
              f"is {lo.masking!r} but datasets.enable_logits_masking is false; set one of them consistently")
 
     need(cfg.data.image_size >= 8, "data.image_size", "must be at least 8")
+    if isinstance(cfg.data.cache, bool):  # YAML 1.1 reads a bare off / on as a boolean
+        cfg.data.cache = "auto" if cfg.data.cache else "off"
+    need(cfg.data.cache.strip() != "", "data.cache", "expected auto, off or a directory, got an empty string")
+    a = cfg.data.augment
+    need(0 < a.scale[0] <= a.scale[1] <= 1, "data.augment.scale",
+         f"must be [lo, hi] with 0 < lo <= hi <= 1, got {list(a.scale)}")
+    need(0 < a.ratio[0] <= a.ratio[1], "data.augment.ratio", f"must be [lo, hi] with 0 < lo <= hi, got {list(a.ratio)}")
     need(cfg.data.synthetic_per_class >= 1, "data.synthetic_per_class", "must be at least 1")
     m = cfg.monitor
     need(m.explosion_factor > 1, "monitor.explosion_factor", "must be greater than 1")

@@ -18,7 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from stablesweep.config import Config, ConfigError, total_steps
-from stablesweep.data import MultiData, build_data
+from stablesweep.data import DeviceInput, MultiData, build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress, update_ratio
@@ -111,7 +111,7 @@ class Trainer:
         self.device = resolve_device(device)
         t = cfg.training
         torch.manual_seed(t.seed)
-        self.data = build_data(cfg) if data is None else data
+        self.data = build_data(cfg, log=self.log) if data is None else data
         self.space = self.data.label_space
         self.model = build_model(cfg.model, self.space.total, cfg.source).to(self.device)
         self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
@@ -119,6 +119,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.precision = make_precision(t.precision, self.device, t.tf32)
+        # batches onto the device: uint8 copied ahead on a side stream, normalised (augmented) there
+        self.input = DeviceInput(self.device, self.precision.dtype, cfg.data.augment, t.seed, self.channels_last)
+        self.pin_memory = self.device.type == "cuda"
         self.optimizer = make_optimizer(t.optimizer, self.params, lr=t.lr, weight_decay=t.weight_decay,
                                         momentum=t.momentum, betas=t.betas)
         self.total = total_steps(cfg, self.data.train_size)
@@ -177,8 +180,8 @@ class Trainer:
         rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         it = self.data.train_batches(t.batch_size, t.seed, start_step=0, num_workers=0)
         losses = []
-        for _ in range(batches):
-            losses.append(self.forward(next(it).to(self.device))[1].loss.float())
+        for k in range(batches):
+            losses.append(self.forward(self.input(next(it), step=k))[1].loss.float())
         for b, saved in zip(self.model.buffers(), buffers):
             b.copy_(saved)
         torch.set_rng_state(rng)
@@ -193,8 +196,9 @@ class Trainer:
         sums, counts = [], []
         for name in self.data.eval_names:
             acc, n = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-            for batch in self.data.eval_batches(name, self.cfg.training.batch_size):
-                batch = batch.to(self.device)
+            for batch in self.data.eval_batches(name, self.cfg.training.batch_size, self.cfg.training.num_workers,
+                                                pin_memory=self.pin_memory):
+                batch = self.input(batch)  # never augmented
                 logits, out = self.forward(batch)
                 correct = (self.loss_fn.predict(logits, batch) == batch.labels).double().sum()
                 acc += torch.stack([out.per_sample.double().sum(), correct])
@@ -268,7 +272,9 @@ class Trainer:
         names = self.space.names
         self.log(f"training {self.total} steps on {self.device} ({t.precision}, masking {cfg.masking}, "
                  f"lr {t.lr:.2e}, clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes")
-        batches = self.data.train_batches(t.batch_size, t.seed, start_step=self.step, num_workers=t.num_workers)
+        batches = self.input.batches(self.data.train_batches(t.batch_size, t.seed, start_step=self.step,
+                                                             num_workers=t.num_workers, pin_memory=self.pin_memory),
+                                     self.step)
         started = time.perf_counter()
         tick, tick_step, samples_per_s = started, self.step, 0.0
         kept: list[Path] = []  # this run's checkpoints, oldest first: the last training.keep_checkpoints
@@ -281,7 +287,6 @@ class Trainer:
         while not done:
             batch = next(batches)
             self.dropped += batch.dropped
-            batch = batch.to(self.device)
             measure = (self.step + 1) % t.report_interval == 0 or self.step + 1 >= end
             if not self.flops_per_step:
                 with FlopCounterMode(display=False) as counter:

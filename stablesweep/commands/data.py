@@ -1,7 +1,9 @@
-"""`stablesweep data synth|check`: write a synthetic multi-dataset as real files; check labels and files."""
+"""`stablesweep data synth|check|cache|bench`: write a synthetic multi-dataset as real files; check
+labels and files; build the decoded-image cache ahead of a sweep; measure the input pipeline."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 SYNTH_EPILOG = """\
@@ -22,9 +24,32 @@ counts. Prints count, min, max and distinct labels per dataset and split.
 Exit status: 0 clean, 1 problems found, 2 the config cannot be read.
 """
 
+CACHE_EPILOG = """\
+examples:
+  stablesweep data cache my.yaml                         # into data.cache (auto: ~/.cache/stablesweep/images)
+  stablesweep data cache my.yaml --set data.cache=/scratch/cache --set data.image_size=224
+
+Decodes every image of every manifest/folder split the config trains or evaluates on, once, at
+data.image_size, into one memory-mapped file a split; every run and sweep trial on this machine then
+reads those (run it on each node of a cluster, or point data.cache at node-local disk). Built
+atomically under a lock: trials that start while it builds wait for it. Set STABLESWEEP_CACHE_DIR
+to move the auto directory.
+"""
+
+BENCH_EPILOG = """\
+examples:
+  stablesweep data bench my.yaml                         # the input pipeline alone, cache cold and warm
+  stablesweep data bench my.yaml --model --steps 60     # and the whole training step
+
+Prints images/s of the input pipeline (batches on the device, normalised), decoding the files (cold)
+and from the decoded-image cache (warm, built first if it is not there); with --model, of the whole
+guarded training step, cold and warm; then what to change if the input is the bottleneck.
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="write synthetic data, check a config's labels and images",
+    p = sub.add_parser("data", help="write synthetic data, check labels and images, cache decoded images, "
+                                    "measure the input",
                        description="Data utilities.")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     s = dsub.add_parser("synth", help="write a synthetic multi-dataset (PNG + JSONL + config)",
@@ -45,6 +70,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--images", choices=["none", "header", "full"], default=None,
                    help="how far to open images (default: the config's data.verify_images)")
     c.set_defaults(func=run_check)
+    from stablesweep.commands.train import add_set_argument
+
+    k = dsub.add_parser("cache", help="decode every image once into the decoded-image cache (ahead of a sweep)",
+                        description="Build the decoded-image cache of a config's manifest and folder datasets.",
+                        epilog=CACHE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    k.add_argument("config", help="training config YAML")
+    add_set_argument(k)
+    k.add_argument("--workers", type=int, default=None, help="decoding processes (default: every core)")
+    k.add_argument("--rebuild", action="store_true", help="build again even where a valid cache is there")
+    k.set_defaults(func=run_cache)
+    b = dsub.add_parser("bench", help="images/s of the input pipeline (and of the training step)",
+                        description="Measure whether the input keeps up with training, cache cold and warm.",
+                        epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("config", help="training config YAML")
+    add_set_argument(b)
+    b.add_argument("--model", action="store_true", help="also time the whole training step")
+    b.add_argument("--steps", type=int, default=40,
+                   help="batches (steps) a measurement; the second half is timed (default 40)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where batches go (default: auto = cuda when there is one)")
+    b.set_defaults(func=run_bench)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -73,3 +119,179 @@ def run_check(args: argparse.Namespace) -> int:
         return 0
     print(report.format_problems(on_bad_label=cfg.loss.on_bad_label))
     return 1
+
+
+def _progress(src):
+    """A progress bar for one cache build: tqdm when it is installed, else a printed line every 10%."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        last = [-1]
+
+        def plain(done: int, total: int) -> None:
+            tenth = 10 * done // total
+            if tenth != last[0]:
+                last[0] = tenth
+                print(f"  {src.dataset} {src.split}: {done}/{total} images", flush=True)
+        return plain
+    bar = tqdm(total=len(src), desc=f"{src.dataset} {src.split}", unit="img")
+
+    def update(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+    return update
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from stablesweep.config import ConfigError, load_config
+    from stablesweep.data import build_data
+    from stablesweep.data.cache import size_text
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.data.cache == "off":
+        raise ConfigError(f"{args.config}: data.cache is off: set it to auto or a directory "
+                          f"(--set data.cache=auto)")
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")
+    data = build_data(cfg, cache=False)  # every label and image checked first
+    t0 = time.perf_counter()
+    s = data.use_cache(build=True, log=print, workers=args.workers, progress=_progress, rebuild=args.rebuild,
+                       strict=True)
+    total = s["read"] + s["built"]
+    if not total:
+        print("nothing to cache: the config has no manifest or folder datasets (synthetic data is not cached)")
+        return 0
+    print(f"cache: {s['directory']}: {total} split(s), {size_text(s['bytes'])}; built {s['built']} "
+          f"in {time.perf_counter() - t0:.1f} s, {s['read']} already there")
+    return 0
+
+
+# ---- measuring ----------------------------------------------------------------------------------
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_input(data, cfg, device: str, *, steps: int, num_workers: int | None = None) -> float:
+    """Images a second the input pipeline delivers ready for the model (on the device, normalised and
+    augmented as training does), over the second half of `steps` batches (a steady state: workers
+    started, prefetch queues drained)."""
+    import torch
+
+    from stablesweep.data import DeviceInput
+    from stablesweep.stability.precision import make_precision
+
+    t = cfg.training
+    dev = torch.device(device)
+    workers = t.num_workers if num_workers is None else num_workers
+    inp = DeviceInput(dev, make_precision(t.precision, dev, t.tf32).dtype, cfg.data.augment, t.seed,
+                      dev.type == "cuda" and cfg.model.channels_last)
+    batches = inp.batches(data.train_batches(t.batch_size, t.seed, num_workers=workers,
+                                             pin_memory=dev.type == "cuda"), 0)
+    half = max(1, steps // 2)
+    for _ in range(steps - half):
+        next(batches)
+    _sync(dev)
+    t0, n = time.perf_counter(), 0
+    for _ in range(half):
+        n += len(next(batches).labels)
+    _sync(dev)
+    rate = n / (time.perf_counter() - t0)
+    batches.close()
+    return rate
+
+
+def measure_training(cfg, device: str, *, steps: int, log=None) -> tuple[float, float]:
+    """(images a second of `stablesweep train`'s whole step over the second half of `steps` steps,
+    seconds to set the run up: data checks, a cache build where one is due, the model)."""
+    from stablesweep.config import config_from_dict
+    from stablesweep.train import Trainer
+
+    interval = max(1, steps // 10)
+    run_cfg = config_from_dict(cfg.to_dict(), [f"training.steps={steps}", f"training.report_interval={interval}",
+                                               "training.eval_every=0", "datasets.skip_evaluation=true",
+                                               "monitor.stop_on_divergence=false"],
+                               source=cfg.source, base_dir=cfg.base_dir)
+    t0 = time.perf_counter()
+    trainer = Trainer(run_cfg, device=device, log=log)
+    setup = time.perf_counter() - t0
+    marks: list[tuple[float, int]] = []
+    trainer.run(lambda m, c: marks.append((time.perf_counter(), m["step"])))
+    (ta, sa) = next(m for m in marks if m[1] >= steps // 2)
+    (tb, sb) = marks[-1]
+    return (sb - sa) * cfg.training.batch_size / max(tb - ta, 1e-9), setup
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import os
+
+    from stablesweep.config import ConfigError, config_from_dict, load_config
+    from stablesweep.data import build_data
+    from stablesweep.train import resolve_device
+
+    cfg = load_config(args.config, args.overrides)
+    if args.steps < 4:
+        raise ConfigError(f"--steps: must be at least 4, got {args.steps}")
+    device = str(resolve_device(args.device))
+    t = cfg.training
+    cores = len(os.sched_getaffinity(0))
+    data = build_data(cfg, cache=False)
+    print(f"{cfg.source}: {data.train_size} train images, {cfg.data.image_size} px, batch {t.batch_size}, "
+          f"training.num_workers {t.num_workers} ({cores} cores here), {device}")
+    rows = [("input, decoding the files (cache cold)", measure_input(data, cfg, device, steps=args.steps))]
+    print(f"  {rows[-1][0]}: {rows[-1][1]:,.0f} images/s", flush=True)
+    warm = None
+    if cfg.data.cache != "off":
+        s = data.use_cache(build=True, log=print)
+        if s["read"] + s["built"]:
+            warm = measure_input(data, cfg, device, steps=args.steps)
+            rows.append(("input, from the cache (warm)", warm))
+            print(f"  {rows[-1][0]}: {warm:,.0f} images/s", flush=True)
+    step = None
+    if args.model:
+        off = config_from_dict(cfg.to_dict(), ["data.cache=off"], source=cfg.source, base_dir=cfg.base_dir)
+        cold_step, _ = measure_training(off, device, steps=args.steps)
+        rows.append(("training step, decoding the files (cache cold)", cold_step))
+        print(f"  {rows[-1][0]}: {cold_step:,.0f} images/s", flush=True)
+        step = cold_step
+        if warm is not None:
+            step, _ = measure_training(cfg, device, steps=args.steps)
+            rows.append(("training step, from the cache (warm)", step))
+            print(f"  {rows[-1][0]}: {step:,.0f} images/s", flush=True)
+    print()
+    print("| what | images/s |")
+    print("|---|---|")
+    for name, rate in rows:
+        print(f"| {name} | {rate:,.0f} |")
+    print()
+    for line in advice(rows[0][1], warm, step, t.num_workers, cores, cfg.data.cache):
+        print(line)
+    return 0
+
+
+def advice(cold: float, warm: float | None, step: float | None, workers: int, cores: int, cache: str) -> list[str]:
+    """What to change, from the measured rates (images/s): input cold and warm, the whole step."""
+    out = []
+    best = warm if warm is not None else cold
+    if workers == 0:
+        out.append(f"training.num_workers is 0: the training process decodes the images itself; "
+                   f"set it to {max(1, cores - 2)} (this machine has {cores} cores)")
+    if step is None:
+        out.append("run with --model to compare the input with the training step")
+        return out
+    if cold >= step:
+        out.append(f"the input keeps up even decoding the files ({cold:,.0f} >= {step:,.0f} images/s): "
+                   "the training step is the limit")
+    elif warm is not None and warm >= step:
+        out.append(f"decoding is the bottleneck ({cold:,.0f} images/s against a step of {step:,.0f}); from the "
+                   f"cache the input keeps up ({warm:,.0f}): keep data.cache {cache} and build it ahead of a "
+                   "sweep with `stablesweep data cache CONFIG`")
+    else:
+        out.append(f"the input is the bottleneck ({best:,.0f} images/s against a step of {step:,.0f}): "
+                   + ("set data.cache: auto (decode once) and " if warm is None else "")
+                   + f"raise training.num_workers (now {workers}, {cores} cores)")
+    return out

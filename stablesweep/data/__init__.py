@@ -1,8 +1,10 @@
-"""Data: JSONL manifests, ImageFolder directories and synthetic datasets mixed over one label space.
+"""Data: JSONL manifests, ImageFolder directories and synthetic datasets mixed over one label space;
+a decoded-image cache (`cache`); batches onto the device (`DeviceInput`).
 
 The training core's entry points: `build_data(cfg)` (validates every label first) and
 `validate_labels(cfg)` (a report of structured `Problem`s, never raises for data problems).
 """
+from .device import DeviceInput
 from .manifests import (
            DataError,
            LabelReport,
@@ -15,4 +17,4 @@ from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset
 from .synthetic import write_synthetic
 
 __all__ = ["DataError", "LabelSpace", "Batch", "MultiData", "build_data", "validate_labels", "LabelReport",
-           "SplitReport", "Problem", "ProblemKind", "write_synthetic", "eval_subset"]
+           "SplitReport", "Problem", "ProblemKind", "write_synthetic", "eval_subset", "DeviceInput"]

@@ -26,7 +26,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from stablesweep.config import Config, DatasetConfig, data_source
 from stablesweep.vocab import InputError
 
-from .images import load_image
+from .images import decode, normalise
 from .synthetic import SyntheticSource, synthetic_sizes
 
 CHECK_LEVELS = ("none", "header", "full")
@@ -110,7 +110,8 @@ def _check_many(paths: list[str], level: str) -> list[tuple[ProblemKind, str] | 
 # ---- sources: one split of one dataset --------------------------------------------------------
 
 class FileSource:
-    """Image files with local labels (from a manifest or a folder); images load lazily."""
+    """Image files with local labels (from a manifest or a folder); images are decoded lazily (or read
+    from a decoded-image cache: `cache.CachedSource`)."""
 
     kind = "file"
 
@@ -135,12 +136,17 @@ class FileSource:
             return f"{self.display}:{int(self.lines[i])}"
         return self.paths[i]
 
-    def load(self, i: int) -> torch.Tensor:
+    def pixels(self, i: int) -> torch.Tensor:
+        """The decoded image: uint8 [3,S,S]."""
         try:
-            return load_image(self.paths[i], self.image_size)
+            return decode(self.paths[i], self.image_size)
         except (OSError, ValueError) as e:
             raise DataError(f"{self.dataset}: {self.where(i)}: image {self.paths[i]} could not be read: "
                             f"{type(e).__name__}: {e}") from None
+
+    def load(self, i: int) -> torch.Tensor:
+        """The normalised image: float32 [3,S,S]."""
+        return normalise(self.pixels(i))
 
 
 # ---- the report -------------------------------------------------------------------------------

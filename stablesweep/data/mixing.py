@@ -2,13 +2,14 @@
 
 Global class = offsets[d] + local label, datasets in config order. The order of train epoch e is
 a pure function of (seed, e), so a run resumed at step k sees exactly the batches an
-uninterrupted run sees from step k on. Every batch is sorted by dataset id in the collate, so each
+uninterrupted run sees from step k on. Every batch is sorted by dataset id in the loader, so each
 dataset's samples form one contiguous slice whose bounds are known on the host (`segments`): a
-loss over each dataset's own slice of the logits needs neither a mask nor a device sync.
+loss over each dataset's own slice of the logits needs neither a mask nor a device sync. A loader
+makes whole batches of uint8 pixels (in a worker, straight into shared memory); normalisation and
+augmentation happen on the device (`device.DeviceInput`).
 """
 from __future__ import annotations
 
-import bisect
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -16,14 +17,18 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, get_worker_info
 
+from stablesweep.config import total_steps
+
+from .cache import cached, size_text
 from .manifests import DataError, LabelReport, ProblemKind, scan
 
 if TYPE_CHECKING:  # pragma: no cover
     from stablesweep.config import Config
 
 MIXINGS = ("proportional", "balanced", "weighted")
+PREFETCH = 2  # batches in flight a loader worker
 
 
 def _seed_of(*parts: Any) -> int:
@@ -79,7 +84,8 @@ class LabelSpace:
 # ---- batches ----------------------------------------------------------------------------------
 
 class Batch(NamedTuple):
-    images: torch.Tensor  # float32 [B,3,H,W], normalised
+    images: torch.Tensor  # uint8 [B,3,H,W] pixels from a loader; float, normalised, once on the device
+    #                       (data.device.DeviceInput), which leaves float images as they are
     labels: torch.Tensor  # int64 [B], global class ids
     local_labels: torch.Tensor  # int64 [B]
     dataset_ids: torch.Tensor  # int64 [B], sorted ascending
@@ -98,76 +104,105 @@ class Batch(NamedTuple):
                              dataset_ids=self.dataset_ids.pin_memory())
 
 
-class _MixedDataset(Dataset):
-    """The train splits concatenated: flat index -> (image, local label, dataset id, index)."""
+def _as_is(batch: Batch) -> Batch:  # the DataLoader's collate_fn: __getitems__ made the whole batch
+    return batch
 
-    def __init__(self, sources: list):
+
+def _empty_images(n: int, size: int) -> torch.Tensor:
+    """uint8 [n,3,size,size]; in a loader worker, in shared memory from the start (as torch's
+    default_collate does), so handing the batch to the main process copies nothing."""
+    shape = (n, 3, size, size)
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(n * 3 * size * size)
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def _read(source, idx: np.ndarray, out: torch.Tensor) -> None:
+    """The pixels of samples `idx` of one source into `out`: a cache reads them in one gather."""
+    if hasattr(source, "read"):
+        source.read(idx, out)
+    else:
+        for k, i in enumerate(idx.tolist()):
+            out[k] = source.pixels(i)
+
+
+class _Batches(Dataset):
+    """Whole batches (`__getitems__`): sampled indices -> a Batch of uint8 images sorted by dataset id,
+    with the host-side label guard. Subclasses say which (dataset, sample) an index is."""
+
+    def __init__(self, label_space: LabelSpace, on_bad_label: str, image_size: int):
+        self.space = label_space
+        self.on_bad_label = on_bad_label
+        self.image_size = image_size
+        self._offsets = torch.tensor(label_space.offsets, dtype=torch.int64)
+        self._classes = np.asarray(label_space.num_classes, dtype=np.int64)
+
+    def locate(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # (dataset ids, sample indices)
+        raise NotImplementedError
+
+    def source(self, d: int):
+        raise NotImplementedError
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        ds, idx = self.locate(np.asarray(indices, dtype=np.int64))
+        labels = np.array([self.source(d).label(i) for d, i in zip(ds.tolist(), idx.tolist())], dtype=np.int64)
+        bad = (labels < 0) | (labels >= self._classes[ds])
+        dropped = int(bad.sum())
+        if dropped:
+            k = int(np.argmax(bad))
+            d, i, lab = int(ds[k]), int(idx[k]), int(labels[k])
+            if self.on_bad_label == "error":
+                raise DataError(f"{self.space.names[d]}: {self.source(d).where(i)}: label {lab} is outside "
+                                f"[0, {self._classes[d]}) (loss.on_bad_label is error; 'skip' drops such samples)")
+            ds, idx, labels = ds[~bad], idx[~bad], labels[~bad]
+        order = np.argsort(ds, kind="stable")  # stable: keeps the sampled order within a dataset
+        ds, idx, labels = ds[order], idx[order], labels[order]
+        segs = segments(ds.tolist())
+        images = _empty_images(len(ds), self.image_size)
+        for d, start, end in segs:
+            _read(self.source(d), idx[start:end], images[start:end])
+        local, ids = torch.from_numpy(labels), torch.from_numpy(ds)
+        return Batch(images, self._offsets[ids] + local, local, ids, segs, dropped)
+
+
+class _MixedDataset(_Batches):
+    """The train splits concatenated: flat index -> (dataset id, sample index)."""
+
+    def __init__(self, sources: list, label_space: LabelSpace, on_bad_label: str, image_size: int):
+        super().__init__(label_space, on_bad_label, image_size)
         self.sources = sources
-        self.starts = [0]
-        for s in sources:
-            self.starts.append(self.starts[-1] + len(s))
+        self.starts = np.cumsum([0] + [len(s) for s in sources], dtype=np.int64)
 
     def __len__(self) -> int:
-        return self.starts[-1]
+        return int(self.starts[-1])
 
-    def __getitem__(self, g: int):
-        d = bisect.bisect_right(self.starts, g) - 1
-        i = g - self.starts[d]
-        src = self.sources[d]
-        return src.load(i), src.label(i), d, i
+    def locate(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = np.searchsorted(self.starts, index, side="right") - 1
+        return d, index - self.starts[d]
 
-    def where(self, d: int, i: int) -> str:
-        return self.sources[d].where(i)
+    def source(self, d: int):
+        return self.sources[d]
 
 
-class _EvalDataset(Dataset):
-    def __init__(self, source, d: int, indices: np.ndarray):
-        self.source = source
+class _EvalDataset(_Batches):
+    """One dataset's eval subset: position k -> sample indices[k]."""
+
+    def __init__(self, source, d: int, indices: np.ndarray, label_space: LabelSpace, on_bad_label: str,
+                 image_size: int):
+        super().__init__(label_space, on_bad_label, image_size)
+        self.src = source
         self.d = d
         self.indices = indices
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int):
-        i = int(self.indices[k])
-        return self.source.load(i), self.source.label(i), self.d, i
+    def locate(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(len(index), self.d, dtype=np.int64), self.indices[index]
 
-    def where(self, d: int, i: int) -> str:
-        return self.source.where(i)
-
-
-class Collate:
-    """Stack samples into a Batch sorted by dataset id, with the host-side label guard."""
-
-    def __init__(self, dataset, label_space: LabelSpace, on_bad_label: str, image_size: int):
-        self.dataset = dataset
-        self.space = label_space
-        self.on_bad_label = on_bad_label
-        self.image_size = image_size
-
-    def __call__(self, items) -> Batch:
-        nc = self.space.num_classes
-        keep = []
-        dropped = 0
-        for item in items:
-            _, lab, d, i = item
-            if not 0 <= lab < nc[d]:
-                if self.on_bad_label == "error":
-                    raise DataError(f"{self.space.names[d]}: {self.dataset.where(d, i)}: label {lab} is outside "
-                                    f"[0, {nc[d]}) (loss.on_bad_label is error; 'skip' drops such samples)")
-                dropped += 1
-                continue
-            keep.append(item)
-        keep.sort(key=lambda t: t[2])  # stable: keeps the sampled order within a dataset
-        if keep:
-            images = torch.stack([t[0] for t in keep])
-        else:
-            images = torch.empty(0, 3, self.image_size, self.image_size)
-        local = torch.tensor([t[1] for t in keep], dtype=torch.int64)
-        ds = [t[2] for t in keep]
-        offs = torch.tensor([self.space.offsets[d] for d in ds], dtype=torch.int64)
-        return Batch(images, offs + local, local, torch.tensor(ds, dtype=torch.int64), segments(ds), dropped)
+    def source(self, d: int):
+        return self.src
 
 
 def segments(dataset_ids: list[int]) -> tuple[tuple[int, int, int], ...]:
@@ -271,7 +306,7 @@ class MultiData:
         self.mixing = cfg.datasets.mixing
         dcs = cfg.datasets.dataset_configs
         self.weights = [dcs[n].weight if dcs[n].weight is not None else 1.0 for n in label_space.names]
-        self._train = _MixedDataset(train_sources)
+        self._train = _MixedDataset(train_sources, label_space, self.on_bad_label, self.image_size)
         self.train_sizes: dict[str, int] = {n: len(s) for n, s in zip(label_space.names, train_sources)}
         self.train_size = len(self._train)
         self._eval: dict[str, _EvalDataset] = {}
@@ -280,7 +315,8 @@ class MultiData:
             src = val_sources.get(name)
             if src is None or len(src) == 0 or cfg.eval_skipped(name):
                 continue
-            self._eval[name] = _EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio))
+            self._eval[name] = _EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio),
+                                            label_space, self.on_bad_label, self.image_size)
             self.eval_names.append(name)
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -290,13 +326,26 @@ class MultiData:
         return MixingBatchSampler(list(self.train_sizes.values()), batch_size, seed, self.mixing,
                                   self.weights, start_step)
 
+    def use_cache(self, *, build: bool, log=None, workers: int | None = None, progress=None,
+                  rebuild: bool = False, strict: bool = False) -> dict:
+        """Read every manifest/folder split the run reads from its decoded-image cache (data.cache), building
+        the missing ones when `build`; the summary of `cache.cached` (which says what `strict` is)."""
+        evals = list(self._eval.values())
+        sources, summary = cached(self.cfg, self._train.sources + [e.src for e in evals], build_missing=build,
+                                  log=log, workers=workers, progress=progress, rebuild=rebuild, strict=strict)
+        self._train.sources = sources[:len(self._train.sources)]
+        for e, src in zip(evals, sources[len(self._train.sources):]):
+            e.src = src
+        return summary
+
     def train_batches(self, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
                       *, pin_memory: bool = False) -> Iterator[Batch]:
-        """Endless train batches from `start_step` on (step s of an uninterrupted run = batch s)."""
-        loader = DataLoader(self._train, batch_sampler=self.batch_sampler(batch_size, seed, start_step),
-                            collate_fn=Collate(self._train, self.label_space, self.on_bad_label, self.image_size),
-                            num_workers=num_workers, pin_memory=pin_memory)
-        return iter(loader)
+        """Endless train batches (uint8 images) from `start_step` on (step s of an uninterrupted run =
+        batch s). `num_workers` processes make whole batches; `pin_memory` pins them for a GPU."""
+        sampler = self.batch_sampler(batch_size, seed, start_step)
+        workers = {"persistent_workers": True, "prefetch_factor": PREFETCH} if num_workers else {}
+        return iter(DataLoader(self._train, batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
+                               pin_memory=pin_memory, **workers))
 
     def _eval_ds(self, name: str) -> _EvalDataset:
         if name not in self._eval:
@@ -312,14 +361,17 @@ class MultiData:
         """The dataset's eval subset in a fixed order; the last batch may be smaller."""
         ds = self._eval_ds(name)
         sampler = BatchSampler(SequentialSampler(range(len(ds))), batch_size, drop_last=False)
-        loader = DataLoader(ds, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                            collate_fn=Collate(ds, self.label_space, self.on_bad_label, self.image_size))
-        return iter(loader)
+        return iter(DataLoader(ds, batch_sampler=sampler, collate_fn=_as_is, num_workers=min(num_workers, len(sampler)),
+                               pin_memory=pin_memory))
 
 
-def build_data(cfg: "Config", *, check_images: bool = True) -> MultiData:
+def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, log=None) -> MultiData:
     """Validate every label (and image, per data.verify_images when check_images) first; raise one
-    DataError listing the problems, each with dataset, file and line; then build the data."""
+    DataError listing the problems, each with dataset, file and line; then build the data.
+
+    With `cache` (and data.cache not off), manifest and folder splits are read from their decoded-image
+    cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
+    (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
     report, sources = scan(cfg, cfg.data.verify_images if check_images else "none")
     on_bad = cfg.loss.on_bad_label
     space = LabelSpace.from_config(cfg)
@@ -337,4 +389,11 @@ def build_data(cfg: "Config", *, check_images: bool = True) -> MultiData:
                       f"skip, so they are dropped at run time and counted in Batch.dropped", stacklevel=2)
     train = [sources[(n, "train")] for n in space.names]
     val = {n: sources.get((n, "val")) for n in space.names}
-    return MultiData(cfg, space, train, val, report)
+    data = MultiData(cfg, space, train, val, report)
+    if cache and cfg.data.cache != "off":
+        reads = total_steps(cfg, data.train_size) * cfg.training.batch_size
+        summary = data.use_cache(build=cfg.data.cache != "auto" or reads >= data.train_size, log=log)
+        if log is not None and summary["read"] + summary["built"]:
+            log(f"data.cache: {summary['read'] + summary['built']} split(s) from {summary['directory']} "
+                f"({size_text(summary['bytes'])})")
+    return data

@@ -2,10 +2,11 @@
 
 Every image is a pure function of (seed, global class, split, index): a per-class random
 low-frequency prototype (GRID x GRID random values per channel, bilinearly upsampled to the image
-size) plus Gaussian pixel noise of std `noise`, mapped into [0, 1] pixel space. Nothing is stored
+size) plus Gaussian pixel noise of std `noise`, mapped into [0, 1] pixel space and quantised to
+uint8, as every source yields pixels. Nothing is stored
 per sample and only the tiny low-resolution prototypes are cached, so 2000 classes cost nothing
-until an image is asked for. `write_synthetic` writes the very same images (quantised to uint8
-PNG) with JSONL manifests and a training config, so files and in-memory data agree.
+until an image is asked for. `write_synthetic` writes the very same pixels as PNG files with
+JSONL manifests and a training config, so files and in-memory data agree bit for bit.
 """
 from __future__ import annotations
 
@@ -51,10 +52,10 @@ def synth_pixels(seed: int, global_class: int, split: str, index: int, size: int
     return (_BASE + PIXEL_SCALE * (up + noise * eps)).clamp_(0.0, 1.0)
 
 
-def synth_uint8(seed: int, global_class: int, split: str, index: int, size: int, noise: float) -> np.ndarray:
-    """The same image quantised for a file: uint8 [size,size,3]."""
+def synth_uint8(seed: int, global_class: int, split: str, index: int, size: int, noise: float) -> torch.Tensor:
+    """The same image quantised to pixels: uint8 [3,size,size] (what a loader yields and a file holds)."""
     x = synth_pixels(seed, global_class, split, index, size, noise)
-    return (x * 255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return (x * 255.0).round_().to(torch.uint8)
 
 
 class SyntheticSource:
@@ -83,10 +84,13 @@ class SyntheticSource:
     def where(self, i: int) -> str:
         return f"{self.display} #{i}"
 
+    def pixels(self, i: int) -> torch.Tensor:
+        """uint8 [3,S,S]: exactly the pixels of the PNG `write_synthetic` writes for this sample."""
+        return synth_uint8(self.seed, self.offset + i % self.num_classes, self.split, i, self.image_size,
+                           self.noise)
+
     def load(self, i: int) -> torch.Tensor:
-        x = synth_pixels(self.seed, self.offset + i % self.num_classes, self.split, i,
-                         self.image_size, self.noise)
-        return normalise(x)
+        return normalise(self.pixels(i))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -131,7 +135,7 @@ def write_synthetic(out_dir, scale: float = 1.0, *, per_class: int = 16, image_s
             lines = []
             for i in range(per * nc):
                 local = i % nc
-                arr = synth_uint8(seed, offset + local, split, i, image_size, noise)
+                arr = synth_uint8(seed, offset + local, split, i, image_size, noise).permute(1, 2, 0).numpy()
                 Image.fromarray(arr).save(img_dir / f"{i}.png", compress_level=1)
                 lines.append(json.dumps({"image": f"images/{name}/{split}/{i}.png", "label": local}))
             _write_atomic(out / f"{name}_{split}.jsonl", "\n".join(lines) + "\n")

@@ -228,8 +228,8 @@ class _Probe:
     def _forward(self, keep):
         images = torch.stack([self.train[d].load(i) for d, i, _, _ in keep])
         ds = [d for d, _, _, _ in keep]
-        batch = Batch(images, torch.tensor([g for *_, g in keep]), torch.tensor([lab for _, _, lab, _ in keep]),
-                      torch.tensor(ds), segments(ds)).to(self.trainer.device)
+        batch = self.trainer.input(Batch(images, torch.tensor([g for *_, g in keep]),
+                                         torch.tensor([lab for _, _, lab, _ in keep]), torch.tensor(ds), segments(ds)))
         logits, out = self.trainer.forward(batch)
         return batch, logits, out, out.per_sample.detach().float().cpu()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,37 @@ def synthetic_cfg(root: Path, sizes: dict[str, tuple[int, int]], **sections):
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path: Path, monkeypatch) -> Path:
+    """data.cache: auto writes under this test's own directory, never the user's ~/.cache."""
+    d = tmp_path / "image-cache"
+    monkeypatch.setenv("STABLESWEEP_CACHE_DIR", str(d))
+    return d
+
+
+def jpeg_manifest(root: Path, name: str, n: int, num_classes: int, *, size=(40, 30), split: str = "train") -> str:
+    """root/<name>_<split>.jsonl over n JPEGs of `size` (w, h), each its own noisy picture; label i % classes."""
+    rng = np.random.default_rng(zlib.crc32(f"{name}/{split}".encode()))
+    lines = []
+    for i in range(n):
+        rel = f"jpg/{name}/{split}/{i}.jpg"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(root / rel, quality=90)
+        lines.append(json.dumps({"image": rel, "label": i % num_classes}))
+    fname = f"{name}_{split}.jsonl"
+    (root / fname).write_text("\n".join(lines) + "\n")
+    return fname
+
+
+def jpeg_config(root: Path, sizes: dict[str, tuple[int, int]], *, val: int = 0, **sections):
+    """JPEG manifest datasets {name: (num_classes, train images)}, image_size 16, batch 8, 8 steps."""
+    dcs = {}
+    for name, (nc, n) in sizes.items():
+        dcs[name] = {"num_classes": nc, "train": jpeg_manifest(root, name, n, nc)}
+        if val:
+            dcs[name]["val"] = jpeg_manifest(root, name, val, nc, split="val")
+    defaults = {"training": {"steps": 8, "batch_size": 8}, "data": {"image_size": 16}}
+    return make_config(root, dcs, **{k: {**defaults.get(k, {}), **sections.get(k, {})}
+                                     for k in defaults.keys() | sections.keys()})

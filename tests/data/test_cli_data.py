@@ -26,3 +26,25 @@ def test_synth_then_check_then_break_a_label(tmp_path):
 def test_synth_bad_scale_is_exit_2(tmp_path):
     p = sweep("synth", "--out", str(tmp_path / "x"), "--scale", "0")
     assert p.returncode == 2 and "scale must be positive" in p.stderr
+
+
+def test_cache_then_bench_as_a_user_runs_them(tmp_path):
+    from .conftest import jpeg_config
+
+    cfg = jpeg_config(tmp_path, {"a": (3, 40), "b": (2, 24)}, val=6, model={"name": "small_cnn"},
+                      data={"cache": "cache"})
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml())
+    p = sweep("cache", str(tmp_path / "config.yaml"))
+    assert p.returncode == 0, p.stderr
+    assert f"cache: {tmp_path / 'cache'}: 4 split(s), 89.0 KiB; built 4 in" in p.stdout
+    assert "a train" in p.stderr + p.stdout  # the progress bar (tqdm on stderr, else printed lines)
+    p = sweep("cache", str(tmp_path / "config.yaml"))
+    assert p.returncode == 0 and "built 0 in" in p.stdout and "4 already there" in p.stdout
+    p = sweep("cache", str(tmp_path / "config.yaml"), "--set", "data.cache=off")
+    assert p.returncode == 2 and "data.cache is off" in p.stderr
+    p = sweep("bench", str(tmp_path / "config.yaml"), "--model", "--steps", "4", "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    for row in ("| input, decoding the files (cache cold) |", "| input, from the cache (warm) |",
+                "| training step, decoding the files (cache cold) |", "| training step, from the cache (warm) |"):
+        assert row in p.stdout
+    assert "training.num_workers is 0: the training process decodes the images itself" in p.stdout

@@ -6,7 +6,7 @@ import torch
 
 from stablesweep.data import DataError, ProblemKind, build_data, validate_labels
 from stablesweep.data.manifests import scan
-from stablesweep.data.mixing import Collate, LabelSpace, _MixedDataset
+from stablesweep.data.mixing import LabelSpace, _MixedDataset
 
 from .conftest import make_config, write_manifest, write_png
 
@@ -193,13 +193,12 @@ def test_runtime_guard_in_collate(root):
     cfg = make_config(root, {"d": _ds(tr, n=3)}, loss={"on_bad_label": "skip"})
     _, sources = scan(cfg)
     space = LabelSpace.from_config(cfg)
-    ds = _MixedDataset([sources[("d", "train")]])
-    items = [ds[0], ds[2], ds[1]]
     with pytest.raises(DataError, match=r"d: d_train.jsonl:3: label 3 is outside \[0, 3\)"):
-        Collate(ds, space, "error", 8)(items)
-    b = Collate(ds, space, "skip", 8)(items)
+        _MixedDataset([sources[("d", "train")]], space, "error", 8).__getitems__([0, 2, 1])
+    ds = _MixedDataset([sources[("d", "train")]], space, "skip", 8)
+    b = ds.__getitems__([0, 2, 1])
     assert b.dropped == 1 and b.local_labels.tolist() == [0, 1]
-    empty = Collate(ds, space, "skip", 8)([ds[2]])
+    empty = ds.__getitems__([2])
     assert empty.images.shape == (0, 3, 8, 8) and empty.segments == () and empty.dropped == 1
 
 
@@ -245,12 +244,12 @@ def test_imagefolder_corrupt_file_and_unknown_val_class(root):
                and "class folders not in the train split: zzz" in p.message for p in probs)
 
 
-def test_images_are_resized_rgb_float(root):
+def test_images_are_resized_rgb_uint8(root):
     (root / "m.jsonl").write_text('{"image": "big.png", "label": 0}\n{"image": "gray.png", "label": 1}\n')
     write_png(root / "big.png", size=40)
     from PIL import Image
     Image.new("L", (5, 9), 200).save(root / "gray.png")
     cfg = make_config(root, {"d": _ds("m.jsonl", n=2)}, data={"image_size": 12})
     b = next(build_data(cfg).train_batches(2, seed=0))
-    assert b.images.shape == (2, 3, 12, 12) and b.images.dtype == torch.float32
-    assert torch.isfinite(b.images).all()
+    assert b.images.shape == (2, 3, 12, 12) and b.images.dtype == torch.uint8
+    assert sorted(b.images.flatten(1).float().mean(1).tolist()) == [128.0, 200.0]  # gray -> RGB, 128 resized
