@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 
 from stablesweep.analysis.text import lr_text, num_text, text_order, value_text
-from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, py, short_key
+from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, STALLED, py, short_key
 
-COLORS = {STABLE: "#2ca02c", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
-MARKERS = {STABLE: "o", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
+COLORS = {STABLE: "#2ca02c", STALLED: "#ff7f0e", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
+MARKERS = {STABLE: "o", STALLED: "D", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
 CLIP_KEY = "training.max_grad_norm"
 PANEL_KEYS = ("training.precision", "loss.masking")
 
@@ -122,9 +122,10 @@ def objective_data(df: pd.DataFrame, lr_key: str = LR_KEY) -> ObjectiveInfo:
 def plot_lr_objective(info: ObjectiveInfo, path: str | Path) -> Path:
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    labels = {STABLE: "stable (final objective)", DIVERGED: "diverged (initial loss, stand-in)",
-              PRUNED: "pruned (objective when stopped)", ERROR: "error"}
-    for verdict in (STABLE, PRUNED, DIVERGED, ERROR):
+    labels = {STABLE: "stable (final objective)", STALLED: "stalled (final objective, did not learn)",
+              DIVERGED: "diverged (initial loss, stand-in)", PRUNED: "pruned (objective when stopped)",
+              ERROR: "error"}
+    for verdict in (STABLE, STALLED, PRUNED, DIVERGED, ERROR):
         if verdict not in info.series:
             continue
         xs, ys = info.series[verdict]

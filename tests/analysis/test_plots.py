@@ -114,3 +114,15 @@ def test_empty_figures_still_draw(tmp_path):
                     tmp_path / "region.png"))
     png(plot_lr_objective(ObjectiveInfo(series={}, lr_key="training.lr"), tmp_path / "objective.png"))
     png(plot_parallel(ParallelInfo(axes=[], lines=[]), tmp_path / "parallel.png"))
+
+
+def test_stalled_trials_get_their_own_marker_and_colour(tmp_path):
+    from stablesweep.analysis.plots import COLORS, MARKERS
+
+    df = pd.DataFrame([trial(0, 1e-6, "stalled", 2.9), trial(1, 1e-3, "stable", 0.6), trial(2, 1e-1, "diverged")])
+    assert len({MARKERS[v] for v in ("stable", "stalled", "diverged", "error")}) == 4
+    assert COLORS["stalled"] not in (COLORS["stable"], COLORS["diverged"])
+    info = objective_data(df)
+    assert info.series["stalled"] == ([1e-6], [2.9])
+    png(plot_lr_objective(info, tmp_path / "objective.png"))
+    png(plot_region(region_data(df), tmp_path / "region.png"))
