@@ -71,7 +71,7 @@ def test_only_top_and_by_margin():
 
 @pytest.mark.parametrize("kw, message", [
     ({"by": "loss"}, "--by loss: expected one of objective, margin"),
-    ({"only": "fine"}, "--only fine: expected one of stable, diverged, pruned, error"),
+    ({"only": "fine"}, "--only fine: expected one of stable, stalled, diverged, pruned, error"),
     ({"top": 0}, "--top 0: expected 1 or more"),
 ])
 def test_bad_options_are_input_errors(kw, message):
@@ -124,7 +124,7 @@ def test_unfinished_trials_are_counted_and_ranked_last_but_judge_nothing():
     s = sweep("s", [(1e-3, "stable", "slice"), (1e-2, "unfinished", "slice"), (1e-1, "diverged", "slice")],
               BASE, AXES, ["loss.masking"])
     cmp = compare([s])
-    assert cmp.sweeps[0].counts == {"stable": 1, "diverged": 1, "pruned": 0, "error": 0, "unfinished": 1}
+    assert cmp.sweeps[0].counts == {"stable": 1, "stalled": 0, "diverged": 1, "pruned": 0, "error": 0, "unfinished": 1}
     assert list(cmp.configs["verdict"]) == ["stable", "diverged", "unfinished"]
     (g,) = cmp.sweeps[0].region.groups
     assert sum(g.counts.values()) == 2
@@ -162,3 +162,15 @@ def test_sweep_data_defaults():
                      config={"training.steps": 80}).budget_steps == 20
     no_lr = SweepData(name="s", run_id="r", trials=trials.drop(columns=["training.lr"]))
     assert no_lr.lr_key is None
+
+
+def test_stalled_configs_are_never_listed_as_stable():
+    """A stall with the lowest loss of all still ranks after every stable config, and a setting
+    with only stalls is not `stable`."""
+    s = sweep("s", [(1e-6, "stalled", "slice"), (1e-3, "stable", "slice"), (1e-6, "stalled", "neg_inf")],
+              BASE, ["training.lr", "loss.masking"], ["loss.masking"])
+    s.trials.loc[0, "objective"] = 0.01
+    cmp = compare([s])
+    assert list(cmp.configs["verdict"]) == ["stable", "stalled", "stalled"]
+    assert SettingState("s", {"stalled": 1}, None, None, None, None, None).status == "unknown"
+    assert compare([s], only="stable").configs["verdict"].tolist() == ["stable"]
