@@ -115,6 +115,6 @@ def test_stalls_in_a_region_written_by_the_sweep_engine(healthy, tmp_path):
     (s,) = read_region(path).settings
     assert (s.min_stable_lr, s.min_failed_lr, s.stalled_below) == (1e-4, 3e-3, [1e-6])
     above = find(diagnose(healthy, ["training.lr=5e-3"], region=path), "lr.above_boundary")  # below 1e-1
-    assert "diverged or stalled above" in above.title and above.changes == {"training.lr": 1e-3}
+    assert "diverged or stalled above" in above.title and above.changes == {"training.lr": 1e-4}
     small = find(diagnose(healthy, ["training.lr=1e-6"], region=path), "lr.too_small")
-    assert small.severity == "warning" and small.changes == {"training.lr": 1e-3}
+    assert small.severity == "warning" and small.changes == {"training.lr": 1e-4}
