@@ -33,9 +33,7 @@ import yaml
 
 from stablesweep.vocab import (
     DIVERGED,
-    ERROR,
     LR_KEY,
-    PRUNED,
     SAFETY,
     STABLE,
     STALLED,
