@@ -205,8 +205,10 @@ def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, in
     lo, hi = s.max_stable, s.min_failed
     if lo is None or hi is None or k < 1:
         return []
-    return [(lr, base_seed + i) for lr in replicate_lrs(lo, hi) for i in range(k)
-            if not (i == 0 and s.has(lr))]
+    # the ends exactly as probed (a rounding of the geometric points would split the evidence per lr)
+    lrs = [next((p.lr for p in s.tested if math.isclose(p.lr, lr, rel_tol=1e-9)), lr)
+           for lr in replicate_lrs(lo, hi)]
+    return [(lr, base_seed + i) for lr in lrs for i in range(k) if not (i == 0 and s.has(lr))]
 
 
 def boundary_runs(s: Setting, base_seed: int) -> list:

@@ -149,6 +149,7 @@ def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
     assert all(lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9) for lr, _ in reps)
     assert sorted({seed for _, seed in reps}) == [0, 1, 2, 3]
     assert (lo, 0) not in reps and (hi, 0) not in reps and len(reps) == 3 * 4 - 2
+    assert {lr for lr, _ in reps} >= {lo, hi}  # the ends exactly, so evidence per lr is not split
     for lr, seed in reps:
         s.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
     assert (s.max_stable, s.min_failed) == (lo, hi)  # replicates never move the bracket

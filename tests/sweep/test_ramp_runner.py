@@ -124,6 +124,7 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
     assert x["replicates"] == len(s.replicates) == 4 and {p.seed for p in s.replicates} == {0, 1}
     assert all(s.max_stable * 0.999 <= p.lr <= s.min_failed * 1.001 for p in s.replicates)
     assert x["replicate_flops"] > 0 and x["train_flops"] > 0 and x["evidence"]
+    assert len({e["lr"] for e in x["evidence"]}) == len(x["evidence"])
     assert x["recommended_lr"] == pytest.approx(recommended_lr(
         x["max_stable_lr"], max_stable=x["max_stable_lr"], min_diverged=x["min_failed_lr"], at_risk=x["lr_at_5pct_risk"]))
     assert (res.ramp_dir / "ramp_boundary.png").stat().st_size > 1000
