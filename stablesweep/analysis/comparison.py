@@ -11,7 +11,8 @@ Terms:
   in that setting diverged: the boundary was not found.
 - The *status* of a setting in a sweep: `stable` (stable trials, none diverged), `mixed` (both:
   the boundary lies between its largest stable and smallest diverged lr), `unstable` (diverged
-  trials, none stable), `unknown` (only pruned or errored trials). Between consecutive sweeps a
+  trials, none stable), `unknown` (only stalled, pruned or errored trials). A stalled trial never
+  counts as stable: it is ranked after every stable config. Between consecutive sweeps a
   setting *became stable*, *became unstable*, got *more* or *less stable*, or stayed the *same*.
   A change that only reflects a different lr range is flagged in its `note`.
 """
@@ -31,6 +32,7 @@ from stablesweep.vocab import (
     LR_KEY,
     PRUNED,
     STABLE,
+    STALLED,
     UNFINISHED,
     VERDICTS,
     InputError,
@@ -41,7 +43,8 @@ from stablesweep.vocab import (
 )
 
 BY = ("objective", "margin")
-_VERDICT_ORDER = {STABLE: 0, PRUNED: 1, DIVERGED: 2, ERROR: 3, UNFINISHED: 4}
+# stable first; a stalled trial (finite, did not learn) comes after every stable one, whatever its loss
+_VERDICT_ORDER = {STABLE: 0, STALLED: 1, PRUNED: 2, DIVERGED: 3, ERROR: 4, UNFINISHED: 5}
 _STATUS_ORDER = {"unstable": 0, "mixed": 1, "stable": 2}
 
 

@@ -24,7 +24,7 @@ from stablesweep.analysis.text import lr_text, num_text, text_order, value_text
 from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, STALLED, py, short_key
 
 COLORS = {STABLE: "#2ca02c", STALLED: "#ff7f0e", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
-MARKERS = {STABLE: "o", STALLED: "v", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
+MARKERS = {STABLE: "o", STALLED: "D", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
 BOUNDARY = "#ffbf00"  # the shading between the largest stable and the smallest diverged lr
 CLIP_KEY = "training.max_grad_norm"
 PANEL_KEYS = ("training.precision", "loss.masking")
@@ -290,3 +290,55 @@ def _is_num(s: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+# ---- the boundary as a probability: P(fails | lr) per setting (the ramp with --replicates) ------------
+
+@dataclass
+class BoundaryInfo:
+    panels: list[dict]  # per setting: label, points [(lr, failures, runs)], curve ([lr], [p]), lr_at_risk, lr_at_50
+
+
+def boundary_data(labels: list[str], fits: list[tuple]) -> BoundaryInfo:
+    """Per setting, the observed failure fraction at each lr (the replicates) and the fitted
+    curve; `fits`: what `boundary.fit_boundary` returned for each setting."""
+    import numpy as np
+
+    panels = []
+    for label, (b, fit) in zip(labels, fits):
+        points = [(e["lr"], e["failures"], e["runs"]) for e in b.evidence]
+        curve = ([], [])
+        if fit is not None and points:
+            lrs = np.geomspace(min(p[0] for p in points) / 2, max(p[0] for p in points) * 2, 60)
+            curve = (lrs.tolist(), [float(v) for v in fit.p_fail(lrs)])
+        panels.append({"label": label, "points": points, "curve": curve, "lr_at_risk": b.lr_at_risk,
+                       "lr_at_50": b.lr_at_50, "risk": b.risk, "note": b.note})
+    return BoundaryInfo(panels)
+
+
+def plot_boundary(info: BoundaryInfo, path: str | Path, budget: int | None = None) -> Path:
+    plt = _matplotlib()
+    n = max(1, len(info.panels))
+    fig, axes = plt.subplots(n, 1, figsize=(6.4, 2.6 * n), squeeze=False)
+    for ax, panel in zip(axes.flat, info.panels or [{"label": "no settings", "points": [], "curve": ([], [])}]):
+        if panel["points"]:
+            lrs, fails, runs = zip(*panel["points"])
+            ax.scatter(lrs, [f / r for f, r in zip(fails, runs)], s=[20 + 12 * r for r in runs],
+                       color=COLORS[DIVERGED], alpha=0.8, label="failed fraction (size: runs)", zorder=3)
+        if panel["curve"][0]:
+            ax.plot(*panel["curve"], color="k", lw=1.2, label="fitted P(fails | lr)")
+        for key, ls, name in (("lr_at_risk", "--", f"lr at {100 * panel.get('risk', 0.05):.0f}% risk"),
+                              ("lr_at_50", ":", "lr at 50%")):
+            if panel.get(key):
+                ax.axvline(panel[key], color=COLORS[STABLE], ls=ls, lw=1.0, label=name)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("P(fails)")
+        ax.set_title(panel["label"] + (f" ({panel['note']})" if panel.get("note") else ""), fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes.flat[-1].set_xlabel("learning rate (log)" + (f"; budget {budget} steps" if budget else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

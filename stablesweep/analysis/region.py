@@ -1,15 +1,18 @@
 """The stable region: a plain table of trials in, tables, figures and a recommended config out.
 
 No Ray, no MLflow: one row a trial, with its params as columns named by their dotted config key
-(`training.lr`, `loss.masking`, ...) and the columns `verdict` (stable | diverged | pruned |
-error), `objective`, `initial_loss`, `steps`, `budget_steps`, `trial_id`.
+(`training.lr`, `loss.masking`, ...) and the columns `verdict` (stable | stalled | diverged |
+pruned | error), `objective`, `initial_loss`, `steps`, `budget_steps`, `trial_id`.
 
-Per combination of the categorical axes (lr excluded) it reports the verdict counts, the bracket
-of the stability boundary (the largest lr seen stable, the smallest seen diverged), the best
-objective and its config, and the LR sensitivity of Wortsman et al. (2023), "Small-scale proxies
+Per combination of the categorical axes (lr excluded) it reports the verdict counts, the stable
+band (the smallest and largest lr that trained), the smallest lr seen diverged, which side of the
+band each stalled trial lies on (below: the lr is too small to learn in the budget; above: the
+edge of stability, finite but no longer learning), the best objective and its config, and the LR sensitivity of Wortsman et al. (2023), "Small-scale proxies
 for large-scale Transformer training instabilities": E over the sampled lrs of
 min(L(lr), L0) - min over lrs of L(lr), where L is the final loss (the trial's objective: the mean
-eval loss at the end of a stable run) and L0 the initial loss; a diverged trial counts as L0.
+eval loss at the end of a stable or stalled run) and L0 the initial loss; a diverged trial counts
+as L0. A stalled trial never counts as stable: not in the band, the best setting, nor
+recommended.yaml.
 A pruned trial was stable only up to the step where the scheduler stopped it: it never counts as
 stable (nor in the sensitivity, which needs a final loss). Every number holds for the step budget
 the trials ran, and says so.
@@ -30,11 +33,10 @@ import yaml
 
 from stablesweep.vocab import (
     DIVERGED,
-    ERROR,
     LR_KEY,
-    PRUNED,
     SAFETY,
     STABLE,
+    STALLED,
     VERDICTS,
     finite,
     format_value,
@@ -51,7 +53,7 @@ class Group:
 
     key: dict[str, Any]
     counts: dict[str, int]
-    max_stable_lr: float | None
+    max_stable_lr: float | None  # the stable band: [min_stable_lr, max_stable_lr], the lrs that trained
     min_diverged_lr: float | None
     bracket_ok: bool | None  # max stable < min diverged (None when either is missing)
     best_objective: float | None
@@ -60,7 +62,12 @@ class Group:
     lr_sensitivity: float | None
     sensitivity_n: int
     budget_steps: int | None
-    recommended_lr: float | None = None  # its best stable lr, at most SAFETY x min_diverged_lr
+    recommended_lr: float | None = None  # its best stable lr, at most SAFETY x the edge (min_failed_lr)
+    min_stable_lr: float | None = None
+    stalled_below: list[float] = field(default_factory=list)  # stalls below the band: lr too small
+    stalled_above: list[float] = field(default_factory=list)  # stalls above the band: the edge
+    stalled_inside: list[float] = field(default_factory=list)  # stalls inside the band (noise), or no band
+    min_failed_lr: float | None = None  # the edge: the smallest lr that diverged or stalled above the band
 
     @property
     def label(self) -> str:
@@ -91,7 +98,9 @@ class Region:
         for g in self.groups:
             row = {short_key(k): _fmt(v) for k, v in g.key.items()}
             row.update({v: g.counts.get(v, 0) for v in VERDICTS})
-            row.update({"max stable lr": g.max_stable_lr, "min diverged lr": g.min_diverged_lr,
+            row.update({"min stable lr": g.min_stable_lr, "max stable lr": g.max_stable_lr,
+                        "min diverged lr": g.min_diverged_lr,
+                        "stalled below": len(g.stalled_below), "stalled above": len(g.stalled_above),
                         "best objective": g.best_objective,
                         "best lr": (g.best_params or {}).get(self.lr_key) if self.lr_key else None,
                         "lr sensitivity": g.lr_sensitivity})
@@ -104,7 +113,7 @@ class Region:
         if t.empty:
             return "(no trials)"
         shown = t.copy()
-        for c in ("max stable lr", "min diverged lr", "best lr"):
+        for c in LR_COLUMNS:
             shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.2e}")
         for c in ("best objective", "lr sensitivity"):
             shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.4g}")
@@ -115,9 +124,10 @@ class Region:
         lines = [f"# {title}", "",
                  f"Budget: **{self.budget_steps} steps** per trial. Every verdict here holds for this budget: "
                  "a run stable for this many steps may still diverge later.", "",
-                 f"Trials: {sum(c.values())} (stable {c.get(STABLE, 0)}, diverged {c.get(DIVERGED, 0)}, "
-                 f"pruned {c.get(PRUNED, 0)}, error {c.get(ERROR, 0)}). Pruned trials were stopped early by "
-                 "the scheduler for poor (finite) progress and do not count as stable.", "",
+                 f"Trials: {sum(c.values())} ({_counts_text(c)}). Pruned trials were stopped early by "
+                 "the scheduler for poor (finite) progress and do not count as stable; stalled trials ran "
+                 "their budget finite but their loss did not fall enough (monitor.min_progress): they do not "
+                 "count as stable either.", "",
                  "## Per combination", ""]
         t = self.table()
         if not t.empty:
@@ -128,7 +138,7 @@ class Region:
                 cells = []
                 for col in cols:
                     v = r[col]
-                    if col in ("max stable lr", "min diverged lr", "best lr"):
+                    if col in LR_COLUMNS:
                         cells.append("-" if v is None or _isnan(v) else f"{v:.2e}")
                     elif col in ("best objective", "lr sensitivity"):
                         cells.append("-" if v is None or _isnan(v) else f"{v:.4g}")
@@ -136,7 +146,10 @@ class Region:
                         cells.append(str(v))
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
-            lines.append("The bracket of the stability boundary lies between *max stable lr* and *min diverged lr*. "
+            lines.append("The stable band runs from *min stable lr* to *max stable lr* (the lrs that trained); the "
+                         "bracket of the stability boundary lies between *max stable lr* and *min diverged lr*. "
+                         "*stalled below*: trials that stalled below the band (the lr is too small to learn in "
+                         "the budget); *stalled above*: stalled above it (the edge: finite, no longer learning). "
                          "LR sensitivity (Wortsman et al. 2023): mean over the sampled lrs of "
                          "min(final loss, initial loss) minus the best final loss; a diverged trial counts as "
                          "its initial loss.")
@@ -148,8 +161,8 @@ class Region:
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
                       ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.recommended.items()), "",
-                      f"lr is at most {SAFETY}x the smallest diverged lr of its combination "
-                      "(or its largest stable lr where none diverged).", ""]
+                      f"lr is at most {SAFETY}x the smallest lr of its combination that diverged or stalled "
+                      "above the band (or its largest stable lr where none did).", ""]
         if self.importance:
             lines += [f"## What drives divergence ({self.importance_method})", "",
                       "| param | importance |", "|---|---|"]
@@ -229,12 +242,19 @@ def _groupby(df: pd.DataFrame, keys: list[str]):
 
 def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[str]) -> Group:
     counts = {v: int((sub["verdict"] == v).sum()) for v in VERDICTS}
-    max_stable = min_div = None
+    min_stable = max_stable = min_div = min_failed = None
+    below, above, inside = [], [], []
     if lr_key:
         st = sub.loc[sub["verdict"] == STABLE, lr_key].dropna()
         dv = sub.loc[sub["verdict"] == DIVERGED, lr_key].dropna()
-        max_stable = float(st.max()) if len(st) else None
+        min_stable, max_stable = (float(st.min()), float(st.max())) if len(st) else (None, None)
         min_div = float(dv.min()) if len(dv) else None
+        for lr in sorted(float(x) for x in sub.loc[sub["verdict"] == STALLED, lr_key].dropna()):
+            side = (inside if max_stable is None or min_stable <= lr <= max_stable
+                    else below if lr < min_stable else above)
+            side.append(lr)
+        failed = [x for x in (min_div, *above) if x is not None]
+        min_failed = min(failed) if failed else None
     ok = None if max_stable is None or min_div is None else bool(max_stable < min_div)
     best_obj = best_trial = best_params = None
     st = sub[(sub["verdict"] == STABLE) & sub["objective"].map(lambda v: finite(v) is not None)]
@@ -244,10 +264,12 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
         best_params = {k: py(row[k]) for k in params}
     sens, n = lr_sensitivity(sub)
     rec = recommended_lr(finite(best_params.get(lr_key)) if lr_key and best_params else None,
-                         max_stable=max_stable, min_diverged=min_div)
+                         max_stable=max_stable, min_diverged=min_failed)
     return Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
                  best_objective=best_obj, best_trial=best_trial, best_params=best_params,
-                 lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec)
+                 lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec,
+                 min_stable_lr=min_stable, stalled_below=below, stalled_above=above, stalled_inside=inside,
+                 min_failed_lr=min_failed)
 
 
 def lr_margins(df: pd.DataFrame, region: Region) -> pd.Series:
@@ -265,12 +287,12 @@ def lr_margins(df: pd.DataFrame, region: Region) -> pd.Series:
 
 def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
     """Wortsman et al. (2023): mean over trials of min(L, L0) minus min over trials of L, where a
-    diverged trial's L is its initial loss L0. Only trials with a verdict (stable or diverged)
-    count; None with fewer than two."""
+    diverged trial's L is its initial loss L0. Only trials with a verdict (stable, stalled: a real
+    final loss, or diverged) count; None with fewer than two."""
     losses = []
     for _, r in sub.iterrows():
         l0 = finite(r.get("initial_loss"))
-        if r["verdict"] == STABLE:
+        if r["verdict"] in (STABLE, STALLED):
             final = finite(r.get("objective"))
             if final is None:
                 continue
@@ -384,15 +406,15 @@ def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
     lines = [
         "# recommended.yaml: written by `stablesweep sweep` on "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"# From {sum(c.values())} trials (stable {c.get(STABLE, 0)}, diverged {c.get(DIVERGED, 0)}, "
-        f"pruned {c.get(PRUNED, 0)}, error {c.get(ERROR, 0)}): the best stable trial "
+        f"# From {sum(c.values())} trials ({_counts_text(c)}): the best stable trial "
         f"{region.best['trial_id']} (objective {region.best['objective']:.4g}).",
     ]
     if region.lr_key and region.lr_key in region.best["params"]:
         best_lr = region.best["params"][region.lr_key]
-        if group is not None and group.min_diverged_lr is not None:
-            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_diverged_lr:.3g}, the smallest "
-                         f"lr that diverged with {group.label}) = {region.recommended[region.lr_key]:.3g}.")
+        if group is not None and group.min_failed_lr is not None:
+            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_failed_lr:.3g}, the smallest "
+                         f"lr that diverged or stalled above the stable band with {group.label}) = "
+                         f"{region.recommended[region.lr_key]:.3g}.")
         elif group is not None and group.max_stable_lr is not None:
             lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.max_stable_lr:.3g}, the largest stable lr "
                          f"with {group.label}) = {region.recommended[region.lr_key]:.3g}: no trial diverged there, "
@@ -433,6 +455,13 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
 
 
 # ---- small helpers ----------------------------------------------------------------------------
+
+LR_COLUMNS = ("min stable lr", "max stable lr", "min diverged lr", "best lr")
+
+
+def _counts_text(c: dict[str, int]) -> str:
+    return ", ".join(f"{v} {c.get(v, 0)}" for v in VERDICTS)
+
 
 def _budget(df: pd.DataFrame) -> int | None:
     for col in ("budget_steps", "steps"):

@@ -30,8 +30,17 @@ diverges, then the bracket [last stable, first diverged] is bisected in log spac
 is at most --resolution. The climb gallops by default (rungs 1, 2, 4, 8, 16... of the ladder and
 its top: six decades in about six probes, as stable probes are the costly ones); in continue mode,
 or with --climb step, it tries every rung. Each probe is a real short training run (--steps)
-judged by the same monitor as `train` and `sweep`: verdicts hold for that budget. Settings that never diverge up to
---lr-stop, or diverge already at --lr-start, are reported as such.
+judged by the same monitor as `train` and `sweep`: verdicts hold for that budget. A probe that
+stalls (finite, but its loss fell less than monitor.min_progress) is no rung to climb from: below
+the stable band the lr is too small, above it the stall ends the bracket as a divergence does.
+Settings that never diverge up to --lr-stop, diverge already at --lr-start, or never train, are
+reported as such.
+
+With --replicates K, each bracketed setting then runs K seeds at the lrs inside its bracket and at
+its ends (only there), P(fails | lr) is fitted per setting, and ramp.json/md give the lr at 5%
+risk with an interval, the lr at 50%, the evidence and the replicates' FLOPs next to the ramp's;
+the recommended lr is at most --safety x the 5%-risk lr. With K=1 the output says the boundary is
+a single-seed estimate.
 
 Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
 --safety), and Tune's rounds in OUT/NAME/tune; logs a parent MLflow run with one child run a probe
@@ -88,6 +97,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mlflow", default=None, metavar="URI", help="MLflow tracking URI (default sqlite:///DIR/mlflow.db)")
     p.add_argument("--name", default=None, help="ramp name (default: CONFIG-ramp-TIMESTAMP)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")
+    p.add_argument("--replicates", type=int, default=0, metavar="K",
+                   help="after bracketing, run K seeds (training.seed + 0..K-1) at the lrs inside each bracket "
+                        "and at its ends, fit P(fails | lr) per setting and recommend from the lr at 5%% risk "
+                        "(writes ramp_boundary.png; default 0: none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     p.set_defaults(func=run)

@@ -28,6 +28,9 @@ class MeasuredSetting:
     min_diverged_lr: float | None
     recommended_lr: float | None
     budget_steps: int | None
+    min_stable_lr: float | None = None  # the bottom of the stable band
+    min_failed_lr: float | None = None  # the smallest lr that diverged or stalled above the band (the edge)
+    stalled_below: list[float] | None = None  # lrs that stalled below the band: too small to learn
 
 
 @dataclass
@@ -56,7 +59,9 @@ def read_region(path: str | Path) -> MeasuredRegion:
 
     Tolerant: a list of settings under `groups`, `settings` or `results` (or a mapping of label ->
     setting), each with its categorical axes under `key` / `setting` / `params` / `group` and
-    `max_stable_lr`, optionally `min_diverged_lr`, `recommended_lr`, `budget_steps` (or `steps`).
+    `max_stable_lr`, optionally `min_diverged_lr`, `recommended_lr`, `budget_steps` (or `steps`),
+    and the stall fields `min_stable_lr`, `min_failed_lr`, `stalled_below` (files written before
+    the `stalled` verdict have none: the edge is then the smallest diverged lr).
     Anything else is an InputError that says what was expected.
     """
     p = Path(path)
@@ -109,4 +114,6 @@ def _setting(p: Path, i: int, e: Any, lr_key: str, top_budget: int | None) -> Me
     budget = _int(e.get("budget_steps", e.get("budget", e.get("steps_per_probe", e.get("steps")))))
     return MeasuredSetting(key=key, label=label, max_stable_lr=finite(e.get("max_stable_lr")),
                            min_diverged_lr=finite(e.get("min_diverged_lr")),
-                           recommended_lr=finite(e.get("recommended_lr")), budget_steps=budget or top_budget)
+                           recommended_lr=finite(e.get("recommended_lr")), budget_steps=budget or top_budget,
+                           min_stable_lr=finite(e.get("min_stable_lr")), min_failed_lr=finite(e.get("min_failed_lr")),
+                           stalled_below=[x for x in map(finite, e.get("stalled_below") or []) if x is not None])

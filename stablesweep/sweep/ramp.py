@@ -12,6 +12,16 @@ so a boundary six decades up is reached in about six probes instead of eighteen;
 that follows narrows the wider bracket in log space, a halving a probe. Stable probes cost a whole
 budget and diverged ones stop early, so skipping the stable rungs is where the compute goes down.
 
+A stalled probe (finite, but its loss did not fall enough: `monitor.min_progress`) is not a rung
+to climb from. Below every stable probe it means the lr is too small (climb on past it); above a
+stable probe (above the band) it is the edge, as a divergence is. The bracket lies between the largest lr that
+trained and the smallest that did not (diverged, or stalled above a stable lr).
+
+With `--replicates K`, once a setting is bracketed, K seeds run at `analysis.boundary.
+replicate_lrs(max stable, min failed)` (inside the bracket and at its ends; a (lr, seed) pair the
+bracket already ran is not run again), and P(fails | lr) is fitted over all its probes: the lr at
+5% risk then sets the recommended lr. Replicates never move the single-seed bracket.
+
 This module is the planner: plain data in, the next probes out, no Ray. `stablesweep.sweep.
 ramp_runner` runs the probes as Tune trials and logs them.
 """
@@ -21,14 +31,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stablesweep.vocab import recommended_lr
+from stablesweep.vocab import DIVERGED, STABLE, STALLED, recommended_lr
 
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
 
 # status of a setting
-RUNNING, BRACKETED, NEVER_DIVERGED, DIVERGED_AT_START, FAILED = (
-    "running", "bracketed", "never_diverged", "diverged_at_start", "error")
+RUNNING, BRACKETED, NEVER_DIVERGED, DIVERGED_AT_START, NEVER_TRAINED, FAILED = (
+    "running", "bracketed", "never_diverged", "diverged_at_start", "never_trained", "error")
 
 
 def ladder(start: float, stop: float, kind: str = "1-2-5") -> list[float]:
@@ -72,18 +82,19 @@ def range_test_lr(lr_start: float, lr_stop: float, steps: int, step: int) -> flo
 @dataclass
 class Probe:
     lr: float
-    verdict: str  # stable | diverged | error
+    verdict: str  # stable | stalled | diverged | error
     reason: str | None = None
     first_bad_step: int = -1
     steps: int = 0
     train_flops: float = 0.0
     wall_s: float = 0.0
-    phase: str = "ladder"  # ladder | bisect | verify | range-test
+    phase: str = "ladder"  # ladder | bisect | verify | range-test | replicate
     objective: float = math.nan
     start_step: int = 0  # continue mode: the step the warm start began at
     checkpoint: str | None = None  # continue mode: where this probe's last state lies (path or URI)
     trial_id: str | None = None
     node_id: str | None = None  # the Ray node it ran on
+    seed: int | None = None  # training.seed of a replicate (None: the config's seed)
 
 
 @dataclass
@@ -101,43 +112,110 @@ class Setting:
     # -- what is known ------------------------------------------------------------------------
     @property
     def tested(self) -> list[Probe]:
-        return [p for p in self.probes if p.phase != "range-test"]
+        """The probes of the bracket (not the range test, not the replicates)."""
+        return [p for p in self.probes if p.phase not in ("range-test", "replicate")]
+
+    @property
+    def replicates(self) -> list[Probe]:
+        return [p for p in self.probes if p.phase == "replicate"]
+
+    def _lrs(self, verdict: str) -> list[float]:
+        return sorted(p.lr for p in self.tested if p.verdict == verdict)
 
     @property
     def min_diverged(self) -> float | None:
-        d = [p.lr for p in self.tested if p.verdict == "diverged"]
-        return min(d) if d else None
+        d = self._lrs(DIVERGED)
+        return d[0] if d else None
+
+    @property
+    def stalled_above(self) -> list[float]:
+        """Stalls above the stable band: the edge of stability (finite, no longer learning). As in
+        `analysis.boundary.failures`; a stall inside the band is noise and bounds nothing."""
+        st = self._lrs(STABLE)
+        return [x for x in self._lrs(STALLED) if st and x > st[-1]]
+
+    @property
+    def stalled_below(self) -> list[float]:
+        """Stalls below every stable lr (or with none yet): the lr is too small to learn."""
+        st = self._lrs(STABLE)
+        return [x for x in self._lrs(STALLED) if not st or x < st[0]]
+
+    @property
+    def min_failed(self) -> float | None:
+        """The smallest lr that did not train: diverged, or stalled above a stable lr."""
+        f = [x for x in (self.min_diverged, *self.stalled_above) if x is not None]
+        return min(f) if f else None
+
+    @property
+    def min_stable(self) -> float | None:
+        st = self._lrs(STABLE)
+        return st[0] if st else None
 
     @property
     def max_stable(self) -> float | None:
-        """The largest stable lr below the smallest diverged one (a stable probe above a
-        diverged one, which noise near the boundary can give, does not widen the bracket)."""
-        hi = self.min_diverged
-        s = [p.lr for p in self.tested if p.verdict == "stable" and (hi is None or p.lr < hi)]
-        return max(s) if s else None
+        """The largest stable lr below the smallest failed one (a stable probe above a failed
+        one, which noise near the boundary can give, does not widen the bracket)."""
+        hi = self.min_failed
+        s = [x for x in self._lrs(STABLE) if hi is None or x < hi]
+        return s[-1] if s else None
 
     def last_stable_probe(self) -> Probe | None:
         lo = self.max_stable
-        return next((p for p in self.tested if p.lr == lo and p.verdict == "stable"), None)
+        return next((p for p in self.tested if p.lr == lo and p.verdict == STABLE), None)
 
     def has(self, lr: float) -> bool:
         return any(math.isclose(p.lr, lr, rel_tol=1e-9) for p in self.tested)
 
-    def summary(self, safety: float) -> dict[str, Any]:
-        lo, hi = self.max_stable, self.min_diverged
+    def summary(self, safety: float, boundary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything known of the setting; `boundary` (`analysis.boundary.Boundary.to_dict()` of
+        its probes and replicates) adds the probability boundary and makes its 5%-risk lr the edge."""
+        lo, hi = self.max_stable, self.min_failed
+        at_risk = boundary["lr_at_risk"] if boundary else None
+        extra = {} if boundary is None else {
+            "lr_at_5pct_risk": at_risk, "lr_at_5pct_risk_interval": boundary["lr_at_risk_interval"],
+            "lr_at_50pct": boundary["lr_at_50"], "evidence": boundary["evidence"],
+            "single_seed": boundary["single_seed"], "boundary_note": boundary["note"],
+            "replicates": len(self.replicates),
+            "replicate_flops": sum(p.train_flops for p in self.replicates),
+            "replicate_compute_s": sum(p.wall_s for p in self.replicates)}
+        plain = [p for p in self.probes if p.phase != "replicate"]
         return {
             "setting": self.key, "params": self.params, "status": self.status,
-            "max_stable_lr": lo, "min_diverged_lr": hi,
+            "min_stable_lr": self.min_stable, "max_stable_lr": lo, "min_diverged_lr": self.min_diverged,
+            "min_failed_lr": hi, "stalled_below": self.stalled_below, "stalled_above": self.stalled_above,
             "ratio": (hi / lo) if lo and hi else None,
-            "recommended_lr": recommended_lr(lo, max_stable=lo, min_diverged=hi, safety=safety),
+            "recommended_lr": recommended_lr(lo, max_stable=lo, min_diverged=hi, safety=safety, at_risk=at_risk),
             "probes": len(self.tested) + (1 if self.range_test else 0),
-            "compute_s": sum(p.wall_s for p in self.probes) + (self.range_test.wall_s if self.range_test else 0),
-            "train_flops": sum(p.train_flops for p in self.probes)
+            "compute_s": sum(p.wall_s for p in plain) + (self.range_test.wall_s if self.range_test else 0),
+            "train_flops": sum(p.train_flops for p in plain)
             + (self.range_test.train_flops if self.range_test else 0),
             "budget_steps": max((p.steps - p.start_step for p in self.tested), default=0),
             "range_test": asdict(self.range_test) if self.range_test else None,
             "probe_list": [asdict(p) for p in self.probes],
+            **extra,
         }
+
+
+def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, int]]:
+    """The (lr, seed) replicates of a bracketed setting: seeds base_seed .. base_seed + k - 1 at
+    `replicate_lrs(max stable, min failed)`, less those the bracket already ran (its probes ran
+    at base_seed). [] when the setting has no bracket."""
+    from stablesweep.analysis.boundary import replicate_lrs
+
+    lo, hi = s.max_stable, s.min_failed
+    if lo is None or hi is None or k < 1:
+        return []
+    # the ends exactly as probed (a rounding of the geometric points would split the evidence per lr)
+    lrs = [next((p.lr for p in s.tested if math.isclose(p.lr, lr, rel_tol=1e-9)), lr)
+           for lr in replicate_lrs(lo, hi)]
+    return [(lr, base_seed + i) for lr in lrs for i in range(k) if not (i == 0 and s.has(lr))]
+
+
+def boundary_runs(s: Setting, base_seed: int) -> list:
+    """Every probe of the setting's fixed-lr runs (bracket and replicates) as `boundary.Run`s."""
+    from stablesweep.analysis.boundary import Run
+
+    return [Run(p.lr, p.verdict, base_seed if p.seed is None else p.seed) for p in s.tested + s.replicates]
 
 
 def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[float, str]]:
@@ -148,19 +226,26 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
     if any(p.verdict == "error" for p in s.tested):
         s.status = FAILED
         return []
-    lo, hi = s.max_stable, s.min_diverged
+    lo, hi = s.max_stable, s.min_failed
     first = s.rungs[0]
-    if hi is None:  # climbing: the next untested rungs above the last stable one
-        up = [r for r in _climb_rungs(s) if (lo is None or r > lo * (1 + 1e-9)) and not s.has(r)]
+    # stalls below any stable lr: the lr is too small, so nothing at or below them is worth a probe
+    floor = max(s.stalled_below, default=None) if lo is None else None
+    if hi is None:  # climbing: the next untested rungs above the last stable one (or the last stall)
+        base = lo if lo is not None else floor
+        up = [r for r in _climb_rungs(s) if (base is None or r > base * (1 + 1e-9)) and not s.has(r)]
         if not up:
-            s.status = NEVER_DIVERGED
+            s.status = NEVER_DIVERGED if lo is not None else NEVER_TRAINED
             return []
         return [(r, "ladder") for r in up[:parallel]]
-    if lo is None:  # nothing stable below the first diverged lr: step down the ladder
+    if lo is None:  # nothing trained below the first failed lr: step down the ladder (above any stall)
         if hi <= first * (1 + 1e-9):
             s.status = DIVERGED_AT_START
             return []
-        down = [r for r in s.rungs if r < hi * (1 - 1e-9) and not s.has(r)]
+        down = [r for r in s.rungs if r < hi * (1 - 1e-9) and (floor is None or r > floor * (1 + 1e-9))
+                and not s.has(r)]
+        if not down:
+            s.status = NEVER_TRAINED  # every lr tried either stalled (too small) or diverged
+            return []
         return [(r, "ladder") for r in sorted(down, reverse=True)[:parallel]]
     if hi / lo <= resolution * (1 + 1e-9):
         s.status = BRACKETED

@@ -3,8 +3,10 @@
 Layout, under `--out` (default runs/ramps):
 
     OUT/mlflow.db                   MLflow store (a parent run per ramp, a child run per probe)
-    OUT/NAME/ramp.json, ramp.md     per setting: max stable lr, min diverged lr, recommended lr, probes, compute
+    OUT/NAME/ramp.json, ramp.md     per setting: the stable band, min diverged lr, min failed lr (diverged or
+                                    stalled above the band), the stalls, recommended lr, probes, compute
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
+    OUT/NAME/ramp_boundary.png      with --replicates: P(fails | lr) per setting, points at the replicates
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
     OUT/NAME/tune/round_NNN/        Tune's experiment of each round: probe results and checkpoints
 
@@ -28,6 +30,8 @@ from typing import Any, Callable
 import yaml
 from ray.tune.search import Searcher
 
+from stablesweep.analysis.boundary import fit_boundary
+from stablesweep.analysis.plots import boundary_data, plot_boundary
 from stablesweep.config import ConfigError, load_config
 from stablesweep.sweep.cluster import (
     check_run_options,
@@ -43,8 +47,10 @@ from stablesweep.sweep.ramp import (
     RUNNING,
     Probe,
     Setting,
+    boundary_runs,
     ladder,
     next_probes,
+    replicate_probes,
     seed_from_range_test,
 )
 from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
@@ -56,7 +62,7 @@ MODES = ("restart", "continue")
 # the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
 _REPORTED = ("loss", "last_loss", "grad_norm", "max_grad_norm_seen", "nonfinite_steps", "overflow_steps",
              "train_flops", "samples_per_s", "lr", "progress", "initial_loss", "flops_per_step", "budget_steps")
-VERDICT_COLORS = {"stable": "tab:green", "diverged": "tab:red", "error": "tab:gray"}
+VERDICT_COLORS = {"stable": "tab:green", "stalled": "tab:orange", "diverged": "tab:red", "error": "tab:gray"}
 
 
 @dataclass
@@ -100,6 +106,8 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         raise InputError(f"--climb {opts.climb}: expected one of {', '.join(CLIMBS)}")
     if opts.first_pass not in (None, "range-test"):
         raise InputError(f"--first-pass {opts.first_pass}: the only first pass is range-test")
+    if opts.replicates < 0:
+        raise InputError(f"--replicates {opts.replicates}: must be at least 0 (0: no replicates)")
     if opts.steps is not None and opts.steps < 1:
         raise InputError(f"--steps {opts.steps}: must be at least 1")
     check_run_options(opts)
@@ -186,8 +194,16 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         runner = _Rounds(opts, cfg, tracker, parent, echo, max_concurrent=max_concurrent,
                          max_failures=max_failures, storage=storage)
         runner.run(settings)
-        summary = [s.summary(opts.safety) for s in settings]
+        fits = None
+        if opts.replicates:
+            runner.replicate(settings, opts.replicates, cfg.training.seed)
+            fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
+        summary = [s.summary(opts.safety, fits[i][0].to_dict() if fits else None) for i, s in enumerate(settings)]
         files = write_ramp(settings, summary, opts, base, cfg, ramp_dir, name)
+        if fits:
+            files["ramp_boundary.png"] = plot_boundary(
+                boundary_data([short_name(s.params) or "config" for s in settings], fits),
+                ramp_dir / "ramp_boundary.png", budget)
         total_probes = sum(x["probes"] for x in summary)
         tracker.end_sweep(parent, {"probes": float(total_probes),
                                    "train_flops": float(sum(x["train_flops"] for x in summary)),
@@ -195,6 +211,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                           tags={"budget_steps": str(budget)}, artifacts=list(files.values()))
         tracker.log_setting_metrics(parent, summary)
         echo(format_table(summary, budget))
+        if fits:
+            echo(format_boundary(summary))
         echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
         echo(f"MLflow: {ui_command(uri)}")
         link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
@@ -273,12 +291,27 @@ class _Rounds:
                 if s.status != RUNNING and s.key not in announced:
                     announced.add(s.key)
                     self.echo(f"  done {short_name(s.params) or 'config'}: {s.status}, max stable "
-                              f"{_fmt(s.max_stable)}, min diverged {_fmt(s.min_diverged)}, {len(s.probes)} probes")
+                              f"{_fmt(s.max_stable)}, min failed {_fmt(s.min_failed)}, {len(s.probes)} probes")
+
+    def replicate(self, settings: list[Setting], k: int, base_seed: int) -> None:
+        """K seeds at the lrs around each bracketed setting's boundary, in one round, from scratch."""
+        reqs = []
+        for s in settings:
+            for lr, seed in replicate_probes(s, k, base_seed):
+                req = self._request(s, lr, "replicate")
+                req.config["training.seed"] = seed
+                reqs.append(req)
+        if not reqs:
+            return
+        for req, probe in zip(reqs, self._execute(reqs)):
+            req.setting.probes.append(probe)
 
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> _Request:
         config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
         start_step = 0
-        if phase == "range-test":
+        if phase == "replicate":
+            pass  # from scratch, whatever the mode: a replicate is an independent run
+        elif phase == "range-test":
             config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
                            "training.warmup_steps": 0})
         elif self.opts.mode == "continue":  # from the last stable rung's checkpoint, in Tune's storage
@@ -312,6 +345,7 @@ class _Rounds:
                               start_step=req.start_step,
                               checkpoint=self._uri(r.checkpoint) if m["verdict"] == "stable" else None,
                               trial_id=m.get("trial_id"), node_id=m.get("node_id"))
+            probe.seed = req.config.get("training.seed")
             probes.append(probe)
             s = req.setting
             self._log(s, probe, m, r)
@@ -334,6 +368,10 @@ class _Rounds:
         params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
+        if probe.seed is not None:
+            params["training.seed"] = probe.seed
+            run_name += f" seed {probe.seed}"
+            trial_id += f"-seed{probe.seed}"
         ended = m.get("timestamp")
         started = ended - float(m.get("time_total_s", 0.0)) if isinstance(ended, (int, float)) else None
         run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"node_id": probe.node_id or ""},
@@ -359,12 +397,32 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def format_boundary(summary: list[dict]) -> str:
+    """The probability boundary per setting, and what the replicates cost next to the plain ramp."""
+    lines = ["P(fails | lr) per setting (logistic in log lr over every probe and replicate):"]
+    for x in summary:
+        iv = x["lr_at_5pct_risk_interval"]
+        lines.append(f"  {short_name(x['params']) or 'config'}: lr at 5% risk {_fmt(x['lr_at_5pct_risk'])}"
+                     + (f" (interval {_fmt(iv[0])}..{_fmt(iv[1])})" if iv else "")
+                     + f", at 50% {_fmt(x['lr_at_50pct'])}; {x['replicates']} replicates, "
+                     f"{x['replicate_flops']:.3g} FLOPs (the ramp: {x['train_flops']:.3g})"
+                     + (f"; {x['boundary_note']}" if x["boundary_note"] else ""))
+    return "\n".join(lines)
+
+
+def _stalls(x: dict) -> str:
+    """The stalls of a setting: `below 1e-06,2e-06; above 0.5`, or `-`."""
+    parts = [f"{side} {','.join(_fmt(v) for v in x[f'stalled_{side}'])}" for side in ("below", "above")
+             if x[f"stalled_{side}"]]
+    return "; ".join(parts) or "-"
+
+
 def format_table(summary: list[dict], budget: int) -> str:
-    head = ["setting", "status", "max stable lr", "min diverged lr", "recommended lr", "probes", "compute s",
-            "train FLOPs"]
+    head = ["setting", "status", "max stable lr", "min failed lr", "stalled", "recommended lr", "probes",
+            "compute s", "train FLOPs"]
     rows = [[short_name(x["params"]) or "config", x["status"], _fmt(x["max_stable_lr"]),
-             _fmt(x["min_diverged_lr"]), _fmt(x["recommended_lr"]), str(x["probes"]), f"{x['compute_s']:.1f}",
-             f"{x['train_flops']:.3g}"] for x in summary]
+             _fmt(x["min_failed_lr"]), _stalls(x), _fmt(x["recommended_lr"]), str(x["probes"]),
+             f"{x['compute_s']:.1f}", f"{x['train_flops']:.3g}"] for x in summary]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = [f"largest stable lr per setting (budget {budget} steps a probe)",
              "  ".join(h.ljust(w) for h, w in zip(head, widths)),
@@ -377,6 +435,7 @@ STATUS_TEXT = {
     "bracketed": "bracketed",
     "never_diverged": "never diverged up to --lr-stop",
     "diverged_at_start": "diverged already at --lr-start",
+    "never_trained": "no lr trained (stalled below, diverged or stalled above)",
     "error": "a probe crashed",
     "running": "unfinished",
 }
@@ -400,13 +459,33 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
     md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} "
           f"({climb_of(opts)} climb) from "
           f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = min(max stable, "
-          f"{opts.safety} x min diverged), or {opts.safety} x max stable where none diverged.", "",
-          "| setting | status | max stable lr | min diverged lr | recommended lr | probes | compute s | train FLOPs |",
-          "|---|---|---|---|---|---|---|---|"]
+          f"{opts.safety} x min failed), or {opts.safety} x max stable where none failed.", "",
+          "*min failed lr*: the smallest lr that did not train, diverged or stalled above the stable band "
+          "(finite, but the loss fell less than monitor.min_progress of its initial loss). The bracket lies "
+          "between *max stable lr* and it. *stalled*: lrs that stalled below the band (too small) and above it.", "",
+          "| setting | status | min stable lr | max stable lr | min diverged lr | min failed lr | stalled | "
+          "recommended lr | probes | compute s | train FLOPs |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in summary:
         md.append(f"| {short_name(x['params']) or 'config'} | {STATUS_TEXT.get(x['status'], x['status'])} | "
-                  f"{_fmt(x['max_stable_lr'])} | {_fmt(x['min_diverged_lr'])} | {_fmt(x['recommended_lr'])} | "
+                  f"{_fmt(x['min_stable_lr'])} | {_fmt(x['max_stable_lr'])} | {_fmt(x['min_diverged_lr'])} | "
+                  f"{_fmt(x['min_failed_lr'])} | {_stalls(x)} | {_fmt(x['recommended_lr'])} | "
                   f"{x['probes']} | {x['compute_s']:.1f} | {x['train_flops']:.3g} |")
+    if summary and "lr_at_5pct_risk" in summary[0]:
+        md += ["", "## The boundary as a probability", "",
+               f"{opts.replicates} seed(s) at the lrs inside each bracket and at its ends; P(fails | lr) "
+               "fitted in log lr over every probe and replicate (a failure: diverged, or stalled above the "
+               f"stable band), at the budget of {budget} steps. The recommended lr is at most {opts.safety} x "
+               "the lr at 5% risk where it was measured.", "",
+               "| setting | lr at 5% risk | interval | lr at 50% | evidence (lr: failures/runs) | replicates | "
+               "replicate FLOPs | ramp FLOPs | note |", "|---|---|---|---|---|---|---|---|---|"]
+        for x in summary:
+            iv = x["lr_at_5pct_risk_interval"]
+            ev = ", ".join(f"{_fmt(e['lr'])}: {e['failures']}/{e['runs']}" for e in x["evidence"])
+            md.append(f"| {short_name(x['params']) or 'config'} | {_fmt(x['lr_at_5pct_risk'])} | "
+                      f"{f'{_fmt(iv[0])}..{_fmt(iv[1])}' if iv else '-'} | {_fmt(x['lr_at_50pct'])} | {ev or '-'} | "
+                      f"{x['replicates']} | {x['replicate_flops']:.3g} | {x['train_flops']:.3g} | "
+                      f"{x['boundary_note'] or '-'} |")
     files["ramp.md"] = ramp_dir / "ramp.md"
     files["ramp.md"].write_text("\n".join(md) + "\n")
     rec_dir = ramp_dir / "recommended"
@@ -419,8 +498,8 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
             set_dotted(raw, k, v)
         set_dotted(raw, LR_KEY, float(f"{x['recommended_lr']:.3g}"))
         header = (f"# recommended by `stablesweep ramp` ({name}): lr = {x['recommended_lr']:.3g}, at most {opts.safety} x "
-                  f"the smallest diverged lr {_fmt(x['min_diverged_lr'])}\n# (largest stable: {x['max_stable_lr']:.3g}; "
-                  f"{opts.safety} x it where none diverged), measured with "
+                  f"the smallest lr that diverged or stalled above the stable band {_fmt(x['min_failed_lr'])}\n"
+                  f"# (largest stable: {x['max_stable_lr']:.3g}; {opts.safety} x it where none failed), measured with "
                   f"a budget of {budget} steps a probe; stability may not hold for longer runs.\n")
         path = rec_dir / f"{s.key}.yaml"
         path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
@@ -440,8 +519,8 @@ def plot_ramp(settings: list[Setting], summary: list[dict], path: Path, budget: 
         for p in s.tested:
             ax.scatter(p.lr, i, color=VERDICT_COLORS.get(p.verdict, "k"), marker="o" if p.phase != "bisect" else "D",
                        s=36, zorder=3)
-        if x["max_stable_lr"] and x["min_diverged_lr"]:
-            ax.plot([x["max_stable_lr"], x["min_diverged_lr"]], [i, i], color="k", lw=3, alpha=0.4, zorder=2)
+        if x["max_stable_lr"] and x["min_failed_lr"]:
+            ax.plot([x["max_stable_lr"], x["min_failed_lr"]], [i, i], color="k", lw=3, alpha=0.4, zorder=2)
         if x["recommended_lr"]:
             ax.scatter(x["recommended_lr"], i, marker="*", color="tab:blue", s=110, zorder=4)
     ax.set_xscale("log")

@@ -16,7 +16,7 @@ import pandas as pd
 
 from stablesweep.sweep.space import SearchSpace, short_name
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, FINISHED, UNFINISHED
+from stablesweep.vocab import DIVERGED, FINISHED, PROGRESS, UNFINISHED
 
 
 @dataclass
@@ -91,6 +91,7 @@ def trials_table(records: list[TrialRecord], space: SearchSpace) -> tuple[pd.Dat
             "verdict": outcome.verdict, "reason": outcome.reason, "first_bad_step": outcome.first_bad_step,
             "steps": outcome.steps, "budget_steps": m.get("budget_steps"), "reports": m.get("training_iteration"),
             "objective": m.get("objective"), "initial_loss": m.get("initial_loss"), "final_loss": m.get("loss"),
+            PROGRESS: m.get(PROGRESS),
             "train_flops": m.get("train_flops"), "flops_per_step": m.get("flops_per_step"),
             "samples_per_s": m.get("samples_per_s"), "nonfinite_steps": m.get("nonfinite_steps"),
             "node_id": m.get("node_id"), "device": m.get("device"), "wall_s": m.get("time_total_s"),

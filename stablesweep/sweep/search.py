@@ -21,12 +21,14 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from stablesweep.sweep.space import SearchSpace, SpaceError, short_name
-from stablesweep.sweep.stopper import DIVERGED, PRUNED, STABLE, Outcome, final_verdict
+from stablesweep.sweep.stopper import Outcome, final_verdict
+from stablesweep.vocab import DIVERGED, PRUNED, STABLE, STALLED
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "qmc", "random", "grid")
 DIVERGED_CONSTRAINT = "diverged"  # Optuna constraint: > 0 means the trial diverged (infeasible)
+STALLED_CONSTRAINT = "stalled"    # Optuna constraint: > 0 means the trial ran its budget but did not learn
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -83,7 +85,14 @@ class StabilitySearcher(Searcher):
       the real, finite objectives reported before the divergence (the stopping report, which
       carries the stand-in, is never reported to Optuna), so the PRUNED trial's value is a loss
       that was actually observed.
-    - pruned (stopped by ASHA, finite): PRUNED with `verdict: pruned`, constraint 0.
+    - stalled (ran its budget finite, the loss did not fall enough): COMPLETE with its final,
+      finite objective, and the constraint `stalled = 1` (infeasible). COMPLETE because the value
+      is a real loss at the full budget (unlike a diverged trial's stand-in), so the sampler may
+      learn from it; infeasible because an lr where the model does not learn is no answer: TPE
+      ranks every infeasible trial after every feasible one (so a stall never counts as a good
+      point, however low its loss), and GridSampler counts the point visited. Not PRUNED: that
+      would say the scheduler stopped it early, and a stall ran its whole budget.
+    - pruned (stopped by ASHA, finite): PRUNED with `verdict: pruned`, constraints 0.
     - error: FAIL with `verdict: error` and the error text.
 
     A trial is never left RUNNING: `reconcile_study` closes any that a crash left open.
@@ -188,7 +197,7 @@ class StabilitySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._trials or trial_id in self._finished:
             return
-        if result.get("verdict") != STABLE:
+        if result.get("verdict") not in (STABLE, STALLED):
             return  # the stand-in objective of a diverged report is not an observation
         value, step = result.get(self.metric), result.get("step")
         if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, int):
@@ -223,20 +232,21 @@ def tell(study: optuna.Study, storage_trial_id: int, outcome: Outcome) -> TrialS
     trial.set_user_attr("reason", outcome.reason)
     trial.set_user_attr("first_bad_step", int(outcome.first_bad_step))
     trial.set_user_attr("steps", int(outcome.steps))
-    if outcome.verdict in (STABLE, DIVERGED, PRUNED):
+    if outcome.verdict in (STABLE, STALLED, DIVERGED, PRUNED):
         trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if outcome.verdict == DIVERGED else 0.0)
+        trial.set_constraint(STALLED_CONSTRAINT, 1.0 if outcome.verdict == STALLED else 0.0)
     if outcome.verdict == PRUNED and outcome.objective is not None and outcome.steps > 0:
         # the objective at the report where ASHA stopped it: a real, finite observation
         last = max(frozen.intermediate_values, default=-1)
         if outcome.steps > last:
             trial.report(float(outcome.objective), int(outcome.steps))
-    if outcome.verdict == STABLE and outcome.objective is not None:
+    if outcome.verdict in (STABLE, STALLED) and outcome.objective is not None:
         state, values = TrialState.COMPLETE, outcome.objective
     elif outcome.verdict in (DIVERGED, PRUNED):
         state, values = TrialState.PRUNED, None
     else:
-        if outcome.verdict == STABLE:
-            trial.set_user_attr("note", "stable but no finite objective was reported")
+        if outcome.verdict in (STABLE, STALLED):
+            trial.set_user_attr("note", f"{outcome.verdict} but no finite objective was reported")
         state, values = TrialState.FAIL, None
     study.tell(trial, values, state=state)
     return state

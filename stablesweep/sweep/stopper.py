@@ -5,7 +5,9 @@
 - `StabilityASHA` is Tune's ASHA that keeps diverged trials out of its rung statistics: a
   diverged trial reports its initial loss as objective, and recording it would loosen the cutoff
   that finite trials are judged by. Divergence is the stopper's business, not the scheduler's.
-- `final_verdict` turns a trial's last result into exactly one of stable, diverged, pruned, error.
+- `final_verdict` turns a trial's last result into exactly one of stable, stalled, diverged,
+  pruned, error. A stalled trial ran its budget finite but did not learn (the monitor's
+  `min_progress` rule); to ASHA it is a finite trial like any other (its objective is real).
   The trainable forwards the training loop's `done` as `finished` (Tune owns the `done` key and
   sets it on every stopped trial), so "stopped before finished and not diverged" means pruned.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.stopper import Stopper
 
-from stablesweep.vocab import DIVERGED, ERROR, FINISHED, PRUNED, STABLE
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, NO_PROGRESS, PRUNED, STABLE, STALLED
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: s
     if result["verdict"] == DIVERGED:
         return Outcome(DIVERGED, reason=result.get("reason") or "diverged", first_bad_step=fbs,
                        objective=obj, steps=steps)
+    if result.get(FINISHED) and result["verdict"] == STALLED:
+        return Outcome(STALLED, reason=result.get("reason") or NO_PROGRESS, objective=obj, steps=steps)
     if result.get(FINISHED):
         return Outcome(STABLE, objective=obj, steps=steps)
     return Outcome(PRUNED, reason="scheduler", objective=obj, steps=steps)

@@ -162,3 +162,15 @@ def test_sweep_data_defaults():
                      config={"training.steps": 80}).budget_steps == 20
     no_lr = SweepData(name="s", run_id="r", trials=trials.drop(columns=["training.lr"]))
     assert no_lr.lr_key is None
+
+
+def test_stalled_configs_are_never_listed_as_stable():
+    """A stall with the lowest loss of all still ranks after every stable config, and a setting
+    with only stalls is not `stable`."""
+    s = sweep("s", [(1e-6, "stalled", "slice"), (1e-3, "stable", "slice"), (1e-6, "stalled", "neg_inf")],
+              BASE, ["training.lr", "loss.masking"], ["loss.masking"])
+    s.trials.loc[0, "objective"] = 0.01
+    cmp = compare([s])
+    assert list(cmp.configs["verdict"]) == ["stable", "stalled", "stalled"]
+    assert SettingState("s", {"stalled": 1}, None, None, None, None, None).status == "unknown"
+    assert compare([s], only="stable").configs["verdict"].tolist() == ["stable"]

@@ -144,3 +144,29 @@ def test_empty_figures_still_draw(tmp_path):
                     tmp_path / "region.png"))
     png(plot_lr_objective(ObjectiveInfo(series={}, lr_key="training.lr"), tmp_path / "objective.png"))
     png(plot_parallel(ParallelInfo(axes=[], lines=[]), tmp_path / "parallel.png"))
+
+
+def test_stalled_trials_get_their_own_marker_and_colour(tmp_path):
+    from stablesweep.analysis.plots import COLORS, MARKERS
+
+    df = pd.DataFrame([trial(0, 1e-6, "stalled", 2.9), trial(1, 1e-3, "stable", 0.6), trial(2, 1e-1, "diverged")])
+    assert len({MARKERS[v] for v in ("stable", "stalled", "diverged", "error")}) == 4
+    assert COLORS["stalled"] not in (COLORS["stable"], COLORS["diverged"])
+    info = objective_data(df)
+    assert info.series["stalled"] == ([1e-6], [2.9])
+    png(plot_lr_objective(info, tmp_path / "objective.png"))
+    png(plot_region(region_data(df), tmp_path / "region.png"))
+
+
+def test_boundary_data_and_figure(tmp_path):
+    from stablesweep.analysis.boundary import Run, fit_boundary
+    from stablesweep.analysis.plots import boundary_data, plot_boundary
+
+    runs = [Run(lr, "diverged" if lr >= 0.1 * (1 + s) else "stable", s) for lr in (0.05, 0.1, 0.2, 0.4)
+            for s in range(3)]
+    info = boundary_data(["a", "b"], [fit_boundary(runs), fit_boundary(runs[:1])])
+    a, b = info.panels
+    assert a["points"] == [(0.05, 0, 3), (0.1, 1, 3), (0.2, 2, 3), (0.4, 3, 3)]
+    assert len(a["curve"][0]) == 60 and a["curve"][1][0] < 0.5 < a["curve"][1][-1]
+    assert b["curve"] == ([], []) and b["lr_at_risk"] is None and b["note"]
+    assert png(plot_boundary(info, tmp_path / "b.png", 30))[0] == 704

@@ -154,8 +154,40 @@ def test_empty_table():
     # no categorical axis: one group of all (no) trials, its row all zeros and dashes
     (g,) = r.groups
     assert g.label == "all" and sum(g.counts.values()) == 0 and g.max_stable_lr is None
-    assert r.to_text().splitlines()[1].split() == ["0", "0", "0", "0", "0", "-", "-", "-", "-", "-"]
+    assert r.to_text().splitlines()[1].split() == ["0"] * 5 + ["-"] * 3 + ["0", "0"] + ["-"] * 3
     # with a categorical axis: no group at all
     df["loss.masking"] = pd.Series(dtype=object)
     r = analyze(df, group_keys=["loss.masking"], param_keys=["training.lr", "loss.masking"])
     assert r.groups == [] and r.to_text() == "(no trials)"
+
+
+def test_stalls_are_placed_on_their_side_of_the_band_and_never_recommended(tmp_path):
+    """Stable from 1e-4 to 1e-3; a stall at 1e-6 (too small), one at 5e-3 (the edge), a diverged
+    trial at 1e-1. The stall at 1e-6 has the lowest objective of all: it still is not the best."""
+    df = pd.DataFrame([trial(0, 1e-6, "stalled", 0.10), trial(1, 1e-4, "stable", 0.80),
+                       trial(2, 1e-3, "stable", 0.60), trial(3, 5e-3, "stalled", 2.9),
+                       trial(4, 1e-1, "diverged")])
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    (g,) = r.groups
+    assert (g.min_stable_lr, g.max_stable_lr, g.min_diverged_lr) == (1e-4, 1e-3, 1e-1)
+    assert (g.stalled_below, g.stalled_above, g.stalled_inside) == ([1e-6], [5e-3], [])
+    assert g.counts["stalled"] == 2 and r.counts["stalled"] == 2
+    assert r.best["trial_id"] == "t02"
+    # the edge is the stall above the band (5e-3), not the divergence at 1e-1
+    assert g.min_failed_lr == 5e-3 and r.recommended["training.lr"] == pytest.approx(1e-3)
+    df.loc[df["trial_id"] == "t02", "training.lr"] = 4e-3
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.recommended["training.lr"] == pytest.approx(0.5 * 5e-3)
+    files = write_region(r, df, tmp_path, base=load_config(DEMO).to_dict())
+    data = json.loads(files["json"].read_text())["groups"][0]
+    assert data["stalled_below"] == [1e-6] and data["stalled_above"] == [5e-3] and data["min_stable_lr"] == 1e-4
+    md = files["md"].read_text()
+    assert "stalled below" in md and "stalled 2" in md
+    assert "stalled above the stable band" in files["recommended"].read_text()
+
+
+def test_only_stalls_mean_nothing_recommended():
+    df = pd.DataFrame([trial(0, 1e-6, "stalled", 2.9), trial(1, 1e-5, "stalled", 2.8)])
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.best is None and r.recommended is None
+    assert r.groups[0].stalled_inside == [1e-6, 1e-5]  # no band: the side is unknown

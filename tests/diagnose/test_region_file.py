@@ -94,3 +94,27 @@ def test_lr_against_a_ramp_json_and_bad_region_files(healthy, tmp_path):
             diagnose(healthy, region=bad)
     with pytest.raises(InputError, match="no such file"):
         diagnose(healthy, region=tmp_path / "missing.json")
+
+
+def test_stalls_in_a_region_written_by_the_sweep_engine(healthy, tmp_path):
+    """Stable 1e-4..1e-3, a stall above the band at 3e-3 (the edge), a divergence at 1e-1, a stall
+    below the band at 1e-6: diagnose reads the edge and the too-small side."""
+    import pandas as pd
+
+    from stablesweep.analysis import region as region_mod
+
+    keys = ["training.lr", "training.max_grad_norm", "training.precision", "loss.masking"]
+    rows = [{"trial_id": f"t{i}", "training.lr": lr, "training.max_grad_norm": 1.0, "training.precision": "fp32",
+             "loss.masking": "slice", "verdict": v, "objective": 1.0, "initial_loss": 3.0, "steps": 50,
+             "budget_steps": 50}
+            for i, (lr, v) in enumerate([(1e-6, "stalled"), (1e-4, "stable"), (1e-3, "stable"),
+                                         (3e-3, "stalled"), (1e-1, "diverged")])]
+    df = pd.DataFrame(rows)
+    region = region_mod.analyze(df, group_keys=keys[1:], param_keys=keys, importance=False)
+    path = region_mod.write_region(region, df, tmp_path / "sweep", figures=False)["json"]
+    (s,) = read_region(path).settings
+    assert (s.min_stable_lr, s.min_failed_lr, s.stalled_below) == (1e-4, 3e-3, [1e-6])
+    above = find(diagnose(healthy, ["training.lr=5e-3"], region=path), "lr.above_boundary")  # below 1e-1
+    assert "diverged or stalled above" in above.title and above.changes == {"training.lr": 1e-4}
+    small = find(diagnose(healthy, ["training.lr=1e-6"], region=path), "lr.too_small")
+    assert small.severity == "warning" and small.changes == {"training.lr": 1e-4}

@@ -82,7 +82,8 @@ def test_bad_ramp_input_exits_2_before_ray(tmp_path):
                       (["--set", "training.lr=oops"], "training.lr: expected a number"),
                       (["--local-dir", str(tmp_path / "l")], "--local-dir"),
                       (["--resources-per-trial", '{"gpu": 1}'], "use --gpus-per-trial"),
-                      (["--max-failures", "-1"], "--max-failures -1: out of range")]:
+                      (["--max-failures", "-1"], "--max-failures -1: out of range"),
+                      (["--replicates", "-1"], "--replicates -1: must be at least 0")]:
         p = stablesweep("ramp", str(DEMO), "--out", str(tmp_path), *args)
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr

@@ -7,6 +7,7 @@ from stablesweep.sweep.ramp import (
     BRACKETED,
     DIVERGED_AT_START,
     NEVER_DIVERGED,
+    NEVER_TRAINED,
     Probe,
     Setting,
     ladder,
@@ -27,12 +28,17 @@ def test_ladders():
         ladder(1.0, 1e-6)
 
 
-def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None, climb="gallop"):
+def run_plan(boundary, parallel=2, resolution=1.25, start=1e-6, stop=1.0, kind="1-2-5", seed=None, climb="gallop",
+             learns=0.0, stalls_from=math.inf):
+    """Probes below `learns` stall (too small), from `stalls_from` to `boundary` stall (the edge),
+    from `boundary` up diverge; the rest are stable."""
     s = Setting("s", {}, ladder(start, stop, kind), climb=climb)
     todo = seed or next_probes(s, parallel, resolution)
     while todo:
         for lr, phase in todo:
-            s.probes.append(Probe(lr, "stable" if lr < boundary else "diverged", phase=phase))
+            verdict = ("diverged" if lr >= boundary else "stalled" if lr < learns or lr >= stalls_from
+                       else "stable")
+            s.probes.append(Probe(lr, verdict, phase=phase))
         todo = next_probes(s, parallel, resolution)
     return s
 
@@ -103,3 +109,57 @@ def test_gallop_tries_rungs_at_doubling_strides_then_the_top():
         s.probes += [Probe(lr, "stable") for lr, _ in todo]
     assert tried == pytest.approx([1e-6, 2e-6, 1e-5, 2e-4, 0.1, 1.0])  # rungs 0, 1, 3, 7, 15 and the top
     assert s.status == NEVER_DIVERGED
+
+
+@pytest.mark.parametrize("parallel", [1, 3])
+def test_stalls_below_are_climbed_past_and_stalls_above_close_the_bracket(parallel):
+    """Stalls below 1e-4 (lr too small), stable up to 3e-2, stalled from 3e-2 (the edge), diverged
+    from 0.5: the bracket is between the largest lr that trained and the first stall above it."""
+    s = run_plan(boundary=0.5, parallel=parallel, learns=1e-4, stalls_from=3e-2)
+    assert s.status == BRACKETED
+    assert s.max_stable < 3e-2 <= s.min_failed and s.min_failed / s.max_stable <= 1.25 + 1e-9
+    assert s.stalled_below and max(s.stalled_below) < 1e-4 < s.min_stable
+    assert s.stalled_above and min(s.stalled_above) == s.min_failed
+    assert all(p.verdict != "stable" or p.lr < 3e-2 for p in s.tested)
+    x = s.summary(0.5)
+    assert x["min_failed_lr"] == s.min_failed and x["recommended_lr"] <= 0.5 * s.min_failed
+    assert x["stalled_above"] == s.stalled_above and x["stalled_below"] == s.stalled_below
+
+
+def test_a_setting_that_only_stalls_or_stalls_then_diverges_never_trained():
+    assert run_plan(boundary=10.0, learns=10.0).status == NEVER_TRAINED
+    s = run_plan(boundary=1e-2, learns=1e-2)
+    assert s.status == NEVER_TRAINED and s.max_stable is None and s.min_diverged is not None
+    assert all(p.lr > max(s.stalled_below) for p in s.tested if p.verdict == "diverged")
+
+
+def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
+    """K seeds at replicate_lrs(max stable, min failed), less what the bracket already ran; on a
+    planted case (a seed fails above 0.05 x 1.1 ** seed) the 5%-risk lr lies below every failure."""
+    from stablesweep.analysis.boundary import fit_boundary
+    from stablesweep.sweep.ramp import boundary_runs, replicate_probes
+
+    def verdict(lr, seed):
+        return "diverged" if lr >= 0.05 * 1.1 ** seed else "stable"
+
+    s = run_plan(boundary=0.05, parallel=2)
+    assert s.status == BRACKETED and replicate_probes(Setting("x", {}, [1e-3, 1.0]), 3, 0) == []
+    reps = replicate_probes(s, 4, 0)
+    lo, hi = s.max_stable, s.min_failed
+    assert all(lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9) for lr, _ in reps)
+    assert sorted({seed for _, seed in reps}) == [0, 1, 2, 3]
+    assert (lo, 0) not in reps and (hi, 0) not in reps and len(reps) == 3 * 4 - 2
+    assert {lr for lr, _ in reps} >= {lo, hi}  # the ends exactly, so evidence per lr is not split
+    for lr, seed in reps:
+        s.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
+    assert (s.max_stable, s.min_failed) == (lo, hi)  # replicates never move the bracket
+    b, _ = fit_boundary(boundary_runs(s, 0))
+    failed = [p.lr for p in s.tested + s.replicates if p.verdict == "diverged"]
+    assert not b.single_seed and b.lr_at_risk < min(failed) and b.lr_at_risk <= b.lr_at_50
+    x = s.summary(0.5, b.to_dict())
+    assert x["recommended_lr"] == pytest.approx(min(lo, 0.5 * b.lr_at_risk))
+    assert x["replicates"] == len(reps) and x["lr_at_5pct_risk"] == b.lr_at_risk and x["evidence"]
+    one = run_plan(boundary=0.05, parallel=2)
+    for lr, seed in replicate_probes(one, 1, 0):
+        one.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
+    assert fit_boundary(boundary_runs(one, 0))[0].single_seed

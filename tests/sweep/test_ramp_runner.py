@@ -17,7 +17,9 @@ STEPS = 30
 # constant lr, no warmup, a report every 5 steps: the verdict of a probe is a function of its lr
 FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.schedule=constant",
          "datasets.skip_evaluation=true"]
-LO, HI = 0.1, 3.0  # the demo's boundary at 30 steps lies inside (about 0.6)
+# the demo's edge at 30 constant-lr steps lies inside: stable at 0.05, stalled from about 0.07 (0.1, 0.2
+# and 0.4 stall), diverged from about 0.6
+LO, HI = 0.02, 0.4
 
 
 @pytest.fixture(scope="module")
@@ -46,16 +48,17 @@ def test_bracket_agrees_with_the_grid_at_resolution_and_costs_fewer_probes(grid,
     res, _ = ramp
     s = res.settings[0]
     assert s.status == BRACKETED
-    lo, hi = s.max_stable, s.min_diverged
+    lo, hi = s.max_stable, s.min_failed
     assert hi / lo <= 1.25 + 1e-9
-    # every grid verdict agrees with the bracket: stable at or below lo, diverged at or above hi ...
+    # every grid verdict agrees with the bracket: stable at or below lo, failed at or above hi ...
     for lr, v in grid.items():
-        if lr <= lo:
-            assert v == "stable", (lr, v, lo, hi)
+        if lr <= lo:  # stable, or stalled below the band (too small an lr)
+            assert v == "stable" or (v == "stalled" and lr < s.min_stable), (lr, v, lo, hi)
         if lr >= hi:
-            assert v == "diverged", (lr, v, lo, hi)
-    # ... so the grid's boundary (first diverged grid point, last stable one below it) meets it
-    g_hi = min(lr for lr, v in grid.items() if v == "diverged")
+            assert v in ("diverged", "stalled"), (lr, v, lo, hi)
+    # ... so the grid's boundary (first failed grid point, last stable one below it) meets it
+    g_lo_band = min(lr for lr, v in grid.items() if v == "stable")
+    g_hi = min(lr for lr, v in grid.items() if v == "diverged" or (v == "stalled" and lr > g_lo_band))
     g_lo = max(lr for lr, v in grid.items() if v == "stable" and lr < g_hi)
     assert max(lo, g_lo) < min(hi, g_hi)
     assert len(s.probes) < len(grid)
@@ -66,9 +69,9 @@ def test_ramp_files_and_mlflow(ramp):
     doc = json.loads((res.ramp_dir / "ramp.json").read_text())
     assert doc["kind"] == "ramp" and doc["budget_steps"] == STEPS
     x = doc["settings"][0]
-    # the one rule (vocab.recommended_lr): at most 0.5 x the smallest diverged lr, never above max stable
-    assert x["min_diverged_lr"] is not None
-    assert x["recommended_lr"] == pytest.approx(min(x["max_stable_lr"], 0.5 * x["min_diverged_lr"]))
+    # the one rule (vocab.recommended_lr): at most 0.5 x the smallest failed lr, never above max stable
+    assert x["min_failed_lr"] is not None
+    assert x["recommended_lr"] == pytest.approx(min(x["max_stable_lr"], 0.5 * x["min_failed_lr"]))
     assert x["probes"] == len(res.settings[0].probes) and x["train_flops"] > 0
     assert (res.ramp_dir / "ramp.png").stat().st_size > 1000
     rec = load_config(res.ramp_dir / "recommended" / "s00.yaml")
@@ -81,7 +84,7 @@ def test_ramp_files_and_mlflow(ramp):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'")
     assert len(children) == x["probes"]
-    assert {c.data.tags["verdict"] for c in children} == {"stable", "diverged"}
+    assert {"stable"} < {c.data.tags["verdict"] for c in children} <= {"stable", "stalled", "diverged"}
     assert any("bracketed" in ln for ln in lines)
 
 
@@ -102,3 +105,31 @@ def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
     res = run_ramp(opts, echo=lambda s: None)
     s = res.settings[0]
     assert s.status == DIVERGED_AT_START and s.max_stable is None and len(s.probes) == 1
+
+
+def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probability(ray_cluster, tmp_path):
+    """The demo, short and coarse: the bracket ends at or below the first stall above the band
+    (if any; stalls below it are too small an lr); with --replicates 2 the ramp fits P(fails | lr)
+    and recommends from the 5%-risk lr."""
+    from stablesweep.vocab import recommended_lr
+
+    opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, resolution=2.0,
+                       overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2)
+    lines = []
+    res = run_ramp(opts, echo=lines.append)
+    s = res.settings[0]
+    assert s.status == BRACKETED and s.max_stable < s.min_failed, lines
+    for p in s.tested:
+        if p.verdict == "stalled":  # too small (below the band) or the edge (the bracket ends at or below it)
+            assert p.lr < s.min_stable or p.lr >= s.min_failed, (p.lr, s.min_stable, s.min_failed)
+    assert all(p.lr <= s.max_stable for p in s.tested if p.verdict == "stable" and p.lr < s.min_failed)
+    x = json.loads((res.ramp_dir / "ramp.json").read_text())["settings"][0]
+    assert x["replicates"] == len(s.replicates) == 4 and {p.seed for p in s.replicates} == {0, 1}
+    assert all(s.max_stable * 0.999 <= p.lr <= s.min_failed * 1.001 for p in s.replicates)
+    assert x["replicate_flops"] > 0 and x["train_flops"] > 0 and x["evidence"]
+    assert len({e["lr"] for e in x["evidence"]}) == len(x["evidence"])
+    assert x["recommended_lr"] == pytest.approx(recommended_lr(
+        x["max_stable_lr"], max_stable=x["max_stable_lr"], min_diverged=x["min_failed_lr"], at_risk=x["lr_at_5pct_risk"]))
+    assert (res.ramp_dir / "ramp_boundary.png").stat().st_size > 1000
+    assert "The boundary as a probability" in (res.ramp_dir / "ramp.md").read_text()
+    assert any("P(fails | lr)" in ln and "FLOPs" in ln for ln in lines)

@@ -41,13 +41,16 @@ def test_one_row_a_trial_with_its_verdict():
             budget_steps=40, **{"eval_loss/food101": 0.7}),
         rec("TERMINATED", "c", {lr: 1e-3, clip: 1.0}, step=20, verdict="stable", objective=0.9, finished=False),
         rec("ERROR", "d", {lr: 1e-1, clip: None}, error="ValueError: boom"),
+        rec("TERMINATED", "e", {lr: 1e-6, clip: 1.0}, step=40, verdict="stalled", reason="no_progress",
+            objective=3.1, finished=True, budget_steps=40, progress=0.02),
     ]
     table, outcomes = trials_table(records, SPACE)
-    assert list(table["trial_id"]) == ["a", "b", "c", "d"]  # sorted by id
-    assert list(table["verdict"]) == ["stable", "diverged", UNFINISHED, "error"]
+    assert list(table["trial_id"]) == ["a", "b", "c", "d", "e"]  # sorted by id
+    assert list(table["verdict"]) == ["stable", "diverged", UNFINISHED, "error", "stalled"]
+    assert (table.loc[4, "reason"], table.loc[4, "progress"]) == ("no_progress", 0.02)
     assert table.loc[1, "reason"] == "nonfinite_loss" and table.loc[1, "first_bad_step"] == 7
     assert table.loc[3, "reason"] == "ValueError: boom"
     assert table.loc[0, "name"] == "lr=1.0e-02 clip=1.0" and table.loc[0, "eval_loss/food101"] == 0.7
-    assert list(table[lr]) == [1e-2, 1e3, 1e-3, 1e-1]
+    assert list(table[lr]) == [1e-2, 1e3, 1e-3, 1e-1, 1e-6]
     assert outcomes["c"].verdict == UNFINISHED and outcomes["c"].steps == 20
     assert outcomes["a"].objective == 0.5

@@ -62,12 +62,12 @@ def test_verdicts_reach_optuna_as_chosen(searcher, url):
     rows = by_tune_id(url)
     a, b, c, d = rows["a"], rows["b"], rows["c"], rows["d"]
     assert (a["state"], a["value"], a["verdict"]) == ("COMPLETE", 1.5, "stable")
-    assert a["constraints"] == {"diverged": 0.0}
+    assert a["constraints"] == {"diverged": 0.0, "stalled": 0.0}
     assert (b["state"], b["verdict"], b["reason"], b["first_bad_step"]) == ("PRUNED", "diverged", "nonfinite_loss", 13)
-    assert b["constraints"] == {"diverged": 1.0}
+    assert b["constraints"] == {"diverged": 1.0, "stalled": 0.0}
     assert b["value"] == 2.5  # the last real observation, never the stand-in
     assert (c["state"], c["verdict"], c["value"]) == ("PRUNED", "pruned", 4.5)
-    assert c["constraints"] == {"diverged": 0.0}
+    assert c["constraints"] == {"diverged": 0.0, "stalled": 0.0}
     assert (d["state"], d["verdict"]) == ("FAIL", "error")
     assert not [r for r in rows.values() if r["state"] == "RUNNING"]
 
@@ -137,3 +137,25 @@ def test_every_sampler_suggests_inside_the_space(tmp_path, sampler):
     assert all(1e-4 <= lr <= 1e2 and clip in (None, 1.0) for lr, clip in seen)
     if sampler == "grid":
         assert len(set(seen)) == 6  # every grid point once
+
+
+def test_a_stalled_trial_is_complete_but_infeasible_and_tpe_ranks_it_last(tmp_path):
+    """A stall is told COMPLETE with its real final loss and the constraint `stalled = 1`; TPE then
+    puts it behind every feasible trial even when its loss is the lowest (a real Optuna study)."""
+    import optuna
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    url = sqlite_url(tmp_path / "optuna.db")
+    searcher = StabilitySearcher(SPACE, url, "s", sampler="tpe", seed=0)
+    for tid in ("good", "stall"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete("good", stable_result(30, 2.0, finished=True))
+    searcher.on_trial_complete("stall", {**stable_result(30, 1.0, finished=True), "verdict": "stalled",
+                                         "reason": "no_progress"})
+    rows = by_tune_id(url)
+    s = rows["stall"]
+    assert (s["state"], s["value"], s["verdict"], s["reason"]) == ("COMPLETE", 1.0, "stalled", "no_progress")
+    assert s["constraints"] == {"diverged": 0.0, "stalled": 1.0}
+    study = optuna.load_study(study_name="s", storage=url)
+    below, above = _split_trials(study, study.get_trials(deepcopy=False), 1)
+    assert [t.user_attrs["tune_trial_id"] for t in below] == ["good"]

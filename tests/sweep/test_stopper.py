@@ -33,6 +33,8 @@ def test_final_verdict_rules():
     e = final_verdict(stable_result(20, 3.0), errored=True, error="Boom")
     assert (e.verdict, e.reason) == ("error", "Boom")
     assert final_verdict({}).verdict == "error"
+    st = final_verdict({**stable_result(40, 3.1, finished=True), "verdict": "stalled", "reason": "no_progress"})
+    assert (st.verdict, st.reason, st.objective, st.steps) == ("stalled", "no_progress", 3.1, 40)
     assert final_verdict({**stable_result(20, float("nan"), finished=True)}).objective is None
 
 

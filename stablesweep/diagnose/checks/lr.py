@@ -42,7 +42,10 @@ def check_lr(ctx: Context) -> list[Finding]:
     if budget and run_steps > budget:
         ev.append(f"this config trains {run_steps} steps, longer than the {budget} measured: a run stable for "
                   f"{budget} steps may still diverge later")
-    M, D = s.max_stable_lr, s.min_diverged_lr
+    M = s.max_stable_lr
+    D = s.min_failed_lr if s.min_failed_lr is not None else s.min_diverged_lr  # the edge: diverged or stalled above
+    if s.min_failed_lr is not None:
+        ev[0] += f", smallest lr that diverged or stalled above the stable band {format_value(s.min_failed_lr)}"
     if M is None:
         return [Finding("lr.no_stable", "error",
                         f"no lr was stable with this setting ({s.label}) in {name}", ev,
@@ -51,7 +54,8 @@ def check_lr(ctx: Context) -> list[Finding]:
     rec = s.recommended_lr if s.recommended_lr is not None else recommended_lr(M, max_stable=M, min_diverged=D)
     if D is not None and lr >= D:
         return [Finding("lr.above_boundary", "error",
-                        f"lr {lr:.3g} is at or above the smallest lr that diverged ({D:.3g}) with this setting",
+                        f"lr {lr:.3g} is at or above the smallest lr that diverged or stalled above the stable "
+                        f"band ({D:.3g}) with this setting",
                         ev, f"training.lr: {rec:.3g} (the recommended lr: max stable {M:.3g}, at most {SAFETY} x "
                             f"{D:.3g})", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
     if lr > M:
@@ -60,6 +64,13 @@ def check_lr(ctx: Context) -> list[Finding]:
                         ev,
                         f"training.lr: {rec:.3g} (the recommended lr), or measure up to {lr:g} with "
                         f"`stablesweep ramp`", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
+    stalls = [x for x in s.stalled_below or [] if x >= lr]
+    if stalls:
+        return [Finding("lr.too_small", "warning",
+                        f"lr {lr:.3g} is at or below an lr that stalled ({max(stalls):.3g}): the loss did not fall "
+                        "enough in the measured budget", ev,
+                        f"training.lr: {rec:.3g} (the recommended lr)", "training.lr",
+                        {"training.lr": float(f"{rec:.3g}")})]
     return [Finding("lr.within", "info",
                     f"lr {lr:.3g} is within the measured stable range (max stable {M:.3g}; {lr / M:.2g}x of it)",
                     ev, "nothing to change" + (f"; recommended {rec:.3g}" if lr > rec else ""),
