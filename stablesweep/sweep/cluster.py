@@ -18,12 +18,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stablesweep.config import check_output_dir
 from stablesweep.sweep.options import RunOptions
 from stablesweep.vocab import InputError
 
 logger = logging.getLogger(__name__)
 
 CLUSTER_MAX_FAILURES = 2  # default retries of a trial from its checkpoint on a multi-node cluster
+LOCAL_MAX_FAILURES = 1  # on one node: a trial whose worker process died is retried once
 LOCAL_SCHEMES = {"file", "local"}  # URIs that name this machine's disk, not shared storage
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUILTIN_RESOURCES = {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial", "memory": None}
@@ -97,6 +99,14 @@ def check_run_options(opts: RunOptions) -> None:
     if opts.address and opts.num_cpus:
         raise InputError("num_cpus applies to a local Ray only; not with --address")
     trial_resources(opts)  # refuses a bad --resources-per-trial
+    out, _ = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
+    check_output_dir(out, "--out" if uri_scheme(opts.out) is None else "--local-dir")
+    if opts.mlflow and opts.mlflow.startswith(("http://", "https://")):
+        from stablesweep.tracking import probe_store
+
+        why = probe_store(opts.mlflow)  # seconds, not MLflow's minutes of retries
+        if why:
+            raise InputError(f"--mlflow {opts.mlflow}: {why}")
 
 
 def trial_resources(opts: RunOptions) -> dict[str, float]:
@@ -229,7 +239,7 @@ def cluster_checks(opts: RunOptions, shape: ClusterShape | None = None) -> tuple
     check_shared_storage(opts.out, shape.n_nodes, opts.shared_storage)
     max_failures = opts.max_failures
     if max_failures is None:
-        max_failures = CLUSTER_MAX_FAILURES if shape.n_nodes > 1 else 0
+        max_failures = CLUSTER_MAX_FAILURES if shape.n_nodes > 1 else LOCAL_MAX_FAILURES
     return max_concurrent, max_failures, shape
 
 

@@ -256,3 +256,66 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     g = res.region.groups[0]
     assert g.counts["pruned"] == len(pruned)
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
+
+
+def test_disk_full_mid_sweep_stops_with_a_message_not_a_traceback(tmp_path):
+    """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
+    could not be written, marks its MLflow runs KILLED where it can, prints the resume command and
+    exits 74 (not Optuna's StorageInternalError traceback, exit 1)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], check=True)
+    first = None
+    try:
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(grid_space(tmp_path)),
+               "--sampler", "grid", "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}",
+               "--no-asha", "--max-concurrent", "1", "--out", str(mnt / "out"), "--name", "full"]
+        log = tmp_path / "first.log"
+        first = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+        deadline = time.time() + 200
+        while time.time() < deadline and first.poll() is None:
+            if len([ln for ln in log.read_text().splitlines() if ln.startswith("[")]) >= 2:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, log.read_text()[-3000:]
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'filler'}", "bs=1M", "count=100"], capture_output=True)
+        first.wait(timeout=300)
+        text = log.read_text()
+        tail = text[text.rindex("error: sweep full"):] if "error: sweep full" in text else text[-3000:]
+        assert first.returncode == 74, tail
+        assert "its output could not be written" in tail and "continue with  stablesweep sweep" in tail
+        assert "--name full --resume" in tail and "Traceback" not in tail
+    finally:
+        if first is not None:
+            _kill_group(first)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_ctrl_c_while_the_mlflow_store_is_created_leaves_no_half_made_store(tmp_path):
+    """SIGINT the process that creates OUT/mlflow.db while MLflow runs its migrations: no
+    mlflow.db is left (only a finished store is renamed into place), and the next sweep's
+    create_store makes a usable one."""
+    from stablesweep.sweep.runner import create_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = f"from stablesweep.sweep.runner import create_store; create_store({uri!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".mlflow.db.*.tmp")):
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode != 0  # interrupted mid-creation
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.glob(".mlflow.db.*"))
+    create_store(uri)
+    tr = Tracker(uri)
+    run = tr.start_sweep("s", {}, tags={})
+    assert [r.info.run_id for r in tr.sweep_runs()] == [run]
