@@ -29,6 +29,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +248,8 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
+    if plan.resume and plan.storage == str(plan.out):
+        _repair_tune_state(plan)
     if plan.resume and _can_restore(plan):
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
@@ -333,6 +337,43 @@ def create_store(uri: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def _repair_tune_state(plan: SweepPlan) -> None:
+    """A write that failed half-way (disk full) can leave Tune's experiment_state-*.json in the
+    sweep folder truncated, and Tune then restores no trial at all. Tune writes its state whole to
+    a staging folder of its Ray session first (RAY_TMPDIR or /tmp, ray/session_*/artifacts/*/NAME/
+    driver_artifacts): the newest whole copy of this sweep (whose trials are this sweep's trial
+    folders) is put back in place."""
+    states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
+    if not states or all(_whole_json(p) for p in states):
+        return
+    mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
+    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in staged:
+        if _whole_json(state) and {p.name for p in state.parent.glob("trial_*")} <= mine:
+            for pattern in _TUNE_STATE:
+                for p in plan.sweep_dir.glob(pattern):
+                    p.unlink()
+                for p in state.parent.glob(pattern):
+                    shutil.copy2(p, plan.sweep_dir / p.name)
+            logger.warning("Tune's state in %s was cut short; restored its last whole copy from %s",
+                           plan.sweep_dir, state.parent)
+            return
+    logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _can_restore(plan: SweepPlan) -> bool:

@@ -258,10 +258,11 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
 
 
-def test_disk_full_mid_sweep_stops_with_a_message_not_a_traceback(tmp_path):
+def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
     """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
     could not be written, marks its MLflow runs KILLED where it can, prints the resume command and
-    exits 74 (not Optuna's StorageInternalError traceback, exit 1)."""
+    exits 74 (not Optuna's StorageInternalError traceback, exit 1). With space back, --resume ends
+    with every grid point exactly once in Tune's table, Optuna and MLflow, nothing RUNNING."""
     if os.geteuid() != 0:
         pytest.skip("needs root to mount a tmpfs")
     mnt = tmp_path / "small"
@@ -288,6 +289,29 @@ def test_disk_full_mid_sweep_stops_with_a_message_not_a_traceback(tmp_path):
         assert first.returncode == 74, tail
         assert "its output could not be written" in tail and "continue with  stablesweep sweep" in tail
         assert "--name full --resume" in tail and "Traceback" not in tail
+
+        (mnt / "filler").unlink()  # space is back: --resume finishes with every grid point exactly once
+        second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+        try:
+            output, _ = second.communicate(timeout=300)
+        finally:
+            _kill_group(second)
+        assert second.returncode in (0, 1), output[-4000:]  # 1: the trial the full disk broke ended in error
+        sweep_dir = mnt / "out" / "full"
+        table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
+        assert len(table) == N_GRID and table["trial_id"].is_unique, output[-4000:]
+        assert len({(lr, None if math.isnan(c) else c)
+                    for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
+        state = json.loads((sweep_dir / "sweep.json").read_text())
+        rows = study_summary(state["study_url"], state["study_name"])
+        assert not [r for r in rows if r["state"] == "RUNNING"]
+        real = [r for r in rows if r.get("verdict") != "abandoned"]
+        assert sorted(r["tune_trial_id"] for r in real) == sorted(table["trial_id"])
+        tr = Tracker(state["tracking_uri"])
+        children = tr.children(state["parent_run_id"])
+        assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
+        assert not [c for c in children if c.info.status == "RUNNING"]
     finally:
         if first is not None:
             _kill_group(first)
