@@ -218,7 +218,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -231,16 +231,44 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(raw, overrides, source=str(path), base_dir=str(path.resolve().parent))
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (first on line {seen[key] + 1}); the later one "
+                                "would silently win", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def config_from_dict(raw: dict, overrides: list[str] | None = None, *, source: str = "<dict>",
                      base_dir: str = ".") -> Config:
     raw = copy.deepcopy(raw)
     for ov in overrides or []:
         apply_override(raw, ov)
-    cfg = _build(Config, raw, "", source)
-    cfg.source = source
-    cfg.base_dir = base_dir
-    validate(cfg)
+    try:
+        cfg = _build(Config, raw, "", source)
+        cfg.source = source
+        cfg.base_dir = base_dir
+        validate(cfg)
+    except ConfigError as e:
+        raise _blame_override(e, overrides or [], source) from None
     return cfg
+
+
+def _blame_override(e: ConfigError, overrides: list[str], source: str) -> ConfigError:
+    """An error about a key a --set gave is the --set's, not the file's."""
+    msg = str(e)
+    for ov in reversed(overrides):  # the last --set of a key is the one in effect
+        key = parse_override(ov)[0]
+        if msg.startswith(f"{source}: {key}") or f"unknown key {key!r}" in msg:
+            return ConfigError(f"--set {ov} (over {source}): " + msg.removeprefix(f"{source}: "))
+    return e
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -342,14 +370,14 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise bad() from None
-        raise bad()
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            return float(value)
+        raise bad(" (not a number)" if isinstance(value, float) else "")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -467,6 +495,22 @@ def validate(cfg: Config) -> None:
         x = getattr(m, f.name)
         if f.name.startswith("warn_"):
             need(x is None or x > 0, f"monitor.{f.name}", f"must be positive or null (off), got {x}")
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that cannot be one before any work: an existing file, or a place
+    under which nothing can be created (read-only, no permission). Writes nothing."""
+    import os
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{flag} {path}: is a file, not a folder")
+    existing = next(a for a in (p, *p.parents) if a.exists())
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {existing.resolve()} (read-only or no permission)")
+    return p
 
 
 def data_source(d: DatasetConfig) -> str:

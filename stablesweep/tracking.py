@@ -35,6 +35,7 @@ The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -554,10 +555,27 @@ def probe_store(uri: str, timeout: float = 5.0) -> str | None:
     if path is not None:
         if not path.is_file():
             return f"no MLflow store at {uri} (no file {path.resolve()})"
+        return _not_mlflow_sqlite(path)
     elif uri.startswith("file:") or "://" not in uri:
         local = Path(uri.removeprefix("file://").removeprefix("file:"))
         if not local.exists():
             return f"no MLflow store at {uri} (no directory {local.resolve()})"
+    return None
+
+
+def _not_mlflow_sqlite(path: Path) -> str | None:
+    """Why the file is no MLflow store (None when it is one), read without writing: MLflow itself
+    would turn any sqlite file, even an empty one, into a store by adding its tables."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as e:
+        return f"{path} is not an MLflow store ({e})"
+    if not {"alembic_version", "experiments", "runs"} <= tables:
+        return f"{path} is not an MLflow store (" + (f"its tables: {', '.join(sorted(tables))}" if tables
+                                                     else "an empty database") + "); nothing was changed in it"
     return None
 
 

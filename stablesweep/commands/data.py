@@ -62,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--per-class", type=int, default=16, help="train images a class (val: a quarter; default 16)")
     s.add_argument("--image-size", type=int, default=32, help="square image side in pixels (default 32)")
     s.add_argument("--seed", type=int, default=1234, help="generator seed (default 1234)")
+    s.add_argument("--force", action="store_true",
+                   help="write into an --out that is not empty (its manifests and config.yaml are overwritten)")
     s.set_defaults(func=run_synth)
     c = dsub.add_parser("check", help="pre-flight check of every label and image of a config",
                         description="Validate every manifest of a config without training.",
@@ -94,8 +96,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from stablesweep.config import ConfigError
+    from stablesweep.config import ConfigError, check_output_dir
     from stablesweep.data import write_synthetic
+
+    out = check_output_dir(args.out)
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ConfigError(f"--out {args.out}: not empty (its manifests or config.yaml may be yours); pass --force "
+                          "to overwrite them, or another --out")
 
     try:
         path = write_synthetic(args.out, args.scale, per_class=args.per_class, image_size=args.image_size,
@@ -109,10 +116,16 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
-    from stablesweep.data import validate_labels
+    from stablesweep.data import DataError, build_data
 
-    cfg = load_config(args.config)
-    report = validate_labels(cfg, check_images=args.images or cfg.data.verify_images)
+    overrides = [f"data.verify_images={args.images}"] if args.images else []
+    cfg = load_config(args.config, overrides)
+    try:  # train's own pre-flight: what it refuses, this reports
+        report = build_data(cfg).report
+    except DataError as e:
+        if e.report is None:
+            raise
+        report = e.report
     print(report.format())
     if report.ok(cfg.loss.on_bad_label):
         print("labels and images: ok")

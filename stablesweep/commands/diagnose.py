@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write <config stem>_fixed.yaml here (default: beside the config)")
     p.add_argument("--no-write", action="store_true", help="print the findings only; write nothing")
+    p.add_argument("--force", action="store_true", help="overwrite an existing <config stem>_fixed.yaml")
     add_set_argument(p)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the probe runs (default: auto = cuda when there is one)")
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.probe_steps < 0:
         raise ConfigError(f"--probe-steps: must be 0 or more, got {args.probe_steps}")
+    if not args.no_write:
+        from stablesweep.diagnose.fixed import check_fixed_target
+
+        check_fixed_target(args.config, args.out, args.force)
     if args.probe_steps:
         from stablesweep.train import resolve_device
 

@@ -46,7 +46,9 @@ On a cluster of more than one node (alive nodes, plus those an autoscaler may ad
 --out is refused: each node would write its trials' checkpoints to its own disk, so a trial could
 not be restored on another node. A trial whose node is lost is retried from its last checkpoint
 (--max-failures, 2 by default there) and still ends with exactly one verdict.
-Exit status: 0 done, 1 no trial ended stable, 2 bad input, 130 interrupted (continue with --resume).
+Exit status: 0 done, 1 no trial ended stable or some trial ended in error, 2 bad input, 74 the
+output could not be written (disk full, read-only; continue with --resume), 130 interrupted
+(continue with --resume).
 """
 
 
@@ -147,10 +149,14 @@ def run(args: argparse.Namespace) -> int:
     # the cheap checks first, before Ray is even imported
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
 
-    from stablesweep.sweep.runner import run_sweep
+    from stablesweep.sweep.runner import OutputFault, run_sweep
     from stablesweep.tracking import stable_trials_link, ui_command
 
-    res = run_sweep(opts, echo=lambda s: print(s, flush=True))
+    try:
+        res = run_sweep(opts, echo=lambda s: print(s, flush=True))
+    except OutputFault as e:
+        print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name)}", file=sys.stderr)
+        return 74
     c = res.counts
     print()
     print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "
@@ -183,4 +189,11 @@ def run(args: argparse.Namespace) -> int:
     if res.interrupted:
         print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
         return 130
+    if c.get("error"):
+        errors = res.table[res.table["verdict"] == "error"]
+        print(f"\n{c['error']} trial(s) ended in error (their settings are not in the region):",
+              file=sys.stderr)
+        for _, r in errors.head(5).iterrows():
+            print(f"  trial {r['trial_id']} {r['name']}: {str(r['reason'] or 'error')[:300]}", file=sys.stderr)
+        return 1
     return 0 if c.get("stable", 0) else 1

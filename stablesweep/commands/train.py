@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write result.json, config.yaml and checkpoints here (default: runs/<config name>)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT_DIR",
                    help="continue exactly from a checkpoint written by an earlier run")
+    p.add_argument("--force", action="store_true",
+                   help="reuse an --out that holds an earlier run: its result.json and checkpoints are removed first")
     p.add_argument("--quiet", action="store_true", help="print only the verdict")
     p.set_defaults(func=run)
 
@@ -46,14 +48,39 @@ def add_set_argument(p: argparse.ArgumentParser) -> None:
                         "--set loss.masking=slice")
 
 
+def prepare_out(out: Path, *, explicit: bool, force: bool, resuming: bool) -> None:
+    """Before training: refuse an --out that cannot be written; an --out that holds an earlier run
+    is refused unless --force (or --resume, which continues it); with --force, and for the default
+    runs/<config stem>, the earlier run's result.json and checkpoints are removed first, so none of
+    them is mistaken for this run's."""
+    import shutil
+
+    from stablesweep.config import check_output_dir
+    from stablesweep.vocab import InputError
+
+    check_output_dir(out, "--out" if explicit else "the default --out")
+    earlier = [p for p in (out / "result.json", out / "checkpoints") if p.exists()]
+    if not earlier or resuming:
+        return
+    if explicit and not force:
+        raise InputError(f"--out {out}: holds an earlier run ({', '.join(p.name for p in earlier)}); pass --force "
+                         "to replace it, --resume CHECKPOINT to continue it, or another --out")
+    for p in earlier:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # bad config: an error before torch is even imported
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    prepare_out(out, explicit=args.out is not None, force=args.force, resuming=args.resume is not None)
     from stablesweep.train import resolve_device, run_training
 
-    resolve_device(args.device)  # a GPU asked for where there is none: error before any work
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    device = resolve_device(args.device)  # a GPU asked for where there is none: error before any work
+    if device.type == "cpu" and cfg.training.precision == "fp16":
+        print("warning: training.precision fp16 on CPU is emulated and runs many times slower than fp32; "
+              "use bf16 or fp32 on CPU, fp16 on a GPU", file=sys.stderr)
     log = None if args.quiet else (lambda s: print(s, flush=True))
     result = run_training(cfg, device=args.device, checkpoint_dir=out / "checkpoints",
                           resume_from=args.resume, log=log)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from stablesweep.config import ConfigError, config_from_dict, set_dotted
+from stablesweep.config import ConfigError, check_output_dir, config_from_dict, set_dotted
 from stablesweep.vocab import InputError
 
 from .findings import Change, Diagnosis, scalar
@@ -48,8 +48,8 @@ def fixed_config(diag: Diagnosis, out_dir: str | Path | None = None) -> tuple[Pa
     if not changes:
         return None
     src = diag.config_path
-    folder = Path(out_dir) if out_dir is not None else src.parent
-    target = folder / f"{src.stem}_fixed.yaml"
+    target = fixed_path(src, out_dir)
+    folder = target.parent
     raw = copy.deepcopy(diag.raw)
     comments: dict[tuple, list[str]] = {}
     inline: dict[tuple, str] = {}
@@ -99,6 +99,22 @@ def fixed_config(diag: Diagnosis, out_dir: str | Path | None = None) -> tuple[Pa
     except (ConfigError, yaml.YAMLError) as e:  # a bug of ours: never write a config that does not load
         raise RuntimeError(f"the fixed config does not load: {e}\n{text}") from e
     return target, text, changes
+
+
+def fixed_path(config: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where `<stem>_fixed.yaml` of `config` goes: `out_dir`, or beside the config."""
+    config = Path(config)
+    return (Path(out_dir) if out_dir is not None else config.parent) / f"{config.stem}_fixed.yaml"
+
+
+def check_fixed_target(config: str | Path, out_dir: str | Path | None, force: bool) -> None:
+    """Before any work: refuse an --out that cannot be written, and an existing `<stem>_fixed.yaml`
+    (the user may have edited it) unless `force`."""
+    target = fixed_path(config, out_dir)
+    check_output_dir(target.parent, "--out" if out_dir is not None else "the config's folder")
+    if target.exists() and not force:
+        raise InputError(f"{target} exists (you may have edited it); pass --force to overwrite it, "
+                         "--out DIR to write elsewhere, or --no-write")
 
 
 def write_fixed(diag: Diagnosis, out_dir: str | Path | None = None) -> tuple[Path, list[Change]] | None:

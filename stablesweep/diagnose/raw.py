@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from stablesweep.config import apply_override, load_config
+from stablesweep.config import UniqueKeyLoader, apply_override, load_config
 
 from .findings import Finding
 
@@ -17,7 +17,7 @@ from .findings import Finding
 def read_raw(path: Path, overrides: list[str]) -> dict:
     """The config file's mapping with the overrides applied; any read error is load_config's."""
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) if path.is_file() else None
     except (yaml.YAMLError, UnicodeDecodeError, OSError):
         raw = None
     if not isinstance(raw, dict):

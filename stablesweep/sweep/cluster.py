@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stablesweep.config import check_output_dir
 from stablesweep.sweep.options import RunOptions
 from stablesweep.vocab import InputError
 
@@ -97,6 +98,14 @@ def check_run_options(opts: RunOptions) -> None:
     if opts.address and opts.num_cpus:
         raise InputError("num_cpus applies to a local Ray only; not with --address")
     trial_resources(opts)  # refuses a bad --resources-per-trial
+    out, _ = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
+    check_output_dir(out, "--out" if uri_scheme(opts.out) is None else "--local-dir")
+    if opts.mlflow and opts.mlflow.startswith(("http://", "https://")):
+        from stablesweep.tracking import probe_store
+
+        why = probe_store(opts.mlflow)  # seconds, not MLflow's minutes of retries
+        if why:
+            raise InputError(f"--mlflow {opts.mlflow}: {why}")
 
 
 def trial_resources(opts: RunOptions) -> dict[str, float]:

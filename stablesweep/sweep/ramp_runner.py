@@ -33,6 +33,7 @@ from ray.tune.search import Searcher
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.plots import boundary_data, plot_boundary
 from stablesweep.config import ConfigError, load_config
+from stablesweep.data import build_data
 from stablesweep.sweep.cluster import (
     check_run_options,
     cluster_checks,
@@ -113,6 +114,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
     check_run_options(opts)
     storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
     cfg = load_config(opts.config, opts.config_overrides())
+    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
     if cfg.training.steps is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
     base = cfg.to_dict()

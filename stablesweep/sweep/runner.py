@@ -24,9 +24,13 @@ bucket URI or a path declared shared with `--shared-storage` (`cluster.check_sha
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from stablesweep.config import Config, load_config
+from stablesweep.data import build_data
 from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback
 from stablesweep.sweep.cluster import (
     check_run_options,
@@ -124,6 +129,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     cfg = load_config(opts.config, opts.config_overrides())
     space = load_space(opts.space)
     space.validate(cfg)
+    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
     base = cfg.to_dict()
     out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
 
@@ -224,6 +230,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
 
     opts, space = plan.opts, plan.space
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+    create_store(plan.tracking_uri)
     tracker = Tracker(plan.tracking_uri, experiment=plan.state.get("experiment", opts.experiment))
     if plan.resume:
         parent = plan.state["parent_run_id"]
@@ -241,6 +248,8 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
+    if plan.resume and plan.storage == str(plan.out):
+        _repair_tune_state(plan)
     if plan.resume and _can_restore(plan):
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
@@ -254,8 +263,117 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
             scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
             num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
             callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
-    results = tuner.fit()
-    return _collect(plan, results, tracker, parent, started)
+    try:
+        return _collect(plan, tuner.fit(), tracker, parent, started)
+    except Exception as e:
+        why = storage_fault(e)
+        if why is None:
+            raise
+        closed = _close_runs(tracker, parent)
+        raise OutputFault(f"sweep {plan.name}: its output could not be written ({why}); the sweep stopped. "
+                          + ("Its MLflow runs are marked KILLED. " if closed else
+                             f"Its MLflow runs in {plan.tracking_uri} could not be closed either (still RUNNING). ")
+                          + f"Free space or make {plan.out} writable, then resume: trials that finished are kept, "
+                          "the others run again", plan.name) from e
+
+
+class OutputFault(Exception):
+    """A sweep stopped because its output could not be written (disk full, read-only file system)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name  # the sweep's, for the resume command
+
+
+_FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
+                "disk quota exceeded", "disk i/o error")
+
+
+def storage_fault(exc: BaseException | None) -> str | None:
+    """What was wrong, in the words of the first error in `exc`'s chain that says the disk is full
+    or read-only (an OSError, sqlite's words through SQLAlchemy and Optuna, a worker's error through
+    Ray); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            return os.strerror(exc.errno) + (f": {exc.filename}" if exc.filename else "")
+        text = str(exc).lower()
+        for words in _FAULT_WORDS:
+            if words in text:
+                return words
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _close_runs(tracker, parent: str) -> bool:
+    """Mark the sweep's MLflow runs that are still RUNNING as KILLED (a resume sets them RUNNING
+    again); False when the store cannot be written either."""
+    try:
+        for run in tracker.children(parent):
+            if run.info.status == "RUNNING":
+                tracker.client.set_terminated(run.info.run_id, "KILLED")
+        tracker.client.set_terminated(parent, "KILLED")
+        return True
+    except Exception as e:  # the store on the same full disk
+        logger.warning("could not close the MLflow runs of the sweep: %s", e)
+        return False
+
+
+def create_store(uri: str) -> None:
+    """A new sqlite MLflow store is made under a temporary name and renamed into place: a Ctrl-C
+    while MLflow creates its tables (a few seconds of migrations) leaves no half-made store
+    (whose `_alembic_tmp_*` table would fail every later sweep there)."""
+    from stablesweep.tracking import store_path
+
+    path = store_path(uri)
+    if path is None or path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def _repair_tune_state(plan: SweepPlan) -> None:
+    """A write that failed half-way (disk full) can leave Tune's experiment_state-*.json in the
+    sweep folder truncated, and Tune then restores no trial at all. Tune writes its state whole to
+    a staging folder of its Ray session first (RAY_TMPDIR or /tmp, ray/session_*/artifacts/*/NAME/
+    driver_artifacts): the newest whole copy of this sweep (whose trials are this sweep's trial
+    folders) is put back in place."""
+    states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
+    if not states or all(_whole_json(p) for p in states):
+        return
+    mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
+    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in staged:
+        if _whole_json(state) and {p.name for p in state.parent.glob("trial_*")} <= mine:
+            for pattern in _TUNE_STATE:
+                for p in plan.sweep_dir.glob(pattern):
+                    p.unlink()
+                for p in state.parent.glob(pattern):
+                    shutil.copy2(p, plan.sweep_dir / p.name)
+            logger.warning("Tune's state in %s was cut short; restored its last whole copy from %s",
+                           plan.sweep_dir, state.parent)
+            return
+    logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _can_restore(plan: SweepPlan) -> bool:

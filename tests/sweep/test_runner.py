@@ -268,3 +268,90 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     g = res.region.groups[0]
     assert g.counts["pruned"] == len(pruned)
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
+
+
+def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
+    """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
+    could not be written, marks its MLflow runs KILLED where it can, prints the resume command and
+    exits 74 (not Optuna's StorageInternalError traceback, exit 1). With space back, --resume ends
+    with every grid point exactly once in Tune's table, Optuna and MLflow, nothing RUNNING."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], check=True)
+    first = None
+    try:
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(grid_space(tmp_path)),
+               "--sampler", "grid", "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}",
+               "--no-asha", "--max-concurrent", "1", "--out", str(mnt / "out"), "--name", "full"]
+        log = tmp_path / "first.log"
+        first = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                                 env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+        deadline = time.time() + 200
+        while time.time() < deadline and first.poll() is None:
+            if len([ln for ln in log.read_text().splitlines() if ln.startswith("[")]) >= 2:
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, log.read_text()[-3000:]
+        subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'filler'}", "bs=1M", "count=100"], capture_output=True)
+        first.wait(timeout=300)
+        text = log.read_text()
+        tail = text[text.rindex("error: sweep full"):] if "error: sweep full" in text else text[-3000:]
+        assert first.returncode == 74, tail
+        assert "its output could not be written" in tail and "continue with  stablesweep sweep" in tail
+        assert "--name full --resume" in tail and "Traceback" not in tail
+
+        (mnt / "filler").unlink()  # space is back: --resume finishes with every grid point exactly once
+        second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+        try:
+            output, _ = second.communicate(timeout=300)
+        finally:
+            _kill_group(second)
+        assert second.returncode in (0, 1), output[-4000:]  # 1: the trial the full disk broke ended in error
+        sweep_dir = mnt / "out" / "full"
+        table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
+        assert len(table) == N_GRID and table["trial_id"].is_unique, output[-4000:]
+        assert len({(lr, None if math.isnan(c) else c)
+                    for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
+        state = json.loads((sweep_dir / "sweep.json").read_text())
+        rows = study_summary(state["study_url"], state["study_name"])
+        assert not [r for r in rows if r["state"] == "RUNNING"]
+        real = [r for r in rows if r.get("verdict") != "abandoned"]
+        assert sorted(r["tune_trial_id"] for r in real) == sorted(table["trial_id"])
+        tr = Tracker(state["tracking_uri"])
+        children = tr.children(state["parent_run_id"])
+        assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
+        assert not [c for c in children if c.info.status == "RUNNING"]
+    finally:
+        if first is not None:
+            _kill_group(first)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_ctrl_c_while_the_mlflow_store_is_created_leaves_no_half_made_store(tmp_path):
+    """SIGINT the process that creates OUT/mlflow.db while MLflow runs its migrations: no
+    mlflow.db is left (only a finished store is renamed into place), and the next sweep's
+    create_store makes a usable one."""
+    from stablesweep.sweep.runner import create_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = f"from stablesweep.sweep.runner import create_store; create_store({uri!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".mlflow.db.*.tmp")):
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode != 0  # interrupted mid-creation
+    assert not (tmp_path / "mlflow.db").exists() and not list(tmp_path.glob(".mlflow.db.*"))
+    create_store(uri)
+    tr = Tracker(uri)
+    run = tr.start_sweep("s", {}, tags={})
+    assert [r.info.run_id for r in tr.sweep_runs()] == [run]
