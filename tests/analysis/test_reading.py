@@ -156,5 +156,6 @@ def test_an_unknown_or_empty_experiment_or_a_missing_store_is_bad_input(store, t
     assert not missing.exists()
     bad = tmp_path / "bad.db"
     bad.write_text("not a database " * 100)
-    with pytest.raises(InputError, match=r"^--mlflow sqlite:///.*bad\.db: cannot read the store: .*not a database"):
+    with pytest.raises(InputError, match=r"^--mlflow sqlite:///.*bad\.db: .*bad\.db is not an MLflow store "
+                                         r"\(file is not a database\)"):
         read_sweeps(f"sqlite:///{bad}")
