@@ -31,7 +31,8 @@ Start here:
   stablesweep train configs/demo.yaml                   # one guarded run, ends with a verdict
   stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml
 
-Every command takes --help. Exit status: 0 ok, 1 findings or a diverged run, 2 bad input.
+Every command takes --help. Exit status: 0 ok, 1 findings or a diverged run, 2 bad input,
+3 a stalled run (train), 74 a sweep whose output could not be written (resume it).
 """
 
 
