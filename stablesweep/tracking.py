@@ -59,6 +59,7 @@ from stablesweep.vocab import (
     STALLED,
     VERDICTS,
     finite,
+    format_value,
     py,
 )
 
@@ -181,13 +182,9 @@ def param_value(v: Any) -> str:
     import yaml
 
     v = py(v)
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return str(v).lower()
     if isinstance(v, float):
         return yaml.representer.SafeRepresenter().represent_float(v).value
-    return str(v)
+    return format_value(v)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
