@@ -255,14 +255,16 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
                         name="asha", mlflow=mlflow_uri, max_concurrent=1)
     res = run_sweep(opts, echo=lambda s: None)
     t = res.table
-    assert set(t["verdict"]) == {"stable", "pruned"}, t[["name", "verdict", "steps", "objective"]]
+    # lr 1e-5 barely moves the loss: where ASHA lets it run its budget it ends stalled, not stable
+    assert {"stable", "pruned"} <= set(t["verdict"]) <= {"stable", "pruned", "stalled"}, \
+        t[["name", "verdict", "steps", "objective"]]
     pruned = t[t["verdict"] == "pruned"]
     assert (pruned["steps"] < STEPS).all() and (pruned["first_bad_step"] == -1).all()
     state = json.loads((res.sweep_dir / "sweep.json").read_text())
     rows = {r["tune_trial_id"]: r for r in study_summary(state["study_url"], state["study_name"])}
     for tid in pruned["trial_id"]:
-        assert (rows[tid]["state"], rows[tid]["verdict"], rows[tid]["constraints"]) == ("PRUNED", "pruned",
-                                                                                          {"diverged": 0.0})
+        assert (rows[tid]["state"], rows[tid]["verdict"], rows[tid]["constraints"]) == \
+            ("PRUNED", "pruned", {"diverged": 0.0, "stalled": 0.0})
     children = {c.data.tags["stablesweep.trial_id"]: c for c in Tracker(mlflow_uri).children(res.parent_run_id)}
     assert all(children[tid].info.status == "KILLED" for tid in pruned["trial_id"])
     # a pruned trial is no evidence of stability at the budget
