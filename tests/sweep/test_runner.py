@@ -17,7 +17,7 @@ from stablesweep.config import load_config
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.runner import run_sweep
 from stablesweep.sweep.search import study_summary
-from stablesweep.tracking import Tracker, param_value
+from stablesweep.tracking import STATUS, Tracker, param_value
 from stablesweep.vocab import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,7 +242,8 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
     children = tr.children(state["parent_run_id"])
     assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
-    assert all(c.info.status == "FINISHED" for c in children)
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))  # stable FINISHED, diverged FAILED
+    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
 
 
 def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
