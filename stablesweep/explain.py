@@ -190,8 +190,9 @@ def batch_samples(trainer: Trainer, step: int) -> list[dict]:
     for g in flat:
         d = bisect.bisect_right(starts, g) - 1
         i = g - starts[d]
-        label = mixed.sources[d].label(i)
-        out.append({"dataset": space.names[d], "index": i, "where": mixed.where(d, i), "label": label,
+        src = mixed.sources[d]
+        label = src.label(i)
+        out.append({"dataset": space.names[d], "index": i, "where": src.where(i), "label": label,
                     "num_classes": space.num_classes[d], "in_range": 0 <= label < space.num_classes[d]})
     return out
 
