@@ -14,7 +14,8 @@ Per report (`read`, one sync): the vector comes to the host and `judge` gives th
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
 `loss_explosion`) and the step where it began. At the end of the budget (`final=True`) a run that
 did not diverge is `stable` only if it trained: its progress, 1 - smoothed / initial loss, is at
-least `min_progress`; else it is `stalled` (reason `no_progress`). Every verdict holds for the
+least `min_progress`; else it is `stalled` (reason `no_progress`); `min_progress: 0` turns the
+rule off (any finite run is stable). Every verdict holds for the
 steps run so far.
 
 Early-warning signals, kept in the same vector by the same function (no extra sync), each with the
@@ -327,7 +328,7 @@ class DivergenceMonitor:
             found.append((snap.first_explosion_step, LOSS_EXPLOSION))
         if not found:
             p = progress(snap)
-            if final and not (math.isfinite(p) and p >= self.cfg.min_progress):
+            if final and self.cfg.min_progress > 0 and not (math.isfinite(p) and p >= self.cfg.min_progress):
                 return Verdict(STALLED, NO_PROGRESS)
             return Verdict(STABLE)
         step, reason = min(found)

@@ -51,6 +51,14 @@ def test_min_progress_sets_the_bar():
         assert mon.judge(mon.snapshot(), final=True).verdict == verdict, bar
 
 
+def test_min_progress_zero_turns_the_stall_rule_off():
+    rising = [3.0 + 0.02 * i for i in range(60)]  # finite, +40%: stalled under any positive bar
+    for bar, verdict in [(0.1, "stalled"), (0.0, "stable")]:
+        mon = DivergenceMonitor(MonitorConfig(min_progress=bar))
+        feed(mon, rising)
+        assert mon.judge(mon.snapshot(), final=True).verdict == verdict, bar
+
+
 def test_divergence_wins_over_a_stall():
     mon = DivergenceMonitor(MonitorConfig())
     feed(mon, [3.0] * 20 + [math.nan] + [3.0] * 20)
