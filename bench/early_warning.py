@@ -109,8 +109,8 @@ def trace(cfg, kind: str) -> Run:
         states.append(mon.v.clone())
         return skip
 
-    def traced_record(ratio):
-        record(ratio)
+    def traced_record(*a):
+        record(*a)
         states[-1] = mon.v.clone()
 
     mon.update, mon.record_update = traced_update, traced_record

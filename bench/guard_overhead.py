@@ -1,6 +1,7 @@
-"""Guarded vs unguarded training step on a GPU, and the host syncs between reports.
+"""Guarded vs unguarded training step, and the host syncs between reports.
 
-    python bench/guard_overhead.py [--model resnet18] [--image-size 64] [--batch 256] [--steps 100]
+    python bench/guard_overhead.py [--model resnet18] [--image-size 64] [--batch 256] [--steps 100] [--ablate]
+    python bench/guard_overhead.py --device cpu --image-size 16 --batch 16 --steps 20 --precisions fp32,bf16
 
 The model is a torchvision ResNet-18 with one head over the 2816 classes of the six food datasets;
 batches are random images with dataset ids (sorted, as the loader yields them), already on the GPU,
@@ -9,16 +10,28 @@ at 1.0; the guarded one adds what stablesweep adds per step: the non-finite flag
 the fused optimizer's `found_inf`, the monitor update (with the early-warning signals: the
 gradient-norm spike, the largest logit and logsumexp of the logits it is given, the loss-scale
 drops), the per-dataset accumulators, and once every `--report-interval` steps the
-update-to-weight ratio (a copy of the weights and two foreach norms), as the Trainer does.
+update-to-weight ratio (a foreach copy of the weights, two foreach norms, one compiled call), as
+the Trainer does.
 
-Host syncs are counted with torch.cuda.set_sync_debug_mode("warn") over the steps between two
-reports (the report itself is the one intended sync).
+Per step, besides the time: the operators the host dispatches (top-level aten ops, counted with
+torch.profiler over a report interval) and on CUDA the kernel launches, for the unguarded and the
+guarded step; the guard's cost on a host-bound step is mostly these. `recompiles` counts the
+compiled frames dynamo built during the timed steps (0 expected: a recompile, or a fall-back to
+eager after too many, would show as overhead). Host syncs are counted with
+torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps (the report itself is the one intended
+sync). `--ablate` times the guard's parts: the skip alone, + the monitor (its compiled call with
+the logit statistics), + the per-dataset accumulators; the full guarded row adds the sampled
+update-to-weight ratio.
+
+On CPU (`--device cpu`) the monitor runs eagerly, as the Trainer runs it there (`--compile-monitor`
+compiles it as on CUDA); times are host wall clock.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -30,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stablesweep.config import FOOD_DATASETS, LossConfig, MonitorConfig  # noqa: E402
 from stablesweep.data import Batch, LabelSpace  # noqa: E402
 from stablesweep.stability.loss import GuardedLoss  # noqa: E402
-from stablesweep.stability.monitor import DivergenceMonitor, update_ratio  # noqa: E402
+from stablesweep.stability.monitor import DivergenceMonitor, copy_weights  # noqa: E402
 from stablesweep.stability.precision import make_optimizer, make_precision  # noqa: E402
 from stablesweep.train import accumulate  # noqa: E402
 
@@ -56,7 +69,8 @@ def build(args, precision: str, device):
     space = LabelSpace(tuple(FOOD_DATASETS), tuple(FOOD_DATASETS.values()),
                        tuple(sum(list(FOOD_DATASETS.values())[:i]) for i in range(len(FOOD_DATASETS))))
     model = torchvision.models.get_model(args.model, weights=None, num_classes=space.total).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
     opt = make_optimizer("adamw", params, lr=1e-4, weight_decay=0.0, momentum=0.9, betas=(0.9, 0.999))
     prec = make_precision(precision, device)
@@ -77,29 +91,37 @@ def unguarded_step(model, params, opt, prec, loss_fn, batch, images):
     opt.zero_grad(set_to_none=True)
 
 
-def partial_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, measure=False):
-    """The guarded step without the per-dataset accumulators (and without the monitor if None);
-    with `measure`, the update-to-weight ratio too (the step before a report)."""
+def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, acc=None, acc_fn=None,
+                 measure=False):
+    """stablesweep's step as the Trainer takes it: the skip; with `monitor`, its update (the logits
+    given); with `acc`, the per-dataset accumulators; with `measure`, the update-to-weight ratio
+    (the step before a report)."""
     with prec.autocast():
         logits = model(images)
     out = loss_fn(logits, batch)
     prec.backward(out.loss)
-    before = [p.detach().clone() for p in params] if measure else None
+    before = copy_weights(params) if measure else None
     prec.step(opt, params, out.loss, 1.0, monitor, logits)
     if before is not None:
-        monitor.record_update(update_ratio(before, params))
+        monitor.record_update(before, params)
     opt.zero_grad(set_to_none=True)
-    return logits, out
+    if acc is not None:
+        acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
+                        loss_fn.allowed)
 
 
-def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn, measure):
-    """stablesweep's step: the partial step plus the per-dataset accumulators, as the Trainer does."""
-    logits, out = partial_step(model, params, opt, prec, loss_fn, batch, images, monitor, measure)
-    acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
-                    loss_fn.allowed)
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def time_steps(fn, steps: int) -> float:
+def time_steps(fn, steps: int, device) -> float:
+    """ms a step: CUDA events on a GPU, the host's clock on CPU."""
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - t0) / steps * 1e3
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(steps):
@@ -122,8 +144,34 @@ def count_syncs(fn, steps: int) -> int:
     return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
+def count_ops(fn, steps: int, device) -> tuple[float, float]:
+    """(top-level aten ops, kernel launches) a step, with torch.profiler over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    ops = launches = 0
+    for e in prof.events():
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")):
+            ops += 1
+        elif "LaunchKernel" in e.name:  # cudaLaunchKernel, cudaLaunchKernelExC, cuLaunchKernel
+            launches += 1
+    return ops / steps, launches / steps
+
+
+def compiled_frames() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["frames"].values()) if "frames" in counters else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=256)
@@ -133,69 +181,68 @@ def main() -> None:
     ap.add_argument("--report-interval", type=int, default=10,
                     help="the update-to-weight ratio is measured on one step in this many, as in training")
     ap.add_argument("--ablate", action="store_true",
-                    help="also time the guard's parts: skip only, + monitor (eager / compiled)")
+                    help="also time the guard's parts: skip only, + monitor, + accumulators")
+    ap.add_argument("--compile-monitor", action="store_true",
+                    help="on CPU, compile the monitor and the accumulators as on CUDA")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("error: this benchmark needs a CUDA GPU")
-    device = torch.device("cuda")
-    print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}, {args.model}, "
-          f"{args.image_size}px, batch {args.batch}, 2816-class head, {args.steps} steps x {args.repeats}")
-    print("| precision | unguarded ms/step | guarded ms/step | overhead | syncs/step (guarded) | syncs/step (unguarded) |")
-    print("|---|---|---|---|---|---|")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: no CUDA GPU here; use --device cpu")
+    device = torch.device(args.device)
+    compiled = device.type == "cuda" or args.compile_monitor
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    print(f"# {name}, torch {torch.__version__}, {args.model}, {args.image_size}px, batch {args.batch}, "
+          f"2816-class head, {args.steps} steps x {args.repeats}, monitor {'compiled' if compiled else 'eager'}")
+    print("| precision | unguarded ms/step | guarded ms/step | overhead | ops/step | launches/step | syncs/step |")
+    print("|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         space, model, params, opt, prec, loss_fn, batch = build(args, precision, device)
-        images = batch.images.contiguous(memory_format=torch.channels_last)
-        monitor = DivergenceMonitor(MonitorConfig(), device)
+        images = batch.images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch.images
+        monitor = DivergenceMonitor(MonitorConfig(), device, compile=compiled)
         acc = [torch.zeros(len(space.names), 3, dtype=torch.float64, device=device)]
-        acc_fn = torch.compile(accumulate, fullgraph=True, dynamic=False)  # as the Trainer does on CUDA
+        # as the Trainer does on CUDA
+        acc_fn = torch.compile(accumulate, fullgraph=True, dynamic=False) if compiled else accumulate
         count = [0]
+        args_ = (model, params, opt, prec, loss_fn, batch, images)
 
         def g():
             count[0] += 1
-            guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor, acc, acc_fn,
-                         count[0] % args.report_interval == 0)
-        u = lambda: unguarded_step(model, params, opt, prec, loss_fn, batch, images)  # noqa: E731
-        for _ in range(10):
+            guarded_step(*args_, monitor, acc, acc_fn, count[0] % args.report_interval == 0)
+        u = lambda: unguarded_step(*args_)  # noqa: E731
+        parts = {}
+        if args.ablate:
+            parts = {"skip only": lambda: guarded_step(*args_),
+                     "skip + monitor": lambda: guarded_step(*args_, monitor),
+                     "skip + monitor + accumulators": lambda: guarded_step(*args_, monitor, acc, acc_fn)}
+        for _ in range(max(10, args.report_interval)):  # warm-up: every compiled path once
             g(), u()
-        torch.cuda.synchronize()
-        tg, tu = [], []
-        for _ in range(args.repeats):  # interleaved, so drift hits both alike
-            tu.append(time_steps(u, args.steps))
-            tg.append(time_steps(g, args.steps))
-        import time
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            u()
-        host_u = (time.perf_counter() - t0) / 20 * 1e3
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            g()
-        host_g = (time.perf_counter() - t0) / 20 * 1e3
-        torch.cuda.synchronize()
-        print(f"#   host time to issue a step: unguarded {host_u:.3f} ms, guarded {host_g:.3f} ms", flush=True)
-        sg = count_syncs(g, 20)
-        su = count_syncs(u, 20)
-        mu, mg = statistics.median(tu), statistics.median(tg)
+            for fn in parts.values():
+                fn()
+        sync(device)
+        frames = compiled_frames()
+        times: dict[str, list[float]] = {"unguarded": [], "guarded": [], **{k: [] for k in parts}}
+        for _ in range(args.repeats):  # interleaved, so drift hits all alike
+            times["unguarded"].append(time_steps(u, args.steps, device))
+            times["guarded"].append(time_steps(g, args.steps, device))
+            for k, fn in parts.items():
+                times[k].append(time_steps(fn, args.steps, device))
+        recompiles = compiled_frames() - frames
+        ops_u, launch_u = count_ops(u, args.report_interval, device)
+        ops_g, launch_g = count_ops(g, args.report_interval, device)
+        sg = count_syncs(g, 20) / 20 if device.type == "cuda" else float("nan")
+        mu, mg = statistics.median(times["unguarded"]), statistics.median(times["guarded"])
         snap, verdict = monitor.read()
         assert verdict.verdict == "stable", verdict
-        print(f"#   signals: {snap.signals}; at risk: {snap.at_risk}", flush=True)
-        print(f"| {precision} | {mu:.3f} | {mg:.3f} | {100 * (mg / mu - 1):+.1f}% | {sg / 20:.2f} | {su / 20:.2f} |",
-              flush=True)
-        if args.ablate:
-            eager = DivergenceMonitor(MonitorConfig(), device, compile=False)
-            parts = {
-                "skip only": lambda: partial_step(model, params, opt, prec, loss_fn, batch, images),
-                "skip + eager monitor": lambda: partial_step(model, params, opt, prec, loss_fn, batch, images, eager),
-                "skip + compiled monitor": lambda: partial_step(model, params, opt, prec, loss_fn, batch, images,
-                                                                monitor),
-            }
-            for name, fn in parts.items():
-                for _ in range(5):
-                    fn()
-                t = statistics.median(time_steps(fn, args.steps) for _ in range(args.repeats))
-                print(f"|   {precision} {name} | {mu:.3f} | {t:.3f} | {100 * (t / mu - 1):+.1f}% | | |", flush=True)
+        print(f"#   {precision}: signals {snap.signals}; at risk {snap.at_risk}; recompiles while timed: "
+              f"{recompiles}", flush=True)
+        print(f"| {precision} unguarded | {mu:.3f} | | | {ops_u:.1f} | {launch_u:.1f} | |")
+        for k in parts:
+            t = statistics.median(times[k])
+            print(f"|   {precision} {k} | {mu:.3f} | {t:.3f} | {100 * (t / mu - 1):+.1f}% | | | |", flush=True)
+        print(f"| {precision} guarded | {mu:.3f} | {mg:.3f} | {100 * (mg / mu - 1):+.1f}% | {ops_g:.1f} | "
+              f"{launch_g:.1f} | {sg:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

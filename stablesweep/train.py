@@ -21,7 +21,7 @@ from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import DeviceInput, MultiData, build_data
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress, update_ratio
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, copy_weights, progress
 from stablesweep.stability.precision import make_optimizer, make_precision
 from stablesweep.vocab import HISTORY
 
@@ -152,14 +152,14 @@ class Trainer:
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False) -> None:
         """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step; the monitor
-        gets the raw `logits` for its signals), the scheduler. With `measure_update`, also the
-        update-to-weight ratio (a copy of the weights and two norms on the device: done on the step
-        before each report only)."""
+        gets the raw `logits` for its signals, one compiled call), the scheduler. With
+        `measure_update`, also the update-to-weight ratio (a foreach copy of the weights and two
+        foreach norms on the device: on the step before each report only)."""
         self.precision.backward(loss)
-        before = [p.detach().clone() for p in self.params] if measure_update else None
+        before = copy_weights(self.params) if measure_update else None
         self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor, logits)
         if before is not None:
-            self.monitor.record_update(update_ratio(before, self.params))
+            self.monitor.record_update(before, self.params)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 

@@ -9,6 +9,9 @@ initial weights, before any update; else it is the first step's).
 
 The whole state is one fp64 vector and the update is one pure function of it, so on CUDA it is
 compiled (torch.compile) into a kernel or two: the guard costs a few launches a step, not dozens.
+The config's numbers (smoothing, explosion factor, min_steps, the thresholds) go in as one more
+fp64 vector, not as Python constants: one compiled graph serves every config a process trains (a
+Ray actor reused across trials), and a call's guards are a few tensor checks.
 
 Per report (`read`, one sync): the vector comes to the host and `judge` gives the verdict:
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
@@ -25,8 +28,10 @@ largest value so far and the first step it crossed its threshold (`monitor.warn_
 - `max_logit`: the largest |logit| of the model's raw output (the incident's 50-logit clip acts there);
 - `logsumexp`: the largest |logsumexp| of a sample's raw logits (what z-loss pulls to 0);
 - `scale_drops`: fp16 loss-scale drops (overflow steps) after the first `min_steps` steps;
-- `update_ratio`: |w_after - w_before| / |w_before| of one optimizer step, measured on the step
-  before each report only (`record_update`).
+- `update_ratio`: |w_after - w_before| / |w_before| of one optimizer step. It needs a copy of
+  every weight, so it is sampled, not per step: on the step before each report (the value the
+  report shows is fresh), with foreach ops (`copy_weights`, then `record_update`: a handful of
+  multi-tensor kernels, not one clone per parameter) and the recording compiled like `update`.
 A run whose signal crossed its threshold is `at_risk` (the first such signal and its step): a flag
 next to the verdict, not a verdict.
 """
@@ -71,6 +76,16 @@ def thresholds(cfg: MonitorConfig) -> dict[str, float]:
     return {name: math.inf if (x := getattr(cfg, f"warn_{name}")) is None else float(x) for name in SIGNALS}
 
 
+# the config's numbers as the update reads them: one fp64 vector (see the module's docstring)
+CONSTANTS = ("beta", "factor", "min_steps") + tuple(f"threshold_{name}" for name in SIGNALS)
+_C = {name: i for i, name in enumerate(CONSTANTS)}
+
+
+def constants(cfg: MonitorConfig) -> list[float]:
+    warn = thresholds(cfg)
+    return [cfg.smoothing, cfg.explosion_factor, float(cfg.min_steps), *(warn[name] for name in SIGNALS)]
+
+
 def logit_stats(logits: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest |logit|, largest |logsumexp| of a row) of raw logits, as fp64 scalars like `like`;
     NaN without logits (none given, or an empty batch)."""
@@ -81,10 +96,10 @@ def logit_stats(logits: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.
     return x.abs().amax().double(), torch.logsumexp(x, dim=1).abs().amax().double()
 
 
-def _signal(v: torch.Tensor, name: str, x: torch.Tensor, step: torch.Tensor, threshold: float,
+def _signal(v: torch.Tensor, c: torch.Tensor, name: str, x: torch.Tensor, step: torch.Tensor,
             armed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(largest value so far, first warning step) of one signal after a new value `x` at `step`."""
-    value, warn = v[_I[f"value_{name}"]], v[_I[f"warn_{name}"]]
+    value, warn, threshold = v[_I[f"value_{name}"]], v[_I[f"warn_{name}"]], c[_C[f"threshold_{name}"]]
     if armed is not None:
         x = torch.where(armed, x, math.nan)
     new_value = torch.where(torch.isfinite(x), torch.maximum(value, x), value)
@@ -103,12 +118,14 @@ def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
     return loss_bad, norm_bad & ~overflow, overflow
 
 
-def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torch.Tensor, gnorm: torch.Tensor,
-            scale: torch.Tensor, logits: torch.Tensor | None, beta: float, factor: float, min_steps: int,
-            warn: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.Tensor, loss: torch.Tensor,
+            gnorm: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the new state vector, the new history ring, the skip flag as 0./1. for the fused
-    optimizer's found_inf) after one step: a pure function, compiled on CUDA. The ring [N, 2]
-    keeps the raw loss and gradient norm of the last N steps, step s in row s % N."""
+    optimizer's found_inf) after one step: a pure function, compiled on CUDA, the logit
+    statistics included (one pass over the logits inside the same call). The ring [N, 2] keeps the
+    raw loss and gradient norm of the last N steps, step s in row s % N; `c` is `constants(cfg)`."""
+    beta, factor, min_steps = c[_C["beta"]], c[_C["factor"]], c[_C["min_steps"]]
     skip = (~torch.isfinite(loss + gnorm)).float()
     loss = loss.double()
     gnorm = gnorm.double()
@@ -129,13 +146,13 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torc
     armed = step >= min_steps
     past = ring[:, 1]
     median = torch.nanmedian(torch.where(torch.isfinite(past), past, math.nan))
-    spike = _signal(v, "grad_spike", gnorm / median, step, warn["grad_spike"], armed)
+    spike = _signal(v, c, "grad_spike", gnorm / median, step, armed)
     max_logit, lse = logit_stats(logits, loss)
-    logit = _signal(v, "max_logit", max_logit, step, warn["max_logit"])
-    lse = _signal(v, "logsumexp", lse, step, warn["logsumexp"])
+    logit = _signal(v, c, "max_logit", max_logit, step)
+    lse = _signal(v, c, "logsumexp", lse, step)
     drops = v[_I["value_scale_drops"]] + (overflow & armed).double()
     warn_drops = v[_I["warn_scale_drops"]]
-    warn_drops = torch.where((warn_drops < 0) & (drops >= warn["scale_drops"]), step, warn_drops)
+    warn_drops = torch.where((warn_drops < 0) & (drops >= c[_C["threshold_scale_drops"]]), step, warn_drops)
     row = (slots == torch.remainder(step, slots.numel())).unsqueeze(1)
     ring = torch.where(row, torch.stack([loss, gnorm]).unsqueeze(0), ring)
     return torch.stack([
@@ -162,29 +179,44 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, loss: torc
     ]), ring, skip
 
 
-def _record_update(v: torch.Tensor, ratio: torch.Tensor, threshold: float) -> torch.Tensor:
-    """The state vector after the update-to-weight ratio of the last step was measured."""
-    value, warn = _signal(v, "update_ratio", ratio.double(), v[_I["steps"]] - 1, threshold)
+def _record_update(v: torch.Tensor, c: torch.Tensor, delta_norms: torch.Tensor,
+                   weight_norms: torch.Tensor) -> torch.Tensor:
+    """The state vector after the last step's update-to-weight ratio: the norms of each tensor's
+    update and of its weights before it (compiled on CUDA like `_update`)."""
+    ratio = torch.linalg.vector_norm(delta_norms.double()) / torch.linalg.vector_norm(weight_norms.double())
+    value, warn = _signal(v, c, "update_ratio", ratio, v[_I["steps"]] - 1)
     i = _I["value_update_ratio"]
     return torch.cat([v[:i], torch.stack([value, warn]), v[i + 2:]])
 
 
+def copy_weights(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A copy of the weights before an optimizer step, for `update_ratio` (one foreach op: a few
+    multi-tensor kernels on CUDA, not one copy kernel a parameter)."""
+    return torch._foreach_mul([p.detach() for p in params], 1.0)
+
+
+def update_norms(before: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|params - before| per tensor, |before| per tensor), on the device (`before` is overwritten)."""
+    weights = torch.stack(torch._foreach_norm(before))
+    torch._foreach_sub_(before, [p.detach() for p in params])
+    return torch.stack(torch._foreach_norm(before)), weights
+
+
 def update_ratio(before: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
     """|params - before| / |before| over all tensors, on the device (`before` is overwritten)."""
-    after = [p.detach() for p in params]
-    den = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-    torch._foreach_sub_(before, after)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before))) / den
+    delta, weights = update_norms(before, params)
+    return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(weights)
 
 
-_compiled = None
+_compiled: dict = {}
 
 
-def _compiled_update():
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_update, fullgraph=True, dynamic=False)
-    return _compiled
+def _compile(fn):
+    """`fn` compiled once per process: static shapes first, dynamic ones after a shape changes
+    (another batch size or class count in the same process), so a process holds few graphs."""
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, fullgraph=True)
+    return _compiled[fn]
 
 
 def progress(snap: Snapshot) -> float:
@@ -261,9 +293,10 @@ class DivergenceMonitor:
         self.ring = torch.full((n, 2), math.nan, dtype=torch.float64, device=self.device)
         self._slots = torch.arange(n, dtype=torch.float64, device=self.device)
         self._one = torch.ones((), device=self.device)
-        self._warn = thresholds(cfg)
+        self._c = torch.tensor(constants(cfg), dtype=torch.float64, device=self.device)
         use_compile = self.device.type == "cuda" if compile is None else compile
-        self._fn = _compiled_update() if use_compile else _update
+        self._fn, self._record = (_compile(_update), _compile(_record_update)) if use_compile else \
+            (_update, _record_update)
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None,
@@ -273,15 +306,15 @@ class DivergenceMonitor:
         for the fused optimizer's `found_inf`."""
         scale = self._one if scale is None else scale
         logits = None if logits is None else logits.detach()
-        self.v, self.ring, skip = self._fn(self.v, self.ring, self._slots, loss.detach(), grad_norm.detach(), scale,
-                                           logits, self.cfg.smoothing, self.cfg.explosion_factor, self.cfg.min_steps,
-                                           self._warn)
+        self.v, self.ring, skip = self._fn(self.v, self.ring, self._slots, self._c, loss.detach(),
+                                           grad_norm.detach(), scale, logits)
         return skip
 
     @torch.no_grad()
-    def record_update(self, ratio: torch.Tensor) -> None:
-        """Record the update-to-weight ratio of the last step (see `update_ratio`); device only."""
-        self.v = _record_update(self.v, ratio, self._warn["update_ratio"])
+    def record_update(self, before: list[torch.Tensor], params: list[torch.Tensor]) -> None:
+        """Record the update-to-weight ratio of the last step: `before` is `copy_weights(params)`
+        taken before it (and is overwritten); device only, a few foreach kernels and one call."""
+        self.v = self._record(self.v, self._c, *update_norms(before, params))
 
     def history(self) -> list[tuple[int, float, float]]:
         """(step, loss, gradient norm) of the last `monitor.history_steps` steps, raw (inf and NaN

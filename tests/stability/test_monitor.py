@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, progress, update_ratio
+from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, copy_weights, progress, update_ratio
 
 
 def feed(mon, losses, grads=None):
@@ -214,9 +214,15 @@ def test_update_ratio_is_the_step_over_the_weights_and_recorded_at_its_step():
     assert update_ratio(before, w).item() == pytest.approx(0.1)
     mon = DivergenceMonitor(MonitorConfig(warn_update_ratio=0.05))
     feed(mon, [2.0] * 4)
-    mon.record_update(torch.tensor(0.01))
+    w = [torch.tensor([3.0, 4.0]), torch.zeros(2, 2)]
+    before = copy_weights(w)
+    w[0] *= 1.01  # |delta| / |w| = 0.01 (w[1] stays 0)
+    mon.record_update(before, w)
     feed(mon, [2.0] * 3)
-    mon.record_update(torch.tensor(0.1))
+    before = copy_weights(w)
+    assert before[0] is not w[0] and torch.equal(before[0], w[0])
+    w[0] *= 1.1  # 0.1
+    mon.record_update(before, w)
     snap = mon.snapshot()
     assert snap.signals["update_ratio"] == pytest.approx(0.1) and snap.warnings["update_ratio"] == 6
     assert snap.steps == 7 and mon.read()[1].verdict == "stable"  # a flag, not a verdict
