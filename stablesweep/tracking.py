@@ -362,6 +362,18 @@ class Tracker:
         self._log(run_id, {k: v for k, v in metrics.items() if k != OBJECTIVE and k not in CONSTANTS}, step,
                   timestamp=timestamp)
 
+    def log_at_risk(self, run_id: str, result: dict[str, Any], step: int) -> None:
+        """The early-warning flag of a report (a bool, which `_log` leaves out): `at_risk` as a
+        0/1 metric at `step` and, once raised, the tag `at_risk` = `<signal> at step <step>` (the
+        first signal over its threshold). Nothing when the result has no flag."""
+        from stablesweep.stability.monitor import AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP
+
+        if not isinstance(result.get(AT_RISK), bool):
+            return
+        self._log(run_id, {AT_RISK: float(result[AT_RISK])}, step)
+        if result[AT_RISK]:
+            self._tags(run_id, {AT_RISK: f"{result.get(AT_RISK_SIGNAL)} at step {result.get(AT_RISK_STEP)}"})
+
     def log_constants(self, run_id: str, values: dict[str, Any]) -> None:
         """The CONSTANTS among `values` that are known (finite), as tags, each written once."""
         done = self._constants.setdefault(run_id, set())

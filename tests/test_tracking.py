@@ -275,6 +275,27 @@ def test_a_diverged_run_shows_the_steps_that_led_there(uri, client, diverged_run
     assert all(s in losses for s in range(min(want), bad))  # the steps before the first bad one: all there
 
 
+def test_the_early_warning_flag_is_a_0_1_metric_and_a_tag(uri, client, diverged_run):
+    """`at_risk` (a bool in the reports, which metrics leave out) is read back from MLflow as a
+    0/1 metric at each report step and, once raised, a tag naming the signal and its step."""
+    reports, result = diverged_run
+    assert result.at_risk and reports[-1]["at_risk"]  # lr 1e3: a signal crosses before the end
+    tr = Tracker(uri, EXPERIMENT)
+    parent = tr.start_sweep("risk", {}, tags={})
+    run = tr.trial_run(parent, "risk0", "lr=1.0e+03", {"training.lr": 1e3})
+    calm = tr.trial_run(parent, "calm0", "lr=1.0e-03", {"training.lr": 1e-3})
+    for m in reports:
+        tr.log_at_risk(run, m, m["step"])
+        tr.log_at_risk(calm, {**m, "at_risk": False, "at_risk_signal": None, "at_risk_step": -1}, m["step"])
+    flags = {m.step: m.value for m in client.get_metric_history(run, "at_risk")}
+    assert flags == {m["step"]: float(m["at_risk"]) for m in reports}
+    assert client.get_run(run).data.tags["at_risk"] == f"{result.at_risk_signal} at step {result.at_risk_step}"
+    calm_run = client.get_run(calm)
+    assert calm_run.data.metrics["at_risk"] == 0.0 and "at_risk" not in calm_run.data.tags
+    found = client.search_runs([calm_run.info.experiment_id], "metrics.at_risk = 1")
+    assert run in {r.info.run_id for r in found} and calm not in {r.info.run_id for r in found}
+
+
 def test_inf_and_nan_are_left_out_of_the_charts(uri, client):
     """MLflow would store inf as 1.8e308 and its UI hides the chart of a metric whose latest value
     is NaN: non-finite values are not logged, live or in the history."""

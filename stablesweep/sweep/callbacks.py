@@ -59,6 +59,7 @@ class MlflowCallback(Callback):
                        if k not in _TUNE_KEYS and k not in _NOT_METRICS and isinstance(v, (int, float))
                        and not isinstance(v, bool)}
             self.tracker.log_trial_metrics(run_id, metrics, step)
+            self.tracker.log_at_risk(run_id, result, step)  # a bool: `metrics` leaves it out
             if result.get(HISTORY):  # the last report of a diverged trial: the steps that led there
                 self.tracker.log_trial_history(run_id, result[HISTORY], result.get("first_bad_step"))
             self._last[trial.trial_id] = step
