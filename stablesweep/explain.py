@@ -1,7 +1,11 @@
 """Why did a run diverge? Replay its last steps under controlled changes (`stablesweep explain`).
 
 A run directory of `stablesweep train --out` holds result.json (the verdict and its first bad
-step), config.yaml and the ring of its last checkpoints (`training.keep_checkpoints`). From the
+step), config.yaml and the ring of its last checkpoints (`training.keep_checkpoints`). A sweep's
+trial is found through its MLflow run (`read_trial`): the run's verdict tags, its Tune trial
+directory (the parent run's `tune_experiment` tag and the trial id), whose result.json (one Tune
+result a line) names each kept checkpoint with its step and holds the last steps' history, and
+whose checkpoints hold the config as run. From the
 last checkpoint at or before the first bad step (or from the run's initial state, rebuilt from its
 seed, when there is none), the steps up to the bad step and `extra_steps` more are re-run with the
 run's own Trainer: once as they were, then once under each change that applies:
@@ -31,7 +35,7 @@ import yaml
 
 from stablesweep.config import Config, config_from_dict
 from stablesweep.train import CHECKPOINT_FILE, Trainer
-from stablesweep.vocab import DIVERGED, InputError, jsonable
+from stablesweep.vocab import DIVERGED, HISTORY, InputError, jsonable
 
 MASKING, PRECISION, LEARNING_RATE, DATA = "masking", "precision", "learning_rate", "data"
 CAUSES = (MASKING, PRECISION, LEARNING_RATE, DATA)  # in the order a fix is attributed
@@ -84,6 +88,23 @@ class Attempt:
 
 
 @dataclass
+class RunSource:
+    """What explain needs of a diverged run, wherever it was read from."""
+
+    name: str  # the run directory, or the MLflow run id and its trial directory
+    result: dict  # verdict, reason, first_bad_step, history
+    raw: dict  # the config as run
+    source: str  # where that config was read (named in its errors)
+    base_dir: str  # where its relative paths resolve
+    checkpoints: list[tuple[Path, int]]  # kept checkpoint directories and the steps done at each
+    out: Path  # where explain.json goes
+
+    def at_or_before(self, step: int) -> list[tuple[Path, int]]:
+        """The kept checkpoints written at or before `step` (steps done <= step), latest first."""
+        return sorted(((d, s) for d, s in self.checkpoints if s <= step), key=lambda x: -x[1])
+
+
+@dataclass
 class Explanation:
     run_dir: str
     reason: str
@@ -123,11 +144,12 @@ class Explanation:
         return "\n".join(lines)
 
 
-def read_run(run_dir: str | Path) -> tuple[dict, dict, str]:
-    """(result.json, the config as run, the directory its relative paths resolve against)."""
+def read_run(run_dir: str | Path) -> RunSource:
+    """A run directory of `stablesweep train --out`."""
     run = Path(run_dir)
     if not run.is_dir():
-        raise ExplainError(f"{run}: no such run directory (expected the --out directory of stablesweep train)")
+        raise ExplainError(f"{run}: no such run directory (expected the --out directory of stablesweep train, "
+                           "or an MLflow run id)")
     files = {name: run / name for name in ("result.json", "config.yaml")}
     for name, path in files.items():
         if not path.is_file():
@@ -139,23 +161,70 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict, str]:
         raise ExplainError(f"{run}: cannot read result.json / config.yaml: {e}") from None
     if not isinstance(result, dict) or not isinstance(raw, dict):
         raise ExplainError(f"{run}: result.json and config.yaml must each hold a mapping")
-    if result.get("verdict") != DIVERGED:
-        raise ExplainError(f"{files['result.json']}: verdict is {result.get('verdict')!r}: only a diverged run "
-                           "can be explained")
-    return result, raw, result.get("base_dir") or str(run)
-
-
-def checkpoints_at_or_before(run_dir: Path, step: int) -> list[tuple[Path, int]]:
-    """The run's kept checkpoints written at or before `step` (steps done <= step), latest first."""
+    _check_diverged(result.get("verdict"), files["result.json"])
     found = []
-    for d in (run_dir / "checkpoints").glob("checkpoint_*"):
+    for d in (run / "checkpoints").glob("checkpoint_*"):
         try:
-            s = int(d.name.split("_", 1)[1])
+            step = int(d.name.split("_", 1)[1])
         except ValueError:
             continue
-        if s <= step and (d / CHECKPOINT_FILE).is_file():
-            found.append((d, s))
-    return sorted(found, key=lambda x: -x[1])
+        if (d / CHECKPOINT_FILE).is_file():
+            found.append((d, step))
+    return RunSource(str(run), result, raw, str(files["config.yaml"]), result.get("base_dir") or str(run), found,
+                     run / "explain.json")
+
+
+def _check_diverged(verdict: str | None, where: str | Path) -> None:
+    if verdict != DIVERGED:
+        raise ExplainError(f"{where}: verdict is {verdict!r}: only a diverged run can be explained")
+
+
+def read_trial(uri: str, run_id: str) -> RunSource:
+    """A sweep trial, by its MLflow run id: its Tune trial directory, its last Tune result, the
+    checkpoints Tune kept (each with its step), the config stored in them."""
+    import torch
+
+    from stablesweep.tracking import PARENT_TAG, TRIAL_TAG, TrackerReader, probe_store
+
+    why = probe_store(uri)
+    if why:
+        raise ExplainError(f"MLflow run {run_id}: {why}")
+    reader = TrackerReader(uri)
+    run = reader.get_run(run_id)
+    if run is None:
+        raise ExplainError(f"MLflow run {run_id}: not found in {uri}")
+    parent = reader.get_run(run.tags.get(PARENT_TAG, "")) if PARENT_TAG in run.tags else None
+    experiment = parent.tags.get("tune_experiment") if parent else None
+    if TRIAL_TAG not in run.tags or not experiment:
+        raise ExplainError(f"MLflow run {run_id}: not a sweep trial (no {TRIAL_TAG} tag, or its parent has no "
+                           "tune_experiment tag); give a run directory of stablesweep train --out instead")
+    _check_diverged(run.tags.get("verdict"), f"MLflow run {run_id}")
+    trial = Path(experiment) / f"trial_{run.tags[TRIAL_TAG]}"
+    results = trial / "result.json"
+    if not results.is_file():
+        raise ExplainError(f"MLflow run {run_id}: no Tune results at {results} (is the sweep's storage on this "
+                           "machine?)")
+    try:
+        lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    except ValueError as e:
+        raise ExplainError(f"{results}: cannot read it: {e}") from None
+    found = [(trial / r["checkpoint_dir_name"], int(r["step"])) for r in lines
+             if r.get("checkpoint_dir_name") and (trial / r["checkpoint_dir_name"] / CHECKPOINT_FILE).is_file()]
+    if not found or not lines:
+        raise ExplainError(f"MLflow run {run_id}: no checkpoints kept in {trial} (a sweep keeps the last "
+                           "training.keep_checkpoints of each trial; this one wrote none, or they were removed)")
+    last = lines[-1]
+    result = {"verdict": run.tags["verdict"], "reason": run.tags.get("reason"),
+              "first_bad_step": int(run.tags.get("first_bad_step", last.get("first_bad_step", -1))),
+              "history": last.get(HISTORY) or []}
+    latest = max(found, key=lambda x: x[1])[0] / CHECKPOINT_FILE
+    raw = torch.load(latest, map_location="cpu", weights_only=True)["config"]
+    base_dir = str(trial)
+    sweep = Path(parent.tags.get("sweep_dir", "")) / "sweep.json"
+    if sweep.is_file():
+        base_dir = json.loads(sweep.read_text()).get("base_dir") or base_dir
+    return RunSource(f"MLflow run {run_id} ({trial})", result, raw, f"{latest} (config)", base_dir, found,
+                     trial / "explain.json")
 
 
 def changes(cfg: Config, lr_factor: float) -> tuple[list[Replay], dict[str, str]]:
@@ -216,7 +285,7 @@ def compare_losses(run_history: list, replay_history: list, start: int) -> str:
     return f"losses differ over {span} (by up to {diff:.3g}): not bit-for-bit deterministic"
 
 
-def explain(run_dir: str | Path, *, device: str = "cpu", lr_factor: float = 0.1, extra_steps: int = 10,
+def explain(run: str | Path | RunSource, *, device: str = "cpu", lr_factor: float = 0.1, extra_steps: int = 10,
             log: Callable[[str], None] | None = None) -> Explanation:
     """Replay a diverged run's last steps under each change and attribute the divergence.
 
@@ -230,17 +299,16 @@ def explain(run_dir: str | Path, *, device: str = "cpu", lr_factor: float = 0.1,
     if extra_steps < 0:
         raise ExplainError(f"--extra-steps: must be 0 or more, got {extra_steps}")
     say = log or (lambda s: None)
-    run = Path(run_dir)
-    result, raw, base_dir = read_run(run)
-    source = str(run / "config.yaml")
+    src = run if isinstance(run, RunSource) else read_run(run)
+    result, raw, source, base_dir = src.result, src.raw, src.source, src.base_dir
     cfg = config_from_dict(raw, source=source, base_dir=base_dir)  # a bad config: an error before any work
     first_bad = int(result["first_bad_step"])
     until = first_bad + 1 + extra_steps
     _, skipped = changes(cfg, lr_factor)
-    expl = Explanation(str(run), result.get("reason") or "", first_bad, until, UNDETERMINED, not_tried=skipped)
+    expl = Explanation(src.name, result.get("reason") or "", first_bad, until, UNDETERMINED, not_tried=skipped)
     with tempfile.TemporaryDirectory(prefix="stablesweep-explain-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the run already said so (dropped labels); once is enough
-        starts = [(d, step, d.name) for d, step in checkpoints_at_or_before(run, first_bad)]
+        starts = [(d, step, d.name) for d, step in src.at_or_before(first_bad)]
         if not starts or starts[-1][1] > 0:  # the initial state, exactly as the run built it from its seed
             starts.append((Trainer(cfg, device=device).save(Path(tmp) / "initial"), 0, "initial state"))
         for start, start_step, name in starts:

@@ -662,6 +662,18 @@ class TrackerReader:
                 runs += _search_all(self.client, eid, f"tags.`{KIND_TAG}` = '{kind}'")
         return sorted((_record(r) for r in runs), key=lambda r: (r.start_time, r.run_id))
 
+    def get_run(self, run_id: str) -> RunRecord | None:
+        """One run by its id, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with _mlflow_errors(self.uri, f"reading run {run_id}"):
+                return _record(self.client.get_run(run_id))
+        except TrackingError as e:
+            if isinstance(e.__cause__, MlflowException) and e.__cause__.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
     def child_runs(self, parent_id: str) -> list[RunRecord]:
         """The runs nested under `parent_id` (tags.`mlflow.parentRunId`)."""
         eid = self.experiment_id()

@@ -52,17 +52,19 @@ def test_a_too_high_lr_is_named(tmp_path, capsys):
     assert expl["samples"] == []
 
 
-def test_a_planted_bad_batch_is_named_with_its_samples(tmp_path, capsys):
-    """Four samples get a label outside their dataset (label = num_classes, the incident's label
-    101 of 101); with on_bad_label skip they are dropped, and the one batch that holds all four is
-    empty: its loss is NaN. Another data order removes the divergence, a lower lr does not."""
+PLANTED_STEP = 13
+PLANTED = ["loss.on_bad_label=skip", "training.batch_size=4", "training.steps=30", "training.report_interval=10",
+           "training.warmup_steps=0"]
+
+
+def plant_bad_batch(tmp_path: Path) -> tuple[Path, set]:
+    """Two small datasets whose batch of step 13 holds only samples given label 3 in 3-class
+    datasets (the incident's label 101 of 101): with on_bad_label skip they are all dropped and
+    that batch's loss is NaN. The config file and the planted (dataset, index) pairs."""
     config = write_synthetic(tmp_path / "data", names_classes={"food": 3, "veg": 3}, per_class=8, image_size=16)
-    over = ["loss.on_bad_label=skip", "training.batch_size=4", "training.steps=30", "training.report_interval=10",
-            "training.warmup_steps=0"]
-    cfg = load_config(config, over)
+    cfg = load_config(config, PLANTED)
     data = build_data(cfg)
-    planted_step = 13
-    flat = next(iter(data.batch_sampler(4, cfg.training.seed, start_step=planted_step)))
+    flat = next(iter(data.batch_sampler(4, cfg.training.seed, start_step=PLANTED_STEP)))
     sizes = list(data.train_sizes.values())
     planted = set()
     for g in flat:
@@ -75,17 +77,83 @@ def test_a_planted_bad_batch_is_named_with_its_samples(tmp_path, capsys):
             if (name, i) in planted:
                 row["label"] = 3
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    run = tmp_path / "bad"
-    res = train(config, run, over + ["--device", "cpu"])
-    assert (res["verdict"], res["reason"], res["first_bad_step"]) == ("diverged", "nonfinite_loss", planted_step)
-    code, expl = explain(run)
-    assert code == 0 and expl["cause"] == "data"
-    assert expl["attempts"][0]["start"] == "checkpoint_00000010"
+    return config, planted
+
+
+def assert_data_named(expl: dict, planted: set) -> None:
+    assert expl["cause"] == "data"
     named = {(s["dataset"], s["index"]) for s in expl["samples"]}
     assert named == planted and not any(s["in_range"] for s in expl["samples"])
     assert all(s["where"].startswith(f"{s['dataset']}_train.jsonl:") for s in expl["samples"])
+
+
+def test_a_planted_bad_batch_is_named_with_its_samples(tmp_path, capsys):
+    """Another data order removes the divergence of the planted batch, a lower lr does not."""
+    config, planted = plant_bad_batch(tmp_path)
+    run = tmp_path / "bad"
+    res = train(config, run, PLANTED + ["--device", "cpu"])
+    assert (res["verdict"], res["reason"], res["first_bad_step"]) == ("diverged", "nonfinite_loss", PLANTED_STEP)
+    code, expl = explain(run)
+    assert code == 0 and expl["attempts"][0]["start"] == "checkpoint_00000010"
+    assert_data_named(expl, planted)
     out = capsys.readouterr().out
     assert "cause: data" in out and "4 with a label outside their dataset's range" in out
+
+
+def test_a_sweep_trial_is_explained_from_its_mlflow_run(ray_cluster, tmp_path, capsys):
+    """One real (CPU) sweep of the planted bad batch: Tune keeps the trial's ring of checkpoints
+    (training.keep_checkpoints), and explain, given the trial's MLflow run id, finds its trial
+    directory and names the data; the run also carries the at_risk flag as a metric."""
+    from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.runner import run_sweep
+    from stablesweep.tracking import TrackerReader
+
+    config, planted = plant_bad_batch(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(f"training.lr: {{grid: [{load_config(config).training.lr}]}}\n")
+    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    res = run_sweep(SweepOptions(config=str(config), space=str(space), sampler="grid", overrides=PLANTED,
+                                 asha=False, out=str(tmp_path / "out"), name="planted", mlflow=uri),
+                    echo=lambda s: None)
+    (trial,) = TrackerReader(uri).child_runs(res.parent_run_id)
+    assert trial.tags["verdict"] == "diverged" and trial.tags["first_bad_step"] == str(PLANTED_STEP)
+    assert trial.metrics["at_risk"] in (0.0, 1.0)
+    trial_dir = res.sweep_dir / f"trial_{trial.tags['stablesweep.trial_id']}"
+    assert len(list(trial_dir.glob("checkpoint_*"))) == 2  # steps 10 and 20: both kept (the ring holds 3)
+    code = main(["explain", f"runs:/{trial.run_id}", "--mlflow", uri, "--quiet"])
+    expl = json.loads((trial_dir / "explain.json").read_text())
+    assert code == 0 and expl["attempts"][0]["start_step"] == 10
+    assert_data_named(expl, planted)
+    assert "cause: data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("what, expect", [
+    ("0123456789abcdef0123456789abcdef", "MLflow run 0123456789abcdef0123456789abcdef: not found in"),
+    ("runs:/feedfeedfeedfeedfeedfeedfeedfeed", "MLflow run feedfeedfeedfeedfeedfeedfeedfeed: not found in"),
+])
+def test_an_unknown_mlflow_run_is_an_error_that_names_it(tmp_path, capsys, what, expect):
+    from stablesweep.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Tracker(uri).start_sweep("s", {}, tags={})  # a real store with one run, not this one
+    assert main(["explain", what, "--mlflow", uri, "--quiet"]) == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_a_trial_without_checkpoints_is_an_error_that_names_it(tmp_path, capsys):
+    from stablesweep.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = Tracker(uri)
+    exp = tmp_path / "exp"
+    parent = tr.start_sweep("s", {}, tags={"tune_experiment": str(exp), "sweep_dir": str(tmp_path)})
+    run = tr.trial_run(parent, "abc", "lr=1", {"training.lr": 1.0})
+    tr.finish_trial(run, "diverged", "nonfinite_loss", 3, {"steps": 10})
+    (exp / "trial_abc").mkdir(parents=True)
+    (exp / "trial_abc" / "result.json").write_text(json.dumps({"step": 10, "checkpoint_dir_name": None}) + "\n")
+    assert main(["explain", run, "--mlflow", uri, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"MLflow run {run}: no checkpoints kept in" in err
 
 
 def test_a_mask_value_in_fp16_is_named_masking_or_precision(tmp_path):

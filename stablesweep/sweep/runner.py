@@ -262,6 +262,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
             search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
             scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
             num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
+            keep_checkpoints=plan.cfg.training.keep_checkpoints,
             callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
     try:
         return _collect(plan, tuner.fit(), tracker, parent, started)

@@ -1,7 +1,7 @@
 """Ray and Tune as a sweep and a ramp both use them: Ray started here or a cluster joined
 (`ray_session`), Tune's own output quieted, and the Tuner of a run of trials (`trial_trainable`,
 `make_tuner`): the one trial function with its base config and resources, stopped at divergence,
-one checkpoint kept, retried from it.
+a ring of checkpoints kept, retried from the last.
 """
 from __future__ import annotations
 
@@ -85,10 +85,12 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
 
 
 def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: int, max_concurrent: int,
-               max_failures: int, scheduler=None, callbacks: list | None = None) -> tune.Tuner:
+               max_failures: int, scheduler=None, callbacks: list | None = None,
+               keep_checkpoints: int = 1) -> tune.Tuner:
     """The Tuner of a run: trials in `storage`/`name`/trial_<id>, each stopped at its first
-    diverged report, keeping its last checkpoint and retried from it up to `max_failures` times;
-    actors reused; Tune's own output off."""
+    diverged report, keeping its last `keep_checkpoints` checkpoints (a sweep: the config's
+    `training.keep_checkpoints`, the ring `stablesweep explain` replays from) and retried from the
+    last one up to `max_failures` times; actors reused; Tune's own output off."""
     return tune.Tuner(
         trainable,
         param_space={},
@@ -97,7 +99,7 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
                                     reuse_actors=True),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
     )
 
