@@ -3,6 +3,7 @@ often it warns on stable runs.
 
     python bench/early_warning.py [--seeds 5] [--failing-seeds 2] [--threads 1]
     python bench/early_warning.py --checkpoints      # the cost of the checkpoint ring instead
+    python bench/early_warning.py --sweep-ring       # the ring's cost in a small CPU sweep (1 vs 3 kept)
 
 Runs on CPU: configs/demo.yaml (six synthetic food datasets, 56 classes, small CNN) at 16 px.
 Stable runs: the demo as it is, seeds 0..N-1, and once in fp16 (seed 0). Failing runs (held out from the tests' planted
@@ -218,6 +219,37 @@ def checkpoint_cost(args) -> None:
                   f"| {3 * mb:.1f} |", flush=True)
 
 
+def sweep_ring(args) -> None:
+    """One small CPU sweep of the demo twice in one Ray session, Tune keeping 1 and then 3
+    checkpoints a trial (`training.keep_checkpoints`): wall time and the trials' disk."""
+    import ray
+
+    from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.runner import run_sweep
+
+    print("| kept a trial | trials | wall s | trial checkpoints on disk, MB | checkpoint dirs |")
+    print("|---|---|---|---|---|")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            space = Path(tmp) / "space.yaml"
+            space.write_text("training.lr: {grid: [1.0e-3, 3.0e-3, 1.0e-2, 1.0e+3]}\n")
+            for keep in (1, 3):
+                out = Path(tmp) / f"keep{keep}"
+                t0 = time.perf_counter()
+                res = run_sweep(SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=60,
+                                             overrides=BASE + ["training.report_interval=10",
+                                                               f"training.keep_checkpoints={keep}"],
+                                             asha=False, out=str(out), name="ring", max_concurrent=2),
+                                echo=lambda s: None)
+                wall = time.perf_counter() - t0
+                dirs = list(res.sweep_dir.glob("trial_*/checkpoint_*"))
+                mb = sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file()) / 2**20
+                print(f"| {keep} | {len(res.table)} | {wall:.1f} | {mb:.2f} | {len(dirs)} |", flush=True)
+    finally:
+        ray.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=5, help="stable runs (seeds 0..N-1)")
@@ -225,10 +257,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (1: on a shared 2-core machine, 2 threads ran 6x slower)")
     ap.add_argument("--checkpoints", action="store_true", help="measure the checkpoint ring's cost instead")
+    ap.add_argument("--sweep-ring", action="store_true", help="the ring's cost in a small sweep (1 vs 3 kept)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, CPU, {args.threads} thread(s)")
-    (checkpoint_cost if args.checkpoints else early_warning)(args)
+    (checkpoint_cost if args.checkpoints else sweep_ring if args.sweep_ring else early_warning)(args)
 
 
 if __name__ == "__main__":
