@@ -188,6 +188,24 @@ class Region:
         return "\n".join(lines)
 
 
+    def boundary_text(self) -> str:
+        """For a terminal: P(fails | lr) per combination and what the replicates cost, or that each
+        bracket is a single-seed estimate."""
+        if not self.lr_key:
+            return ""
+        if not self.replicates:
+            return ("each bracket is a single-seed estimate (one trial an lr); --replicates K with --sampler grid "
+                    "or qmc measures P(fails | lr)")
+        lines = ["P(fails | lr) per combination (logistic in log lr over its trials and replicates):"]
+        for g in self.groups:
+            iv = g.lr_at_5pct_risk_interval
+            lines.append(f"  {g.label}: lr at 5% risk {_lr(g.lr_at_5pct_risk)}"
+                         + (f" (interval {_lr(iv[0])}..{_lr(iv[1])})" if iv else "")
+                         + f", at 50% {_lr(g.lr_at_50pct)}; {g.replicates} replicates, "
+                         f"{g.replicate_flops or 0:.3g} FLOPs (its sweep trials: {g.train_flops or 0:.3g})"
+                         + (f"; {g.boundary_note}" if g.boundary_note else ""))
+        return "\n".join(lines)
+
     def _boundary_markdown(self) -> list[str]:
         if not self.lr_key:
             return []
@@ -420,7 +438,7 @@ def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k
 
     lr_key, fits = region.lr_key, []
     for g in region.groups:
-        mine, reps = _of_group(df, region.group_keys, g.key), _of_group(replicates, region.group_keys, g.key)
+        mine, reps = rows_of(df, region.group_keys, g.key), rows_of(replicates, region.group_keys, g.key)
         runs = [Run(float(lr), v, seed) for lr, v in zip(mine[lr_key], mine["verdict"]) if finite(lr) is not None]
         if len(reps):
             runs += [Run(float(lr), v, int(s)) for lr, v, s in zip(reps[lr_key], reps["verdict"], reps["seed"])]
@@ -440,7 +458,7 @@ def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k
     return fits
 
 
-def _of_group(df: pd.DataFrame, keys: list[str], key: dict[str, Any]) -> pd.DataFrame:
+def rows_of(df: pd.DataFrame, keys: list[str], key: dict[str, Any]) -> pd.DataFrame:
     """The rows of `df` in the combination `key` of the categorical `keys`."""
     if not len(df):
         return df
