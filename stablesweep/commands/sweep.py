@@ -170,8 +170,9 @@ def run(args: argparse.Namespace) -> int:
     c = res.counts
     print()
     print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "
-          f"diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, error {c.get('error', 0)}"
-          + (f", unfinished {c['unfinished']}" if c.get("unfinished") else ""))
+          f"stalled {c.get('stalled', 0)}, diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, "
+          f"error {c.get('error', 0)}" + (f", unfinished {c['unfinished']}" if c.get("unfinished") else "")
+          + (f" ({sum(g.replicates for g in res.region.groups)} of them replicates)" if res.region.replicates else ""))
     print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget)")
     print()
     print(res.region.to_text())

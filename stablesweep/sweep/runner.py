@@ -154,10 +154,10 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     cfg = load_config(opts.config, opts.config_overrides())
     space = load_space(opts.space)
     space.validate(cfg)
-    if opts.replicates and (LR_KEY not in space.keys or SEED_KEY in space.keys):
-        raise InputError(f"--replicates: {opts.space} " + (f"sweeps {SEED_KEY}; the replicates vary it themselves"
-                                                            if SEED_KEY in space.keys else
-                                                            f"has no {LR_KEY} axis: there is no lr boundary to replicate"))
+    if opts.replicates and LR_KEY not in space.keys:
+        raise InputError(f"--replicates: {opts.space} has no {LR_KEY} axis: there is no lr boundary to replicate")
+    if opts.replicates and SEED_KEY in space.keys:
+        raise InputError(f"--replicates: {opts.space} sweeps {SEED_KEY}; the replicates vary it themselves")
     build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
     base = cfg.to_dict()
     out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)

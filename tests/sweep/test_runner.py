@@ -432,7 +432,7 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
         assert c.data.tags["verdict"] == r["verdict"]
     assert not any("phase" in children[tid].data.tags for tid in sweep["trial_id"])
     parent = tr.client.get_run(res.parent_run_id)
-    assert "figures/boundary.png" in {a.path for a in tr.client.list_artifacts(res.parent_run_id, "figures")}
+    assert "boundary.png" in {a.path for a in tr.client.list_artifacts(res.parent_run_id)}
     metrics = parent.data.metrics
     assert metrics["replicates"] == len(reps) and parent.data.params["replicates"] == "2"
     for g in res.region.groups:
