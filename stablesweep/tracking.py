@@ -18,8 +18,9 @@ what a person sees in the UI; in short:
 - Constants of a run (`CONSTANTS`: initial loss, FLOPs a step, step budget) are tags, written once.
 - A diverged run's last steps are `step_loss` and `step_grad_norm` at their own steps, with
   `diverged_at_step`. Metrics are finite numbers only (inf and NaN are left out: see `_log`).
-- Per setting, on the parent: `max_stable_lr.<setting>`, `min_diverged_lr.<setting>`,
-  `recommended_lr.<setting>`, `lr_at_5pct_risk.<setting>`; every child has the tag `setting`
+- Per setting, on the parent: `min_stable_lr.<setting>`, `max_stable_lr.<setting>`,
+  `min_diverged_lr.<setting>`, `recommended_lr.<setting>`, `lr_at_5pct_risk.<setting>`,
+  `lr_at_50pct.<setting>`; every child has the tag `setting`
   (the same slug, for Group-by) and, once the sweep knows its setting's boundary, `lr_margin`.
 - `ui_link` builds a link into the UI's runs table (model-training view, a filter, a sort), or
   to a view that `Tracker.save_view` stored (with our columns as well).
@@ -84,7 +85,8 @@ DIVERGED_AT_STEP = "diverged_at_step"
 STEP_LOSS, STEP_GRAD_NORM = "step_loss", "step_grad_norm"  # a diverged run's last steps, raw
 CONSTANTS = (INITIAL_LOSS, "flops_per_step", BUDGET_STEPS)  # the same at every report: tags, once
 # per setting on a parent run: `<name>.<setting slug>`
-SETTING_METRICS = ("max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk")
+SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk",
+                   "lr_at_50pct")
 
 UI_PORT = 5000  # where `mlflow ui` listens unless told otherwise
 ORDER_BY_OBJECTIVE = f"metrics.`{OBJECTIVE}`"
@@ -302,8 +304,10 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
     def log_setting_metrics(self, parent_id: str, settings: Iterable) -> None:
-        """Per setting, its numbers on the parent run: `max_stable_lr.<slug>`, `min_diverged_lr.<slug>`,
-        `recommended_lr.<slug>` and `lr_at_5pct_risk.<slug>`, those that are known. A setting is a
+        """Per setting, its numbers on the parent run, those that are known: the stable band
+        (`min_stable_lr.<slug>`, `max_stable_lr.<slug>`), `min_diverged_lr.<slug>`, `recommended_lr.<slug>`
+        and, measured with replicates, `lr_at_5pct_risk.<slug>` and `lr_at_50pct.<slug>` (the slug has
+        no "/", which would split the UI's chart sections). A setting is a
         region `Group` (its `key` and attributes of those names) or a dict as a ramp summarises
         a setting (its `params` and keys of those names)."""
         metrics = {}

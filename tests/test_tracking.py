@@ -182,10 +182,11 @@ def test_objective_only_where_it_was_measured(client, sweep):
 
 def test_per_setting_numbers_on_the_parent_and_the_margin_of_each_trial(client, sweep):
     metrics = client.get_run(sweep["parent"]).data.metrics
-    # clip 1.0: stable up to 3e-3, diverged at 82, recommended min(best lr 3e-3, 0.5 x 82); clip none:
-    # nothing stable, nothing diverged (an error and a stall): no numbers at all, no sentinels
+    # clip 1.0: stable from 1e-3 up to 3e-3, diverged at 82, recommended min(best lr 3e-3, 0.5 x 82); clip
+    # none: nothing stable, nothing diverged (an error and a stall): no numbers at all, no sentinels
     assert {k: v for k, v in metrics.items() if "." in k} == {
-        "max_stable_lr.slice_clip-1.0": 3e-3, "min_diverged_lr.slice_clip-1.0": 82.0,
+        "min_stable_lr.slice_clip-1.0": 1e-3, "max_stable_lr.slice_clip-1.0": 3e-3,
+        "min_diverged_lr.slice_clip-1.0": 82.0,
         "recommended_lr.slice_clip-1.0": 3e-3}
     for tid, _, _, _, lr, clip, _ in TRIALS:
         got = client.get_run(sweep["trials"][tid]).data.metrics.get("lr_margin")
@@ -216,13 +217,15 @@ def test_a_ramp_logged_after_the_fact(uri, client):
                                                                                        for s in (10, 20)]
         assert got.data.tags[SWEEP_TAG] == "r1" and got.data.tags[SETTING_TAG] == "bf16_slice"
         assert got.data.params["phase"] == "ladder" and got.data.params["training.lr"] == param_value(lr)
-    tr.log_setting_metrics(parent, [{"setting": "s00", "params": setting, "max_stable_lr": 1e-3,
-                                     "min_diverged_lr": 1e-1, "recommended_lr": 5e-4, "lr_at_5pct_risk": None}])
+    tr.log_setting_metrics(parent, [{"setting": "s00", "params": setting, "min_stable_lr": 1e-4, "max_stable_lr": 1e-3,
+                                     "min_diverged_lr": 1e-1, "recommended_lr": 5e-4, "lr_at_5pct_risk": None,
+                                     "lr_at_50pct": 2e-2}])
     tr.end_sweep(parent, {"probes": 2.0}, tags={})
     run = client.get_run(parent)
     assert run.data.tags[KIND_TAG] == "ramp"
-    assert run.data.metrics == {"probes": 2.0, "max_stable_lr.bf16_slice": 1e-3, "min_diverged_lr.bf16_slice": 1e-1,
-                                "recommended_lr.bf16_slice": 5e-4}
+    assert run.data.metrics == {"probes": 2.0, "min_stable_lr.bf16_slice": 1e-4, "max_stable_lr.bf16_slice": 1e-3,
+                                "min_diverged_lr.bf16_slice": 1e-1, "recommended_lr.bf16_slice": 5e-4,
+                                "lr_at_50pct.bf16_slice": 2e-2}
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,12 @@ interval for the 5%-risk lr (percentiles of a bootstrap over the runs) and the e
 failures per lr). Every run that reached its budget finite and trained is a success *at that
 budget*: it says nothing about longer runs, and the fit holds for that budget only.
 
-What counts as a failure: `diverged`, and `stalled` above the setting's stable band (the edge of
-stability: finite but no longer learning). A stall below the band (the lr is too small), a pruned
-or errored run says nothing about stability and is left out.
+What counts as a failure: `diverged`, and `stalled` at the top of the setting's stable band or
+above it (the edge of stability: finite but no longer learning). With replicates the band's top
+is fuzzy (at one lr one seed trains and the next stalls), so a stall counts as a failure from the
+middle of the band up (in log lr, between the smallest and the largest lr that trained); a stall
+in the band's lower half or below it (the lr is too small), a pruned or errored run says nothing
+about stability and is left out.
 
 Plain data in, plain data out: no Ray, no MLflow. The fit is scikit-learn's L2-regularised
 logistic regression (a weak prior keeps the slope finite when the runs separate perfectly, as
@@ -78,15 +81,16 @@ def failures(runs: Iterable[Run]) -> list[tuple[float, int]]:
     """(lr, 1 if failed else 0) for the runs that say something about stability."""
     runs = list(runs)
     trained = [r.lr for r in runs if r.verdict == STABLE]
-    top = max(trained) if trained else None
+    # the middle of the stable band in log lr: a stall from here up is at the edge of stability
+    middle = math.sqrt(min(trained) * max(trained)) if trained else None
     out = []
     for r in runs:
         if r.verdict == STABLE:
             out.append((r.lr, 0))
         elif r.verdict == DIVERGED:
             out.append((r.lr, 1))
-        elif r.verdict == STALLED and top is not None and r.lr > top:
-            out.append((r.lr, 1))  # finite but not learning above the band: the edge of stability
+        elif r.verdict == STALLED and middle is not None and r.lr >= middle * (1 - 1e-9):
+            out.append((r.lr, 1))  # finite but not learning at the top of the band or above: the edge
     return out
 
 
@@ -144,3 +148,20 @@ def replicate_lrs(max_stable: float | None, min_diverged: float | None, points: 
         return [max_stable, min_diverged]
     r = (min_diverged / max_stable) ** (1 / (points - 1))
     return [max_stable * r ** i for i in range(points)]
+
+
+def replicate_runs(max_stable: float | None, min_failed: float | None, k: int, base_seed: int,
+                   tried: Iterable[float]) -> list[tuple[float, int]]:
+    """The (lr, seed) replicates of one setting: seeds base_seed .. base_seed + k - 1 at
+    `replicate_lrs(max_stable, min_failed)`, less the pairs already run (`tried`: the lrs its own
+    runs took, at base_seed). [] without a bracket (either end unknown)."""
+    if max_stable is None or min_failed is None or k < 1:
+        return []
+    tried = list(tried)
+
+    def seen(lr: float) -> float | None:
+        return next((t for t in tried if math.isclose(t, lr, rel_tol=1e-9)), None)
+
+    # the ends exactly as run (a rounding of the geometric points would split the evidence per lr)
+    lrs = [seen(lr) or lr for lr in replicate_lrs(max_stable, min_failed)]
+    return [(lr, base_seed + i) for lr in lrs for i in range(k) if not (i == 0 and seen(lr) is not None)]

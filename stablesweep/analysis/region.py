@@ -68,6 +68,16 @@ class Group:
     stalled_above: list[float] = field(default_factory=list)  # stalls above the band: the edge
     stalled_inside: list[float] = field(default_factory=list)  # stalls inside the band (noise), or no band
     min_failed_lr: float | None = None  # the edge: the smallest lr that diverged or stalled above the band
+    # the boundary as a probability (`add_boundaries`, from replicates): P(fails | lr) of the combination
+    lr_at_5pct_risk: float | None = None  # then the edge of `recommended_lr`
+    lr_at_5pct_risk_interval: list[float] | None = None
+    lr_at_50pct: float | None = None
+    evidence: list[dict] | None = None  # per lr: runs, failures
+    single_seed: bool | None = None
+    boundary_note: str | None = None
+    replicates: int = 0  # replicate runs of the combination
+    replicate_flops: float | None = None  # their training FLOPs, next to `train_flops`
+    train_flops: float | None = None  # the training FLOPs of its sweep trials
 
     @property
     def label(self) -> str:
@@ -87,6 +97,7 @@ class Region:
     importance_method: str = ""
     divergence_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     recommended: dict[str, Any] | None = None  # params of recommended.yaml, lr with the margin
+    replicates: int = 0  # K of --replicates (0: every bracket is a single-seed estimate)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -154,6 +165,7 @@ class Region:
                          "min(final loss, initial loss) minus the best final loss; a diverged trial counts as "
                          "its initial loss.")
             lines.append("")
+        lines += self._boundary_markdown()
         if self.best:
             lines += ["## Best stable setting", "",
                       f"Trial `{self.best['trial_id']}`, objective {self.best['objective']:.4g}: "
@@ -174,6 +186,48 @@ class Region:
                 lines.append(f"- `{k}`: " + ", ".join(f"{v}: {100 * r:.0f}%" for v, r in rates.items()))
             lines.append("")
         return "\n".join(lines)
+
+
+    def boundary_text(self) -> str:
+        """For a terminal: P(fails | lr) per combination and what the replicates cost, or that each
+        bracket is a single-seed estimate."""
+        if not self.lr_key:
+            return ""
+        if not self.replicates:
+            return ("each bracket is a single-seed estimate (one trial an lr); --replicates K with --sampler grid "
+                    "or qmc measures P(fails | lr)")
+        lines = ["P(fails | lr) per combination (logistic in log lr over its trials and replicates):"]
+        for g in self.groups:
+            iv = g.lr_at_5pct_risk_interval
+            lines.append(f"  {g.label}: lr at 5% risk {_lr(g.lr_at_5pct_risk)}"
+                         + (f" (interval {_lr(iv[0])}..{_lr(iv[1])})" if iv else "")
+                         + f", at 50% {_lr(g.lr_at_50pct)}; {g.replicates} replicates, "
+                         f"{g.replicate_flops or 0:.3g} FLOPs (its sweep trials: {g.train_flops or 0:.3g})"
+                         + (f"; {g.boundary_note}" if g.boundary_note else ""))
+        return "\n".join(lines)
+
+    def _boundary_markdown(self) -> list[str]:
+        if not self.lr_key:
+            return []
+        if not self.replicates:
+            return ["Each bracket is a single-seed estimate: one trial an lr, while at one lr one seed may diverge "
+                    "and the next not. `stablesweep sweep --replicates K` (grid or qmc sampler) runs K seeds "
+                    "around each bracket and fits P(fails | lr).", ""]
+        lines = ["## The boundary as a probability", "",
+                 f"{self.replicates} seed(s) at the lrs inside each combination's bracket and at its ends; "
+                 "P(fails | lr) fitted in log lr over its trials and replicates (a failure: diverged, or stalled "
+                 f"from the middle of the stable band up), at the budget of {self.budget_steps} steps. The "
+                 f"recommended lr is at most {SAFETY} x the lr at 5% risk where it was measured.", "",
+                 "| combination | lr at 5% risk | interval | lr at 50% | evidence (lr: failures/runs) | replicates | "
+                 "replicate FLOPs | sweep FLOPs | note |", "|---|---|---|---|---|---|---|---|---|"]
+        for g in self.groups:
+            iv = g.lr_at_5pct_risk_interval
+            ev = ", ".join(f"{_lr(e['lr'])}: {e['failures']}/{e['runs']}" for e in g.evidence or [])
+            lines.append(f"| {g.label} | {_lr(g.lr_at_5pct_risk)} | {f'{_lr(iv[0])}..{_lr(iv[1])}' if iv else '-'} | "
+                         f"{_lr(g.lr_at_50pct)} | {ev or '-'} | {g.replicates} | {g.replicate_flops or 0:.3g} | "
+                         f"{g.train_flops or 0:.3g} | {g.boundary_note or '-'} |")
+        lines.append("")
+        return lines
 
 
 # ---- analysis -------------------------------------------------------------------------------
@@ -374,6 +428,46 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
     return {k: float(v) for k, v in imp.items()}, method
 
 
+def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k: int, seed: int) -> list[tuple]:
+    """The boundary as a probability of each combination of `region` (the region of `df`, its
+    trials, all run at `seed`): P(fails | lr) fitted over its trials and its `replicates` (rows
+    with the same columns and a `seed` each), `k` the seeds asked for. Sets the groups' boundary
+    fields and makes the 5%-risk lr the edge of their recommended lr. Returns
+    `boundary.fit_boundary`'s (Boundary, Fit) per group, for the figure."""
+    from stablesweep.analysis.boundary import Run, fit_boundary
+
+    lr_key, fits = region.lr_key, []
+    for g in region.groups:
+        mine, reps = rows_of(df, region.group_keys, g.key), rows_of(replicates, region.group_keys, g.key)
+        runs = [Run(float(lr), v, seed) for lr, v in zip(mine[lr_key], mine["verdict"]) if finite(lr) is not None]
+        if len(reps):
+            runs += [Run(float(lr), v, int(s)) for lr, v, s in zip(reps[lr_key], reps["verdict"], reps["seed"])]
+        b, fit = fit_boundary(runs)
+        fits.append((b, fit))
+        g.lr_at_5pct_risk, g.lr_at_50pct = b.lr_at_risk, b.lr_at_50
+        g.lr_at_5pct_risk_interval = list(b.lr_at_risk_interval) if b.lr_at_risk_interval else None
+        g.evidence, g.single_seed, g.boundary_note = b.evidence, b.single_seed, b.note
+        g.replicates = len(reps)
+        g.replicate_flops = float(pd.to_numeric(reps.get("train_flops"), errors="coerce").sum()) if len(reps) else 0.0
+        g.train_flops = float(pd.to_numeric(mine.get("train_flops"), errors="coerce").sum()) if len(mine) else 0.0
+        g.recommended_lr = recommended_lr(finite(g.best_params.get(lr_key)) if g.best_params else None,
+                                          max_stable=g.max_stable_lr, min_diverged=g.min_failed_lr,
+                                          at_risk=g.lr_at_5pct_risk)
+    region.replicates = k
+    region.recommended = recommended_params(region)
+    return fits
+
+
+def rows_of(df: pd.DataFrame, keys: list[str], key: dict[str, Any]) -> pd.DataFrame:
+    """The rows of `df` in the combination `key` of the categorical `keys`."""
+    if not len(df):
+        return df
+    mask = pd.Series(True, index=df.index)
+    for k in keys:
+        mask &= df[k].map(lambda v: repr(py(v))) == repr(py(key.get(k)))
+    return df[mask]
+
+
 def recommended_params(region: Region) -> dict[str, Any] | None:
     """The best stable trial's params, its lr replaced by its combination's recommended lr
     (vocab.recommended_lr)."""
@@ -411,7 +505,11 @@ def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
     ]
     if region.lr_key and region.lr_key in region.best["params"]:
         best_lr = region.best["params"][region.lr_key]
-        if group is not None and group.min_failed_lr is not None:
+        if group is not None and group.lr_at_5pct_risk is not None:
+            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.lr_at_5pct_risk:.3g}, the lr at 5% risk of "
+                         f"failing with {group.label}, fitted over {sum(e['runs'] for e in group.evidence or [])} runs "
+                         f"with {region.replicates} seed(s) around the bracket) = {region.recommended[region.lr_key]:.3g}.")
+        elif group is not None and group.min_failed_lr is not None:
             lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_failed_lr:.3g}, the smallest "
                          f"lr that diverged or stalled above the stable band with {group.label}) = "
                          f"{region.recommended[region.lr_key]:.3g}.")
@@ -457,6 +555,10 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
 # ---- small helpers ----------------------------------------------------------------------------
 
 LR_COLUMNS = ("min stable lr", "max stable lr", "min diverged lr", "best lr")
+
+
+def _lr(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _counts_text(c: dict[str, int]) -> str:

@@ -17,6 +17,9 @@ examples:
   # every combination of grid/choice values, a short budget
   stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 200
 
+  # the boundary as a probability: 3 seeds around each combination's bracket, P(fails | lr) fitted
+  stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 200 --replicates 3
+
   # continue an interrupted sweep (no trial lost, none run twice; the sampler keeps what it learnt)
   stablesweep sweep my.yaml --space search_spaces/default.yaml --out runs/sweeps --name food-qmc --resume
 
@@ -39,7 +42,8 @@ Every trial ends with one verdict: stable (ran its budget), diverged (non-finite
 or a loss explosion; stopped at the report where it was seen), pruned (stopped by ASHA for poor
 but finite progress), error (crashed). Files in OUT/NAME: trials.csv, stable_region.json/.md,
 figures/, recommended.yaml (the best stable setting, lr at most half the smallest diverged lr of
-its combination), optuna.db, and Tune's experiment. MLflow: OUT/mlflow.db unless --mlflow.
+its combination, or of its lr at 5% risk with --replicates), optuna.db, and Tune's experiment
+(the replicates' in OUT/NAME/replicates; figures/boundary.png draws P(fails | lr)). MLflow: OUT/mlflow.db unless --mlflow.
 With a URI --out, only Tune's experiment goes to OUT/NAME; the rest (and mlflow.db) to LOCAL_DIR.
 
 On a cluster of more than one node (alive nodes, plus those an autoscaler may add) a plain local
@@ -95,6 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--asha-grace", type=int, default=None, metavar="REPORTS",
                    help="reports before ASHA may stop a trial (default: half the budget)")
     p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0)")
+    p.add_argument("--replicates", type=int, default=None, metavar="K",
+                   help="with --sampler grid or qmc: once the trials end, run K seeds (training.seed + 0..K-1) at "
+                        "three lrs from each combination's largest stable to its smallest failed lr (only there), "
+                        "fit P(fails | lr) per combination and report the lr at 5%% risk (with an interval), the "
+                        "lr at 50%% and the evidence; the recommended lr is then at most half the 5%%-risk lr. "
+                        "Without it each bracket is a single-seed estimate")
     p.set_defaults(func=run)
 
 
@@ -160,11 +170,14 @@ def run(args: argparse.Namespace) -> int:
     c = res.counts
     print()
     print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "
-          f"diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, error {c.get('error', 0)}"
-          + (f", unfinished {c['unfinished']}" if c.get("unfinished") else ""))
+          f"stalled {c.get('stalled', 0)}, diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, "
+          f"error {c.get('error', 0)}" + (f", unfinished {c['unfinished']}" if c.get("unfinished") else "")
+          + (f" ({sum(g.replicates for g in res.region.groups)} of them replicates)" if res.region.replicates else ""))
     print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget)")
     print()
     print(res.region.to_text())
+    if res.region.boundary_text():
+        print("\n" + res.region.boundary_text())
     if res.region.importance:
         top = ", ".join(f"{k} {v:.2f}" for k, v in list(res.region.importance.items())[:4])
         print(f"\nwhat drives divergence ({res.region.importance_method}): {top}")
@@ -177,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nrecommended: " + "  ".join(f"{k}={format_value(v) if v is not None else 'null'}"
                                             for k, v in res.region.recommended.items()))
     print(f"\nfiles in {res.sweep_dir}:")
-    for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective"):
+    for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective", "figure_boundary"):
         if key in res.files:
             print(f"  {res.files[key]}")
     print(f"\nMLflow: parent run {res.parent_run_id} in {res.tracking_uri}")

@@ -72,6 +72,7 @@ class SweepOptions(RunOptions):
     asha_grace: int | None = None  # reports before ASHA may stop a trial (default: half the budget)
     asha_rf: float | None = None  # ASHA reduction factor (default 2: the worse half stops)
     seed: int | None = None  # the sampler's seed (default 0)
+    replicates: int | None = None  # K seeds around each setting's bracket, then P(fails | lr) (default 0: none)
 
 
 @dataclass(kw_only=True)

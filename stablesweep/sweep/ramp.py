@@ -200,15 +200,9 @@ def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, in
     """The (lr, seed) replicates of a bracketed setting: seeds base_seed .. base_seed + k - 1 at
     `replicate_lrs(max stable, min failed)`, less those the bracket already ran (its probes ran
     at base_seed). [] when the setting has no bracket."""
-    from stablesweep.analysis.boundary import replicate_lrs
+    from stablesweep.analysis.boundary import replicate_runs
 
-    lo, hi = s.max_stable, s.min_failed
-    if lo is None or hi is None or k < 1:
-        return []
-    # the ends exactly as probed (a rounding of the geometric points would split the evidence per lr)
-    lrs = [next((p.lr for p in s.tested if math.isclose(p.lr, lr, rel_tol=1e-9)), lr)
-           for lr in replicate_lrs(lo, hi)]
-    return [(lr, base_seed + i) for lr in lrs for i in range(k) if not (i == 0 and s.has(lr))]
+    return replicate_runs(s.max_stable, s.min_failed, k, base_seed, [p.lr for p in s.tested])
 
 
 def boundary_runs(s: Setting, base_seed: int) -> list:

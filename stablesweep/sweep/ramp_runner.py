@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from ray.tune.search import Searcher
 
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.plots import boundary_data, plot_boundary
@@ -54,7 +53,7 @@ from stablesweep.sweep.ramp import (
     replicate_probes,
     seed_from_range_test,
 )
-from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
+from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
 from stablesweep.sweep.trainable import WARM_START
 from stablesweep.vocab import HISTORY, LR_KEY, InputError
@@ -234,23 +233,6 @@ class _Request:
     start_step: int = 0  # continue mode: the step its warm start begins at
 
 
-class _Listed(Searcher):
-    """Tune's searcher of one round: the round's trial configs, each once, in order."""
-
-    def __init__(self, configs: list[dict[str, Any]]):
-        super().__init__()
-        self.todo = list(configs)
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        return self.todo.pop(0) if self.todo else Searcher.FINISHED
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass  # a round's probes do not depend on each other's results
-
-    def save(self, checkpoint_path: str) -> None:
-        pass  # a round is never restored (Tune snapshots its searcher all the same)
-
-
 def _config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
@@ -331,7 +313,7 @@ class _Rounds:
         self.echo(f"round {self.round}: {len(reqs)} probe(s): "
                   + "; ".join(f"{short_name(r.setting.params) or 'config'} lr {r.lr:.2e}" for r in reqs))
         tuner = make_tuner(self.trainable, name=f"round_{self.round:03d}", storage=self.storage,
-                           search_alg=_Listed([r.config for r in reqs]), num_samples=len(reqs),
+                           search_alg=ListedSearcher([r.config for r in reqs]), num_samples=len(reqs),
                            max_concurrent=self.max_concurrent, max_failures=self.max_failures)
         results = {_config_key(r.config): r for r in tuner.fit()}
         probes = []

@@ -10,6 +10,17 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
     OUT/NAME/tuner.pkl, trial_*/  Tune's experiment (storage_path=OUT, name=NAME)
     OUT/NAME/trials.csv           one row a trial
     OUT/NAME/stable_region.{json,md}, figures/*.png, recommended.yaml
+    OUT/NAME/replicates/          with --replicates: Tune's experiment of the replicate round
+
+With `--replicates K` (grid and qmc samplers), once the sweep's trials have ended, K seeds run at
+`boundary.replicate_lrs(max stable lr, min failed lr)` of every combination of the categorical axes
+that has a bracket (its other params those of its trial at the largest stable lr), from scratch, as
+a second Tune experiment through the same trial function. They are rows of trials.csv (`phase`
+replicate, their `seed`) and MLflow children (tag `phase: replicate`, param `training.seed`), and
+the region fits P(fails | lr) per combination over its trials and replicates
+(`region.add_boundaries`). They are not Optuna trials: the study is the sampler's knowledge, and a
+replicate's lr, between two grid values, is no point of its space. `--resume` restores that
+experiment like the sweep's own: a replicate that ended is never run again.
 
 Where `--out` is a URI (s3://bucket/sweeps, gs://..., any pyarrow filesystem URI), only Tune's
 experiment (checkpoints, trial results, experiment state) goes there, as OUT/NAME; the rest of the
@@ -47,6 +58,7 @@ from stablesweep.sweep.cluster import (
     ephemeral_path_notes,
     storage_paths,
     trial_resources,
+    uri_scheme,
 )
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.records import trial_records, trials_table
@@ -56,15 +68,19 @@ from stablesweep.sweep.search import (
     reconcile_study,
     sqlite_url,
 )
-from stablesweep.sweep.session import make_tuner, ray_session, trial_trainable
-from stablesweep.sweep.space import SearchSpace, load_space
+from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
+from stablesweep.sweep.space import SearchSpace, load_space, short_name
 from stablesweep.sweep.stopper import Outcome
-from stablesweep.vocab import ERROR, UNFINISHED, VERDICTS, InputError, py
+from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, STABLE, STALLED, UNFINISHED, VERDICTS, InputError, py
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = 16
 STATE_FILE = "sweep.json"
+REPLICATE_SAMPLERS = ("grid", "qmc")  # samplers whose trials map the region evenly, whatever they find
+REPLICATES = "replicates"  # the replicate round's Tune experiment, in the sweep's
+REPLICATE = "replicate"  # the `phase` of a replicate in trials.csv and MLflow (a sweep trial's: sweep)
+SEED_KEY = "training.seed"
 
 
 @dataclass
@@ -88,6 +104,7 @@ class SweepPlan:
     state: dict
     notes: list[str] = field(default_factory=list)
     storage: str = ""  # Tune's storage_path: str(out), or the --out URI
+    replicates: int = 0  # K seeds around each bracket (0: none)
 
     @property
     def experiment_path(self) -> str:
@@ -119,6 +136,14 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     """Check the config, the space and the options; decide names and paths. Writes nothing."""
     if opts.sampler is not None and opts.sampler not in SAMPLERS:
         raise InputError(f"--sampler {opts.sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if opts.replicates is not None and opts.replicates < 0:
+        raise InputError(f"--replicates {opts.replicates}: must be at least 0 (0: no replicates)")
+    if opts.replicates and not opts.resume and (opts.sampler or "tpe") not in REPLICATE_SAMPLERS:
+        raise InputError(f"--replicates with --sampler {opts.sampler or 'tpe'}: replicates need --sampler grid or "
+                         "qmc, whose trials map each combination's lrs evenly whatever they find; tpe crowds its "
+                         "trials where the loss is best and random leaves gaps, so the bracket they leave is no "
+                         "place to measure the boundary. Use `stablesweep ramp --replicates K` to measure it "
+                         "for a config")
     for flag, v, ok in (("--samples", opts.samples, lambda x: x >= 1), ("--steps", opts.steps, lambda x: x >= 1),
                         ("--asha-grace", opts.asha_grace, lambda x: x >= 1),
                         ("--asha-rf", opts.asha_rf, lambda x: x > 1)):
@@ -129,6 +154,10 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     cfg = load_config(opts.config, opts.config_overrides())
     space = load_space(opts.space)
     space.validate(cfg)
+    if opts.replicates and LR_KEY not in space.keys:
+        raise InputError(f"--replicates: {opts.space} has no {LR_KEY} axis: there is no lr boundary to replicate")
+    if opts.replicates and SEED_KEY in space.keys:
+        raise InputError(f"--replicates: {opts.space} sweeps {SEED_KEY}; the replicates vary it themselves")
     build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
     base = cfg.to_dict()
     out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
@@ -143,6 +172,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         name = state["name"]
         sampler, samples, seed = state["sampler"], int(state["samples"]), int(state["seed"])
         asha, grace, rf = bool(state["asha"]), state.get("asha_grace"), float(state.get("asha_rf", 2.0))
+        replicates = int(state.get("replicates", 0))
     else:
         name = opts.run_name(Path(opts.space).stem)
         sweep_dir = out / name
@@ -154,6 +184,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         asha = True if opts.asha is None else bool(opts.asha)
         grace, rf = opts.asha_grace, float(opts.asha_rf or 2.0)
         samples = opts.samples or DEFAULT_SAMPLES
+        replicates = opts.replicates or 0
         state = {}
     notes = []
     if sampler == "grid" and not opts.resume:  # a resumed sweep keeps the samples it began with
@@ -170,7 +201,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     return SweepPlan(opts=opts, name=name, out=out, sweep_dir=sweep_dir, cfg=cfg, base=base, space=space,
                      sampler=sampler, samples=samples, seed=seed, asha=asha, asha_grace=grace, asha_rf=rf,
                      n_reports=n_reports, tracking_uri=uri, resume=opts.resume, state=state, notes=notes,
-                     storage=storage)
+                     storage=storage, replicates=replicates)
 
 
 def _default_uri(out: Path) -> str:
@@ -203,7 +234,8 @@ def _check_same(state: dict, base: dict, space: SearchSpace, opts: SweepOptions,
         raise InputError(f"--resume: the search space {opts.space} differs from the one sweep {sweep_dir.name} "
                          f"started with ({sweep_dir / 'space.yaml'})")
     for flag, mine, theirs in (("--sampler", opts.sampler, state["sampler"]), ("--samples", opts.samples, state["samples"]),
-                               ("--seed", opts.seed, state["seed"]), ("--no-asha", opts.asha, state["asha"])):
+                               ("--seed", opts.seed, state["seed"]), ("--no-asha", opts.asha, state["asha"]),
+                               ("--replicates", opts.replicates, state.get("replicates", 0))):
         if mine is not None and mine != theirs:
             raise InputError(f"--resume: {flag} differs from the sweep's own ({theirs}); leave it out to resume")
 
@@ -243,14 +275,15 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
     echo(f"sweep {plan.name}: {plan.samples} trials, sampler {plan.sampler}, "
          f"{'ASHA' if plan.asha else 'no ASHA'}, up to {max_concurrent} at once "
          f"({opts.cpus_per_trial:g} CPU{', %g GPU' % opts.gpus_per_trial if opts.gpus_per_trial else ''}{custom} "
-         f"a trial), budget {plan.cfg.training.steps or '?'} steps, report every {plan.cfg.training.report_interval}")
+         f"a trial), budget {plan.cfg.training.steps or '?'} steps, report every {plan.cfg.training.report_interval}"
+         + (f"; then {plan.replicates} seed(s) around each bracket" if plan.replicates else ""))
     if n_nodes > 1 or plan.storage != str(plan.out):
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
     if plan.resume and plan.storage == str(plan.out):
         _repair_tune_state(plan)
-    if plan.resume and _can_restore(plan):
+    if plan.resume and _can_restore(plan.experiment_path):
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
         _swap_echo(tuner, echo)
@@ -265,7 +298,12 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
             keep_checkpoints=plan.cfg.training.keep_checkpoints,
             callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
     try:
-        return _collect(plan, tuner.fit(), tracker, parent, started)
+        table, outcomes = _sweep_table(plan, tuner.fit())
+        replicates = None
+        if plan.replicates:
+            replicates = _replicate(plan, table, trainable, tracker, parent, echo, max_concurrent=max_concurrent,
+                                    max_failures=max_failures)
+        return _collect(plan, table, outcomes, replicates, tracker, parent, started)
     except Exception as e:
         why = storage_fault(e)
         if why is None:
@@ -377,24 +415,24 @@ def _whole_json(path: Path) -> bool:
         return False
 
 
-def _can_restore(plan: SweepPlan) -> bool:
-    """Tune's experiment of this sweep exists, with its state (a kill before Tune's first snapshot
-    leaves none: the sweep then starts Tune afresh, the Optuna study keeps what it knew)."""
+def _can_restore(path: str) -> bool:
+    """Tune's experiment at `path` (a directory or a URI) exists, with its state (a kill before
+    Tune's first snapshot leaves none: the run then starts Tune afresh; the sweep's Optuna study
+    keeps what it knew)."""
     from ray import tune
 
-    if plan.storage == str(plan.out):
-        exp_dir = plan.sweep_dir
-        return tune.Tuner.can_restore(str(exp_dir)) and bool(list(exp_dir.glob("experiment_state-*.json")))
+    if uri_scheme(path) is None:
+        return tune.Tuner.can_restore(path) and bool(list(Path(path).glob("experiment_state-*.json")))
     try:
         import pyarrow.fs as pafs
 
-        if not tune.Tuner.can_restore(plan.experiment_path):
+        if not tune.Tuner.can_restore(path):
             return False
-        fs, path = pafs.FileSystem.from_uri(plan.experiment_path)
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        fs, where = pafs.FileSystem.from_uri(path)
+        infos = fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
         return any(Path(i.path).name.startswith("experiment_state-") for i in infos)
     except Exception as e:
-        logger.warning("cannot read Tune's experiment at %s (%s); starting Tune afresh", plan.experiment_path, e)
+        logger.warning("cannot read Tune's experiment at %s (%s); starting Tune afresh", path, e)
         return False
 
 
@@ -418,7 +456,8 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
               "budget_steps": plan.cfg.training.steps, "report_interval": plan.cfg.training.report_interval,
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
               "max_concurrent": max_concurrent, "config_file": str(Path(opts.config).resolve()),
-              "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys)}
+              "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys),
+              "replicates": plan.replicates}
     if opts.resources_per_trial:
         params["resources_per_trial"] = json.dumps(opts.resources_per_trial, sort_keys=True)
     parent = tracker.start_sweep(plan.name, params,
@@ -430,7 +469,7 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
              "space_file": str(Path(opts.space).resolve()),
              "space": {k: a.spec() for k, a in plan.space.axes.items()},
              "sampler": plan.sampler, "samples": plan.samples, "seed": plan.seed, "asha": plan.asha,
-             "asha_grace": plan.asha_grace, "asha_rf": plan.asha_rf, "tracking_uri": plan.tracking_uri,
+             "replicates": plan.replicates, "asha_grace": plan.asha_grace, "asha_rf": plan.asha_rf, "tracking_uri": plan.tracking_uri,
              "experiment": opts.experiment, "storage": plan.storage, "experiment_path": plan.experiment_path,
              "parent_run_id": parent, "study_name": plan.name, "study_url": plan.study_url}
     (plan.sweep_dir / "config.yaml").write_text(config_yaml)
@@ -444,26 +483,109 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
 
 # ---- after the run: one table, one truth ------------------------------------------------------
 
-def _collect(plan: SweepPlan, results, tracker, parent: str, started: float) -> SweepResult:
-    from stablesweep.analysis.region import analyze, lr_margins, write_region
-
+def _sweep_table(plan: SweepPlan, results) -> tuple[pd.DataFrame, dict[str, Outcome]]:
+    """The sweep's trials as a table (with their Optuna numbers), and their outcomes; the Optuna
+    study made to agree with them."""
     table, outcomes = trials_table(trial_records(results), plan.space)
     finished = {k: v for k, v in outcomes.items() if v.verdict in VERDICTS}
     numbers = reconcile_study(plan.study_url, plan.name, finished, owned=set(outcomes),
                               final=len(finished) == len(outcomes))
     table.insert(1, "optuna_number", table["trial_id"].map(lambda t: numbers.get(t, -1)).astype(int))
-    _finish_mlflow(table, outcomes, tracker, parent, plan)
+    return table, outcomes
+
+
+def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], list[str]]:
+    """The trial configs of the replicate round (`boundary.replicate_runs` per combination of the
+    sweep's ended trials `done`), and the combinations skipped for want of a bracket."""
+    from stablesweep.analysis.boundary import replicate_runs
+    from stablesweep.analysis.region import analyze, rows_of
+
+    space, seed = plan.space, plan.cfg.training.seed
+    region = analyze(done, lr_key=LR_KEY, group_keys=space.categorical_keys, param_keys=space.keys, importance=False)
+    configs, skipped = [], []
+    for g in region.groups:
+        mine = rows_of(done, region.group_keys, g.key)
+        tried = mine.loc[mine["verdict"].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
+        runs = replicate_runs(g.max_stable_lr, g.min_failed_lr, plan.replicates, seed, tried)
+        if not runs:
+            skipped.append(g.label)
+            continue
+        top = mine[(mine["verdict"] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
+        params = {k: py(top[k]) for k in space.keys}
+        configs += [{**params, LR_KEY: float(lr), SEED_KEY: int(s)} for lr, s in runs]
+    return configs, skipped
+
+
+def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent: str, echo: Callable[[str], None], *,
+               max_concurrent: int, max_failures: int) -> tuple[pd.DataFrame, dict[str, Outcome]] | None:
+    """The replicate round (see the module docstring): its table (a `seed` column) and outcomes;
+    None while the sweep's own trials have not all ended."""
+    from ray import tune
+
+    if (table["verdict"] == UNFINISHED).any():
+        echo("replicates: not yet, the sweep's own trials have not all ended (--resume runs them)")
+        return None
+    configs, skipped = replicate_configs(plan, table[table["verdict"].isin(VERDICTS)])
+    if skipped:
+        echo(f"replicates: no bracket (no stable lr below a failed one) with {'; '.join(skipped)}: skipped")
+    if not configs:
+        return pd.DataFrame(columns=[*table.columns, "seed"]), {}
+    keys = [*plan.space.keys, SEED_KEY]
+    echo(f"replicates: {len(configs)} run(s), {plan.replicates} seed(s) at the lrs inside each bracket and at its ends")
+    path = f"{plan.experiment_path}/{REPLICATES}"
+    if plan.resume and _can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        _swap_echo(tuner, echo)
+    else:
+        progress = ProgressCallback(len(configs), keys)
+        progress.echo = echo
+        tuner = make_tuner(trainable, name=REPLICATES, storage=plan.experiment_path,
+                           search_alg=ListedSearcher(configs), num_samples=len(configs),
+                           max_concurrent=max_concurrent, max_failures=max_failures,
+                           callbacks=[MlflowCallback(tracker, parent, keys, plan.name, plan.space.categorical_keys),
+                                      progress])
+    records = trial_records(tuner.fit())
+    reps, outcomes = trials_table(records, plan.space)
+    seeds = {r.trial_id: r.config.get(SEED_KEY) for r in records}
+    reps["seed"] = reps["trial_id"].map(seeds)
+    reps["name"] = [short_name({**{k: r[k] for k in plan.space.keys}, SEED_KEY: r["seed"]}) for _, r in reps.iterrows()]
+    return reps, outcomes
+
+
+def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
+             replicates: tuple[pd.DataFrame, dict[str, Outcome]] | None, tracker, parent: str,
+             started: float) -> SweepResult:
+    from stablesweep.analysis.plots import boundary_data, plot_boundary
+    from stablesweep.analysis.region import add_boundaries, analyze, lr_margins, write_region
+
     interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
     done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
+    metrics: dict[str, float] = {}
+    fits = None
+    if plan.replicates:
+        reps, rep_outcomes = replicates if replicates is not None else (pd.DataFrame(columns=["verdict", "seed"]), {})
+        interrupted = interrupted or bool((reps["verdict"] == UNFINISHED).any())
+        fits = add_boundaries(region, done, reps[reps["verdict"].isin(VERDICTS)], plan.replicates,
+                              plan.cfg.training.seed)
+        table = pd.concat([table.assign(phase="sweep", seed=plan.cfg.training.seed),
+                           reps.assign(phase=REPLICATE, optuna_number=-1)], ignore_index=True)
+        outcomes = {**outcomes, **rep_outcomes}
+        done = table[table["verdict"].isin(VERDICTS)]
+        metrics.update(replicates=float(len(reps)), replicate_flops=float(sum(g.replicate_flops for g in region.groups)),
+                       train_flops=float(sum(g.train_flops for g in region.groups)))
+    _finish_mlflow(table, outcomes, tracker, parent, plan)
     title = f"Stable region: sweep {plan.name}"
     files = write_region(region, table, plan.sweep_dir, base=plan.base, title=title,
                          extra={"sweep": plan.name, "sampler": plan.sampler, "samples": plan.samples,
                                 "config": plan.state.get("config_file"), "space": plan.state.get("space_file"),
                                 "interrupted": interrupted})
+    if fits is not None:
+        files["figure_boundary"] = plot_boundary(boundary_data([g.label for g in region.groups], fits),
+                                                 plan.sweep_dir / "figures" / "boundary.png", region.budget_steps)
     counts = {v: int((table["verdict"] == v).sum()) for v in (*VERDICTS, UNFINISHED)} if len(table) else {}
-    metrics = {f"trials_{k}": float(v) for k, v in counts.items()}
+    metrics.update({f"trials_{k}": float(v) for k, v in counts.items()})
     if region.best:
         metrics["best_objective"] = region.best["objective"]
     tracker.log_setting_metrics(parent, region.groups)
@@ -485,12 +607,16 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         if o is None or o.verdict not in VERDICTS:
             continue
         params = {k: py(r[k]) for k in plan.space.keys}
+        tags = {}
+        if r.get("phase") == REPLICATE:
+            params[SEED_KEY] = py(r["seed"])
+            tags["phase"] = REPLICATE
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
                                    setting={k: params.get(k) for k in plan.space.categorical_keys})
         summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps")
                    if py(r.get(k)) is not None}
-        tags = {"node_id": str(r.get("node_id") or ""), "budget_steps": str(py(r.get("budget_steps")) or ""),
-                "optuna_number": str(r.get("optuna_number"))}
+        tags.update({"node_id": str(r.get("node_id") or ""), "budget_steps": str(py(r.get("budget_steps")) or ""),
+                     "optuna_number": str(r.get("optuna_number"))})
         if o.verdict == ERROR and o.reason:
             tags["error"] = o.reason[:5000]
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)

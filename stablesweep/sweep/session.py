@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 
 from stablesweep.config import Config
 from stablesweep.sweep.cluster import trial_resources
@@ -102,6 +103,34 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
     )
+
+
+class ListedSearcher(Searcher):
+    """Tune's searcher of a listed run (a ramp's round, a sweep's replicates): the given trial
+    configs, each once, in order. What is left to hand out is saved with Tune's experiment, so a
+    restored run goes on with the rest."""
+
+    def __init__(self, configs: list[dict[str, Any]]):
+        super().__init__()
+        self.todo = list(configs)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        return self.todo.pop(0) if self.todo else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # listed trials do not depend on each other's results
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.todo, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.todo = pickle.load(f)
 
 
 def trial_dirname(trial) -> str:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from stablesweep.analysis.boundary import Run, failures, fit_boundary, replicate_lrs
+from stablesweep.analysis.boundary import Run, failures, fit_boundary, replicate_lrs, replicate_runs
 
 
 def planted(lr50: float, width: float, lrs, k: int, seed: int) -> list[Run]:
@@ -56,6 +56,37 @@ def test_stalls_count_above_the_band_only():
     assert failures(runs) == [(1e-3, 0), (1e-2, 0), (0.1, 1), (1.0, 1)]
 
 
+def test_a_stall_at_the_top_of_the_band_is_a_failure_one_at_its_bottom_is_not():
+    # the demo ramp's replicates: at 0.0707 one seed trained and the other stalled, at the band's top
+    runs = [Run(0.05, "stable", 0), Run(0.05, "stable", 1), Run(0.0707, "stable", 1), Run(0.0707, "stalled", 0),
+            Run(0.1, "stalled", 0), Run(0.1, "stalled", 1), Run(0.05, "stalled", 2)]
+    assert failures(runs) == [(0.05, 0), (0.05, 0), (0.0707, 0), (0.0707, 1), (0.1, 1), (0.1, 1)]
+    b, _ = fit_boundary(runs)
+    assert b.evidence[1] == {"lr": 0.0707, "runs": 2, "failures": 1}
+    assert b.lr_at_risk < 0.0707 and b.lr_at_50 == pytest.approx(0.0707, rel=0.05)
+    # a stable seed above an earlier stall does not hide it: the stall is still in the band's top half
+    runs = [Run(1e-3, "stable"), Run(0.05, "stable"), Run(0.07, "stalled"), Run(0.1, "stable", 1)]
+    assert (0.07, 1) in failures(runs)
+    assert failures([Run(0.1, "stalled"), Run(0.1, "stable", 1)]) == [(0.1, 1), (0.1, 0)]
+
+
+def test_on_a_planted_boundary_with_stalls_the_5pct_risk_lr_is_below_the_failed_replicates():
+    """Failures planted as stalls (finite, not learning) as well as divergences: both count."""
+    rng = np.random.default_rng(3)
+    runs = []
+    for lr in np.geomspace(0.25, 4.0, 9):
+        p = 1 / (1 + math.exp(-math.log(lr) / 0.15))
+        for s in range(8):
+            runs.append(Run(float(lr), ("stalled" if s % 2 else "diverged") if rng.random() < p else "stable", s))
+    b, _ = fit_boundary(runs)
+    failed = [r.lr for r in runs if r.verdict != "stable"]
+    assert sum(e["failures"] for e in b.evidence) == len(failed)
+    truth5 = math.exp(0.15 * math.log(0.05 / 0.95))  # 0.64
+    assert truth5 / 1.5 < b.lr_at_risk < truth5 * 1.2
+    # below every failure where failing was not itself a rare (< 5%) event
+    assert all(b.lr_at_risk < lr for lr in failed if lr >= truth5)
+
+
 def test_no_failure_or_no_success_gives_no_boundary_and_says_why():
     b, _ = fit_boundary([Run(0.1, "stable"), Run(0.2, "stable")])
     assert b.lr_at_risk is None and "no run failed" in b.note
@@ -67,3 +98,12 @@ def test_replicates_go_inside_the_bracket():
     lrs = replicate_lrs(1.0, 1.25, points=3)
     assert lrs[0] == 1.0 and lrs[-1] == pytest.approx(1.25) and 1.0 < lrs[1] < 1.25
     assert replicate_lrs(None, 2.0) == [2.0]
+
+
+def test_replicate_runs_skip_the_pairs_already_run_and_settings_without_a_bracket():
+    runs = replicate_runs(0.1, 0.4, 2, 7, tried=[0.01, 0.1 * (1 + 1e-12), 0.4])
+    assert [seed for _, seed in runs] == [8, 7, 8, 8]  # seed 7 (the runs' own) only where nothing ran
+    assert runs[0][0] == 0.1 * (1 + 1e-12)  # an end exactly as it ran
+    assert runs[1][0] == pytest.approx(0.2)
+    assert replicate_runs(None, 0.4, 2, 0, []) == replicate_runs(0.1, None, 2, 0, []) == []
+    assert replicate_runs(0.1, 0.4, 0, 0, []) == []

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from stablesweep.analysis.region import analyze, lr_margins, lr_sensitivity, recommended_config, write_region
+from stablesweep.analysis.region import (
+    add_boundaries,
+    analyze,
+    lr_margins,
+    lr_sensitivity,
+    recommended_config,
+    write_region,
+)
 from stablesweep.config import load_config
 from tests.analysis.tables import GROUPS, KEYS, trial
 
@@ -191,3 +198,32 @@ def test_only_stalls_mean_nothing_recommended():
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
     assert r.best is None and r.recommended is None
     assert r.groups[0].stalled_inside == [1e-6, 1e-5]  # no band: the side is unknown
+
+
+def test_replicates_give_each_combination_its_boundary_and_the_5pct_risk_lr_is_the_edge(table):
+    r = analyze(table, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    assert r.replicates == 0 and "single-seed estimate" in r.to_markdown()
+    # fp32: seeds 1, 2 in its bracket 1e-3..1e-2; one fails at 1e-3: the 5%-risk edge falls below it
+    reps = pd.DataFrame([{**trial(20 + i, lr, v), "seed": sd, "train_flops": 1e9} for i, (lr, v, sd) in enumerate(
+        [(1e-3, "stable", 1), (1e-3, "diverged", 2), (3.16e-3, "stable", 1), (3.16e-3, "diverged", 2),
+         (1e-2, "diverged", 1), (1e-2, "diverged", 2)])])
+    table["train_flops"] = 2e9
+    fits = add_boundaries(r, table, reps, k=3, seed=0)
+    groups = {g.key["training.precision"]: g for g in r.groups}
+    fp32, bf16 = groups["fp32"], groups["bf16"]
+    assert len(fits) == 2 and fits[0][0].lr_at_risk == r.groups[0].lr_at_5pct_risk
+    assert fp32.replicates == 6 and fp32.replicate_flops == 6e9 and fp32.train_flops == 12e9
+    assert {e["lr"]: (e["failures"], e["runs"]) for e in fp32.evidence}[1e-3] == (1, 3)
+    assert fp32.lr_at_5pct_risk < 1e-3 < fp32.lr_at_50pct < 1e-2
+    lo, hi = fp32.lr_at_5pct_risk_interval
+    assert lo <= fp32.lr_at_5pct_risk <= hi and not fp32.single_seed
+    assert fp32.recommended_lr == pytest.approx(0.5 * fp32.lr_at_5pct_risk)  # the edge: the 5%-risk lr
+    # bf16 had no replicates: its one seed an lr is said to be so
+    assert bf16.replicates == 0 and bf16.single_seed and "single-seed" in bf16.boundary_note
+    md = r.to_markdown()
+    assert "## The boundary as a probability" in md and "single-seed estimate: one run an lr" in md
+    assert r.recommended["training.lr"] == fp32.recommended_lr  # the best trial is fp32's
+    _, header = recommended_config(r, load_config(DEMO).to_dict())
+    assert "the lr at 5% risk of failing" in header
+    saved = {g["key"]["training.precision"]: g for g in json.loads(json.dumps(r.to_dict()))["groups"]}
+    assert saved["fp32"]["lr_at_50pct"] == fp32.lr_at_50pct and saved["fp32"]["replicate_flops"] == 6e9

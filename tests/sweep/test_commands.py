@@ -88,3 +88,16 @@ def test_bad_ramp_input_exits_2_before_ray(tmp_path):
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_replicates_need_the_grid_or_qmc_sampler(tmp_path):
+    space = tmp_path / "grid.yaml"
+    space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
+    for args, msg in [([], "--replicates with --sampler tpe: replicates need --sampler grid or qmc"),
+                      (["--sampler", "random"], "--replicates with --sampler random"),
+                      (["--sampler", "grid", "--replicates", "-1"], "--replicates -1: must be at least 0")]:
+        p = stablesweep("sweep", str(DEMO), "--space", str(space), "--replicates", "2", *args,
+                        "--out", str(tmp_path / "out"))
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
