@@ -176,6 +176,36 @@ def _terminated(exp_dir: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
+def assert_exactly_once(sweep_dir: Path) -> "pd.DataFrame":
+    """What "every trial exactly once" means after a resume: trials.csv holds each grid point in
+    exactly one trial; each of its trials has exactly one Optuna trial (with its verdict) and one
+    MLflow child run; nothing is RUNNING in either; the only other Optuna trials are ones asked
+    and never run (`abandoned`) or ones that Tune lost at a fault and ran again (`rerun_of`), and
+    those have no child run left."""
+    import pandas as pd
+
+    table = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(table) == N_GRID and table["trial_id"].is_unique
+    assert len({(lr, None if math.isnan(c) else c)
+                for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = study_summary(state["study_url"], state["study_name"])
+    assert not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
+    ids = set(table["trial_id"])
+    mine = [r for r in rows if r.get("tune_trial_id") in ids]
+    assert sorted(r["tune_trial_id"] for r in mine) == sorted(ids)
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))
+    assert {r["tune_trial_id"]: r["verdict"] for r in mine} == verdicts
+    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
+    assert all(r.get("verdict") == "abandoned" or r["number"] in rerun for r in rows if r not in mine), rows
+    tr = Tracker(state["tracking_uri"])
+    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
+    children = tr.children(state["parent_run_id"])
+    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
+    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
+    return table
+
+
 def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume ends
     with every grid point run exactly once: no trial lost, none run twice."""
@@ -220,30 +250,12 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert "resuming sweep k" in output
 
     sweep_dir = out / "k"
-    table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
-    assert len(table) == N_GRID and table["trial_id"].is_unique
+    table = assert_exactly_once(sweep_dir)
     assert set(table["verdict"]) <= {"stable", "diverged"}
-    # every grid point exactly once, in Tune's table and in Optuna
-    points = {(lr, None if math.isnan(c) else c) for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}
-    assert len(points) == N_GRID
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    rows = study_summary(state["study_url"], state["study_name"])
-    assert not [r for r in rows if r["state"] == "RUNNING"]
-    real = [r for r in rows if r.get("verdict") != "abandoned"]
-    assert len(real) == N_GRID
-    assert {r["tune_trial_id"] for r in real} == set(table["trial_id"])
-    assert len({(r["params"]["training.lr"], r["params"]["training.max_grad_norm"]) for r in real}) == N_GRID
     # trials finished before the kill were not run again: their reports are untouched
     assert finished_early <= set(table["trial_id"])
     for t in finished_early:
         assert (sweep_dir / f"trial_{t}" / "result.json").read_text() == reports_before[t]
-    # MLflow: still one parent, one child a trial
-    tr = Tracker(state["tracking_uri"])
-    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
-    children = tr.children(state["parent_run_id"])
-    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
-    verdicts = dict(zip(table["trial_id"], table["verdict"]))  # stable FINISHED, diverged FAILED
-    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
 
 
 def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
@@ -314,20 +326,7 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
         finally:
             _kill_group(second)
         assert second.returncode in (0, 1), output[-4000:]  # 1: the trial the full disk broke ended in error
-        sweep_dir = mnt / "out" / "full"
-        table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
-        assert len(table) == N_GRID and table["trial_id"].is_unique, output[-4000:]
-        assert len({(lr, None if math.isnan(c) else c)
-                    for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
-        state = json.loads((sweep_dir / "sweep.json").read_text())
-        rows = study_summary(state["study_url"], state["study_name"])
-        assert not [r for r in rows if r["state"] == "RUNNING"]
-        real = [r for r in rows if r.get("verdict") != "abandoned"]
-        assert sorted(r["tune_trial_id"] for r in real) == sorted(table["trial_id"])
-        tr = Tracker(state["tracking_uri"])
-        children = tr.children(state["parent_run_id"])
-        assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
-        assert not [c for c in children if c.info.status == "RUNNING"]
+        assert_exactly_once(mnt / "out" / "full")
     finally:
         if first is not None:
             _kill_group(first)
