@@ -176,7 +176,7 @@ def _terminated(exp_dir: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
-def assert_exactly_once(sweep_dir: Path) -> "pd.DataFrame":
+def assert_exactly_once(sweep_dir: Path):
     """What "every trial exactly once" means after a resume: trials.csv holds each grid point in
     exactly one trial; each of its trials has exactly one Optuna trial (with its verdict) and one
     MLflow child run; nothing is RUNNING in either; the only other Optuna trials are ones asked
