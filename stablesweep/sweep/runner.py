@@ -274,9 +274,11 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         if why is None:
             raise
         closed = _close_runs(tracker, parent)
+        saved = _save_elsewhere(plan)
         raise OutputFault(f"sweep {plan.name}: its output could not be written ({why}); the sweep stopped. "
                           + ("Its MLflow runs are marked KILLED. " if closed else
                              f"Its MLflow runs in {plan.tracking_uri} could not be closed either (still RUNNING). ")
+                          + (f"Its trials so far (from its Optuna study) are in {saved}. " if saved else "")
                           + f"Free space or make {plan.out} writable, then resume: trials that finished are kept, "
                           "the others run again", plan.name) from e
 
@@ -322,6 +324,28 @@ def _close_runs(tracker, parent: str) -> bool:
     except Exception as e:  # the store on the same full disk
         logger.warning("could not close the MLflow runs of the sweep: %s", e)
         return False
+
+
+def _save_elsewhere(plan: SweepPlan) -> Path | None:
+    """The sweep's trials as its Optuna study holds them (read-only: the study's disk may be full),
+    written to trials.csv in a new temporary folder (TMPDIR or /tmp, another file system than
+    `--out` as a rule); None when that fails too."""
+    from stablesweep.sweep.search import study_summary
+
+    try:
+        rows = study_summary(plan.study_url, plan.name)
+        keys = plan.space.keys
+        table = pd.DataFrame([{"trial_id": r.get("tune_trial_id"), "optuna_number": r["number"],
+                               "optuna_state": r["state"], **{k: r["params"].get(k) for k in keys},
+                               "verdict": r.get("verdict"), "reason": r.get("reason"),
+                               "first_bad_step": r.get("first_bad_step"), "steps": r.get("steps"),
+                               "objective": r["value"]} for r in rows])
+        path = Path(tempfile.mkdtemp(prefix=f"stablesweep-{plan.name}-")) / "trials.csv"
+        table.to_csv(path, index=False)
+        return path
+    except Exception as e:  # the study unreadable, or no room here either
+        logger.warning("could not save the sweep's trials elsewhere: %s", e)
+        return None
 
 
 def create_store(uri: str) -> None:

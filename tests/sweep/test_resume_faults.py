@@ -93,3 +93,29 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
         tracker.trial_run(parent, t, t, {})
     _delete_lost_runs(tracker, parent, plan)
     assert sorted(c.data.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table)
+
+
+def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypatch):
+    """The disk-full stop: trials.csv cannot go in the sweep folder; the trials the study holds
+    (ended, and the one the fault broke, still RUNNING) go to a new temporary folder."""
+    import tempfile
+
+    import pandas as pd
+
+    from stablesweep.sweep.runner import _save_elsewhere
+
+    url = sqlite_url(tmp_path / "optuna.db")
+    s = StabilitySearcher(GRID, url, "s", sampler="grid", seed=0)
+    for t in ("a", "b", "c"):
+        s.suggest(t)
+    s.on_trial_complete("a", DONE)
+    s.on_trial_complete("b", {**DONE, "verdict": "diverged", "reason": "nonfinite_loss", "first_bad_step": 7})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    path = _save_elsewhere(SimpleNamespace(study_url=url, name="s", space=GRID))
+    assert path.parent.parent == tmp_path / "elsewhere" and path.name == "trials.csv"
+    t = pd.read_csv(path)
+    assert list(t["trial_id"]) == ["a", "b", "c"]
+    assert list(t["verdict"].fillna("")) == ["stable", "diverged", ""]
+    assert list(t["optuna_state"]) == ["COMPLETE", "PRUNED", "RUNNING"]
+    assert set(GRID.keys) <= set(t.columns)

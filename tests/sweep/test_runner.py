@@ -317,6 +317,8 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
         assert first.returncode == 74, tail
         assert "its output could not be written" in tail and "continue with  stablesweep sweep" in tail
         assert "--name full --resume" in tail and "Traceback" not in tail
+        saved = Path(tail.split("(from its Optuna study) are in ", 1)[1].split(". ", 1)[0])  # off the full disk
+        assert mnt not in saved.parents and len(__import__("pandas").read_csv(saved)) >= 2, tail
 
         (mnt / "filler").unlink()  # space is back: --resume finishes with every grid point exactly once
         second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
