@@ -226,7 +226,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
     from ray import tune
 
     from stablesweep.sweep.stopper import asha_for
-    from stablesweep.tracking import Tracker
+    from stablesweep.tracking import Tracker, create_store
 
     opts, space = plan.opts, plan.space
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -346,25 +346,6 @@ def _save_elsewhere(plan: SweepPlan) -> Path | None:
     except Exception as e:  # the study unreadable, or no room here either
         logger.warning("could not save the sweep's trials elsewhere: %s", e)
         return None
-
-
-def create_store(uri: str) -> None:
-    """A new sqlite MLflow store is made under a temporary name and renamed into place: a Ctrl-C
-    while MLflow creates its tables (a few seconds of migrations) leaves no half-made store
-    (whose `_alembic_tmp_*` table would fail every later sweep there)."""
-    from stablesweep.tracking import store_path
-
-    path = store_path(uri)
-    if path is None or path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")

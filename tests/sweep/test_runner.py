@@ -339,10 +339,10 @@ def test_ctrl_c_while_the_mlflow_store_is_created_leaves_no_half_made_store(tmp_
     """SIGINT the process that creates OUT/mlflow.db while MLflow runs its migrations: no
     mlflow.db is left (only a finished store is renamed into place), and the next sweep's
     create_store makes a usable one."""
-    from stablesweep.sweep.runner import create_store
+    from stablesweep.tracking import create_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = f"from stablesweep.sweep.runner import create_store; create_store({uri!r})"
+    code = f"from stablesweep.tracking import create_store; create_store({uri!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
     try:
