@@ -87,7 +87,8 @@ def check_image(path: str, level: str) -> tuple[ProblemKind, str] | None:
             return ProblemKind.MISSING_IMAGE, "not found"
         with Image.open(path) as im:
             im.verify()  # header + structure (PNG chunk CRCs), no decoding
-        if level == "full":
+            fmt = im.format
+        if level == "full" or not _ends_whole(path, fmt):  # cut short, or odd: decoding tells
             with Image.open(path) as im:
                 im.load()  # decode every pixel: catches truncated files
     except UnidentifiedImageError:
@@ -95,6 +96,21 @@ def check_image(path: str, level: str) -> tuple[ProblemKind, str] | None:
     except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem to report
         return ProblemKind.UNREADABLE_IMAGE, f"unreadable: {type(e).__name__}: {e}"
     return None
+
+
+# the bytes a whole file ends with: JPEG's end-of-image marker, PNG's IEND chunk (type and CRC)
+_END = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _ends_whole(path: str, fmt: str | None) -> bool:
+    """A cheap test for a file cut short (a copy that stopped half-way), which the header check
+    alone passes: its format's end marker in its last KB. False sends it to a full decode."""
+    end = _END.get(fmt or "")
+    if end is None:
+        return True
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
+        return end in f.read()
 
 
 def _check_many(paths: list[str], level: str) -> list[tuple[ProblemKind, str] | None]:
