@@ -232,6 +232,16 @@ class LabelReport:
                 return s
         return None
 
+    def skipped_labels(self) -> str | None:
+        """With loss.on_bad_label: skip, what the run drops: the count and the first such line."""
+        bad = [s for s in self.splits if s.bad_label_lines]
+        if not bad:
+            return None
+        first = next(p for s in bad for p in s.problems if p.kind == ProblemKind.LABEL_OUT_OF_RANGE)
+        return (f"{sum(s.bad_label_lines for s in bad)} sample(s) have a label outside their dataset's range, "
+                f"the first: {first.message}; loss.on_bad_label is skip, so they are dropped at run time "
+                "and counted (dropped_samples)")
+
     def ok(self, on_bad_label: str = "error") -> bool:
         """No problems. With on_bad_label='skip', lines whose only fault is an out-of-range label
         are tolerated (they are dropped at run time and counted)."""

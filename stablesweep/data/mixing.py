@@ -383,10 +383,9 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
         n = sum(s.errors(on_bad) for s in report.splits)
         raise DataError(f"{cfg.source}: data check failed ({n} problem(s)); nothing was trained:\n"
                         + report.format_problems(on_bad_label=on_bad), report)
-    skipped = sum(s.bad_label_lines for s in report.splits)
+    skipped = report.skipped_labels()
     if skipped:
-        warnings.warn(f"{skipped} samples have a label outside their dataset's range; loss.on_bad_label is "
-                      f"skip, so they are dropped at run time and counted in Batch.dropped", stacklevel=2)
+        warnings.warn(skipped, stacklevel=2)
     train = [sources[(n, "train")] for n in space.names]
     val = {n: sources.get((n, "val")) for n in space.names}
     data = MultiData(cfg, space, train, val, report)

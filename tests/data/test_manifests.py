@@ -199,7 +199,7 @@ def test_skip_mode_keeps_bad_label_samples_and_drops_them_in_batches(root):
     tr = write_manifest(root, "d", [0, 1, 7, 2, 1, 0, 2, 9])
     cfg = make_config(root, {"d": _ds(tr)}, loss={"on_bad_label": "skip"})
     assert not validate_labels(cfg).ok()  # still reported
-    with pytest.warns(UserWarning, match="2 samples"):
+    with pytest.warns(UserWarning, match=r"2 sample\(s\) .*the first: d: d_train.jsonl:3: label 7"):
         md = build_data(cfg)
     it = md.train_batches(8, seed=0)
     b = next(it)
