@@ -503,7 +503,7 @@ def _collect(plan: SweepPlan, results, tracker, parent: str, started: float) -> 
     _finish_mlflow(table, outcomes, tracker, parent, plan)
     interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
     if not interrupted:
-        _delete_lost_runs(tracker, parent, plan)
+        _delete_lost_runs(tracker, parent, plan, set(table["trial_id"]) if len(table) else set())
     done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
@@ -546,20 +546,21 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
 
 
-def _delete_lost_runs(tracker, parent: str, plan: SweepPlan) -> None:
-    """Child runs of trials that Tune lost at a fault (they ran again under a new trial: see
-    `_rerun_lost_trials`) are closed and deleted (MLflow keeps them in its trash), so that the
-    sweep shows one child run a trial of its table."""
+def _delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]) -> None:
+    """Child runs of trials that Tune lost at a fault are closed and deleted (MLflow keeps them in
+    its trash), so that the sweep shows one child run a trial of its table. Lost: not in the
+    table, and either run again (see `_rerun_lost_trials`) or never ended (started after Tune's
+    last saved state; its Optuna trial went to a new Tune trial)."""
     from stablesweep.sweep.search import study_summary
     from stablesweep.tracking import TRIAL_TAG
 
     rows = study_summary(plan.study_url, plan.name)
     again = {r[RERUN_OF] for r in rows if RERUN_OF in r}
-    lost = {r.get("tune_trial_id") for r in rows if r["number"] in again}
+    rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
     for run in tracker.children(parent):
-        if run.data.tags.get(TRIAL_TAG) in lost:
+        tid = run.data.tags.get(TRIAL_TAG)
+        if tid not in trial_ids and (tid in rerun or "verdict" not in run.data.tags):
             if run.info.status == "RUNNING":
                 tracker.client.set_terminated(run.info.run_id, "KILLED")
             tracker.client.delete_run(run.info.run_id)
-            logger.warning("deleted MLflow run %s of trial %s, which Tune lost and ran again", run.info.run_id,
-                           run.data.tags.get(TRIAL_TAG))
+            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.info.run_id, tid)

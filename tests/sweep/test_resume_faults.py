@@ -87,12 +87,16 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
     assert [(r["tune_trial_id"], r["number"]) for r in others] == [("c", 2)]
     assert [r[RERUN_OF] for r in mine if RERUN_OF in r] == [2]
 
+    # MLflow: c ended (verdict tag) and ran again; h started after Tune's last state and never
+    # ended (its Optuna trial went to another Tune trial); x is another sweep's business (ended)
     tracker = Tracker(sqlite_url(tmp_path / "mlflow.db"))
     parent = tracker.start_sweep("s", {}, tags={})
-    for t in ("a", "b", "c", "d", "e", "f", "g"):
-        tracker.trial_run(parent, t, t, {})
-    _delete_lost_runs(tracker, parent, plan)
-    assert sorted(c.data.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table)
+    for t in ("a", "b", "c", "d", "e", "f", "g", "h", "x"):
+        run = tracker.trial_run(parent, t, t, {})
+        if t != "h":
+            tracker.finish_trial(run, "error" if t in "cx" else "stable", None, -1, {})
+    _delete_lost_runs(tracker, parent, plan, table)
+    assert sorted(c.data.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table | {"x"})
 
 
 def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypatch):
