@@ -373,6 +373,10 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
     cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
     (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
     report, sources = scan(cfg, cfg.data.verify_images if check_images else "none")
+    for s in report.splits:
+        if s.cached and log is not None:
+            log(f"data check: {s.dataset} {s.split}: images not checked one by one: their decoded-image cache "
+                f"{s.cached} is whole and keyed to these very files (path, size, mtime)")
     on_bad = cfg.loss.on_bad_label
     space = LabelSpace.from_config(cfg)
     for name in space.names:  # a train split with nothing to train on
