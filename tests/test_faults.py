@@ -104,6 +104,21 @@ def test_sweep_refuses_bad_data_before_ray(tmp_path):
     assert not (tmp_path / "out").exists()  # no sweep folder, no mlflow.db, no Ray session
 
 
+def test_ramp_refuses_a_missing_image_before_ray(tmp_path):
+    from tests.data.conftest import write_manifest
+
+    name = write_manifest(tmp_path, "food", [0, 1, 1, 0])
+    (tmp_path / "img/food/train/2.png").unlink()  # line 3's image
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"training: {{steps: 4, batch_size: 2, report_interval: 2}}\n"
+                   f"datasets: {{dataset_configs: {{food: {{num_classes: 2, train: {name}}}}}}}\n"
+                   f"data: {{image_size: 8}}\nmodel: {{name: small_cnn}}\n")
+    r = stablesweep("ramp", cfg, "--out", tmp_path / "out", "--steps", 4, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "food_train.jsonl:3" in r.stderr and "2.png not found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() and "Ray" not in r.stdout + r.stderr  # nothing written, no Ray
+
+
 # ---- 3. an unreachable --mlflow fails in seconds ---------------------------------------------
 
 @pytest.mark.parametrize("command", ["sweep", "ramp"])
