@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -544,6 +545,56 @@ def store_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         return Path(uri.removeprefix("sqlite:///"))
     return None
+
+
+def create_store(uri: str) -> None:
+    """Make sure a sqlite MLflow store at `uri` is whole before a sweep or ramp writes to it.
+
+    A new store is made under a temporary name and renamed into place: a Ctrl-C while MLflow
+    creates its tables (a few seconds of migrations) leaves no half-made store. A store left
+    half-made all the same (by an older version, or a migration interrupted later) holds
+    `_alembic_tmp_*` tables that fail every later use (`table _alembic_tmp_experiments already
+    exists`): with no run in it, it is made again from scratch; with runs, each leftover table whose
+    own table is still there is dropped, and MLflow redoes that migration."""
+    path = store_path(uri)
+    if path is None:
+        return
+    if path.exists():
+        if not _repair_store(path):
+            return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _repair_store(path: Path) -> bool:
+    """Repair a store with leftover `_alembic_tmp_*` tables (see `create_store`); True when it
+    holds no run and is to be made again (the file is then removed)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+        if not leftovers:
+            return False
+        if "runs" not in tables or not db.execute("SELECT 1 FROM runs LIMIT 1").fetchone():
+            logger.warning("%s was left half-made (%s) and holds no run: making it again", path, ", ".join(leftovers))
+            db.close()
+            path.unlink()
+            return True
+        for t in leftovers:
+            if t.removeprefix("_alembic_tmp_") not in tables:
+                raise TrackingError(f"{path}: an interrupted MLflow migration left {t} without "
+                                    f"{t.removeprefix('_alembic_tmp_')}; back up the file and repair it by hand")
+            db.execute(f'DROP TABLE "{t}"')
+        db.commit()
+    logger.warning("%s: dropped the tables an interrupted MLflow migration left (%s)", path, ", ".join(leftovers))
+    return False
 
 
 def probe_store(uri: str, timeout: float = 5.0) -> str | None:

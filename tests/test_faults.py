@@ -104,6 +104,21 @@ def test_sweep_refuses_bad_data_before_ray(tmp_path):
     assert not (tmp_path / "out").exists()  # no sweep folder, no mlflow.db, no Ray session
 
 
+def test_ramp_refuses_a_missing_image_before_ray(tmp_path):
+    from tests.data.conftest import write_manifest
+
+    name = write_manifest(tmp_path, "food", [0, 1, 1, 0])
+    (tmp_path / "img/food/train/2.png").unlink()  # line 3's image
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"training: {{steps: 4, batch_size: 2, report_interval: 2}}\n"
+                   f"datasets: {{dataset_configs: {{food: {{num_classes: 2, train: {name}}}}}}}\n"
+                   f"data: {{image_size: 8}}\nmodel: {{name: small_cnn}}\n")
+    r = stablesweep("ramp", cfg, "--out", tmp_path / "out", "--steps", 4, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "food_train.jsonl:3" in r.stderr and "2.png not found" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() and "Ray" not in r.stdout + r.stderr  # nothing written, no Ray
+
+
 # ---- 3. an unreachable --mlflow fails in seconds ---------------------------------------------
 
 @pytest.mark.parametrize("command", ["sweep", "ramp"])
@@ -187,6 +202,21 @@ def test_set_mistakes_are_blamed_on_set():
     assert r.returncode == 2 and f"--set training.lr=fast (over {DEMO}): training.lr: expected a number" in r.stderr
     r = stablesweep("train", DEMO, "--set", "training.lrr=1", "--out", "/nonexistent/never")
     assert r.returncode == 2 and r.stderr.count("--set training.lrr=1") == 1 and "did you mean" in r.stderr
+
+
+def test_train_names_and_counts_skipped_bad_labels_and_says_fp16_on_cpu_is_slow(tmp_path):
+    """loss.on_bad_label: skip: the warning names the first bad line and the count; train's output
+    and result.json say how many samples were dropped. fp16 on CPU: a warning that it is slow."""
+    cfg = bad_manifest_config(tmp_path)  # a tiny model on 8x8 images
+    out = tmp_path / "run"
+    r = stablesweep("train", cfg, "--out", out, "--device", "cpu", "--set", "loss.on_bad_label=skip",
+                    "--set", "training.steps=6", "--set", "training.precision=fp16", cwd=tmp_path)
+    assert r.returncode in (0, 1, 3), r.stderr
+    assert "1 sample(s) have a label outside" in r.stderr and "food_train.jsonl:3: label 7" in r.stderr
+    dropped = json.loads((out / "result.json").read_text())["dropped_samples"]
+    assert dropped > 0  # 6 batches of 2 from 4 samples: the bad one is drawn about 3 times
+    assert f"dropped: {dropped} samples" in r.stdout
+    assert "fp16 on CPU is emulated and runs many times slower" in r.stderr
 
 
 def test_nan_is_refused():

@@ -119,7 +119,7 @@ def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, d
                         f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
-                        "checkpoint (default: 2 on a multi-node cluster, 0 on one node)")
+                        "checkpoint (default: 2 on a multi-node cluster, 1 on one node)")
     p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
                    help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
                         "on nodes started with `ray start --resources '{\"worker_node\": N}'`")

@@ -98,5 +98,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"verdict: {result.verdict}: {result.reason} at step {result.first_bad_step} "
               f"(stopped after {result.steps} of {result.budget_steps} steps)")
+    if result.dropped_samples:
+        print(f"dropped: {result.dropped_samples} samples drawn with a label outside their dataset's range "
+              "(loss.on_bad_label: skip); the warning above names the first")
     print(f"results: {out / 'result.json'}", file=sys.stderr)
     return {"stable": 0, "stalled": 3}.get(result.verdict, 1)

@@ -134,6 +134,23 @@ def check(path: Path, key: str, n: int, image_size: int) -> tuple[np.ndarray | N
     return crc, ""
 
 
+def whole_cache(cfg, dataset: str, split: str, paths: list[str]) -> Path | None:
+    """The cache file of these image files, when it is there and whole (header, CRC table, sampled
+    rows): every image in it was decoded when it was built, and its key says none has changed
+    since (path, size, mtime). None otherwise, or when data.cache is off."""
+    directory = cache_dir(cfg)
+    if directory is None or not paths:
+        return None
+    src = FileSource(dataset, split, "", paths, np.zeros(len(paths), np.int64), None, cfg.data.image_size)
+    try:
+        key = source_key(src, cfg.data.image_size)
+    except OSError:  # an image gone: the per-image check says which
+        return None
+    path = directory / _file_name(src, cfg.data.image_size, key)
+    crc, _ = check(path, key, len(paths), cfg.data.image_size)
+    return path if crc is not None else None
+
+
 class CachedSource:
     """A file source whose pixels come from its cache file (a read-only memory map)."""
 

@@ -11,6 +11,7 @@ reported, not hidden.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from stablesweep.vocab import InputError
 
 from .images import decode, normalise
 from .synthetic import SyntheticSource, synthetic_sizes
+
+logger = logging.getLogger(__name__)
 
 CHECK_LEVELS = ("none", "header", "full")
 MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
@@ -87,7 +90,8 @@ def check_image(path: str, level: str) -> tuple[ProblemKind, str] | None:
             return ProblemKind.MISSING_IMAGE, "not found"
         with Image.open(path) as im:
             im.verify()  # header + structure (PNG chunk CRCs), no decoding
-        if level == "full":
+            fmt = im.format
+        if level == "full" or not _ends_whole(path, fmt):  # cut short, or odd: decoding tells
             with Image.open(path) as im:
                 im.load()  # decode every pixel: catches truncated files
     except UnidentifiedImageError:
@@ -95,6 +99,38 @@ def check_image(path: str, level: str) -> tuple[ProblemKind, str] | None:
     except Exception as e:  # noqa: BLE001 - any decoder failure is a data problem to report
         return ProblemKind.UNREADABLE_IMAGE, f"unreadable: {type(e).__name__}: {e}"
     return None
+
+
+# the bytes a whole file ends with: JPEG's end-of-image marker, PNG's IEND chunk (type and CRC)
+_END = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
+def _ends_whole(path: str, fmt: str | None) -> bool:
+    """A cheap test for a file cut short (a copy that stopped half-way), which the header check
+    alone passes: its format's end marker in its last KB. False sends it to a full decode."""
+    end = _END.get(fmt or "")
+    if end is None:
+        return True
+    with open(path, "rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
+        return end in f.read()
+
+
+def _check_split(rep: SplitReport, paths: list[str], level: str,
+                 cfg: Config | None) -> list[tuple[ProblemKind, str] | None]:
+    """The image checks of one split at `level`; skipped when the split's decoded-image cache (of
+    `cfg`) is whole and keyed to these very files: building it decoded every image, and none has
+    changed since."""
+    if level != "none" and cfg is not None:
+        from .cache import whole_cache
+
+        cached = whole_cache(cfg, rep.dataset, rep.split, paths)
+        if cached is not None:
+            rep.cached = cached.name
+            logger.info("%s %s: images not checked one by one: read from their whole decoded-image cache %s",
+                        rep.dataset, rep.split, cached)
+            return [None] * len(paths)
+    return _check_many(paths, level)
 
 
 def _check_many(paths: list[str], level: str) -> list[tuple[ProblemKind, str] | None]:
@@ -168,6 +204,7 @@ class SplitReport:
     # 'skip' these samples are kept, dropped by the collate and counted in Batch.dropped
     bad_label_lines: int = 0
     fatal: int = 0  # problems that no on_bad_label setting tolerates
+    cached: str | None = None  # the whole decoded-image cache that stood in for the image checks
 
     @property
     def min(self) -> int | None:
@@ -216,6 +253,16 @@ class LabelReport:
                 return s
         return None
 
+    def skipped_labels(self) -> str | None:
+        """With loss.on_bad_label: skip, what the run drops: the count and the first such line."""
+        bad = [s for s in self.splits if s.bad_label_lines]
+        if not bad:
+            return None
+        first = next(p for s in bad for p in s.problems if p.kind == ProblemKind.LABEL_OUT_OF_RANGE)
+        return (f"{sum(s.bad_label_lines for s in bad)} sample(s) have a label outside their dataset's range, "
+                f"the first: {first.message}; loss.on_bad_label is skip, so they are dropped at run time "
+                "and counted (dropped_samples)")
+
     def ok(self, on_bad_label: str = "error") -> bool:
         """No problems. With on_bad_label='skip', lines whose only fault is an out-of-range label
         are tolerated (they are dropped at run time and counted)."""
@@ -242,7 +289,10 @@ class LabelReport:
         notes = self.notes
         if notes:
             out += ["", f"notes ({len(notes)}):"] + [f"  {n}" for n in notes]
-        out += ["", f"images checked: {self.check_images}"]
+        cached = [f"{s.dataset} {s.split}" for s in self.splits if s.cached]
+        out += ["", f"images checked: {self.check_images}"
+                + (f" (not one by one for {', '.join(cached)}: read from their whole decoded-image cache, "
+                   "which decoded every image, none changed since)" if cached else "")]
         return "\n".join(out)
 
     def format_problems(self, max_listed: int = MAX_LISTED, on_bad_label: str = "error") -> str:
@@ -303,7 +353,7 @@ def _describe(v: Any) -> str:
 
 
 def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path: Path,
-                  check_images: str, image_size: int) -> _Scan:
+                  check_images: str, image_size: int, cfg: Config | None = None) -> _Scan:
     rep = SplitReport(dataset, split, "manifest", display, d.num_classes)
     n = d.num_classes
     if not path.is_file():
@@ -365,7 +415,7 @@ def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path
                 paths.append(str(p if p.is_absolute() else base / p))
                 labels.append(lab)
                 lines.append(ln)
-    for ln, p, bad in zip(lines, paths, _check_many(paths, check_images)):
+    for ln, p, bad in zip(lines, paths, _check_split(rep, paths, check_images, cfg)):
         if bad is not None:
             found.append((bad[0], ln, p, f"{dataset}: {display}:{ln}: image {p} {bad[1]}"))
     # a line with an out-of-range label AND another fault is fatal, not skippable
@@ -388,8 +438,8 @@ def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path
 
 
 def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: Path,
-                check_images: str, image_size: int,
-                class_to_idx: dict[str, int] | None = None) -> tuple[_Scan, dict[str, int] | None]:
+                check_images: str, image_size: int, class_to_idx: dict[str, int] | None = None,
+                cfg: Config | None = None) -> tuple[_Scan, dict[str, int] | None]:
     """An ImageFolder split (root/<class>/<image>). Class discovery is torchvision's `find_classes`
     (sorted folder names). The val split uses the train split's class -> index mapping, so a val
     folder that lacks a class does not shift the labels of the others."""
@@ -430,7 +480,7 @@ def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: 
         rep.add(ProblemKind.NO_IMAGES, f"{dataset}: {display}: no image files (extensions "
                                        f"{', '.join(IMG_EXTENSIONS)})")
     bad = set()
-    for i, (p, why) in enumerate(zip(paths, _check_many(paths, check_images))):
+    for i, (p, why) in enumerate(zip(paths, _check_split(rep, paths, check_images, cfg))):
         if why is not None:
             rep.add(why[0], f"{dataset}: {p}: image {why[1]}", value=p)
             bad.add(i)
@@ -496,9 +546,9 @@ def scan(cfg: Config, check_images: Any = "header") -> tuple[LabelReport, dict[t
                     continue
                 path = cfg.resolve_path(raw)
                 if src == "manifest":
-                    sc = scan_manifest(name, split, d, raw, path, level, size)
+                    sc = scan_manifest(name, split, d, raw, path, level, size, cfg)
                 else:
-                    sc, m = scan_folder(name, split, d, raw, path, level, size, class_to_idx=mapping)
+                    sc, m = scan_folder(name, split, d, raw, path, level, size, class_to_idx=mapping, cfg=cfg)
                     if split == "train":
                         mapping = m
                 report.splits.append(sc.report)

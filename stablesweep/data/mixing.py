@@ -373,6 +373,10 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
     cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
     (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
     report, sources = scan(cfg, cfg.data.verify_images if check_images else "none")
+    for s in report.splits:
+        if s.cached and log is not None:
+            log(f"data check: {s.dataset} {s.split}: images not checked one by one: their decoded-image cache "
+                f"{s.cached} is whole and keyed to these very files (path, size, mtime)")
     on_bad = cfg.loss.on_bad_label
     space = LabelSpace.from_config(cfg)
     for name in space.names:  # a train split with nothing to train on
@@ -383,10 +387,9 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
         n = sum(s.errors(on_bad) for s in report.splits)
         raise DataError(f"{cfg.source}: data check failed ({n} problem(s)); nothing was trained:\n"
                         + report.format_problems(on_bad_label=on_bad), report)
-    skipped = sum(s.bad_label_lines for s in report.splits)
+    skipped = report.skipped_labels()
     if skipped:
-        warnings.warn(f"{skipped} samples have a label outside their dataset's range; loss.on_bad_label is "
-                      f"skip, so they are dropped at run time and counted in Batch.dropped", stacklevel=2)
+        warnings.warn(skipped, stacklevel=2)
     train = [sources[(n, "train")] for n in space.names]
     val = {n: sources.get((n, "val")) for n in space.names}
     data = MultiData(cfg, space, train, val, report)

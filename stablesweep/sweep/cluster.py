@@ -25,6 +25,7 @@ from stablesweep.vocab import InputError
 logger = logging.getLogger(__name__)
 
 CLUSTER_MAX_FAILURES = 2  # default retries of a trial from its checkpoint on a multi-node cluster
+LOCAL_MAX_FAILURES = 1  # on one node: a trial whose worker process died is retried once
 LOCAL_SCHEMES = {"file", "local"}  # URIs that name this machine's disk, not shared storage
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _BUILTIN_RESOURCES = {"cpu": "--cpus-per-trial", "gpu": "--gpus-per-trial", "memory": None}
@@ -238,7 +239,7 @@ def cluster_checks(opts: RunOptions, shape: ClusterShape | None = None) -> tuple
     check_shared_storage(opts.out, shape.n_nodes, opts.shared_storage)
     max_failures = opts.max_failures
     if max_failures is None:
-        max_failures = CLUSTER_MAX_FAILURES if shape.n_nodes > 1 else 0
+        max_failures = CLUSTER_MAX_FAILURES if shape.n_nodes > 1 else LOCAL_MAX_FAILURES
     return max_concurrent, max_failures, shape
 
 

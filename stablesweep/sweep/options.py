@@ -34,7 +34,7 @@ class RunOptions:
     max_concurrent: int | None = None  # default: as many trials as the cluster fits
     resources_per_trial: dict[str, float] | None = None  # custom Ray resources a trial needs
     max_failures: int | None = None  # retries of a failed trial from its checkpoint (default: 2 on
-    #                                  a multi-node cluster, where a worker node may be lost; 0 on one node)
+    #                                  a multi-node cluster, where a worker node may be lost; 1 on one node)
     # ---- where files go ----
     out: str = DEFAULT_DIR
     shared_storage: bool = False  # the user declares: the --out path is the same storage on every node

@@ -161,7 +161,7 @@ def climb_of(opts: RampOptions) -> str:
 # ---- the loop -----------------------------------------------------------------------------------
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    from stablesweep.tracking import Tracker, default_tracking_uri, stable_trials_link, ui_command
+    from stablesweep.tracking import Tracker, create_store, default_tracking_uri, stable_trials_link, ui_command
 
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
@@ -175,6 +175,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         ramp_dir.mkdir(parents=True, exist_ok=True)
         uri = opts.mlflow or default_tracking_uri(out)
+        create_store(uri)
         tracker = Tracker(uri, experiment=opts.experiment)
         budget = cfg.training.steps
         params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,

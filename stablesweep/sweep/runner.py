@@ -258,7 +258,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
     from ray import tune
 
     from stablesweep.sweep.stopper import asha_for
-    from stablesweep.tracking import Tracker
+    from stablesweep.tracking import Tracker, create_store
 
     opts, space = plan.opts, plan.space
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -283,6 +283,10 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
     trainable = trial_trainable(plan.cfg, opts)
     if plan.resume and plan.storage == str(plan.out):
         _repair_tune_state(plan)
+        lost = _rerun_lost_trials(plan, _trial_ids_of(plan) if _can_restore(plan.experiment_path) else set())
+        if lost:
+            echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
+                 f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
     if plan.resume and _can_restore(plan.experiment_path):
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
@@ -309,9 +313,11 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         if why is None:
             raise
         closed = _close_runs(tracker, parent)
+        saved = _save_elsewhere(plan)
         raise OutputFault(f"sweep {plan.name}: its output could not be written ({why}); the sweep stopped. "
                           + ("Its MLflow runs are marked KILLED. " if closed else
                              f"Its MLflow runs in {plan.tracking_uri} could not be closed either (still RUNNING). ")
+                          + (f"Its trials so far (from its Optuna study) are in {saved}. " if saved else "")
                           + f"Free space or make {plan.out} writable, then resume: trials that finished are kept, "
                           "the others run again", plan.name) from e
 
@@ -359,60 +365,103 @@ def _close_runs(tracker, parent: str) -> bool:
         return False
 
 
-def create_store(uri: str) -> None:
-    """A new sqlite MLflow store is made under a temporary name and renamed into place: a Ctrl-C
-    while MLflow creates its tables (a few seconds of migrations) leaves no half-made store
-    (whose `_alembic_tmp_*` table would fail every later sweep there)."""
-    from stablesweep.tracking import store_path
+def _save_elsewhere(plan: SweepPlan) -> Path | None:
+    """The sweep's trials as its Optuna study holds them (read-only: the study's disk may be full),
+    written to trials.csv in a new temporary folder (TMPDIR or /tmp, another file system than
+    `--out` as a rule); None when that fails too."""
+    from stablesweep.sweep.search import study_summary
 
-    path = store_path(uri)
-    if path is None or path.exists():
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        rows = study_summary(plan.study_url, plan.name)
+        keys = plan.space.keys
+        table = pd.DataFrame([{"trial_id": r.get("tune_trial_id"), "optuna_number": r["number"],
+                               "optuna_state": r["state"], **{k: r["params"].get(k) for k in keys},
+                               "verdict": r.get("verdict"), "reason": r.get("reason"),
+                               "first_bad_step": r.get("first_bad_step"), "steps": r.get("steps"),
+                               "objective": r["value"]} for r in rows])
+        path = Path(tempfile.mkdtemp(prefix=f"stablesweep-{plan.name}-")) / "trials.csv"
+        table.to_csv(path, index=False)
+        return path
+    except Exception as e:  # the study unreadable, or no room here either
+        logger.warning("could not save the sweep's trials elsewhere: %s", e)
+        return None
 
 
 _TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 
 
 def _repair_tune_state(plan: SweepPlan) -> None:
-    """A write that failed half-way (disk full) can leave Tune's experiment_state-*.json in the
-    sweep folder truncated, and Tune then restores no trial at all. Tune writes its state whole to
-    a staging folder of its Ray session first (RAY_TMPDIR or /tmp, ray/session_*/artifacts/*/NAME/
-    driver_artifacts): the newest whole copy of this sweep (whose trials are this sweep's trial
-    folders) is put back in place."""
+    """Tune writes its state whole to a staging folder of its Ray session first (RAY_TMPDIR or
+    /tmp, ray/session_*/artifacts/*/NAME/driver_artifacts), then copies it to the sweep folder. A
+    copy that failed (disk full) leaves the sweep folder's experiment_state-*.json cut short (Tune
+    then restores no trial at all) or older than the staged one (Tune would forget the trials that
+    started or ended since, though Optuna and MLflow know them). The newest whole staged copy of
+    this sweep is put back in place when it is newer: of this sweep means its trial folders are this
+    sweep's, and its trials include those of the sweep folder's own whole copy, if any."""
     states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
-    if not states or all(_whole_json(p) for p in states):
+    if not states:
         return
+    whole = [(p.stat().st_mtime, ids) for p in states if (ids := _trial_ids(p)) is not None]
+    newest, known = max(whole, key=lambda w: w[0]) if whole else (None, set())
+    if newest is not None and not known:
+        return  # nothing to tell this sweep's staged copies from another sweep's of the same name
     mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
     root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
     staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for state in staged:
-        if _whole_json(state) and {p.name for p in state.parent.glob("trial_*")} <= mine:
+        if newest is not None and state.stat().st_mtime <= newest:
+            return  # the sweep folder's copy is whole and as new as any staged one
+        ids = _trial_ids(state)
+        if ids is not None and known <= ids and {p.name for p in state.parent.glob("trial_*")} <= mine:
             for pattern in _TUNE_STATE:
                 for p in plan.sweep_dir.glob(pattern):
                     p.unlink()
                 for p in state.parent.glob(pattern):
                     shutil.copy2(p, plan.sweep_dir / p.name)
-            logger.warning("Tune's state in %s was cut short; restored its last whole copy from %s",
-                           plan.sweep_dir, state.parent)
+            logger.warning("Tune's state in %s was %s; restored its last whole copy from %s", plan.sweep_dir,
+                           "older than its staged copy" if newest is not None else "cut short", state.parent)
             return
-    logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
+    if newest is None:
+        logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
 
 
-def _whole_json(path: Path) -> bool:
+RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
+
+
+def _trial_ids_of(plan: SweepPlan) -> set[str]:
+    newest = max(plan.sweep_dir.glob(_TUNE_STATE[0]), key=lambda p: p.stat().st_mtime)
+    return _trial_ids(newest) or set()
+
+
+def _rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
+    """Trials that ended (Optuna was told, MLflow has their run) after Tune's last saved state, so
+    that the restored Tune does not hold them (a disk full: Tune's state could not be written): their
+    settings are queued in Optuna to run again under new Tune trials, each marked `rerun_of` the lost
+    one, so every setting ends in exactly one trial of the sweep's table. Returns their numbers."""
+    from stablesweep.sweep.search import open_study
+
+    if not (plan.sweep_dir / "optuna.db").exists():
+        return []
     try:
-        json.loads(path.read_text())
-        return True
-    except (OSError, ValueError):
-        return False
+        study = open_study(plan.study_url, plan.name, create=False)
+    except KeyError:  # the study was never made
+        return []
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(RERUN_OF) for t in trials}
+    lost = [t for t in trials if t.state.is_finished() and t.user_attrs.get("tune_trial_id") not in (known | {None})
+            and t.user_attrs.get("verdict") != "abandoned" and t.number not in rerun]
+    for t in lost:
+        study.enqueue_trial(t.params, user_attrs={RERUN_OF: t.number})
+    return [t.number for t in lost]
+
+
+def _trial_ids(path: Path) -> set[str] | None:
+    """The trial ids in a Tune experiment_state-*.json; None when it is not whole."""
+    try:
+        return {json.loads(t[0])["trial_id"] for t in json.loads(path.read_text())["trial_data"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _can_restore(path: str) -> bool:
@@ -559,6 +608,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     from stablesweep.analysis.region import add_boundaries, analyze, lr_margins, write_region
 
     interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
+    if not interrupted:
+        _delete_lost_runs(tracker, parent, plan, set(table["trial_id"]) if len(table) else set())
     done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
@@ -620,3 +671,23 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         if o.verdict == ERROR and o.reason:
             tags["error"] = o.reason[:5000]
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
+
+
+def _delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]) -> None:
+    """Child runs of trials that Tune lost at a fault are closed and deleted (MLflow keeps them in
+    its trash), so that the sweep shows one child run a trial of its table. Lost: not in the
+    table, and either run again (see `_rerun_lost_trials`) or never ended (started after Tune's
+    last saved state; its Optuna trial went to a new Tune trial)."""
+    from stablesweep.sweep.search import study_summary
+    from stablesweep.tracking import TRIAL_TAG
+
+    rows = study_summary(plan.study_url, plan.name)
+    again = {r[RERUN_OF] for r in rows if RERUN_OF in r}
+    rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
+    for run in tracker.children(parent):
+        tid = run.data.tags.get(TRIAL_TAG)
+        if tid not in trial_ids and (tid in rerun or "verdict" not in run.data.tags):
+            if run.info.status == "RUNNING":
+                tracker.client.set_terminated(run.info.run_id, "KILLED")
+            tracker.client.delete_run(run.info.run_id)
+            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.info.run_id, tid)

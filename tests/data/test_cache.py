@@ -174,6 +174,27 @@ def test_an_image_changed_after_the_build_changes_the_key(root, cache_dir):
     assert torch.equal(after, decode(image, 16)) and not torch.equal(after, before)
 
 
+def test_a_whole_cache_stands_in_for_the_image_checks_until_an_image_changes(root, cache_dir, monkeypatch):
+    """Issue 13: a trial's pre-flight does not open every image again when their decoded cache is
+    whole and keyed to the very files; it says so; a changed image brings the check back."""
+    from stablesweep.data import manifests, validate_labels
+
+    cfg = jpeg_config(root, {"a": (3, 40)}, data={"verify_images": "header"})
+    build_data(cfg)  # builds the cache: every image decoded
+    opened = []
+    real = manifests.check_image
+    monkeypatch.setattr(manifests, "check_image", lambda p, level: opened.append(p) or real(p, level))
+    logs = []
+    build_data(cfg, log=logs.append)
+    assert opened == [] and any("a train: images not checked one by one" in m for m in logs)
+    assert "read from their whole decoded-image cache" in validate_labels(cfg).format()
+    cut = Path(manifests.scan(cfg, "none")[1][("a", "train")].paths[2])
+    cut.write_bytes(cut.read_bytes()[:200])  # another size: another key
+    rep = validate_labels(cfg)
+    assert len(opened) == 40 and rep.splits[0].cached is None
+    assert [p.line for p in rep.problems] == [3] and "unreadable" in rep.problems[0].message
+
+
 # ---- a directory that is not writable, a full disk ------------------------------------------------
 
 def test_a_cache_directory_that_is_not_writable(root, monkeypatch):

@@ -136,6 +136,29 @@ def test_truncated_png_caught_by_full_check(root):
     assert not validate_labels(cfg, check_images="full").ok()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_file_cut_short_is_caught_by_the_header_check(root, fmt):
+    """A copy that stopped half-way: the header (and for a JPEG, every marker before the scan) is
+    whole, so PIL's verify passes it; the missing end marker sends it to a decode, which fails.
+    A whole file, and one with bytes after its end marker (as some cameras write), pass."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    tr = write_manifest(root, "d", [0, 1, 2])
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    data = buf.getvalue()
+    (root / "img/d/train/1.png").write_bytes(data[: len(data) * 2 // 3])
+    (root / "img/d/train/2.png").write_bytes(data + b"\0" * 2000)
+    cfg = make_config(root, {"d": _ds(tr)})
+    probs = validate_labels(cfg, check_images="header").problems
+    assert [(p.kind, p.line) for p in probs] == [(ProblemKind.UNREADABLE_IMAGE, 2)], probs
+    assert "d_train.jsonl:2" in probs[0].message and "truncated" in probs[0].message.lower()
+
+
 def test_all_problems_of_all_datasets_listed_before_anything_is_built(root):
     a = write_manifest(root, "a", [0, 1, 5])
     b = write_manifest(root, "b", [0, 1, 0], raw_lines={2: "not json"})
@@ -176,7 +199,7 @@ def test_skip_mode_keeps_bad_label_samples_and_drops_them_in_batches(root):
     tr = write_manifest(root, "d", [0, 1, 7, 2, 1, 0, 2, 9])
     cfg = make_config(root, {"d": _ds(tr)}, loss={"on_bad_label": "skip"})
     assert not validate_labels(cfg).ok()  # still reported
-    with pytest.warns(UserWarning, match="2 samples"):
+    with pytest.warns(UserWarning, match=r"2 sample\(s\) .*the first: d: d_train.jsonl:3: label 7"):
         md = build_data(cfg)
     it = md.train_batches(8, seed=0)
     b = next(it)

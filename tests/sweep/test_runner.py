@@ -176,6 +176,36 @@ def _terminated(exp_dir: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
+def assert_exactly_once(sweep_dir: Path):
+    """What "every trial exactly once" means after a resume: trials.csv holds each grid point in
+    exactly one trial; each of its trials has exactly one Optuna trial (with its verdict) and one
+    MLflow child run; nothing is RUNNING in either; the only other Optuna trials are ones asked
+    and never run (`abandoned`) or ones that Tune lost at a fault and ran again (`rerun_of`), and
+    those have no child run left."""
+    import pandas as pd
+
+    table = pd.read_csv(sweep_dir / "trials.csv")
+    assert len(table) == N_GRID and table["trial_id"].is_unique
+    assert len({(lr, None if math.isnan(c) else c)
+                for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = study_summary(state["study_url"], state["study_name"])
+    assert not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
+    ids = set(table["trial_id"])
+    mine = [r for r in rows if r.get("tune_trial_id") in ids]
+    assert sorted(r["tune_trial_id"] for r in mine) == sorted(ids)
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))
+    assert {r["tune_trial_id"]: r["verdict"] for r in mine} == verdicts
+    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
+    assert all(r.get("verdict") == "abandoned" or r["number"] in rerun for r in rows if r not in mine), rows
+    tr = Tracker(state["tracking_uri"])
+    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
+    children = tr.children(state["parent_run_id"])
+    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
+    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
+    return table
+
+
 def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume ends
     with every grid point run exactly once: no trial lost, none run twice."""
@@ -220,30 +250,12 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
     assert "resuming sweep k" in output
 
     sweep_dir = out / "k"
-    table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
-    assert len(table) == N_GRID and table["trial_id"].is_unique
+    table = assert_exactly_once(sweep_dir)
     assert set(table["verdict"]) <= {"stable", "diverged"}
-    # every grid point exactly once, in Tune's table and in Optuna
-    points = {(lr, None if math.isnan(c) else c) for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}
-    assert len(points) == N_GRID
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    rows = study_summary(state["study_url"], state["study_name"])
-    assert not [r for r in rows if r["state"] == "RUNNING"]
-    real = [r for r in rows if r.get("verdict") != "abandoned"]
-    assert len(real) == N_GRID
-    assert {r["tune_trial_id"] for r in real} == set(table["trial_id"])
-    assert len({(r["params"]["training.lr"], r["params"]["training.max_grad_norm"]) for r in real}) == N_GRID
     # trials finished before the kill were not run again: their reports are untouched
     assert finished_early <= set(table["trial_id"])
     for t in finished_early:
         assert (sweep_dir / f"trial_{t}" / "result.json").read_text() == reports_before[t]
-    # MLflow: still one parent, one child a trial
-    tr = Tracker(state["tracking_uri"])
-    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
-    children = tr.children(state["parent_run_id"])
-    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
-    verdicts = dict(zip(table["trial_id"], table["verdict"]))  # stable FINISHED, diverged FAILED
-    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
 
 
 def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
@@ -305,6 +317,8 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
         assert first.returncode == 74, tail
         assert "its output could not be written" in tail and "continue with  stablesweep sweep" in tail
         assert "--name full --resume" in tail and "Traceback" not in tail
+        saved = Path(tail.split("(from its Optuna study) are in ", 1)[1].split(". ", 1)[0])  # off the full disk
+        assert mnt not in saved.parents and len(__import__("pandas").read_csv(saved)) >= 2, tail
 
         (mnt / "filler").unlink()  # space is back: --resume finishes with every grid point exactly once
         second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -314,20 +328,7 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
         finally:
             _kill_group(second)
         assert second.returncode in (0, 1), output[-4000:]  # 1: the trial the full disk broke ended in error
-        sweep_dir = mnt / "out" / "full"
-        table = __import__("pandas").read_csv(sweep_dir / "trials.csv")
-        assert len(table) == N_GRID and table["trial_id"].is_unique, output[-4000:]
-        assert len({(lr, None if math.isnan(c) else c)
-                    for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
-        state = json.loads((sweep_dir / "sweep.json").read_text())
-        rows = study_summary(state["study_url"], state["study_name"])
-        assert not [r for r in rows if r["state"] == "RUNNING"]
-        real = [r for r in rows if r.get("verdict") != "abandoned"]
-        assert sorted(r["tune_trial_id"] for r in real) == sorted(table["trial_id"])
-        tr = Tracker(state["tracking_uri"])
-        children = tr.children(state["parent_run_id"])
-        assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
-        assert not [c for c in children if c.info.status == "RUNNING"]
+        assert_exactly_once(mnt / "out" / "full")
     finally:
         if first is not None:
             _kill_group(first)
@@ -338,10 +339,10 @@ def test_ctrl_c_while_the_mlflow_store_is_created_leaves_no_half_made_store(tmp_
     """SIGINT the process that creates OUT/mlflow.db while MLflow runs its migrations: no
     mlflow.db is left (only a finished store is renamed into place), and the next sweep's
     create_store makes a usable one."""
-    from stablesweep.sweep.runner import create_store
+    from stablesweep.tracking import create_store
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = f"from stablesweep.sweep.runner import create_store; create_store({uri!r})"
+    code = f"from stablesweep.tracking import create_store; create_store({uri!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
     try:
@@ -449,3 +450,96 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
     assert {p: p.read_text() for p in (res.sweep_dir / "replicates").glob("trial_*/result.json")} == reports
     assert len(tr.children(res.parent_run_id)) == len(t)
     assert [g.lr_at_5pct_risk for g in again.region.groups] == [g.lr_at_5pct_risk for g in res.region.groups]
+
+
+class WorkerKiller:
+    """Kills trial workers from outside, as a lost process would be: a trial's worker (the pid in
+    its Tune result.json) is SIGKILLed once it has written a checkpoint, `kills[i]` times for the
+    i-th trial to start (each time in a new worker: Tune's retry)."""
+
+    def __init__(self, exp_dir: Path, kills: list[int]):
+        import threading
+
+        self.exp_dir, self.kills = exp_dir, kills
+        self.order: list[str] = []
+        self.killed: dict[str, list[int]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for d in sorted(self.exp_dir.glob("**/trial_*"), key=lambda p: p.stat().st_mtime):
+                if d.name not in self.order:
+                    self.order.append(d.name)
+                i, done = self.order.index(d.name), self.killed.setdefault(d.name, [])
+                if i >= len(self.kills) or len(done) >= self.kills[i] or not list(d.glob("checkpoint_*")):
+                    continue
+                try:
+                    last = json.loads((d / "result.json").read_text().splitlines()[-1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if last.get("pid") not in done and not last.get("finished"):
+                    try:
+                        os.kill(last["pid"], signal.SIGKILL)
+                        done.append(last["pid"])
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.02)
+
+
+def test_a_killed_trial_worker_is_retried_once_from_its_checkpoint_then_the_sweep_exits_1(ray_cluster, tmp_path,
+                                                                                         mlflow_uri, capsys):
+    """On one machine, by default: the first trial's worker is killed twice (retried once from its
+    checkpoint, then it ends in error), the second's once (retried from its checkpoint, it ends
+    stable). `stablesweep sweep` exits 1 and lists the error trial."""
+    from stablesweep.cli import main
+
+    space = tmp_path / "two.yaml"
+    space.write_text("training.lr: {grid: [1.0e-3, 1.0e-2]}\n")
+    out = tmp_path / "out"
+    with WorkerKiller(out / "w", kills=[2, 1]) as killer:
+        code = main(["sweep", str(DEMO), "--space", str(space), "--sampler", "grid", "--steps", "100", "--set",
+                     f"training.report_interval={INTERVAL}", "--no-asha", "--max-concurrent", "1", "--out", str(out),
+                     "--name", "w", "--mlflow", mlflow_uri])
+    printed = capsys.readouterr()
+    assert [len(killer.killed[t]) for t in killer.order] == [2, 1], (killer.killed, printed.out[-3000:])
+    assert code == 1, printed.out[-3000:] + printed.err[-3000:]
+    first, second = (t.removeprefix("trial_") for t in killer.order)
+    assert printed.out.count("[retry]") == 2 and "from its checkpoint at step" in printed.out
+    assert "1 trial(s) ended in error" in printed.err and f"trial {first}" in printed.err
+    table = __import__("pandas").read_csv(out / "w" / "trials.csv")
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))
+    assert verdicts == {first: "error", second: "stable"}
+    # the retry went on from the checkpoint: its reports do not start again at the first step
+    steps = [json.loads(ln)["step"] for ln in (out / "w" / killer.order[1] / "result.json").open()]
+    assert steps[-1] == 100 and steps.count(INTERVAL) == 1
+
+
+def test_a_killed_probe_worker_is_retried_once_from_its_checkpoint_in_a_ramp(ray_cluster, tmp_path, mlflow_uri):
+    """The ramp, on one machine, by default: the first probe's worker is killed once; the probe
+    goes on from its checkpoint and ends with its own verdict, and the ramp goes on to its end."""
+    from stablesweep.sweep.options import RampOptions
+    from stablesweep.sweep.ramp import NEVER_DIVERGED
+    from stablesweep.sweep.ramp_runner import run_ramp
+
+    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.01, ladder="x2", steps=100, parallel=1,
+                       overrides=[f"training.report_interval={INTERVAL}", "datasets.skip_evaluation=true"],
+                       out=str(tmp_path / "out"), name="rk", mlflow=mlflow_uri)
+    lines: list[str] = []
+    with WorkerKiller(tmp_path / "out" / "rk" / "tune", kills=[1]) as killer:
+        res = run_ramp(opts, echo=lines.append)
+    assert [len(killer.killed[t]) for t in killer.order[:1]] == [1], lines
+    s = res.settings[0]
+    assert [(p.lr, p.verdict, p.steps) for p in s.probes] == [(0.005, "stable", 100), (0.01, "stable", 100)], lines
+    assert s.status == NEVER_DIVERGED
+    retried = next((tmp_path / "out" / "rk" / "tune").glob(f"round_001/{killer.order[0]}"))
+    steps = [json.loads(ln)["step"] for ln in (retried / "result.json").open()]
+    assert steps[-1] == 100 and steps.count(INTERVAL) == 1  # from its checkpoint, not from the start
