@@ -609,7 +609,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
 
     interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
     if not interrupted:
-        _delete_lost_runs(tracker, parent, plan, set(table["trial_id"]) if len(table) else set())
+        kept = [t for t in (table, replicates[0] if replicates is not None else None) if t is not None and len(t)]
+        _delete_lost_runs(tracker, parent, plan, {tid for t in kept for tid in t["trial_id"]})
     done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
