@@ -11,9 +11,8 @@ from .manifests import (
            Problem,
            ProblemKind,
            SplitReport,
-           validate_labels,
 )
-from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset
+from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset, validate_labels
 from .synthetic import write_synthetic
 
 __all__ = ["DataError", "LabelSpace", "Batch", "MultiData", "build_data", "validate_labels", "LabelReport",

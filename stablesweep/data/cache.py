@@ -151,6 +151,12 @@ def whole_cache(cfg, dataset: str, split: str, paths: list[str]) -> Path | None:
     return path if crc is not None else None
 
 
+def cache_lookup(cfg):
+    """`whole_cache` bound to `cfg`: what `manifests.scan` takes to let a whole cache stand in for
+    the image checks of a split."""
+    return lambda dataset, split, paths: whole_cache(cfg, dataset, split, paths)
+
+
 class CachedSource:
     """A file source whose pixels come from its cache file (a read-only memory map)."""
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .images import decode, normalise
 from .synthetic import SyntheticSource, synthetic_sizes
 
 logger = logging.getLogger(__name__)
+
+# (dataset, split, image paths) -> the split's whole decoded-image cache file, or None
+CacheLookup = Callable[[str, str, list[str]], Path | None]
 
 CHECK_LEVELS = ("none", "header", "full")
 MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
@@ -117,18 +120,16 @@ def _ends_whole(path: str, fmt: str | None) -> bool:
 
 
 def _check_split(rep: SplitReport, paths: list[str], level: str,
-                 cfg: Config | None) -> list[tuple[ProblemKind, str] | None]:
-    """The image checks of one split at `level`; skipped when the split's decoded-image cache (of
-    `cfg`) is whole and keyed to these very files: building it decoded every image, and none has
-    changed since."""
-    if level != "none" and cfg is not None:
-        from .cache import whole_cache
-
-        cached = whole_cache(cfg, rep.dataset, rep.split, paths)
-        if cached is not None:
-            rep.cached = cached.name
+                 cached: CacheLookup | None) -> list[tuple[ProblemKind, str] | None]:
+    """The image checks of one split at `level`; skipped when `cached` finds the split's decoded-image
+    cache whole and keyed to these very files: building it decoded every image, and none has changed
+    since."""
+    if level != "none" and cached is not None:
+        found = cached(rep.dataset, rep.split, paths)
+        if found is not None:
+            rep.cached = found.name
             logger.info("%s %s: images not checked one by one: read from their whole decoded-image cache %s",
-                        rep.dataset, rep.split, cached)
+                        rep.dataset, rep.split, found)
             return [None] * len(paths)
     return _check_many(paths, level)
 
@@ -353,7 +354,7 @@ def _describe(v: Any) -> str:
 
 
 def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path: Path,
-                  check_images: str, image_size: int, cfg: Config | None = None) -> _Scan:
+                  check_images: str, image_size: int, cached: CacheLookup | None = None) -> _Scan:
     rep = SplitReport(dataset, split, "manifest", display, d.num_classes)
     n = d.num_classes
     if not path.is_file():
@@ -415,7 +416,7 @@ def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path
                 paths.append(str(p if p.is_absolute() else base / p))
                 labels.append(lab)
                 lines.append(ln)
-    for ln, p, bad in zip(lines, paths, _check_split(rep, paths, check_images, cfg)):
+    for ln, p, bad in zip(lines, paths, _check_split(rep, paths, check_images, cached)):
         if bad is not None:
             found.append((bad[0], ln, p, f"{dataset}: {display}:{ln}: image {p} {bad[1]}"))
     # a line with an out-of-range label AND another fault is fatal, not skippable
@@ -439,7 +440,7 @@ def scan_manifest(dataset: str, split: str, d: DatasetConfig, display: str, path
 
 def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: Path,
                 check_images: str, image_size: int, class_to_idx: dict[str, int] | None = None,
-                cfg: Config | None = None) -> tuple[_Scan, dict[str, int] | None]:
+                cached: CacheLookup | None = None) -> tuple[_Scan, dict[str, int] | None]:
     """An ImageFolder split (root/<class>/<image>). Class discovery is torchvision's `find_classes`
     (sorted folder names). The val split uses the train split's class -> index mapping, so a val
     folder that lacks a class does not shift the labels of the others."""
@@ -480,7 +481,7 @@ def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: 
         rep.add(ProblemKind.NO_IMAGES, f"{dataset}: {display}: no image files (extensions "
                                        f"{', '.join(IMG_EXTENSIONS)})")
     bad = set()
-    for i, (p, why) in enumerate(zip(paths, _check_split(rep, paths, check_images, cfg))):
+    for i, (p, why) in enumerate(zip(paths, _check_split(rep, paths, check_images, cached))):
         if why is not None:
             rep.add(why[0], f"{dataset}: {p}: image {why[1]}", value=p)
             bad.add(i)
@@ -508,8 +509,11 @@ def _balanced_counts(count: int, num_classes: int) -> dict[int, int]:
     return {c: q + (c < r) for c in range(min(count, num_classes))}
 
 
-def scan(cfg: Config, check_images: Any = "header") -> tuple[LabelReport, dict[tuple[str, str], Any]]:
-    """Scan every dataset split of the config: the report and the sources (None where unusable)."""
+def scan(cfg: Config, check_images: Any = "header",
+         cached: CacheLookup | None = None) -> tuple[LabelReport, dict[tuple[str, str], Any]]:
+    """Scan every dataset split of the config: the report and the sources (None where unusable).
+    `cached(dataset, split, paths)` (`cache.whole_cache` bound to the config) stands in for the image
+    checks of a split whose whole decoded-image cache it finds."""
     level = _check_level(cfg, check_images)
     report = LabelReport(check_images=level)
     sources: dict[tuple[str, str], Any] = {}
@@ -546,22 +550,12 @@ def scan(cfg: Config, check_images: Any = "header") -> tuple[LabelReport, dict[t
                     continue
                 path = cfg.resolve_path(raw)
                 if src == "manifest":
-                    sc = scan_manifest(name, split, d, raw, path, level, size, cfg)
+                    sc = scan_manifest(name, split, d, raw, path, level, size, cached)
                 else:
-                    sc, m = scan_folder(name, split, d, raw, path, level, size, class_to_idx=mapping, cfg=cfg)
+                    sc, m = scan_folder(name, split, d, raw, path, level, size, class_to_idx=mapping, cached=cached)
                     if split == "train":
                         mapping = m
                 report.splits.append(sc.report)
                 sources[(name, split)] = sc.source
         offset += d.num_classes
     return report, sources
-
-
-def validate_labels(cfg: Config, *, check_images: str = "header") -> LabelReport:
-    """Check every label (and, per check_images none|header|full, every image) of every dataset.
-
-    Never raises for data problems: they are collected in the report. `check_images=True` means
-    the config's data.verify_images, False means none.
-    """
-    report, _ = scan(cfg, check_images)
-    return report

@@ -21,7 +21,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSample
 
 from stablesweep.config import total_steps
 
-from .cache import cached, size_text
+from .cache import cache_lookup, cached, size_text
 from .manifests import DataError, LabelReport, ProblemKind, scan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -365,6 +365,17 @@ class MultiData:
                                pin_memory=pin_memory))
 
 
+def validate_labels(cfg: "Config", *, check_images: str = "header") -> LabelReport:
+    """Check every label (and, per check_images none|header|full, every image) of every dataset;
+    a split whose whole decoded-image cache is found is not opened image by image.
+
+    Never raises for data problems: they are collected in the report. `check_images=True` means
+    the config's data.verify_images, False means none.
+    """
+    report, _ = scan(cfg, check_images, cache_lookup(cfg))
+    return report
+
+
 def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, log=None) -> MultiData:
     """Validate every label (and image, per data.verify_images when check_images) first; raise one
     DataError listing the problems, each with dataset, file and line; then build the data.
@@ -372,7 +383,7 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
     With `cache` (and data.cache not off), manifest and folder splits are read from their decoded-image
     cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
     (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
-    report, sources = scan(cfg, cfg.data.verify_images if check_images else "none")
+    report, sources = scan(cfg, cfg.data.verify_images if check_images else "none", cache_lookup(cfg) if cache else None)
     for s in report.splits:
         if s.cached and log is not None:
             log(f"data check: {s.dataset} {s.split}: images not checked one by one: their decoded-image cache "

@@ -25,11 +25,12 @@ def diagnose(config_path: str | Path, overrides: list[str] | None = None, *, pro
     cfg = config_from_dict(patched, source=str(path), base_dir=str(path.resolve().parent))
     measured = read_region(region) if region is not None else None  # bad file: exit 2 before any work
     # torch and torchvision only once the input reads
+    from stablesweep.data.cache import cache_lookup
     from stablesweep.data.manifests import scan
 
     from .checks import CHECKS, Context
 
-    report, sources = scan(cfg, cfg.data.verify_images)
+    report, sources = scan(cfg, cfg.data.verify_images, cache_lookup(cfg))
     ctx = Context(cfg, path, report, measured)
     for check in CHECKS:
         findings += check(ctx)
