@@ -44,9 +44,10 @@ class _ToDriver(ray.train.UserCallback):
 
 def run_ddp_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", source: str = "<sweep>",
                   checkpoints: bool = True, workers: int = 2, cpus_per_worker: float = 1.0,
-                  gpus_per_worker: float = 0.0) -> None:
+                  gpus_per_worker: float = 0.0, custom_per_worker: dict[str, float] | None = None) -> None:
     """The Tune trial function of a data-parallel trial: `run_trial`'s contract (see trainable.py),
-    trained by `workers` DDP workers of `cpus_per_worker` CPUs and `gpus_per_worker` GPUs each."""
+    trained by `workers` DDP workers of `cpus_per_worker` CPUs, `gpus_per_worker` GPUs and
+    `custom_per_worker` Ray resources each."""
     params = dict(config)
     warm_from = params.pop(WARM_START, None)
     apply_params(base, params, source=source, base_dir=base_dir)  # a bad key fails here, before any worker starts
@@ -62,7 +63,8 @@ def run_ddp_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", so
     trainer = TorchTrainer(
         _worker, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker}),
+                                               resources_per_worker={"CPU": cpus_per_worker, "GPU": gpus_per_worker,
+                                                                     **(custom_per_worker or {})}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=ray.train.RunConfig(name=name, storage_path=storage.trial_fs_path,
                                        storage_filesystem=storage.storage_filesystem, callbacks=[_ToDriver(queue)],
