@@ -157,7 +157,7 @@ def ddp(args, tmp: Path) -> None:
                             gpus_per_trial=0 if cpu else 1, cpus_per_trial=args.cpus_per_worker,
                             workers_per_trial=workers, overrides=overrides, asha=False,
                             out=str(tmp / f"ddp{workers}"), name="ddp",
-                            num_cpus=int(2 * args.cpus_per_worker) if cpu else None)
+                            num_cpus=int(2 * args.cpus_per_worker) + 1 if cpu else None)
         res, wall = sweep(opts)
         reports = sorted((tmp / f"ddp{workers}" / "ddp").glob("trial_*/result.json"))
         rates = [json.loads(ln)["samples_per_s"] for f in reports for ln in f.read_text().splitlines() if ln.strip()]

@@ -24,6 +24,7 @@ from stablesweep.vocab import InputError
 
 logger = logging.getLogger(__name__)
 
+DRIVER_CPUS = 0.01  # the Tune trial that drives a data-parallel trial's workers (Tune refuses 0)
 CLUSTER_MAX_FAILURES = 2  # default retries of a trial from its checkpoint on a multi-node cluster
 LOCAL_SCHEMES = {"file", "local"}  # URIs that name this machine's disk, not shared storage
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -114,9 +115,10 @@ def check_run_options(opts: RunOptions) -> None:
 
 def trial_resources(opts: RunOptions, per_worker: bool = False) -> dict[str, float]:
     """The resources of one trial for `tune.with_resources`: CPUs, GPUs and --resources-per-trial;
-    of all its workers (--workers-per-trial), or with `per_worker`, of one."""
+    of all its workers (--workers-per-trial) and their driver, or with `per_worker`, of one worker."""
     n = 1 if per_worker else opts.workers_per_trial
-    res: dict[str, float] = {"cpu": opts.cpus_per_trial * n, "gpu": opts.gpus_per_trial * n}
+    driver = DRIVER_CPUS if n > 1 else 0.0
+    res: dict[str, float] = {"cpu": opts.cpus_per_trial * n + driver, "gpu": opts.gpus_per_trial * n}
     extra = opts.resources_per_trial or {}
     if not isinstance(extra, dict):
         raise InputError(f"--resources-per-trial {extra!r}: expected a JSON object of resource names and amounts, "

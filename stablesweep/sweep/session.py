@@ -16,7 +16,7 @@ import ray
 from ray import tune
 
 from stablesweep.config import Config
-from stablesweep.sweep.cluster import trial_resources
+from stablesweep.sweep.cluster import DRIVER_CPUS, trial_resources
 from stablesweep.sweep.ddp import run_ddp_trial
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.stopper import DivergenceStopper
@@ -80,7 +80,7 @@ def check_reachable(address: str) -> None:
 
 def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     """`run_trial` on the base config `cfg`, with the resources of one trial; with
-    --workers-per-trial N > 1, `run_ddp_trial`: a driver that takes no resources of its own, whose N
+    --workers-per-trial N > 1, `run_ddp_trial`: a driver that takes DRIVER_CPUS (Tune needs some), whose N
     workers take --cpus-per-trial and --gpus-per-trial each."""
     kwargs = dict(base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source, checkpoints=checkpoints)
     n = opts.workers_per_trial
@@ -92,7 +92,7 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     worker = trial_resources(opts, per_worker=True)
     fn = tune.with_parameters(run_ddp_trial, workers=n, cpus_per_worker=worker.pop("cpu"),
                               gpus_per_worker=worker.pop("gpu"), custom_per_worker=worker, **kwargs)
-    trainable = tune.with_resources(fn, {"cpu": 0})
+    trainable = tune.with_resources(fn, {"cpu": DRIVER_CPUS})
     trainable.data_parallel = True  # make_tuner: its workers end with the trial's actor, never reused
     return trainable
 

@@ -81,7 +81,7 @@ def fit(tmp_path: Path, name: str, overrides: list[str], max_failures: int = 0):
     from stablesweep.sweep.session import make_tuner, trial_trainable
 
     cfg = load_config(DEMO, overrides)
-    trainable = trial_trainable(cfg, RunOptions(config=str(DEMO), workers_per_trial=2))
+    trainable = trial_trainable(cfg, RunOptions(config=str(DEMO), workers_per_trial=2, cpus_per_trial=0.5))
     tuner = make_tuner(trainable, name=name, storage=str(tmp_path), search_alg=None, num_samples=1,
                        max_concurrent=1, max_failures=max_failures)
     result = tuner.fit()[0]
