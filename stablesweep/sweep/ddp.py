@@ -12,7 +12,11 @@ stopper, ASHA, the sweep's retries and --resume (`tune.get_checkpoint()`), and t
 mode (`WARM_START`) work as they do there. Ray Train itself does not retry (Tune does).
 
 A stopped trial (diverged, or pruned by ASHA) ends its driver's actor, which owns the Train
-controller and so its workers: the Tuner of a data-parallel trial does not reuse actors.
+controller and so its workers: the Tuner of a data-parallel trial does not reuse actors. The
+workers' placement group is not the controller's to take along: Ray keeps it until the job ends
+(Train's own cleaner of it needs the dashboard's state API, which a sweep's Ray runs without), and
+the trials after would wait for its CPUs and GPUs forever. So the trial's stop (`cleanup`, which
+Tune runs and waits for before it ends the actor) aborts a Train run still going, which removes it.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import ray
 import ray.train
 from ray import tune
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.trainable.function_trainable import wrap_function
 from ray.util.queue import Queue
 
 from stablesweep.sweep.space import apply_params
@@ -39,7 +44,28 @@ class _ToDriver(ray.train.UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
-        self.queue.put((metrics[0], checkpoint))
+        self.queue.put((metrics[0], checkpoint, ray.get_runtime_context().current_actor))
+
+
+_RUNNING: list = []  # in a trial's actor: the controller of its Train run while the run goes on
+
+
+def _abort_running() -> None:
+    """In a trial's actor: abort its Train run if one goes on (waiting a minute at most)."""
+    for controller in _RUNNING:
+        ray.wait([controller.abort.remote()], timeout=60)
+
+
+def ddp_trainable(**kwargs) -> type:
+    """The Tune trainable of a data-parallel trial: `run_ddp_trial` with `kwargs`, whose stop
+    aborts its Train run, which frees the workers' placement group."""
+
+    class DataParallelTrial(wrap_function(tune.with_parameters(run_ddp_trial, **kwargs))):
+        def cleanup(self):
+            _abort_running()
+            super().cleanup()
+
+    return DataParallelTrial
 
 
 def run_ddp_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", source: str = "<sweep>",
@@ -82,10 +108,14 @@ def run_ddp_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", so
 
     thread = threading.Thread(target=fit, name="stablesweep-ddp-fit", daemon=True)
     thread.start()
-    while (item := queue.get()) is not None:
-        metrics, checkpoint = item
-        tune.report(metrics, checkpoint=checkpoint)  # Tune keeps its own copy of the checkpoint
-    thread.join()
+    try:
+        while (item := queue.get()) is not None:
+            metrics, checkpoint, controller = item
+            _RUNNING[:] = [controller]
+            tune.report(metrics, checkpoint=checkpoint)  # Tune keeps its own copy of the checkpoint
+        thread.join()
+    finally:
+        _RUNNING.clear()
     storage.storage_filesystem.delete_dir(f"{storage.trial_fs_path}/{name}")  # Train's copies
     if failed:
         raise failed[0]

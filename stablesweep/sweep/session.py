@@ -17,7 +17,7 @@ from ray import tune
 
 from stablesweep.config import Config
 from stablesweep.sweep.cluster import DRIVER_CPUS, trial_resources
-from stablesweep.sweep.ddp import run_ddp_trial
+from stablesweep.sweep.ddp import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.stopper import DivergenceStopper
 from stablesweep.sweep.trainable import run_trial
@@ -90,9 +90,9 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
         raise InputError(f"--workers-per-trial {n}: training.batch_size {cfg.training.batch_size} is not a multiple "
                          f"of it (each worker trains on an equal share of every batch)")
     worker = trial_resources(opts, per_worker=True)
-    fn = tune.with_parameters(run_ddp_trial, workers=n, cpus_per_worker=worker.pop("cpu"),
-                              gpus_per_worker=worker.pop("gpu"), custom_per_worker=worker, **kwargs)
-    trainable = tune.with_resources(fn, {"cpu": DRIVER_CPUS})
+    trial = ddp_trainable(workers=n, cpus_per_worker=worker.pop("cpu"), gpus_per_worker=worker.pop("gpu"),
+                          custom_per_worker=worker, **kwargs)
+    trainable = tune.with_resources(trial, {"cpu": DRIVER_CPUS})
     trainable.data_parallel = True  # make_tuner: its workers end with the trial's actor, never reused
     return trainable
 

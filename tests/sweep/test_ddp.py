@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -86,8 +87,21 @@ def fit(tmp_path: Path, name: str, overrides: list[str], max_failures: int = 0):
                        max_concurrent=1, max_failures=max_failures)
     result = tuner.fit()[0]
     assert result.error is None, result.error
+    assert cpus_freed(), "the trial's workers still hold CPUs"  # a leaked placement group holds them till Ray ends
     reports = [json.loads(line) for line in (Path(result.path) / "result.json").open()]
     return result, reports
+
+
+def cpus_freed(within: float = 30.0) -> bool:
+    """Whether every CPU of the session's Ray is free again within `within` seconds."""
+    import ray
+
+    deadline = time.monotonic() + within
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def test_a_nan_on_one_rank_stops_both_with_the_one_process_verdict_and_step(ray_cluster, tmp_path):
@@ -105,9 +119,9 @@ def test_a_failed_data_parallel_trial_resumes_from_its_checkpoint(ray_cluster, t
     try:
         result, reports = fit(tmp_path, "crash", FIXED + ["model.factory=tests.sweep.ddp_models:crash_once"],
                               max_failures=1)
+        assert not CRASH_MARKER.exists()  # rank 1 crashed at its step 7
     finally:
         CRASH_MARKER.unlink(missing_ok=True)
-    assert not CRASH_MARKER.exists()  # rank 1 crashed at its step 7
     # the retry went on from the step-5 checkpoint (a restart would report step 5 again)
     assert [r["step"] for r in reports] == [5, 10]
     assert result.metrics["finished"] and result.metrics["budget_steps"] == 10
