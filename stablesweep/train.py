@@ -4,6 +4,12 @@
 verdict. It imports neither Ray nor MLflow: it calls `report(metrics, checkpoint_dir)` once per
 report interval (the monitor's one host sync) and once at the end, so the same loop serves
 `stablesweep train`, tests, benchmarks and Tune trials.
+
+Data parallel: when torch.distributed is initialized (by Ray Train in a sweep's multi-worker
+trial, or by torchrun), the loop runs on every rank with DDP: each rank trains on its share of
+every global batch of `training.batch_size`, and the monitor's state and the per-dataset sums are
+reduced once per report (see stablesweep.distributed), so every rank reports the same metrics and
+reaches the same verdict at the same step; rank 0 writes the checkpoints.
 """
 from __future__ import annotations
 
@@ -15,10 +21,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import DeviceInput, MultiData, build_data
+from stablesweep.distributed import gather_rows, ranks, reduce_monitor, spread_nonfinite
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, copy_weights, progress
@@ -107,9 +115,14 @@ class Trainer:
     def __init__(self, cfg: Config, *, device: str = "auto", log: Callable[[str], None] | None = None,
                  data: MultiData | None = None):
         self.cfg = cfg
-        self.log = log or (lambda s: None)
+        self.ranks = ranks()
+        self.log = log if log is not None and self.ranks.main else (lambda s: None)
         self.device = resolve_device(device)
         t = cfg.training
+        if t.batch_size % self.ranks.world:
+            raise ConfigError(f"{cfg.source}: training.batch_size {t.batch_size}: not a multiple of the "
+                              f"{self.ranks.world} data-parallel workers (each takes an equal share of a batch)")
+        self.shard = (self.ranks.rank, self.ranks.world)
         torch.manual_seed(t.seed)
         self.data = build_data(cfg, log=self.log) if data is None else data
         self.space = self.data.label_space
@@ -117,6 +130,10 @@ class Trainer:
         self.channels_last = self.device.type == "cuda" and cfg.model.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the model that trains: DDP all-reduces its gradients across the ranks (rank 0's weights to start)
+        self.net = self.model
+        if self.ranks.parallel:
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.precision = make_precision(t.precision, self.device, t.tf32)
         # batches onto the device: uint8 copied ahead on a side stream, normalised (augmented) there
@@ -141,13 +158,14 @@ class Trainer:
             self._accumulate = torch.compile(accumulate, fullgraph=True, dynamic=False)
 
     # -- one step ---------------------------------------------------------------------------
-    def forward(self, batch):
-        """The logits and the guarded loss (a LossOutput) of a batch on the device."""
+    def forward(self, batch, model: torch.nn.Module | None = None):
+        """The logits and the guarded loss (a LossOutput) of a batch on the device, through `model`
+        (default the bare model; a training step passes the DDP one)."""
         images = batch.images
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with self.precision.autocast():
-            logits = self.model(images)
+            logits = (model or self.model)(images)
         return logits, self.loss_fn(logits, batch)
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False) -> None:
@@ -155,7 +173,7 @@ class Trainer:
         gets the raw `logits` for its signals, one compiled call), the scheduler. With
         `measure_update`, also the update-to-weight ratio (a foreach copy of the weights and two
         foreach norms on the device: on the step before each report only)."""
-        self.precision.backward(loss)
+        self.precision.backward(spread_nonfinite(loss) if self.ranks.parallel else loss)
         before = copy_weights(self.params) if measure_update else None
         self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor, logits)
         if before is not None:
@@ -164,7 +182,7 @@ class Trainer:
         self.scheduler.step()
 
     def _train_step(self, batch, measure_update: bool = False) -> None:
-        logits, out = self.forward(batch)
+        logits, out = self.forward(batch, self.net)
         self.update(out.loss, logits, measure_update)
         self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
                                      out.per_sample.detach(), self._allowed)
@@ -178,7 +196,7 @@ class Trainer:
         buffers = [b.clone() for b in self.model.buffers()]
         rng = torch.get_rng_state()
         rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        it = self.data.train_batches(t.batch_size, t.seed, start_step=0, num_workers=0)
+        it = self.data.train_batches(t.batch_size, t.seed, start_step=0, num_workers=0, shard=self.shard)
         losses = []
         for k in range(batches):
             losses.append(self.forward(self.input(next(it), step=k))[1].loss.float())
@@ -197,7 +215,7 @@ class Trainer:
         for name in self.data.eval_names:
             acc, n = torch.zeros(2, dtype=torch.float64, device=self.device), 0
             for batch in self.data.eval_batches(name, self.cfg.training.batch_size, self.cfg.training.num_workers,
-                                                pin_memory=self.pin_memory):
+                                                pin_memory=self.pin_memory, shard=self.shard):
                 batch = self.input(batch)  # never augmented
                 logits, out = self.forward(batch)
                 correct = (self.loss_fn.predict(logits, batch) == batch.labels).double().sum()
@@ -208,9 +226,12 @@ class Trainer:
         self.model.train()
         if not sums:
             return {}
-        values = torch.stack(sums).tolist()  # one sync for the whole evaluation
-        return {name: {"loss": s / max(n, 1), "accuracy": c / max(n, 1), "samples": n}
-                for name, (s, c), n in zip(self.data.eval_names, values, counts)}
+        totals = torch.cat([torch.stack(sums), torch.tensor(counts, dtype=torch.float64, device=self.device)[:, None]], 1)
+        if self.ranks.parallel:  # each rank evaluated its share: the sums of all
+            torch.distributed.all_reduce(totals)
+        values = totals.tolist()  # one sync for the whole evaluation
+        return {name: {"loss": s / max(n, 1), "accuracy": c / max(n, 1), "samples": int(n)}
+                for name, (s, c, n) in zip(self.data.eval_names, values)}
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -273,7 +294,8 @@ class Trainer:
         self.log(f"training {self.total} steps on {self.device} ({t.precision}, masking {cfg.masking}, "
                  f"lr {t.lr:.2e}, clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes")
         batches = self.input.batches(self.data.train_batches(t.batch_size, t.seed, start_step=self.step,
-                                                             num_workers=t.num_workers, pin_memory=self.pin_memory),
+                                                             num_workers=t.num_workers, pin_memory=self.pin_memory,
+                                                             shard=self.shard),
                                      self.step)
         started = time.perf_counter()
         tick, tick_step, samples_per_s = started, self.step, 0.0
@@ -291,16 +313,21 @@ class Trainer:
             if not self.flops_per_step:
                 with FlopCounterMode(display=False) as counter:
                     self._train_step(batch, measure)
-                self.flops_per_step = float(counter.get_total_flops())
+                self.flops_per_step = float(counter.get_total_flops()) * self.ranks.world
             else:
                 self._train_step(batch, measure)
             self.step += 1
             if self.step % t.report_interval and self.step < end:
                 continue
             # -- report: the one host sync of the interval --------------------------------
-            values = torch.cat([self.monitor.state_vector(), self._acc.flatten()]).tolist()
+            state = torch.cat([self.monitor.state_vector(), self._acc.flatten()])
+            k = state.numel() - self._acc.numel()
+            if self.ranks.parallel:  # the one collective of the interval; every rank goes on from the run's state
+                rows = gather_rows(state)
+                state = torch.cat([reduce_monitor(rows[:, :k]), rows[:, k:].sum(0)])
+                self.monitor.load_state_dict({"v": state[:k]})
+            values = state.tolist()
             self._acc.zero_()
-            k = len(values) - self._acc.numel()
             snap = self.monitor.snapshot(values[:k])
             verdict = self.monitor.judge(snap, final=self.step >= self.total)
             per_ds = [values[k + i::3] for i in range(3)]
@@ -317,7 +344,8 @@ class Trainer:
                 metrics[HISTORY] = history
             self.log(self._progress_line(metrics, per_ds))
             ckpt = None
-            if checkpoint_dir is not None and t.checkpoint_every and (reports % t.checkpoint_every == 0 or done):
+            if (checkpoint_dir is not None and self.ranks.main and t.checkpoint_every
+                    and (reports % t.checkpoint_every == 0 or done)):
                 ckpt = self.save(Path(checkpoint_dir) / f"checkpoint_{self.step:08d}")
             if report is not None:
                 report(metrics, str(ckpt) if ckpt else None)

@@ -86,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--range-steps", type=int, default=None, help="steps of the range test (default: --steps)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs a probe (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
-                   help="GPUs a probe; fractions pack probes on a card (default 0: CPU)")
+                   help="GPUs a probe; fractions pack probes on a card (default 0: CPU); with --workers-per-trial, "
+                        "GPUs a worker (a whole number)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="N", help="probes at once in all")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")

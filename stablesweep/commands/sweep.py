@@ -73,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "region; random; grid runs every combination of grid/choice values")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C", help="CPUs a trial (default 1)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="G",
-                   help="GPUs a trial; fractions pack trials on a card (0.25: four a GPU). Default 0 (CPU)")
+                   help="GPUs a trial; fractions pack trials on a card (0.25: four a GPU). Default 0 (CPU). With "
+                        "--workers-per-trial, GPUs a worker (a whole number)")
     p.add_argument("--max-concurrent", type=int, default=None, metavar="K",
                    help="trials at once (default: as many as the cluster fits)")
     p.add_argument("--address", default=None, metavar="ADDR",
@@ -120,6 +121,11 @@ def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, d
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
                         "checkpoint (default: 2 on a multi-node cluster, 1 on one node)")
+    p.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                   help=f"data-parallel {unit}s: each {unit} is a Ray Train TorchTrainer run of N DDP workers (gloo on "
+                        f"CPU, NCCL on GPUs), and --cpus-per-trial, --gpus-per-trial and --resources-per-trial are "
+                        f"each worker's: --workers-per-trial 2 --gpus-per-trial 1 trains a {unit} on 2 GPUs. Every "
+                        f"global batch of training.batch_size (a multiple of N) is split among the workers. Default 1")
     p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
                    help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
                         "on nodes started with `ray start --resources '{\"worker_node\": N}'`")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, get_worker_info
+from torch.utils.data import BatchSampler, DataLoader, Dataset, get_worker_info
 
 from stablesweep.config import total_steps
 
@@ -228,7 +228,7 @@ class MixingBatchSampler:
     """
 
     def __init__(self, sizes: list[int], batch_size: int, seed: int, mixing: str = "proportional",
-                 weights: list[float] | None = None, start_step: int = 0):
+                 weights: list[float] | None = None, start_step: int = 0, shard: tuple[int, int] = (0, 1)):
         if mixing not in MIXINGS:
             raise ValueError(f"mixing: expected one of {', '.join(MIXINGS)}, got {mixing!r}")
         if batch_size < 1:
@@ -244,6 +244,7 @@ class MixingBatchSampler:
         self.seed = seed
         self.mixing = mixing
         self.start_step = start_step
+        self.rank, self.world = shard  # data parallel: this rank's share of each global batch
         if mixing == "balanced":
             p = [1.0 if s > 0 else 0.0 for s in self.sizes]
         elif mixing == "weighted":
@@ -276,7 +277,7 @@ class MixingBatchSampler:
         while True:
             order = self.epoch_order(epoch)
             for s in range(k, spe):
-                yield order[s * b:(s + 1) * b].tolist()
+                yield order[s * b + self.rank:(s + 1) * b:self.world].tolist()
             epoch, k = epoch + 1, 0
 
 
@@ -322,9 +323,10 @@ class MultiData:
     def steps_per_epoch(self, batch_size: int) -> int:
         return self.train_size // batch_size
 
-    def batch_sampler(self, batch_size: int, seed: int, start_step: int = 0) -> MixingBatchSampler:
+    def batch_sampler(self, batch_size: int, seed: int, start_step: int = 0,
+                      shard: tuple[int, int] = (0, 1)) -> MixingBatchSampler:
         return MixingBatchSampler(list(self.train_sizes.values()), batch_size, seed, self.mixing,
-                                  self.weights, start_step)
+                                  self.weights, start_step, shard)
 
     def use_cache(self, *, build: bool, log=None, workers: int | None = None, progress=None,
                   rebuild: bool = False, strict: bool = False) -> dict:
@@ -339,10 +341,12 @@ class MultiData:
         return summary
 
     def train_batches(self, batch_size: int, seed: int, start_step: int = 0, num_workers: int = 0,
-                      *, pin_memory: bool = False) -> Iterator[Batch]:
+                      *, pin_memory: bool = False, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
         """Endless train batches (uint8 images) from `start_step` on (step s of an uninterrupted run =
-        batch s). `num_workers` processes make whole batches; `pin_memory` pins them for a GPU."""
-        sampler = self.batch_sampler(batch_size, seed, start_step)
+        batch s). `num_workers` processes make whole batches; `pin_memory` pins them for a GPU.
+        `shard` (rank, world): this rank's samples rank, rank + world, ... of each global batch of
+        `batch_size` (DistributedSampler's split), so the ranks' shares make up the same global batches."""
+        sampler = self.batch_sampler(batch_size, seed, start_step, shard)
         workers = {"persistent_workers": True, "prefetch_factor": PREFETCH} if num_workers else {}
         return iter(DataLoader(self._train, batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
                                pin_memory=pin_memory, **workers))
@@ -357,10 +361,11 @@ class MultiData:
         return len(self._eval_ds(name))
 
     def eval_batches(self, name: str, batch_size: int, num_workers: int = 0, *,
-                     pin_memory: bool = False) -> Iterator[Batch]:
-        """The dataset's eval subset in a fixed order; the last batch may be smaller."""
+                     pin_memory: bool = False, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """The dataset's eval subset in a fixed order; the last batch may be smaller. `shard` (rank,
+        world): this rank's samples rank, rank + world, ... of it."""
         ds = self._eval_ds(name)
-        sampler = BatchSampler(SequentialSampler(range(len(ds))), batch_size, drop_last=False)
+        sampler = BatchSampler(range(shard[0], len(ds), shard[1]), batch_size, drop_last=False)
         return iter(DataLoader(ds, batch_sampler=sampler, collate_fn=_as_is, num_workers=min(num_workers, len(sampler)),
                                pin_memory=pin_memory))
 

@@ -24,6 +24,7 @@ from stablesweep.vocab import InputError
 
 logger = logging.getLogger(__name__)
 
+DRIVER_CPUS = 0.01  # the Tune trial that drives a data-parallel trial's workers (Tune refuses 0)
 CLUSTER_MAX_FAILURES = 2  # default retries of a trial from its checkpoint on a multi-node cluster
 LOCAL_MAX_FAILURES = 1  # on one node: a trial whose worker process died is retried once
 LOCAL_SCHEMES = {"file", "local"}  # URIs that name this machine's disk, not shared storage
@@ -90,12 +91,16 @@ def check_run_options(opts: RunOptions) -> None:
     for flag, v, ok in (("--max-concurrent", opts.max_concurrent, lambda x: x >= 1),
                         ("--cpus-per-trial", opts.cpus_per_trial, lambda x: x > 0),
                         ("--gpus-per-trial", opts.gpus_per_trial, lambda x: x >= 0),
+                        ("--workers-per-trial", opts.workers_per_trial, lambda x: x >= 1),
                         ("--max-failures", opts.max_failures, lambda x: x >= 0)):
         if v is not None and not ok(v):
             raise InputError(f"{flag} {v}: out of range")
     g = opts.gpus_per_trial
     if g > 1 and not float(g).is_integer():
         raise InputError(f"--gpus-per-trial {g}: more than one GPU a trial must be a whole number")
+    if opts.workers_per_trial > 1 and not float(g).is_integer():
+        raise InputError(f"--gpus-per-trial {g} --workers-per-trial {opts.workers_per_trial}: a data-parallel "
+                         "worker needs a GPU of its own (NCCL does not share one between ranks); use a whole number")
     if opts.address and opts.num_cpus:
         raise InputError("num_cpus applies to a local Ray only; not with --address")
     trial_resources(opts)  # refuses a bad --resources-per-trial
@@ -109,9 +114,12 @@ def check_run_options(opts: RunOptions) -> None:
             raise InputError(f"--mlflow {opts.mlflow}: {why}")
 
 
-def trial_resources(opts: RunOptions) -> dict[str, float]:
-    """The resources of one trial for `tune.with_resources`: CPUs, GPUs and --resources-per-trial."""
-    res: dict[str, float] = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+def trial_resources(opts: RunOptions, per_worker: bool = False) -> dict[str, float]:
+    """The resources of one trial for `tune.with_resources`: CPUs, GPUs and --resources-per-trial;
+    of all its workers (--workers-per-trial) and their driver, or with `per_worker`, of one worker."""
+    n = 1 if per_worker else opts.workers_per_trial
+    driver = DRIVER_CPUS if n > 1 else 0.0
+    res: dict[str, float] = {"cpu": opts.cpus_per_trial * n + driver, "gpu": opts.gpus_per_trial * n}
     extra = opts.resources_per_trial or {}
     if not isinstance(extra, dict):
         raise InputError(f"--resources-per-trial {extra!r}: expected a JSON object of resource names and amounts, "
@@ -127,7 +135,7 @@ def trial_resources(opts: RunOptions) -> dict[str, float]:
             raise InputError(f"--resources-per-trial: {k}: {v!r}: expected a number above 0")
         if v > 1 and not float(v).is_integer():
             raise InputError(f"--resources-per-trial: {k}: {v}: more than 1 must be a whole number (Ray's rule)")
-        res[k] = float(v)
+        res[k] = float(v) * n
     return res
 
 
@@ -249,7 +257,7 @@ def _check_resources(opts: RunOptions, shape: ClusterShape) -> int:
     trials the cluster fits: its alive nodes, plus the nodes an autoscaler may add (pending trials
     are what makes it add them)."""
     need = trial_resources(opts)
-    cpus, gpus = opts.cpus_per_trial, opts.gpus_per_trial
+    cpus, gpus = need["cpu"], need["gpu"]
     custom = {k: v for k, v in need.items() if k not in ("cpu", "gpu")}
     shapes = shape.nodes + [r for r, _ in shape.node_types]
     known = [n for n in shapes if n]

@@ -31,6 +31,7 @@ class RunOptions:
     num_cpus: int | None = None  # CPUs of a local Ray started here (default: all)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1  # > 1: a trial is that many DDP workers (Ray Train), of --cpus/--gpus-per-trial each
     max_concurrent: int | None = None  # default: as many trials as the cluster fits
     resources_per_trial: dict[str, float] | None = None  # custom Ray resources a trial needs
     max_failures: int | None = None  # retries of a failed trial from its checkpoint (default: 2 on

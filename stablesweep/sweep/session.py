@@ -17,7 +17,8 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from stablesweep.config import Config
-from stablesweep.sweep.cluster import trial_resources
+from stablesweep.sweep.cluster import DRIVER_CPUS, trial_resources
+from stablesweep.sweep.ddp import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.stopper import DivergenceStopper
 from stablesweep.sweep.trainable import run_trial
@@ -79,10 +80,22 @@ def check_reachable(address: str) -> None:
 # ---- the Tuner -----------------------------------------------------------------------------------
 
 def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
-    """`run_trial` on the base config `cfg`, with the resources of one trial."""
-    fn = tune.with_parameters(run_trial, base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source,
-                              checkpoints=checkpoints)
-    return tune.with_resources(fn, trial_resources(opts))
+    """`run_trial` on the base config `cfg`, with the resources of one trial; with
+    --workers-per-trial N > 1, `run_ddp_trial`: a driver that takes DRIVER_CPUS (Tune needs some), whose N
+    workers take --cpus-per-trial and --gpus-per-trial each."""
+    kwargs = dict(base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source, checkpoints=checkpoints)
+    n = opts.workers_per_trial
+    if n == 1:
+        return tune.with_resources(tune.with_parameters(run_trial, **kwargs), trial_resources(opts))
+    if cfg.training.batch_size % n:
+        raise InputError(f"--workers-per-trial {n}: training.batch_size {cfg.training.batch_size} is not a multiple "
+                         f"of it (each worker trains on an equal share of every batch)")
+    worker = trial_resources(opts, per_worker=True)
+    trial = ddp_trainable(workers=n, cpus_per_worker=worker.pop("cpu"), gpus_per_worker=worker.pop("gpu"),
+                          custom_per_worker=worker, **kwargs)
+    trainable = tune.with_resources(trial, {"cpu": DRIVER_CPUS})
+    trainable.data_parallel = True  # make_tuner: its workers end with the trial's actor, never reused
+    return trainable
 
 
 def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: int, max_concurrent: int,
@@ -97,7 +110,7 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
         param_space={},
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
-                                    reuse_actors=True),
+                                    reuse_actors=not getattr(trainable, "data_parallel", False)),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
