@@ -1,5 +1,6 @@
 # make demo: create .venv if needed, install, run the embedded demo sweep, print where results are.
-# make test: create .venv if needed, install with test extras, lint (ruff), run the whole suite.
+# make test: create .venv if needed, install with test extras, lint (ruff), run the suite (all but the
+#            multi-node tests, which `make cluster-test` runs; .ci/run runs both).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -24,9 +25,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
-# Ray's own launcher end to end (ray up of a head and a worker on loopback through a test sshd): ~5 min
+# The multi-node tests: a second (and third) Ray node by `ray start` on loopback (~8 min), and Ray's
+# own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min)
 cluster-test: $(STAMP)
-	STABLESWEEP_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/cluster/test_launcher.py
+	STABLESWEEP_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/cluster/test_two_node.py tests/cluster/test_launcher.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
