@@ -49,6 +49,8 @@ HISTORY = "history"              # diverged, last report only: [(step, loss, gra
 # ---- search-space words -----------------------------------------------------------------------
 
 LR_KEY = "training.lr"
+SEED_KEY = "training.seed"  # what a replicate varies
+REPLICATE = "replicate"  # the phase of a replicate run (ramp probe, sweep trial) in records and MLflow
 CATEGORICAL = ("choice", "grid")  # distributions whose values name a setting (lr excluded)
 
 # ---- the recommended lr -------------------------------------------------------------------------

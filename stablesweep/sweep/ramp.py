@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stablesweep.vocab import DIVERGED, STABLE, STALLED, recommended_lr
+from stablesweep.vocab import DIVERGED, REPLICATE, STABLE, STALLED, recommended_lr
 
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
@@ -113,11 +113,11 @@ class Setting:
     @property
     def tested(self) -> list[Probe]:
         """The probes of the bracket (not the range test, not the replicates)."""
-        return [p for p in self.probes if p.phase not in ("range-test", "replicate")]
+        return [p for p in self.probes if p.phase not in ("range-test", REPLICATE)]
 
     @property
     def replicates(self) -> list[Probe]:
-        return [p for p in self.probes if p.phase == "replicate"]
+        return [p for p in self.probes if p.phase == REPLICATE]
 
     def _lrs(self, verdict: str) -> list[float]:
         return sorted(p.lr for p in self.tested if p.verdict == verdict)
@@ -178,7 +178,7 @@ class Setting:
             "replicates": len(self.replicates),
             "replicate_flops": sum(p.train_flops for p in self.replicates),
             "replicate_compute_s": sum(p.wall_s for p in self.replicates)}
-        plain = [p for p in self.probes if p.phase != "replicate"]
+        plain = [p for p in self.probes if p.phase != REPLICATE]
         return {
             "setting": self.key, "params": self.params, "status": self.status,
             "min_stable_lr": self.min_stable, "max_stable_lr": lo, "min_diverged_lr": self.min_diverged,

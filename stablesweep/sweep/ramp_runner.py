@@ -56,7 +56,7 @@ from stablesweep.sweep.ramp import (
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
 from stablesweep.sweep.trainable import WARM_START
-from stablesweep.vocab import HISTORY, LR_KEY, InputError
+from stablesweep.vocab import HISTORY, LR_KEY, REPLICATE, SEED_KEY, InputError
 
 MODES = ("restart", "continue")
 # the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
@@ -283,8 +283,8 @@ class _Rounds:
         reqs = []
         for s in settings:
             for lr, seed in replicate_probes(s, k, base_seed):
-                req = self._request(s, lr, "replicate")
-                req.config["training.seed"] = seed
+                req = self._request(s, lr, REPLICATE)
+                req.config[SEED_KEY] = seed
                 reqs.append(req)
         if not reqs:
             return
@@ -294,7 +294,7 @@ class _Rounds:
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> _Request:
         config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
         start_step = 0
-        if phase == "replicate":
+        if phase == REPLICATE:
             pass  # from scratch, whatever the mode: a replicate is an independent run
         elif phase == "range-test":
             config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
@@ -330,7 +330,7 @@ class _Rounds:
                               start_step=req.start_step,
                               checkpoint=self._uri(r.checkpoint) if m["verdict"] == "stable" else None,
                               trial_id=m.get("trial_id"), node_id=m.get("node_id"))
-            probe.seed = req.config.get("training.seed")
+            probe.seed = req.config.get(SEED_KEY)
             probes.append(probe)
             s = req.setting
             self._log(s, probe, m, r)
@@ -354,7 +354,7 @@ class _Rounds:
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
         if probe.seed is not None:
-            params["training.seed"] = probe.seed
+            params[SEED_KEY] = probe.seed
             run_name += f" seed {probe.seed}"
             trial_id += f"-seed{probe.seed}"
         ended = m.get("timestamp")

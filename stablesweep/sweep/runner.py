@@ -71,7 +71,19 @@ from stablesweep.sweep.search import (
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, load_space, short_name
 from stablesweep.sweep.stopper import Outcome
-from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, STABLE, STALLED, UNFINISHED, VERDICTS, InputError, py
+from stablesweep.vocab import (
+    DIVERGED,
+    ERROR,
+    LR_KEY,
+    REPLICATE,
+    SEED_KEY,
+    STABLE,
+    STALLED,
+    UNFINISHED,
+    VERDICTS,
+    InputError,
+    py,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +91,6 @@ DEFAULT_SAMPLES = 16
 STATE_FILE = "sweep.json"
 REPLICATE_SAMPLERS = ("grid", "qmc")  # samplers whose trials map the region evenly, whatever they find
 REPLICATES = "replicates"  # the replicate round's Tune experiment, in the sweep's
-REPLICATE = "replicate"  # the `phase` of a replicate in trials.csv and MLflow (a sweep trial's: sweep)
-SEED_KEY = "training.seed"
 
 
 @dataclass
