@@ -361,11 +361,17 @@ class Tracker:
     def log_trial_metrics(self, run_id: str, metrics: dict[str, Any], step: int, *,
                           timestamp: float | None = None) -> None:
         """One report: its numbers as metrics at `step` (`timestamp`: when it was reported, epoch
-        seconds; default now), except the objective (a verdict's number: `finish_trial` logs it)
-        and the CONSTANTS (tags, once: `log_constants`)."""
+        seconds; default now), except the objective (a verdict's number: `finish_trial` logs it),
+        the CONSTANTS (tags, once: `log_constants`) and a warning step while it is -1 (no warning
+        yet: no sentinel in the charts)."""
+        from stablesweep.stability.monitor import AT_RISK_STEP, warning_key
+
+        def unset(k: str, v: Any) -> bool:
+            return (k == AT_RISK_STEP or k.startswith(warning_key(""))) and (finite(v) or 0) < 0
+
         self.log_constants(run_id, metrics)
-        self._log(run_id, {k: v for k, v in metrics.items() if k != OBJECTIVE and k not in CONSTANTS}, step,
-                  timestamp=timestamp)
+        self._log(run_id, {k: v for k, v in metrics.items() if k != OBJECTIVE and k not in CONSTANTS
+                           and not unset(k, v)}, step, timestamp=timestamp)
 
     def log_at_risk(self, run_id: str, result: dict[str, Any], step: int) -> None:
         """The early-warning flag of a report (a bool, which `_log` leaves out): `at_risk` as a

@@ -90,9 +90,10 @@ def sweep(uri, tmp_path_factory) -> dict:
         params = {"training.lr": lr, "training.max_grad_norm": clip, "loss.masking": "slice"}
         run = tr.trial_run(parent, tid, f"lr={lr:.1e} slice clip={param_value(clip)}", params,
                            setting={"training.max_grad_norm": clip, "loss.masking": "slice"})
-        for step in (5, 10):
+        for step in (5, 10):  # a warning at step 7 (the monitor reports -1 before it)
             tr.log_trial_metrics(run, {"objective": 2.0 / step, "loss": 1.5 / step, "initial_loss": 3.2,
-                                       "flops_per_step": 1e6, "budget_steps": 20, "flag": True, "name": "x"}, step)
+                                       "flops_per_step": 1e6, "budget_steps": 20, "flag": True, "name": "x",
+                                       "warn_step/max_logit": -1 if step < 7 else 7, "at_risk_step": -1}, step)
         summary = {"objective": obj, "steps": 10 if verdict in ("diverged", "pruned") else 20}
         tr.finish_trial(run, verdict, reason, bad, summary, tags={"node_id": "n1"})
         tr.set_margin(run, margins.iloc[i])
@@ -157,6 +158,10 @@ def test_tags_and_params_hold_no_sentinels(client, sweep):
         assert (tags["initial_loss"], tags["flops_per_step"], tags["budget_steps"]) == ("3.2", "1000000.0", "20")
         assert run.data.params == {"training.lr": param_value(lr), "training.max_grad_norm": "1.0" if clip else "none",
                                    "loss.masking": "slice"}
+        # no -1 for "no warning yet" in the charts: a warning step only once there is one
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "warn_step/max_logit")] == \
+            [(10, 7.0)]
+        assert "at_risk_step" not in run.data.metrics
     assert [param_value(v) for v in (None, True, 3, 1e-05, 0.001, 5e-6, float("nan"), "slice")] == \
         ["none", "true", "3", "1.0e-05", "0.001", "5.0e-06", "none", "slice"]
 

@@ -359,7 +359,7 @@ class _Rounds:
             trial_id += f"-seed{probe.seed}"
         ended = m.get("timestamp")
         started = ended - float(m.get("time_total_s", 0.0)) if isinstance(ended, (int, float)) else None
-        run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"node_id": probe.node_id or ""},
+        run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"node_id": probe.node_id} if probe.node_id else {},
                                      setting=s.params, started_at=started)
         reports = getattr(result, "metrics_dataframe", None)
         for _, row in (reports.iterrows() if reports is not None else ()):

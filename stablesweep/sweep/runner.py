@@ -73,7 +73,6 @@ from stablesweep.sweep.space import SearchSpace, load_space, short_name
 from stablesweep.sweep.stopper import Outcome
 from stablesweep.vocab import (
     DIVERGED,
-    ERROR,
     LR_KEY,
     REPLICATE,
     SEED_KEY,
@@ -675,12 +674,14 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
             tags["phase"] = REPLICATE
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
                                    setting={k: params.get(k) for k in plan.space.categorical_keys})
-        summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps")
-                   if py(r.get(k)) is not None}
-        tags.update({"node_id": str(r.get("node_id") or ""), "budget_steps": str(py(r.get("budget_steps")) or ""),
-                     "optuna_number": str(r.get("optuna_number"))})
-        if o.verdict == ERROR and o.reason:
-            tags["error"] = o.reason[:5000]
+        # budget_steps among the constants (a tag, as the config writes it); tags only where known
+        summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps",
+                                         "budget_steps") if py(r.get(k)) is not None}
+        if py(r.get("node_id")):
+            tags["node_id"] = str(r["node_id"])
+        number = py(r.get("optuna_number"))
+        if number is not None and number >= 0:  # -1: a replicate, or a trial Optuna did not number
+            tags["optuna_number"] = str(number)
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
 
 

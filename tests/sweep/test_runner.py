@@ -114,6 +114,9 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(grid_sweep):
         assert c.info.run_name.startswith(t["verdict"]) and c.info.run_name.endswith(t["name"])
         assert c.info.status == {"stable": "FINISHED", "pruned": "KILLED"}.get(t["verdict"], "FAILED")
         assert "setting" in c.data.tags and c.data.tags["stablesweep.sweep"] == res.name
+        # no sentinels: no empty, -1 or null tags; no -1 "no warning yet" in the charts
+        assert not {k: v for k, v in c.data.tags.items() if v in ("", "-1", "nan", "None", "null")}, c.data.tags
+        assert all(v >= 0 for k, v in c.data.metrics.items() if k.startswith("warn_step/") or k == "at_risk_step")
         hist = tr.client.get_metric_history(c.info.run_id, "loss")
         assert sorted(m.step for m in hist) == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL))
         assert "train_flops" in c.data.metrics
