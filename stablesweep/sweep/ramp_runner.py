@@ -212,6 +212,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={"budget_steps": str(budget)}, artifacts=list(files.values()))
         tracker.log_setting_metrics(parent, summary)
+        for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
+            tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
         echo(format_table(summary, budget))
         if fits:
             echo(format_boundary(summary))
@@ -246,6 +248,7 @@ class _Rounds:
         self.opts, self.tracker, self.parent, self.echo = opts, tracker, parent, echo
         self.max_concurrent, self.max_failures, self.storage = max_concurrent, max_failures, storage
         self.round = 0
+        self.runs: list[tuple[Setting, float, str]] = []  # each probe's setting, lr and MLflow run
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.budget = cfg.training.steps
         # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
@@ -349,7 +352,8 @@ class _Rounds:
 
     def _log(self, s: Setting, probe: Probe, m: dict, result) -> None:
         """A probe's child run, logged after its round: its params, setting and sweep tags, every
-        report at its step and time, a divergence's last steps, its true start and end."""
+        report at its step and time, a divergence's last steps, its true start and end (its
+        `lr_margin` once the ramp is done: `run_ramp`)."""
         params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
@@ -374,6 +378,7 @@ class _Rounds:
         summary.update(steps=probe.steps, train_flops=probe.train_flops)
         self.tracker.finish_trial(run, probe.verdict, probe.reason, probe.first_bad_step, summary,
                                   ended_at=ended if isinstance(ended, (int, float)) else None)
+        self.runs.append((s, probe.lr, run))
 
 
 # ---- outputs ------------------------------------------------------------------------------------

@@ -85,6 +85,17 @@ def test_ramp_files_and_mlflow(ramp):
                                   filter_string=f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'")
     assert len(children) == x["probes"]
     assert {"stable"} < {c.data.tags["verdict"] for c in children} <= {"stable", "stalled", "diverged"}
+    # the answer as numbers on the parent, named as a sweep names them (one setting: `all`)
+    metrics = parent.data.metrics
+    for name in ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr"):
+        assert metrics.get(f"{name}.all") == (pytest.approx(x[name]) if x[name] is not None else None), name
+    for c in children:  # each probe: its own params, the sweep and setting tags, its true duration
+        assert c.data.tags["stablesweep.sweep"] == "r" and c.data.tags["setting"] == "all"
+        assert float(c.data.params["training.lr"]) > 0 and c.data.params["phase"]
+        assert c.info.end_time - c.info.start_time > 200  # ms: the probe's training, not the logging
+        margin = c.data.metrics.get("lr_margin")
+        lr = float(c.data.params["training.lr"])
+        assert margin == (pytest.approx(lr / x["min_diverged_lr"]) if x["min_diverged_lr"] else None)
     assert any("bracketed" in ln for ln in lines)
 
 
@@ -105,6 +116,17 @@ def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
     res = run_ramp(opts, echo=lambda s: None)
     s = res.settings[0]
     assert s.status == DIVERGED_AT_START and s.max_stable is None and len(s.probes) == 1
+    from mlflow import MlflowClient
+
+    client = MlflowClient(res.tracking_uri)
+    parent = client.get_run(res.parent_run_id)
+    assert parent.data.metrics["min_diverged_lr.all"] == 5.0 and "max_stable_lr.all" not in parent.data.metrics
+    (probe,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{res.parent_run_id}'")
+    bad = s.probes[0].first_bad_step
+    assert probe.info.status == "FAILED" and probe.info.run_name.startswith(f"diverged@{bad} lr=5.0e+00")
+    assert probe.data.metrics["lr_margin"] == 1.0 and probe.data.metrics["diverged_at_step"] == bad
+    steps = [m.step for m in client.get_metric_history(probe.info.run_id, "step_grad_norm")]
+    assert steps and min(steps) <= bad  # the steps that led there, at their own steps
 
 
 def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probability(ray_cluster, tmp_path):
