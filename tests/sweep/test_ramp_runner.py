@@ -1,6 +1,7 @@
 """The lr ramp end to end: real probes (Tune trials on the session's Ray), real MLflow."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,13 @@ def test_ramp_files_and_mlflow(ramp):
         lr = float(c.data.params["training.lr"])
         assert margin == (pytest.approx(lr / x["min_diverged_lr"]) if x["min_diverged_lr"] else None)
     assert any("bracketed" in ln for ln in lines)
+    # the printed link: the saved view of this ramp's stable probes, best objective first (docs/mlflow.md)
+    (key,) = [m.group(1) for ln in lines if (m := re.search(
+        rf"the stable probes, best first: http://127\.0\.0\.1:5000/#/experiments/{parent.info.experiment_id}/runs"
+        r"\?workflowType=machine_learning&viewStateShareKey=(stablesweep-[0-9a-f]{16})$", ln))]
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags[f"mlflow.sharedViewState.{key}"])
+    assert view["searchFilter"] == f"tags.verdict = 'stable' and tags.`mlflow.parentRunId` = '{res.parent_run_id}'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`objective`", True)
 
 
 def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path):
