@@ -75,6 +75,9 @@ def test_cloud_cluster_scales_gpu_workers_from_zero_with_their_gpus_declared():
     assert workers and all(v["min_workers"] == 0 and v["max_workers"] >= 1 for v in workers.values())
     assert all(v["resources"].get("GPU", 0) >= 1 for v in workers.values())
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
+    # the head's autoscaler reaches AWS with boto3, which no extra of Ray brings: in the venv it runs from
+    assert any(c.startswith("~/stablesweep-venv/bin/python -m pip install") and "boto3" in c
+               for c in config["head_setup_commands"])
 
 
 def test_onprem_head_takes_no_trials_and_runs_autoscaler_v1(user):
@@ -145,7 +148,7 @@ def test_nodes_pinned_to_another_ray_than_this_machines_are_named(user):
 def test_a_default_setup_of_ray_that_pip_installs_into_the_system_python_is_named(user):
     """An AWS file without head_setup_commands gets Ray's default, `pip install boto3` into the
     login shell's Python; a role's own list is counted from its first command, after setup_commands."""
-    found = problems(edited(CLOUD, lambda r: r.pop("head_setup_commands")), user)
+    found = problems(edited(CLOUD, lambda r: r.pop("head_setup_commands")), user)  # Ray's default then
     assert len(found) == 1 and found[0].startswith("head_setup_commands[0]: `pip install` into the login shell's"), found
 
 
