@@ -43,6 +43,9 @@ _RAY_START = re.compile(r"(\S*?)\bray\s+start\b")
 _ENV = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)=(\S*?);?(?=\s|$)")
 _NUM_CPUS_0 = re.compile(r"--num-cpus[= ]0(?:\.0*)?(?:\s|$)")
 _TEMP_DIR = re.compile(r"--temp-dir[= ](\S+)")
+# a `pip install`, and the path its pip or python is run from ('' for the login shell's PATH)
+_PIP_INSTALL = re.compile(r"(\S*?)\b(?:pip3?(?:\.\d+)*|python3?(?:\.\d+)*\s+-m\s+pip)\s+install\b")
+_RAY_PIN = re.compile(r"\bray(?:\[[^\]]*\])?==([0-9][\w.]*)")
 
 
 class ClusterError(InputError):
@@ -129,6 +132,8 @@ def _starts(commands: list[str]) -> list[tuple[int, str, dict[str, str], str]]:
 def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Read a cluster file for what it will give a sweep. `environ`: the environment `ray up`
     and `ray job` run in (default: this process's)."""
+    from ray import __version__ as ray_version
+
     env = os.environ if environ is None else environ
     c, where = cf.config, cf.path
     local = cf.provider == "local"
@@ -155,7 +160,8 @@ def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[
                     "node has, e.g. resources: {CPU: 48, GPU: 4} for a g5.12xlarge (GPU: 0 for a CPU-only type)")
 
     # ---- how Ray is started on each role
-    auth_modes, token_paths, v1 = set(), set(), False
+    auth_modes: dict[str, list[str]] = {}  # mode: the commands that set it
+    token_paths, v1 = set(), False
     for role, key in (("head", "head_start_ray_commands"), ("worker", "worker_start_ray_commands")):
         commands = c.get(key) or []
         starts = _starts(commands)
@@ -174,7 +180,7 @@ def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[
                                 "RAY_AUTH_TOKEN_PATH=$HOME/stablesweep-cluster/auth_token;` before it (and mount the "
                                 "token there: file_mounts)")
             else:
-                auth_modes.add(mode)
+                auth_modes.setdefault(mode, []).append(place)
             if mode == "token":
                 tp = sets.get("RAY_AUTH_TOKEN_PATH")
                 if tp is None and "RAY_AUTH_TOKEN" not in sets:
@@ -205,16 +211,29 @@ def check_file(cf: ClusterFile, environ: dict[str, str] | None = None) -> tuple[
             if head_res.get("CPU") != 0 and not any(_NUM_CPUS_0.search(cmd) for _, cmd, _, _ in starts):
                 problems.append(f"available_node_types.{head_type}.resources: the head would take trials: "
                                 "resources: {CPU: 0}")
+    common = len(c.get("setup_commands") or [])  # Ray puts setup_commands first in each role's setup list
     for key in ("setup_commands", "head_setup_commands", "worker_setup_commands", "head_start_ray_commands",
                 "worker_start_ray_commands"):
-        for i, cmd in enumerate(c.get(key) or []):
+        skip = common if key in ("head_setup_commands", "worker_setup_commands") else 0
+        for i, cmd in enumerate((c.get(key) or [])[skip:]):
+            if any(not m.group(1) for m in _PIP_INSTALL.finditer(cmd)):
+                problems.append(f"{key}[{i}]: `pip install` into the login shell's Python, which Debian 12 and Ubuntu "
+                                "23.04+ refuse (externally-managed-environment); install into a venv of the cluster's "
+                                "own, by its path: python3 -m venv ~/stablesweep-venv, then ~/stablesweep-venv/bin/python "
+                                "-m pip install ...")
+            pin = _RAY_PIN.search(cmd) if "install" in cmd else None
+            if pin and pin.group(1) != ray_version:
+                problems.append(f"{key}[{i}]: the nodes get Ray {pin.group(1)}, this machine runs Ray {ray_version}: "
+                                "`ray up` and `ray job` here need the nodes' version (pip install "
+                                f'"ray[default]=={pin.group(1)}"), or change the pin to {ray_version}')
             if re.search(r"\bray\s+stop\b", cmd):
                 problems.append(f"{key}[{i}]: `ray stop` stops every Ray process of the account on the machine, "
                                 "other clusters' included; stop only this cluster's, by its --temp-dir: "
                                 f"{node_stop_command(f'/tmp/ray-{cf.name}')}")
     if len(auth_modes) > 1:
-        problems.append(f"RAY_AUTH_MODE differs between `ray start` commands ({', '.join(sorted(auth_modes))}): "
-                        "nodes of one cluster need one mode")
+        problems.append("RAY_AUTH_MODE differs between `ray start` commands ("
+                        + "; ".join(f"{m} in {', '.join(places)}" for m, places in sorted(auth_modes.items()))
+                        + "): nodes of one cluster need one mode")
 
     # ---- files on the nodes: the project, the token
     mounts = {_home(k): v for k, v in (c.get("file_mounts") or {}).items()}

@@ -18,8 +18,9 @@ examples:
 What `check` holds a cluster file to (docs/cluster.md says why): Ray's own schema; worker node
 types of a cloud provider declare their CPUs and GPUs; every `ray start` runs the cluster's own Ray
 by its path, with RAY_AUTH_MODE (and, for token, a token file that file_mounts puts on each node)
-and a --temp-dir of the cluster's own (by which `stop` finds its processes); no `ray stop`; the
-project is not mounted at ~/stablesweep; an on-prem head starts with --num-cpus=0 and autoscaler
+and a --temp-dir of the cluster's own (by which `stop` finds its processes); no `ray stop`; pip
+installs into a venv by its path, of this machine's Ray version; the project is not mounted at
+~/stablesweep; an on-prem head starts with --num-cpus=0 and autoscaler
 v1; this shell holds the cluster's token. With --address it
 joins the cluster and runs a task on every alive node: versions (Ray, Python, stablesweep), the
 token mode, and whether the node sees a file the driver wrote under --out.

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -74,6 +75,9 @@ def test_cloud_cluster_scales_gpu_workers_from_zero_with_their_gpus_declared():
     assert workers and all(v["min_workers"] == 0 and v["max_workers"] >= 1 for v in workers.values())
     assert all(v["resources"].get("GPU", 0) >= 1 for v in workers.values())
     assert config["available_node_types"][config["head_node_type"]]["resources"] == {"CPU": 0}
+    # the head's autoscaler reaches AWS with boto3, which no extra of Ray brings: in the venv it runs from
+    assert any(c.startswith("~/stablesweep-venv/bin/python -m pip install") and "boto3" in c
+               for c in config["head_setup_commands"])
 
 
 def test_onprem_head_takes_no_trials_and_runs_autoscaler_v1(user):
@@ -111,7 +115,9 @@ def _start(raw: dict, role: str, old: str, new: str) -> None:
     # 3. the project where it shadows the package
     (lambda r: r["file_mounts"].update({"~/stablesweep": r["file_mounts"].pop("~/stablesweep-src")}),
      "file_mounts: ~/stablesweep: a directory named stablesweep in the home directory is imported instead"),
-    # 4. `ray` of the login shell
+    # 4. the system Python, `ray` of the login shell
+    (lambda r: r["setup_commands"].insert(0, "python3 -m pip install -q -e ~/stablesweep-src"),
+     "setup_commands[0]: `pip install` into the login shell's Python, which Debian 12 and Ubuntu 23.04+ refuse"),
     (lambda r: _start(r, "worker", "$HOME/stablesweep-venv/bin/ray start", "ray start"),
      "worker_start_ray_commands[1]: `ray start` from the login shell's PATH"),
     # 5. a blanket stop, and the temp dir `cluster stop` finds a cluster's processes by
@@ -123,11 +129,27 @@ def _start(raw: dict, role: str, old: str, new: str) -> None:
      "head_start_ray_commands[1]: --temp-dir=/tmp/ray: give"),
     (lambda r: _start(r, "head", f"--temp-dir=/tmp/ray-{r['cluster_name']} ", f"--temp-dir=/tmp/{'x' * 40} "),
      f"head_start_ray_commands[1]: --temp-dir=/tmp/{'x' * 40}: give"),
+    (lambda r: _start(r, "worker", "RAY_AUTH_MODE=token", "RAY_AUTH_MODE=disabled"),
+     "RAY_AUTH_MODE differs between `ray start` commands (disabled in worker_start_ray_commands[1]; token in "
+     "head_start_ray_commands[1])"),
 ])
 def test_each_way_a_file_goes_wrong_is_named(path, change, expect, user):
     found = problems(edited(path, change), user)
     assert any(p.startswith(expect) for p in found), found
     assert len(found) == 1, found
+
+
+def test_nodes_pinned_to_another_ray_than_this_machines_are_named(user):
+    cf = edited(ONPREM, lambda r: r.update(setup_commands=[c.replace("==2.60.0", "==2.59.0") for c in r["setup_commands"]]))
+    [found] = problems(cf, user)
+    assert found.startswith(f"setup_commands[2]: the nodes get Ray 2.59.0, this machine runs Ray {ray.__version__}")
+
+
+def test_a_default_setup_of_ray_that_pip_installs_into_the_system_python_is_named(user):
+    """An AWS file without head_setup_commands gets Ray's default, `pip install boto3` into the
+    login shell's Python; a role's own list is counted from its first command, after setup_commands."""
+    found = problems(edited(CLOUD, lambda r: r.pop("head_setup_commands")), user)  # Ray's default then
+    assert len(found) == 1 and found[0].startswith("head_setup_commands[0]: `pip install` into the login shell's"), found
 
 
 def test_a_gpu_worker_type_without_declared_gpus_is_refused(user):
@@ -169,7 +191,8 @@ def test_the_file_as_shipped_before_issue_16_fails_on_every_count(tmp_path, user
     assert main(["cluster", "check", str(path)]) == 2
     err = capsys.readouterr().err
     for what in ("the head would take trials", "autoscaler (v2) never starts", "RAY_AUTH_MODE is not set",
-                 "`ray stop` stops every Ray process", "from the login shell's PATH", "named stablesweep in the home"):
+                 "`ray stop` stops every Ray process", "from the login shell's PATH", "named stablesweep in the home",
+                 "setup_commands[0]: `pip install` into the login shell's Python"):
         assert what in err, what
 
 
