@@ -254,7 +254,7 @@ def batch_samples(trainer: Trainer, step: int) -> list[dict]:
     starts = [0]
     for n in space.names:
         starts.append(starts[-1] + data.train_sizes[n])
-    mixed = data._train  # the concatenated train splits: where() names a manifest line or file
+    mixed = data.train_set  # the concatenated train splits: where() names a manifest line or file
     out = []
     for g in flat:
         d = bisect.bisect_right(starts, g) - 1

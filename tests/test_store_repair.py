@@ -46,7 +46,7 @@ def test_the_half_made_store_fails_mlflow_as_users_saw_it(template, tmp_path):
 
     copy = tmp_path / "mlflow.db"
     copy.write_bytes(template.read_bytes())
-    with pytest.raises(Exception, match="_alembic_tmp_experiments already exists"):
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="_alembic_tmp_experiments already exists"):
         MlflowClient(tracking_uri=f"sqlite:///{copy}").search_experiments()
 
 

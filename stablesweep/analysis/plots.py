@@ -10,6 +10,9 @@ draws that data into a PNG. Tests assert on the data and that the drawing is a v
   their stand-in, the initial loss), pruned ones hollow.
 - `parallel_data` / `plot_parallel`: parallel coordinates, one line a trial, one axis a param
   (log, linear or categorical), coloured by verdict (the figure of `stablesweep compare`).
+- `boundary_data` / `plot_boundary`: P(fails | lr) per setting, points at the replicates.
+- `ramp_data` / `plot_ramp`: the ramp's probes per setting on a log-lr axis, coloured by verdict,
+  its stable bracket and its recommended lr.
 """
 from __future__ import annotations
 
@@ -342,3 +345,49 @@ def plot_boundary(info: BoundaryInfo, path: str | Path, budget: int | None = Non
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+# ---- the ramp: each setting's probes on a log-lr axis ----------------------------------------------
+
+@dataclass
+class RampInfo:
+    rows: list[dict]  # per setting: label, probes [(lr, verdict, bisection?)], bracket (lo, hi) or None, recommended
+    budget: int
+
+
+def ramp_data(labels: list[str], probes: list[list[tuple[float, str, str]]], summary: list[dict],
+              budget: int) -> RampInfo:
+    """Per setting (`labels`), its probes as (lr, verdict, phase) and its row of the ramp's summary
+    (max_stable_lr, min_failed_lr, recommended_lr)."""
+    rows = []
+    for label, tested, x in zip(labels, probes, summary):
+        bracket = (x["max_stable_lr"], x["min_failed_lr"]) if x["max_stable_lr"] and x["min_failed_lr"] else None
+        rows.append({"label": label, "probes": [(lr, verdict, phase == "bisect") for lr, verdict, phase in tested],
+                     "bracket": bracket, "recommended": x["recommended_lr"] or None})
+    return RampInfo(rows, budget)
+
+
+def plot_ramp(info: RampInfo, path: str | Path) -> Path:
+    plt = _matplotlib()
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(info.rows) + 1.6))
+    for i, row in enumerate(info.rows):
+        for lr, verdict, bisection in row["probes"]:
+            ax.scatter(lr, i, color=COLORS.get(verdict, "k"), marker="D" if bisection else "o", s=36, zorder=3)
+        if row["bracket"]:
+            ax.plot(row["bracket"], [i, i], color="k", lw=3, alpha=0.4, zorder=2)
+        if row["recommended"]:
+            ax.scatter(row["recommended"], i, marker="*", color="tab:blue", s=110, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(info.rows)), [row["label"] for row in info.rows])
+    ax.set_xlabel("learning rate")
+    ax.set_title(f"lr ramp: probes per setting (budget {info.budget} steps)")
+    seen = {verdict for row in info.rows for _, verdict, _ in row["probes"]}
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in COLORS.items() if v in seen]
+    handles.append(Line2D([], [], marker="D", ls="", color="k", label="bisection probe"))
+    handles.append(Line2D([], [], marker="*", ls="", color="tab:blue", markersize=10, label="recommended"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.grid(True, which="both", axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(plt, fig, path)

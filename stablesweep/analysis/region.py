@@ -23,7 +23,6 @@ import copy
 import datetime as _dt
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from stablesweep.analysis.text import lr_text, num_text
 from stablesweep.vocab import (
     DIVERGED,
     LR_KEY,
@@ -81,7 +81,7 @@ class Group:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{short_key(k)}={_fmt(v)}" for k, v in self.key.items()) or "all"
+        return " ".join(f"{short_key(k)}={format_value(v)}" for k, v in self.key.items()) or "all"
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Region:
     def table(self) -> pd.DataFrame:
         rows = []
         for g in self.groups:
-            row = {short_key(k): _fmt(v) for k, v in g.key.items()}
+            row = {short_key(k): format_value(v) for k, v in g.key.items()}
             row.update({v: g.counts.get(v, 0) for v in VERDICTS})
             row.update({"min stable lr": g.min_stable_lr, "max stable lr": g.max_stable_lr,
                         "min diverged lr": g.min_diverged_lr,
@@ -125,9 +125,9 @@ class Region:
             return "(no trials)"
         shown = t.copy()
         for c in LR_COLUMNS:
-            shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.2e}")
+            shown[c] = shown[c].map(lr_text)
         for c in ("best objective", "lr sensitivity"):
-            shown[c] = shown[c].map(lambda v: "-" if v is None or _isnan(v) else f"{v:.4g}")
+            shown[c] = shown[c].map(num_text)
         return shown.to_string(index=False)
 
     def to_markdown(self, title: str = "Stable region") -> str:
@@ -150,9 +150,9 @@ class Region:
                 for col in cols:
                     v = r[col]
                     if col in LR_COLUMNS:
-                        cells.append("-" if v is None or _isnan(v) else f"{v:.2e}")
+                        cells.append(lr_text(v))
                     elif col in ("best objective", "lr sensitivity"):
-                        cells.append("-" if v is None or _isnan(v) else f"{v:.4g}")
+                        cells.append(num_text(v))
                     else:
                         cells.append(str(v))
                 lines.append("| " + " | ".join(cells) + " |")
@@ -169,10 +169,10 @@ class Region:
         if self.best:
             lines += ["## Best stable setting", "",
                       f"Trial `{self.best['trial_id']}`, objective {self.best['objective']:.4g}: "
-                      + ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.best["params"].items()), ""]
+                      + ", ".join(f"`{k}={format_value(v)}`" for k, v in self.best["params"].items()), ""]
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
-                      ", ".join(f"`{k}={_fmt(v)}`" for k, v in self.recommended.items()), "",
+                      ", ".join(f"`{k}={format_value(v)}`" for k, v in self.recommended.items()), "",
                       f"lr is at most {SAFETY}x the smallest lr of its combination that diverged or stalled "
                       "above the band (or its largest stable lr where none did).", ""]
         if self.importance:
@@ -364,7 +364,7 @@ def divergence_rates(df: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, f
     for k in keys:
         rates = {}
         for key, sub in _groupby(judged, [k]):
-            rates[_fmt(key[0])] = float((sub["verdict"] == DIVERGED).mean())
+            rates[format_value(key[0])] = float((sub["verdict"] == DIVERGED).mean())
         if rates:
             out[k] = rates
     return out
@@ -574,10 +574,6 @@ def _budget(df: pd.DataFrame) -> int | None:
     return None
 
 
-def _isnan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
 def _sort_key(v: Any):
     v = py(v)
     if v is None:
@@ -585,10 +581,6 @@ def _sort_key(v: Any):
     if isinstance(v, (int, float)):
         return (1, float(v), "")
     return (2, 0, str(v))
-
-
-def _fmt(v: Any) -> str:
-    return format_value(v)
 
 
 class _quiet_warnings:

@@ -98,7 +98,8 @@ def _file_name(src: FileSource, image_size: int, key: str) -> str:
     return f"{safe}-{image_size}px-{key[:20]}.u8"
 
 
-def _sample(n: int) -> np.ndarray:
+def checked_rows(n: int) -> np.ndarray:
+    """The rows of an n-row cache whose CRC the open check reads: at most SAMPLE_ROWS, spread evenly."""
     return np.unique(np.linspace(0, n - 1, min(n, SAMPLE_ROWS)).round().astype(np.int64))
 
 
@@ -123,7 +124,7 @@ def check(path: Path, key: str, n: int, image_size: int) -> tuple[np.ndarray | N
                 return None, "the CRC table is damaged"
             crc = np.frombuffer(table, dtype="<u4").copy()
             rb = row_bytes(image_size)
-            for i in _sample(n):
+            for i in checked_rows(n):
                 f.seek(data + int(i) * rb)
                 if zlib.crc32(f.read(rb)) != crc[i]:
                     return None, f"row {int(i)} does not match its CRC"

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from stablesweep.config import AugmentConfig
 
 from .images import normalise
-from .mixing import Batch, _seed_of
+from .mixing import Batch, seed_of
 
 ATTEMPTS = 10  # boxes tried per sample before the whole image is used (as torchvision's RandomResizedCrop)
 
@@ -77,7 +77,7 @@ class DeviceInput:
 
     def _augment(self, x: torch.Tensor, step: int) -> torch.Tensor:
         n, a = len(x), self.augment
-        g = torch.Generator().manual_seed(_seed_of("augment", self.seed, step))
+        g = torch.Generator().manual_seed(seed_of("augment", self.seed, step))
         if a.random_resized_crop:
             cx, cy, w, h = crop_boxes(n, a, g).unbind(1)
         else:

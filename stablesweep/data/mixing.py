@@ -31,7 +31,7 @@ MIXINGS = ("proportional", "balanced", "weighted")
 PREFETCH = 2  # batches in flight a loader worker
 
 
-def _seed_of(*parts: Any) -> int:
+def seed_of(*parts: Any) -> int:
     """A stable 63-bit seed from parts (sha256; never Python's salted hash)."""
     text = "/".join(str(p) for p in ("stablesweep",) + parts)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
@@ -166,7 +166,7 @@ class _Batches(Dataset):
         return Batch(images, self._offsets[ids] + local, local, ids, segs, dropped)
 
 
-class _MixedDataset(_Batches):
+class MixedDataset(_Batches):
     """The train splits concatenated: flat index -> (dataset id, sample index)."""
 
     def __init__(self, sources: list, label_space: LabelSpace, on_bad_label: str, image_size: int):
@@ -185,7 +185,7 @@ class _MixedDataset(_Batches):
         return self.sources[d]
 
 
-class _EvalDataset(_Batches):
+class EvalDataset(_Batches):
     """One dataset's eval subset: position k -> sample indices[k]."""
 
     def __init__(self, source, d: int, indices: np.ndarray, label_space: LabelSpace, on_bad_label: str,
@@ -262,7 +262,7 @@ class MixingBatchSampler:
         return self.n // self.batch_size
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(_seed_of("epoch", self.seed, epoch))
+        g = torch.Generator().manual_seed(seed_of("epoch", self.seed, epoch))
         if self.mixing == "proportional":
             return torch.randperm(self.n, generator=g)
         ds = torch.multinomial(self.probs, self.n, replacement=True, generator=g)
@@ -288,7 +288,7 @@ def eval_subset(name: str, n: int, ratio: float) -> np.ndarray:
     k = min(n, max(1, round(ratio * n)))
     if k == n:
         return np.arange(n, dtype=np.int64)
-    g = torch.Generator().manual_seed(_seed_of("eval", name))
+    g = torch.Generator().manual_seed(seed_of("eval", name))
     return np.sort(torch.randperm(n, generator=g)[:k].numpy())
 
 
@@ -307,16 +307,16 @@ class MultiData:
         self.mixing = cfg.datasets.mixing
         dcs = cfg.datasets.dataset_configs
         self.weights = [dcs[n].weight if dcs[n].weight is not None else 1.0 for n in label_space.names]
-        self._train = _MixedDataset(train_sources, label_space, self.on_bad_label, self.image_size)
+        self.train_set = MixedDataset(train_sources, label_space, self.on_bad_label, self.image_size)
         self.train_sizes: dict[str, int] = {n: len(s) for n, s in zip(label_space.names, train_sources)}
-        self.train_size = len(self._train)
-        self._eval: dict[str, _EvalDataset] = {}
+        self.train_size = len(self.train_set)
+        self.eval_sets: dict[str, EvalDataset] = {}
         self.eval_names: list[str] = []
         for d, name in enumerate(label_space.names):
             src = val_sources.get(name)
             if src is None or len(src) == 0 or cfg.eval_skipped(name):
                 continue
-            self._eval[name] = _EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio),
+            self.eval_sets[name] = EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio),
                                             label_space, self.on_bad_label, self.image_size)
             self.eval_names.append(name)
 
@@ -332,11 +332,11 @@ class MultiData:
                   rebuild: bool = False, strict: bool = False) -> dict:
         """Read every manifest/folder split the run reads from its decoded-image cache (data.cache), building
         the missing ones when `build`; the summary of `cache.cached` (which says what `strict` is)."""
-        evals = list(self._eval.values())
-        sources, summary = cached(self.cfg, self._train.sources + [e.src for e in evals], build_missing=build,
+        evals = list(self.eval_sets.values())
+        sources, summary = cached(self.cfg, self.train_set.sources + [e.src for e in evals], build_missing=build,
                                   log=log, workers=workers, progress=progress, rebuild=rebuild, strict=strict)
-        self._train.sources = sources[:len(self._train.sources)]
-        for e, src in zip(evals, sources[len(self._train.sources):]):
+        self.train_set.sources = sources[:len(self.train_set.sources)]
+        for e, src in zip(evals, sources[len(self.train_set.sources):]):
             e.src = src
         return summary
 
@@ -348,14 +348,14 @@ class MultiData:
         `batch_size` (DistributedSampler's split), so the ranks' shares make up the same global batches."""
         sampler = self.batch_sampler(batch_size, seed, start_step, shard)
         workers = {"persistent_workers": True, "prefetch_factor": PREFETCH} if num_workers else {}
-        return iter(DataLoader(self._train, batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
+        return iter(DataLoader(self.train_set, batch_sampler=sampler, collate_fn=_as_is, num_workers=num_workers,
                                pin_memory=pin_memory, **workers))
 
-    def _eval_ds(self, name: str) -> _EvalDataset:
-        if name not in self._eval:
+    def _eval_ds(self, name: str) -> EvalDataset:
+        if name not in self.eval_sets:
             raise KeyError(f"{name!r} is not evaluated (evaluated: {', '.join(self.eval_names) or 'none'}; "
                            f"a dataset without a val split or with skip_evaluation is not)")
-        return self._eval[name]
+        return self.eval_sets[name]
 
     def eval_size(self, name: str) -> int:
         return len(self._eval_ds(name))

@@ -38,14 +38,14 @@ def synthetic_sizes(cfg: Config, d: DatasetConfig) -> dict[str, int]:
 
 
 @lru_cache(maxsize=None)
-def _prototype(seed: int, global_class: int) -> np.ndarray:
+def class_prototype(seed: int, global_class: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 0x5EED, global_class])
     return rng.standard_normal((3, GRID, GRID), dtype=np.float32)
 
 
 def synth_pixels(seed: int, global_class: int, split: str, index: int, size: int, noise: float) -> torch.Tensor:
     """The synthetic image (float32 [3,size,size] in [0,1]) of sample `index` of class `global_class`."""
-    proto = torch.from_numpy(_prototype(seed, global_class))[None]
+    proto = torch.from_numpy(class_prototype(seed, global_class))[None]
     up = F.interpolate(proto, size=(size, size), mode="bilinear", align_corners=False)[0]
     rng = np.random.default_rng([seed, _SPLIT_ID[split], global_class, index])
     eps = torch.from_numpy(rng.standard_normal((3, size, size), dtype=np.float32))

@@ -13,7 +13,7 @@ from stablesweep.vocab import LR_KEY, InputError, finite, format_value
 from .keys import config_value, same
 
 # short axis names a region file may use -> the dotted config keys
-ALIASES = {"lr": "training.lr", "precision": "training.precision", "clip": "training.max_grad_norm",
+ALIASES = {"lr": LR_KEY, "precision": "training.precision", "clip": "training.max_grad_norm",
            "max_grad_norm": "training.max_grad_norm", "masking": "loss.masking", "loss_type": "loss.type",
            "label_smoothing": "loss.label_smoothing", "mask_in": "loss.mask_in", "optimizer": "training.optimizer"}
 EXPECTED = ("expected a sweep's stable_region.json (`groups`: [{key, max_stable_lr, min_diverged_lr, ...}]) "

@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stablesweep.vocab import DIVERGED, REPLICATE, STABLE, STALLED, recommended_lr
+from stablesweep.vocab import DIVERGED, ERROR, REPLICATE, STABLE, STALLED, recommended_lr
 
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
@@ -217,7 +217,7 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
     (and `s.status` then says how it ended)."""
     if s.status != RUNNING:
         return []
-    if any(p.verdict == "error" for p in s.tested):
+    if any(p.verdict == ERROR for p in s.tested):
         s.status = FAILED
         return []
     lo, hi = s.max_stable, s.min_failed
@@ -274,7 +274,7 @@ def seed_from_range_test(s: Setting, rt: Probe, lr_start: float, lr_stop: float,
     parallel). A range test that never diverged proposes the top of the ladder.
     """
     s.range_test = rt
-    if rt.verdict == "diverged" and rt.first_bad_step >= 0:
+    if rt.verdict == DIVERGED and rt.first_bad_step >= 0:
         hi = range_test_lr(lr_start, lr_stop, rt_steps, rt.first_bad_step)
     else:
         hi = lr_stop

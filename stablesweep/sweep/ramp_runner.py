@@ -30,7 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from stablesweep.analysis.boundary import fit_boundary
-from stablesweep.analysis.plots import boundary_data, plot_boundary
+from stablesweep.analysis.plots import boundary_data, plot_boundary, plot_ramp, ramp_data
 from stablesweep.config import ConfigError, load_config
 from stablesweep.data import build_data
 from stablesweep.sweep.cluster import (
@@ -56,13 +56,27 @@ from stablesweep.sweep.ramp import (
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
 from stablesweep.sweep.trainable import WARM_START
-from stablesweep.vocab import HISTORY, LR_KEY, REPLICATE, SEED_KEY, InputError
+from stablesweep.vocab import (
+    DIVERGED,
+    ERROR,
+    FIRST_BAD_STEP,
+    HISTORY,
+    LR_KEY,
+    OBJECTIVE,
+    REASON,
+    REPLICATE,
+    SEED_KEY,
+    STABLE,
+    STEP,
+    TRAIN_FLOPS,
+    VERDICT,
+    InputError,
+)
 
 MODES = ("restart", "continue")
 # the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
 _REPORTED = ("loss", "last_loss", "grad_norm", "max_grad_norm_seen", "nonfinite_steps", "overflow_steps",
              "train_flops", "samples_per_s", "lr", "progress", "initial_loss", "flops_per_step", "budget_steps")
-VERDICT_COLORS = {"stable": "tab:green", "stalled": "tab:orange", "diverged": "tab:red", "error": "tab:gray"}
 
 
 @dataclass
@@ -263,7 +277,7 @@ class _Rounds:
                 probe.lr = self.opts.lr_start
                 todo[s.key] = seed_from_range_test(s, probe, self.opts.lr_start, self.opts.lr_stop, rt_steps,
                                                    self.per_setting)
-                where = (f"blew up at step {probe.first_bad_step}" if probe.verdict == "diverged"
+                where = (f"blew up at step {probe.first_bad_step}" if probe.verdict == DIVERGED
                          else "never diverged")
                 self.echo(f"  range test {short_name(s.params) or 'config'}: {where}; verifying "
                           + ", ".join(f"{lr:.2e}" for lr, _ in todo[s.key]))
@@ -324,21 +338,21 @@ class _Rounds:
         for req in reqs:
             r = results[_config_key(req.config)]
             m = r.metrics or {}
-            if r.error is not None or "verdict" not in m:
-                probe = Probe(req.lr, "error", phase=req.phase, reason=str(r.error)[:200] if r.error else None)
+            if r.error is not None or VERDICT not in m:
+                probe = Probe(req.lr, ERROR, phase=req.phase, reason=str(r.error)[:200] if r.error else None)
             else:
-                probe = Probe(req.lr, m["verdict"], m.get("reason"), int(m.get("first_bad_step", -1)),
-                              int(m.get("step", 0)), float(m.get("train_flops", 0.0)),
-                              float(m.get("time_total_s", 0.0)), req.phase, float(m.get("objective", math.nan)),
+                probe = Probe(req.lr, m[VERDICT], m.get(REASON), int(m.get(FIRST_BAD_STEP, -1)),
+                              int(m.get(STEP, 0)), float(m.get(TRAIN_FLOPS, 0.0)),
+                              float(m.get("time_total_s", 0.0)), req.phase, float(m.get(OBJECTIVE, math.nan)),
                               start_step=req.start_step,
-                              checkpoint=self._uri(r.checkpoint) if m["verdict"] == "stable" else None,
+                              checkpoint=self._uri(r.checkpoint) if m[VERDICT] == STABLE else None,
                               trial_id=m.get("trial_id"), node_id=m.get("node_id"))
             probe.seed = req.config.get(SEED_KEY)
             probes.append(probe)
             s = req.setting
             self._log(s, probe, m, r)
             self.echo(f"    {short_name(s.params) or 'config'} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
-                      + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == "diverged" else "")
+                      + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == DIVERGED else "")
                       + (f" steps {probe.start_step}->{probe.steps}" if probe.start_step else ""))
         return probes
 
@@ -494,38 +508,7 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
         path = rec_dir / f"{s.key}.yaml"
         path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
         files[f"recommended/{s.key}.yaml"] = path
-    files["ramp.png"] = plot_ramp(settings, summary, ramp_dir / "ramp.png", budget)
+    labels = [short_name(s.params) or "config" for s in settings]
+    probes = [[(p.lr, p.verdict, p.phase) for p in s.tested] for s in settings]
+    files["ramp.png"] = plot_ramp(ramp_data(labels, probes, summary, budget), ramp_dir / "ramp.png")
     return files
-
-
-def plot_ramp(settings: list[Setting], summary: list[dict], path: Path, budget: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9.5, 0.6 * len(settings) + 1.6))
-    for i, (s, x) in enumerate(zip(settings, summary)):
-        for p in s.tested:
-            ax.scatter(p.lr, i, color=VERDICT_COLORS.get(p.verdict, "k"), marker="o" if p.phase != "bisect" else "D",
-                       s=36, zorder=3)
-        if x["max_stable_lr"] and x["min_failed_lr"]:
-            ax.plot([x["max_stable_lr"], x["min_failed_lr"]], [i, i], color="k", lw=3, alpha=0.4, zorder=2)
-        if x["recommended_lr"]:
-            ax.scatter(x["recommended_lr"], i, marker="*", color="tab:blue", s=110, zorder=4)
-    ax.set_xscale("log")
-    ax.set_yticks(range(len(settings)), [short_name(s.params) or "config" for s in settings])
-    ax.set_xlabel("learning rate")
-    ax.set_title(f"lr ramp: probes per setting (budget {budget} steps)")
-    from matplotlib.lines import Line2D
-
-    seen = {p.verdict for s in settings for p in s.tested}
-    handles = [Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLORS.items() if v in seen]
-    handles.append(Line2D([], [], marker="D", ls="", color="k", label="bisection probe"))
-    handles.append(Line2D([], [], marker="*", ls="", color="tab:blue", markersize=10, label="recommended"))
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    ax.grid(True, which="both", axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -63,14 +63,17 @@ from stablesweep.sweep.cluster import (
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.search import (
+    ABANDONED,
     SAMPLERS,
     StabilitySearcher,
+    open_study,
     reconcile_study,
     sqlite_url,
+    study_summary,
 )
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, load_space, short_name
-from stablesweep.sweep.stopper import Outcome
+from stablesweep.sweep.stopper import Outcome, asha_for
 from stablesweep.vocab import (
     DIVERGED,
     LR_KEY,
@@ -79,6 +82,7 @@ from stablesweep.vocab import (
     STABLE,
     STALLED,
     UNFINISHED,
+    VERDICT,
     VERDICTS,
     InputError,
     py,
@@ -266,7 +270,6 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
          max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
     from ray import tune
 
-    from stablesweep.sweep.stopper import asha_for
     from stablesweep.tracking import Tracker, create_store
 
     opts, space = plan.opts, plan.space
@@ -378,8 +381,6 @@ def _save_elsewhere(plan: SweepPlan) -> Path | None:
     """The sweep's trials as its Optuna study holds them (read-only: the study's disk may be full),
     written to trials.csv in a new temporary folder (TMPDIR or /tmp, another file system than
     `--out` as a rule); None when that fails too."""
-    from stablesweep.sweep.search import study_summary
-
     try:
         rows = study_summary(plan.study_url, plan.name)
         keys = plan.space.keys
@@ -448,8 +449,6 @@ def _rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
     that the restored Tune does not hold them (a disk full: Tune's state could not be written): their
     settings are queued in Optuna to run again under new Tune trials, each marked `rerun_of` the lost
     one, so every setting ends in exactly one trial of the sweep's table. Returns their numbers."""
-    from stablesweep.sweep.search import open_study
-
     if not (plan.sweep_dir / "optuna.db").exists():
         return []
     try:
@@ -459,7 +458,7 @@ def _rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
     trials = study.get_trials(deepcopy=False)
     rerun = {t.user_attrs.get(RERUN_OF) for t in trials}
     lost = [t for t in trials if t.state.is_finished() and t.user_attrs.get("tune_trial_id") not in (known | {None})
-            and t.user_attrs.get("verdict") != "abandoned" and t.number not in rerun]
+            and t.user_attrs.get(VERDICT) != ABANDONED and t.number not in rerun]
     for t in lost:
         study.enqueue_trial(t.params, user_attrs={RERUN_OF: t.number})
     return [t.number for t in lost]
@@ -690,7 +689,6 @@ def _delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]
     its trash), so that the sweep shows one child run a trial of its table. Lost: not in the
     table, and either run again (see `_rerun_lost_trials`) or never ended (started after Tune's
     last saved state; its Optuna trial went to a new Tune trial)."""
-    from stablesweep.sweep.search import study_summary
     from stablesweep.tracking import TRIAL_TAG
 
     rows = study_summary(plan.study_url, plan.name)

@@ -22,13 +22,14 @@ from ray.tune.search import Searcher
 
 from stablesweep.sweep.space import SearchSpace, SpaceError, short_name
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, PRUNED, STABLE, STALLED
+from stablesweep.vocab import DIVERGED, PRUNED, REASON, STABLE, STALLED, VERDICT
 
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("tpe", "qmc", "random", "grid")
 DIVERGED_CONSTRAINT = "diverged"  # Optuna constraint: > 0 means the trial diverged (infeasible)
 STALLED_CONSTRAINT = "stalled"    # Optuna constraint: > 0 means the trial ran its budget but did not learn
+ABANDONED = "abandoned"  # the verdict user attr of a trial asked by an interrupted run and never run (no verdict of vocab)
 
 
 def make_sampler(name: str, space: SearchSpace, seed: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -274,8 +275,8 @@ def reconcile_study(storage_url: str, study_name: str, outcomes: dict[str, Outco
             continue
         else:
             trial = optuna.Trial(study, ft._trial_id)
-            trial.set_user_attr("verdict", "abandoned")
-            trial.set_user_attr("reason", "asked by an interrupted run and never run")
+            trial.set_user_attr(VERDICT, ABANDONED)
+            trial.set_user_attr(REASON, "asked by an interrupted run and never run")
             study.tell(ft.number, state=TrialState.FAIL)
     return numbers
 

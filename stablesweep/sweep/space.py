@@ -326,7 +326,7 @@ def _fmt_sample(sample: dict) -> str:
 # ---- readable names -------------------------------------------------------------------------
 
 _SHORT = {
-    "training.lr": "lr",
+    LR_KEY: "lr",
     "training.precision": "",
     "loss.masking": "",
     "training.max_grad_norm": "clip",
@@ -341,7 +341,7 @@ def short_name(params: dict[str, Any]) -> str:
     for k in order:
         v = params[k]
         label = _SHORT.get(k, k.rsplit(".", 1)[-1])
-        if k == "training.lr" and isinstance(v, (int, float)):
+        if k == LR_KEY and isinstance(v, (int, float)):
             parts.append(f"lr={float(v):.1e}")
         elif label:
             parts.append(f"{label}={format_value(v)}")

@@ -170,3 +170,20 @@ def test_boundary_data_and_figure(tmp_path):
     assert len(a["curve"][0]) == 60 and a["curve"][1][0] < 0.5 < a["curve"][1][-1]
     assert b["curve"] == ([], []) and b["lr_at_risk"] is None and b["note"]
     assert png(plot_boundary(info, tmp_path / "b.png", 30))[0] == 704
+
+
+def test_ramp_data_and_figure(tmp_path):
+    from stablesweep.analysis.plots import plot_ramp, ramp_data
+
+    probes = [[(1e-3, "stable", "climb"), (1e-2, "diverged", "climb"), (5e-3, "stable", "bisect")],
+              [(1e-6, "error", "climb")]]
+    summary = [{"max_stable_lr": 5e-3, "min_failed_lr": 1e-2, "recommended_lr": 2.5e-3},
+               {"max_stable_lr": None, "min_failed_lr": None, "recommended_lr": None}]
+    info = ramp_data(["bf16 slice", "config"], probes, summary, budget=30)
+    a, b = info.rows
+    assert a == {"label": "bf16 slice", "bracket": (5e-3, 1e-2), "recommended": 2.5e-3,
+                 "probes": [(1e-3, "stable", False), (1e-2, "diverged", False), (5e-3, "stable", True)]}
+    assert b == {"label": "config", "bracket": None, "recommended": None, "probes": [(1e-6, "error", False)]}
+    assert info.budget == 30
+    width, height = png(plot_ramp(info, tmp_path / "ramp.png"))
+    assert width == 9.5 * 110 and height == pytest.approx((0.6 * 2 + 1.6) * 110, abs=1)

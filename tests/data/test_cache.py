@@ -22,7 +22,7 @@ from PIL import Image
 
 from stablesweep.config import config_from_dict
 from stablesweep.data import DataError, build_data
-from stablesweep.data.cache import CachedSource, _sample, check, source_key
+from stablesweep.data.cache import CachedSource, check, checked_rows, source_key
 from stablesweep.data.images import decode
 from stablesweep.data.manifests import FileSource
 
@@ -59,11 +59,11 @@ def leftovers(d: Path) -> list[Path]:
 def test_same_seed_same_batches_with_or_without_the_cache(root, cache_dir):
     cfg = jpeg_config(root, {"a": (3, 30), "b": (2, 20)}, val=6, training={"steps": 10})  # reads 80 >= 50
     off = build_data(with_cache(cfg, "off"))
-    assert all(isinstance(s, FileSource) for s in off._train.sources)
+    assert all(isinstance(s, FileSource) for s in off.train_set.sources)
     logs = []
     on = build_data(cfg, log=logs.append)
-    assert all(isinstance(s, CachedSource) for s in on._train.sources)
-    assert all(isinstance(e.src, CachedSource) for e in on._eval.values())
+    assert all(isinstance(s, CachedSource) for s in on.train_set.sources)
+    assert all(isinstance(e.src, CachedSource) for e in on.eval_sets.values())
     assert len(u8_files(cache_dir)) == 4 and not leftovers(cache_dir)  # a file a split: 2 train, 2 val
     assert any("built a-train-16px-" in m for m in logs)
     reference = take(off.train_batches(8, seed=5), 14)  # 6 steps an epoch: crosses two epochs
@@ -81,16 +81,16 @@ def test_same_seed_same_batches_with_or_without_the_cache(root, cache_dir):
 def test_auto_builds_for_a_run_that_reads_its_train_set_and_reads_whatever_is_there(root, cache_dir):
     cfg = jpeg_config(root, {"a": (3, 40)}, training={"steps": 2})  # reads 16 of 40 images: not worth a build
     short = build_data(cfg)
-    assert isinstance(short._train.sources[0], FileSource) and not u8_files(cache_dir)
+    assert isinstance(short.train_set.sources[0], FileSource) and not u8_files(cache_dir)
     full = config_from_dict(cfg.to_dict(), ["training.steps=5"], source=cfg.source, base_dir=cfg.base_dir)
-    assert isinstance(build_data(full)._train.sources[0], CachedSource)  # 40 of 40: builds
-    assert isinstance(build_data(cfg)._train.sources[0], CachedSource)  # the short run now reads it
+    assert isinstance(build_data(full).train_set.sources[0], CachedSource)  # 40 of 40: builds
+    assert isinstance(build_data(cfg).train_set.sources[0], CachedSource)  # the short run now reads it
 
 
 def test_a_path_resolves_against_the_config_and_always_builds(root, cache_dir):
     cfg = jpeg_config(root, {"a": (3, 40)}, training={"steps": 1}, data={"cache": "mycache"})
     data = build_data(cfg)
-    assert isinstance(data._train.sources[0], CachedSource)
+    assert isinstance(data.train_set.sources[0], CachedSource)
     assert len(u8_files(root / "mycache")) == 1 and not u8_files(cache_dir)
 
 
@@ -131,7 +131,7 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(root, cache_dir, how):
     data = build_data(cfg, log=logs.append)
     assert any(f"{path} is not used" in m for m in logs), logs
     assert any(f"built {path.name}" in m for m in logs)
-    src = data._train.sources[0]
+    src = data.train_set.sources[0]
     assert check(path, source_key(src.source, 16), 40, 16)[0] is not None  # whole again
     assert_same(reference, take(data.train_batches(8, seed=1), 6))
 
@@ -140,34 +140,34 @@ def test_an_edited_row_the_open_check_misses_is_caught_when_read(root, cache_dir
     cfg = jpeg_config(root, {"a": (3, 100)}, training={"steps": 13})  # 100 rows: the open check samples 64
     build_data(cfg)
     [path] = u8_files(cache_dir)
-    row = next(i for i in range(100) if i not in set(_sample(100).tolist()))
+    row = next(i for i in range(100) if i not in set(checked_rows(100).tolist()))
     b = bytearray(path.read_bytes())
     start = len(b) - (100 - row) * 3 * 16 * 16
     b[start:start + 10] = bytes(10)
     path.write_bytes(bytes(b))
     data = build_data(cfg)  # the sample passes: opened
-    src = data._train.sources[0]
+    src = data.train_set.sources[0]
     assert isinstance(src, CachedSource)
     with pytest.warns(UserWarning, match=f"row {row} .* does not match its checksum"):
-        batch = data._train.__getitems__([row, 0])
+        batch = data.train_set.__getitems__([row, 0])
     assert torch.equal(batch.images[0], decode(src.source.paths[row], 16))  # the file's pixels, not the cache's
     assert not path.exists() and path.with_suffix(".corrupt").exists()  # moved aside: the next run rebuilds
     logs = []
     again = build_data(cfg, log=logs.append)
     assert any(f"built {path.name}" in m for m in logs)
-    assert torch.equal(again._train.sources[0].pixels(row), decode(src.source.paths[row], 16))
+    assert torch.equal(again.train_set.sources[0].pixels(row), decode(src.source.paths[row], 16))
 
 
 def test_an_image_changed_after_the_build_changes_the_key(root, cache_dir):
     cfg = jpeg_config(root, {"a": (3, 40)})
-    first = build_data(cfg)._train.sources[0]
+    first = build_data(cfg).train_set.sources[0]
     image = Path(first.source.paths[3])
     before = first.pixels(3)
     Image.new("RGB", (40, 30), (250, 10, 10)).save(image, quality=90)
     st = image.stat()
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a coarse clock still sees the change
     logs = []
-    second = build_data(cfg, log=logs.append)._train.sources[0]
+    second = build_data(cfg, log=logs.append).train_set.sources[0]
     assert second.path != first.path and len(u8_files(cache_dir)) == 2
     assert any("built" in m for m in logs)
     after = second.pixels(3)
@@ -205,7 +205,7 @@ def test_a_cache_directory_that_is_not_writable(root, monkeypatch):
     monkeypatch.setenv("STABLESWEEP_CACHE_DIR", str(root / "a_file" / "cache"))
     with pytest.warns(UserWarning, match=r"a_file/cache: not a writable directory.*without a cache"):
         data = build_data(with_cache(cfg, "auto"))  # auto: warn, decode as it goes
-    assert isinstance(data._train.sources[0], FileSource)
+    assert isinstance(data.train_set.sources[0], FileSource)
     assert next(data.train_batches(8, seed=0)).images.shape == (8, 3, 16, 16)
 
 
@@ -243,7 +243,7 @@ def test_a_full_disk_small_tmpfs(root, tmpfs, monkeypatch):
     monkeypatch.setenv("STABLESWEEP_CACHE_DIR", str(small))
     with pytest.warns(UserWarning, match="the cache does not fit"):
         data = build_data(with_cache(cfg, "auto"))
-    assert isinstance(data._train.sources[0], FileSource)
+    assert isinstance(data.train_set.sources[0], FileSource)
     assert not any(small.iterdir())
 
 
@@ -263,7 +263,7 @@ def test_a_full_disk_while_building_in_a_subprocess(root, tmp_path):
             "with warnings.catch_warnings(record=True) as w:\n"
             "    warnings.simplefilter('always')\n"
             "    d = build_data(load_config(sys.argv[1], ['data.cache=auto']))\n"
-            "print(type(d._train.sources[0]).__name__, next(d.train_batches(8, 0)).images.shape[0])\n"
+            "print(type(d.train_set.sources[0]).__name__, next(d.train_batches(8, 0)).images.shape[0])\n"
             "print([str(x.message) for x in w])\n")
     env = dict(os.environ, STABLESWEEP_CACHE_DIR=str(tmp_path / "auto"))
     p = subprocess.run([sys.executable, "-c", code, str(root / "config.yaml")], capture_output=True, text=True,
@@ -272,7 +272,7 @@ def test_a_full_disk_while_building_in_a_subprocess(root, tmp_path):
     assert p.stdout.startswith("FileSource 8") and "File too large" in p.stdout and "without a cache" in p.stdout
     assert not u8_files(tmp_path / "auto") and not leftovers(tmp_path / "auto")
     data = build_data(cfg)  # without the limit the same build succeeds
-    assert isinstance(data._train.sources[0], CachedSource)
+    assert isinstance(data.train_set.sources[0], CachedSource)
 
 
 # ---- a builder killed half-way, several builders at once ------------------------------------------
@@ -327,7 +327,7 @@ def test_a_builder_killed_half_way_leaves_nothing_that_is_read(root, cache_dir):
     assert child.returncode == -signal.SIGKILL and not u8_files(cache_dir)
     reference = take(build_data(with_cache(cfg, "off")).train_batches(8, seed=2), 5)
     data = build_data(cfg)  # the lock died with the builder; the stale temp file is removed
-    assert isinstance(data._train.sources[0], CachedSource)
+    assert isinstance(data.train_set.sources[0], CachedSource)
     assert len(u8_files(cache_dir)) == 1 and not leftovers(cache_dir)
     assert_same(reference, take(data.train_batches(8, seed=2), 5))
 
@@ -351,7 +351,7 @@ def test_builders_started_together_build_once(root, cache_dir):
     assert sum("another process is building" in out for out in outs) == 2
     [path] = u8_files(cache_dir)
     assert not leftovers(cache_dir)
-    src = build_data(with_cache(cfg, "off"))._train.sources[0]
+    src = build_data(with_cache(cfg, "off")).train_set.sources[0]
     crc, _ = check(path, source_key(src, 16), 100, 16)
     assert crc is not None
     cached = CachedSource(src, path, crc)
@@ -373,7 +373,7 @@ def test_a_waiting_builder_reads_what_the_first_one_built(root, cache_dir):
         data = build_data(cfg, log=logs.append)
         assert time.perf_counter() - t0 > 0.2  # it waited for the child's next chunks
         assert any("another process is building" in m for m in logs) and not any("built" in m for m in logs)
-        assert isinstance(data._train.sources[0], CachedSource)
+        assert isinstance(data.train_set.sources[0], CachedSource)
         child.communicate(timeout=120)
     finally:
         _reap([child])

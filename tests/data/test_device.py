@@ -26,7 +26,7 @@ def test_normalisation_matches_the_sources_own_load(root):
     x = DeviceInput(CPU, None, AugmentConfig(), seed=0)(batch).images
     assert x.dtype == torch.float32 and x.shape == batch.images.shape
     d, i = 0, 5
-    src = data._train.sources[d]
+    src = data.train_set.sources[d]
     assert torch.equal(normalise(src.pixels(i)), src.load(i))
     assert torch.equal(x, normalise(batch.images))
     bf = DeviceInput(CPU, torch.bfloat16, AugmentConfig(), seed=0)(batch).images

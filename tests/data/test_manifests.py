@@ -6,7 +6,7 @@ import torch
 
 from stablesweep.data import DataError, ProblemKind, build_data, validate_labels
 from stablesweep.data.manifests import scan
-from stablesweep.data.mixing import LabelSpace, _MixedDataset
+from stablesweep.data.mixing import LabelSpace, MixedDataset
 
 from .conftest import make_config, write_manifest, write_png
 
@@ -217,8 +217,8 @@ def test_runtime_guard_in_collate(root):
     _, sources = scan(cfg)
     space = LabelSpace.from_config(cfg)
     with pytest.raises(DataError, match=r"d: d_train.jsonl:3: label 3 is outside \[0, 3\)"):
-        _MixedDataset([sources[("d", "train")]], space, "error", 8).__getitems__([0, 2, 1])
-    ds = _MixedDataset([sources[("d", "train")]], space, "skip", 8)
+        MixedDataset([sources[("d", "train")]], space, "error", 8).__getitems__([0, 2, 1])
+    ds = MixedDataset([sources[("d", "train")]], space, "skip", 8)
     b = ds.__getitems__([0, 2, 1])
     assert b.dropped == 1 and b.local_labels.tolist() == [0, 1]
     empty = ds.__getitems__([2])

@@ -9,7 +9,7 @@ import torch
 from stablesweep.config import load_config
 from stablesweep.data import build_data, validate_labels, write_synthetic
 from stablesweep.data.images import normalise
-from stablesweep.data.synthetic import SyntheticSource, _prototype
+from stablesweep.data.synthetic import SyntheticSource, class_prototype
 
 from .conftest import make_config, synthetic_cfg
 
@@ -39,16 +39,16 @@ def test_sizes_and_overrides(root):
 
 
 def test_two_thousand_classes_are_lazy(root):
-    before = _prototype.cache_info().currsize
+    before = class_prototype.cache_info().currsize
     t = time.perf_counter()
     cfg = make_config(root, {"food2k": {"num_classes": 2000, "source": "synthetic"}})
     md = build_data(cfg)
     assert time.perf_counter() - t < 1.0
     assert md.train_size == 16 * 2000
-    assert _prototype.cache_info().currsize == before  # nothing generated yet
+    assert class_prototype.cache_info().currsize == before  # nothing generated yet
     b = next(md.train_batches(4, seed=0))
     assert b.images.shape == (4, 3, 8, 8)
-    assert _prototype.cache_info().currsize <= before + 4
+    assert class_prototype.cache_info().currsize <= before + 4
 
 
 def test_normalised_and_carries_class_structure(root):

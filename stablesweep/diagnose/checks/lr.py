@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from stablesweep.config import total_steps
-from stablesweep.vocab import SAFETY, format_value, recommended_lr
+from stablesweep.vocab import LR_KEY, SAFETY, format_value, recommended_lr
 
 from ..findings import Finding
 from ..keys import config_value
@@ -21,7 +21,7 @@ def check_lr(ctx: Context) -> list[Finding]:
                         f"lr {lr:.3g} is not checked against a measured stability boundary",
                         [f"training.lr: {lr:g} ({setting}); no --region given"],
                         f"run `stablesweep ramp {ctx.config_path}` (or a sweep) and pass its ramp.json "
-                        "(or stable_region.json) with --region", "training.lr")]
+                        "(or stable_region.json) with --region", LR_KEY)]
     train = sum(s.count for s in ctx.report.splits if s.split == "train")
     run_steps = total_steps(cfg, max(train, 1))
     s = measured.setting_for(cfg)
@@ -33,7 +33,7 @@ def check_lr(ctx: Context) -> list[Finding]:
         return [Finding("lr.setting_unmeasured", "info",
                         f"{name} has no measurement for this config's setting ({mine or setting})",
                         [f"measured settings: {known}"],
-                        f"run `stablesweep ramp {ctx.config_path}` with this setting in the space", "training.lr")]
+                        f"run `stablesweep ramp {ctx.config_path}` with this setting in the space", LR_KEY)]
     budget = s.budget_steps or measured.budget_steps
     bud = f"{budget} steps" if budget else "an unknown step budget"
     ev = [f"{name} ({measured.kind}), setting {s.label}: max stable lr "
@@ -50,28 +50,28 @@ def check_lr(ctx: Context) -> list[Finding]:
         return [Finding("lr.no_stable", "error",
                         f"no lr was stable with this setting ({s.label}) in {name}", ev,
                         "change the setting (precision, masking, clipping) to one with a measured stable lr, or "
-                        f"ramp lower than {format_value(D)}", "training.lr")]
+                        f"ramp lower than {format_value(D)}", LR_KEY)]
     rec = s.recommended_lr if s.recommended_lr is not None else recommended_lr(M, max_stable=M, min_diverged=D)
     if D is not None and lr >= D:
         return [Finding("lr.above_boundary", "error",
                         f"lr {lr:.3g} is at or above the smallest lr that diverged or stalled above the stable "
                         f"band ({D:.3g}) with this setting",
                         ev, f"training.lr: {rec:.3g} (the recommended lr: max stable {M:.3g}, at most {SAFETY} x "
-                            f"{D:.3g})", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
+                            f"{D:.3g})", LR_KEY, {LR_KEY: float(f"{rec:.3g}")})]
     if lr > M:
         return [Finding("lr.above_max_stable", "warning",
                         f"lr {lr:.3g} is {lr / M:.3g}x the largest lr measured stable ({M:.3g}) with this setting",
                         ev,
                         f"training.lr: {rec:.3g} (the recommended lr), or measure up to {lr:g} with "
-                        f"`stablesweep ramp`", "training.lr", {"training.lr": float(f"{rec:.3g}")})]
+                        f"`stablesweep ramp`", LR_KEY, {LR_KEY: float(f"{rec:.3g}")})]
     stalls = [x for x in s.stalled_below or [] if x >= lr]
     if stalls:
         return [Finding("lr.too_small", "warning",
                         f"lr {lr:.3g} is at or below an lr that stalled ({max(stalls):.3g}): the loss did not fall "
                         "enough in the measured budget", ev,
-                        f"training.lr: {rec:.3g} (the recommended lr)", "training.lr",
-                        {"training.lr": float(f"{rec:.3g}")})]
+                        f"training.lr: {rec:.3g} (the recommended lr)", LR_KEY,
+                        {LR_KEY: float(f"{rec:.3g}")})]
     return [Finding("lr.within", "info",
                     f"lr {lr:.3g} is within the measured stable range (max stable {M:.3g}; {lr / M:.2g}x of it)",
                     ev, "nothing to change" + (f"; recommended {rec:.3g}" if lr > rec else ""),
-                    "training.lr")]
+                    LR_KEY)]
