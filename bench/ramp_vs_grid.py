@@ -39,7 +39,7 @@ def main() -> None:
     from stablesweep.sweep.options import RampOptions, SweepOptions
     from stablesweep.sweep.ramp_runner import run_ramp
     from stablesweep.sweep.runner import run_sweep
-    from stablesweep.sweep.space import short_name
+    from stablesweep.vocab import short_name
 
     tmp = Path(tempfile.mkdtemp(prefix="ramp-vs-grid-"))
     n = math.ceil(math.log(args.lr_stop / args.lr_start) / math.log(args.resolution))

@@ -63,6 +63,7 @@ from stablesweep.vocab import (
     finite,
     format_value,
     py,
+    short_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -211,7 +212,6 @@ def verdict_label(verdict: str, first_bad_step: int | None = None) -> str:
 def run_name(verdict: str, first_bad_step: int | None, params: dict[str, Any]) -> str:
     """A finished run's name: its verdict, then its params as the sweep names them:
     `diverged@10 lr=8.2e+01 slice clip=1.0`."""
-    from stablesweep.sweep.space import short_name
 
     return f"{verdict_label(verdict, first_bad_step)} {short_name(params)}".rstrip()
 
@@ -225,7 +225,6 @@ def setting_slug(setting: dict[str, Any]) -> str:
     """A setting (its categorical values, lr excluded) as a short name that MLflow takes in a
     metric name and a tag, without "/" (which would split the UI's chart sections):
     `bf16_slice_clip-1.0`; `all` when there is nothing to tell apart."""
-    from stablesweep.sweep.space import short_name
 
     text = short_name({k: v for k, v in setting.items() if k != LR_KEY})
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.replace("=", "-")) or "all"

@@ -139,3 +139,28 @@ SHORT_KEYS = {"training.max_grad_norm": "clip", "training.precision": "precision
 def short_key(key: str) -> str:
     """A config key as a column or axis label: clip, precision, masking, lr, else its last part."""
     return SHORT_KEYS.get(key, key.rsplit(".", 1)[-1])
+
+
+_SHORT = {
+    LR_KEY: "lr",
+    "training.precision": "",
+    "loss.masking": "",
+    "training.max_grad_norm": "clip",
+}
+
+
+def short_name(params: dict[str, Any]) -> str:
+    """A readable run name, like `lr=2.0e-06 bf16 slice clip=1.0`: lr first, precision and masking
+    as bare values, clipping as clip=, then the other keys as `name=value` (the key's last part)."""
+    order = [k for k in _SHORT if k in params] + [k for k in params if k not in _SHORT]
+    parts = []
+    for k in order:
+        v = params[k]
+        label = _SHORT.get(k, k.rsplit(".", 1)[-1])
+        if k == LR_KEY and isinstance(v, (int, float)):
+            parts.append(f"lr={float(v):.1e}")
+        elif label:
+            parts.append(f"{label}={format_value(v)}")
+        else:
+            parts.append(format_value(v))
+    return " ".join(parts)

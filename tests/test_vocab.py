@@ -25,6 +25,7 @@ from stablesweep.vocab import (
     py,
     recommended_lr,
     short_key,
+    short_name,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,9 @@ def test_short_key():
 def test_every_bad_input_error_is_an_input_error(cls):
     with pytest.raises(InputError, match="where: what"):
         raise cls("where: what")
+
+
+def test_short_names():
+    assert short_name({"training.lr": 2e-6, "training.precision": "bf16", "loss.masking": "slice",
+                       "training.max_grad_norm": 1.0}) == "lr=2.0e-06 bf16 slice clip=1.0"
+    assert short_name({"training.max_grad_norm": None, "training.warmup_steps": 10}) == "clip=none warmup_steps=10"

@@ -10,9 +10,8 @@ from typing import Callable
 from ray.tune import Callback
 
 from stablesweep.sweep.records import error_text
-from stablesweep.sweep.space import short_name
 from stablesweep.sweep.stopper import final_verdict
-from stablesweep.vocab import DIVERGED, ERROR, FINISHED, HISTORY, PRUNED, STABLE
+from stablesweep.vocab import DIVERGED, ERROR, FINISHED, HISTORY, PRUNED, STABLE, short_name
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from stablesweep.sweep.ramp import (
     seed_from_range_test,
 )
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
-from stablesweep.sweep.space import SearchSpace, apply_params, load_space, short_name
+from stablesweep.sweep.space import SearchSpace, apply_params, load_space
 from stablesweep.sweep.trainable import WARM_START
 from stablesweep.vocab import (
     DIVERGED,
@@ -71,6 +71,7 @@ from stablesweep.vocab import (
     TRAIN_FLOPS,
     VERDICT,
     InputError,
+    short_name,
 )
 
 MODES = ("restart", "continue")

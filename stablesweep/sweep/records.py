@@ -14,9 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from stablesweep.sweep.space import SearchSpace, short_name
+from stablesweep.sweep.space import SearchSpace
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, FINISHED, PROGRESS, UNFINISHED
+from stablesweep.vocab import DIVERGED, FINISHED, PROGRESS, UNFINISHED, short_name
 
 
 @dataclass

@@ -72,7 +72,7 @@ from stablesweep.sweep.search import (
     study_summary,
 )
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
-from stablesweep.sweep.space import SearchSpace, load_space, short_name
+from stablesweep.sweep.space import SearchSpace, load_space
 from stablesweep.sweep.stopper import Outcome, asha_for
 from stablesweep.vocab import (
     DIVERGED,
@@ -86,6 +86,7 @@ from stablesweep.vocab import (
     VERDICTS,
     InputError,
     py,
+    short_name,
 )
 
 logger = logging.getLogger(__name__)

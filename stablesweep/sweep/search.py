@@ -20,9 +20,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from stablesweep.sweep.space import SearchSpace, SpaceError, short_name
+from stablesweep.sweep.space import SearchSpace, SpaceError
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, PRUNED, REASON, STABLE, STALLED, VERDICT
+from stablesweep.vocab import DIVERGED, PRUNED, REASON, STABLE, STALLED, VERDICT, short_name
 
 logger = logging.getLogger(__name__)
 

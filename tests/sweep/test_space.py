@@ -12,7 +12,6 @@ from stablesweep.sweep.space import (
     apply_params,
     load_space,
     parse_space,
-    short_name,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,12 +121,6 @@ def test_apply_params_builds_the_trial_config(demo_cfg):
                                             "loss.masking": "large_negative"})
     assert cfg.training.lr == 2e-6 and cfg.training.max_grad_norm is None and cfg.masking == "large_negative"
     assert demo_cfg.training.lr == 3e-3  # the base is untouched
-
-
-def test_short_names():
-    assert short_name({"training.lr": 2e-6, "training.precision": "bf16", "loss.masking": "slice",
-                       "training.max_grad_norm": 1.0}) == "lr=2.0e-06 bf16 slice clip=1.0"
-    assert short_name({"training.max_grad_norm": None, "training.warmup_steps": 10}) == "clip=none warmup_steps=10"
 
 
 def test_values_fine_alone_but_clashing_together_are_refused(tmp_path):
