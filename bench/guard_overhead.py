@@ -1,34 +1,34 @@
 """Guarded vs unguarded training step, and the host syncs between reports.
 
-    python bench/guard_overhead.py [--model resnet18] [--image-size 64] [--batch 256] [--steps 100] [--ablate]
+    python3 bench/guard_overhead.py [--model resnet18] [--image-size 64] [--batch 256] [--steps 100] [--ablate]
     python bench/guard_overhead.py --device cpu --image-size 16 --batch 16 --steps 20 --precisions fp32,bf16
 
 The model is a torchvision ResNet-18 with one head over the 2816 classes of the six food datasets;
 batches are random images with dataset ids (sorted, as the loader yields them), already on the GPU,
 so the step is what is timed. Both steps use the same `slice` loss and fused AdamW with clipping
-at 1.0; the guarded one adds what stablesweep adds per step: the non-finite flags, the skip through
-the fused optimizer's `found_inf`, the monitor update (with the early-warning signals: the
-gradient-norm spike, the largest logit and logsumexp of the logits it is given, the loss-scale
-drops), the per-dataset accumulators, and once every `--report-interval` steps the
-update-to-weight ratio (a foreach copy of the weights, two foreach norms, one compiled call), as
-the Trainer does.
+at 1.0; the guarded one adds what stablesweep adds per step, as the Trainer does: the skip
+through the fused optimizer's `found_inf`, the monitor's update (the non-finite flags, the
+early-warning signals: the gradient-norm spike, the largest logit and logsumexp of the logits,
+the loss-scale drops; the per-dataset loss and accuracy sums), one CUDA graph on CUDA, and once
+every `--report-interval` steps the update-to-weight ratio (a copy of the weights into a kept
+buffer and the ratio's norms, one CUDA graph each).
 
-Per step, besides the time: the operators the host dispatches (top-level aten ops, counted with
-torch.profiler over a report interval) and on CUDA the kernel launches, for the unguarded and the
-guarded step; the guard's cost on a host-bound step is mostly these. `recompiles` counts the
-compiled frames dynamo built during the timed steps (0 expected: a recompile, or a fall-back to
-eager after too many, would show as overhead). Host syncs are counted with
-torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps (the report itself is the one intended
-sync). `--ablate` times the guard's parts: the skip alone, + the monitor (its compiled call with
-the logit statistics), + the per-dataset accumulators; the full guarded row adds the sampled
-update-to-weight ratio.
+Rows are timed in interleaved blocks of `--steps` steps, each block against an unguarded block run
+just before it; the overhead is the median of those paired ratios (a host-bound step drifts by
+several percent over a minute, so unpaired medians mislead). Per step, besides the time: the
+operators the host dispatches (top-level aten ops, counted with torch.profiler over a report
+interval) and on CUDA the kernel launches. Host syncs are counted with
+torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps. `--ablate` adds the skip alone,
++ the monitor, + the per-dataset sums, and the whole guard run op by op (no CUDA graphs);
+`--profile` where a step's host time goes, part by part and by position in a report interval.
 
-On CPU (`--device cpu`) the monitor runs eagerly, as the Trainer runs it there (`--compile-monitor`
-compiles it as on CUDA); times are host wall clock.
+On CPU (`--device cpu`) the monitor runs op by op, as the Trainer runs it there; times are host
+wall clock.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -43,9 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stablesweep.config import FOOD_DATASETS, LossConfig, MonitorConfig  # noqa: E402
 from stablesweep.data import Batch, LabelSpace  # noqa: E402
 from stablesweep.stability.loss import GuardedLoss  # noqa: E402
-from stablesweep.stability.monitor import DivergenceMonitor, copy_weights  # noqa: E402
+from stablesweep.stability.monitor import DivergenceMonitor  # noqa: E402
 from stablesweep.stability.precision import make_optimizer, make_precision  # noqa: E402
-from stablesweep.train import accumulate  # noqa: E402
 
 
 def make_batch(space: LabelSpace, batch: int, size: int, device) -> Batch:
@@ -91,23 +90,31 @@ def unguarded_step(model, params, opt, prec, loss_fn, batch, images):
     opt.zero_grad(set_to_none=True)
 
 
-def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, acc=None, acc_fn=None,
-                 measure=False):
+def _region(name: str, on: bool):
+    return torch.profiler.record_function(name) if on else contextlib.nullcontext()
+
+
+def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, sums=False, measure=False,
+                 regions=False):
     """stablesweep's step as the Trainer takes it: the skip; with `monitor`, its update (the logits
-    given); with `acc`, the per-dataset accumulators; with `measure`, the update-to-weight ratio
-    (the step before a report)."""
-    with prec.autocast():
-        logits = model(images)
-    out = loss_fn(logits, batch)
-    prec.backward(out.loss)
-    before = copy_weights(params) if measure else None
-    prec.step(opt, params, out.loss, 1.0, monitor, logits)
-    if before is not None:
-        monitor.record_update(before, params)
+    given); with `sums`, the per-dataset sums in the same call; with `measure`, the update-to-weight
+    ratio (the step before a report). `regions`: name the parts for torch.profiler (`--profile`)."""
+    with _region("forward", regions):
+        with prec.autocast():
+            logits = model(images)
+        out = loss_fn(logits, batch)
+    with _region("backward", regions):
+        prec.backward(out.loss)
+    with _region("keep_weights", regions and measure):
+        if measure:
+            monitor.keep_weights(params)
+    with _region("clip+monitor+optimizer", regions):
+        stats = (batch.labels, batch.dataset_ids, out.per_sample, loss_fn.allowed) if sums else None
+        prec.step(opt, params, out.loss, 1.0, monitor, logits, stats)
+    with _region("record_update", regions and measure):
+        if measure:
+            monitor.record_update(params)
     opt.zero_grad(set_to_none=True)
-    if acc is not None:
-        acc[0] = acc_fn(acc[0], logits.detach(), batch.labels, batch.dataset_ids, out.per_sample.detach(),
-                        loss_fn.allowed)
 
 
 def sync(device) -> None:
@@ -131,7 +138,8 @@ def time_steps(fn, steps: int, device) -> float:
     return start.elapsed_time(end) / steps
 
 
-def count_syncs(fn, steps: int) -> int:
+def count_syncs(fn, steps: int, where: dict | None = None) -> int:
+    """Host syncs over `steps` calls; `where` gets each one's Python line and message."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -141,7 +149,13 @@ def count_syncs(fn, steps: int) -> int:
                 fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()
+             and "debug mode is a prototype" not in str(w.message)]  # the mode's own notice, not a sync
+    if where is not None:
+        for w in syncs:
+            key = f"{Path(w.filename).name}:{w.lineno}: {str(w.message)[:80]}"
+            where[key] = where.get(key, 0) + 1
+    return len(syncs)
 
 
 def count_ops(fn, steps: int, device) -> tuple[float, float]:
@@ -163,10 +177,77 @@ def count_ops(fn, steps: int, device) -> tuple[float, float]:
     return ops / steps, launches / steps
 
 
-def compiled_frames() -> int:
-    from torch._dynamo.utils import counters
+SYNC_CALLS = ("Synchronize", "cudaMemcpy", "cuMemcpy", "cudaStreamWaitEvent")
 
-    return sum(counters["frames"].values()) if "frames" in counters else 0
+
+def profile_regions(step_fn, measure_every: int, steps: int, device) -> None:
+    """`--profile`: host ms a step by part, plain steps apart from the measured ones, and every
+    CUDA call that can block the host, with the part and the aten op it came from."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        for i in range(1, steps + 1):
+            kind = "measured step" if i % measure_every == 0 else "plain step"
+            with torch.profiler.record_function(kind):
+                step_fn(i % measure_every == 0)
+        sync(device)
+    kinds = {"plain step": steps - steps // measure_every, "measured step": steps // measure_every}
+    host: dict[tuple[str, str], float] = {}
+    blocking: dict[tuple[str, str, str], list[float]] = {}
+
+    def ancestors(e):
+        while e is not None:
+            yield e
+            e = e.cpu_parent
+    for e in prof.events():
+        chain = list(ancestors(e))
+        kind = next((a.name for a in chain if a.name in kinds), None)
+        if kind is None:
+            continue
+        part = next((a.name for a in chain[1:] if a.name in PARTS), None)
+        if e.name in kinds or (e.name in PARTS and part is None):
+            host[(kind, e.name)] = host.get((kind, e.name), 0.0) + e.cpu_time_total / 1e3
+        if any(s in e.name for s in SYNC_CALLS):
+            op = next((a.name for a in chain[1:] if a.name.startswith("aten::")), "-")
+            blocking.setdefault((kind, part or "-", f"{e.name} <- {op}"), []).append(e.cpu_time_total / 1e3)
+    # step by step over whole report intervals: which position in the interval costs (host and GPU)
+    cycles = 20
+    host_ms = [[0.0] * measure_every for _ in range(cycles)]
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(cycles * measure_every + 1)] \
+        if device.type == "cuda" else []
+    sync(device)
+    for c in range(cycles):
+        for j in range(measure_every):
+            if events:
+                events[c * measure_every + j].record()
+            t0 = time.perf_counter()
+            step_fn(j == measure_every - 1)
+            host_ms[c][j] = (time.perf_counter() - t0) * 1e3
+    if events:
+        events[-1].record()
+    sync(device)
+    print("| position in a report interval | host ms to issue | GPU ms start to next start |")
+    print("|---|---|---|")
+    for j in range(measure_every):
+        h = statistics.median(host_ms[c][j] for c in range(cycles))
+        g = statistics.median(events[c * measure_every + j].elapsed_time(events[c * measure_every + j + 1])
+                              for c in range(cycles)) if events else float("nan")
+        print(f"| {j + 1}{' (measured)' if j == measure_every - 1 else ''} | {h:.3f} | {g:.3f} |")
+    print("| part | plain step host ms | measured step host ms |")
+    print("|---|---|---|")
+    for name in ("plain step", *PARTS):
+        row = [host.get((k, "measured step" if name == "plain step" and k == "measured step" else name), 0.0) / n
+               for k, n in kinds.items()]
+        print(f"| {'whole step' if name == 'plain step' else name} | {row[0]:.3f} | {row[1]:.3f} |")
+    print("| blocking call (kind, part, call <- op) | calls a step | ms a step |")
+    print("|---|---|---|")
+    for (kind, part, call), ms in sorted(blocking.items(), key=lambda kv: -sum(kv[1])):
+        print(f"| {kind}, {part}, {call} | {len(ms) / kinds[kind]:.2f} | {sum(ms) / kinds[kind]:.3f} |")
+
+
+PARTS = ("forward", "backward", "keep_weights", "clip+monitor+optimizer", "record_update")
 
 
 def main() -> None:
@@ -181,9 +262,12 @@ def main() -> None:
     ap.add_argument("--report-interval", type=int, default=10,
                     help="the update-to-weight ratio is measured on one step in this many, as in training")
     ap.add_argument("--ablate", action="store_true",
-                    help="also time the guard's parts: skip only, + monitor, + accumulators")
-    ap.add_argument("--compile-monitor", action="store_true",
-                    help="on CPU, compile the monitor and the accumulators as on CUDA")
+                    help="also time the guard's parts (skip only, + monitor, + per-dataset sums) and the "
+                         "whole guard run op by op (monitor.cuda_graphs: false)")
+    ap.add_argument("--measure-only", action="store_true",
+                    help="also time a guarded step that measures the update ratio every step (its own cost)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print host ms a step by part (plain and measured steps) and every blocking CUDA call")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -191,59 +275,71 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA GPU here; use --device cpu")
     device = torch.device(args.device)
-    compiled = device.type == "cuda" or args.compile_monitor
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# {name}, torch {torch.__version__}, {args.model}, {args.image_size}px, batch {args.batch}, "
-          f"2816-class head, {args.steps} steps x {args.repeats}, monitor {'compiled' if compiled else 'eager'}")
+          f"2816-class head, {args.repeats} interleaved blocks of {args.steps} steps; overhead = median of each "
+          f"block's ratio to the unguarded block beside it")
     print("| precision | unguarded ms/step | guarded ms/step | overhead | ops/step | launches/step | syncs/step |")
     print("|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         space, model, params, opt, prec, loss_fn, batch = build(args, precision, device)
         images = batch.images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch.images
-        monitor = DivergenceMonitor(MonitorConfig(), device, compile=compiled)
-        acc = [torch.zeros(len(space.names), 3, dtype=torch.float64, device=device)]
-        # as the Trainer does on CUDA
-        acc_fn = torch.compile(accumulate, fullgraph=True, dynamic=False) if compiled else accumulate
-        count = [0]
+        monitor = DivergenceMonitor(MonitorConfig(), device, datasets=len(space.names))
         args_ = (model, params, opt, prec, loss_fn, batch, images)
 
-        def g():
-            count[0] += 1
-            guarded_step(*args_, monitor, acc, acc_fn, count[0] % args.report_interval == 0)
+        def cycling(mon):
+            count = [0]
+
+            def step():
+                count[0] += 1
+                guarded_step(*args_, mon, True, count[0] % args.report_interval == 0)
+            return step
+        g = cycling(monitor)
         u = lambda: unguarded_step(*args_)  # noqa: E731
         parts = {}
         if args.ablate:
             parts = {"skip only": lambda: guarded_step(*args_),
                      "skip + monitor": lambda: guarded_step(*args_, monitor),
-                     "skip + monitor + accumulators": lambda: guarded_step(*args_, monitor, acc, acc_fn)}
-        for _ in range(max(10, args.report_interval)):  # warm-up: every compiled path once
+                     "skip + monitor + per-dataset sums": lambda: guarded_step(*args_, monitor, True),
+                     "guarded, op by op (no CUDA graphs)": cycling(
+                         DivergenceMonitor(MonitorConfig(), device, datasets=len(space.names), graph=False))}
+        if args.measure_only:
+            parts["guarded, update ratio every step"] = lambda: guarded_step(*args_, monitor, True, True)
+        for _ in range(max(10, 2 * args.report_interval)):  # warm-up: every path, every graph captured
             g(), u()
             for fn in parts.values():
                 fn()
         sync(device)
-        frames = compiled_frames()
         times: dict[str, list[float]] = {"unguarded": [], "guarded": [], **{k: [] for k in parts}}
-        for _ in range(args.repeats):  # interleaved, so drift hits all alike
-            times["unguarded"].append(time_steps(u, args.steps, device))
-            times["guarded"].append(time_steps(g, args.steps, device))
-            for k, fn in parts.items():
+        ratios: dict[str, list[float]] = {k: [] for k in times}
+        for _ in range(args.repeats):  # interleaved, each row against the unguarded block beside it
+            for k, fn in [("guarded", g), *parts.items()]:
+                ut = time_steps(u, args.steps, device)
+                times["unguarded"].append(ut)
                 times[k].append(time_steps(fn, args.steps, device))
-        recompiles = compiled_frames() - frames
+                ratios[k].append(times[k][-1] / ut)
         ops_u, launch_u = count_ops(u, args.report_interval, device)
         ops_g, launch_g = count_ops(g, args.report_interval, device)
-        sg = count_syncs(g, 20) / 20 if device.type == "cuda" else float("nan")
-        mu, mg = statistics.median(times["unguarded"]), statistics.median(times["guarded"])
+        where: dict[str, int] = {}
+        sg = count_syncs(g, 20, where) / 20 if device.type == "cuda" else float("nan")
+        for line, n in where.items():
+            print(f"#   {precision}: sync x{n} in 20 guarded steps at {line}")
         snap, verdict = monitor.read()
         assert verdict.verdict == "stable", verdict
-        print(f"#   {precision}: signals {snap.signals}; at risk {snap.at_risk}; recompiles while timed: "
-              f"{recompiles}", flush=True)
+        print(f"#   {precision}: signals {snap.signals}; at risk {snap.at_risk}; CUDA graphs {monitor.cuda_graphs}",
+              flush=True)
+        mu = statistics.median(times["unguarded"])
         print(f"| {precision} unguarded | {mu:.3f} | | | {ops_u:.1f} | {launch_u:.1f} | |")
         for k in parts:
-            t = statistics.median(times[k])
-            print(f"|   {precision} {k} | {mu:.3f} | {t:.3f} | {100 * (t / mu - 1):+.1f}% | | | |", flush=True)
-        print(f"| {precision} guarded | {mu:.3f} | {mg:.3f} | {100 * (mg / mu - 1):+.1f}% | {ops_g:.1f} | "
+            t, r = statistics.median(times[k]), statistics.median(ratios[k])
+            print(f"|   {precision} {k} | {mu:.3f} | {t:.3f} | {100 * (r - 1):+.1f}% | | | |", flush=True)
+        mg, rg = statistics.median(times["guarded"]), statistics.median(ratios["guarded"])
+        print(f"| {precision} guarded | {mu:.3f} | {mg:.3f} | {100 * (rg - 1):+.1f}% | {ops_g:.1f} | "
               f"{launch_g:.1f} | {sg:.2f} |", flush=True)
-
+        if args.profile:
+            print(f"#   {precision}: where a guarded step's host time goes (torch.profiler, {args.report_interval * 3} steps)")
+            profile_regions(lambda m: guarded_step(*args_, monitor, True, m, regions=True),
+                            args.report_interval, args.report_interval * 3, device)
 
 if __name__ == "__main__":
     main()

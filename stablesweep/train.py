@@ -29,7 +29,7 @@ from stablesweep.data import DeviceInput, MultiData, build_data
 from stablesweep.distributed import gather_rows, ranks, reduce_monitor, spread_nonfinite
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, copy_weights, progress
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
 from stablesweep.stability.precision import make_optimizer, make_precision
 from stablesweep.vocab import HISTORY
 
@@ -146,16 +146,11 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule,
                                                 (t.lr_final or t.lr) / t.lr))
         self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
-        self.monitor = DivergenceMonitor(cfg.monitor, self.device)
+        self.monitor = DivergenceMonitor(cfg.monitor, self.device, datasets=len(self.space.names))
         self.step = 0
         self.flops_per_step = 0.0
         self.dropped = 0
-        n = len(self.space.names)
-        self._acc = torch.zeros(n, 3, dtype=torch.float64, device=self.device)  # loss sum, count, correct
         self._allowed = None if cfg.masking == "none" else self.loss_fn.allowed
-        self._accumulate = accumulate
-        if self.device.type == "cuda":  # a handful of launches instead of a dozen
-            self._accumulate = torch.compile(accumulate, fullgraph=True, dynamic=False)
 
     # -- one step ---------------------------------------------------------------------------
     def forward(self, batch, model: torch.nn.Module | None = None):
@@ -168,24 +163,26 @@ class Trainer:
             logits = (model or self.model)(images)
         return logits, self.loss_fn(logits, batch)
 
-    def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False) -> None:
+    def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False,
+               batch: tuple | None = None) -> None:
         """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step; the monitor
-        gets the raw `logits` for its signals, one compiled call), the scheduler. With
-        `measure_update`, also the update-to-weight ratio (a foreach copy of the weights and two
-        foreach norms on the device: on the step before each report only)."""
+        gets the raw `logits` for its signals and `batch` for its per-dataset sums: one CUDA graph
+        on CUDA), the scheduler. With `measure_update`, also the update-to-weight ratio (a foreach
+        copy of the weights and two foreach norms on the device: on the step before each report
+        only)."""
         self.precision.backward(spread_nonfinite(loss) if self.ranks.parallel else loss)
-        before = copy_weights(self.params) if measure_update else None
-        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor, logits)
-        if before is not None:
-            self.monitor.record_update(before, self.params)
+        if measure_update:
+            self.monitor.keep_weights(self.params)
+        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor,
+                            logits, batch)
+        if measure_update:
+            self.monitor.record_update(self.params)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
     def _train_step(self, batch, measure_update: bool = False) -> None:
         logits, out = self.forward(batch, self.net)
-        self.update(out.loss, logits, measure_update)
-        self._acc = self._accumulate(self._acc, logits.detach(), batch.labels, batch.dataset_ids,
-                                     out.per_sample.detach(), self._allowed)
+        self.update(out.loss, logits, measure_update, (batch.labels, batch.dataset_ids, out.per_sample, self._allowed))
 
     @torch.no_grad()
     def initial_loss(self, batches: int) -> torch.Tensor:
@@ -320,14 +317,15 @@ class Trainer:
             if self.step % t.report_interval and self.step < end:
                 continue
             # -- report: the one host sync of the interval --------------------------------
-            state = torch.cat([self.monitor.state_vector(), self._acc.flatten()])
-            k = state.numel() - self._acc.numel()
+            acc = self.monitor.acc
+            state = torch.cat([self.monitor.state_vector(), acc.flatten()])
+            k = state.numel() - acc.numel()
             if self.ranks.parallel:  # the one collective of the interval; every rank goes on from the run's state
                 rows = gather_rows(state)
                 state = torch.cat([reduce_monitor(rows[:, :k]), rows[:, k:].sum(0)])
                 self.monitor.load_state_dict({"v": state[:k]})
             values = state.tolist()
-            self._acc.zero_()
+            acc.zero_()
             snap = self.monitor.snapshot(values[:k])
             verdict = self.monitor.judge(snap, final=self.step >= self.total)
             per_ds = [values[k + i::3] for i in range(3)]
@@ -421,14 +419,6 @@ class Trainer:
             lines.append(f"    Eval {name}: Loss: {m[f'eval_loss/{name}']:.4f} "
                          f"Accuracy: {100 * m[f'eval_acc/{name}']:.1f}%")
         return "\n".join(lines)
-
-
-def accumulate(acc: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor,
-               per_sample: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
-    """acc [D, 3] plus this batch's per-dataset sums of loss, count and correct predictions."""
-    x = logits if allowed is None else torch.where(allowed[dataset_ids], logits.float(), float("-inf"))
-    correct = (x.argmax(dim=1) == labels).double()
-    return acc.index_add(0, dataset_ids, torch.stack([per_sample.double(), torch.ones_like(correct), correct], dim=1))
 
 
 def run_training(cfg: Config, report: Report | None = None, *, device: str = "auto",

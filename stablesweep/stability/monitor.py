@@ -7,11 +7,13 @@ smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-fi
 initial loss (the trainer sets it to the mean loss of the first `initial_batches` batches at the
 initial weights, before any update; else it is the first step's).
 
-The whole state is one fp64 vector and the update is one pure function of it, so on CUDA it is
-compiled (torch.compile) into a kernel or two: the guard costs a few launches a step, not dozens.
-The config's numbers (smoothing, explosion factor, min_steps, the thresholds) go in as one more
-fp64 vector, not as Python constants: one compiled graph serves every config a process trains (a
-Ray actor reused across trials), and a call's guards are a few tensor checks.
+The whole state is one fp64 vector (with a ring of the last steps and the per-dataset sums beside
+it), and a step's bookkeeping is one pure function of it, written back in place. On CUDA that
+function is captured once as a CUDA graph and replayed each step: the host issues one copy of the
+step's inputs and one graph launch, not a launch an op (on a small, host-bound step the guard's
+cost is its launches; a torch.compile'd call still pays its guards and wrappers on the host every
+step, and its compilation at each trial's start). The config's numbers (smoothing, explosion
+factor, min_steps, the thresholds) are read from an fp64 vector, not baked in as constants.
 
 Per report (`read`, one sync): the vector comes to the host and `judge` gives the verdict:
 `stable` so far, or `diverged` with a reason (`nonfinite_loss`, `nonfinite_grad`,
@@ -30,8 +32,9 @@ largest value so far and the first step it crossed its threshold (`monitor.warn_
 - `scale_drops`: fp16 loss-scale drops (overflow steps) after the first `min_steps` steps;
 - `update_ratio`: |w_after - w_before| / |w_before| of one optimizer step. It needs a copy of
   every weight, so it is sampled, not per step: on the step before each report (the value the
-  report shows is fresh), with foreach ops (`copy_weights`, then `record_update`: a handful of
-  multi-tensor kernels, not one clone per parameter) and the recording compiled like `update`.
+  report shows is fresh), with foreach ops (`keep_weights` into a buffer kept for the run, then
+  `record_update`: a handful of multi-tensor kernels, not one clone per parameter), each a CUDA
+  graph on CUDA like the step.
 A run whose signal crossed its threshold is `at_risk` (the first such signal and its step): a flag
 next to the verdict, not a verdict.
 """
@@ -122,7 +125,7 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
             gnorm: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the new state vector, the new history ring, the skip flag as 0./1. for the fused
-    optimizer's found_inf) after one step: a pure function, compiled on CUDA, the logit
+    optimizer's found_inf) after one step: a pure function (a CUDA graph on CUDA), the logit
     statistics included (one pass over the logits inside the same call). The ring [N, 2] keeps the
     raw loss and gradient norm of the last N steps, step s in row s % N; `c` is `constants(cfg)`."""
     beta, factor, min_steps = c[_C["beta"]], c[_C["factor"]], c[_C["min_steps"]]
@@ -179,44 +182,78 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
     ]), ring, skip
 
 
-def _record_update(v: torch.Tensor, c: torch.Tensor, delta_norms: torch.Tensor,
-                   weight_norms: torch.Tensor) -> torch.Tensor:
-    """The state vector after the last step's update-to-weight ratio: the norms of each tensor's
-    update and of its weights before it (compiled on CUDA like `_update`)."""
-    ratio = torch.linalg.vector_norm(delta_norms.double()) / torch.linalg.vector_norm(weight_norms.double())
+def _record_update(v: torch.Tensor, c: torch.Tensor, before: list[torch.Tensor],
+                   params: list[torch.Tensor]) -> torch.Tensor:
+    """The state vector after the last step's update-to-weight ratio, |params - before| / |before|
+    over all tensors (a few foreach kernels; pure: `before` is left as it is)."""
+    delta = torch.stack(torch._foreach_norm(torch._foreach_sub(before, params)))
+    weights = torch.stack(torch._foreach_norm(before))
+    ratio = torch.linalg.vector_norm(delta.double()) / torch.linalg.vector_norm(weights.double())
     value, warn = _signal(v, c, "update_ratio", ratio, v[_I["steps"]] - 1)
     i = _I["value_update_ratio"]
     return torch.cat([v[:i], torch.stack([value, warn]), v[i + 2:]])
 
 
-def copy_weights(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A copy of the weights before an optimizer step, for `update_ratio` (one foreach op: a few
-    multi-tensor kernels on CUDA, not one copy kernel a parameter)."""
-    return torch._foreach_mul([p.detach() for p in params], 1.0)
+def accumulate(acc: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, dataset_ids: torch.Tensor,
+               per_sample: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """acc [D, 3] plus this batch's per-dataset sums of loss, count and correct predictions."""
+    x = logits if allowed is None else torch.where(allowed[dataset_ids], logits.float(), float("-inf"))
+    correct = (x.argmax(dim=1) == labels).double()
+    return acc.index_add(0, dataset_ids, torch.stack([per_sample.double(), torch.ones_like(correct), correct], dim=1))
 
 
-def update_norms(before: list[torch.Tensor], params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|params - before| per tensor, |before| per tensor), on the device (`before` is overwritten)."""
-    weights = torch.stack(torch._foreach_norm(before))
-    torch._foreach_sub_(before, [p.detach() for p in params])
-    return torch.stack(torch._foreach_norm(before)), weights
+def _step(v: torch.Tensor, ring: torch.Tensor, acc: torch.Tensor, slots: torch.Tensor, c: torch.Tensor,
+          loss: torch.Tensor, gnorm: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor | None,
+          labels: torch.Tensor | None, dataset_ids: torch.Tensor | None, per_sample: torch.Tensor | None,
+          allowed: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """One step's whole bookkeeping, pure: `_update`, then the batch's per-dataset sums (with labels)."""
+    v, ring, skip = _update(v, ring, slots, c, loss, gnorm, scale, logits)
+    if labels is not None:
+        acc = accumulate(acc, logits, labels, dataset_ids, per_sample, allowed)
+    return v, ring, acc, skip
 
 
-def update_ratio(before: list[torch.Tensor], params: list[torch.Tensor]) -> torch.Tensor:
-    """|params - before| / |before| over all tensors, on the device (`before` is overwritten)."""
-    delta, weights = update_norms(before, params)
-    return torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(weights)
+class _Graphed:
+    """Calls replayed as CUDA graphs, one a key: the host issues one graph launch instead of a
+    kernel launch an op (on a host-bound step the guard's cost is its launches). A call is
+    `commit(pure(inputs))`: `pure` only reads (it runs once eagerly on a side stream before the
+    capture, as capture needs), `commit` writes what must outlive the call in place and returns
+    the result. The inputs are copied into static buffers before each replay (one foreach copy);
+    the result is static too: valid until the next call. Keys beyond `LIMIT` run eagerly."""
+
+    LIMIT = 8
+
+    def __init__(self, pure, commit):
+        self.pure, self.commit = pure, commit
+        self.graphs: dict = {}
+
+    def __call__(self, key, inputs: list[torch.Tensor | None], fixed: tuple[int, ...] = ()):
+        """`fixed`: positions of inputs the graph reads where they are (constants such as the class
+        mask: not copied; another object there is another graph)."""
+        key = (key, *(id(inputs[i]) for i in fixed))  # the record below keeps those objects alive
+        if key not in self.graphs:
+            if len(self.graphs) >= self.LIMIT:
+                return self.commit(self.pure(inputs))
+            static = [x if x is None or i in fixed else x.clone() for i, x in enumerate(inputs)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.pure(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (pin memory) go on
+                result = self.commit(self.pure(static))
+            copied = [i for i, x in enumerate(static) if x is not None and i not in fixed]
+            self.graphs[key] = (graph, static, result, copied)
+        graph, static, result, copied = self.graphs[key]
+        if copied:
+            torch._foreach_copy_([static[i] for i in copied], [inputs[i] for i in copied])
+        graph.replay()
+        return result
 
 
-_compiled: dict = {}
-
-
-def _compile(fn):
-    """`fn` compiled once per process: static shapes first, dynamic ones after a shape changes
-    (another batch size or class count in the same process), so a process holds few graphs."""
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, fullgraph=True)
-    return _compiled[fn]
+def _shape(x: torch.Tensor | None):
+    return None if x is None else (x.shape, x.dtype)
 
 
 def progress(snap: Snapshot) -> float:
@@ -281,40 +318,96 @@ class Snapshot:
 class DivergenceMonitor:
     """`update` every step (device only), `read` once per report (one sync), `judge` the snapshot.
 
-    `compile`: None = compile the update on CUDA only; True/False to force.
+    The state (the vector `v`, the history ring, the per-dataset sums `acc` [datasets, 3]: loss sum,
+    count, correct) lives in tensors that are only ever written in place. On CUDA each step's
+    bookkeeping is replayed as a CUDA graph (`graph`: None = on CUDA when `cfg.cuda_graphs`;
+    False to run op by op).
     """
 
-    def __init__(self, cfg: MonitorConfig, device: torch.device | str = "cpu", compile: bool | None = None):
+    def __init__(self, cfg: MonitorConfig, device: torch.device | str = "cpu", datasets: int = 1,
+                 graph: bool | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
         init = [_INITIAL.get(name, 0.0) for name in FIELDS]
         self.v = torch.tensor(init, dtype=torch.float64, device=self.device)
         n = max(1, cfg.history_steps)
         self.ring = torch.full((n, 2), math.nan, dtype=torch.float64, device=self.device)
+        self.acc = torch.zeros(datasets, 3, dtype=torch.float64, device=self.device)
         self._slots = torch.arange(n, dtype=torch.float64, device=self.device)
         self._one = torch.ones((), device=self.device)
         self._c = torch.tensor(constants(cfg), dtype=torch.float64, device=self.device)
-        use_compile = self.device.type == "cuda" if compile is None else compile
-        self._fn, self._record = (_compile(_update), _compile(_record_update)) if use_compile else \
-            (_update, _record_update)
+        self._graph = (self.device.type == "cuda" and cfg.cuda_graphs) if graph is None else graph
+        self._steps = _Graphed(self._pure_step, self._commit_step)
+        self._before: list[torch.Tensor] | None = None  # the weights before a measured step
+        self._keep = _Graphed(lambda _: None, self._copy_weights)
+        self._record = _Graphed(self._pure_record, self._commit_record)
+        self._params: list[torch.Tensor] = []
 
-    @torch.no_grad()
-    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None,
-               logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Record one step (`logits`: the model's raw output, for the logit signals); returns 1. if
-        its update must be skipped (non-finite loss or gradient norm), else 0., as a device tensor
-        for the fused optimizer's `found_inf`."""
-        scale = self._one if scale is None else scale
-        logits = None if logits is None else logits.detach()
-        self.v, self.ring, skip = self._fn(self.v, self.ring, self._slots, self._c, loss.detach(),
-                                           grad_norm.detach(), scale, logits)
+    @property
+    def cuda_graphs(self) -> int:
+        """How many CUDA graphs this monitor has captured (0 off CUDA or with `graph=False`)."""
+        return len(self._steps.graphs) + len(self._keep.graphs) + len(self._record.graphs)
+
+    # -- a step: _step's pure part, then its results written into the state in place --------
+    def _pure_step(self, x: list) -> tuple[torch.Tensor, ...]:
+        return _step(self.v, self.ring, self.acc, self._slots, self._c, *x)
+
+    def _commit_step(self, out: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        v, ring, acc, skip = out
+        self.v.copy_(v)
+        self.ring.copy_(ring)
+        self.acc.copy_(acc)
         return skip
 
     @torch.no_grad()
-    def record_update(self, before: list[torch.Tensor], params: list[torch.Tensor]) -> None:
-        """Record the update-to-weight ratio of the last step: `before` is `copy_weights(params)`
-        taken before it (and is overwritten); device only, a few foreach kernels and one call."""
-        self.v = self._record(self.v, self._c, *update_norms(before, params))
+    def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None,
+               logits: torch.Tensor | None = None, batch: tuple | None = None) -> torch.Tensor:
+        """Record one step (`logits`: the model's raw output, for the logit signals; `batch`:
+        (labels, dataset_ids, per-sample loss, allowed-classes mask or None), for the per-dataset
+        sums); returns 1. if its update must be skipped (non-finite loss or gradient norm), else
+        0., as a device tensor for the fused optimizer's `found_inf` (valid until the next step)."""
+        scale = self._one if scale is None else scale
+        labels, ids, per_sample, allowed = batch if batch is not None else (None, None, None, None)
+        x = [loss, grad_norm, scale, logits, labels, ids, per_sample, allowed]  # no grad here: no detach needed
+        if not self._graph:
+            return self._commit_step(self._pure_step(x))
+        # the loss scale outside fp16 (this monitor's own 1) and the class mask never change
+        fixed = (2, 7) if scale is self._one else (7,)
+        return self._steps(tuple(_shape(t) for t in x), x, fixed)
+
+    # -- the update-to-weight ratio, on the step before a report ----------------------------
+    def _copy_weights(self, _) -> None:
+        torch._foreach_copy_(self._before, [p.detach() for p in self._params])
+
+    def _pure_record(self, _) -> torch.Tensor:
+        return _record_update(self.v, self._c, self._before, [p.detach() for p in self._params])
+
+    def _commit_record(self, v: torch.Tensor) -> None:
+        self.v.copy_(v)
+
+    @torch.no_grad()
+    def keep_weights(self, params: list[torch.Tensor]) -> None:
+        """Copy the weights before an optimizer step (into a buffer kept for the run), for
+        `record_update` after it."""
+        if self._before is None or len(self._before) != len(params) or \
+                any(b.shape != p.shape for b, p in zip(self._before, params)):
+            self._before = [torch.empty_like(p, memory_format=torch.preserve_format) for p in params]
+            self._keep.graphs.clear()
+            self._record.graphs.clear()
+        self._params = params
+        if self._graph:
+            self._keep(tuple(p.data_ptr() for p in params), [])
+        else:
+            self._copy_weights(None)
+
+    @torch.no_grad()
+    def record_update(self, params: list[torch.Tensor]) -> None:
+        """Record the update-to-weight ratio of the step since `keep_weights(params)`; device only."""
+        self._params = params
+        if self._graph:
+            self._record(tuple(p.data_ptr() for p in params), [])
+        else:
+            self._commit_record(self._pure_record(None))
 
     def history(self) -> list[tuple[int, float, float]]:
         """(step, loss, gradient norm) of the last `monitor.history_steps` steps, raw (inf and NaN
@@ -328,8 +421,7 @@ class DivergenceMonitor:
     def set_initial_loss(self, loss: torch.Tensor) -> None:
         """The loss before any update, measured by the caller over a few batches (one batch's loss
         is noisy: on the demo the first batch's ranges 2.7..3.2 over seeds); no sync."""
-        self.v = self.v.index_copy(0, torch.tensor([_I["initial_loss"]], device=self.device),
-                                   loss.detach().double().reshape(1).to(self.device))
+        self.v[_I["initial_loss"]] = loss.detach().double().to(self.device)
 
     def state_vector(self) -> torch.Tensor:
         """All flags as one fp64 vector: read it together with other stats in a single sync."""
@@ -376,8 +468,6 @@ class DivergenceMonitor:
 
     def load_state_dict(self, state: dict) -> None:
         v = state["v"].to(self.device, torch.float64)
-        if v.numel() < len(FIELDS):  # a checkpoint from before the signals: they start afresh
-            v = torch.cat([v, self.v[v.numel():]])
-        self.v = v.clone()
+        self.v[:v.numel()] = v  # a checkpoint from before the signals has fewer fields: they start afresh
         if "ring" in state and state["ring"].shape == self.ring.shape:
-            self.ring = state["ring"].to(self.device, torch.float64).clone()
+            self.ring.copy_(state["ring"])

@@ -76,15 +76,16 @@ class Precision:
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
              loss: torch.Tensor, max_grad_norm: float | None, monitor=None,
-             logits: torch.Tensor | None = None) -> StepFlags:
+             logits: torch.Tensor | None = None, batch: tuple | None = None) -> StepFlags:
         """Unscale, clip, skip-or-step, update the loss scale. No host sync.
 
         With a DivergenceMonitor, the step is recorded by it (with the model's raw `logits`, for
-        its logit signals) and its skip flag is used (one compiled call on CUDA for both); without
-        one, the flag is computed here.
+        its logit signals, and `batch` for its per-dataset sums: see `DivergenceMonitor.update`)
+        and its skip flag is used (one CUDA graph on CUDA for all of it); without one, the flag is
+        computed here.
         """
         enabled = self.scaler.is_enabled()
-        scale = self.scaler._get_scale_async().clone() if enabled else self._one
+        scale = self.scaler._get_scale_async().clone() if enabled else None  # None: 1 (the monitor's own constant)
         self.scaler.unscale_(optimizer)
         if max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
@@ -92,7 +93,7 @@ class Precision:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
         loss = loss.detach()
         if monitor is not None:
-            skip = monitor.update(loss, norm, scale, logits)
+            skip = monitor.update(loss, norm, scale, logits, batch)
         else:  # loss + norm is non-finite when either is
             skip = (~torch.isfinite(loss + norm)).float()
         # fused optimizers read these two attributes (GradScaler.step sets them the same way)
@@ -103,7 +104,7 @@ class Precision:
         finally:
             del optimizer.grad_scale, optimizer.found_inf
         self.scaler.update()
-        return StepFlags(norm, skip, scale, loss)
+        return StepFlags(norm, skip, self._one if scale is None else scale, loss)
 
     def state_dict(self) -> dict:
         return {"name": self.name, "scaler": self.scaler.state_dict()}

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, copy_weights, progress, update_ratio
+from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, accumulate, progress
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run tests/stability on the GPU machine)")
 
 
 def feed(mon, losses, grads=None):
@@ -127,13 +129,86 @@ def test_fp16_nonfinite_gradient_at_scale_one_is_divergence():
     assert mon.read()[1].reason == "nonfinite_grad"
 
 
-def test_compiled_update_agrees_with_eager():
-    losses = [3.0 - 0.05 * i for i in range(20)] + [40.0, math.nan, 2.0]
-    a, b = DivergenceMonitor(MonitorConfig(), compile=False), DivergenceMonitor(MonitorConfig(), compile=True)
-    feed(a, losses)
-    feed(b, losses)
-    assert a.read()[1] == b.read()[1]
-    torch.testing.assert_close(a.state_vector(), b.state_vector(), equal_nan=True)
+def test_the_state_is_written_in_place():
+    """The tensors a CUDA graph reads and writes never move: update, the initial loss and a
+    checkpoint's state all write into them."""
+    mon = DivergenceMonitor(MonitorConfig(), datasets=2)
+    v, ring, acc = mon.v, mon.ring, mon.acc
+    mon.set_initial_loss(torch.tensor(3.0))
+    feed(mon, [3.0, 2.5])
+    mon.update(torch.tensor(2.0), torch.tensor(1.0), logits=torch.zeros(2, 3),
+               batch=(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([1.0, 2.0]), None))
+    other = DivergenceMonitor(MonitorConfig(), datasets=2)
+    other.load_state_dict(mon.state_dict())
+    assert mon.v is v and mon.ring is ring and mon.acc is acc
+    assert other.snapshot() == mon.snapshot() and mon.snapshot().initial_loss == 3.0
+    assert acc.tolist() == [[1.0, 1.0, 1.0], [2.0, 1.0, 0.0]]  # loss sum, count, correct per dataset
+
+
+def steps(mon, losses, logits, labels, grads, measure_every=0, params=None):
+    """Feed `mon` as the Trainer does: each step with its logits and batch; with `params`, the
+    update-to-weight ratio every `measure_every` steps around a change of the weights."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.arange(len(labels), device=labels.device) % 2
+    for i, (loss, grad) in enumerate(zip(losses, grads)):
+        if params and measure_every and (i + 1) % measure_every == 0:
+            mon.keep_weights(params)
+            for p in params:
+                p.mul_(1 + 0.01 * (i + 1))
+        dev = labels.device
+        mon.update(torch.tensor(loss, device=dev), torch.tensor(grad, device=dev), logits=logits * (1 + i),
+                   batch=(labels, ids, torch.rand(len(labels), generator=g).to(dev), None))
+        if params and measure_every and (i + 1) % measure_every == 0:
+            mon.record_update(params)
+
+
+@cuda
+def test_cuda_graphs_agree_with_the_eager_monitor():
+    """The replayed graphs give the eager monitor's state, verdict and sums, step after step,
+    through a spike (step 9), an inf gradient (12), a NaN loss (14), the sampled update ratio, a checkpoint load and a
+    batch of another size (a second graph)."""
+    cfg = MonitorConfig(min_steps=3, history_steps=4, warn_grad_spike=3.0, warn_max_logit=8.0)
+    losses = [3.0 - 0.05 * i for i in range(14)] + [math.nan, 2.0, 2.1]
+    grads = [10.0 if i == 9 else (math.inf if i == 12 else 1.0) for i in range(len(losses))]
+    mons = [DivergenceMonitor(cfg, "cuda", datasets=2, graph=False), DivergenceMonitor(cfg, "cuda", datasets=2)]
+    logits = torch.randn(6, 5, device="cuda")
+    labels = torch.tensor([0, 1, 2, 3, 4, 0], device="cuda")
+    for mon in mons:
+        params = [torch.ones(3, device="cuda"), torch.full((2, 2), 2.0, device="cuda")]
+        steps(mon, losses, logits, labels, grads, measure_every=5, params=params)
+        steps(mon, [2.0, 1.9], logits[:4], labels[:4], [1.0, 1.0])
+    eager, graphed = mons
+    assert graphed.cuda_graphs == 4 and eager.cuda_graphs == 0  # two step shapes, the weights' copy and the ratio
+    assert eager.snapshot() == graphed.snapshot()
+    assert eager.read()[1] == graphed.read()[1] and eager.read()[1].reason == "nonfinite_grad"  # step 12
+    assert graphed.snapshot().warnings["grad_spike"] == 9 and graphed.snapshot().signals["update_ratio"] > 0
+    torch.testing.assert_close(eager.state_vector(), graphed.state_vector(), equal_nan=True)
+    torch.testing.assert_close(eager.acc, graphed.acc)
+    torch.testing.assert_close(eager.ring, graphed.ring, equal_nan=True)
+    state = eager.state_dict()
+    graphed.load_state_dict(state)  # in place: the graphs go on from it
+    for mon in mons:
+        steps(mon, [1.8], logits, labels, [1.0])
+    torch.testing.assert_close(eager.state_vector(), graphed.state_vector(), equal_nan=True)
+
+
+@cuda
+def test_a_graphed_monitor_trains_as_the_eager_one(tmp_path):
+    """`stablesweep train` on the GPU: the same verdict, signals and per-dataset losses with and
+    without the CUDA graphs."""
+    from stablesweep.config import load_config
+    from stablesweep.data.synthetic import write_synthetic
+    from stablesweep.train import run_training
+
+    path = write_synthetic(tmp_path / "data", names_classes={"a": 3, "b": 4}, per_class=16, image_size=16)
+    over = ["training.steps=30", "training.batch_size=16", "model.name=small_cnn", "data.image_size=16",
+            "training.precision=fp32"]
+    cfg = load_config(path, over)
+    graphed = run_training(cfg, device="cuda")
+    plain = run_training(load_config(path, [*over, "monitor.cuda_graphs=false"]), device="cuda")
+    assert (graphed.verdict, graphed.steps) == (plain.verdict, plain.steps) == ("stable", 30)
+    assert graphed.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
+    assert graphed.signals == pytest.approx(plain.signals, rel=1e-4)
 
 
 def test_history_keeps_the_last_steps_at_their_true_steps():
@@ -207,25 +282,37 @@ def test_loss_scale_drops_count_after_the_scalers_warm_up():
 
 
 def test_update_ratio_is_the_step_over_the_weights_and_recorded_at_its_step():
+    mon = DivergenceMonitor(MonitorConfig(warn_update_ratio=0.05))
     w = [torch.tensor([3.0, 4.0]), torch.zeros(2, 2)]
-    before = [p.clone() for p in w]
+    mon.keep_weights(w)
     w[0] += torch.tensor([0.3, 0.0])
     w[1] += 0.2  # |delta| = sqrt(0.09 + 4 * 0.04) = 0.5, |before| = 5
-    assert update_ratio(before, w).item() == pytest.approx(0.1)
+    mon.record_update(w)
+    assert mon.snapshot().signals["update_ratio"] == pytest.approx(0.1)
     mon = DivergenceMonitor(MonitorConfig(warn_update_ratio=0.05))
     feed(mon, [2.0] * 4)
     w = [torch.tensor([3.0, 4.0]), torch.zeros(2, 2)]
-    before = copy_weights(w)
+    mon.keep_weights(w)
     w[0] *= 1.01  # |delta| / |w| = 0.01 (w[1] stays 0)
-    mon.record_update(before, w)
+    mon.record_update(w)
     feed(mon, [2.0] * 3)
-    before = copy_weights(w)
-    assert before[0] is not w[0] and torch.equal(before[0], w[0])
+    mon.keep_weights(w)
     w[0] *= 1.1  # 0.1
-    mon.record_update(before, w)
+    mon.record_update(w)
     snap = mon.snapshot()
     assert snap.signals["update_ratio"] == pytest.approx(0.1) and snap.warnings["update_ratio"] == 6
     assert snap.steps == 7 and mon.read()[1].verdict == "stable"  # a flag, not a verdict
+
+
+def test_per_dataset_sums_count_only_allowed_classes():
+    """accumulate: loss sum, count and correct per dataset; a dataset's prediction is taken over its
+    own classes only (the allowed mask)."""
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0], [0.0, 9.0, 2.0]])
+    allowed = torch.tensor([[True, False, False], [False, True, True]])
+    acc = accumulate(torch.zeros(2, 3, dtype=torch.float64), logits, torch.tensor([0, 1, 2]),
+                     torch.tensor([0, 0, 1]), torch.tensor([1.0, 2.0, 4.0]), allowed)
+    # dataset 0 allows class 0 only: both its samples predict 0 (one right); dataset 1 picks 1 over 2
+    assert acc.tolist() == [[3.0, 2.0, 1.0], [4.0, 1.0, 0.0]]
 
 
 def test_a_null_threshold_never_warns_and_metrics_name_every_signal():
@@ -236,18 +323,6 @@ def test_a_null_threshold_never_warns_and_metrics_name_every_signal():
     assert m["signal/max_logit"] == 1e4 and m["warn_step/max_logit"] == -1
     assert set(m) == {"at_risk", "at_risk_signal", "at_risk_step"} | {f"{k}/{n}" for n in SIGNALS
                                                                        for k in ("signal", "warn_step")}
-
-
-def test_compiled_update_agrees_with_eager_on_the_signals():
-    cfg = MonitorConfig(min_steps=3, history_steps=4, warn_grad_spike=3.0, warn_max_logit=8.0)
-    a, b = DivergenceMonitor(cfg, compile=False), DivergenceMonitor(cfg, compile=True)
-    g = torch.Generator().manual_seed(0)
-    for step in range(12):
-        logits = torch.randn(4, 5, generator=g) * (1 + step)
-        for mon in (a, b):
-            mon.update(torch.tensor(2.0), torch.tensor(10.0 if step == 9 else 1.0), logits=logits)
-    assert a.snapshot() == b.snapshot() and a.snapshot().warnings["grad_spike"] == 9
-    torch.testing.assert_close(a.state_vector(), b.state_vector(), equal_nan=True)
 
 
 def test_a_checkpoint_from_before_the_signals_still_loads():
