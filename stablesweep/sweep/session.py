@@ -61,6 +61,11 @@ def start_ray(opts: RunOptions) -> bool:
         except (ConnectionError, ValueError) as e:
             raise InputError(f"--address {opts.address}: cannot join that Ray cluster: {e}") from None
     else:
+        # STABLESWEEP_RAY_NODE_IP: the address this machine's Ray registers its node under (Ray's own
+        # choice by default: the interface of its default route; Ray rewrites 127.0.0.1 to that, so a
+        # loopback-only Ray, as the test suite runs, takes another 127.0.0.x)
+        if os.environ.get("STABLESWEEP_RAY_NODE_IP"):
+            kwargs["_node_ip_address"] = os.environ["STABLESWEEP_RAY_NODE_IP"]
         ray.init(num_cpus=opts.num_cpus, **kwargs)
     return True
 

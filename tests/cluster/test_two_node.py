@@ -1,7 +1,7 @@
 """Sweeps on a real multi-node Ray cluster, on this one machine.
 
-The module starts its own cluster with `ray start`: a head (1 CPU, the dashboard and job server on
-127.0.0.1) and a worker node (2 CPUs and the custom resource `worker_node`), each with its own temp
+The module starts its own cluster with `ray start`, every node registered on loopback (127.0.0.2): a
+head (1 CPU, the dashboard and job server on 127.0.0.1) and a worker node (2 CPUs and the custom resource `worker_node`), each with its own temp
 dir (as on separate machines), free ports and process group, and token authentication on a token
 of its own. Trials ask for `worker_node`, so they can only run on the worker. The sweep drivers
 are subprocesses (this test process may hold the session's own local Ray, and a process attaches
@@ -45,6 +45,7 @@ STEPS = 20
 # three stable lrs and one that diverges in the first report interval: four trials, one each
 SPACE = "training.lr: {grid: [1.0e-3, 3.0e-3, 1.0e-2, 1.0e+3]}\n"
 N = 4
+NODE_IP = "127.0.0.2"  # every node registers on loopback (Ray rewrites 127.0.0.1 to the outward address)
 
 pytestmark = [
     pytest.mark.timeout(420),
@@ -131,7 +132,7 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{NODE_IP}:{self.port}"
 
     @property
     def dashboard(self) -> str:
@@ -143,7 +144,7 @@ class LocalCluster:
         node_dir = Path(self.temp_dir, name)
         node_dir.mkdir()
         log = Path(self.temp_dir, f"{name}.log")
-        cmd = [RAY, "start", *args, "--temp-dir", str(node_dir), "--disable-usage-stats",
+        cmd = [RAY, "start", *args, "--node-ip-address", NODE_IP, "--temp-dir", str(node_dir), "--disable-usage-stats",
                "--dashboard-agent-listen-port", str(free_port())]
         with log.open("w") as f:
             p = subprocess.Popen(cmd, env={**self.env, NODE_MARK: f"{self.marker}/{name}"}, stdout=f,
