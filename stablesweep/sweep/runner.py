@@ -75,12 +75,20 @@ from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, t
 from stablesweep.sweep.space import SearchSpace, load_space
 from stablesweep.sweep.stopper import Outcome, asha_for
 from stablesweep.vocab import (
+    BUDGET_STEPS,
     DIVERGED,
+    FINAL_LOSS,
+    FIRST_BAD_STEP,
+    INITIAL_LOSS,
     LR_KEY,
+    OBJECTIVE,
+    REASON,
     REPLICATE,
     SEED_KEY,
     STABLE,
     STALLED,
+    STEPS,
+    TRAIN_FLOPS,
     UNFINISHED,
     VERDICT,
     VERDICTS,
@@ -387,9 +395,9 @@ def _save_elsewhere(plan: SweepPlan) -> Path | None:
         keys = plan.space.keys
         table = pd.DataFrame([{"trial_id": r.get("tune_trial_id"), "optuna_number": r["number"],
                                "optuna_state": r["state"], **{k: r["params"].get(k) for k in keys},
-                               "verdict": r.get("verdict"), "reason": r.get("reason"),
-                               "first_bad_step": r.get("first_bad_step"), "steps": r.get("steps"),
-                               "objective": r["value"]} for r in rows])
+                               VERDICT: r.get(VERDICT), REASON: r.get(REASON),
+                               FIRST_BAD_STEP: r.get(FIRST_BAD_STEP), STEPS: r.get(STEPS),
+                               OBJECTIVE: r["value"]} for r in rows])
         path = Path(tempfile.mkdtemp(prefix=f"stablesweep-{plan.name}-")) / "trials.csv"
         table.to_csv(path, index=False)
         return path
@@ -511,7 +519,7 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
     space_yaml = plan.space.to_yaml()
     config_yaml = yaml.safe_dump(plan.base, sort_keys=False)
     params = {"sampler": plan.sampler, "samples": plan.samples, "seed": plan.seed, "asha": plan.asha,
-              "budget_steps": plan.cfg.training.steps, "report_interval": plan.cfg.training.report_interval,
+              BUDGET_STEPS: plan.cfg.training.steps, "report_interval": plan.cfg.training.report_interval,
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
               "max_concurrent": max_concurrent, "config_file": str(Path(opts.config).resolve()),
               "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys),
@@ -563,12 +571,12 @@ def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], 
     configs, skipped = [], []
     for g in region.groups:
         mine = rows_of(done, region.group_keys, g.key)
-        tried = mine.loc[mine["verdict"].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
+        tried = mine.loc[mine[VERDICT].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
         runs = replicate_runs(g.max_stable_lr, g.min_failed_lr, plan.replicates, seed, tried)
         if not runs:
             skipped.append(g.label)
             continue
-        top = mine[(mine["verdict"] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
+        top = mine[(mine[VERDICT] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
         params = {k: py(top[k]) for k in space.keys}
         configs += [{**params, LR_KEY: float(lr), SEED_KEY: int(s)} for lr, s in runs]
     return configs, skipped
@@ -580,10 +588,10 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
     None while the sweep's own trials have not all ended."""
     from ray import tune
 
-    if (table["verdict"] == UNFINISHED).any():
+    if (table[VERDICT] == UNFINISHED).any():
         echo("replicates: not yet, the sweep's own trials have not all ended (--resume runs them)")
         return None
-    configs, skipped = replicate_configs(plan, table[table["verdict"].isin(VERDICTS)])
+    configs, skipped = replicate_configs(plan, table[table[VERDICT].isin(VERDICTS)])
     if skipped:
         echo(f"replicates: no bracket (no stable lr below a failed one) with {'; '.join(skipped)}: skipped")
     if not configs:
@@ -616,26 +624,27 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     from stablesweep.analysis.plots import boundary_data, plot_boundary
     from stablesweep.analysis.region import add_boundaries, analyze, lr_margins, write_region
 
-    interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
+    interrupted = bool((table[VERDICT] == UNFINISHED).any()) if len(table) else False
     if not interrupted:
         kept = [t for t in (table, replicates[0] if replicates is not None else None) if t is not None and len(t)]
         _delete_lost_runs(tracker, parent, plan, {tid for t in kept for tid in t["trial_id"]})
-    done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
+    done = table[table[VERDICT].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
     metrics: dict[str, float] = {}
     fits = None
     if plan.replicates:
-        reps, rep_outcomes = replicates if replicates is not None else (pd.DataFrame(columns=["verdict", "seed"]), {})
-        interrupted = interrupted or bool((reps["verdict"] == UNFINISHED).any())
-        fits = add_boundaries(region, done, reps[reps["verdict"].isin(VERDICTS)], plan.replicates,
+        reps, rep_outcomes = replicates if replicates is not None else (pd.DataFrame(columns=[VERDICT, "seed"]), {})
+        interrupted = interrupted or bool((reps[VERDICT] == UNFINISHED).any())
+        fits = add_boundaries(region, done, reps[reps[VERDICT].isin(VERDICTS)], plan.replicates,
                               plan.cfg.training.seed)
         table = pd.concat([table.assign(phase="sweep", seed=plan.cfg.training.seed),
                            reps.assign(phase=REPLICATE, optuna_number=-1)], ignore_index=True)
         outcomes = {**outcomes, **rep_outcomes}
-        done = table[table["verdict"].isin(VERDICTS)]
-        metrics.update(replicates=float(len(reps)), replicate_flops=float(sum(g.replicate_flops for g in region.groups)),
-                       train_flops=float(sum(g.train_flops for g in region.groups)))
+        done = table[table[VERDICT].isin(VERDICTS)]
+        metrics.update({"replicates": float(len(reps)),
+                        "replicate_flops": float(sum(g.replicate_flops for g in region.groups)),
+                        TRAIN_FLOPS: float(sum(g.train_flops for g in region.groups))})
     _finish_mlflow(table, outcomes, tracker, parent, plan)
     title = f"Stable region: sweep {plan.name}"
     files = write_region(region, table, plan.sweep_dir, base=plan.base, title=title,
@@ -645,10 +654,10 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     if fits is not None:
         files["figure_boundary"] = plot_boundary(boundary_data([g.label for g in region.groups], fits),
                                                  plan.sweep_dir / "figures" / "boundary.png", region.budget_steps)
-    counts = {v: int((table["verdict"] == v).sum()) for v in (*VERDICTS, UNFINISHED)} if len(table) else {}
+    counts = {v: int((table[VERDICT] == v).sum()) for v in (*VERDICTS, UNFINISHED)} if len(table) else {}
     metrics.update({f"trials_{k}": float(v) for k, v in counts.items()})
     if region.best:
-        metrics["best_objective"] = region.best["objective"]
+        metrics["best_objective"] = region.best[OBJECTIVE]
     tracker.log_setting_metrics(parent, region.groups)
     for trial_id, margin in zip(done["trial_id"], lr_margins(done, region)) if len(done) else ():
         run_id = tracker.trial_run(parent, trial_id, "", {})
@@ -675,8 +684,8 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
                                    setting={k: params.get(k) for k in plan.space.categorical_keys})
         # budget_steps among the constants (a tag, as the config writes it); tags only where known
-        summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps",
-                                         "budget_steps") if py(r.get(k)) is not None}
+        summary = {k: py(r[k]) for k in (OBJECTIVE, INITIAL_LOSS, FINAL_LOSS, TRAIN_FLOPS, STEPS, BUDGET_STEPS)
+                   if py(r.get(k)) is not None}
         if py(r.get("node_id")):
             tags["node_id"] = str(r["node_id"])
         number = py(r.get("optuna_number"))
@@ -697,7 +706,7 @@ def _delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]
     rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
     for run in tracker.children(parent):
         tid = run.data.tags.get(TRIAL_TAG)
-        if tid not in trial_ids and (tid in rerun or "verdict" not in run.data.tags):
+        if tid not in trial_ids and (tid in rerun or VERDICT not in run.data.tags):
             if run.info.status == "RUNNING":
                 tracker.client.set_terminated(run.info.run_id, "KILLED")
             tracker.client.delete_run(run.info.run_id)
