@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     # the cheap checks first, before Ray is even imported
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
 
-    from stablesweep.sweep.runner import OutputFault, run_sweep
+    from stablesweep.sweep.recovery import OutputFault
+    from stablesweep.sweep.runner import run_sweep
     from stablesweep.tracking import stable_trials_link, ui_command
 
     try:
