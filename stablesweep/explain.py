@@ -35,7 +35,7 @@ import yaml
 
 from stablesweep.config import Config, config_from_dict
 from stablesweep.train import CHECKPOINT_FILE, Trainer
-from stablesweep.vocab import DIVERGED, HISTORY, InputError, jsonable
+from stablesweep.vocab import DIVERGED, FIRST_BAD_STEP, HISTORY, REASON, STEP, VERDICT, InputError, jsonable
 
 MASKING, PRECISION, LEARNING_RATE, DATA = "masking", "precision", "learning_rate", "data"
 CAUSES = (MASKING, PRECISION, LEARNING_RATE, DATA)  # in the order a fix is attributed
@@ -161,7 +161,7 @@ def read_run(run_dir: str | Path) -> RunSource:
         raise ExplainError(f"{run}: cannot read result.json / config.yaml: {e}") from None
     if not isinstance(result, dict) or not isinstance(raw, dict):
         raise ExplainError(f"{run}: result.json and config.yaml must each hold a mapping")
-    _check_diverged(result.get("verdict"), files["result.json"])
+    _check_diverged(result.get(VERDICT), files["result.json"])
     found = []
     for d in (run / "checkpoints").glob("checkpoint_*"):
         try:
@@ -198,7 +198,7 @@ def read_trial(uri: str, run_id: str) -> RunSource:
     if TRIAL_TAG not in run.tags or not experiment:
         raise ExplainError(f"MLflow run {run_id}: not a sweep trial (no {TRIAL_TAG} tag, or its parent has no "
                            "tune_experiment tag); give a run directory of stablesweep train --out instead")
-    _check_diverged(run.tags.get("verdict"), f"MLflow run {run_id}")
+    _check_diverged(run.tags.get(VERDICT), f"MLflow run {run_id}")
     trial = Path(experiment) / f"trial_{run.tags[TRIAL_TAG]}"
     results = trial / "result.json"
     if not results.is_file():
@@ -208,15 +208,15 @@ def read_trial(uri: str, run_id: str) -> RunSource:
         lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
     except ValueError as e:
         raise ExplainError(f"{results}: cannot read it: {e}") from None
-    found = [(trial / r["checkpoint_dir_name"], int(r["step"])) for r in lines
+    found = [(trial / r["checkpoint_dir_name"], int(r[STEP])) for r in lines
              if r.get("checkpoint_dir_name") and (trial / r["checkpoint_dir_name"] / CHECKPOINT_FILE).is_file()]
     if not found or not lines:
         raise ExplainError(f"MLflow run {run_id}: no checkpoints kept in {trial} (a sweep keeps the last "
                            "training.keep_checkpoints of each trial; this one wrote none, or they were removed)")
     last = lines[-1]
-    result = {"verdict": run.tags["verdict"], "reason": run.tags.get("reason"),
-              "first_bad_step": int(run.tags.get("first_bad_step", last.get("first_bad_step", -1))),
-              "history": last.get(HISTORY) or []}
+    result = {VERDICT: run.tags[VERDICT], REASON: run.tags.get(REASON),
+              FIRST_BAD_STEP: int(run.tags.get(FIRST_BAD_STEP, last.get(FIRST_BAD_STEP, -1))),
+              HISTORY: last.get(HISTORY) or []}
     latest = max(found, key=lambda x: x[1])[0] / CHECKPOINT_FILE
     raw = torch.load(latest, map_location="cpu", weights_only=True)["config"]
     base_dir = str(trial)
@@ -302,10 +302,10 @@ def explain(run: str | Path | RunSource, *, device: str = "cpu", lr_factor: floa
     src = run if isinstance(run, RunSource) else read_run(run)
     result, raw, source, base_dir = src.result, src.raw, src.source, src.base_dir
     cfg = config_from_dict(raw, source=source, base_dir=base_dir)  # a bad config: an error before any work
-    first_bad = int(result["first_bad_step"])
+    first_bad = int(result[FIRST_BAD_STEP])
     until = first_bad + 1 + extra_steps
     _, skipped = changes(cfg, lr_factor)
-    expl = Explanation(src.name, result.get("reason") or "", first_bad, until, UNDETERMINED, not_tried=skipped)
+    expl = Explanation(src.name, result.get(REASON) or "", first_bad, until, UNDETERMINED, not_tried=skipped)
     with tempfile.TemporaryDirectory(prefix="stablesweep-explain-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the run already said so (dropped labels); once is enough
         starts = [(d, step, d.name) for d, step in src.at_or_before(first_bad)]
@@ -327,7 +327,7 @@ def explain(run: str | Path | RunSource, *, device: str = "cpu", lr_factor: floa
                     r.verdict, r.reason, r.first_bad_step, r.steps = (res.verdict, res.reason, res.first_bad_step,
                                                                       res.steps)
                     if r.cause is None:
-                        attempt.same_losses = compare_losses(result.get("history") or [], res.history, start_step)
+                        attempt.same_losses = compare_losses(result.get(HISTORY) or [], res.history, start_step)
                         expl.samples = batch_samples(trainer, first_bad)
                 attempt.replays.append(r)
                 if r.cause is None and not r.diverged:

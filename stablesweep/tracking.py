@@ -50,15 +50,24 @@ from typing import Any, Iterable
 from urllib.parse import quote, urlencode
 
 from stablesweep.vocab import (
+    AT_RISK,
+    AT_RISK_SIGNAL,
+    AT_RISK_STEP,
     BUDGET_STEPS,
     DIVERGED,
     ERROR,
+    FIRST_BAD_STEP,
+    FLOPS_PER_STEP,
     INITIAL_LOSS,
+    LOSS,
     LR_KEY,
     OBJECTIVE,
     PRUNED,
+    REASON,
     STABLE,
     STALLED,
+    STEPS,
+    VERDICT,
     VERDICTS,
     finite,
     format_value,
@@ -85,7 +94,7 @@ STAND_IN_OBJECTIVE = "stand_in_objective"  # a diverged run's objective: its ini
 LR_MARGIN = "lr_margin"  # lr / the smallest diverged lr of the run's setting in its sweep
 DIVERGED_AT_STEP = "diverged_at_step"
 STEP_LOSS, STEP_GRAD_NORM = "step_loss", "step_grad_norm"  # a diverged run's last steps, raw
-CONSTANTS = (INITIAL_LOSS, "flops_per_step", BUDGET_STEPS)  # the same at every report: tags, once
+CONSTANTS = (INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)  # the same at every report: tags, once
 # per setting on a parent run: `<name>.<setting slug>`
 SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk",
                    "lr_at_50pct")
@@ -354,7 +363,7 @@ class Tracker:
 
     def last_step(self, run_id: str) -> int:
         """The last report step logged (-1: none), so a resumed sweep does not log a step twice."""
-        hist = self.client.get_metric_history(run_id, "loss")
+        hist = self.client.get_metric_history(run_id, LOSS)
         return max((m.step for m in hist), default=-1)
 
     def log_trial_metrics(self, run_id: str, metrics: dict[str, Any], step: int, *,
@@ -363,7 +372,7 @@ class Tracker:
         seconds; default now), except the objective (a verdict's number: `finish_trial` logs it),
         the CONSTANTS (tags, once: `log_constants`) and a warning step while it is -1 (no warning
         yet: no sentinel in the charts)."""
-        from stablesweep.stability.monitor import AT_RISK_STEP, warning_key
+        from stablesweep.stability.monitor import warning_key
 
         def unset(k: str, v: Any) -> bool:
             return (k == AT_RISK_STEP or k.startswith(warning_key(""))) and (finite(v) or 0) < 0
@@ -376,8 +385,6 @@ class Tracker:
         """The early-warning flag of a report (a bool, which `_log` leaves out): `at_risk` as a
         0/1 metric at `step` and, once raised, the tag `at_risk` = `<signal> at step <step>` (the
         first signal over its threshold). Nothing when the result has no flag."""
-        from stablesweep.stability.monitor import AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP
-
         if not isinstance(result.get(AT_RISK), bool):
             return
         self._log(run_id, {AT_RISK: float(result[AT_RISK])}, step)
@@ -422,14 +429,14 @@ class Tracker:
         `stand_in_objective` for a diverged run, none for an error), the summary numbers the live
         reports did not log, its name led by the verdict, its status (STATUS). `ended_at` (epoch
         seconds): when it really ended, for a run logged after the fact."""
-        all_tags = {"verdict": verdict}
+        all_tags = {VERDICT: verdict}
         if verdict == ERROR:
             if reason:
                 all_tags["error"] = reason[:5000]
         elif reason:
-            all_tags["reason"] = reason
+            all_tags[REASON] = reason
         if verdict == DIVERGED and first_bad_step is not None and first_bad_step >= 0:
-            all_tags["first_bad_step"] = str(int(first_bad_step))
+            all_tags[FIRST_BAD_STEP] = str(int(first_bad_step))
         self._tags(run_id, {**all_tags, **(tags or {})})
         summary = dict(summary)
         self.log_constants(run_id, summary)
@@ -441,7 +448,7 @@ class Tracker:
             metrics[OBJECTIVE] = objective
         elif verdict == DIVERGED:
             metrics[STAND_IN_OBJECTIVE] = objective
-        self._log(run_id, metrics, step=int(summary.get("steps", 0) or 0))
+        self._log(run_id, metrics, step=int(summary.get(STEPS, 0) or 0))
         base = name_without_verdict(run.info.run_name or "")
         self.client.update_run(run_id, name=f"{verdict_label(verdict, first_bad_step)} {base}".rstrip())
         self.client.set_terminated(run_id, STATUS.get(verdict, "FAILED"), end_time=_ms(ended_at))

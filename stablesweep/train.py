@@ -31,7 +31,30 @@ from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
 from stablesweep.stability.precision import make_optimizer, make_precision
-from stablesweep.vocab import HISTORY
+from stablesweep.vocab import (
+    AT_RISK,
+    AT_RISK_SIGNAL,
+    AT_RISK_STEP,
+    BUDGET_STEPS,
+    FIRST_BAD_STEP,
+    FLOPS_PER_STEP,
+    GRAD_NORM,
+    HISTORY,
+    INITIAL_LOSS,
+    LAST_LOSS,
+    LOSS,
+    LR,
+    MAX_GRAD_NORM_SEEN,
+    NONFINITE_STEPS,
+    OBJECTIVE,
+    OVERFLOW_STEPS,
+    PROGRESS,
+    REASON,
+    SAMPLES_PER_S,
+    STEP,
+    TRAIN_FLOPS,
+    VERDICT,
+)
 
 Report = Callable[[dict, "str | None"], None]
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -359,14 +382,14 @@ class Trainer:
         metrics = self._metrics(snap, verdict, samples_per_s, True, evals, None)
         return TrainResult(
             verdict=verdict.verdict, reason=verdict.reason, first_bad_step=verdict.first_bad_step,
-            steps=self.step, budget_steps=self.total, train_flops=metrics["train_flops"],
-            flops_per_step=self.flops_per_step, objective=metrics["objective"],
+            steps=self.step, budget_steps=self.total, train_flops=metrics[TRAIN_FLOPS],
+            flops_per_step=self.flops_per_step, objective=metrics[OBJECTIVE],
             initial_loss=snap.initial_loss, final_loss=snap.smoothed_loss, progress=progress(snap), samples_per_s=samples_per_s,
             wall_s=wall, device=str(self.device), precision=t.precision, masking=cfg.masking, lr=t.lr,
             nonfinite_loss_steps=snap.nonfinite_loss_steps, nonfinite_grad_steps=snap.nonfinite_grad_steps,
             overflow_steps=snap.overflow_steps, dropped_samples=self.dropped,
             max_grad_norm_seen=snap.max_grad_norm, datasets=evals, history=history,
-            at_risk=metrics["at_risk"], at_risk_signal=metrics["at_risk_signal"], at_risk_step=metrics["at_risk_step"],
+            at_risk=metrics[AT_RISK], at_risk_signal=metrics[AT_RISK_SIGNAL], at_risk_step=metrics[AT_RISK_STEP],
             signals=snap.signals, warnings=snap.warnings, base_dir=cfg.base_dir,
         )
 
@@ -381,15 +404,15 @@ class Trainer:
         else:
             objective = fallback_objective(snap.initial_loss, self.space.total)
         m = {
-            "step": self.step, "budget_steps": self.total, "done": done,
-            "verdict": verdict.verdict, "reason": verdict.reason, "first_bad_step": verdict.first_bad_step,
-            "objective": objective, "loss": snap.smoothed_loss, "last_loss": snap.last_loss,
-            "initial_loss": snap.initial_loss, "progress": progress(snap), "grad_norm": snap.last_grad_norm,
-            "max_grad_norm_seen": snap.max_grad_norm,
-            "nonfinite_steps": snap.nonfinite_loss_steps + snap.nonfinite_grad_steps,
-            "overflow_steps": snap.overflow_steps,
-            "train_flops": self.flops_per_step * self.step, "flops_per_step": self.flops_per_step,
-            "samples_per_s": samples_per_s, "lr": self.optimizer.param_groups[0]["lr"],
+            STEP: self.step, BUDGET_STEPS: self.total, "done": done,
+            VERDICT: verdict.verdict, REASON: verdict.reason, FIRST_BAD_STEP: verdict.first_bad_step,
+            OBJECTIVE: objective, LOSS: snap.smoothed_loss, LAST_LOSS: snap.last_loss,
+            INITIAL_LOSS: snap.initial_loss, PROGRESS: progress(snap), GRAD_NORM: snap.last_grad_norm,
+            MAX_GRAD_NORM_SEEN: snap.max_grad_norm,
+            NONFINITE_STEPS: snap.nonfinite_loss_steps + snap.nonfinite_grad_steps,
+            OVERFLOW_STEPS: snap.overflow_steps,
+            TRAIN_FLOPS: self.flops_per_step * self.step, FLOPS_PER_STEP: self.flops_per_step,
+            SAMPLES_PER_S: samples_per_s, LR: self.optimizer.param_groups[0]["lr"],
             **snap.signal_metrics(),
         }
         if per_ds is not None:
@@ -405,10 +428,10 @@ class Trainer:
 
     def _progress_line(self, m: dict, per_ds: list) -> str:
         width = len(str(self.total))
-        head = (f"step {m['step']:>{width}}/{self.total}  loss {m['last_loss']:.4g} (smoothed {m['loss']:.4g})  "
-                f"grad {m['grad_norm']:.3g}  lr {m['lr']:.2e}  {m['samples_per_s']:.0f} samples/s  "
-                f"[{m['verdict']}{' ' + m['reason'] + ' at step ' + str(m['first_bad_step']) if m['reason'] else ''}]"
-                f"{'  at risk: ' + m['at_risk_signal'] + ' at step ' + str(m['at_risk_step']) if m['at_risk'] else ''}")
+        head = (f"step {m[STEP]:>{width}}/{self.total}  loss {m[LAST_LOSS]:.4g} (smoothed {m[LOSS]:.4g})  "
+                f"grad {m[GRAD_NORM]:.3g}  lr {m[LR]:.2e}  {m[SAMPLES_PER_S]:.0f} samples/s  "
+                f"[{m[VERDICT]}{' ' + m[REASON] + ' at step ' + str(m[FIRST_BAD_STEP]) if m[REASON] else ''}]"
+                f"{'  at risk: ' + m[AT_RISK_SIGNAL] + ' at step ' + str(m[AT_RISK_STEP]) if m[AT_RISK] else ''}")
         parts = []
         for name in self.space.names:
             if f"train_loss/{name}" in m:

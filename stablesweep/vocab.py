@@ -35,16 +35,29 @@ NO_PROGRESS = "no_progress"  # the reason of a stalled run
 # ---- result keys (one report of the training loop; Tune's result; result.json) -----------------
 
 STEP = "step"
+STEPS = "steps"                  # a trial record's or summary's: the steps run
 BUDGET_STEPS = "budget_steps"
 VERDICT = "verdict"
 REASON = "reason"
 FIRST_BAD_STEP = "first_bad_step"
 OBJECTIVE = "objective"          # finite always: the eval loss, the smoothed loss, or a stand-in
+LOSS = "loss"                    # the smoothed training loss
+LAST_LOSS = "last_loss"          # this step's training loss
 INITIAL_LOSS = "initial_loss"
+FINAL_LOSS = "final_loss"        # a trial record's: the last report's smoothed loss
+GRAD_NORM = "grad_norm"
+MAX_GRAD_NORM_SEEN = "max_grad_norm_seen"
+NONFINITE_STEPS = "nonfinite_steps"
+OVERFLOW_STEPS = "overflow_steps"
+LR = "lr"                        # the lr at this step (after the schedule); not the config key LR_KEY
 TRAIN_FLOPS = "train_flops"
+FLOPS_PER_STEP = "flops_per_step"
+SAMPLES_PER_S = "samples_per_s"
 FINISHED = "finished"            # the training loop's own `done`, renamed (Tune owns `done`)
 PROGRESS = "progress"            # 1 - final smoothed loss / initial loss
 HISTORY = "history"              # diverged, last report only: [(step, loss, grad norm), ...] before the end
+# the early warning (stability/monitor.py): whether a signal crossed its threshold, which, when
+AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP = "at_risk", "at_risk_signal", "at_risk_step"
 
 # ---- search-space words -----------------------------------------------------------------------
 

@@ -27,13 +27,16 @@ import pandas as pd
 from stablesweep.analysis.region import Region, analyze, infer_group_keys, lr_margins
 from stablesweep.analysis.text import lr_text, text_order, value_text
 from stablesweep.vocab import (
+    BUDGET_STEPS,
     DIVERGED,
     ERROR,
     LR_KEY,
+    OBJECTIVE,
     PRUNED,
     STABLE,
     STALLED,
     UNFINISHED,
+    VERDICT,
     VERDICTS,
     InputError,
     finite,
@@ -42,7 +45,7 @@ from stablesweep.vocab import (
     short_key,
 )
 
-BY = ("objective", "margin")
+BY = (OBJECTIVE, "margin")
 # stable first; a stalled trial (finite, did not learn) comes after every stable one, whatever its loss
 _VERDICT_ORDER = {STABLE: 0, STALLED: 1, PRUNED: 2, DIVERGED: 3, ERROR: 4, UNFINISHED: 5}
 _STATUS_ORDER = {"unstable": 0, "mixed": 1, "stable": 2}
@@ -78,12 +81,12 @@ class SweepData:
 
     @property
     def budget_steps(self) -> int | None:
-        for v in (self.params.get("budget_steps"), self.config.get("training.steps")):
+        for v in (self.params.get(BUDGET_STEPS), self.config.get("training.steps")):
             n = finite(v)
             if n is not None:
                 return int(n)
-        if "budget_steps" in self.trials.columns:
-            s = pd.to_numeric(self.trials["budget_steps"], errors="coerce").dropna()
+        if BUDGET_STEPS in self.trials.columns:
+            s = pd.to_numeric(self.trials[BUDGET_STEPS], errors="coerce").dropna()
             if len(s):
                 return int(s.max())
         return None
@@ -192,7 +195,7 @@ class Comparison:
     configs: pd.DataFrame  # ranked; one row a trial (after --only / --top); differs_from_best: keys
     varying: list[str]  # param/config columns whose values differ among the rows shown
     transitions: list[Transition]
-    by: str = "objective"
+    by: str = OBJECTIVE
     only: str | None = None
     top: int | None = None
     lr_key: str | None = LR_KEY
@@ -204,7 +207,7 @@ class Comparison:
         for s in self.sweeps:
             rows.append({"sweep": s.label, "kind": s.kind, "run_id": s.run_id, "trials": s.trials,
                          **{v: s.counts.get(v, 0) for v in (*VERDICTS, UNFINISHED)},
-                         "budget_steps": s.budget_steps, "best_objective": s.best_objective,
+                         BUDGET_STEPS: s.budget_steps, "best_objective": s.best_objective,
                          "lr_sensitivity": s.lr_sensitivity, "sampler": s.sampler})
         return pd.DataFrame(rows)
 
@@ -258,7 +261,7 @@ class Comparison:
         })
 
 
-def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None = None, by: str = "objective",
+def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None = None, by: str = OBJECTIVE,
             source: str = "", ui: str | None = None) -> Comparison:
     """Rank the trials of `sweeps` side by side (see the module docstring); `ui`: the MLflow UI
     (http://host:port) the report links runs to."""
@@ -283,7 +286,7 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
         for k in (*param_keys, *config_keys):
             if k not in frame.columns:
                 frame[k] = [s.config.get(k)] * len(frame) if len(frame) else pd.Series(dtype=object)
-        judged = frame[frame["verdict"].isin(VERDICTS)] if len(frame) else frame
+        judged = frame[frame[VERDICT].isin(VERDICTS)] if len(frame) else frame
         region = analyze(judged, lr_key=lr_key if lr_key in frame.columns else None,
                          group_keys=list(setting_keys), param_keys=list(param_keys), importance=False)
         frame["margin"] = lr_margins(frame, region)
@@ -291,17 +294,17 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
         frame["sweep_run_id"] = s.run_id
         frames.append(frame)
         sens = [g.lr_sensitivity for g in region.groups if g.lr_sensitivity is not None]
-        counts = {v: int((frame["verdict"] == v).sum()) for v in (*VERDICTS, UNFINISHED)}
+        counts = {v: int((frame[VERDICT] == v).sum()) for v in (*VERDICTS, UNFINISHED)}
         summaries.append(SweepSummary(
             label=s.label, name=s.name, kind=s.kind, run_id=s.run_id, trials=len(frame), counts=counts,
-            budget_steps=s.budget_steps, best_objective=region.best["objective"] if region.best else None,
+            budget_steps=s.budget_steps, best_objective=region.best[OBJECTIVE] if region.best else None,
             lr_sensitivity=sum(sens) / len(sens) if sens else None, sampler=s.params.get("sampler"),
             status=s.status, region=region, experiment_id=s.experiment_id))
         states.append(_setting_states(s.label, judged, region, setting_keys, lr_key))
 
     configs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(configs) and only:
-        configs = configs[configs["verdict"] == only]
+        configs = configs[configs[VERDICT] == only]
     configs = _rank(configs, by)
     if top is not None:
         configs = configs.head(top)
@@ -331,9 +334,9 @@ def _rank(t: pd.DataFrame, by: str) -> pd.DataFrame:
         n = finite(v)
         return math.inf if n is None else n
 
-    order = t["verdict"].map(lambda v: _VERDICT_ORDER.get(v, 9))
-    obj = t["objective"].map(number)
-    primary = obj if by == "objective" else t["margin"].map(number)
+    order = t[VERDICT].map(lambda v: _VERDICT_ORDER.get(v, 9))
+    obj = t[OBJECTIVE].map(number)
+    primary = obj if by == OBJECTIVE else t["margin"].map(number)
     t = t.assign(_o=order, _p=primary, _b=obj)
     return t.sort_values(["_o", "_p", "_b", "sweep"], kind="stable").drop(columns=["_o", "_p", "_b"])
 
@@ -345,7 +348,7 @@ def _setting_states(label: str, judged: pd.DataFrame, region: Region, keys: list
         k = _key(g.key, keys)
         lr_range = None
         if lr_key and len(judged):
-            mask = judged.apply(lambda r: _key(r, keys) == k, axis=1) & judged["verdict"].isin([STABLE, DIVERGED])
+            mask = judged.apply(lambda r: _key(r, keys) == k, axis=1) & judged[VERDICT].isin([STABLE, DIVERGED])
             lrs = pd.to_numeric(judged.loc[mask, lr_key], errors="coerce").dropna() if mask.any() else []
             if len(lrs):
                 lr_range = (float(min(lrs)), float(max(lrs)))

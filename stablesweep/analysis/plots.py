@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from stablesweep.analysis.text import lr_text, num_text, text_order, value_text
-from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, PRUNED, STABLE, STALLED, py, short_key
+from stablesweep.vocab import DIVERGED, ERROR, LR_KEY, OBJECTIVE, PRUNED, STABLE, STALLED, VERDICT, py, short_key
 
 COLORS = {STABLE: "#2ca02c", STALLED: "#ff7f0e", DIVERGED: "#d62728", PRUNED: "#7f7f7f", ERROR: "#000000"}
 MARKERS = {STABLE: "o", STALLED: "D", DIVERGED: "X", PRUNED: "o", ERROR: "s"}
@@ -61,7 +61,7 @@ def region_data(df: pd.DataFrame, lr_key: str = LR_KEY, y_key: str = CLIP_KEY,
             continue
         title = " / ".join(_label(r[k]) for k in panel_keys) or "all trials"
         y = y_levels.index(_label(r[y_key])) if y_levels else 0
-        xs, ys = panels.setdefault(title, {}).setdefault(r["verdict"], ([], []))
+        xs, ys = panels.setdefault(title, {}).setdefault(r[VERDICT], ([], []))
         xs.append(float(r[lr_key]))
         ys.append(y)
     bounds = {}
@@ -143,10 +143,10 @@ def objective_data(df: pd.DataFrame, lr_key: str = LR_KEY) -> ObjectiveInfo:
     out: dict[str, tuple[list, list]] = {}
     if lr_key in df.columns:
         for _, r in df.iterrows():
-            lr, obj = py(r[lr_key]), py(r.get("objective"))
+            lr, obj = py(r[lr_key]), py(r.get(OBJECTIVE))
             if lr is None or obj is None or not math.isfinite(float(obj)):
                 continue
-            xs, ys = out.setdefault(r["verdict"], ([], []))
+            xs, ys = out.setdefault(r[VERDICT], ([], []))
             xs.append(float(lr))
             ys.append(float(obj))
     return ObjectiveInfo(series=out, lr_key=lr_key)
@@ -205,7 +205,7 @@ def parallel_data(table: pd.DataFrame, keys: list[str], lr_key: str | None = LR_
         vals = [py(v) for v in table[k]]
         present = [v for v in vals if v is not None]
         nums = [v for v in present if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if nums and len(nums) == len(present) and (k in (lr_key, "objective") or len(set(nums)) > 6):
+        if nums and len(nums) == len(present) and (k in (lr_key, OBJECTIVE) or len(set(nums)) > 6):
             lo, hi = min(nums), max(nums)
             log = lo > 0 and hi / lo >= 100
             f = math.log10 if log else (lambda x: x)
@@ -222,7 +222,7 @@ def parallel_data(table: pd.DataFrame, keys: list[str], lr_key: str | None = LR_
             pos = [where[value_text(v)] for v in vals]
             axes.append(ParallelAxis(k, "categorical", [(where[lv], lv) for lv in levels]))
         positions.append(pos)
-    lines = [(str(v), [p[i] for p in positions]) for i, v in enumerate(table["verdict"])]
+    lines = [(str(v), [p[i] for p in positions]) for i, v in enumerate(table[VERDICT])]
     return ParallelInfo(axes=axes, lines=lines)
 
 

@@ -34,10 +34,27 @@ from stablesweep.tracking import (
     name_without_verdict,
     probe_store,
 )
-from stablesweep.vocab import CATEGORICAL, DIVERGED, LR_KEY, OBJECTIVE, UNFINISHED, InputError, finite
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    CATEGORICAL,
+    DIVERGED,
+    FINAL_LOSS,
+    FIRST_BAD_STEP,
+    INITIAL_LOSS,
+    LOSS,
+    LR_KEY,
+    OBJECTIVE,
+    REASON,
+    STEPS,
+    TRAIN_FLOPS,
+    UNFINISHED,
+    VERDICT,
+    InputError,
+    finite,
+)
 
 # numeric columns of the trials table read back from a child run's metrics
-METRICS = ("objective", "initial_loss", "final_loss", "train_flops", "steps")
+METRICS = (OBJECTIVE, INITIAL_LOSS, FINAL_LOSS, TRAIN_FLOPS, STEPS)
 
 
 def parse_param(s: Any) -> Any:
@@ -88,21 +105,21 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
         row: dict[str, Any] = {"trial_id": c.tags.get(TRIAL_TAG) or c.run_id[:8], "run_id": c.run_id,
                                "name": name_without_verdict(c.name)}
         row.update({k: parse_param(c.params.get(k)) for k in axes})
-        first_bad = finite(parse_param(c.tags.get("first_bad_step")))
-        budget = finite(parse_param(c.tags.get("budget_steps")))
-        budget = budget if budget is not None else finite(params.get("budget_steps"))
-        verdict = c.tags.get("verdict") or UNFINISHED
-        row.update({"verdict": verdict, "reason": c.tags.get("reason") or c.tags.get("error") or None,
-                    "first_bad_step": int(first_bad) if first_bad is not None else -1,
-                    "budget_steps": int(budget) if budget is not None else None})
+        first_bad = finite(parse_param(c.tags.get(FIRST_BAD_STEP)))
+        budget = finite(parse_param(c.tags.get(BUDGET_STEPS)))
+        budget = budget if budget is not None else finite(params.get(BUDGET_STEPS))
+        verdict = c.tags.get(VERDICT) or UNFINISHED
+        row.update({VERDICT: verdict, REASON: c.tags.get(REASON) or c.tags.get("error") or None,
+                    FIRST_BAD_STEP: int(first_bad) if first_bad is not None else -1,
+                    BUDGET_STEPS: int(budget) if budget is not None else None})
         for m in METRICS:
             row[m] = c.metrics.get(m, finite(parse_param(c.tags.get(m))))
         if row[OBJECTIVE] is None and verdict == DIVERGED:
             row[OBJECTIVE] = c.metrics.get(STAND_IN_OBJECTIVE)
-        if row["final_loss"] is None:
-            row["final_loss"] = c.metrics.get("loss")
+        if row[FINAL_LOSS] is None:
+            row[FINAL_LOSS] = c.metrics.get(LOSS)
         rows.append(row)
-    columns = ["trial_id", "run_id", "name", *axes, "verdict", "reason", "first_bad_step", "budget_steps", *METRICS]
+    columns = ["trial_id", "run_id", "name", *axes, VERDICT, REASON, FIRST_BAD_STEP, BUDGET_STEPS, *METRICS]
     return SweepData(name=parent.tags.get(SWEEP_TAG) or parent.name, run_id=parent.run_id,
                      trials=pd.DataFrame(rows, columns=columns), kind=parent.tags.get(KIND_TAG, "sweep"), axes=axes,
                      categorical=categorical, config=config, params=params, status=parent.status,

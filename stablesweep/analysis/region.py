@@ -32,11 +32,17 @@ import yaml
 
 from stablesweep.analysis.text import lr_text, num_text
 from stablesweep.vocab import (
+    BUDGET_STEPS,
     DIVERGED,
+    INITIAL_LOSS,
     LR_KEY,
+    OBJECTIVE,
     SAFETY,
     STABLE,
     STALLED,
+    STEPS,
+    TRAIN_FLOPS,
+    VERDICT,
     VERDICTS,
     finite,
     format_value,
@@ -168,7 +174,7 @@ class Region:
         lines += self._boundary_markdown()
         if self.best:
             lines += ["## Best stable setting", "",
-                      f"Trial `{self.best['trial_id']}`, objective {self.best['objective']:.4g}: "
+                      f"Trial `{self.best['trial_id']}`, objective {self.best[OBJECTIVE]:.4g}: "
                       + ", ".join(f"`{k}={format_value(v)}`" for k, v in self.best["params"].items()), ""]
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
@@ -257,16 +263,16 @@ def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[s
         lr_key = None
     groups_by = list(group_keys) if group_keys is not None else infer_group_keys(df, params, lr_key)
     groups_by = [k for k in groups_by if k != lr_key and k in df.columns]
-    counts = {v: int((df["verdict"] == v).sum()) for v in VERDICTS} if len(df) else {v: 0 for v in VERDICTS}
+    counts = {v: int((df[VERDICT] == v).sum()) for v in VERDICTS} if len(df) else {v: 0 for v in VERDICTS}
     groups = [_summarize(sub, dict(zip(groups_by, key)), lr_key, params)
               for key, sub in _groupby(df, groups_by)]
     budget = _budget(df)
     best = None
-    stable = df[df["verdict"] == STABLE] if len(df) else df
-    stable = stable[stable["objective"].map(lambda v: finite(v) is not None)] if len(stable) else stable
+    stable = df[df[VERDICT] == STABLE] if len(df) else df
+    stable = stable[stable[OBJECTIVE].map(lambda v: finite(v) is not None)] if len(stable) else stable
     if len(stable):
-        row = stable.loc[stable["objective"].astype(float).idxmin()]
-        best = {"trial_id": str(row.get("trial_id")), "objective": float(row["objective"]),
+        row = stable.loc[stable[OBJECTIVE].astype(float).idxmin()]
+        best = {"trial_id": str(row.get("trial_id")), OBJECTIVE: float(row[OBJECTIVE]),
                 "params": {k: py(row[k]) for k in params},
                 "group": {k: py(row[k]) for k in groups_by}}
     region = Region(lr_key=lr_key, group_keys=groups_by, param_keys=params, budget_steps=budget,
@@ -295,15 +301,15 @@ def _groupby(df: pd.DataFrame, keys: list[str]):
 
 
 def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[str]) -> Group:
-    counts = {v: int((sub["verdict"] == v).sum()) for v in VERDICTS}
+    counts = {v: int((sub[VERDICT] == v).sum()) for v in VERDICTS}
     min_stable = max_stable = min_div = min_failed = None
     below, above, inside = [], [], []
     if lr_key:
-        st = sub.loc[sub["verdict"] == STABLE, lr_key].dropna()
-        dv = sub.loc[sub["verdict"] == DIVERGED, lr_key].dropna()
+        st = sub.loc[sub[VERDICT] == STABLE, lr_key].dropna()
+        dv = sub.loc[sub[VERDICT] == DIVERGED, lr_key].dropna()
         min_stable, max_stable = (float(st.min()), float(st.max())) if len(st) else (None, None)
         min_div = float(dv.min()) if len(dv) else None
-        for lr in sorted(float(x) for x in sub.loc[sub["verdict"] == STALLED, lr_key].dropna()):
+        for lr in sorted(float(x) for x in sub.loc[sub[VERDICT] == STALLED, lr_key].dropna()):
             side = (inside if max_stable is None or min_stable <= lr <= max_stable
                     else below if lr < min_stable else above)
             side.append(lr)
@@ -311,10 +317,10 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
         min_failed = min(failed) if failed else None
     ok = None if max_stable is None or min_div is None else bool(max_stable < min_div)
     best_obj = best_trial = best_params = None
-    st = sub[(sub["verdict"] == STABLE) & sub["objective"].map(lambda v: finite(v) is not None)]
+    st = sub[(sub[VERDICT] == STABLE) & sub[OBJECTIVE].map(lambda v: finite(v) is not None)]
     if len(st):
-        row = st.loc[st["objective"].astype(float).idxmin()]
-        best_obj, best_trial = float(row["objective"]), str(row.get("trial_id"))
+        row = st.loc[st[OBJECTIVE].astype(float).idxmin()]
+        best_obj, best_trial = float(row[OBJECTIVE]), str(row.get("trial_id"))
         best_params = {k: py(row[k]) for k in params}
     sens, n = lr_sensitivity(sub)
     rec = recommended_lr(finite(best_params.get(lr_key)) if lr_key and best_params else None,
@@ -345,13 +351,13 @@ def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
     final loss, or diverged) count; None with fewer than two."""
     losses = []
     for _, r in sub.iterrows():
-        l0 = finite(r.get("initial_loss"))
-        if r["verdict"] in (STABLE, STALLED):
-            final = finite(r.get("objective"))
+        l0 = finite(r.get(INITIAL_LOSS))
+        if r[VERDICT] in (STABLE, STALLED):
+            final = finite(r.get(OBJECTIVE))
             if final is None:
                 continue
             losses.append(min(final, l0) if l0 is not None else final)
-        elif r["verdict"] == DIVERGED and l0 is not None:
+        elif r[VERDICT] == DIVERGED and l0 is not None:
             losses.append(l0)
     if len(losses) < 2:
         return None, len(losses)
@@ -359,12 +365,12 @@ def lr_sensitivity(sub: pd.DataFrame) -> tuple[float | None, int]:
 
 
 def divergence_rates(df: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, float]]:
-    judged = df[df["verdict"].isin([STABLE, DIVERGED])] if len(df) else df
+    judged = df[df[VERDICT].isin([STABLE, DIVERGED])] if len(df) else df
     out = {}
     for k in keys:
         rates = {}
         for key, sub in _groupby(judged, [k]):
-            rates[format_value(key[0])] = float((sub["verdict"] == DIVERGED).mean())
+            rates[format_value(key[0])] = float((sub[VERDICT] == DIVERGED).mean())
         if rates:
             out[k] = rates
     return out
@@ -379,8 +385,8 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    judged = df[df["verdict"].isin([STABLE, DIVERGED])] if len(df) else df
-    n_div = int((judged["verdict"] == DIVERGED).sum()) if len(judged) else 0
+    judged = df[df[VERDICT].isin([STABLE, DIVERGED])] if len(df) else df
+    n_div = int((judged[VERDICT] == DIVERGED).sum()) if len(judged) else 0
     if len(judged) < 4 or n_div == 0 or n_div == len(judged) or not params:
         return {}, ""
     dists = {}
@@ -399,7 +405,7 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
         p = {k: py(r[k]) for k in dists}
         try:
             trials.append(optuna.trial.create_trial(params=p, distributions=dists,
-                                                    value=1.0 if r["verdict"] == DIVERGED else 0.0))
+                                                    value=1.0 if r[VERDICT] == DIVERGED else 0.0))
         except ValueError:  # a value outside the given distribution: skip the trial
             continue
     if len(trials) < 4:
@@ -439,17 +445,17 @@ def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k
     lr_key, fits = region.lr_key, []
     for g in region.groups:
         mine, reps = rows_of(df, region.group_keys, g.key), rows_of(replicates, region.group_keys, g.key)
-        runs = [Run(float(lr), v, seed) for lr, v in zip(mine[lr_key], mine["verdict"]) if finite(lr) is not None]
+        runs = [Run(float(lr), v, seed) for lr, v in zip(mine[lr_key], mine[VERDICT]) if finite(lr) is not None]
         if len(reps):
-            runs += [Run(float(lr), v, int(s)) for lr, v, s in zip(reps[lr_key], reps["verdict"], reps["seed"])]
+            runs += [Run(float(lr), v, int(s)) for lr, v, s in zip(reps[lr_key], reps[VERDICT], reps["seed"])]
         b, fit = fit_boundary(runs)
         fits.append((b, fit))
         g.lr_at_5pct_risk, g.lr_at_50pct = b.lr_at_risk, b.lr_at_50
         g.lr_at_5pct_risk_interval = list(b.lr_at_risk_interval) if b.lr_at_risk_interval else None
         g.evidence, g.single_seed, g.boundary_note = b.evidence, b.single_seed, b.note
         g.replicates = len(reps)
-        g.replicate_flops = float(pd.to_numeric(reps.get("train_flops"), errors="coerce").sum()) if len(reps) else 0.0
-        g.train_flops = float(pd.to_numeric(mine.get("train_flops"), errors="coerce").sum()) if len(mine) else 0.0
+        g.replicate_flops = float(pd.to_numeric(reps.get(TRAIN_FLOPS), errors="coerce").sum()) if len(reps) else 0.0
+        g.train_flops = float(pd.to_numeric(mine.get(TRAIN_FLOPS), errors="coerce").sum()) if len(mine) else 0.0
         g.recommended_lr = recommended_lr(finite(g.best_params.get(lr_key)) if g.best_params else None,
                                           max_stable=g.max_stable_lr, min_diverged=g.min_failed_lr,
                                           at_risk=g.lr_at_5pct_risk)
@@ -501,7 +507,7 @@ def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
         "# recommended.yaml: written by `stablesweep sweep` on "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"# From {sum(c.values())} trials ({_counts_text(c)}): the best stable trial "
-        f"{region.best['trial_id']} (objective {region.best['objective']:.4g}).",
+        f"{region.best['trial_id']} (objective {region.best[OBJECTIVE]:.4g}).",
     ]
     if region.lr_key and region.lr_key in region.best["params"]:
         best_lr = region.best["params"][region.lr_key]
@@ -566,7 +572,7 @@ def _counts_text(c: dict[str, int]) -> str:
 
 
 def _budget(df: pd.DataFrame) -> int | None:
-    for col in ("budget_steps", "steps"):
+    for col in (BUDGET_STEPS, STEPS):
         if col in df.columns and len(df):
             s = pd.to_numeric(df[col], errors="coerce").dropna()
             if len(s):

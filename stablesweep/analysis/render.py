@@ -14,7 +14,20 @@ from typing import Callable, Iterable, Mapping
 from stablesweep.analysis.comparison import Comparison
 from stablesweep.analysis.text import lr_text, num_text, value_text
 from stablesweep.tracking import run_link
-from stablesweep.vocab import DIVERGED, UNFINISHED, VERDICTS, InputError, finite, py, short_key
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    DIVERGED,
+    OBJECTIVE,
+    REASON,
+    STEPS,
+    UNFINISHED,
+    VERDICT,
+    VERDICTS,
+    InputError,
+    finite,
+    py,
+    short_key,
+)
 
 FORMATS = ("table", "md", "csv", "html")
 
@@ -196,7 +209,7 @@ def _header_lines(cmp: Comparison, link: Callable[[str, str], str] | None = None
 
 def _ranking_line(cmp: Comparison) -> str:
     what = f"{cmp.only} trials" if cmp.only else "trials (stable first)"
-    by = "objective (lower first)" if cmp.by == "objective" else \
+    by = "objective (lower first)" if cmp.by == OBJECTIVE else \
         "lr margin (lr / smallest diverged lr of its setting; most headroom first)"
     top = f", top {cmp.top}" if cmp.top else ""
     return f"{what}, ranked by {by}{top}"
@@ -221,8 +234,8 @@ def _configs_cells(cmp: Comparison, mark: Callable[[str], str], link: Callable[[
     url)`: the run's name as a link to its page (`Comparison.ui`)."""
     experiments = {s.label: s.experiment_id for s in cmp.sweeps}
     diff = cmp.diff_columns()
-    cols = ["rank", "sweep", "verdict", "objective", *([cmp.lr_key] if cmp.lr_key else []), "margin",
-            *[k for k in diff if k != cmp.lr_key], "steps", "run"]
+    cols = ["rank", "sweep", VERDICT, OBJECTIVE, *([cmp.lr_key] if cmp.lr_key else []), "margin",
+            *[k for k in diff if k != cmp.lr_key], STEPS, "run"]
     head = [(short_key(c) if c in diff else c) + (" *" if c in cmp.varying else "") for c in cols]
     rows = []
     for _, r in cmp.configs.iterrows():
@@ -233,15 +246,15 @@ def _configs_cells(cmp: Comparison, mark: Callable[[str], str], link: Callable[[
                 url = _run_url(cmp, experiments.get(r["sweep"], ""), r.get("run_id")) if link else None
                 if url:
                     text = link(text, url)
-            elif c == "verdict":
-                reason = py(r.get("reason"))
-                text = str(r["verdict"]) + (f" ({reason})" if r["verdict"] == DIVERGED and reason else "")
-            elif c == "objective":
+            elif c == VERDICT:
+                reason = py(r.get(REASON))
+                text = str(r[VERDICT]) + (f" ({reason})" if r[VERDICT] == DIVERGED and reason else "")
+            elif c == OBJECTIVE:
                 text = num_text(r[c])
             elif c in ("margin", cmp.lr_key):
                 text = lr_text(r[c])
-            elif c == "steps":
-                steps, budget = finite(r.get("steps")), finite(r.get("budget_steps"))
+            elif c == STEPS:
+                steps, budget = finite(r.get(STEPS)), finite(r.get(BUDGET_STEPS))
                 text = "-" if steps is None else f"{int(steps)}" + (f"/{int(budget)}" if budget else "")
             else:
                 text = value_text(r[c])

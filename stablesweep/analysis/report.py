@@ -23,7 +23,7 @@ from stablesweep.analysis.plots import (
     region_data,
 )
 from stablesweep.tracking import DEFAULT_EXPERIMENT, Tracker, TrackingError
-from stablesweep.vocab import LR_KEY, STABLE, VERDICTS, InputError
+from stablesweep.vocab import LR_KEY, OBJECTIVE, STABLE, VERDICT, VERDICTS, InputError
 
 
 def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, figures: bool = True
@@ -73,16 +73,16 @@ def _figures(cmp: Comparison, sweeps: list[SweepData], fig_dir: Path) -> dict[st
                 t[k] = [s.config.get(k)] * len(t) if len(t) else pd.Series(dtype=object)
         t.insert(0, "sweep", s.label)
         every.append(t)
-        regions[s.label] = region_data(t[t["verdict"].isin(VERDICTS)], lr_key=s.lr_key or LR_KEY)
+        regions[s.label] = region_data(t[t[VERDICT].isin(VERDICTS)], lr_key=s.lr_key or LR_KEY)
     limits = lr_limits(list(regions.values()))
     for label, info in regions.items():
         kind = next(s.kind for s in sweeps if s.label == label)
         files[f"figure_region_{label}"] = plot_region(info, fig_dir / f"region_{_slug(label)}.png",
                                                       title=f"{kind} {label}", lr_limits=limits)
-    table = pd.concat(every, ignore_index=True) if every else pd.DataFrame(columns=["verdict"])
-    table = table[table["verdict"].isin(VERDICTS)]
+    table = pd.concat(every, ignore_index=True) if every else pd.DataFrame(columns=[VERDICT])
+    table = table[table[VERDICT].isin(VERDICTS)]
     keys = (["sweep"] if len(sweeps) > 1 else []) + list(cmp.setting_keys) + \
-        [k for k in cmp.param_keys if k not in cmp.setting_keys] + ["objective"]
+        [k for k in cmp.param_keys if k not in cmp.setting_keys] + [OBJECTIVE]
     files["figure_parallel"] = plot_parallel(
         parallel_data(table, keys, lr_key=cmp.lr_key), fig_dir / "parallel.png",
         title="Trials of " + ", ".join(s.label for s in sweeps)
@@ -111,7 +111,7 @@ def log_report(cmp: Comparison, files: dict[str, Path], out: str | Path, uri: st
     params = {"sweeps": ",".join(labels), "by": cmp.by, "only": cmp.only or "", "top": cmp.top or ""}
     n = len(cmp.configs)
     metrics = {"configs": float(n),
-               "stable_configs": float((cmp.configs["verdict"] == STABLE).sum()) if n else 0.0}
+               "stable_configs": float((cmp.configs[VERDICT] == STABLE).sum()) if n else 0.0}
     try:
         return Tracker(uri, experiment or DEFAULT_EXPERIMENT).log_report(
             name, params, tags, top_files, metrics=metrics, note=render.to_markdown(cmp))

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from stablesweep.vocab import VERDICTS, InputError
+from stablesweep.vocab import OBJECTIVE, VERDICTS, InputError
 
 DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
 
@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", default=None, choices=list(VERDICTS),
                    help="list only trials with this verdict (e.g. --only stable)")
     p.add_argument("--top", type=int, default=None, metavar="K", help="list the first K configurations only")
-    p.add_argument("--by", default="objective", choices=["objective", "margin"],
+    p.add_argument("--by", default=OBJECTIVE, choices=[OBJECTIVE, "margin"],
                    help="rank by objective (default; lower first) or by lr margin (most headroom first)")
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "html"],
                    help="what goes to stdout (default table); every format is written to --out anyway")

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from stablesweep.vocab import STEP
+
 SYNTH_EPILOG = """\
 examples:
   stablesweep data synth --out data/synth --scale 0.02      # 56 classes, a few seconds
@@ -233,7 +235,7 @@ def measure_training(cfg, device: str, *, steps: int, log=None) -> tuple[float, 
     trainer = Trainer(run_cfg, device=device, log=log)
     setup = time.perf_counter() - t0
     marks: list[tuple[float, int]] = []
-    trainer.run(lambda m, c: marks.append((time.perf_counter(), m["step"])))
+    trainer.run(lambda m, c: marks.append((time.perf_counter(), m[STEP])))
     (ta, sa) = next(m for m in marks if m[1] >= steps // 2)
     (tb, sb) = marks[-1]
     return (sb - sa) * cfg.training.batch_size / max(tb - ta, 1e-9), setup

@@ -5,6 +5,8 @@ import argparse
 import shlex
 import sys
 
+from stablesweep.vocab import ERROR, REASON, VERDICT
+
 EPILOG = """\
 examples:
   # the CPU demo: 16 trials, both stable and diverged ones, a few minutes on two cores
@@ -165,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     # the cheap checks first, before Ray is even imported
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
 
-    from stablesweep.sweep.runner import OutputFault, run_sweep
+    from stablesweep.sweep.recovery import OutputFault
+    from stablesweep.sweep.runner import run_sweep
     from stablesweep.tracking import stable_trials_link, ui_command
 
     try:
@@ -209,10 +212,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
         return 130
     if c.get("error"):
-        errors = res.table[res.table["verdict"] == "error"]
+        errors = res.table[res.table[VERDICT] == ERROR]
         print(f"\n{c['error']} trial(s) ended in error (their settings are not in the region):",
               file=sys.stderr)
         for _, r in errors.head(5).iterrows():
-            print(f"  trial {r['trial_id']} {r['name']}: {str(r['reason'] or 'error')[:300]}", file=sys.stderr)
+            print(f"  trial {r['trial_id']} {r['name']}: {str(r[REASON] or 'error')[:300]}", file=sys.stderr)
         return 1
     return 0 if c.get("stable", 0) else 1

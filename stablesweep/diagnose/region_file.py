@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stablesweep.config import Config
-from stablesweep.vocab import LR_KEY, InputError, finite, format_value
+from stablesweep.vocab import BUDGET_STEPS, LR_KEY, InputError, finite, format_value
 
 from .keys import config_value, same
 
@@ -89,7 +89,7 @@ def read_region(path: str | Path) -> MeasuredRegion:
     if not isinstance(entries, list):
         raise InputError(f"--region {p}: unknown format: no list of settings; {EXPECTED}")
     lr_key = data.get("lr_key") if isinstance(data.get("lr_key"), str) else LR_KEY
-    top_budget = _int(data.get("budget_steps", data.get("budget", data.get("steps"))))
+    top_budget = _int(data.get(BUDGET_STEPS, data.get("budget", data.get("steps"))))
     return MeasuredRegion(str(p), kind, lr_key, top_budget,
                           [_setting(p, i, e, lr_key, top_budget) for i, e in enumerate(entries)])
 
@@ -111,7 +111,7 @@ def _setting(p: Path, i: int, e: Any, lr_key: str, top_budget: int | None) -> Me
         raise InputError(f"--region {p}: setting #{i} has neither max_stable_lr nor min_diverged_lr; {EXPECTED}")
     label = e.get("label") if isinstance(e.get("label"), str) else (
         " ".join(f"{k}={format_value(v)}" for k, v in key.items()) or "all")
-    budget = _int(e.get("budget_steps", e.get("budget", e.get("steps_per_probe", e.get("steps")))))
+    budget = _int(e.get(BUDGET_STEPS, e.get("budget", e.get("steps_per_probe", e.get("steps")))))
     return MeasuredSetting(key=key, label=label, max_stable_lr=finite(e.get("max_stable_lr")),
                            min_diverged_lr=finite(e.get("min_diverged_lr")),
                            recommended_lr=finite(e.get("recommended_lr")), budget_steps=budget or top_budget,

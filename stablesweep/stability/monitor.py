@@ -46,13 +46,23 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from stablesweep.config import MonitorConfig
-from stablesweep.vocab import DIVERGED, LOSS_EXPLOSION, NO_PROGRESS, NONFINITE_GRAD, NONFINITE_LOSS, STABLE, STALLED
+from stablesweep.vocab import (
+    AT_RISK,
+    AT_RISK_SIGNAL,
+    AT_RISK_STEP,
+    DIVERGED,
+    LOSS_EXPLOSION,
+    NO_PROGRESS,
+    NONFINITE_GRAD,
+    NONFINITE_LOSS,
+    STABLE,
+    STALLED,
+)
 
 # the early-warning signals, in the order `at_risk` breaks ties; names of report metrics and
 # result.json keys: signal/<name> (largest value so far), warn_step/<name> (first step over its
 # threshold, -1 if none), at_risk / at_risk_signal / at_risk_step
 SIGNALS = ("grad_spike", "update_ratio", "max_logit", "logsumexp", "scale_drops")
-AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP = "at_risk", "at_risk_signal", "at_risk_step"
 
 
 def signal_key(name: str) -> str:

@@ -11,7 +11,24 @@ from ray.tune import Callback
 
 from stablesweep.sweep.records import error_text
 from stablesweep.sweep.stopper import final_verdict
-from stablesweep.vocab import DIVERGED, ERROR, FINISHED, HISTORY, PRUNED, STABLE, short_name
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    DIVERGED,
+    ERROR,
+    FINISHED,
+    FIRST_BAD_STEP,
+    HISTORY,
+    INITIAL_LOSS,
+    OBJECTIVE,
+    PRUNED,
+    REASON,
+    STABLE,
+    STEP,
+    STEPS,
+    TRAIN_FLOPS,
+    VERDICT,
+    short_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +37,7 @@ _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", 
               "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
               "iterations_since_restore", "experiment_tag", "should_checkpoint"}
 # result keys that are tags or params, not metrics
-_NOT_METRICS = {"step", "first_bad_step", "budget_steps", FINISHED, "verdict", "reason", "node_id", "device"}
+_NOT_METRICS = {STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, "node_id", "device"}
 
 
 class MlflowCallback(Callback):
@@ -51,7 +68,7 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         def log(trial):
             run_id = self._run(trial)
-            step = result.get("step")
+            step = result.get(STEP)
             if not isinstance(step, int) or step <= self._last.get(trial.trial_id, -1):
                 return  # a step an earlier (interrupted) run already logged
             metrics = {k: v for k, v in result.items()
@@ -60,7 +77,7 @@ class MlflowCallback(Callback):
             self.tracker.log_trial_metrics(run_id, metrics, step)
             self.tracker.log_at_risk(run_id, result, step)  # a bool: `metrics` leaves it out
             if result.get(HISTORY):  # the last report of a diverged trial: the steps that led there
-                self.tracker.log_trial_history(run_id, result[HISTORY], result.get("first_bad_step"))
+                self.tracker.log_trial_history(run_id, result[HISTORY], result.get(FIRST_BAD_STEP))
             self._last[trial.trial_id] = step
 
         self._safe(log, trial)
@@ -75,8 +92,8 @@ class MlflowCallback(Callback):
         run_id = self._run(trial)
         res = trial.last_result or {}
         o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
-        summary = {k: res[k] for k in ("objective", "initial_loss", "train_flops") if isinstance(res.get(k), (int, float))}
-        summary["steps"] = o.steps
+        summary = {k: res[k] for k in (OBJECTIVE, INITIAL_LOSS, TRAIN_FLOPS) if isinstance(res.get(k), (int, float))}
+        summary[STEPS] = o.steps
         self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary)
 
     @staticmethod
@@ -124,7 +141,7 @@ class ProgressCallback(Callback):
         lost. Not a verdict: the trial goes on from its last checkpoint and is counted once, when
         it ends."""
         try:
-            step = (trial.last_result or {}).get("step")
+            step = (trial.last_result or {}).get(STEP)
             n = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
             name = short_name({k: trial.config.get(k) for k in self.param_keys})
             why = error_text(_trial_error(trial)) or "its worker failed"
@@ -142,7 +159,7 @@ class ProgressCallback(Callback):
             res = trial.last_result or {}
             o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
             name = short_name({k: trial.config.get(k) for k in self.param_keys})
-            budget = res.get("budget_steps")
+            budget = res.get(BUDGET_STEPS)
             what = f"steps {o.steps}" + (f"/{budget}" if budget else "")
             if o.verdict == DIVERGED:
                 what += f"  {o.reason} at step {o.first_bad_step}"

@@ -31,7 +31,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stablesweep.vocab import DIVERGED, ERROR, REPLICATE, STABLE, STALLED, recommended_lr
+from stablesweep.vocab import BUDGET_STEPS, DIVERGED, ERROR, REPLICATE, STABLE, STALLED, TRAIN_FLOPS, recommended_lr
 
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
@@ -187,9 +187,9 @@ class Setting:
             "recommended_lr": recommended_lr(lo, max_stable=lo, min_diverged=hi, safety=safety, at_risk=at_risk),
             "probes": len(self.tested) + (1 if self.range_test else 0),
             "compute_s": sum(p.wall_s for p in plain) + (self.range_test.wall_s if self.range_test else 0),
-            "train_flops": sum(p.train_flops for p in plain)
+            TRAIN_FLOPS: sum(p.train_flops for p in plain)
             + (self.range_test.train_flops if self.range_test else 0),
-            "budget_steps": max((p.steps - p.start_step for p in self.tested), default=0),
+            BUDGET_STEPS: max((p.steps - p.start_step for p in self.tested), default=0),
             "range_test": asdict(self.range_test) if self.range_test else None,
             "probe_list": [asdict(p) for p in self.probes],
             **extra,

@@ -57,17 +57,30 @@ from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, t
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space
 from stablesweep.sweep.trainable import WARM_START
 from stablesweep.vocab import (
+    BUDGET_STEPS,
     DIVERGED,
     ERROR,
     FIRST_BAD_STEP,
+    FLOPS_PER_STEP,
+    GRAD_NORM,
     HISTORY,
+    INITIAL_LOSS,
+    LAST_LOSS,
+    LOSS,
+    LR,
     LR_KEY,
+    MAX_GRAD_NORM_SEEN,
+    NONFINITE_STEPS,
     OBJECTIVE,
+    OVERFLOW_STEPS,
+    PROGRESS,
     REASON,
     REPLICATE,
+    SAMPLES_PER_S,
     SEED_KEY,
     STABLE,
     STEP,
+    STEPS,
     TRAIN_FLOPS,
     VERDICT,
     InputError,
@@ -76,8 +89,8 @@ from stablesweep.vocab import (
 
 MODES = ("restart", "continue")
 # the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
-_REPORTED = ("loss", "last_loss", "grad_norm", "max_grad_norm_seen", "nonfinite_steps", "overflow_steps",
-             "train_flops", "samples_per_s", "lr", "progress", "initial_loss", "flops_per_step", "budget_steps")
+_REPORTED = (LOSS, LAST_LOSS, GRAD_NORM, MAX_GRAD_NORM_SEEN, NONFINITE_STEPS, OVERFLOW_STEPS,
+             TRAIN_FLOPS, SAMPLES_PER_S, LR, PROGRESS, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
 
 
 @dataclass
@@ -196,7 +209,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
                   "climb": climb_of(opts), "resolution": opts.resolution, "parallel": opts.parallel,
                   "safety": opts.safety,
-                  "mode": opts.mode, "first_pass": opts.first_pass or "none", "budget_steps": budget,
+                  "mode": opts.mode, "first_pass": opts.first_pass or "none", BUDGET_STEPS: budget,
                   "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
                   "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
         parent = tracker.start_sweep(name, params, tags={"sweep_dir": str(ramp_dir)},
@@ -223,9 +236,9 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                 ramp_dir / "ramp_boundary.png", budget)
         total_probes = sum(x["probes"] for x in summary)
         tracker.end_sweep(parent, {"probes": float(total_probes),
-                                   "train_flops": float(sum(x["train_flops"] for x in summary)),
+                                   TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
-                          tags={"budget_steps": str(budget)}, artifacts=list(files.values()))
+                          tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
         tracker.log_setting_metrics(parent, summary)
         for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
             tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
@@ -384,13 +397,13 @@ class _Rounds:
         for _, row in (reports.iterrows() if reports is not None else ()):
             numbers = {k: v for k, v in row.items() if k in _REPORTED and isinstance(v, (int, float))
                        and not isinstance(v, bool)}
-            if isinstance(row.get("step"), (int, float)):
-                self.tracker.log_trial_metrics(run, numbers, int(row["step"]), timestamp=row.get("timestamp"))
+            if isinstance(row.get(STEP), (int, float)):
+                self.tracker.log_trial_metrics(run, numbers, int(row[STEP]), timestamp=row.get("timestamp"))
         if m.get(HISTORY):
             self.tracker.log_trial_history(run, m[HISTORY], probe.first_bad_step)
-        summary = {k: m[k] for k in ("objective", "initial_loss", "flops_per_step", "budget_steps")
+        summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
                    if isinstance(m.get(k), (int, float))}
-        summary.update(steps=probe.steps, train_flops=probe.train_flops)
+        summary.update({STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops})
         self.tracker.finish_trial(run, probe.verdict, probe.reason, probe.first_bad_step, summary,
                                   ended_at=ended if isinstance(ended, (int, float)) else None)
         self.runs.append((s, probe.lr, run))
@@ -410,7 +423,7 @@ def format_boundary(summary: list[dict]) -> str:
         lines.append(f"  {short_name(x['params']) or 'config'}: lr at 5% risk {_fmt(x['lr_at_5pct_risk'])}"
                      + (f" (interval {_fmt(iv[0])}..{_fmt(iv[1])})" if iv else "")
                      + f", at 50% {_fmt(x['lr_at_50pct'])}; {x['replicates']} replicates, "
-                     f"{x['replicate_flops']:.3g} FLOPs (the ramp: {x['train_flops']:.3g})"
+                     f"{x['replicate_flops']:.3g} FLOPs (the ramp: {x[TRAIN_FLOPS]:.3g})"
                      + (f"; {x['boundary_note']}" if x["boundary_note"] else ""))
     return "\n".join(lines)
 
@@ -427,7 +440,7 @@ def format_table(summary: list[dict], budget: int) -> str:
             "compute s", "train FLOPs"]
     rows = [[short_name(x["params"]) or "config", x["status"], _fmt(x["max_stable_lr"]),
              _fmt(x["min_failed_lr"]), _stalls(x), _fmt(x["recommended_lr"]), str(x["probes"]),
-             f"{x['compute_s']:.1f}", f"{x['train_flops']:.3g}"] for x in summary]
+             f"{x['compute_s']:.1f}", f"{x[TRAIN_FLOPS]:.3g}"] for x in summary]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = [f"largest stable lr per setting (budget {budget} steps a probe)",
              "  ".join(h.ljust(w) for h, w in zip(head, widths)),
@@ -456,7 +469,7 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
            "space": str(Path(opts.space).resolve()) if opts.space else None,
            "lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts),
            "resolution": opts.resolution, "safety": opts.safety, "mode": opts.mode,
-           "first_pass": opts.first_pass, "budget_steps": budget,
+           "first_pass": opts.first_pass, BUDGET_STEPS: budget,
            "note": f"every verdict holds for a budget of {budget} steps a probe",
            "settings": summary}
     files["ramp.json"] = ramp_dir / "ramp.json"
@@ -475,7 +488,7 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
         md.append(f"| {short_name(x['params']) or 'config'} | {STATUS_TEXT.get(x['status'], x['status'])} | "
                   f"{_fmt(x['min_stable_lr'])} | {_fmt(x['max_stable_lr'])} | {_fmt(x['min_diverged_lr'])} | "
                   f"{_fmt(x['min_failed_lr'])} | {_stalls(x)} | {_fmt(x['recommended_lr'])} | "
-                  f"{x['probes']} | {x['compute_s']:.1f} | {x['train_flops']:.3g} |")
+                  f"{x['probes']} | {x['compute_s']:.1f} | {x[TRAIN_FLOPS]:.3g} |")
     if summary and "lr_at_5pct_risk" in summary[0]:
         md += ["", "## The boundary as a probability", "",
                f"{opts.replicates} seed(s) at the lrs inside each bracket and at its ends; P(fails | lr) "
@@ -489,7 +502,7 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
             ev = ", ".join(f"{_fmt(e['lr'])}: {e['failures']}/{e['runs']}" for e in x["evidence"])
             md.append(f"| {short_name(x['params']) or 'config'} | {_fmt(x['lr_at_5pct_risk'])} | "
                       f"{f'{_fmt(iv[0])}..{_fmt(iv[1])}' if iv else '-'} | {_fmt(x['lr_at_50pct'])} | {ev or '-'} | "
-                      f"{x['replicates']} | {x['replicate_flops']:.3g} | {x['train_flops']:.3g} | "
+                      f"{x['replicates']} | {x['replicate_flops']:.3g} | {x[TRAIN_FLOPS]:.3g} | "
                       f"{x['boundary_note'] or '-'} |")
     files["ramp.md"] = ramp_dir / "ramp.md"
     files["ramp.md"].write_text("\n".join(md) + "\n")

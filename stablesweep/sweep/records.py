@@ -16,7 +16,27 @@ import pandas as pd
 
 from stablesweep.sweep.space import SearchSpace
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, FINISHED, PROGRESS, UNFINISHED, short_name
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    DIVERGED,
+    FINAL_LOSS,
+    FINISHED,
+    FIRST_BAD_STEP,
+    FLOPS_PER_STEP,
+    INITIAL_LOSS,
+    LOSS,
+    NONFINITE_STEPS,
+    OBJECTIVE,
+    PROGRESS,
+    REASON,
+    SAMPLES_PER_S,
+    STEP,
+    STEPS,
+    TRAIN_FLOPS,
+    UNFINISHED,
+    VERDICT,
+    short_name,
+)
 
 
 @dataclass
@@ -42,7 +62,7 @@ class TrialRecord:
             return True
         if self.status != "TERMINATED":
             return False
-        return bool(r.get(FINISHED)) or r.get("verdict") == DIVERGED or bool(r.get("done"))
+        return bool(r.get(FINISHED)) or r.get(VERDICT) == DIVERGED or bool(r.get("done"))
 
 
 def trial_records(results) -> list[TrialRecord]:
@@ -83,17 +103,17 @@ def trials_table(records: list[TrialRecord], space: SearchSpace) -> tuple[pd.Dat
         if rec.ended:
             outcome = final_verdict(m, errored=rec.status == "ERROR", error=error_text(rec.error))
         else:
-            outcome = Outcome(UNFINISHED, steps=int(m.get("step") or 0))
+            outcome = Outcome(UNFINISHED, steps=int(m.get(STEP) or 0))
         outcomes[tid] = outcome
         row = {"trial_id": tid, "name": short_name({k: params.get(k) for k in space.keys})}
         row.update({k: params.get(k) for k in space.keys})
         row.update({
-            "verdict": outcome.verdict, "reason": outcome.reason, "first_bad_step": outcome.first_bad_step,
-            "steps": outcome.steps, "budget_steps": m.get("budget_steps"), "reports": m.get("training_iteration"),
-            "objective": m.get("objective"), "initial_loss": m.get("initial_loss"), "final_loss": m.get("loss"),
+            VERDICT: outcome.verdict, REASON: outcome.reason, FIRST_BAD_STEP: outcome.first_bad_step,
+            STEPS: outcome.steps, BUDGET_STEPS: m.get(BUDGET_STEPS), "reports": m.get("training_iteration"),
+            OBJECTIVE: m.get(OBJECTIVE), INITIAL_LOSS: m.get(INITIAL_LOSS), FINAL_LOSS: m.get(LOSS),
             PROGRESS: m.get(PROGRESS),
-            "train_flops": m.get("train_flops"), "flops_per_step": m.get("flops_per_step"),
-            "samples_per_s": m.get("samples_per_s"), "nonfinite_steps": m.get("nonfinite_steps"),
+            TRAIN_FLOPS: m.get(TRAIN_FLOPS), FLOPS_PER_STEP: m.get(FLOPS_PER_STEP),
+            SAMPLES_PER_S: m.get(SAMPLES_PER_S), NONFINITE_STEPS: m.get(NONFINITE_STEPS),
             "node_id": m.get("node_id"), "device": m.get("device"), "wall_s": m.get("time_total_s"),
         })
         row.update({k: v for k, v in m.items() if k.startswith(("eval_loss/", "eval_acc/"))})

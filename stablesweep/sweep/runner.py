@@ -35,13 +35,9 @@ bucket URI or a path declared shared with `--shared-storage` (`cluster.check_sha
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,29 +54,37 @@ from stablesweep.sweep.cluster import (
     ephemeral_path_notes,
     storage_paths,
     trial_resources,
-    uri_scheme,
 )
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.records import trial_records, trials_table
-from stablesweep.sweep.search import (
-    ABANDONED,
-    SAMPLERS,
-    StabilitySearcher,
-    open_study,
-    reconcile_study,
-    sqlite_url,
-    study_summary,
+from stablesweep.sweep.recovery import (
+    OutputFault,
+    can_restore,
+    close_runs,
+    delete_lost_runs,
+    repair_tune_state,
+    rerun_lost_trials,
+    save_elsewhere,
+    storage_fault,
+    trial_ids_of,
 )
+from stablesweep.sweep.search import SAMPLERS, StabilitySearcher, reconcile_study, sqlite_url
 from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, load_space
 from stablesweep.sweep.stopper import Outcome, asha_for
 from stablesweep.vocab import (
+    BUDGET_STEPS,
     DIVERGED,
+    FINAL_LOSS,
+    INITIAL_LOSS,
     LR_KEY,
+    OBJECTIVE,
     REPLICATE,
     SEED_KEY,
     STABLE,
     STALLED,
+    STEPS,
+    TRAIN_FLOPS,
     UNFINISHED,
     VERDICT,
     VERDICTS,
@@ -295,12 +299,12 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
     if plan.resume and plan.storage == str(plan.out):
-        _repair_tune_state(plan)
-        lost = _rerun_lost_trials(plan, _trial_ids_of(plan) if _can_restore(plan.experiment_path) else set())
+        repair_tune_state(plan)
+        lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
         if lost:
             echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
                  f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
-    if plan.resume and _can_restore(plan.experiment_path):
+    if plan.resume and can_restore(plan.experiment_path):
         tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=False)
         _swap_echo(tuner, echo)
@@ -325,173 +329,14 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         why = storage_fault(e)
         if why is None:
             raise
-        closed = _close_runs(tracker, parent)
-        saved = _save_elsewhere(plan)
+        closed = close_runs(tracker, parent)
+        saved = save_elsewhere(plan)
         raise OutputFault(f"sweep {plan.name}: its output could not be written ({why}); the sweep stopped. "
                           + ("Its MLflow runs are marked KILLED. " if closed else
                              f"Its MLflow runs in {plan.tracking_uri} could not be closed either (still RUNNING). ")
                           + (f"Its trials so far (from its Optuna study) are in {saved}. " if saved else "")
                           + f"Free space or make {plan.out} writable, then resume: trials that finished are kept, "
                           "the others run again", plan.name) from e
-
-
-class OutputFault(Exception):
-    """A sweep stopped because its output could not be written (disk full, read-only file system)."""
-
-    def __init__(self, message: str, name: str):
-        super().__init__(message)
-        self.name = name  # the sweep's, for the resume command
-
-
-_FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
-                "disk quota exceeded", "disk i/o error")
-
-
-def storage_fault(exc: BaseException | None) -> str | None:
-    """What was wrong, in the words of the first error in `exc`'s chain that says the disk is full
-    or read-only (an OSError, sqlite's words through SQLAlchemy and Optuna, a worker's error through
-    Ray); None for any other error."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            return os.strerror(exc.errno) + (f": {exc.filename}" if exc.filename else "")
-        text = str(exc).lower()
-        for words in _FAULT_WORDS:
-            if words in text:
-                return words
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _close_runs(tracker, parent: str) -> bool:
-    """Mark the sweep's MLflow runs that are still RUNNING as KILLED (a resume sets them RUNNING
-    again); False when the store cannot be written either."""
-    try:
-        for run in tracker.children(parent):
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-        tracker.client.set_terminated(parent, "KILLED")
-        return True
-    except Exception as e:  # the store on the same full disk
-        logger.warning("could not close the MLflow runs of the sweep: %s", e)
-        return False
-
-
-def _save_elsewhere(plan: SweepPlan) -> Path | None:
-    """The sweep's trials as its Optuna study holds them (read-only: the study's disk may be full),
-    written to trials.csv in a new temporary folder (TMPDIR or /tmp, another file system than
-    `--out` as a rule); None when that fails too."""
-    try:
-        rows = study_summary(plan.study_url, plan.name)
-        keys = plan.space.keys
-        table = pd.DataFrame([{"trial_id": r.get("tune_trial_id"), "optuna_number": r["number"],
-                               "optuna_state": r["state"], **{k: r["params"].get(k) for k in keys},
-                               "verdict": r.get("verdict"), "reason": r.get("reason"),
-                               "first_bad_step": r.get("first_bad_step"), "steps": r.get("steps"),
-                               "objective": r["value"]} for r in rows])
-        path = Path(tempfile.mkdtemp(prefix=f"stablesweep-{plan.name}-")) / "trials.csv"
-        table.to_csv(path, index=False)
-        return path
-    except Exception as e:  # the study unreadable, or no room here either
-        logger.warning("could not save the sweep's trials elsewhere: %s", e)
-        return None
-
-
-_TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
-
-
-def _repair_tune_state(plan: SweepPlan) -> None:
-    """Tune writes its state whole to a staging folder of its Ray session first (RAY_TMPDIR or
-    /tmp, ray/session_*/artifacts/*/NAME/driver_artifacts), then copies it to the sweep folder. A
-    copy that failed (disk full) leaves the sweep folder's experiment_state-*.json cut short (Tune
-    then restores no trial at all) or older than the staged one (Tune would forget the trials that
-    started or ended since, though Optuna and MLflow know them). The newest whole staged copy of
-    this sweep is put back in place when it is newer: of this sweep means its trial folders are this
-    sweep's, and its trials include those of the sweep folder's own whole copy, if any."""
-    states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
-    if not states:
-        return
-    whole = [(p.stat().st_mtime, ids) for p in states if (ids := _trial_ids(p)) is not None]
-    newest, known = max(whole, key=lambda w: w[0]) if whole else (None, set())
-    if newest is not None and not known:
-        return  # nothing to tell this sweep's staged copies from another sweep's of the same name
-    mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
-    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
-    staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in staged:
-        if newest is not None and state.stat().st_mtime <= newest:
-            return  # the sweep folder's copy is whole and as new as any staged one
-        ids = _trial_ids(state)
-        if ids is not None and known <= ids and {p.name for p in state.parent.glob("trial_*")} <= mine:
-            for pattern in _TUNE_STATE:
-                for p in plan.sweep_dir.glob(pattern):
-                    p.unlink()
-                for p in state.parent.glob(pattern):
-                    shutil.copy2(p, plan.sweep_dir / p.name)
-            logger.warning("Tune's state in %s was %s; restored its last whole copy from %s", plan.sweep_dir,
-                           "older than its staged copy" if newest is not None else "cut short", state.parent)
-            return
-    if newest is None:
-        logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
-
-
-RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
-
-
-def _trial_ids_of(plan: SweepPlan) -> set[str]:
-    newest = max(plan.sweep_dir.glob(_TUNE_STATE[0]), key=lambda p: p.stat().st_mtime)
-    return _trial_ids(newest) or set()
-
-
-def _rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
-    """Trials that ended (Optuna was told, MLflow has their run) after Tune's last saved state, so
-    that the restored Tune does not hold them (a disk full: Tune's state could not be written): their
-    settings are queued in Optuna to run again under new Tune trials, each marked `rerun_of` the lost
-    one, so every setting ends in exactly one trial of the sweep's table. Returns their numbers."""
-    if not (plan.sweep_dir / "optuna.db").exists():
-        return []
-    try:
-        study = open_study(plan.study_url, plan.name, create=False)
-    except KeyError:  # the study was never made
-        return []
-    trials = study.get_trials(deepcopy=False)
-    rerun = {t.user_attrs.get(RERUN_OF) for t in trials}
-    lost = [t for t in trials if t.state.is_finished() and t.user_attrs.get("tune_trial_id") not in (known | {None})
-            and t.user_attrs.get(VERDICT) != ABANDONED and t.number not in rerun]
-    for t in lost:
-        study.enqueue_trial(t.params, user_attrs={RERUN_OF: t.number})
-    return [t.number for t in lost]
-
-
-def _trial_ids(path: Path) -> set[str] | None:
-    """The trial ids in a Tune experiment_state-*.json; None when it is not whole."""
-    try:
-        return {json.loads(t[0])["trial_id"] for t in json.loads(path.read_text())["trial_data"]}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
-def _can_restore(path: str) -> bool:
-    """Tune's experiment at `path` (a directory or a URI) exists, with its state (a kill before
-    Tune's first snapshot leaves none: the run then starts Tune afresh; the sweep's Optuna study
-    keeps what it knew)."""
-    from ray import tune
-
-    if uri_scheme(path) is None:
-        return tune.Tuner.can_restore(path) and bool(list(Path(path).glob("experiment_state-*.json")))
-    try:
-        import pyarrow.fs as pafs
-
-        if not tune.Tuner.can_restore(path):
-            return False
-        fs, where = pafs.FileSystem.from_uri(path)
-        infos = fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
-        return any(Path(i.path).name.startswith("experiment_state-") for i in infos)
-    except Exception as e:
-        logger.warning("cannot read Tune's experiment at %s (%s); starting Tune afresh", path, e)
-        return False
 
 
 def _swap_echo(tuner, echo) -> None:
@@ -511,7 +356,7 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
     space_yaml = plan.space.to_yaml()
     config_yaml = yaml.safe_dump(plan.base, sort_keys=False)
     params = {"sampler": plan.sampler, "samples": plan.samples, "seed": plan.seed, "asha": plan.asha,
-              "budget_steps": plan.cfg.training.steps, "report_interval": plan.cfg.training.report_interval,
+              BUDGET_STEPS: plan.cfg.training.steps, "report_interval": plan.cfg.training.report_interval,
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
               "max_concurrent": max_concurrent, "config_file": str(Path(opts.config).resolve()),
               "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys),
@@ -563,12 +408,12 @@ def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], 
     configs, skipped = [], []
     for g in region.groups:
         mine = rows_of(done, region.group_keys, g.key)
-        tried = mine.loc[mine["verdict"].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
+        tried = mine.loc[mine[VERDICT].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
         runs = replicate_runs(g.max_stable_lr, g.min_failed_lr, plan.replicates, seed, tried)
         if not runs:
             skipped.append(g.label)
             continue
-        top = mine[(mine["verdict"] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
+        top = mine[(mine[VERDICT] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
         params = {k: py(top[k]) for k in space.keys}
         configs += [{**params, LR_KEY: float(lr), SEED_KEY: int(s)} for lr, s in runs]
     return configs, skipped
@@ -580,10 +425,10 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
     None while the sweep's own trials have not all ended."""
     from ray import tune
 
-    if (table["verdict"] == UNFINISHED).any():
+    if (table[VERDICT] == UNFINISHED).any():
         echo("replicates: not yet, the sweep's own trials have not all ended (--resume runs them)")
         return None
-    configs, skipped = replicate_configs(plan, table[table["verdict"].isin(VERDICTS)])
+    configs, skipped = replicate_configs(plan, table[table[VERDICT].isin(VERDICTS)])
     if skipped:
         echo(f"replicates: no bracket (no stable lr below a failed one) with {'; '.join(skipped)}: skipped")
     if not configs:
@@ -591,7 +436,7 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
     keys = [*plan.space.keys, SEED_KEY]
     echo(f"replicates: {len(configs)} run(s), {plan.replicates} seed(s) at the lrs inside each bracket and at its ends")
     path = f"{plan.experiment_path}/{REPLICATES}"
-    if plan.resume and _can_restore(path):
+    if plan.resume and can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
         _swap_echo(tuner, echo)
     else:
@@ -616,26 +461,27 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     from stablesweep.analysis.plots import boundary_data, plot_boundary
     from stablesweep.analysis.region import add_boundaries, analyze, lr_margins, write_region
 
-    interrupted = bool((table["verdict"] == UNFINISHED).any()) if len(table) else False
+    interrupted = bool((table[VERDICT] == UNFINISHED).any()) if len(table) else False
     if not interrupted:
         kept = [t for t in (table, replicates[0] if replicates is not None else None) if t is not None and len(t)]
-        _delete_lost_runs(tracker, parent, plan, {tid for t in kept for tid in t["trial_id"]})
-    done = table[table["verdict"].isin(VERDICTS)] if len(table) else table
+        delete_lost_runs(tracker, parent, plan, {tid for t in kept for tid in t["trial_id"]})
+    done = table[table[VERDICT].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
                      param_keys=plan.space.keys, distributions=plan.space.to_optuna())
     metrics: dict[str, float] = {}
     fits = None
     if plan.replicates:
-        reps, rep_outcomes = replicates if replicates is not None else (pd.DataFrame(columns=["verdict", "seed"]), {})
-        interrupted = interrupted or bool((reps["verdict"] == UNFINISHED).any())
-        fits = add_boundaries(region, done, reps[reps["verdict"].isin(VERDICTS)], plan.replicates,
+        reps, rep_outcomes = replicates if replicates is not None else (pd.DataFrame(columns=[VERDICT, "seed"]), {})
+        interrupted = interrupted or bool((reps[VERDICT] == UNFINISHED).any())
+        fits = add_boundaries(region, done, reps[reps[VERDICT].isin(VERDICTS)], plan.replicates,
                               plan.cfg.training.seed)
         table = pd.concat([table.assign(phase="sweep", seed=plan.cfg.training.seed),
                            reps.assign(phase=REPLICATE, optuna_number=-1)], ignore_index=True)
         outcomes = {**outcomes, **rep_outcomes}
-        done = table[table["verdict"].isin(VERDICTS)]
-        metrics.update(replicates=float(len(reps)), replicate_flops=float(sum(g.replicate_flops for g in region.groups)),
-                       train_flops=float(sum(g.train_flops for g in region.groups)))
+        done = table[table[VERDICT].isin(VERDICTS)]
+        metrics.update({"replicates": float(len(reps)),
+                        "replicate_flops": float(sum(g.replicate_flops for g in region.groups)),
+                        TRAIN_FLOPS: float(sum(g.train_flops for g in region.groups))})
     _finish_mlflow(table, outcomes, tracker, parent, plan)
     title = f"Stable region: sweep {plan.name}"
     files = write_region(region, table, plan.sweep_dir, base=plan.base, title=title,
@@ -645,10 +491,10 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     if fits is not None:
         files["figure_boundary"] = plot_boundary(boundary_data([g.label for g in region.groups], fits),
                                                  plan.sweep_dir / "figures" / "boundary.png", region.budget_steps)
-    counts = {v: int((table["verdict"] == v).sum()) for v in (*VERDICTS, UNFINISHED)} if len(table) else {}
+    counts = {v: int((table[VERDICT] == v).sum()) for v in (*VERDICTS, UNFINISHED)} if len(table) else {}
     metrics.update({f"trials_{k}": float(v) for k, v in counts.items()})
     if region.best:
-        metrics["best_objective"] = region.best["objective"]
+        metrics["best_objective"] = region.best[OBJECTIVE]
     tracker.log_setting_metrics(parent, region.groups)
     for trial_id, margin in zip(done["trial_id"], lr_margins(done, region)) if len(done) else ():
         run_id = tracker.trial_run(parent, trial_id, "", {})
@@ -675,30 +521,11 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
                                    setting={k: params.get(k) for k in plan.space.categorical_keys})
         # budget_steps among the constants (a tag, as the config writes it); tags only where known
-        summary = {k: py(r[k]) for k in ("objective", "initial_loss", "final_loss", "train_flops", "steps",
-                                         "budget_steps") if py(r.get(k)) is not None}
+        summary = {k: py(r[k]) for k in (OBJECTIVE, INITIAL_LOSS, FINAL_LOSS, TRAIN_FLOPS, STEPS, BUDGET_STEPS)
+                   if py(r.get(k)) is not None}
         if py(r.get("node_id")):
             tags["node_id"] = str(r["node_id"])
         number = py(r.get("optuna_number"))
         if number is not None and number >= 0:  # -1: a replicate, or a trial Optuna did not number
             tags["optuna_number"] = str(number)
         tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
-
-
-def _delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]) -> None:
-    """Child runs of trials that Tune lost at a fault are closed and deleted (MLflow keeps them in
-    its trash), so that the sweep shows one child run a trial of its table. Lost: not in the
-    table, and either run again (see `_rerun_lost_trials`) or never ended (started after Tune's
-    last saved state; its Optuna trial went to a new Tune trial)."""
-    from stablesweep.tracking import TRIAL_TAG
-
-    rows = study_summary(plan.study_url, plan.name)
-    again = {r[RERUN_OF] for r in rows if RERUN_OF in r}
-    rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
-    for run in tracker.children(parent):
-        tid = run.data.tags.get(TRIAL_TAG)
-        if tid not in trial_ids and (tid in rerun or "verdict" not in run.data.tags):
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-            tracker.client.delete_run(run.info.run_id)
-            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.info.run_id, tid)

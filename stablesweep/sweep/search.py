@@ -22,7 +22,19 @@ from ray.tune.search import Searcher
 
 from stablesweep.sweep.space import SearchSpace, SpaceError
 from stablesweep.sweep.stopper import Outcome, final_verdict
-from stablesweep.vocab import DIVERGED, PRUNED, REASON, STABLE, STALLED, VERDICT, short_name
+from stablesweep.vocab import (
+    DIVERGED,
+    FIRST_BAD_STEP,
+    OBJECTIVE,
+    PRUNED,
+    REASON,
+    STABLE,
+    STALLED,
+    STEP,
+    STEPS,
+    VERDICT,
+    short_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +112,7 @@ class StabilitySearcher(Searcher):
     """
 
     def __init__(self, space: SearchSpace, storage_url: str, study_name: str, sampler: str = "tpe",
-                 seed: int | None = 0, metric: str = "objective", mode: str = "min",
+                 seed: int | None = 0, metric: str = OBJECTIVE, mode: str = "min",
                  max_concurrent: int = 0):
         super().__init__(metric=metric, mode=mode)
         self._space_keys = space.keys
@@ -198,9 +210,9 @@ class StabilitySearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._trials or trial_id in self._finished:
             return
-        if result.get("verdict") not in (STABLE, STALLED):
+        if result.get(VERDICT) not in (STABLE, STALLED):
             return  # the stand-in objective of a diverged report is not an observation
-        value, step = result.get(self.metric), result.get("step")
+        value, step = result.get(self.metric), result.get(STEP)
         if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, int):
             if step > self._reported.get(trial_id, -1):
                 self._trial(trial_id).report(float(value), step)
@@ -229,10 +241,10 @@ def tell(study: optuna.Study, storage_trial_id: int, outcome: Outcome) -> TrialS
     if frozen.state.is_finished():
         return None
     trial = optuna.Trial(study, storage_trial_id)
-    trial.set_user_attr("verdict", outcome.verdict)
-    trial.set_user_attr("reason", outcome.reason)
-    trial.set_user_attr("first_bad_step", int(outcome.first_bad_step))
-    trial.set_user_attr("steps", int(outcome.steps))
+    trial.set_user_attr(VERDICT, outcome.verdict)
+    trial.set_user_attr(REASON, outcome.reason)
+    trial.set_user_attr(FIRST_BAD_STEP, int(outcome.first_bad_step))
+    trial.set_user_attr(STEPS, int(outcome.steps))
     if outcome.verdict in (STABLE, STALLED, DIVERGED, PRUNED):
         trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if outcome.verdict == DIVERGED else 0.0)
         trial.set_constraint(STALLED_CONSTRAINT, 1.0 if outcome.verdict == STALLED else 0.0)

@@ -20,7 +20,20 @@ from typing import Any
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.stopper import Stopper
 
-from stablesweep.vocab import DIVERGED, ERROR, FINISHED, NO_PROGRESS, PRUNED, STABLE, STALLED
+from stablesweep.vocab import (
+    DIVERGED,
+    ERROR,
+    FINISHED,
+    FIRST_BAD_STEP,
+    NO_PROGRESS,
+    OBJECTIVE,
+    PRUNED,
+    REASON,
+    STABLE,
+    STALLED,
+    STEP,
+    VERDICT,
+)
 
 
 @dataclass(frozen=True)
@@ -35,20 +48,20 @@ class Outcome:
 def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: str | None = None) -> Outcome:
     """The one verdict of a finished trial from its last reported result."""
     result = result or {}
-    steps = int(result.get("step") or 0)
-    obj = result.get("objective")
+    steps = int(result.get(STEP) or 0)
+    obj = result.get(OBJECTIVE)
     obj = float(obj) if isinstance(obj, (int, float)) and math.isfinite(obj) else None
     if errored:
         return Outcome(ERROR, reason=error or "trial raised an exception", steps=steps)
-    if "verdict" not in result:
+    if VERDICT not in result:
         return Outcome(ERROR, reason=error or "no result reported", steps=steps)
-    fbs = result.get("first_bad_step")
+    fbs = result.get(FIRST_BAD_STEP)
     fbs = int(fbs) if isinstance(fbs, (int, float)) and math.isfinite(fbs) else -1
-    if result["verdict"] == DIVERGED:
-        return Outcome(DIVERGED, reason=result.get("reason") or "diverged", first_bad_step=fbs,
+    if result[VERDICT] == DIVERGED:
+        return Outcome(DIVERGED, reason=result.get(REASON) or "diverged", first_bad_step=fbs,
                        objective=obj, steps=steps)
-    if result.get(FINISHED) and result["verdict"] == STALLED:
-        return Outcome(STALLED, reason=result.get("reason") or NO_PROGRESS, objective=obj, steps=steps)
+    if result.get(FINISHED) and result[VERDICT] == STALLED:
+        return Outcome(STALLED, reason=result.get(REASON) or NO_PROGRESS, objective=obj, steps=steps)
     if result.get(FINISHED):
         return Outcome(STABLE, objective=obj, steps=steps)
     return Outcome(PRUNED, reason="scheduler", objective=obj, steps=steps)
@@ -58,7 +71,7 @@ class DivergenceStopper(Stopper):
     """Stop a trial at the first report whose verdict is `diverged`."""
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return result.get("verdict") == DIVERGED
+        return result.get(VERDICT) == DIVERGED
 
     def stop_all(self) -> bool:
         return False
@@ -68,7 +81,7 @@ class StabilityASHA(AsyncHyperBandScheduler):
     """ASHA on the finite objective; diverged trials never enter the rungs."""
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if result and result.get("verdict") == DIVERGED:
+        if result and result.get(VERDICT) == DIVERGED:
             self._trial_info.pop(trial.trial_id, None)
             return
         super().on_trial_complete(tune_controller, trial, result)
@@ -78,7 +91,7 @@ class StabilityASHA(AsyncHyperBandScheduler):
 
 
 def asha_for(n_reports: int | None, *, grace: int | None = None, reduction_factor: float = 2.0,
-             metric: str = "objective", mode: str = "min") -> StabilityASHA:
+             metric: str = OBJECTIVE, mode: str = "min") -> StabilityASHA:
     """ASHA over report counts. By default a single pruning rung at half the budget, where the
     worse half (by objective among the trials seen there) stops. Mild on purpose: a pruned trial
     is no evidence of stability at the budget, and the trials ASHA stops are often the slow, noisy

@@ -1,5 +1,5 @@
 """What a resume after a fault puts back, without Ray: Tune's state files on disk, a real Optuna
-study in sqlite, a real MLflow sqlite store (the runner's own functions, as `--resume` calls them)."""
+study in sqlite, a real MLflow sqlite store (sweep/recovery.py's functions, as `--resume` calls them)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from stablesweep.sweep.runner import RERUN_OF, _delete_lost_runs, _repair_tune_state, _rerun_lost_trials
+from stablesweep.sweep.recovery import RERUN_OF, delete_lost_runs, repair_tune_state, rerun_lost_trials, save_elsewhere
 from stablesweep.sweep.search import StabilitySearcher, sqlite_url, study_summary
 from stablesweep.sweep.space import parse_space
 from stablesweep.tracking import Tracker
@@ -45,11 +45,11 @@ def test_a_staged_tune_state_newer_than_the_sweep_folders_is_put_back(tmp_path, 
     _state(staged / "experiment_state-s1.json", ["a", "b", "c"], now - 50)
     plan = SimpleNamespace(sweep_dir=sweep, name="full")
 
-    _repair_tune_state(plan)
+    repair_tune_state(plan)
     restored = json.loads((sweep / "experiment_state-s1.json").read_text())
     assert [json.loads(t[0])["trial_id"] for t in restored["trial_data"]] == ["a", "b", "c"]
     assert (sweep / "searcher-state-s1.pkl").read_bytes() == b"xxx"  # the searcher's state of the same moment
-    _repair_tune_state(plan)  # now as new as the staged copy: left alone
+    repair_tune_state(plan)  # now as new as the staged copy: left alone
     assert (sweep / "searcher-state-s1.pkl").read_bytes() == b"xxx"
 
 
@@ -69,8 +69,8 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
     first.on_trial_complete("c", None, error=True)  # the full disk broke c; Optuna was told
 
     plan = SimpleNamespace(sweep_dir=tmp_path, study_url=url, name="s")
-    assert _rerun_lost_trials(plan, {"a", "b"}) == [2]
-    assert _rerun_lost_trials(plan, {"a", "b"}) == []  # queued once, however often the resume starts
+    assert rerun_lost_trials(plan, {"a", "b"}) == [2]
+    assert rerun_lost_trials(plan, {"a", "b"}) == []  # queued once, however often the resume starts
     again = StabilitySearcher(GRID, url, "s", sampler="grid", seed=0)
     again.restore(str(ckpt))
     assert again.suggest("d") == lost
@@ -95,7 +95,7 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
         run = tracker.trial_run(parent, t, t, {})
         if t != "h":
             tracker.finish_trial(run, "error" if t in "cx" else "stable", None, -1, {})
-    _delete_lost_runs(tracker, parent, plan, table)
+    delete_lost_runs(tracker, parent, plan, table)
     assert sorted(c.data.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table | {"x"})
 
 
@@ -106,8 +106,6 @@ def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypa
 
     import pandas as pd
 
-    from stablesweep.sweep.runner import _save_elsewhere
-
     url = sqlite_url(tmp_path / "optuna.db")
     s = StabilitySearcher(GRID, url, "s", sampler="grid", seed=0)
     for t in ("a", "b", "c"):
@@ -116,7 +114,7 @@ def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypa
     s.on_trial_complete("b", {**DONE, "verdict": "diverged", "reason": "nonfinite_loss", "first_bad_step": 7})
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))
     (tmp_path / "elsewhere").mkdir()
-    path = _save_elsewhere(SimpleNamespace(study_url=url, name="s", space=GRID))
+    path = save_elsewhere(SimpleNamespace(study_url=url, name="s", space=GRID))
     assert path.parent.parent == tmp_path / "elsewhere" and path.name == "trials.csv"
     t = pd.read_csv(path)
     assert list(t["trial_id"]) == ["a", "b", "c"]

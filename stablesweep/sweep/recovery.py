@@ -1,0 +1,210 @@
+"""A sweep's resume and its recovery from a full or read-only disk (`runner.run_sweep` calls these).
+
+Disk full: `storage_fault` tells such an error from any other; the sweep then stops with an
+`OutputFault` after `close_runs` (its MLflow runs KILLED) and `save_elsewhere` (its trials, from
+the Optuna study, to a temporary folder).
+
+Resume after a fault: `repair_tune_state` puts back a whole copy of Tune's state that a full disk
+cut short, `rerun_lost_trials` queues again in Optuna the trials Tune lost, and `delete_lost_runs`
+removes their MLflow runs, so every setting ends in exactly one trial of the sweep's table, Optuna
+and MLflow. `can_restore`: whether Tune's experiment can be restored at all.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from stablesweep.sweep.cluster import uri_scheme
+from stablesweep.sweep.search import ABANDONED, open_study, study_summary
+from stablesweep.vocab import FIRST_BAD_STEP, OBJECTIVE, REASON, STEPS, VERDICT
+
+if TYPE_CHECKING:
+    from stablesweep.sweep.runner import SweepPlan
+
+logger = logging.getLogger(__name__)
+
+
+class OutputFault(Exception):
+    """A sweep stopped because its output could not be written (disk full, read-only file system)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name  # the sweep's, for the resume command
+
+
+_FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
+                "disk quota exceeded", "disk i/o error")
+
+
+def storage_fault(exc: BaseException | None) -> str | None:
+    """What was wrong, in the words of the first error in `exc`'s chain that says the disk is full
+    or read-only (an OSError, sqlite's words through SQLAlchemy and Optuna, a worker's error through
+    Ray); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            return os.strerror(exc.errno) + (f": {exc.filename}" if exc.filename else "")
+        text = str(exc).lower()
+        for words in _FAULT_WORDS:
+            if words in text:
+                return words
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def close_runs(tracker, parent: str) -> bool:
+    """Mark the sweep's MLflow runs that are still RUNNING as KILLED (a resume sets them RUNNING
+    again); False when the store cannot be written either."""
+    try:
+        for run in tracker.children(parent):
+            if run.info.status == "RUNNING":
+                tracker.client.set_terminated(run.info.run_id, "KILLED")
+        tracker.client.set_terminated(parent, "KILLED")
+        return True
+    except Exception as e:  # the store on the same full disk
+        logger.warning("could not close the MLflow runs of the sweep: %s", e)
+        return False
+
+
+def save_elsewhere(plan: SweepPlan) -> Path | None:
+    """The sweep's trials as its Optuna study holds them (read-only: the study's disk may be full),
+    written to trials.csv in a new temporary folder (TMPDIR or /tmp, another file system than
+    `--out` as a rule); None when that fails too."""
+    try:
+        rows = study_summary(plan.study_url, plan.name)
+        keys = plan.space.keys
+        table = pd.DataFrame([{"trial_id": r.get("tune_trial_id"), "optuna_number": r["number"],
+                               "optuna_state": r["state"], **{k: r["params"].get(k) for k in keys},
+                               VERDICT: r.get(VERDICT), REASON: r.get(REASON),
+                               FIRST_BAD_STEP: r.get(FIRST_BAD_STEP), STEPS: r.get(STEPS),
+                               OBJECTIVE: r["value"]} for r in rows])
+        path = Path(tempfile.mkdtemp(prefix=f"stablesweep-{plan.name}-")) / "trials.csv"
+        table.to_csv(path, index=False)
+        return path
+    except Exception as e:  # the study unreadable, or no room here either
+        logger.warning("could not save the sweep's trials elsewhere: %s", e)
+        return None
+
+
+_TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
+
+
+def repair_tune_state(plan: SweepPlan) -> None:
+    """Tune writes its state whole to a staging folder of its Ray session first (RAY_TMPDIR or
+    /tmp, ray/session_*/artifacts/*/NAME/driver_artifacts), then copies it to the sweep folder. A
+    copy that failed (disk full) leaves the sweep folder's experiment_state-*.json cut short (Tune
+    then restores no trial at all) or older than the staged one (Tune would forget the trials that
+    started or ended since, though Optuna and MLflow know them). The newest whole staged copy of
+    this sweep is put back in place when it is newer: of this sweep means its trial folders are this
+    sweep's, and its trials include those of the sweep folder's own whole copy, if any."""
+    states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
+    if not states:
+        return
+    whole = [(p.stat().st_mtime, ids) for p in states if (ids := _trial_ids(p)) is not None]
+    newest, known = max(whole, key=lambda w: w[0]) if whole else (None, set())
+    if newest is not None and not known:
+        return  # nothing to tell this sweep's staged copies from another sweep's of the same name
+    mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
+    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for state in staged:
+        if newest is not None and state.stat().st_mtime <= newest:
+            return  # the sweep folder's copy is whole and as new as any staged one
+        ids = _trial_ids(state)
+        if ids is not None and known <= ids and {p.name for p in state.parent.glob("trial_*")} <= mine:
+            for pattern in _TUNE_STATE:
+                for p in plan.sweep_dir.glob(pattern):
+                    p.unlink()
+                for p in state.parent.glob(pattern):
+                    shutil.copy2(p, plan.sweep_dir / p.name)
+            logger.warning("Tune's state in %s was %s; restored its last whole copy from %s", plan.sweep_dir,
+                           "older than its staged copy" if newest is not None else "cut short", state.parent)
+            return
+    if newest is None:
+        logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
+
+
+RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
+
+
+def trial_ids_of(plan: SweepPlan) -> set[str]:
+    newest = max(plan.sweep_dir.glob(_TUNE_STATE[0]), key=lambda p: p.stat().st_mtime)
+    return _trial_ids(newest) or set()
+
+
+def rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
+    """Trials that ended (Optuna was told, MLflow has their run) after Tune's last saved state, so
+    that the restored Tune does not hold them (a disk full: Tune's state could not be written): their
+    settings are queued in Optuna to run again under new Tune trials, each marked `rerun_of` the lost
+    one, so every setting ends in exactly one trial of the sweep's table. Returns their numbers."""
+    if not (plan.sweep_dir / "optuna.db").exists():
+        return []
+    try:
+        study = open_study(plan.study_url, plan.name, create=False)
+    except KeyError:  # the study was never made
+        return []
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(RERUN_OF) for t in trials}
+    lost = [t for t in trials if t.state.is_finished() and t.user_attrs.get("tune_trial_id") not in (known | {None})
+            and t.user_attrs.get(VERDICT) != ABANDONED and t.number not in rerun]
+    for t in lost:
+        study.enqueue_trial(t.params, user_attrs={RERUN_OF: t.number})
+    return [t.number for t in lost]
+
+
+def _trial_ids(path: Path) -> set[str] | None:
+    """The trial ids in a Tune experiment_state-*.json; None when it is not whole."""
+    try:
+        return {json.loads(t[0])["trial_id"] for t in json.loads(path.read_text())["trial_data"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def can_restore(path: str) -> bool:
+    """Tune's experiment at `path` (a directory or a URI) exists, with its state (a kill before
+    Tune's first snapshot leaves none: the run then starts Tune afresh; the sweep's Optuna study
+    keeps what it knew)."""
+    from ray import tune
+
+    if uri_scheme(path) is None:
+        return tune.Tuner.can_restore(path) and bool(list(Path(path).glob("experiment_state-*.json")))
+    try:
+        import pyarrow.fs as pafs
+
+        if not tune.Tuner.can_restore(path):
+            return False
+        fs, where = pafs.FileSystem.from_uri(path)
+        infos = fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
+        return any(Path(i.path).name.startswith("experiment_state-") for i in infos)
+    except Exception as e:
+        logger.warning("cannot read Tune's experiment at %s (%s); starting Tune afresh", path, e)
+        return False
+
+
+def delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str]) -> None:
+    """Child runs of trials that Tune lost at a fault are closed and deleted (MLflow keeps them in
+    its trash), so that the sweep shows one child run a trial of its table. Lost: not in the
+    table, and either run again (see `rerun_lost_trials`) or never ended (started after Tune's
+    last saved state; its Optuna trial went to a new Tune trial)."""
+    from stablesweep.tracking import TRIAL_TAG
+
+    rows = study_summary(plan.study_url, plan.name)
+    again = {r[RERUN_OF] for r in rows if RERUN_OF in r}
+    rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
+    for run in tracker.children(parent):
+        tid = run.data.tags.get(TRIAL_TAG)
+        if tid not in trial_ids and (tid in rerun or VERDICT not in run.data.tags):
+            if run.info.status == "RUNNING":
+                tracker.client.set_terminated(run.info.run_id, "KILLED")
+            tracker.client.delete_run(run.info.run_id)
+            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.info.run_id, tid)
