@@ -52,14 +52,17 @@ def ray_running() -> bool:
 
 
 @pytest.fixture
-def cli(capsys):
-    """`cli(*args)`: `stablesweep ARGS` called in this process (`stablesweep.cli.main`), as a
-    CompletedProcess (returncode, stdout, stderr). For refusals that come before any Ray: seconds
-    of imports saved a call. Each command's real entry point runs as a subprocess in some test."""
+def cli(capsys, monkeypatch):
+    """`cli(*args, cwd=None)`: `stablesweep ARGS` called in this process (`stablesweep.cli.main`),
+    as a CompletedProcess (returncode, stdout, stderr; Python's warnings go to pytest, not stderr).
+    For runs that start no Ray: the seconds of a subprocess's imports saved. Each command's real
+    entry point runs as a subprocess in some test."""
     from stablesweep.cli import main
 
-    def run(*args) -> subprocess.CompletedProcess:
+    def run(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
         argv = [str(a) for a in args]
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
         ray_before = ray_running()
         capsys.readouterr()  # this call's output only
         try:
