@@ -108,12 +108,11 @@ def test_cli_train_writes_result_json_and_exit_status(tmp_path):
     (["--set", "training.lr=-1"], "training.lr: must be a positive number"),
     (["--device", "cuda"], "no CUDA device"),
 ])
-def test_cli_bad_input_is_a_clear_error_and_exit_2(tmp_path, args, expect):
+def test_cli_bad_input_is_a_clear_error_and_exit_2(tmp_path, cli, args, expect):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "never"
-    p = subprocess.run([sys.executable, "-m", "stablesweep", "train", str(DEMO), "--out", str(out), *args],
-                       capture_output=True, text=True, timeout=120)
+    p = cli("train", DEMO, "--out", out, *args)
     assert p.returncode == 2, p.stderr
     assert expect in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()  # nothing written
