@@ -84,7 +84,7 @@ def test_resume_continues_exactly(tmp_path):
     assert full[-1]["objective"] == resumed[-1]["objective"]
 
 
-def test_cli_train_writes_result_json_and_exit_status(tmp_path):
+def test_cli_train_writes_result_json_and_exit_status(tmp_path, cli):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "stablesweep", "train", str(DEMO), "--set", "training.steps=20",
            "--set", "training.report_interval=10", "--device", "cpu", "--out", str(out)]
@@ -96,10 +96,8 @@ def test_cli_train_writes_result_json_and_exit_status(tmp_path):
         assert key in res
     assert set(res["datasets"]) == {"food101", "food172", "foodx251", "food2k", "fru92", "veg200"}
     assert {"loss", "accuracy"} <= set(res["datasets"]["food101"])
-    p = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "d"), "--set", "training.lr=1e3",
-                                   "--set", "training.max_grad_norm=null"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "verdict: diverged" in p.stdout
+    p = cli(*cmd[3:-2], "--out", tmp_path / "d", "--set", "training.lr=1e3", "--set", "training.max_grad_norm=null")
+    assert p.returncode == 1 and "verdict: diverged" in p.stdout  # in this process: the run above was the subprocess
 
 
 @pytest.mark.parametrize("args, expect", [
