@@ -1,8 +1,13 @@
-"""Shared fixtures: one local Ray for the whole session (started only if a test asks for it) and
-throwaway MLflow sqlite stores."""
+"""Shared fixtures: one local Ray for the whole session (started only if a test asks for it),
+throwaway MLflow sqlite stores (copies of one store migrated once a session) and the CLI called
+in this process."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +30,54 @@ def ray_cluster():
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """`new_store(path)`: an empty MLflow sqlite store at `path` (a copy of one made by the product's
+    own `create_store` once a session: its migrations take 5-9 s), returned as its URI. Sweeps and
+    ramps take it as an existing store; tests of how a store is made make their own."""
+    from stablesweep.tracking import create_store
+
+    template = tmp_path_factory.mktemp("store_template") / "mlflow.db"
+    create_store(f"sqlite:///{template}")
+
+    def make(path: Path) -> str:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, path)
+        return f"sqlite:///{path}"
+
+    return make
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path) -> str:
+def mlflow_uri(tmp_path, new_store) -> str:
     """A fresh embedded MLflow store for one test."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return new_store(tmp_path / "mlflow.db")
+
+
+def ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`cli(*args, cwd=None)`: `stablesweep ARGS` called in this process (`stablesweep.cli.main`),
+    as a CompletedProcess (returncode, stdout, stderr; Python's warnings go to pytest, not stderr).
+    For runs that start no Ray: the seconds of a subprocess's imports saved. Each command's real
+    entry point runs as a subprocess in some test."""
+    from stablesweep.cli import main
+
+    def run(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        ray_before = ray_running()
+        capsys.readouterr()  # this call's output only
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        out = capsys.readouterr()
+        assert ray_running() == ray_before, "the call started (or stopped) Ray"
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+    return run

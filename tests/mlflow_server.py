@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+STORE = "m.db"  # the server's sqlite store, in its root (a test may put a migrated one there first)
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -66,7 +68,7 @@ class MlflowServer:
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'm.db'}",
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / STORE}",
                "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1",
                "--port", str(self.port), "--workers", "1"]
         # no background job runner (a handful of extra processes the tests do not need)

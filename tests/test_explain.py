@@ -100,7 +100,7 @@ def test_a_planted_bad_batch_is_named_with_its_samples(tmp_path, capsys):
     assert "cause: data" in out and "4 with a label outside their dataset's range" in out
 
 
-def test_a_sweep_trial_is_explained_from_its_mlflow_run(ray_cluster, tmp_path, capsys):
+def test_a_sweep_trial_is_explained_from_its_mlflow_run(ray_cluster, tmp_path, capsys, new_store):
     """One real (CPU) sweep of the planted bad batch: Tune keeps the trial's ring of checkpoints
     (training.keep_checkpoints), and explain, given the trial's MLflow run id, finds its trial
     directory and names the data; the run also carries the at_risk flag as a metric."""
@@ -111,7 +111,7 @@ def test_a_sweep_trial_is_explained_from_its_mlflow_run(ray_cluster, tmp_path, c
     config, planted = plant_bad_batch(tmp_path)
     space = tmp_path / "space.yaml"
     space.write_text(f"training.lr: {{grid: [{load_config(config).training.lr}]}}\n")
-    uri = f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}"
+    uri = new_store(tmp_path / "out" / "mlflow.db")
     res = run_sweep(SweepOptions(config=str(config), space=str(space), sampler="grid", overrides=PLANTED,
                                  asha=False, out=str(tmp_path / "out"), name="planted", mlflow=uri),
                     echo=lambda s: None)
@@ -131,19 +131,19 @@ def test_a_sweep_trial_is_explained_from_its_mlflow_run(ray_cluster, tmp_path, c
     ("0123456789abcdef0123456789abcdef", "MLflow run 0123456789abcdef0123456789abcdef: not found in"),
     ("runs:/feedfeedfeedfeedfeedfeedfeedfeed", "MLflow run feedfeedfeedfeedfeedfeedfeedfeed: not found in"),
 ])
-def test_an_unknown_mlflow_run_is_an_error_that_names_it(tmp_path, capsys, what, expect):
+def test_an_unknown_mlflow_run_is_an_error_that_names_it(mlflow_uri, capsys, what, expect):
     from stablesweep.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     Tracker(uri).start_sweep("s", {}, tags={})  # a real store with one run, not this one
     assert main(["explain", what, "--mlflow", uri, "--quiet"]) == 2
     assert expect in capsys.readouterr().err
 
 
-def test_a_trial_without_checkpoints_is_an_error_that_names_it(tmp_path, capsys):
+def test_a_trial_without_checkpoints_is_an_error_that_names_it(tmp_path, mlflow_uri, capsys):
     from stablesweep.tracking import Tracker
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     tr = Tracker(uri)
     exp = tmp_path / "exp"
     parent = tr.start_sweep("s", {}, tags={"tune_experiment": str(exp), "sweep_dir": str(tmp_path)})

@@ -1,7 +1,9 @@
 """Faults and bad input at the edges, as a user meets them (issue 15): each test runs the real CLI
-in a subprocess against a real fault (an existing file, a read-only bind mount, a closed port, a
-truncated or empty manifest) and checks the exit status, the message and what was (not) written.
-None of these starts Ray: every refusal comes before it."""
+against a real fault (an existing file, a read-only bind mount, a closed port, a truncated or empty
+manifest) and checks the exit status, the message and what was (not) written. None of these starts
+Ray: every refusal comes before it. The CLI runs in this process (conftest's `cli`: no seconds of
+imports a call), in a subprocess where it is cheap or where Python's own warnings are part of
+what the user sees."""
 from __future__ import annotations
 
 import contextlib
@@ -60,22 +62,22 @@ def commands(out: Path) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("command", ["sweep", "ramp", "train", "diagnose", "data synth"])
-def test_an_existing_file_as_out_is_refused_before_any_work(tmp_path, command):
+def test_an_existing_file_as_out_is_refused_before_any_work(tmp_path, cli, command):
     out = tmp_path / "taken"
     out.write_text("mine\n")
     t = time.monotonic()
-    r = stablesweep(*commands(out)[command], cwd=tmp_path)
+    r = cli(*commands(out)[command], cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert f"{out}: is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
     assert out.read_text() == "mine\n" and time.monotonic() - t < 60  # no training, no Ray
 
 
 @pytest.mark.parametrize("command", ["sweep", "ramp", "train", "diagnose", "data synth"])
-def test_a_read_only_out_is_refused_before_any_work(tmp_path, command):
+def test_a_read_only_out_is_refused_before_any_work(tmp_path, cli, command):
     place = tmp_path / "ro"
     place.mkdir()
     with read_only(place):
-        r = stablesweep(*commands(place / "new")[command], cwd=tmp_path)
+        r = cli(*commands(place / "new")[command], cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "cannot write in" in r.stderr and str(place) in r.stderr and "Traceback" not in r.stderr
     assert tree(place) == []
@@ -94,17 +96,17 @@ def bad_manifest_config(tmp_path: Path) -> Path:
     return cfg
 
 
-def test_sweep_refuses_bad_data_before_ray(tmp_path):
+def test_sweep_refuses_bad_data_before_ray(tmp_path, cli):
     cfg = bad_manifest_config(tmp_path)
     space = tmp_path / "space.yaml"
     space.write_text("training.lr: {loguniform: [1.0e-4, 1.0e-1]}\n")
-    r = stablesweep("sweep", cfg, "--space", space, "--out", tmp_path / "out", "--samples", 2, cwd=tmp_path)
+    r = cli("sweep", cfg, "--space", space, "--out", tmp_path / "out", "--samples", 2, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "food_train.jsonl:3" in r.stderr and "label 7" in r.stderr
     assert not (tmp_path / "out").exists()  # no sweep folder, no mlflow.db, no Ray session
 
 
-def test_ramp_refuses_a_missing_image_before_ray(tmp_path):
+def test_ramp_refuses_a_missing_image_before_ray(tmp_path, cli):
     from tests.data.conftest import write_manifest
 
     name = write_manifest(tmp_path, "food", [0, 1, 1, 0])
@@ -113,7 +115,7 @@ def test_ramp_refuses_a_missing_image_before_ray(tmp_path):
     cfg.write_text(f"training: {{steps: 4, batch_size: 2, report_interval: 2}}\n"
                    f"datasets: {{dataset_configs: {{food: {{num_classes: 2, train: {name}}}}}}}\n"
                    f"data: {{image_size: 8}}\nmodel: {{name: small_cnn}}\n")
-    r = stablesweep("ramp", cfg, "--out", tmp_path / "out", "--steps", 4, cwd=tmp_path)
+    r = cli("ramp", cfg, "--out", tmp_path / "out", "--steps", 4, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "food_train.jsonl:3" in r.stderr and "2.png not found" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and "Ray" not in r.stdout + r.stderr  # nothing written, no Ray
@@ -122,10 +124,10 @@ def test_ramp_refuses_a_missing_image_before_ray(tmp_path):
 # ---- 3. an unreachable --mlflow fails in seconds ---------------------------------------------
 
 @pytest.mark.parametrize("command", ["sweep", "ramp"])
-def test_unreachable_mlflow_server_fails_in_seconds(tmp_path, command):
+def test_unreachable_mlflow_server_fails_in_seconds(tmp_path, cli, command):
     uri = f"http://127.0.0.1:{closed_port()}"
     t = time.monotonic()
-    r = stablesweep(*commands(tmp_path / "out")[command], "--mlflow", uri, cwd=tmp_path)
+    r = cli(*commands(tmp_path / "out")[command], "--mlflow", uri, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert f"--mlflow {uri}: no MLflow server answers" in r.stderr
     assert time.monotonic() - t < 30 and not (tmp_path / "out").exists()
@@ -133,42 +135,42 @@ def test_unreachable_mlflow_server_fails_in_seconds(tmp_path, command):
 
 # ---- 6. nothing a user may have written is overwritten without --force ---------------------------
 
-def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path):
+def test_data_synth_refuses_a_folder_that_is_not_empty(tmp_path, cli):
     out = tmp_path / "synth"
     out.mkdir()
     (out / "config.yaml").write_text("# edited by hand\n")
-    r = stablesweep("data", "synth", "--out", out, "--scale", 0.01, "--per-class", 1)
+    r = cli("data", "synth", "--out", out, "--scale", 0.01, "--per-class", 1)
     assert r.returncode == 2 and "not empty" in r.stderr and "--force" in r.stderr
     assert tree(out) == ["config.yaml"]
-    r = stablesweep("data", "synth", "--out", out, "--scale", 0.01, "--per-class", 1, "--force")
+    r = cli("data", "synth", "--out", out, "--scale", 0.01, "--per-class", 1, "--force")
     assert r.returncode == 0, r.stderr
     assert "edited by hand" not in (out / "config.yaml").read_text()
 
 
-def test_diagnose_refuses_to_overwrite_a_fixed_config(tmp_path):
+def test_diagnose_refuses_to_overwrite_a_fixed_config(tmp_path, cli):
     cfg = tmp_path / "my.yaml"
     cfg.write_text(DEMO.read_text().replace("masking: slice", "masking: neg_inf")
                    .replace("precision: fp32", "precision: fp16"))
     fixed = tmp_path / "my_fixed.yaml"
     fixed.write_text("# my edits\n")
-    r = stablesweep("diagnose", cfg)
+    r = cli("diagnose", cfg)
     assert r.returncode == 2 and f"{fixed} exists" in r.stderr
     assert fixed.read_text() == "# my edits\n"
-    r = stablesweep("diagnose", cfg, "--force")
+    r = cli("diagnose", cfg, "--force")
     assert r.returncode == 1, r.stderr  # findings
     assert "masking" in fixed.read_text()
 
 
-def test_train_out_reused_needs_force_and_force_clears_the_old_run(tmp_path):
+def test_train_out_reused_needs_force_and_force_clears_the_old_run(tmp_path, cli):
     out = tmp_path / "run"
     args = ("train", DEMO, "--out", out, "--set", "training.steps=4", "--set", "training.report_interval=2",
             "--quiet")
-    assert stablesweep(*args).returncode in (0, 3)
+    assert cli(*args).returncode in (0, 3)
     old = sorted(p.name for p in (out / "checkpoints").iterdir())
-    r = stablesweep(*args[:-1], "--set", "training.steps=2", "--quiet")
+    r = cli(*args[:-1], "--set", "training.steps=2", "--quiet")
     assert r.returncode == 2 and "holds an earlier run" in r.stderr and "--force" in r.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == old
-    r = stablesweep(*args[:-1], "--set", "training.steps=2", "--quiet", "--force")
+    r = cli(*args[:-1], "--set", "training.steps=2", "--quiet", "--force")
     assert r.returncode in (0, 3), r.stderr
     assert json.loads((out / "result.json").read_text())["steps"] == 2
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_00000002"]
@@ -176,13 +178,13 @@ def test_train_out_reused_needs_force_and_force_clears_the_old_run(tmp_path):
 
 # ---- 8. data check refuses what train refuses -----------------------------------------------------
 
-def test_data_check_fails_on_an_empty_manifest_as_train_does(tmp_path):
+def test_data_check_fails_on_an_empty_manifest_as_train_does(tmp_path, cli):
     (tmp_path / "empty.jsonl").write_text("")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("training: {steps: 2, batch_size: 2}\ndatasets: {dataset_configs: "
                    "{food: {num_classes: 2, train: empty.jsonl}}}\ndata: {image_size: 8}\n")
-    check = stablesweep("data", "check", cfg)
-    train = stablesweep("train", cfg, "--out", tmp_path / "run")
+    check = cli("data", "check", cfg)
+    train = cli("train", cfg, "--out", tmp_path / "run")
     assert train.returncode == 2 and "no usable samples" in train.stderr
     assert check.returncode == 1 and "no usable samples" in check.stdout
 

@@ -42,7 +42,7 @@ from stablesweep.tracking import (
     ui_command,
     ui_link,
 )
-from tests.mlflow_server import chromium, dump_dom, free_port, mlflow_server
+from tests.mlflow_server import STORE, chromium, dump_dom, free_port, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "tracking-test"
@@ -57,8 +57,8 @@ TRIALS = [("t0", "stable", None, -1, 1e-3, 1.0, 0.5),
 
 
 @pytest.fixture(scope="module")
-def uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+def uri(tmp_path_factory, new_store) -> str:
+    return new_store(tmp_path_factory.mktemp("tracking") / "mlflow.db")
 
 
 @pytest.fixture(scope="module")
@@ -424,8 +424,10 @@ def test_ui_links_have_the_shape_of_mlflow_3_17_routes():
 # ---- the UI itself, in a browser -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("ui_server")) as proc:
+def server(tmp_path_factory, new_store):
+    root = tmp_path_factory.mktemp("ui_server")
+    new_store(root / STORE)
+    with mlflow_server(root) as proc:
         yield proc.uri
 
 

@@ -84,7 +84,7 @@ def test_resume_continues_exactly(tmp_path):
     assert full[-1]["objective"] == resumed[-1]["objective"]
 
 
-def test_cli_train_writes_result_json_and_exit_status(tmp_path):
+def test_cli_train_writes_result_json_and_exit_status(tmp_path, cli):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "stablesweep", "train", str(DEMO), "--set", "training.steps=20",
            "--set", "training.report_interval=10", "--device", "cpu", "--out", str(out)]
@@ -96,10 +96,8 @@ def test_cli_train_writes_result_json_and_exit_status(tmp_path):
         assert key in res
     assert set(res["datasets"]) == {"food101", "food172", "foodx251", "food2k", "fru92", "veg200"}
     assert {"loss", "accuracy"} <= set(res["datasets"]["food101"])
-    p = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "d"), "--set", "training.lr=1e3",
-                                   "--set", "training.max_grad_norm=null"],
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "verdict: diverged" in p.stdout
+    p = cli(*cmd[3:-2], "--out", tmp_path / "d", "--set", "training.lr=1e3", "--set", "training.max_grad_norm=null")
+    assert p.returncode == 1 and "verdict: diverged" in p.stdout  # in this process: the run above was the subprocess
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -108,12 +106,11 @@ def test_cli_train_writes_result_json_and_exit_status(tmp_path):
     (["--set", "training.lr=-1"], "training.lr: must be a positive number"),
     (["--device", "cuda"], "no CUDA device"),
 ])
-def test_cli_bad_input_is_a_clear_error_and_exit_2(tmp_path, args, expect):
+def test_cli_bad_input_is_a_clear_error_and_exit_2(tmp_path, cli, args, expect):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     out = tmp_path / "never"
-    p = subprocess.run([sys.executable, "-m", "stablesweep", "train", str(DEMO), "--out", str(out), *args],
-                       capture_output=True, text=True, timeout=120)
+    p = cli("train", DEMO, "--out", out, *args)
     assert p.returncode == 2, p.stderr
     assert expect in p.stderr and "Traceback" not in p.stderr
     assert not out.exists()  # nothing written

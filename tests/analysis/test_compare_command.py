@@ -21,7 +21,7 @@ from stablesweep.analysis.render import to_text
 from stablesweep.cli import main
 from stablesweep.sweep.runner import SweepOptions, run_sweep
 from stablesweep.tracking import TrackerReader
-from tests.mlflow_server import chromium, dump_dom, free_port, mlflow_server
+from tests.mlflow_server import STORE, chromium, dump_dom, free_port, mlflow_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -37,9 +37,12 @@ N = {"wide": 4, "low": 2}
 
 
 @pytest.fixture(scope="module")
-def mlflow_proc(tmp_path_factory):
-    """A real `mlflow server`, started (not yet waited for); stopped at the end, also on failure."""
-    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as proc:
+def mlflow_proc(tmp_path_factory, new_store):
+    """A real `mlflow server` on an empty store, started (not yet waited for); stopped at the end,
+    also on failure."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    new_store(root / STORE)
+    with mlflow_server(root) as proc:
         yield proc
 
 

@@ -73,10 +73,10 @@ def test_without_space_keys_the_axes_come_from_the_space_or_the_probes():
 # ---- read_sweeps on a real store ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict:
+def store(tmp_path_factory, new_store) -> dict:
     """Oldest first: sweep `wide` (space and config as artifacts), sweep `dup`, ramp `r1`, sweep
     `dup` again; an experiment `empty` without runs."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('reading') / 'mlflow.db'}"
+    uri = new_store(tmp_path_factory.mktemp("reading") / "mlflow.db")
     tr = Tracker(uri)
     ids = {}
 

@@ -79,8 +79,8 @@ def test_no_figures(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('report_store') / 'mlflow.db'}"
+def uri(tmp_path_factory, new_store) -> str:
+    return new_store(tmp_path_factory.mktemp("report_store") / "mlflow.db")
 
 
 def test_logged_as_a_compare_run(report, uri):

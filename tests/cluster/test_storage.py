@@ -3,8 +3,6 @@ a trial needs, how many trials fit, where a bucket-URI --out puts what."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -156,9 +154,8 @@ def _space(tmp_path: Path) -> Path:
     (["--local-dir", "somewhere"], "--local-dir somewhere: only with a URI --out"),
     (["--max-failures", "-1"], "--max-failures -1: out of range"),
 ])
-def test_bad_cluster_flags_exit_2(tmp_path, args, match):
-    p = subprocess.run([sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(_space(tmp_path)),
-                        "--out", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=60, cwd=ROOT)
+def test_bad_cluster_flags_exit_2(tmp_path, cli, args, match):
+    p = cli("sweep", DEMO, "--space", _space(tmp_path), "--out", tmp_path / "out", *args)
     assert p.returncode == 2, p.stderr
     assert re.search(match, p.stderr), p.stderr
     assert not (tmp_path / "out").exists()

@@ -86,7 +86,7 @@ def digest_tree(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def diagnose_subprocess(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "stablesweep", "diagnose", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=300)

@@ -1,18 +1,19 @@
-"""`stablesweep diagnose` as a user runs it: findings, exit codes, what is written and what is not."""
+"""`stablesweep diagnose` as a user runs it: findings, exit codes, what is written and what is not
+(in this process, conftest's `cli`; the unreadable inputs through the real entry point, a subprocess)."""
 from __future__ import annotations
 
 import json
 
 from stablesweep.config import load_config
 
-from .conftest import cli, digest_tree, with_settings
+from .conftest import diagnose_subprocess, digest_tree, with_settings
 
 
-def test_incident_cli_names_each_label_error_and_fix_exit_1(incident, tmp_path):
+def test_incident_cli_names_each_label_error_and_fix_exit_1(incident, tmp_path, cli):
     path, info = incident
     before = digest_tree(path.parent)
     out = tmp_path / "out"
-    r = cli(str(path), "--out", str(out))
+    r = cli("diagnose", path, "--out", out)
     assert r.returncode == 1, r.stdout + r.stderr
     text = r.stdout
     # 1-based food101: file, line, the right fix (subtract 1), never a clamp
@@ -43,9 +44,9 @@ def test_incident_cli_names_each_label_error_and_fix_exit_1(incident, tmp_path):
     assert digest_tree(path.parent) == before  # the user's config and data: byte-identical
 
 
-def test_healthy_cli_exit_0_no_findings_nothing_written(healthy):
+def test_healthy_cli_exit_0_no_findings_nothing_written(healthy, cli):
     before = digest_tree(healthy.parent)
-    r = cli(str(healthy))
+    r = cli("diagnose", healthy)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "healthy: 0 error(s), 0 warning(s)" in r.stdout
     assert "ERROR" not in r.stdout and "WARNING" not in r.stdout
@@ -57,14 +58,14 @@ def test_healthy_cli_exit_0_no_findings_nothing_written(healthy):
 def test_unreadable_input_exit_2(tmp_path, healthy):
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  lr: [1e-3\n")
-    r = cli(str(bad))
+    r = diagnose_subprocess(str(bad))
     assert r.returncode == 2 and "error:" in r.stderr and "bad.yaml:" in r.stderr, r.stderr
     unknown = with_settings(healthy, tmp_path / "unknown.yaml", training={"lrate": 1e-3})
-    r = cli(str(unknown))
+    r = diagnose_subprocess(str(unknown))
     assert r.returncode == 2 and "unknown key 'training.lrate'" in r.stderr, r.stderr
     region = tmp_path / "region.json"
     region.write_text(json.dumps({"trials": [1, 2, 3]}))
-    r = cli(str(healthy), "--region", str(region))
+    r = diagnose_subprocess(str(healthy), "--region", str(region))
     assert r.returncode == 2 and "unknown format" in r.stderr, r.stderr
     assert not list(tmp_path.glob("*_fixed.yaml")) and not (healthy.parent / "config_fixed.yaml").exists()
 

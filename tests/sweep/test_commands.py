@@ -68,36 +68,38 @@ def test_bad_space_fails_fast_before_ray(tmp_path):
     assert "Ray" not in p.stderr and not (tmp_path / "out").exists()
 
 
-def test_bad_sweep_input_exits_2(tmp_path):
+def test_bad_sweep_input_exits_2(tmp_path, cli):
     space = tmp_path / "grid.yaml"
     space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
-    p = stablesweep("sweep", str(DEMO), "--space", str(space), "--samples", "0", "--out", str(tmp_path / "out"))
+    p = cli("sweep", str(DEMO), "--space", str(space), "--samples", "0", "--out", str(tmp_path / "out"))
     assert p.returncode == 2 and "--samples 0" in p.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_ramp_input_exits_2_before_ray(tmp_path):
-    for args, msg in [(["--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
-                      (["--resolution", "1"], "--resolution 1.0: must be above 1"),
+def test_bad_ramp_input_exits_2_before_ray(tmp_path, cli):
+    p = stablesweep("ramp", str(DEMO), "--out", str(tmp_path), "--lr-start", "1", "--lr-stop", "0.1")
+    assert p.returncode == 2 and "need 0 < lr-start < lr-stop" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    # the others in this process (each refused before Ray starts: cli() checks Ray is as it was)
+    for args, msg in [(["--resolution", "1"], "--resolution 1.0: must be above 1"),
                       (["--set", "training.lr=oops"], "training.lr: expected a number"),
                       (["--local-dir", str(tmp_path / "l")], "--local-dir"),
                       (["--resources-per-trial", '{"gpu": 1}'], "use --gpus-per-trial"),
                       (["--max-failures", "-1"], "--max-failures -1: out of range"),
                       (["--replicates", "-1"], "--replicates -1: must be at least 0")]:
-        p = stablesweep("ramp", str(DEMO), "--out", str(tmp_path), *args)
+        p = cli("ramp", DEMO, "--out", tmp_path, *args)
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_replicates_need_the_grid_or_qmc_sampler(tmp_path):
+def test_replicates_need_the_grid_or_qmc_sampler(tmp_path, cli):
     space = tmp_path / "grid.yaml"
     space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
     for args, msg in [([], "--replicates with --sampler tpe: replicates need --sampler grid or qmc"),
                       (["--sampler", "random"], "--replicates with --sampler random"),
                       (["--sampler", "grid", "--replicates", "-1"], "--replicates -1: must be at least 0")]:
-        p = stablesweep("sweep", str(DEMO), "--space", str(space), "--replicates", "2", *args,
-                        "--out", str(tmp_path / "out"))
+        p = cli("sweep", DEMO, "--space", space, "--replicates", "2", *args, "--out", tmp_path / "out")
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()  # nothing written

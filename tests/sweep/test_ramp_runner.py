@@ -36,10 +36,12 @@ def grid():
 
 
 @pytest.fixture(scope="module")
-def ramp(ray_cluster, tmp_path_factory):
+def ramp(ray_cluster, tmp_path_factory, new_store):
     out = tmp_path_factory.mktemp("ramp")
+    new_store(out / "mlflow.db")  # OUT's default store, there already
+    # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two rounds (of Tune)
     opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, overrides=FIXED, out=str(out),
-                       name="r", parallel=2, resolution=1.25)
+                       name="r", parallel=4, climb="step", resolution=1.25)
     lines = []
     res = run_ramp(opts, echo=lines.append)
     return res, lines
@@ -107,7 +109,8 @@ def test_ramp_files_and_mlflow(ramp):
     assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`objective`", True)
 
 
-def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path):
+def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, mode="continue",
                        overrides=FIXED, out=str(tmp_path), name="c")
     res = run_ramp(opts, echo=lambda s: None)
@@ -118,7 +121,8 @@ def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(r
     assert json.loads((res.ramp_dir / "ramp.json").read_text())["settings"][0]["status"] == "never_diverged"
 
 
-def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
+def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path, new_store):
+    new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=5.0, lr_stop=10.0, ladder="x2", steps=20, overrides=FIXED,
                        out=str(tmp_path), name="d", parallel=1)
     res = run_ramp(opts, echo=lambda s: None)
@@ -137,12 +141,13 @@ def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path):
     assert steps and min(steps) <= bad  # the steps that led there, at their own steps
 
 
-def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probability(ray_cluster, tmp_path):
+def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probability(ray_cluster, tmp_path, new_store):
     """The demo, short and coarse: the bracket ends at or below the first stall above the band
     (if any; stalls below it are too small an lr); with --replicates 2 the ramp fits P(fails | lr)
     and recommends from the 5%-risk lr."""
     from stablesweep.vocab import recommended_lr
 
+    new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, resolution=2.0,
                        overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2)
     lines = []

@@ -53,7 +53,7 @@ def test_a_staged_tune_state_newer_than_the_sweep_folders_is_put_back(tmp_path, 
     assert (sweep / "searcher-state-s1.pkl").read_bytes() == b"xxx"
 
 
-def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
+def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path, new_store):
     """Optuna was told trial c ended (and MLflow has its run), but Tune's last saved state was from
     before: the resumed Tune does not know c and asks 4 more trials for its 6. c's setting runs again
     (marked `rerun_of`), so the 6 trials of Tune's table cover the 6 grid points exactly once; c's
@@ -89,7 +89,7 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path):
 
     # MLflow: c ended (verdict tag) and ran again; h started after Tune's last state and never
     # ended (its Optuna trial went to another Tune trial); x is another sweep's business (ended)
-    tracker = Tracker(sqlite_url(tmp_path / "mlflow.db"))
+    tracker = Tracker(new_store(tmp_path / "mlflow.db"))
     parent = tracker.start_sweep("s", {}, tags={})
     for t in ("a", "b", "c", "d", "e", "f", "g", "h", "x"):
         run = tracker.trial_run(parent, t, t, {})
