@@ -36,9 +36,9 @@ def grid_space(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grid_sweep(ray_cluster, tmp_path_factory):
+def grid_sweep(ray_cluster, tmp_path_factory, new_store):
     tmp = tmp_path_factory.mktemp("grid_sweep")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = new_store(tmp / "mlflow.db")
     lines: list[str] = []
     opts = SweepOptions(config=str(DEMO), space=str(grid_space(tmp)), sampler="grid", steps=STEPS,
                         overrides=[f"training.report_interval={INTERVAL}"], asha=False, out=str(tmp / "out"),
@@ -179,7 +179,7 @@ def _terminated(exp_dir: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t.get("status") == "TERMINATED"}
 
 
-def assert_exactly_once(sweep_dir: Path):
+def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     """What "every trial exactly once" means after a resume: trials.csv holds each grid point in
     exactly one trial; each of its trials has exactly one Optuna trial (with its verdict) and one
     MLflow child run; nothing is RUNNING in either; the only other Optuna trials are ones asked
@@ -188,9 +188,9 @@ def assert_exactly_once(sweep_dir: Path):
     import pandas as pd
 
     table = pd.read_csv(sweep_dir / "trials.csv")
-    assert len(table) == N_GRID and table["trial_id"].is_unique
+    assert len(table) == n_grid and table["trial_id"].is_unique
     assert len({(lr, None if math.isnan(c) else c)
-                for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == N_GRID
+                for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == n_grid
     state = json.loads((sweep_dir / "sweep.json").read_text())
     rows = study_summary(state["study_url"], state["study_name"])
     assert not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
@@ -289,7 +289,7 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
 
 
-def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
+def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path, new_store):
     """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
     could not be written, marks its MLflow runs KILLED where it can, prints the resume command and
     exits 74 (not Optuna's StorageInternalError traceback, exit 1). With space back, --resume ends
@@ -301,8 +301,12 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], check=True)
     first = None
     try:
-        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(grid_space(tmp_path)),
-               "--sampler", "grid", "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}",
+        new_store(mnt / "out" / "mlflow.db")  # OUT's default store, there already (1 MB)
+        # 2 x 2 points, one trial at a time: two end before the disk fills, the next one meets it
+        space = tmp_path / "grid.yaml"
+        space.write_text("training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n")
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space),
+               "--sampler", "grid", "--steps", "20", "--set", f"training.report_interval={INTERVAL}",
                "--no-asha", "--max-concurrent", "1", "--out", str(mnt / "out"), "--name", "full"]
         log = tmp_path / "first.log"
         first = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
@@ -331,7 +335,7 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path):
         finally:
             _kill_group(second)
         assert second.returncode in (0, 1), output[-4000:]  # 1: the trial the full disk broke ended in error
-        assert_exactly_once(mnt / "out" / "full")
+        assert_exactly_once(mnt / "out" / "full", n_grid=4)
     finally:
         if first is not None:
             _kill_group(first)
@@ -389,12 +393,12 @@ def test_replicates_go_only_into_brackets_and_say_which_settings_have_none(tmp_p
     assert all(c["training.max_grad_norm"] is None for c in configs)
 
 
-def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_again(ray_cluster, tmp_path):
+def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_again(ray_cluster, tmp_path, mlflow_uri):
     import pandas as pd
 
     space = tmp_path / "grid.yaml"
     space.write_text(REP_GRID)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     opts = SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=20, overrides=REPLICATED,
                         asha=False, out=str(tmp_path / "out"), name="rep", mlflow=uri, max_concurrent=2, replicates=2)
     lines: list[str] = []
