@@ -13,14 +13,19 @@ the loss-scale drops; the per-dataset loss and accuracy sums), one CUDA graph on
 every `--report-interval` steps the update-to-weight ratio (a copy of the weights into a kept
 buffer and the ratio's norms, one CUDA graph each).
 
-Rows are timed in interleaved blocks of `--steps` steps, each block against an unguarded block run
-just before it; the overhead is the median of those paired ratios (a host-bound step drifts by
-several percent over a minute, so unpaired medians mislead). Per step, besides the time: the
+Rows are timed in interleaved blocks of `--steps` steps, each block paired with an unguarded block
+run beside it (before it in even repeats, after it in odd ones, so neither side always runs first);
+the overhead is the median of those paired ratios, with a distribution-free 95% interval of that
+median (a host-bound step drifts by several percent over a minute, so unpaired medians mislead).
+`--control` adds an unguarded-against-unguarded row: what the method reads when nothing differs. Per step, besides the time: the
 operators the host dispatches (top-level aten ops, counted with torch.profiler over a report
 interval) and on CUDA the kernel launches. Host syncs are counted with
 torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps. `--ablate` adds the skip alone,
 + the monitor, + the per-dataset sums, and the whole guard run op by op (no CUDA graphs);
-`--profile` where a step's host time goes, part by part and by position in a report interval.
+`--profile` where a step's host time goes, part by part and by position in a report interval;
+`--micro` the guard's own calls timed alone, back to back (host µs to issue one, GPU µs to run one),
+against a whole unguarded step, with a what-if row: the monitor's step function compiled by
+torch.compile (inductor fuses its scalar ops) before it is captured as a CUDA graph.
 
 On CPU (`--device cpu`) the monitor runs op by op, as the Trainer runs it there; times are host
 wall clock.
@@ -78,15 +83,19 @@ def build(args, precision: str, device):
     return space, model, params, opt, prec, loss_fn, batch
 
 
-def unguarded_step(model, params, opt, prec, loss_fn, batch, images):
+def unguarded_step(model, params, opt, prec, loss_fn, batch, images, clock=None):
+    """`clock`: a list that gets the host seconds from the end of backward to the optimizer's return."""
     with prec.autocast():
         logits = model(images)
     loss = loss_fn(logits, batch).loss
     prec.scaler.scale(loss).backward()
+    t0 = time.perf_counter()
     prec.scaler.unscale_(opt)
     torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
     prec.scaler.step(opt)  # fused AdamW: GradScaler passes found_inf itself, no sync
     prec.scaler.update()
+    if clock is not None:
+        clock.append(time.perf_counter() - t0)
     opt.zero_grad(set_to_none=True)
 
 
@@ -95,16 +104,18 @@ def _region(name: str, on: bool):
 
 
 def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None, sums=False, measure=False,
-                 regions=False):
+                 regions=False, clock=None):
     """stablesweep's step as the Trainer takes it: the skip; with `monitor`, its update (the logits
     given); with `sums`, the per-dataset sums in the same call; with `measure`, the update-to-weight
-    ratio (the step before a report). `regions`: name the parts for torch.profiler (`--profile`)."""
+    ratio (the step before a report). `regions`: name the parts for torch.profiler (`--profile`);
+    `clock`: as in `unguarded_step`."""
     with _region("forward", regions):
         with prec.autocast():
             logits = model(images)
         out = loss_fn(logits, batch)
     with _region("backward", regions):
         prec.backward(out.loss)
+    t0 = time.perf_counter()
     with _region("keep_weights", regions and measure):
         if measure:
             monitor.keep_weights(params)
@@ -114,6 +125,8 @@ def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None,
     with _region("record_update", regions and measure):
         if measure:
             monitor.record_update(params)
+    if clock is not None:
+        clock.append(time.perf_counter() - t0)
     opt.zero_grad(set_to_none=True)
 
 
@@ -136,6 +149,27 @@ def time_steps(fn, steps: int, device) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / steps
+
+
+def paired(u, fn, steps: int, device, repeat: int) -> tuple[float, float]:
+    """(unguarded, fn) ms a step, from two blocks side by side, the order alternating by repeat."""
+    if repeat % 2:
+        t = time_steps(fn, steps, device)
+        return time_steps(u, steps, device), t
+    return time_steps(u, steps, device), time_steps(fn, steps, device)
+
+
+def median_ci(xs: list[float]) -> tuple[float, float, float]:
+    """The median and a distribution-free 95% interval for it (order statistics, normal
+    approximation of the binomial): no assumption on the ratios' distribution."""
+    xs, n = sorted(xs), len(xs)
+    half = 0.98 * n ** 0.5  # 1.96 * sqrt(n) / 2
+    lo, hi = max(0, int(n / 2 - half)), min(n - 1, int(n / 2 + half + 0.999))
+    return statistics.median(xs), xs[lo], xs[hi]
+
+
+def pct(r: float) -> str:
+    return f"{100 * (r - 1):+.1f}%"
 
 
 def count_syncs(fn, steps: int, where: dict | None = None) -> int:
@@ -247,6 +281,103 @@ def profile_regions(step_fn, measure_every: int, steps: int, device) -> None:
         print(f"| {kind}, {part}, {call} | {len(ms) / kinds[kind]:.2f} | {sum(ms) / kinds[kind]:.3f} |")
 
 
+def call_cost(fn, calls: int, device) -> tuple[float, float]:
+    """(host µs to issue one call, GPU µs from the first to the last: the larger of the two is
+    what `calls` back-to-back calls cost), median of 5 blocks."""
+    host, gpu = [], []
+    cuda = device.type == "cuda"
+    for _ in range(5):
+        sync(device)
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        host.append((time.perf_counter() - t0) / calls * 1e6)
+        if cuda:
+            end.record()
+        sync(device)
+        gpu.append(start.elapsed_time(end) / calls * 1e3 if cuda else host[-1])
+    return statistics.median(host), statistics.median(gpu)
+
+
+def micro(args, precision: str, device, built, step_ms: float) -> None:
+    """`--micro`: the guard's calls alone, with the inputs of a real step."""
+    from stablesweep.stability import monitor as mon_mod
+
+    space, model, params, opt, prec, loss_fn, batch = built
+    images = batch.images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch.images
+    # in a real step: host µs from the end of backward to the optimizer's return (the guarded side
+    # includes keep_weights/record_update on one step in --report-interval), blocks alternating
+    m = DivergenceMonitor(MonitorConfig(), device, len(space.names))
+    clocks: dict[str, list[float]] = {"unguarded": [], "guarded": []}
+    for r in range(2 * 20):
+        kind = ("unguarded", "guarded")[r % 2]
+        times = []
+        for i in range(1, 2 * args.report_interval + 1):
+            if kind == "guarded":
+                guarded_step(model, params, opt, prec, loss_fn, batch, images, m, True, i % args.report_interval == 0,
+                             clock=times)
+            else:
+                unguarded_step(model, params, opt, prec, loss_fn, batch, images, clock=times)
+        clocks[kind].append(statistics.mean(times) * 1e6)
+    sync(device)
+    in_step = {k: statistics.median(v) for k, v in clocks.items()}
+    with prec.autocast():
+        logits = model(images)
+    out = loss_fn(logits, batch)
+    prec.backward(out.loss)
+    norm = torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+    loss, scale = out.loss.detach(), (prec.scale().clone() if prec.scaler.is_enabled() else None)
+    stats = (batch.labels, batch.dataset_ids, out.per_sample.detach(), loss_fn.allowed)
+    logits = logits.detach()
+
+    class Compiled(DivergenceMonitor):  # the what-if: inductor's fused kernels, then our graph
+        def _pure_step(self, x):
+            if not hasattr(self, "_compiled"):
+                self._compiled = torch.compile(mon_mod._step, dynamic=False)
+            return self._compiled(self.v, self.ring, self.acc, self._slots, self._c, *x)
+
+    rows = {}
+    for name, m in [("monitor.update, CUDA graph (as shipped)", DivergenceMonitor(MonitorConfig(), device, 6)),
+                    ("monitor.update, op by op", DivergenceMonitor(MonitorConfig(), device, 6, graph=False)),
+                    ("monitor.update, torch.compile then CUDA graph (what-if)", Compiled(MonitorConfig(), device, 6))]:
+        t0 = time.perf_counter()
+        m.update(loss, norm, scale, logits, stats)
+        sync(device)
+        first = time.perf_counter() - t0
+        rows[name] = (*call_cost(lambda: m.update(loss, norm, scale, logits, stats), 200, device), first)
+    m = DivergenceMonitor(MonitorConfig(), device, 6)
+    m.keep_weights(params)
+    rows["keep_weights + record_update (1 step in a report interval)"] = (
+        *call_cost(lambda: (m.keep_weights(params), m.record_update(params)), 50, device), float("nan"))
+    skip = torch.zeros((), device=device)
+
+    def found_inf(flag):
+        def step():
+            opt.grad_scale, opt.found_inf = None, flag
+            try:
+                opt.step()
+            finally:
+                del opt.grad_scale, opt.found_inf
+        return step
+    with torch.no_grad():
+        base = call_cost(opt.step, 50, device)
+        skipped = call_cost(found_inf(skip), 50, device)
+    rows["fused AdamW step: with found_inf minus without"] = (skipped[0] - base[0], skipped[1] - base[1], float("nan"))
+    print(f"#   {precision} --micro: in a real step, host µs from the end of backward to the optimizer's return: "
+          f"unguarded {in_step['unguarded']:.1f}, guarded {in_step['guarded']:.1f}: the guard adds "
+          f"{in_step['guarded'] - in_step['unguarded']:.1f} µs, {100 * (in_step['guarded'] - in_step['unguarded']) / (step_ms * 1e3):.2f}%"
+          f" of a step (median of 20 blocks of {2 * args.report_interval} steps each)")
+    print(f"#   {precision} --micro: each call alone, back to back; an unguarded step is {step_ms * 1e3:.0f} µs")
+    print("| call | host µs to issue | GPU µs to run | of a step (larger of the two) | first call s |")
+    print("|---|---|---|---|---|")
+    for name, (h, g, first) in rows.items():
+        print(f"| {name} | {h:.1f} | {g:.1f} | {100 * max(h, g) / (step_ms * 1e3):.2f}% | {first:.2f} |", flush=True)
+    opt.zero_grad(set_to_none=True)
+
+
 PARTS = ("forward", "backward", "keep_weights", "clip+monitor+optimizer", "record_update")
 
 
@@ -264,10 +395,14 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true",
                     help="also time the guard's parts (skip only, + monitor, + per-dataset sums) and the "
                          "whole guard run op by op (monitor.cuda_graphs: false)")
+    ap.add_argument("--control", action="store_true",
+                    help="also time unguarded against unguarded: the method's own reading when nothing differs")
     ap.add_argument("--measure-only", action="store_true",
                     help="also time a guarded step that measures the update ratio every step (its own cost)")
     ap.add_argument("--profile", action="store_true",
                     help="also print host ms a step by part (plain and measured steps) and every blocking CUDA call")
+    ap.add_argument("--micro", action="store_true",
+                    help="also time the guard's calls alone (host and GPU µs a call, and a compiled what-if)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -278,8 +413,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# {name}, torch {torch.__version__}, {args.model}, {args.image_size}px, batch {args.batch}, "
           f"2816-class head, {args.repeats} interleaved blocks of {args.steps} steps; overhead = median of each "
-          f"block's ratio to the unguarded block beside it")
-    print("| precision | unguarded ms/step | guarded ms/step | overhead | ops/step | launches/step | syncs/step |")
+          f"block's ratio to the unguarded block beside it [95% interval of that median]")
+    print("| precision | unguarded ms/step | guarded ms/step | overhead [95% interval] | ops/step | launches/step "
+          "| syncs/step |")
     print("|---|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         space, model, params, opt, prec, loss_fn, batch = build(args, precision, device)
@@ -305,6 +441,8 @@ def main() -> None:
                          DivergenceMonitor(MonitorConfig(), device, datasets=len(space.names), graph=False))}
         if args.measure_only:
             parts["guarded, update ratio every step"] = lambda: guarded_step(*args_, monitor, True, True)
+        if args.control:
+            parts["unguarded again (control)"] = u
         for _ in range(max(10, 2 * args.report_interval)):  # warm-up: every path, every graph captured
             g(), u()
             for fn in parts.values():
@@ -312,12 +450,12 @@ def main() -> None:
         sync(device)
         times: dict[str, list[float]] = {"unguarded": [], "guarded": [], **{k: [] for k in parts}}
         ratios: dict[str, list[float]] = {k: [] for k in times}
-        for _ in range(args.repeats):  # interleaved, each row against the unguarded block beside it
+        for r in range(args.repeats):  # interleaved, each row against the unguarded block beside it
             for k, fn in [("guarded", g), *parts.items()]:
-                ut = time_steps(u, args.steps, device)
+                ut, t = paired(u, fn, args.steps, device, r)
                 times["unguarded"].append(ut)
-                times[k].append(time_steps(fn, args.steps, device))
-                ratios[k].append(times[k][-1] / ut)
+                times[k].append(t)
+                ratios[k].append(t / ut)
         ops_u, launch_u = count_ops(u, args.report_interval, device)
         ops_g, launch_g = count_ops(g, args.report_interval, device)
         where: dict[str, int] = {}
@@ -330,12 +468,13 @@ def main() -> None:
               flush=True)
         mu = statistics.median(times["unguarded"])
         print(f"| {precision} unguarded | {mu:.3f} | | | {ops_u:.1f} | {launch_u:.1f} | |")
-        for k in parts:
-            t, r = statistics.median(times[k]), statistics.median(ratios[k])
-            print(f"|   {precision} {k} | {mu:.3f} | {t:.3f} | {100 * (r - 1):+.1f}% | | | |", flush=True)
-        mg, rg = statistics.median(times["guarded"]), statistics.median(ratios["guarded"])
-        print(f"| {precision} guarded | {mu:.3f} | {mg:.3f} | {100 * (rg - 1):+.1f}% | {ops_g:.1f} | "
-              f"{launch_g:.1f} | {sg:.2f} |", flush=True)
+        for k in [*parts, "guarded"]:
+            r, lo, hi = median_ci(ratios[k])
+            cells = f"{ops_g:.1f} | {launch_g:.1f} | {sg:.2f}" if k == "guarded" else " | "
+            print(f"| {'' if k == 'guarded' else '  '}{precision} {k} | {mu:.3f} | {statistics.median(times[k]):.3f} | "
+                  f"{pct(r)} [{pct(lo)}, {pct(hi)}] | {cells} |", flush=True)
+        if args.micro:
+            micro(args, precision, device, (space, model, params, opt, prec, loss_fn, batch), mu)
         if args.profile:
             print(f"#   {precision}: where a guarded step's host time goes (torch.profiler, {args.report_interval * 3} steps)")
             profile_regions(lambda m: guarded_step(*args_, monitor, True, m, regions=True),

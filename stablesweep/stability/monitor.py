@@ -106,7 +106,15 @@ def logit_stats(logits: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.
         nan = torch.full_like(like, math.nan, dtype=torch.float64)
         return nan, nan
     x = logits.float()
-    return x.abs().amax().double(), torch.logsumexp(x, dim=1).abs().amax().double()
+    stats = torch.stack([x.abs().amax(), torch.logsumexp(x, dim=1).abs().amax()]).double()
+    return stats[0], stats[1]
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """torch.isfinite in two kernels: x - x is 0 exactly when x is finite (inf - inf and NaN give
+    NaN). torch's own is four (x == x, |x|, != inf, their product); in a graph of ~100 tiny
+    kernels each one is GPU time."""
+    return (x - x) == 0
 
 
 def _signal(v: torch.Tensor, c: torch.Tensor, name: str, x: torch.Tensor, step: torch.Tensor,
@@ -115,7 +123,7 @@ def _signal(v: torch.Tensor, c: torch.Tensor, name: str, x: torch.Tensor, step: 
     value, warn, threshold = v[_I[f"value_{name}"]], v[_I[f"warn_{name}"]], c[_C[f"threshold_{name}"]]
     if armed is not None:
         x = torch.where(armed, x, math.nan)
-    new_value = torch.where(torch.isfinite(x), torch.maximum(value, x), value)
+    new_value = torch.where(_finite(x), torch.maximum(value, x), value)
     return new_value, torch.where((warn < 0) & (x > threshold), step, warn)
 
 
@@ -131,64 +139,77 @@ def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
     return loss_bad, norm_bad & ~overflow, overflow
 
 
+# the signals `_update` takes every step, vectorized: their (value, warn) pairs are consecutive in
+# the state vector from `_FIRST` on, in SIGNALS order; `update_ratio` is among them (its new value
+# is NaN here: left as it is) and `scale_drops` (a count, not a maximum) comes last, apart
+_FIRST = _I[f"value_{SIGNALS[0]}"]
+assert SIGNALS[-1] == "scale_drops" and all(
+    _I[f"value_{n}"] == _FIRST + 2 * i and _I[f"warn_{n}"] == _FIRST + 2 * i + 1 for i, n in enumerate(SIGNALS))
+assert all(_C[f"threshold_{n}"] == _C[f"threshold_{SIGNALS[0]}"] + i for i, n in enumerate(SIGNALS))
+
+
 def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.Tensor, loss: torch.Tensor,
             gnorm: torch.Tensor, scale: torch.Tensor, logits: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the new state vector, the new history ring, the skip flag as 0./1. for the fused
     optimizer's found_inf) after one step: a pure function (a CUDA graph on CUDA), the logit
     statistics included (one pass over the logits inside the same call). The ring [N, 2] keeps the
-    raw loss and gradient norm of the last N steps, step s in row s % N; `c` is `constants(cfg)`."""
+    raw loss and gradient norm of the last N steps, step s in row s % N; `c` is `constants(cfg)`.
+
+    Written for few kernels (each is GPU time in the graph): fields that change alike are updated
+    as one vector (the counters, the first bad step and its kind, the maxima, the signals)."""
     beta, factor, min_steps = c[_C["beta"]], c[_C["factor"]], c[_C["min_steps"]]
-    skip = (~torch.isfinite(loss + gnorm)).float()
-    loss = loss.double()
-    gnorm = gnorm.double()
-    loss_bad, grad_bad, overflow = classify(loss, gnorm, scale)
+    now = torch.stack([loss, gnorm]).double()  # this step's loss and gradient norm, fp64
+    loss, gnorm = now[0], now[1]
+    fin = _finite(now)
+    ok = fin.all()  # both finite: neither bad nor an overflow
+    skip = (~ok).float()
+    loss_bad = ~fin[0]
+    norm_bad = ~fin[1] & fin[0]
+    overflow = norm_bad & (scale > 1)
+    flags = torch.stack([loss_bad, norm_bad & ~overflow, overflow])  # loss_bad, grad_bad, overflow
     step = v[_I["steps"]]
-    bad = loss_bad | grad_bad
-    ok = ~bad & ~overflow
-    first_bad = v[_I["first_bad"]]
-    new_bad = bad & (first_bad < 0)
-    kind = torch.where(loss_bad, 1.0, 2.0)
-    ema = torch.where(ok, beta * v[_I["ema"]] + (1 - beta) * torch.nan_to_num(loss), v[_I["ema"]])
+    new_bad = (flags[0] | flags[1]) & (v[_I["first_bad"]] < 0)
+    first_bad = torch.where(new_bad, torch.stack([step, 2.0 - flags[0].double()]),  # kind: 1 loss, 2 gradient
+                            v[_I["first_bad"]:_I["first_kind"] + 1])
+    ema = torch.where(ok, beta * v[_I["ema"]] + (1 - beta) * loss, v[_I["ema"]])
     n = v[_I["ema_n"]] + ok.double()
     smoothed = ema / (1 - beta ** torch.clamp(n, min=1.0))
     best = v[_I["best"]]
     exploded = ok & (n > min_steps) & (smoothed > factor * best)
     first_exp = v[_I["first_explosion"]]
+    maxima = v[_I["max_loss"]:_I["max_gnorm"] + 1]  # the loss's only when both are finite
+    maxima = torch.where(torch.stack([ok, fin[1]]), torch.maximum(maxima, now), maxima)
+    initial = v[_I["initial_loss"]]
     # the signals; the spike against the previous steps' norms, before this step enters the ring
     armed = step >= min_steps
     past = ring[:, 1]
-    median = torch.nanmedian(torch.where(torch.isfinite(past), past, math.nan))
-    spike = _signal(v, c, "grad_spike", gnorm / median, step, armed)
+    median = torch.nanmedian(torch.where(_finite(past), past, math.nan))
     max_logit, lse = logit_stats(logits, loss)
-    logit = _signal(v, c, "max_logit", max_logit, step)
-    lse = _signal(v, c, "logsumexp", lse, step)
+    spike = torch.where(armed, gnorm / median, math.nan)
+    x = torch.stack([spike, median * math.nan, max_logit, lse])  # per SIGNALS but scale_drops
+    sig = v[_FIRST:_FIRST + 2 * len(x)].view(len(x), 2)
+    value, warn = sig[:, 0], sig[:, 1]
+    threshold = c[_C[f"threshold_{SIGNALS[0]}"]:][:len(x)]
+    sig = torch.stack([torch.where(_finite(x), torch.maximum(value, x), value),
+                       torch.where((warn < 0) & (x > threshold), step, warn)], dim=1).flatten()
     drops = v[_I["value_scale_drops"]] + (overflow & armed).double()
     warn_drops = v[_I["warn_scale_drops"]]
     warn_drops = torch.where((warn_drops < 0) & (drops >= c[_C["threshold_scale_drops"]]), step, warn_drops)
     row = (slots == torch.remainder(step, slots.numel())).unsqueeze(1)
-    ring = torch.where(row, torch.stack([loss, gnorm]).unsqueeze(0), ring)
-    return torch.stack([
-        step + 1,
-        v[_I["loss_bad"]] + loss_bad.double(),
-        v[_I["grad_bad"]] + grad_bad.double(),
-        v[_I["overflow"]] + overflow.double(),
-        torch.where(new_bad, step, first_bad),
-        torch.where(new_bad, kind, v[_I["first_kind"]]),
-        torch.where(ok, torch.maximum(v[_I["max_loss"]], loss), v[_I["max_loss"]]),
-        torch.where(torch.isfinite(gnorm), torch.maximum(v[_I["max_gnorm"]], gnorm), v[_I["max_gnorm"]]),
-        ema,
-        n,
-        torch.where(ok, torch.minimum(best, smoothed), best),
-        torch.where(exploded & (first_exp < 0), step, first_exp),
-        torch.where((step == 0) & torch.isnan(v[_I["initial_loss"]]), loss, v[_I["initial_loss"]]),
-        loss,
-        gnorm,
-        *spike,
-        v[_I["value_update_ratio"]], v[_I["warn_update_ratio"]],
-        *logit,
-        *lse,
-        drops, warn_drops,
+    ring = torch.where(row, now.unsqueeze(0), ring)
+    return torch.cat([
+        (step + 1).view(1),
+        v[_I["loss_bad"]:_I["overflow"] + 1] + flags.double(),
+        first_bad,
+        maxima,
+        torch.stack([ema, n,
+                     torch.where(ok, torch.minimum(best, smoothed), best),
+                     torch.where(exploded & (first_exp < 0), step, first_exp),
+                     torch.where((step == 0) & torch.isnan(initial), loss, initial)]),
+        now,
+        sig,
+        torch.stack([drops, warn_drops]),
     ]), ring, skip
 
 
@@ -217,6 +238,7 @@ def _step(v: torch.Tensor, ring: torch.Tensor, acc: torch.Tensor, slots: torch.T
           labels: torch.Tensor | None, dataset_ids: torch.Tensor | None, per_sample: torch.Tensor | None,
           allowed: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
     """One step's whole bookkeeping, pure: `_update`, then the batch's per-dataset sums (with labels)."""
+    logits = None if logits is None else logits.float()  # once, for the signals and the sums
     v, ring, skip = _update(v, ring, slots, c, loss, gnorm, scale, logits)
     if labels is not None:
         acc = accumulate(acc, logits, labels, dataset_ids, per_sample, allowed)
