@@ -130,6 +130,62 @@ def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None,
     opt.zero_grad(set_to_none=True)
 
 
+class OneGraphStep:
+    """What-if (`--whatif-one-graph`, bf16/fp32 on CUDA): the guarded step with clip, the monitor's
+    step and the fused optimizer captured together as one CUDA graph. Gradients stay where backward
+    put them (zero_grad(set_to_none=False)); AdamW is fused and capturable; the host issues forward,
+    backward, one copy of the loss, logits, per-sample loss and batch into static buffers, and one
+    replay; the update ratio as shipped (the monitor's own graphs, one step in `every`). Its own
+    model, so that the unguarded rows' `set_to_none` never moves its gradients."""
+
+    def __init__(self, args, precision, device, every: int):
+        space, self.model, self.params, _, self.prec, self.loss_fn, self.batch = build(args, precision, device)
+        self.images = self.batch.images.contiguous(memory_format=torch.channels_last)
+        self.opt = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.0, fused=True, capturable=True)
+        self.monitor = DivergenceMonitor(MonitorConfig(), device, datasets=len(space.names))
+        self.every, self.count, self.graph, self.static = every, 0, None, None
+
+    def _region(self) -> None:
+        loss, logits, per_sample, labels, ids = self.static
+        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
+        m = self.monitor
+        skip = m._commit_step(m._pure_step([loss, norm, m._one, logits, labels, ids, per_sample,
+                                            self.loss_fn.allowed]))
+        self.opt.grad_scale, self.opt.found_inf = None, skip
+        try:
+            self.opt.step()
+        finally:
+            del self.opt.grad_scale, self.opt.found_inf
+
+    def __call__(self) -> None:
+        self.count += 1
+        measure = self.count % self.every == 0
+        with self.prec.autocast():
+            logits = self.model(self.images)
+        out = self.loss_fn(logits, self.batch)
+        out.loss.backward()
+        inputs = [out.loss.detach(), logits.detach(), out.per_sample.detach(), self.batch.labels,
+                  self.batch.dataset_ids]
+        if self.graph is None:
+            self.static = [x.clone() for x in inputs]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._region()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._region()
+        torch._foreach_copy_(self.static, inputs)
+        if measure:
+            self.monitor.keep_weights(self.params)
+        self.graph.replay()
+        if measure:
+            self.monitor.record_update(self.params)
+        self.opt.zero_grad(set_to_none=False)
+
+
 def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -397,6 +453,8 @@ def main() -> None:
                          "whole guard run op by op (monitor.cuda_graphs: false)")
     ap.add_argument("--control", action="store_true",
                     help="also time unguarded against unguarded: the method's own reading when nothing differs")
+    ap.add_argument("--whatif-one-graph", action="store_true",
+                    help="also time a what-if: clip, monitor and fused optimizer captured as one CUDA graph (bf16/fp32)")
     ap.add_argument("--measure-only", action="store_true",
                     help="also time a guarded step that measures the update ratio every step (its own cost)")
     ap.add_argument("--profile", action="store_true",
@@ -443,6 +501,9 @@ def main() -> None:
             parts["guarded, update ratio every step"] = lambda: guarded_step(*args_, monitor, True, True)
         if args.control:
             parts["unguarded again (control)"] = u
+        if args.whatif_one_graph and device.type == "cuda" and precision != "fp16":
+            parts["what-if: clip + monitor + optimizer as one CUDA graph"] = OneGraphStep(
+                args, precision, device, args.report_interval)
         for _ in range(max(10, 2 * args.report_interval)):  # warm-up: every path, every graph captured
             g(), u()
             for fn in parts.values():
