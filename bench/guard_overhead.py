@@ -49,6 +49,7 @@ from stablesweep.config import FOOD_DATASETS, LossConfig, MonitorConfig  # noqa:
 from stablesweep.data import Batch, LabelSpace  # noqa: E402
 from stablesweep.stability.loss import GuardedLoss  # noqa: E402
 from stablesweep.stability.monitor import DivergenceMonitor  # noqa: E402
+from stablesweep.stability.monitor import _step as monitor_step  # noqa: E402
 from stablesweep.stability.precision import make_optimizer, make_precision  # noqa: E402
 
 
@@ -128,6 +129,17 @@ def guarded_step(model, params, opt, prec, loss_fn, batch, images, monitor=None,
     if clock is not None:
         clock.append(time.perf_counter() - t0)
     opt.zero_grad(set_to_none=True)
+
+
+class CompiledMonitor(DivergenceMonitor):
+    """What-if (`--whatif-compiled`, and a `--micro` row): the monitor's step function compiled by
+    torch.compile (inductor fuses its scalar ops into a few kernels) before it is captured as the
+    CUDA graph; it costs a compilation at the first step of every trial."""
+
+    def _pure_step(self, x):
+        if not hasattr(self, "_compiled"):
+            self._compiled = torch.compile(monitor_step, dynamic=False)
+        return self._compiled(self.v, self.ring, self.acc, self._slots, self._c, *x)
 
 
 class OneGraphStep:
@@ -360,8 +372,6 @@ def call_cost(fn, calls: int, device) -> tuple[float, float]:
 
 def micro(args, precision: str, device, built, step_ms: float) -> None:
     """`--micro`: the guard's calls alone, with the inputs of a real step."""
-    from stablesweep.stability import monitor as mon_mod
-
     space, model, params, opt, prec, loss_fn, batch = built
     images = batch.images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else batch.images
     # in a real step: host µs from the end of backward to the optimizer's return (the guarded side
@@ -389,16 +399,10 @@ def micro(args, precision: str, device, built, step_ms: float) -> None:
     stats = (batch.labels, batch.dataset_ids, out.per_sample.detach(), loss_fn.allowed)
     logits = logits.detach()
 
-    class Compiled(DivergenceMonitor):  # the what-if: inductor's fused kernels, then our graph
-        def _pure_step(self, x):
-            if not hasattr(self, "_compiled"):
-                self._compiled = torch.compile(mon_mod._step, dynamic=False)
-            return self._compiled(self.v, self.ring, self.acc, self._slots, self._c, *x)
-
     rows = {}
     for name, m in [("monitor.update, CUDA graph (as shipped)", DivergenceMonitor(MonitorConfig(), device, 6)),
                     ("monitor.update, op by op", DivergenceMonitor(MonitorConfig(), device, 6, graph=False)),
-                    ("monitor.update, torch.compile then CUDA graph (what-if)", Compiled(MonitorConfig(), device, 6))]:
+                    ("monitor.update, torch.compile then CUDA graph (what-if)", CompiledMonitor(MonitorConfig(), device, 6))]:
         t0 = time.perf_counter()
         m.update(loss, norm, scale, logits, stats)
         sync(device)
@@ -453,6 +457,8 @@ def main() -> None:
                          "whole guard run op by op (monitor.cuda_graphs: false)")
     ap.add_argument("--control", action="store_true",
                     help="also time unguarded against unguarded: the method's own reading when nothing differs")
+    ap.add_argument("--whatif-compiled", action="store_true",
+                    help="also time a what-if: the monitor's step compiled by torch.compile before its CUDA graph")
     ap.add_argument("--whatif-one-graph", action="store_true",
                     help="also time a what-if: clip, monitor and fused optimizer captured as one CUDA graph (bf16/fp32)")
     ap.add_argument("--measure-only", action="store_true",
@@ -501,6 +507,9 @@ def main() -> None:
             parts["guarded, update ratio every step"] = lambda: guarded_step(*args_, monitor, True, True)
         if args.control:
             parts["unguarded again (control)"] = u
+        if args.whatif_compiled:
+            parts["what-if: the monitor's step compiled, then its CUDA graph"] = cycling(
+                CompiledMonitor(MonitorConfig(), device, datasets=len(space.names)))
         if args.whatif_one_graph and device.type == "cuda" and precision != "fp16":
             parts["what-if: clip + monitor + optimizer as one CUDA graph"] = OneGraphStep(
                 args, precision, device, args.report_interval)
