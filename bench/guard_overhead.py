@@ -26,6 +26,8 @@ torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps. `--ablate` adds th
 `--micro` the guard's own calls timed alone, back to back (host µs to issue one, GPU µs to run one),
 against a whole unguarded step, with a what-if row: the monitor's step function compiled by
 torch.compile (inductor fuses its scalar ops) before it is captured as a CUDA graph.
+`--whatif-compiled` and `--whatif-one-graph` time two designs that are not shipped, as rows of the
+table: that compiled monitor, and clip + monitor + fused optimizer captured as one CUDA graph.
 
 On CPU (`--device cpu`) the monitor runs op by op, as the Trainer runs it there; times are host
 wall clock.
