@@ -209,9 +209,10 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     return table
 
 
-def test_driver_killed_mid_sweep_then_resumed(tmp_path):
-    """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume ends
-    with every grid point run exactly once: no trial lost, none run twice."""
+def test_driver_killed_mid_sweep_then_resumed(ray_cluster, tmp_path):
+    """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume (on the
+    session's Ray: no Ray started for it) ends with every grid point run exactly once: no trial lost,
+    none run twice."""
     out, space = tmp_path / "out", grid_space(tmp_path)
     cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
            "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}", "--no-asha",
@@ -243,8 +244,9 @@ def test_driver_killed_mid_sweep_then_resumed(tmp_path):
         _kill_group(first)
     reports_before = {t: (out / "k" / f"trial_{t}" / "result.json").read_text() for t in finished_early}
 
-    second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd=ROOT, env=env, start_new_session=True)
+    address = ray_cluster.get_runtime_context().gcs_address
+    second = subprocess.Popen(cmd + ["--address", address, "--resume"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True)
     try:
         output, _ = second.communicate(timeout=240)
     finally:
@@ -289,7 +291,7 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
 
 
-def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path, new_store):
+def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(ray_cluster, tmp_path, new_store):
     """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
     could not be written, marks its MLflow runs KILLED where it can, prints the resume command and
     exits 74 (not Optuna's StorageInternalError traceback, exit 1). With space back, --resume ends
@@ -305,12 +307,14 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path, new_sto
         # 2 x 2 points, one trial at a time: two end before the disk fills, the next one meets it
         space = tmp_path / "grid.yaml"
         space.write_text("training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n")
+        # both runs join the session's Ray (one node, so the local defaults): no Ray started for each
         cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space),
                "--sampler", "grid", "--steps", "20", "--set", f"training.report_interval={INTERVAL}",
-               "--no-asha", "--max-concurrent", "1", "--out", str(mnt / "out"), "--name", "full"]
+               "--no-asha", "--max-concurrent", "1", "--address", ray_cluster.get_runtime_context().gcs_address,
+               "--out", str(mnt / "out"), "--name", "full"]
         log = tmp_path / "first.log"
         first = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT,
-                                 env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+                                 start_new_session=True)
         deadline = time.time() + 200
         while time.time() < deadline and first.poll() is None:
             if len([ln for ln in log.read_text().splitlines() if ln.startswith("[")]) >= 2:
@@ -329,7 +333,7 @@ def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(tmp_path, new_sto
 
         (mnt / "filler").unlink()  # space is back: --resume finishes with every grid point exactly once
         second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, start_new_session=True)
+                                  cwd=ROOT, start_new_session=True)
         try:
             output, _ = second.communicate(timeout=300)
         finally:
