@@ -117,26 +117,29 @@ def _finite(x: torch.Tensor) -> torch.Tensor:
     return (x - x) == 0
 
 
-def _signal(v: torch.Tensor, c: torch.Tensor, name: str, x: torch.Tensor, step: torch.Tensor,
-            armed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(largest value so far, first warning step) of one signal after a new value `x` at `step`."""
-    value, warn, threshold = v[_I[f"value_{name}"]], v[_I[f"warn_{name}"]], c[_C[f"threshold_{name}"]]
-    if armed is not None:
-        x = torch.where(armed, x, math.nan)
-    new_value = torch.where(_finite(x), torch.maximum(value, x), value)
-    return new_value, torch.where((warn < 0) & (x > threshold), step, warn)
+def _signal(value: torch.Tensor, warn: torch.Tensor, threshold: torch.Tensor, x: torch.Tensor,
+            step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(largest value so far, first warning step) of signals after new values `x` at `step`
+    (scalars, or vectors of several signals: elementwise); a NaN `x` leaves a signal as it is."""
+    return torch.where(_finite(x), torch.maximum(value, x), value), torch.where((warn < 0) & (x > threshold), step, warn)
 
 
-def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
-    """(loss_bad, grad_bad, overflow) of one step.
+def _flags(finite: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss_bad, grad_bad, overflow) of one step from `finite`, whether its (loss, gradient norm)
+    are finite.
 
     A non-finite gradient norm with a finite loss is `grad_bad`, except in fp16 at a loss scale
     above 1: there it is the scaler finding its range (`overflow`), an expected skip, not divergence.
     """
-    loss_bad = ~torch.isfinite(loss)
-    norm_bad = ~torch.isfinite(grad_norm) & ~loss_bad
+    loss_bad = ~finite[0]
+    norm_bad = ~finite[1] & finite[0]
     overflow = norm_bad & (scale > 1)
     return loss_bad, norm_bad & ~overflow, overflow
+
+
+def classify(loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor):
+    """(loss_bad, grad_bad, overflow) of one step: see `_flags`."""
+    return _flags(_finite(torch.stack([loss, grad_norm])), scale)
 
 
 # the signals `_update` takes every step, vectorized: their (value, warn) pairs are consecutive in
@@ -164,13 +167,11 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
     fin = _finite(now)
     ok = fin.all()  # both finite: neither bad nor an overflow
     skip = (~ok).float()
-    loss_bad = ~fin[0]
-    norm_bad = ~fin[1] & fin[0]
-    overflow = norm_bad & (scale > 1)
-    flags = torch.stack([loss_bad, norm_bad & ~overflow, overflow])  # loss_bad, grad_bad, overflow
+    loss_bad, grad_bad, overflow = _flags(fin, scale)
+    flags = torch.stack([loss_bad, grad_bad, overflow])
     step = v[_I["steps"]]
-    new_bad = (flags[0] | flags[1]) & (v[_I["first_bad"]] < 0)
-    first_bad = torch.where(new_bad, torch.stack([step, 2.0 - flags[0].double()]),  # kind: 1 loss, 2 gradient
+    new_bad = (loss_bad | grad_bad) & (v[_I["first_bad"]] < 0)
+    first_bad = torch.where(new_bad, torch.stack([step, 2.0 - loss_bad.double()]),  # kind: 1 loss, 2 gradient
                             v[_I["first_bad"]:_I["first_kind"] + 1])
     ema = torch.where(ok, beta * v[_I["ema"]] + (1 - beta) * loss, v[_I["ema"]])
     n = v[_I["ema_n"]] + ok.double()
@@ -189,10 +190,8 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
     spike = torch.where(armed, gnorm / median, math.nan)
     x = torch.stack([spike, median * math.nan, max_logit, lse])  # per SIGNALS but scale_drops
     sig = v[_FIRST:_FIRST + 2 * len(x)].view(len(x), 2)
-    value, warn = sig[:, 0], sig[:, 1]
     threshold = c[_C[f"threshold_{SIGNALS[0]}"]:][:len(x)]
-    sig = torch.stack([torch.where(_finite(x), torch.maximum(value, x), value),
-                       torch.where((warn < 0) & (x > threshold), step, warn)], dim=1).flatten()
+    sig = torch.stack(_signal(sig[:, 0], sig[:, 1], threshold, x, step), dim=1).flatten()
     drops = v[_I["value_scale_drops"]] + (overflow & armed).double()
     warn_drops = v[_I["warn_scale_drops"]]
     warn_drops = torch.where((warn_drops < 0) & (drops >= c[_C["threshold_scale_drops"]]), step, warn_drops)
@@ -220,8 +219,8 @@ def _record_update(v: torch.Tensor, c: torch.Tensor, before: list[torch.Tensor],
     delta = torch.stack(torch._foreach_norm(torch._foreach_sub(before, params)))
     weights = torch.stack(torch._foreach_norm(before))
     ratio = torch.linalg.vector_norm(delta.double()) / torch.linalg.vector_norm(weights.double())
-    value, warn = _signal(v, c, "update_ratio", ratio, v[_I["steps"]] - 1)
     i = _I["value_update_ratio"]
+    value, warn = _signal(v[i], v[i + 1], c[_C["threshold_update_ratio"]], ratio, v[_I["steps"]] - 1)
     return torch.cat([v[:i], torch.stack([value, warn]), v[i + 2:]])
 
 
