@@ -26,8 +26,12 @@ torch.cuda.set_sync_debug_mode("warn") over 20 guarded steps. `--ablate` adds th
 `--micro` the guard's own calls timed alone, back to back (host µs to issue one, GPU µs to run one),
 against a whole unguarded step, with a what-if row: the monitor's step function compiled by
 torch.compile (inductor fuses its scalar ops) before it is captured as a CUDA graph.
-`--whatif-compiled` and `--whatif-one-graph` time two designs that are not shipped, as rows of the
-table: that compiled monitor, and clip + monitor + fused optimizer captured as one CUDA graph.
+`--whatif-compiled` times a design that is not shipped, as a row of the table: that compiled monitor.
+
+On CUDA in bf16 and fp32 the guarded row is the Trainer's step: clip, the monitor's step and the
+fused capturable AdamW replayed as one CUDA graph (`OneGraphStep`), with its own model; the row
+"the monitor's graph alone (fp16's path)" is the path fp16 keeps (clip and optimizer op by op,
+the monitor's step one graph). `--micro` and `--profile` time that second path.
 
 On CPU (`--device cpu`) the monitor runs op by op, as the Trainer runs it there; times are host
 wall clock.
@@ -52,7 +56,7 @@ from stablesweep.data import Batch, LabelSpace  # noqa: E402
 from stablesweep.stability.loss import GuardedLoss  # noqa: E402
 from stablesweep.stability.monitor import DivergenceMonitor  # noqa: E402
 from stablesweep.stability.monitor import _step as monitor_step  # noqa: E402
-from stablesweep.stability.precision import make_optimizer, make_precision  # noqa: E402
+from stablesweep.stability.precision import OneGraphStep, make_optimizer, make_precision  # noqa: E402
 
 
 def make_batch(space: LabelSpace, batch: int, size: int, device) -> Batch:
@@ -144,32 +148,21 @@ class CompiledMonitor(DivergenceMonitor):
         return self._compiled(self.v, self.ring, self.acc, self._slots, self._c, *x)
 
 
-class OneGraphStep:
-    """What-if (`--whatif-one-graph`, bf16/fp32 on CUDA): the guarded step with clip, the monitor's
-    step and the fused optimizer captured together as one CUDA graph. Gradients stay where backward
-    put them (zero_grad(set_to_none=False)); AdamW is fused and capturable; the host issues forward,
-    backward, one copy of the loss, logits, per-sample loss and batch into static buffers, and one
-    replay; the update ratio as shipped (the monitor's own graphs, one step in `every`). Its own
-    model, so that the unguarded rows' `set_to_none` never moves its gradients."""
+class ShippedStep:
+    """The guarded step as the Trainer takes it in bf16/fp32 on CUDA: `OneGraphStep`, clip + the
+    monitor's step + fused capturable AdamW replayed as one CUDA graph, gradients kept in place
+    (zero_grad(set_to_none=False)); the update ratio one step in `every` (the monitor's own
+    graphs). Its own model, optimizer and monitor, so that the unguarded rows' `set_to_none` never
+    moves the gradients its graph reads."""
 
     def __init__(self, args, precision, device, every: int):
         space, self.model, self.params, _, self.prec, self.loss_fn, self.batch = build(args, precision, device)
         self.images = self.batch.images.contiguous(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.0, fused=True, capturable=True)
+        self.opt = make_optimizer("adamw", self.params, lr=1e-4, weight_decay=0.0, momentum=0.9,
+                                  betas=(0.9, 0.999), capturable=True)
         self.monitor = DivergenceMonitor(MonitorConfig(), device, datasets=len(space.names))
-        self.every, self.count, self.graph, self.static = every, 0, None, None
-
-    def _region(self) -> None:
-        loss, logits, per_sample, labels, ids = self.static
-        norm = torch.nn.utils.clip_grad_norm_(self.params, 1.0, foreach=True)
-        m = self.monitor
-        skip = m._commit_step(m._pure_step([loss, norm, m._one, logits, labels, ids, per_sample,
-                                            self.loss_fn.allowed]))
-        self.opt.grad_scale, self.opt.found_inf = None, skip
-        try:
-            self.opt.step()
-        finally:
-            del self.opt.grad_scale, self.opt.found_inf
+        self.step = OneGraphStep(self.prec, self.opt, self.params, 1.0, self.monitor)
+        self.every, self.count = every, 0
 
     def __call__(self) -> None:
         self.count += 1
@@ -177,24 +170,10 @@ class OneGraphStep:
         with self.prec.autocast():
             logits = self.model(self.images)
         out = self.loss_fn(logits, self.batch)
-        out.loss.backward()
-        inputs = [out.loss.detach(), logits.detach(), out.per_sample.detach(), self.batch.labels,
-                  self.batch.dataset_ids]
-        if self.graph is None:
-            self.static = [x.clone() for x in inputs]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self._region()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self._region()
-        torch._foreach_copy_(self.static, inputs)
+        self.prec.backward(out.loss)
         if measure:
             self.monitor.keep_weights(self.params)
-        self.graph.replay()
+        self.step(out.loss, logits, (self.batch.labels, self.batch.dataset_ids, out.per_sample, self.loss_fn.allowed))
         if measure:
             self.monitor.record_update(self.params)
         self.opt.zero_grad(set_to_none=False)
@@ -461,8 +440,6 @@ def main() -> None:
                     help="also time unguarded against unguarded: the method's own reading when nothing differs")
     ap.add_argument("--whatif-compiled", action="store_true",
                     help="also time a what-if: the monitor's step compiled by torch.compile before its CUDA graph")
-    ap.add_argument("--whatif-one-graph", action="store_true",
-                    help="also time a what-if: clip, monitor and fused optimizer captured as one CUDA graph (bf16/fp32)")
     ap.add_argument("--measure-only", action="store_true",
                     help="also time a guarded step that measures the update ratio every step (its own cost)")
     ap.add_argument("--profile", action="store_true",
@@ -496,9 +473,13 @@ def main() -> None:
                 count[0] += 1
                 guarded_step(*args_, mon, True, count[0] % args.report_interval == 0)
             return step
-        g = cycling(monitor)
         u = lambda: unguarded_step(*args_)  # noqa: E731
         parts = {}
+        g = cycling(monitor)  # the monitor's graph alone, clip and optimizer op by op: fp16's path
+        if device.type == "cuda" and precision != "fp16":  # the Trainer's: the whole step one graph
+            parts["guarded, the monitor's graph alone (fp16's path)"] = g
+            g = ShippedStep(args, precision, device, args.report_interval)
+            monitor = g.monitor
         if args.ablate:
             parts = {"skip only": lambda: guarded_step(*args_),
                      "skip + monitor": lambda: guarded_step(*args_, monitor),
@@ -512,9 +493,6 @@ def main() -> None:
         if args.whatif_compiled:
             parts["what-if: the monitor's step compiled, then its CUDA graph"] = cycling(
                 CompiledMonitor(MonitorConfig(), device, datasets=len(space.names)))
-        if args.whatif_one_graph and device.type == "cuda" and precision != "fp16":
-            parts["what-if: clip + monitor + optimizer as one CUDA graph"] = OneGraphStep(
-                args, precision, device, args.report_interval)
         for _ in range(max(10, 2 * args.report_interval)):  # warm-up: every path, every graph captured
             g(), u()
             for fn in parts.values():

@@ -142,7 +142,9 @@ class MonitorConfig:
     min_progress: float = 0.1  # stable needs the final smoothed loss <= (1 - this) x the initial loss
     max_skipped_steps: int = 0  # non-finite steps tolerated (skipped) before the run is diverged
     stop_on_divergence: bool = True
-    cuda_graphs: bool = True  # on CUDA, replay each step's bookkeeping as one CUDA graph (false: run it op by op)
+    # on CUDA, replay the guard as CUDA graphs: in bf16/fp32 with AdamW the whole guarded step (clip,
+    # monitor, optimizer) as one; in fp16 the monitor's bookkeeping (false: everything op by op)
+    cuda_graphs: bool = True
     # early-warning thresholds (null: off); a run over one is flagged at_risk with the signal and
     # step. Chosen with bench/early_warning.py (docs/benchmarks.md, "Early warning").
     warn_grad_spike: float | None = 5.0  # gradient norm / median of the previous history_steps steps

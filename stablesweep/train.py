@@ -30,7 +30,7 @@ from stablesweep.distributed import gather_rows, ranks, reduce_monitor, spread_n
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
-from stablesweep.stability.precision import make_optimizer, make_precision
+from stablesweep.stability.precision import OneGraphStep, make_optimizer, make_precision
 from stablesweep.vocab import (
     AT_RISK,
     AT_RISK_SIGNAL,
@@ -162,14 +162,18 @@ class Trainer:
         # batches onto the device: uint8 copied ahead on a side stream, normalised (augmented) there
         self.input = DeviceInput(self.device, self.precision.dtype, cfg.data.augment, t.seed, self.channels_last)
         self.pin_memory = self.device.type == "cuda"
+        # on CUDA in bf16/fp32, the guarded step (clip, monitor, AdamW) is replayed as one CUDA graph
+        one_graph = OneGraphStep.fits(self.precision, t.optimizer, self.ranks.parallel, cfg.monitor.cuda_graphs)
         self.optimizer = make_optimizer(t.optimizer, self.params, lr=t.lr, weight_decay=t.weight_decay,
-                                        momentum=t.momentum, betas=t.betas)
+                                        momentum=t.momentum, betas=t.betas, capturable=one_graph)
         self.total = total_steps(cfg, self.data.train_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule,
                                                 (t.lr_final or t.lr) / t.lr))
         self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
         self.monitor = DivergenceMonitor(cfg.monitor, self.device, datasets=len(self.space.names))
+        self.one_graph = OneGraphStep(self.precision, self.optimizer, self.params, t.max_grad_norm,
+                                      self.monitor) if one_graph else None
         self.step = 0
         self.flops_per_step = 0.0
         self.dropped = 0
@@ -196,11 +200,14 @@ class Trainer:
         self.precision.backward(spread_nonfinite(loss) if self.ranks.parallel else loss)
         if measure_update:
             self.monitor.keep_weights(self.params)
-        self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor,
-                            logits, batch)
+        if self.one_graph is not None:
+            self.one_graph(loss, logits, batch)
+        else:
+            self.precision.step(self.optimizer, self.params, loss, self.cfg.training.max_grad_norm, self.monitor,
+                                logits, batch)
         if measure_update:
             self.monitor.record_update(self.params)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=self.one_graph is None)  # the graph reads the gradients in place
         self.scheduler.step()
 
     def _train_step(self, batch, measure_update: bool = False) -> None:
@@ -288,6 +295,8 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.one_graph is not None:
+            self.one_graph.reset()  # its graphs read the optimizer state the load replaced
         self.scheduler.load_state_dict(state["scheduler"])
         if keep_config_lr:
             self.scheduler.base_lrs = [self.cfg.training.lr for _ in self.optimizer.param_groups]

@@ -392,15 +392,16 @@ class DivergenceMonitor:
 
     @torch.no_grad()
     def update(self, loss: torch.Tensor, grad_norm: torch.Tensor, scale: torch.Tensor | None = None,
-               logits: torch.Tensor | None = None, batch: tuple | None = None) -> torch.Tensor:
+               logits: torch.Tensor | None = None, batch: tuple | None = None, inline: bool = False) -> torch.Tensor:
         """Record one step (`logits`: the model's raw output, for the logit signals; `batch`:
         (labels, dataset_ids, per-sample loss, allowed-classes mask or None), for the per-dataset
         sums); returns 1. if its update must be skipped (non-finite loss or gradient norm), else
-        0., as a device tensor for the fused optimizer's `found_inf` (valid until the next step)."""
+        0., as a device tensor for the fused optimizer's `found_inf` (valid until the next step).
+        `inline`: op by op even on CUDA (inside the caller's own CUDA graph capture)."""
         scale = self._one if scale is None else scale
         labels, ids, per_sample, allowed = batch if batch is not None else (None, None, None, None)
         x = [loss, grad_norm, scale, logits, labels, ids, per_sample, allowed]  # no grad here: no detach needed
-        if not self._graph:
+        if inline or not self._graph:
             return self._commit_step(self._pure_step(x))
         # the loss scale outside fp16 (this monitor's own 1) and the class mask never change
         fixed = (2, 7) if scale is self._one else (7,)

@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from stablesweep.stability.monitor import classify
 
@@ -114,15 +115,103 @@ class Precision:
             self.scaler.load_state_dict(state["scaler"])
 
 
+class OneGraphStep:
+    """The guarded step replayed as one CUDA graph: clip, the monitor's step and the fused AdamW
+    (capturable) in one launch, where the host would otherwise issue some hundred kernels (on a
+    small, host-bound GPU step the guard's cost is its launches).
+
+    For bf16 and fp32 on CUDA in one process (fp16's loss scale and DDP's gradient buckets keep the
+    op-by-op path). Its contract with the caller: gradients stay where backward put them
+    (`zero_grad(set_to_none=False)`), and `reset()` after the optimizer's state is loaded. The
+    first step this object takes goes through `Precision.step` (the warm-up: it loads the kernels
+    and makes the optimizer's state), as do steps under a dispatch mode (the FLOP counter) and
+    batch shapes beyond `LIMIT` graphs. The lr
+    is read from the param group before each replay (a float there, as the scheduler writes it),
+    into a device tensor the graph reads.
+    """
+
+    LIMIT = 8
+
+    def __init__(self, precision: Precision, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                 max_grad_norm: float | None, monitor):
+        self.precision, self.optimizer, self.params = precision, optimizer, params
+        self.max_grad_norm, self.monitor = max_grad_norm, monitor
+        self.lrs = [torch.zeros((), device=precision.device) for _ in optimizer.param_groups]
+        self.lr_values: list[float] = []  # what `lrs` hold
+        self.graphs: dict = {}
+        self.warm = False  # an op-by-op step ran in this process: the kernels are loaded before any capture
+
+    @staticmethod
+    def fits(precision: Precision, optimizer: str, parallel: bool, graphs: bool) -> bool:
+        return graphs and precision.device.type == "cuda" and precision.name != "fp16" \
+            and optimizer == "adamw" and not parallel
+
+    def reset(self) -> None:
+        """Forget the graphs (they hold the optimizer's state tensors; a load replaces them)."""
+        self.graphs.clear()
+        for g in self.optimizer.param_groups:
+            g["capturable"] = True  # a checkpoint of the op-by-op path may say otherwise
+
+    def _region(self, static: list) -> StepFlags:
+        loss, logits, labels, ids, per_sample, allowed = static
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
+        skip = self.monitor.update(loss, norm, None, logits, (labels, ids, per_sample, allowed), inline=True)
+        opt = self.optimizer
+        floats = [g["lr"] for g in opt.param_groups]
+        for g, lr in zip(opt.param_groups, self.lrs):
+            g["lr"] = lr
+        opt.grad_scale, opt.found_inf = None, skip
+        try:
+            opt.step()
+        finally:
+            del opt.grad_scale, opt.found_inf
+            for g, lr in zip(opt.param_groups, floats):
+                g["lr"] = lr
+        return StepFlags(norm, skip, self.precision._one, loss)
+
+    def __call__(self, loss: torch.Tensor, logits: torch.Tensor | None = None,
+                 batch: tuple | None = None) -> StepFlags:
+        labels, ids, per_sample, allowed = batch if batch is not None else (None, None, None, None)
+        x = [loss.detach(), None if logits is None else logits.detach(), labels, ids,
+             None if per_sample is None else per_sample.detach()]
+        grads = sum(p.grad is not None for p in self.params)
+        key = (*((t.shape, t.dtype) if t is not None else None for t in x), id(allowed), grads)
+        if key not in self.graphs:
+            if not self.warm or len(self.graphs) >= self.LIMIT or _get_current_dispatch_mode() is not None:
+                self.warm = True
+                return self.precision.step(self.optimizer, self.params, loss, self.max_grad_norm, self.monitor,
+                                           logits, batch)
+            static = [None if t is None else t.clone() for t in x] + [allowed]
+            graph = torch.cuda.CUDAGraph()
+            # the op-by-op step before was the warm-up (and made the optimizer's state); the capture runs nothing
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (pin memory) go on
+                flags = self._region(static)
+            self.graphs[key] = (graph, static, flags)
+        graph, static, flags = self.graphs[key]
+        torch._foreach_copy_([s for s, t in zip(static, x) if t is not None], [t for t in x if t is not None])
+        values = [g["lr"] for g in self.optimizer.param_groups]
+        if values != self.lr_values:
+            for lr, value in zip(self.lrs, values):
+                lr.fill_(value)
+            self.lr_values = values
+        graph.replay()
+        return flags
+
+
 def make_precision(name: str, device: torch.device | str, tf32: bool = True) -> Precision:
     return Precision(name, torch.device(device), tf32)
 
 
 def make_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float,
-                   betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """Fused AdamW or SGD: the fused kernels take `found_inf`, so a bad step is skipped on device."""
+                   betas: tuple[float, float], capturable: bool = False) -> torch.optim.Optimizer:
+    """Fused AdamW or SGD: the fused kernels take `found_inf`, so a bad step is skipped on device.
+    `capturable`: AdamW whose step can be captured in a CUDA graph (OneGraphStep)."""
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, fused=True,
+                                 capturable=capturable)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, fused=True)
     raise ValueError(f"unknown optimizer {name!r}")

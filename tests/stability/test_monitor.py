@@ -193,22 +193,37 @@ def test_cuda_graphs_agree_with_the_eager_monitor():
 
 
 @cuda
-def test_a_graphed_monitor_trains_as_the_eager_one(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_a_graphed_monitor_trains_as_the_eager_one(tmp_path, precision):
     """`stablesweep train` on the GPU: the same verdict, signals and per-dataset losses with and
-    without the CUDA graphs."""
+    without the CUDA graphs (bf16/fp32: the whole guarded step one graph, its lr the warm-up and
+    cosine schedule's; fp16: the monitor's graph alone), and a run resumed from its checkpoint at
+    step 20 (the graphs recaptured) ends where the uninterrupted one does."""
     from stablesweep.config import load_config
     from stablesweep.data.synthetic import write_synthetic
-    from stablesweep.train import run_training
+    from stablesweep.train import Trainer
 
     path = write_synthetic(tmp_path / "data", names_classes={"a": 3, "b": 4}, per_class=16, image_size=16)
-    over = ["training.steps=30", "training.batch_size=16", "model.name=small_cnn", "data.image_size=16",
-            "training.precision=fp32"]
-    cfg = load_config(path, over)
-    graphed = run_training(cfg, device="cuda")
-    plain = run_training(load_config(path, [*over, "monitor.cuda_graphs=false"]), device="cuda")
-    assert (graphed.verdict, graphed.steps) == (plain.verdict, plain.steps) == ("stable", 30)
-    assert graphed.final_loss == pytest.approx(plain.final_loss, rel=1e-4)
-    assert graphed.signals == pytest.approx(plain.signals, rel=1e-4)
+    over = ["training.steps=40", "training.batch_size=16", "model.name=small_cnn", "data.image_size=16",
+            f"training.precision={precision}", "training.warmup_steps=5", "training.schedule=cosine"]
+    graphed = Trainer(load_config(path, over), device="cuda")
+    g = graphed.run()
+    plain = Trainer(load_config(path, [*over, "monitor.cuda_graphs=false"]), device="cuda")
+    p = plain.run()
+    assert plain.one_graph is None and (graphed.one_graph is None) == (precision == "fp16")
+    if graphed.one_graph is not None:
+        assert len(graphed.one_graph.graphs) == 1
+    assert (g.verdict, g.steps) == (p.verdict, p.steps) == ("stable", 40)
+    assert g.final_loss == pytest.approx(p.final_loss, rel=1e-3)
+    assert g.signals == pytest.approx(p.signals, rel=1e-3)
+    first = Trainer(load_config(path, over), device="cuda")
+    first.run(checkpoint_dir=tmp_path / "ckpt", until=20)
+    resumed = Trainer(load_config(path, over), device="cuda")
+    resumed.load(tmp_path / "ckpt" / "checkpoint_00000020")
+    r = resumed.run()
+    assert r.steps == 40 and r.final_loss == pytest.approx(g.final_loss, rel=1e-3)
+    for a, b in zip(resumed.params, graphed.params):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_history_keeps_the_last_steps_at_their_true_steps():

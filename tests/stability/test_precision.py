@@ -1,4 +1,5 @@
 """The guarded step skips a bad update on the device: parameters, moments and step count untouched."""
+import copy
 import math
 
 import pytest
@@ -71,3 +72,70 @@ def test_fp16_policy_uses_a_grad_scaler_and_skips_overflow_without_calling_it_di
     flags = one_step(model, params, opt, prec, poison="grad")  # like an overflow at scale 65536
     assert flags.skipped.item() and flags.overflow.item() and not flags.grad_bad.item()
     assert prec.scale().item() < 65536.0  # the scaler backed off
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run tests/stability on the GPU machine)")
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_one_graph_step_steps_as_the_op_by_op_step(precision):
+    """Twin models, one stepped by OneGraphStep (clip + monitor + capturable AdamW as one CUDA graph,
+    gradients kept in place), one by Precision.step: the same weights, optimizer state and monitor
+    state after every step, through lr changes, a NaN gradient (skipped in both), a batch of
+    another size (a second graph) and an optimizer-state load (the graphs recaptured)."""
+    from stablesweep.config import MonitorConfig
+    from stablesweep.stability.monitor import DivergenceMonitor
+    from stablesweep.stability.precision import OneGraphStep
+
+    def twin(capturable):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5)).cuda()
+        params = list(model.parameters())
+        opt = make_optimizer("adamw", params, lr=0.01, weight_decay=0.01, momentum=0.9, betas=(0.9, 0.999),
+                             capturable=capturable)
+        return model, params, opt, DivergenceMonitor(MonitorConfig(), "cuda", datasets=2)
+
+    prec = make_precision(precision, "cuda")
+    (m1, p1, o1, mon1), (m2, p2, o2, mon2) = twin(True), twin(False)
+    graphed = OneGraphStep(prec, o1, p1, 1.0, mon1)
+    g = torch.Generator().manual_seed(1)
+    for i in range(14):
+        n = 4 if i in (6, 7) else 8
+        x = torch.randn(n, 6, generator=g).cuda()
+        labels = torch.randint(0, 5, (n,), generator=g).cuda()
+        ids = (labels > 2).long()
+        for k, (model, params, opt, mon) in enumerate([(m1, p1, o1, mon1), (m2, p2, o2, mon2)]):
+            for group in opt.param_groups:
+                group["lr"] = 0.01 / (1 + i)  # as a scheduler writes it: a float
+            with prec.autocast():
+                logits = model(x)
+            per = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+            loss = per.mean()
+            prec.backward(loss)
+            if i == 9:
+                params[0].grad[0, 0] = math.nan
+            batch = (labels, ids, per.detach(), None)
+            if k == 0:
+                flags = graphed(loss, logits, batch)
+                opt.zero_grad(set_to_none=False)
+            else:
+                flags = prec.step(opt, params, loss, 1.0, mon, logits, batch)
+                opt.zero_grad(set_to_none=True)
+            assert flags.skipped.item() == (i == 9)
+        for a, b in zip(p1, p2):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mon1.state_vector(), mon2.state_vector(), equal_nan=True)
+        if i == 4:
+            state = copy.deepcopy(o1.state_dict())  # the live tensors go on changing
+        if i == 10:  # both go back to the optimizer state of step 4; the graphed one recaptures
+            assert len(graphed.graphs) == 2  # batches of 8 and of 4
+            for opt in (o1, o2):
+                opt.load_state_dict(copy.deepcopy(state))
+            graphed.reset()
+            assert not graphed.graphs
+    assert len(graphed.graphs) == 1  # the batch of 8, recaptured after the load
+    for a, b in zip(o1.state_dict()["state"].values(), o2.state_dict()["state"].values()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+        assert float(a["step"]) == float(b["step"]) == 8  # 5 steps at the load, then 3 more
