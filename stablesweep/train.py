@@ -193,8 +193,9 @@ class Trainer:
     def update(self, loss: torch.Tensor, logits: torch.Tensor | None = None, measure_update: bool = False,
                batch: tuple | None = None) -> None:
         """Backward, the guarded optimizer step (unscale, clip, skip a non-finite step; the monitor
-        gets the raw `logits` for its signals and `batch` for its per-dataset sums: one CUDA graph
-        on CUDA), the scheduler. With `measure_update`, also the update-to-weight ratio (a foreach
+        gets the raw `logits` for its signals and `batch` for its per-dataset sums; on CUDA in
+        bf16/fp32 the whole step is one CUDA graph, `OneGraphStep`, otherwise the monitor's part
+        is), the scheduler. With `measure_update`, also the update-to-weight ratio (a foreach
         copy of the weights and two foreach norms on the device: on the step before each report
         only)."""
         self.precision.backward(spread_nonfinite(loss) if self.ranks.parallel else loss)
