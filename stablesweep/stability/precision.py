@@ -77,13 +77,13 @@ class Precision:
 
     def step(self, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
              loss: torch.Tensor, max_grad_norm: float | None, monitor=None,
-             logits: torch.Tensor | None = None, batch: tuple | None = None) -> StepFlags:
+             logits: torch.Tensor | None = None, batch: tuple | None = None, inline: bool = False) -> StepFlags:
         """Unscale, clip, skip-or-step, update the loss scale. No host sync.
 
         With a DivergenceMonitor, the step is recorded by it (with the model's raw `logits`, for
         its logit signals, and `batch` for its per-dataset sums: see `DivergenceMonitor.update`)
         and its skip flag is used (one CUDA graph on CUDA for all of it); without one, the flag is
-        computed here.
+        computed here. `inline`: the monitor op by op (inside OneGraphStep's capture of this step).
         """
         enabled = self.scaler.is_enabled()
         scale = self.scaler._get_scale_async().clone() if enabled else None  # None: 1 (the monitor's own constant)
@@ -94,7 +94,7 @@ class Precision:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
         loss = loss.detach()
         if monitor is not None:
-            skip = monitor.update(loss, norm, scale, logits, batch)
+            skip = monitor.update(loss, norm, scale, logits, batch, inline=inline)
         else:  # loss + norm is non-finite when either is
             skip = (~torch.isfinite(loss + norm)).float()
         # fused optimizers read these two attributes (GradScaler.step sets them the same way)
@@ -125,9 +125,8 @@ class OneGraphStep:
     (`zero_grad(set_to_none=False)`), and `reset()` after the optimizer's state is loaded. The
     first step this object takes goes through `Precision.step` (the warm-up: it loads the kernels
     and makes the optimizer's state), as do steps under a dispatch mode (the FLOP counter) and
-    batch shapes beyond `LIMIT` graphs. The lr
-    is read from the param group before each replay (a float there, as the scheduler writes it),
-    into a device tensor the graph reads.
+    batch shapes beyond `LIMIT` graphs. The lr is read from the param group before each replay (a
+    float there, as the scheduler writes it), into a device tensor the graph reads.
     """
 
     LIMIT = 8
@@ -139,7 +138,7 @@ class OneGraphStep:
         self.lrs = [torch.zeros((), device=precision.device) for _ in optimizer.param_groups]
         self.lr_values: list[float] = []  # what `lrs` hold
         self.graphs: dict = {}
-        self.warm = False  # an op-by-op step ran in this process: the kernels are loaded before any capture
+        self.warm = False  # an op-by-op step ran: the kernels are loaded before any capture
 
     @staticmethod
     def fits(precision: Precision, optimizer: str, parallel: bool, graphs: bool) -> bool:
@@ -153,24 +152,18 @@ class OneGraphStep:
             g["capturable"] = True  # a checkpoint of the op-by-op path may say otherwise
 
     def _region(self, static: list) -> StepFlags:
-        loss, logits, labels, ids, per_sample, allowed = static
-        if self.max_grad_norm is not None:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
-        skip = self.monitor.update(loss, norm, None, logits, (labels, ids, per_sample, allowed), inline=True)
-        opt = self.optimizer
-        floats = [g["lr"] for g in opt.param_groups]
-        for g, lr in zip(opt.param_groups, self.lrs):
+        """`Precision.step` as captured: the monitor inline, the lr the device tensors."""
+        loss, logits, *batch = static
+        groups = self.optimizer.param_groups
+        floats = [g["lr"] for g in groups]
+        for g, lr in zip(groups, self.lrs):
             g["lr"] = lr
-        opt.grad_scale, opt.found_inf = None, skip
         try:
-            opt.step()
+            return self.precision.step(self.optimizer, self.params, loss, self.max_grad_norm, self.monitor,
+                                       logits, tuple(batch), inline=True)
         finally:
-            del opt.grad_scale, opt.found_inf
-            for g, lr in zip(opt.param_groups, floats):
+            for g, lr in zip(groups, floats):
                 g["lr"] = lr
-        return StepFlags(norm, skip, self.precision._one, loss)
 
     def __call__(self, loss: torch.Tensor, logits: torch.Tensor | None = None,
                  batch: tuple | None = None) -> StepFlags:
