@@ -487,7 +487,11 @@ class WorkerKiller:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for d in sorted(self.exp_dir.glob("**/trial_*"), key=lambda p: p.stat().st_mtime):
+            try:  # the trial directories, oldest first; the checkpoint ring deletes as we look: look again
+                trials = sorted(self.exp_dir.glob("**/trial_*"), key=lambda p: p.stat().st_mtime)
+            except OSError:
+                trials = []
+            for d in trials:
                 if d.name not in self.order:
                     self.order.append(d.name)
                 i, done = self.order.index(d.name), self.killed.setdefault(d.name, [])
