@@ -1,4 +1,4 @@
-"""Faults and bad input at the edges, as a user meets them (issue 15): each test runs the real CLI
+"""Faults and bad input at the edges, as a user meets them: each test runs the real CLI
 against a real fault (an existing file, a read-only bind mount, a closed port, a truncated or empty
 manifest) and checks the exit status, the message and what was (not) written. None of these starts
 Ray: every refusal comes before it. The CLI runs in this process (conftest's `cli`: no seconds of

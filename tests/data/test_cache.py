@@ -175,7 +175,7 @@ def test_an_image_changed_after_the_build_changes_the_key(root, cache_dir):
 
 
 def test_a_whole_cache_stands_in_for_the_image_checks_until_an_image_changes(root, cache_dir, monkeypatch):
-    """Issue 13: a trial's pre-flight does not open every image again when their decoded cache is
+    """A trial's pre-flight does not open every image again when their decoded cache is
     whole and keyed to the very files; it says so; a changed image brings the check back."""
     from stablesweep.data import manifests, validate_labels
 
