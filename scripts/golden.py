@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = "training.lr: {grid: [0.01, 1.0, 1000.0]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n"
 VOLATILE = re.compile(r"(time|_s$|seconds|duration|date|path|uri|_id$|^id$|run_id|trial_id|hostname|node_ip|pid|"
-                      r"started|ended|wall|url|link|dir$|elapsed|timestamp|version|host)", re.I)
+                      r"started|ended|wall|url|link|dir$|elapsed|timestamp|version|host|git)", re.I)
 HEX = re.compile(r"\b[0-9a-f]{8,32}\b")
 NUM = re.compile(r"-?\d+\.\d+(?:e[+-]?\d+)?")
 
@@ -47,6 +47,7 @@ def _clean(obj, key=""):
 
 def _text(s: str) -> str:
     s = s.replace(str(ROOT), "<ROOT>")
+    s = re.sub(r"(/[\w.-]+)+/(?=(configs|search_spaces)/)", "<ROOT>/", s)  # a checkout elsewhere
     s = re.sub(r"/tmp/\S+|/\S*golden\S*", "<PATH>", s)
     s = re.sub(r"\d{4}-\d{2}-\d{2}[ T_][\d:.\-]+", "<DATE>", s)
     s = re.sub(r"\b\d+(\.\d+)?\s?s\b", "<S>", s)  # wall seconds in text tables
