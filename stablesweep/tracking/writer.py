@@ -37,6 +37,7 @@ from stablesweep.tracking.names import (
     setting_slug,
     verdict_label,
 )
+from stablesweep.tracking.reader import RunRecord, run_record
 from stablesweep.tracking.store import _mlflow_errors
 from stablesweep.vocab import (
     AT_RISK,
@@ -144,7 +145,7 @@ class Tracker:
                 self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
             elif path.exists():
                 self.client.log_artifact(run_id, str(path))
-        self.client.set_terminated(run_id, status)
+        self.close_run(run_id, status)
 
     def log_setting_metrics(self, parent_id: str, settings: Iterable) -> None:
         """Per setting, its numbers on the parent run, those that are known: the stable band
@@ -344,11 +345,23 @@ class Tracker:
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
-    # ---- reading back -----------------------------------------------------------------------
-    def children(self, parent_id: str) -> list:
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+    # ---- reading back, closing, deleting ---------------------------------------------------------
+    def children(self, parent_id: str) -> list[RunRecord]:
+        """The runs nested under `parent_id` (trials, probes), as plain records."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
                                        max_results=10000)
+        return [run_record(r) for r in runs]
 
-    def sweep_runs(self) -> list:
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+    def sweep_runs(self) -> list[RunRecord]:
+        """The parent runs of kind sweep, as plain records."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
                                        max_results=1000)
+        return [run_record(r) for r in runs]
+
+    def close_run(self, run_id: str, status: str = "KILLED") -> None:
+        """End a run with `status` (FINISHED, FAILED or KILLED), now."""
+        self.client.set_terminated(run_id, status)
+
+    def delete_run(self, run_id: str) -> None:
+        """Move a run to MLflow's trash (the UI no longer shows it; `mlflow gc` removes it)."""
+        self.client.delete_run(run_id)

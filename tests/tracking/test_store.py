@@ -67,7 +67,7 @@ def test_a_half_made_store_with_no_run_is_made_again(template, tmp_path):
     create_store(uri)
     tr = Tracker(uri)
     run = tr.start_sweep("s", {}, tags={})
-    assert [r.info.run_id for r in tr.sweep_runs()] == [run]
+    assert [r.run_id for r in tr.sweep_runs()] == [run]
 
 
 def test_a_half_made_store_with_runs_keeps_them(template, tmp_path):

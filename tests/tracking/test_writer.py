@@ -22,6 +22,7 @@ from stablesweep.tracking import (
     STEP_LOSS,
     SWEEP_TAG,
     TRIAL_TAG,
+    RunRecord,
     Tracker,
     TrackerReader,
     param_value,
@@ -232,7 +233,7 @@ def test_a_resumed_sweep_finds_its_runs_again(uri, client, sweep):
     tr.end_sweep(parent, {}, tags={})
     assert client.get_run(parent).info.status == "FINISHED"
     assert len(tr.children(parent)) == len(TRIALS)
-    assert parent in [r.info.run_id for r in tr.sweep_runs()]
+    assert parent in [r.run_id for r in tr.sweep_runs()]
 
 
 def test_report_run(uri, client, tmp_path):
@@ -256,3 +257,21 @@ def test_report_run(uri, client, tmp_path):
     assert [r.run_id for r in reader.parent_runs(kinds=("compare",))] == [run_id]
     assert run_id not in {r.run_id for r in reader.parent_runs()}  # a report is no sweep
 
+
+def test_children_are_plain_records_and_runs_close_and_delete(uri, client):
+    tr = Tracker(uri, EXPERIMENT)
+    parent = tr.start_sweep("records", {}, tags={})
+    a = tr.trial_run(parent, "a", "lr=1.0e+00", {"training.lr": 1.0})
+    b = tr.trial_run(parent, "b", "lr=2.0e+00", {"training.lr": 2.0})
+    kids = {r.tags[TRIAL_TAG]: r for r in tr.children(parent)}
+    assert all(isinstance(r, RunRecord) for r in kids.values()) and set(kids) == {"a", "b"}
+    assert (kids["a"].run_id, kids["a"].name, kids["a"].status) == (a, "lr=1.0e+00", "RUNNING")
+    assert kids["a"].params == {"training.lr": "1.0"} and kids["a"].tags[PARENT_TAG] == parent
+    tr.close_run(a)
+    assert client.get_run(a).info.status == "KILLED"
+    tr.delete_run(b)
+    assert client.get_run(b).info.lifecycle_stage == "deleted"
+    assert [r.run_id for r in tr.children(parent)] == [a]  # a deleted run is in MLflow's trash only
+    tr.close_run(parent, "FINISHED")
+    [record] = [r for r in tr.sweep_runs() if r.run_id == parent]
+    assert isinstance(record, RunRecord) and record.status == "FINISHED" and record.tags[KIND_TAG] == "sweep"
