@@ -37,8 +37,8 @@ The default store is embedded: `sqlite:///<out>/mlflow.db`, artifacts beside it 
 
 One job a module: `names` (tags, metric and run names, setting slugs, param values), `links`
 (the UI's command, links and saved views), `store` (the store: its URI, creating, repairing and
-probing it, `TrackingError`), `writer` (`Tracker`) and `reader` (`TrackerReader`,
-`RunRecord`).
+probing it, `TrackingError`), `writer` (`Tracker`, and `trial_metrics`: what of a report is a
+metric) and `reader` (`TrackerReader`, `RunRecord`).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ from stablesweep.tracking.names import (
 )
 from stablesweep.tracking.reader import RunRecord, TrackerReader
 from stablesweep.tracking.store import TrackingError, create_store, default_tracking_uri, probe_store, store_path
-from stablesweep.tracking.writer import Tracker, stable_trials_link
+from stablesweep.tracking.writer import Tracker, stable_trials_link, trial_metrics
 
 __all__ = [
     "COMPARE_KIND", "CONSTANTS", "DEFAULT_EXPERIMENT", "DIVERGED_AT_STEP", "KIND_TAG", "LR_MARGIN", "MEASURED",
@@ -90,6 +90,6 @@ __all__ = [
     "STAND_IN_OBJECTIVE", "STATUS", "STEP_GRAD_NORM", "STEP_LOSS", "SWEEP_TAG", "TRIAL_COLUMNS", "TRIAL_TAG",
     "UI_PORT", "RunRecord", "Tracker", "TrackerReader", "TrackingError", "code_version", "create_store",
     "default_tracking_uri", "flatten", "name_without_verdict", "param_value", "probe_store", "run_link", "run_name",
-    "setting_slug", "stable_filter", "stable_trials_link", "store_path", "ui_base", "ui_command",
+    "setting_slug", "stable_filter", "stable_trials_link", "store_path", "trial_metrics", "ui_base", "ui_command",
     "ui_link", "verdict_label", "view_state",
 ]

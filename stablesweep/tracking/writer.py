@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from stablesweep.tracking.links import ORDER_BY_OBJECTIVE, SHARED_VIEW_TAG, stable_filter, ui_link, view_state
 from stablesweep.tracking.names import (
@@ -47,8 +47,10 @@ from stablesweep.vocab import (
     ERROR,
     FIRST_BAD_STEP,
     LOSS,
+    NOT_METRICS,
     OBJECTIVE,
     REASON,
+    REPORT_METRICS,
     STEPS,
     VERDICT,
     finite,
@@ -74,6 +76,21 @@ def stable_trials_link(uri: str, parent_run_id: str, params: Iterable[str] = ())
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else int(round(seconds * 1000))
+
+
+def trial_metrics(result: Mapping[str, Any], *, core: bool = False) -> dict[str, int | float]:
+    """The numbers of one report (a Tune result, or a row of a trial's reports) that its run
+    charts: ints and floats (no bools) under a metric's key, for `Tracker.log_trial_metrics` (which
+    writes the constants among them as tags and leaves the objective to `finish_trial`).
+
+    A sweep's trial: every key but those that are never metrics (vocab.NOT_METRICS: Tune's
+    bookkeeping, the step, tags and params), so its signals, warning steps and per-dataset numbers
+    too. `core`, a ramp's probe (its rows also hold the flattened config and all of Tune's
+    columns): only the numbers every report holds (vocab.REPORT_METRICS)."""
+    def keep(k: str) -> bool:
+        return k in REPORT_METRICS if core else k not in NOT_METRICS
+
+    return {k: v for k, v in result.items() if keep(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class Tracker:

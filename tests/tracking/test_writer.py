@@ -1,7 +1,7 @@
 """`Tracker` against a real embedded MLflow store (sqlite, one for the module), read back through
 MLflow's own `MlflowClient` as a person sees it in the UI: statuses, names, tags, params, the
-per-setting numbers on sweep and ramp parents, the steps that led a real training run to diverge.
-No Ray, no mocks."""
+per-setting numbers on sweep and ramp parents, the steps that led a real training run to diverge,
+what of a report is a metric (`trial_metrics`). No Ray, no mocks."""
 from __future__ import annotations
 
 import math
@@ -26,6 +26,7 @@ from stablesweep.tracking import (
     Tracker,
     TrackerReader,
     param_value,
+    trial_metrics,
 )
 from tests.tracking.sample import EXPERIMENT, TRIALS
 
@@ -156,9 +157,7 @@ def test_a_diverged_run_shows_the_steps_that_led_there(uri, client, diverged_run
     params = {"training.lr": 1e3, "loss.masking": "slice", "training.max_grad_norm": 1.0}
     run = tr.trial_run(parent, "real0", "lr=1.0e+03 slice clip=1.0", params, setting=params)
     for m in reports:
-        numbers = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("step", "first_bad_step")}
-        tr.log_trial_metrics(run, numbers, m["step"])
+        tr.log_trial_metrics(run, trial_metrics(m), m["step"])
     last = reports[-1]
     tr.log_trial_history(run, last["history"], last["first_bad_step"])
     tr.finish_trial(run, last["verdict"], last["reason"], last["first_bad_step"],
@@ -275,3 +274,21 @@ def test_children_are_plain_records_and_runs_close_and_delete(uri, client):
     tr.close_run(parent, "FINISHED")
     [record] = [r for r in tr.sweep_runs() if r.run_id == parent]
     assert isinstance(record, RunRecord) and record.status == "FINISHED" and record.tags[KIND_TAG] == "sweep"
+
+
+def test_the_metrics_of_a_report():
+    """A sweep's trial charts every number of its report but Tune's bookkeeping, the step, tags and
+    params; a ramp's probe, reading rows that also hold the flattened config and Tune's columns,
+    charts the numbers every report holds. Bools are never metrics."""
+    report = {"step": 10, "budget_steps": 20, "first_bad_step": -1, "verdict": "stable", "reason": None,
+              "finished": False, "objective": 1.0, "loss": 1.2, "nonfinite_steps": 0, "at_risk": False,
+              "at_risk_signal": None, "at_risk_step": -1, "signal/max_logit": 3.0, "eval_loss/a": 1.1,
+              "initial_loss": 3.2, "flops_per_step": 1e6, "node_id": "n1", "device": "cpu", "training_iteration": 2,
+              "time_total_s": 1.5, "time_this_iter_s": 0.5, "timestamp": 1700000000, "pid": 7, "trial_id": "t0",
+              "config": {"training.lr": 0.1}}
+    assert trial_metrics(report) == {"objective": 1.0, "loss": 1.2, "nonfinite_steps": 0, "at_risk_step": -1,
+                                     "signal/max_logit": 3.0, "eval_loss/a": 1.1, "initial_loss": 3.2,
+                                     "flops_per_step": 1e6, "time_total_s": 1.5}
+    row = {**report, "config/training.lr": 0.1}
+    assert trial_metrics(row, core=True) == {"budget_steps": 20, "loss": 1.2, "nonfinite_steps": 0,
+                                             "initial_loss": 3.2, "flops_per_step": 1e6}
