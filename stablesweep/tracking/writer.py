@@ -164,19 +164,19 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         self.close_run(run_id, status)
 
-    def log_setting_metrics(self, parent_id: str, settings: Iterable) -> None:
+    def log_setting_metrics(self, parent_id: str,
+                            settings: Iterable[tuple[dict[str, Any], dict[str, float | None]]]) -> None:
         """Per setting, its numbers on the parent run, those that are known: the stable band
         (`min_stable_lr.<slug>`, `max_stable_lr.<slug>`), `min_diverged_lr.<slug>`, `recommended_lr.<slug>`
         and, measured with replicates, `lr_at_5pct_risk.<slug>` and `lr_at_50pct.<slug>` (the slug has
-        no "/", which would split the UI's chart sections). A setting is a
-        region `Group` (its `key` and attributes of those names) or a dict as a ramp summarises
-        a setting (its `params` and keys of those names)."""
+        no "/", which would split the UI's chart sections). A setting is a pair: its params (the
+        categorical values; `setting_slug`) and its numbers by those names (SETTING_METRICS; a
+        missing or non-finite one is left out)."""
         metrics = {}
-        for s in settings:
-            get = s.get if isinstance(s, dict) else (lambda k, s=s: getattr(s, k, None))
-            slug = setting_slug(s["params"] if isinstance(s, dict) else s.key)
+        for params, values in settings:
+            slug = setting_slug(params)
             for name in SETTING_METRICS:
-                v = finite(get(name))
+                v = finite(values.get(name))
                 if v is not None:
                     metrics[f"{name}.{slug}"] = v
         self._log(parent_id, metrics, step=0)

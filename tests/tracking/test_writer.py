@@ -124,9 +124,9 @@ def test_a_ramp_logged_after_the_fact(uri, client):
                                                                                        for s in (10, 20)]
         assert got.data.tags[SWEEP_TAG] == "r1" and got.data.tags[SETTING_TAG] == "bf16_slice"
         assert got.data.params["phase"] == "ladder" and got.data.params["training.lr"] == param_value(lr)
-    tr.log_setting_metrics(parent, [{"setting": "s00", "params": setting, "min_stable_lr": 1e-4, "max_stable_lr": 1e-3,
-                                     "min_diverged_lr": 1e-1, "recommended_lr": 5e-4, "lr_at_5pct_risk": None,
-                                     "lr_at_50pct": 2e-2}])
+    tr.log_setting_metrics(parent, [(setting, {"min_stable_lr": 1e-4, "max_stable_lr": 1e-3, "min_diverged_lr": 1e-1,
+                                               "recommended_lr": 5e-4, "lr_at_5pct_risk": None, "lr_at_50pct": 2e-2,
+                                               "probes": 2})])
     tr.end_sweep(parent, {"probes": 2.0}, tags={})
     run = client.get_run(parent)
     assert run.data.tags[KIND_TAG] == "ramp"
