@@ -4,7 +4,8 @@ The ground floor: imports neither torch, Ray, Optuna nor MLflow, so the training
 engine, the analysis and the tracking code can all import it (as Ray Tune's `tune/result.py`).
 
 - Outcomes: the one verdict a run or trial ends with, and the reasons a divergence is given.
-- Result keys: the names in a report (Tune's result, result.json, MLflow metrics).
+- Result keys: the names in a report (Tune's result, result.json, MLflow metrics), and which of
+  them a run charts (REPORT_METRICS, NOT_METRICS: tracking.trial_metrics).
 - Search-space words: the lr key, the categorical distributions.
 - The recommended-lr rule and its safety factor: one rule for the sweep's region, the ramp and
   diagnose.
@@ -58,6 +59,19 @@ PROGRESS = "progress"            # 1 - final smoothed loss / initial loss
 HISTORY = "history"              # diverged, last report only: [(step, loss, grad norm), ...] before the end
 # the early warning (stability/monitor.py): whether a signal crossed its threshold, which, when
 AT_RISK, AT_RISK_SIGNAL, AT_RISK_STEP = "at_risk", "at_risk_signal", "at_risk_step"
+
+# ---- a report as MLflow metrics (tracking.trial_metrics) -------------------------------------
+
+# the numbers every report of the training loop holds: all that a ramp's probe run charts
+REPORT_METRICS = (LOSS, LAST_LOSS, GRAD_NORM, MAX_GRAD_NORM_SEEN, NONFINITE_STEPS, OVERFLOW_STEPS,
+                  TRAIN_FLOPS, SAMPLES_PER_S, LR, PROGRESS, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
+# the keys of a trial's result that are never metrics: Tune's bookkeeping; the step, the tags and
+# the params of a report (a sweep's budget_steps tag is written when its trials are reconciled)
+NOT_METRICS = frozenset({
+    "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
+    "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "experiment_tag",
+    "should_checkpoint",
+    STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, "node_id", "device"})
 
 # ---- search-space words -----------------------------------------------------------------------
 

@@ -11,34 +11,24 @@ from ray.tune import Callback
 
 from stablesweep.sweep.records import error_text
 from stablesweep.sweep.stopper import final_verdict
+from stablesweep.tracking import trial_metrics
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
     ERROR,
-    FINISHED,
     FIRST_BAD_STEP,
     HISTORY,
     INITIAL_LOSS,
     OBJECTIVE,
     PRUNED,
-    REASON,
     STABLE,
     STEP,
     STEPS,
     TRAIN_FLOPS,
-    VERDICT,
     short_name,
 )
 
 logger = logging.getLogger(__name__)
-
-# Tune's bookkeeping keys: not metrics of the run
-_TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
-              "time_this_iter_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
-              "iterations_since_restore", "experiment_tag", "should_checkpoint"}
-# result keys that are tags or params, not metrics
-_NOT_METRICS = {STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, "node_id", "device"}
-
 
 class MlflowCallback(Callback):
     """Live MLflow logging from the driver: a child run when a trial starts, metrics at every
@@ -71,11 +61,8 @@ class MlflowCallback(Callback):
             step = result.get(STEP)
             if not isinstance(step, int) or step <= self._last.get(trial.trial_id, -1):
                 return  # a step an earlier (interrupted) run already logged
-            metrics = {k: v for k, v in result.items()
-                       if k not in _TUNE_KEYS and k not in _NOT_METRICS and isinstance(v, (int, float))
-                       and not isinstance(v, bool)}
-            self.tracker.log_trial_metrics(run_id, metrics, step)
-            self.tracker.log_at_risk(run_id, result, step)  # a bool: `metrics` leaves it out
+            self.tracker.log_trial_metrics(run_id, trial_metrics(result), step)
+            self.tracker.log_at_risk(run_id, result, step)  # a bool: `trial_metrics` leaves it out
             if result.get(HISTORY):  # the last report of a diverged trial: the steps that led there
                 self.tracker.log_trial_history(run_id, result[HISTORY], result.get(FIRST_BAD_STEP))
             self._last[trial.trial_id] = step

@@ -62,21 +62,12 @@ from stablesweep.vocab import (
     ERROR,
     FIRST_BAD_STEP,
     FLOPS_PER_STEP,
-    GRAD_NORM,
     HISTORY,
     INITIAL_LOSS,
-    LAST_LOSS,
-    LOSS,
-    LR,
     LR_KEY,
-    MAX_GRAD_NORM_SEEN,
-    NONFINITE_STEPS,
     OBJECTIVE,
-    OVERFLOW_STEPS,
-    PROGRESS,
     REASON,
     REPLICATE,
-    SAMPLES_PER_S,
     SEED_KEY,
     STABLE,
     STEP,
@@ -88,9 +79,6 @@ from stablesweep.vocab import (
 )
 
 MODES = ("restart", "continue")
-# the numbers of a probe's report that its MLflow run charts (the rest are Tune's bookkeeping)
-_REPORTED = (LOSS, LAST_LOSS, GRAD_NORM, MAX_GRAD_NORM_SEEN, NONFINITE_STEPS, OVERFLOW_STEPS,
-             TRAIN_FLOPS, SAMPLES_PER_S, LR, PROGRESS, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
 
 
 @dataclass
@@ -239,7 +227,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
-        tracker.log_setting_metrics(parent, summary)
+        tracker.log_setting_metrics(parent, ((x["params"], x) for x in summary))
         for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
             tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
         echo(format_table(summary, budget))
@@ -382,6 +370,8 @@ class _Rounds:
         """A probe's child run, logged after its round: its params, setting and sweep tags, every
         report at its step and time, a divergence's last steps, its true start and end (its
         `lr_margin` once the ramp is done: `run_ramp`)."""
+        from stablesweep.tracking import trial_metrics
+
         params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
         run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
         trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
@@ -395,10 +385,9 @@ class _Rounds:
                                      setting=s.params, started_at=started)
         reports = getattr(result, "metrics_dataframe", None)
         for _, row in (reports.iterrows() if reports is not None else ()):
-            numbers = {k: v for k, v in row.items() if k in _REPORTED and isinstance(v, (int, float))
-                       and not isinstance(v, bool)}
             if isinstance(row.get(STEP), (int, float)):
-                self.tracker.log_trial_metrics(run, numbers, int(row[STEP]), timestamp=row.get("timestamp"))
+                self.tracker.log_trial_metrics(run, trial_metrics(row, core=True), int(row[STEP]),
+                                               timestamp=row.get("timestamp"))
         if m.get(HISTORY):
             self.tracker.log_trial_history(run, m[HISTORY], probe.first_bad_step)
         summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)

@@ -66,9 +66,9 @@ def close_runs(tracker, parent: str) -> bool:
     again); False when the store cannot be written either."""
     try:
         for run in tracker.children(parent):
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-        tracker.client.set_terminated(parent, "KILLED")
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+        tracker.close_run(parent, "KILLED")
         return True
     except Exception as e:  # the store on the same full disk
         logger.warning("could not close the MLflow runs of the sweep: %s", e)
@@ -202,9 +202,9 @@ def delete_lost_runs(tracker, parent: str, plan: SweepPlan, trial_ids: set[str])
     again = {r[RERUN_OF] for r in rows if RERUN_OF in r}
     rerun = {r.get("tune_trial_id") for r in rows if r["number"] in again}
     for run in tracker.children(parent):
-        tid = run.data.tags.get(TRIAL_TAG)
-        if tid not in trial_ids and (tid in rerun or VERDICT not in run.data.tags):
-            if run.info.status == "RUNNING":
-                tracker.client.set_terminated(run.info.run_id, "KILLED")
-            tracker.client.delete_run(run.info.run_id)
-            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.info.run_id, tid)
+        tid = run.tags.get(TRIAL_TAG)
+        if tid not in trial_ids and (tid in rerun or VERDICT not in run.tags):
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+            tracker.delete_run(run.run_id)
+            logger.warning("deleted MLflow run %s of trial %s, which Tune lost at a fault", run.run_id, tid)

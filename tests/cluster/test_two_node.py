@@ -275,16 +275,16 @@ def check_sweep(sweep_dir: Path, tracking_uri: str, on_node: str, output: str, s
     assert not [r for r in rows if r["state"] == "RUNNING"]
     tr = Tracker(tracking_uri)
     parents = tr.sweep_runs()
-    assert [p.info.run_id for p in parents] == [state["parent_run_id"]]
-    assert parents[0].info.status == "FINISHED"
+    assert [p.run_id for p in parents] == [state["parent_run_id"]]
+    assert parents[0].status == "FINISHED"
     arts = {a.path for a in tr.client.list_artifacts(state["parent_run_id"])}
     assert {"stable_region.json", "stable_region.md", "recommended.yaml", "trials.csv"} <= arts
-    children = {c.data.tags["stablesweep.trial_id"]: c for c in tr.children(state["parent_run_id"])}
+    children = {c.tags["stablesweep.trial_id"]: c for c in tr.children(state["parent_run_id"])}
     assert sorted(children) == sorted(table["trial_id"])
     for _, t in table.iterrows():
         c = children[t["trial_id"]]
-        assert c.data.tags["verdict"] == t["verdict"] and c.data.tags["node_id"] == on_node
-        steps = [m.step for m in tr.client.get_metric_history(c.info.run_id, "loss")]
+        assert c.tags["verdict"] == t["verdict"] and c.tags["node_id"] == on_node
+        steps = [m.step for m in tr.client.get_metric_history(c.run_id, "loss")]
         assert steps == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL)), steps  # each report once
     return table
 
@@ -462,5 +462,5 @@ def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_buc
     tr = Tracker(f"sqlite:///{local / 'mlflow.db'}")
     [parent] = tr.client.search_runs([tr.experiment_id], "tags.`stablesweep.kind` = 'ramp'")
     children = tr.children(parent.info.run_id)
-    assert len(children) == 3 and {c.data.tags["node_id"] for c in children} == {worker}
-    assert {c.data.tags["verdict"] for c in children} == {"stable"}
+    assert len(children) == 3 and {c.tags["node_id"] for c in children} == {worker}
+    assert {c.tags["verdict"] for c in children} == {"stable"}

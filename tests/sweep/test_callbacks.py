@@ -47,17 +47,17 @@ def test_mlflow_callback_logs_a_child_run_a_trial(tracker):
     bad.set_status("TERMINATED")
     cb.on_trial_complete(0, [ok, bad], bad)
 
-    runs = {c.data.tags["stablesweep.trial_id"]: c for c in tracker.children(parent)}
+    runs = {c.tags["stablesweep.trial_id"]: c for c in tracker.children(parent)}
     assert set(runs) == {"ok", "bad"}
-    assert runs["ok"].data.params[LR] == "0.01" and runs["ok"].data.tags["stablesweep.sweep"] == "sw"
-    assert runs["ok"].info.run_name == "stable lr=1.0e-02"
-    assert runs["ok"].data.tags["verdict"] == "stable" and runs["ok"].info.status == "FINISHED"
-    hist = tracker.client.get_metric_history(runs["ok"].info.run_id, "loss")
+    assert runs["ok"].params[LR] == "0.01" and runs["ok"].tags["stablesweep.sweep"] == "sw"
+    assert runs["ok"].name == "stable lr=1.0e-02"
+    assert runs["ok"].tags["verdict"] == "stable" and runs["ok"].status == "FINISHED"
+    hist = tracker.client.get_metric_history(runs["ok"].run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(10, 2.0), (20, 1.0)]
-    assert runs["ok"].data.metrics["objective"] == 1.0  # the verdict's number, logged once at the end
-    assert runs["bad"].info.status == "FAILED" and runs["bad"].info.run_name.startswith("diverged@4 ")
-    assert "budget_steps" not in runs["ok"].data.metrics and "training_iteration" not in runs["ok"].data.metrics
-    b = runs["bad"].data.tags
+    assert runs["ok"].metrics["objective"] == 1.0  # the verdict's number, logged once at the end
+    assert runs["bad"].status == "FAILED" and runs["bad"].name.startswith("diverged@4 ")
+    assert "budget_steps" not in runs["ok"].metrics and "training_iteration" not in runs["ok"].metrics
+    b = runs["bad"].tags
     assert (b["verdict"], b["reason"], b["first_bad_step"]) == ("diverged", "nonfinite_loss", "4")
 
 

@@ -96,7 +96,7 @@ def test_a_trial_that_ended_after_tunes_last_state_runs_again_once(tmp_path, new
         if t != "h":
             tracker.finish_trial(run, "error" if t in "cx" else "stable", None, -1, {})
     delete_lost_runs(tracker, parent, plan, table)
-    assert sorted(c.data.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table | {"x"})
+    assert sorted(c.tags["stablesweep.trial_id"] for c in tracker.children(parent)) == sorted(table | {"x"})
 
 
 def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypatch):

@@ -98,34 +98,34 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(grid_sweep):
     res, _, uri, _ = grid_sweep
     tr = Tracker(uri)
     parents = tr.sweep_runs()
-    assert [p.info.run_id for p in parents] == [res.parent_run_id]
+    assert [p.run_id for p in parents] == [res.parent_run_id]
     parent = parents[0]
-    assert parent.info.status == "FINISHED" and parent.data.params["sampler"] == "grid"
+    assert parent.status == "FINISHED" and parent.params["sampler"] == "grid"
     arts = {a.path for a in tr.client.list_artifacts(res.parent_run_id)}
     assert {"stable_region.json", "stable_region.md", "recommended.yaml", "trials.csv", "config.yaml"} <= arts
     children = tr.children(res.parent_run_id)
     assert len(children) == N_GRID
-    by_trial = {c.data.tags["stablesweep.trial_id"]: c for c in children}
+    by_trial = {c.tags["stablesweep.trial_id"]: c for c in children}
     for _, t in res.table.iterrows():
         c = by_trial[t["trial_id"]]
-        assert c.data.tags["verdict"] == t["verdict"]
-        assert c.data.tags.get("first_bad_step") == (str(t["first_bad_step"]) if t["verdict"] == "diverged" else None)
-        assert c.data.params["training.lr"] == param_value(t["training.lr"])
-        assert c.info.run_name.startswith(t["verdict"]) and c.info.run_name.endswith(t["name"])
-        assert c.info.status == {"stable": "FINISHED", "pruned": "KILLED"}.get(t["verdict"], "FAILED")
-        assert "setting" in c.data.tags and c.data.tags["stablesweep.sweep"] == res.name
+        assert c.tags["verdict"] == t["verdict"]
+        assert c.tags.get("first_bad_step") == (str(t["first_bad_step"]) if t["verdict"] == "diverged" else None)
+        assert c.params["training.lr"] == param_value(t["training.lr"])
+        assert c.name.startswith(t["verdict"]) and c.name.endswith(t["name"])
+        assert c.status == {"stable": "FINISHED", "pruned": "KILLED"}.get(t["verdict"], "FAILED")
+        assert "setting" in c.tags and c.tags["stablesweep.sweep"] == res.name
         # no sentinels: no empty, -1 or null tags; no -1 "no warning yet" in the charts
-        assert not {k: v for k, v in c.data.tags.items() if v in ("", "-1", "nan", "None", "null")}, c.data.tags
-        assert all(v >= 0 for k, v in c.data.metrics.items() if k.startswith("warn_step/") or k == "at_risk_step")
-        hist = tr.client.get_metric_history(c.info.run_id, "loss")
+        assert not {k: v for k, v in c.tags.items() if v in ("", "-1", "nan", "None", "null")}, c.tags
+        assert all(v >= 0 for k, v in c.metrics.items() if k.startswith("warn_step/") or k == "at_risk_step")
+        hist = tr.client.get_metric_history(c.run_id, "loss")
         assert sorted(m.step for m in hist) == list(range(INTERVAL, int(t["steps"]) + 1, INTERVAL))
-        assert "train_flops" in c.data.metrics
+        assert "train_flops" in c.metrics
         if t["verdict"] == "diverged":
-            assert "stand_in_objective" in c.data.metrics and "objective" not in c.data.metrics
+            assert "stand_in_objective" in c.metrics and "objective" not in c.metrics
             fbs = int(t["first_bad_step"])
-            steps = [m.step for m in tr.client.get_metric_history(c.info.run_id, "step_loss")]
+            steps = [m.step for m in tr.client.get_metric_history(c.run_id, "step_loss")]
             assert steps and min(steps) <= fbs <= max(steps)  # the steps that led there, at their true steps
-            assert c.data.metrics["diverged_at_step"] == fbs
+            assert c.metrics["diverged_at_step"] == fbs
     metrics = tr.client.get_run(res.parent_run_id).data.metrics
     for g in res.region.groups:
         if g.max_stable_lr is not None:
@@ -202,10 +202,10 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
     assert all(r.get("verdict") == "abandoned" or r["number"] in rerun for r in rows if r not in mine), rows
     tr = Tracker(state["tracking_uri"])
-    assert [p.info.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
+    assert [p.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
     children = tr.children(state["parent_run_id"])
-    assert sorted(c.data.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
-    assert all(c.info.status == STATUS[verdicts[c.data.tags["stablesweep.trial_id"]]] for c in children)
+    assert sorted(c.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
+    assert all(c.status == STATUS[verdicts[c.tags["stablesweep.trial_id"]]] for c in children)
     return table
 
 
@@ -283,8 +283,8 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     for tid in pruned["trial_id"]:
         assert (rows[tid]["state"], rows[tid]["verdict"], rows[tid]["constraints"]) == \
             ("PRUNED", "pruned", {"diverged": 0.0, "stalled": 0.0})
-    children = {c.data.tags["stablesweep.trial_id"]: c for c in Tracker(mlflow_uri).children(res.parent_run_id)}
-    assert all(children[tid].info.status == "KILLED" for tid in pruned["trial_id"])
+    children = {c.tags["stablesweep.trial_id"]: c for c in Tracker(mlflow_uri).children(res.parent_run_id)}
+    assert all(children[tid].status == "KILLED" for tid in pruned["trial_id"])
     # a pruned trial is no evidence of stability at the budget
     g = res.region.groups[0]
     assert g.counts["pruned"] == len(pruned)
@@ -370,7 +370,7 @@ def test_ctrl_c_while_the_mlflow_store_is_created_leaves_no_half_made_store(tmp_
     create_store(uri)
     tr = Tracker(uri)
     run = tr.start_sweep("s", {}, tags={})
-    assert [r.info.run_id for r in tr.sweep_runs()] == [run]
+    assert [r.run_id for r in tr.sweep_runs()] == [run]
 
 
 # constant lr, no warmup (the demo at 20 such steps trains at 0.02 and 0.05 and blows up at 1e3)
@@ -436,13 +436,13 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
     assert res.files["figure_boundary"].exists()
     # MLflow: replicates are children tagged as such, with their seed; the parent has the figure and the numbers
     tr = Tracker(uri)
-    children = {c.data.tags["stablesweep.trial_id"]: c for c in tr.children(res.parent_run_id)}
+    children = {c.tags["stablesweep.trial_id"]: c for c in tr.children(res.parent_run_id)}
     assert sorted(children) == sorted(t["trial_id"])
     for _, r in reps.iterrows():
         c = children[r["trial_id"]]
-        assert c.data.tags["phase"] == "replicate" and c.data.params["training.seed"] == str(r["seed"])
-        assert c.data.tags["verdict"] == r["verdict"]
-    assert not any("phase" in children[tid].data.tags for tid in sweep["trial_id"])
+        assert c.tags["phase"] == "replicate" and c.params["training.seed"] == str(r["seed"])
+        assert c.tags["verdict"] == r["verdict"]
+    assert not any("phase" in children[tid].tags for tid in sweep["trial_id"])
     parent = tr.client.get_run(res.parent_run_id)
     assert "boundary.png" in {a.path for a in tr.client.list_artifacts(res.parent_run_id)}
     metrics = parent.data.metrics

@@ -1,6 +1,7 @@
-"""A half-made MLflow sqlite store (a Ctrl-C while MLflow's migrations ran: alembic left its
-`_alembic_tmp_experiments` table and the version before) is repaired by `create_store`, which
-the sweep and the ramp call before they write."""
+"""The store: a half-made MLflow sqlite store (a Ctrl-C while MLflow's migrations ran: alembic left
+its `_alembic_tmp_experiments` table and the version before) is repaired by `create_store`, which
+the sweep and the ramp call before they write; a file that is no store is a TrackingError; and
+`probe_store` says why there is nothing to read, without creating anything."""
 from __future__ import annotations
 
 import sqlite3
@@ -8,7 +9,16 @@ import sqlite3
 import pytest
 import sqlalchemy
 
-from stablesweep.tracking import Tracker, create_store
+from stablesweep.tracking import (
+    Tracker,
+    TrackerReader,
+    TrackingError,
+    create_store,
+    default_tracking_uri,
+    probe_store,
+    stable_filter,
+)
+from tests.mlflow_server import free_port
 
 # the MLflow migration that rebuilds `experiments` through alembic's batch mode (a temporary copy,
 # `_alembic_tmp_experiments`, then drop and rename), and the one before it
@@ -57,7 +67,7 @@ def test_a_half_made_store_with_no_run_is_made_again(template, tmp_path):
     create_store(uri)
     tr = Tracker(uri)
     run = tr.start_sweep("s", {}, tags={})
-    assert [r.info.run_id for r in tr.sweep_runs()] == [run]
+    assert [r.run_id for r in tr.sweep_runs()] == [run]
 
 
 def test_a_half_made_store_with_runs_keeps_them(template, tmp_path):
@@ -75,3 +85,27 @@ def test_a_half_made_store_with_runs_keeps_them(template, tmp_path):
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()  # the migrations finish
+
+
+def test_the_default_store_is_beside_the_files(tmp_path):
+    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+
+
+def test_a_file_that_is_no_store_is_a_tracking_error(tmp_path):
+    bad = tmp_path / "bad.db"
+    bad.write_text("not a database " * 100)
+    with pytest.raises(TrackingError, match=r"at sqlite:///.*bad\.db: .*file is not a database"):
+        TrackerReader(f"sqlite:///{bad}").experiment_id()
+    with pytest.raises(TrackingError, match=r"saving a view of the runs table at sqlite:///.*bad\.db: "):
+        Tracker(f"sqlite:///{bad}").save_view(stable_filter())
+
+
+def test_probe_store_says_why_there_is_nothing_to_read(uri, tmp_path):
+    missing = tmp_path / "nope" / "mlflow.db"
+    assert probe_store(f"sqlite:///{missing}") == \
+        f"no MLflow store at sqlite:///{missing} (no file {missing.resolve()})"
+    assert not missing.parent.exists()  # nothing created
+    assert probe_store(uri) is None
+    assert "no directory" in probe_store(str(tmp_path / "mlruns"))
+    url = f"http://127.0.0.1:{free_port()}"
+    assert probe_store(url, timeout=2).startswith(f"no MLflow server answers at {url} (")

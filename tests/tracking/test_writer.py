@@ -1,20 +1,16 @@
-"""tracking.py against a real embedded MLflow store (sqlite, one for the module), read back through
+"""`Tracker` against a real embedded MLflow store (sqlite, one for the module), read back through
 MLflow's own `MlflowClient` as a person sees it in the UI: statuses, names, tags, params, the
-per-setting numbers on sweep and ramp parents, the steps that led a real training run to diverge;
-the UI links loaded in headless Chromium against a real `mlflow server`. No Ray, no mocks."""
+per-setting numbers on sweep and ramp parents, the steps that led a real training run to diverge,
+what of a report is a metric (`trial_metrics`). No Ray, no mocks."""
 from __future__ import annotations
 
 import math
 import pickle
-import re
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
-from stablesweep.analysis.region import analyze, lr_margins
 from stablesweep.config import load_config
 from stablesweep.tracking import (
     DIVERGED_AT_STEP,
@@ -25,87 +21,16 @@ from stablesweep.tracking import (
     STEP_GRAD_NORM,
     STEP_LOSS,
     SWEEP_TAG,
-    TRIAL_COLUMNS,
     TRIAL_TAG,
+    RunRecord,
     Tracker,
     TrackerReader,
-    TrackingError,
-    default_tracking_uri,
-    flatten,
-    name_without_verdict,
     param_value,
-    probe_store,
-    run_link,
-    run_name,
-    setting_slug,
-    stable_filter,
-    ui_command,
-    ui_link,
+    trial_metrics,
 )
-from tests.mlflow_server import STORE, chromium, dump_dom, free_port, mlflow_server
+from tests.tracking.sample import EXPERIMENT, TRIALS
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = "tracking-test"
-SPACE_KEYS = ["training.lr", "training.max_grad_norm", "loss.masking"]
-# (trial, verdict, reason, first bad step, lr, clip, objective): one trial per verdict, two settings
-TRIALS = [("t0", "stable", None, -1, 1e-3, 1.0, 0.5),
-          ("t1", "diverged", "nonfinite_loss", 10, 82.0, 1.0, 3.1),
-          ("t2", "pruned", "scheduler", -1, 1e-2, 1.0, 2.0),
-          ("t3", "error", "ValueError: boom", -1, 1e-4, None, None),
-          ("t4", "stalled", "no_progress", -1, 1e-6, None, 3.0),
-          ("t5", "stable", None, -1, 3e-3, 1.0, 0.4)]
-
-
-@pytest.fixture(scope="module")
-def uri(tmp_path_factory, new_store) -> str:
-    return new_store(tmp_path_factory.mktemp("tracking") / "mlflow.db")
-
-
-@pytest.fixture(scope="module")
-def client(uri) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
-
-
-def trials_table() -> pd.DataFrame:
-    return pd.DataFrame([{"trial_id": t, "verdict": v, "training.lr": lr, "training.max_grad_norm": clip,
-                          "loss.masking": "slice", "objective": obj if v != "error" else None, "initial_loss": 3.2,
-                          "steps": 20, "budget_steps": 20} for t, v, _, _, lr, clip, obj in TRIALS])
-
-
-@pytest.fixture(scope="module")
-def sweep(uri, tmp_path_factory) -> dict:
-    """One sweep as the runner writes it: a parent with params and texts; a trial per verdict with
-    live reports (their constants among them), its verdict; then, from the region of the trials
-    table, the setting numbers on the parent and each trial's setting and margin."""
-    tr = Tracker(uri, EXPERIMENT)
-    parent = tr.start_sweep("s1", {"sampler": "grid", "seed": 0, "asha": False, "note": None,
-                                   **{f"p{i}": i for i in range(150)}},  # more than one batch of params
-                            tags={"sweep_dir": "/tmp/s1"}, texts={"config.yaml": "training:\n  lr: 0.001\n"})
-    table = trials_table()
-    region = analyze(table, group_keys=["training.max_grad_norm", "loss.masking"], param_keys=SPACE_KEYS,
-                     importance=False)
-    margins = lr_margins(table, region)
-    runs = {}
-    for i, (tid, verdict, reason, bad, lr, clip, obj) in enumerate(TRIALS):
-        params = {"training.lr": lr, "training.max_grad_norm": clip, "loss.masking": "slice"}
-        run = tr.trial_run(parent, tid, f"lr={lr:.1e} slice clip={param_value(clip)}", params,
-                           setting={"training.max_grad_norm": clip, "loss.masking": "slice"})
-        for step in (5, 10):  # a warning at step 7 (the monitor reports -1 before it)
-            tr.log_trial_metrics(run, {"objective": 2.0 / step, "loss": 1.5 / step, "initial_loss": 3.2,
-                                       "flops_per_step": 1e6, "budget_steps": 20, "flag": True, "name": "x",
-                                       "warn_step/max_logit": -1 if step < 7 else 7, "at_risk_step": -1}, step)
-        summary = {"objective": obj, "steps": 10 if verdict in ("diverged", "pruned") else 20}
-        tr.finish_trial(run, verdict, reason, bad, summary, tags={"node_id": "n1"})
-        tr.set_margin(run, margins.iloc[i])
-        runs[tid] = run
-    tr.log_setting_metrics(parent, region.groups)
-    files = tmp_path_factory.mktemp("files")
-    (files / "stable_region.md").write_text("# region\n")
-    (files / "figures").mkdir()
-    (files / "figures" / "a.png").write_bytes(b"\x89PNG")
-    tr.end_sweep(parent, {"trials_stable": 2.0}, tags={"interrupted": "false"},
-                 artifacts=[files / "stable_region.md", files / "figures", files / "missing.txt"])
-    return {"parent": parent, "trials": runs, "region": region}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
@@ -121,24 +46,6 @@ def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
     arts = {a.path for a in client.list_artifacts(sweep["parent"])}
     assert arts == {"config.yaml", "stable_region.md", "figures"}  # a missing file is skipped
     assert [a.path for a in client.list_artifacts(sweep["parent"], "figures")] == ["figures/a.png"]
-
-
-def test_status_and_name_tell_the_verdict(client, sweep):
-    """Only a stable run wears FINISHED (the UI's green tick); the name leads with the verdict."""
-    want = {"t0": ("FINISHED", "stable lr=1.0e-03 slice clip=1.0"),
-            "t1": ("FAILED", "diverged@10 lr=8.2e+01 slice clip=1.0"),
-            "t2": ("KILLED", "pruned lr=1.0e-02 slice clip=1.0"),
-            "t3": ("FAILED", "error lr=1.0e-04 slice clip=none"),
-            "t4": ("FAILED", "stalled lr=1.0e-06 slice clip=none"),
-            "t5": ("FINISHED", "stable lr=3.0e-03 slice clip=1.0")}
-    for tid, run_id in sweep["trials"].items():
-        info = client.get_run(run_id).info
-        assert (info.status, info.run_name) == want[tid], tid
-    assert run_name("diverged", 10, {"training.lr": 82.0, "loss.masking": "slice",
-                                     "training.max_grad_norm": 1.0}) == "diverged@10 lr=8.2e+01 slice clip=1.0"
-    assert run_name("stalled", -1, {"training.lr": 1e-6}) == "stalled lr=1.0e-06"
-    assert name_without_verdict("diverged@10 lr=8.2e+01 slice") == "lr=8.2e+01 slice"
-    assert name_without_verdict("lr=8.2e+01 slice") == "lr=8.2e+01 slice"
 
 
 def test_tags_and_params_hold_no_sentinels(client, sweep):
@@ -162,8 +69,6 @@ def test_tags_and_params_hold_no_sentinels(client, sweep):
         assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "warn_step/max_logit")] == \
             [(10, 7.0)]
         assert "at_risk_step" not in run.data.metrics
-    assert [param_value(v) for v in (None, True, 3, 1e-05, 0.001, 5e-6, float("nan"), "slice")] == \
-        ["none", "true", "3", "1.0e-05", "0.001", "5.0e-06", "none", "slice"]
 
 
 def test_objective_only_where_it_was_measured(client, sweep):
@@ -196,9 +101,6 @@ def test_per_setting_numbers_on_the_parent_and_the_margin_of_each_trial(client, 
     for tid, _, _, _, lr, clip, _ in TRIALS:
         got = client.get_run(sweep["trials"][tid]).data.metrics.get("lr_margin")
         assert got == (pytest.approx(lr / 82.0) if clip else None), tid
-    assert setting_slug({"training.precision": "bf16", "loss.masking": "neg_inf", "training.max_grad_norm": None,
-                         "training.lr": 1.0, "data.image size": "a/b"}) == "bf16_neg_inf_clip-none_image_size-a_b"
-    assert setting_slug({}) == "all"
 
 
 def test_a_ramp_logged_after_the_fact(uri, client):
@@ -222,9 +124,9 @@ def test_a_ramp_logged_after_the_fact(uri, client):
                                                                                        for s in (10, 20)]
         assert got.data.tags[SWEEP_TAG] == "r1" and got.data.tags[SETTING_TAG] == "bf16_slice"
         assert got.data.params["phase"] == "ladder" and got.data.params["training.lr"] == param_value(lr)
-    tr.log_setting_metrics(parent, [{"setting": "s00", "params": setting, "min_stable_lr": 1e-4, "max_stable_lr": 1e-3,
-                                     "min_diverged_lr": 1e-1, "recommended_lr": 5e-4, "lr_at_5pct_risk": None,
-                                     "lr_at_50pct": 2e-2}])
+    tr.log_setting_metrics(parent, [(setting, {"min_stable_lr": 1e-4, "max_stable_lr": 1e-3, "min_diverged_lr": 1e-1,
+                                               "recommended_lr": 5e-4, "lr_at_5pct_risk": None, "lr_at_50pct": 2e-2,
+                                               "probes": 2})])
     tr.end_sweep(parent, {"probes": 2.0}, tags={})
     run = client.get_run(parent)
     assert run.data.tags[KIND_TAG] == "ramp"
@@ -255,9 +157,7 @@ def test_a_diverged_run_shows_the_steps_that_led_there(uri, client, diverged_run
     params = {"training.lr": 1e3, "loss.masking": "slice", "training.max_grad_norm": 1.0}
     run = tr.trial_run(parent, "real0", "lr=1.0e+03 slice clip=1.0", params, setting=params)
     for m in reports:
-        numbers = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and k not in ("step", "first_bad_step")}
-        tr.log_trial_metrics(run, numbers, m["step"])
+        tr.log_trial_metrics(run, trial_metrics(m), m["step"])
     last = reports[-1]
     tr.log_trial_history(run, last["history"], last["first_bad_step"])
     tr.finish_trial(run, last["verdict"], last["reason"], last["first_bad_step"],
@@ -332,28 +232,7 @@ def test_a_resumed_sweep_finds_its_runs_again(uri, client, sweep):
     tr.end_sweep(parent, {}, tags={})
     assert client.get_run(parent).info.status == "FINISHED"
     assert len(tr.children(parent)) == len(TRIALS)
-    assert parent in [r.info.run_id for r in tr.sweep_runs()]
-
-
-def test_reader_reads_plain_records(uri, sweep):
-    reader = TrackerReader(uri, EXPERIMENT)
-    parent = next(p for p in reader.parent_runs() if p.run_id == sweep["parent"])
-    assert parent.name == "s1" and parent.status == "FINISHED"
-    assert parent.params["sampler"] == "grid" and parent.tags[KIND_TAG] == "sweep"
-    kids = reader.child_runs(sweep["parent"])
-    assert [k.tags[TRIAL_TAG] for k in kids] == [t[0] for t in TRIALS]  # oldest first
-    assert kids[1].tags["verdict"] == "diverged" and kids[1].metrics[STAND_IN_OBJECTIVE] == 3.1
-    assert reader.read_text(sweep["parent"], "config.yaml") == "training:\n  lr: 0.001\n"
-    assert reader.read_text(sweep["parent"], "space.yaml") is None
-    assert reader.parent_runs(kinds=("compare",)) == []
-
-
-def test_reader_never_creates_an_experiment(uri, sweep):
-    reader = TrackerReader(uri, "no-such-experiment")
-    assert reader.experiment_id() is None
-    assert reader.parent_runs() == [] and reader.child_runs(sweep["parent"]) == []
-    assert "no-such-experiment" not in reader.experiment_names()
-    assert EXPERIMENT in reader.experiment_names()
+    assert parent in [r.run_id for r in tr.sweep_runs()]
 
 
 def test_report_run(uri, client, tmp_path):
@@ -378,89 +257,38 @@ def test_report_run(uri, client, tmp_path):
     assert run_id not in {r.run_id for r in reader.parent_runs()}  # a report is no sweep
 
 
-def test_a_file_that_is_no_store_is_a_tracking_error(tmp_path):
-    bad = tmp_path / "bad.db"
-    bad.write_text("not a database " * 100)
-    with pytest.raises(TrackingError, match=r"at sqlite:///.*bad\.db: .*file is not a database"):
-        TrackerReader(f"sqlite:///{bad}").experiment_id()
-    with pytest.raises(TrackingError, match=r"saving a view of the runs table at sqlite:///.*bad\.db: "):
-        Tracker(f"sqlite:///{bad}").save_view(stable_filter())
+def test_children_are_plain_records_and_runs_close_and_delete(uri, client):
+    tr = Tracker(uri, EXPERIMENT)
+    parent = tr.start_sweep("records", {}, tags={})
+    a = tr.trial_run(parent, "a", "lr=1.0e+00", {"training.lr": 1.0})
+    b = tr.trial_run(parent, "b", "lr=2.0e+00", {"training.lr": 2.0})
+    kids = {r.tags[TRIAL_TAG]: r for r in tr.children(parent)}
+    assert all(isinstance(r, RunRecord) for r in kids.values()) and set(kids) == {"a", "b"}
+    assert (kids["a"].run_id, kids["a"].name, kids["a"].status) == (a, "lr=1.0e+00", "RUNNING")
+    assert kids["a"].params == {"training.lr": "1.0"} and kids["a"].tags[PARENT_TAG] == parent
+    tr.close_run(a)
+    assert client.get_run(a).info.status == "KILLED"
+    tr.delete_run(b)
+    assert client.get_run(b).info.lifecycle_stage == "deleted"
+    assert [r.run_id for r in tr.children(parent)] == [a]  # a deleted run is in MLflow's trash only
+    tr.close_run(parent, "FINISHED")
+    [record] = [r for r in tr.sweep_runs() if r.run_id == parent]
+    assert isinstance(record, RunRecord) and record.status == "FINISHED" and record.tags[KIND_TAG] == "sweep"
 
 
-def test_probe_store_says_why_there_is_nothing_to_read(uri, tmp_path):
-    missing = tmp_path / "nope" / "mlflow.db"
-    assert probe_store(f"sqlite:///{missing}") == \
-        f"no MLflow store at sqlite:///{missing} (no file {missing.resolve()})"
-    assert not missing.parent.exists()  # nothing created
-    assert probe_store(uri) is None
-    assert "no directory" in probe_store(str(tmp_path / "mlruns"))
-    url = f"http://127.0.0.1:{free_port()}"
-    assert probe_store(url, timeout=2).startswith(f"no MLflow server answers at {url} (")
-
-
-def test_small_helpers(tmp_path):
-    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
-    assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
-    assert ui_command("sqlite:///x.db") == "mlflow ui --backend-store-uri sqlite:///x.db --host 127.0.0.1 --port 5000"
-    assert flatten({"training": {"lr": 1e-3, "opt": {"name": "adam"}}, "data": {}, "seed": 0}) == \
-        {"training.lr": 1e-3, "training.opt.name": "adam", "data": {}, "seed": 0}
-
-
-def test_ui_links_have_the_shape_of_mlflow_3_17_routes():
-    """The runs tab of the hash router, the model-training view, the facets the UI reads from the
-    query string (searchFilter, orderByKey as a canonical key, orderByAsc), or a saved view."""
-    assert ui_link("http://127.0.0.1:5001/", "3", stable_filter("abc")) == (
-        "http://127.0.0.1:5001/#/experiments/3/runs?workflowType=machine_learning"
-        "&searchFilter=tags.verdict%20%3D%20%27stable%27%20and%20tags.%60mlflow.parentRunId%60%20%3D%20%27abc%27"
-        "&orderByKey=metrics.%60objective%60&orderByAsc=true")
-    assert ui_link("sqlite:///x.db", "0", order_by="params.`training.lr`", ascending=False) == (
-        "http://127.0.0.1:5000/#/experiments/0/runs?workflowType=machine_learning"
-        "&orderByKey=params.%60training.lr%60&orderByAsc=false")  # where `mlflow ui` listens
-    assert ui_link("http://h:1", "3", "ignored", view="k1") == \
-        "http://h:1/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=k1"
-    assert run_link("http://h:1", "3", "r1") == "http://h:1/#/experiments/3/runs/r1?workflowType=machine_learning"
-
-
-# ---- the UI itself, in a browser -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, new_store):
-    root = tmp_path_factory.mktemp("ui_server")
-    new_store(root / STORE)
-    with mlflow_server(root) as proc:
-        yield proc.uri
-
-
-def rows_and_columns(dom: str) -> tuple[list[str], set[str]]:
-    """The run ids of the runs table's rows, in order, and the ids of its columns."""
-    rows = list(dict.fromkeys(re.findall(r'row-index="\d+" row-id="([0-9a-f]{32})"', dom)))
-    return rows, set(re.findall(r'col-id="([^"]+)"', dom))
-
-
-@pytest.mark.skipif(chromium() is None, reason="no chromium binary (Debian: apt-get install -y chromium; "
-                                               ".ci/run installs it)")
-def test_the_links_open_the_stable_trials_best_first_in_the_runs_table(server, tmp_path):
-    tr = Tracker(server, EXPERIMENT)
-    parent = tr.start_sweep("ui", {}, tags={})
-    other = tr.start_sweep("other", {}, tags={})
-    stable = {}
-    for i, (tid, verdict, reason, bad, lr, clip, obj) in enumerate(TRIALS):
-        params = {"training.lr": lr, "training.max_grad_norm": clip}
-        for p in (parent, other):
-            run = tr.trial_run(p, f"{p[:6]}-{tid}", f"lr={lr:.1e}", params, setting={"training.max_grad_norm": clip})
-            tr.log_trial_metrics(run, {"loss": 1.0, "progress": 0.5}, 10)
-            tr.finish_trial(run, verdict, reason, bad, {"objective": obj, "steps": 20})
-            tr.set_margin(run, lr / 82.0)
-            if p == parent and verdict == "stable":
-                stable[run] = obj
-    best_first = sorted(stable, key=stable.get)
-    eid = tr.experiment_id
-    dom = dump_dom(ui_link(server, eid, stable_filter(parent)), tmp_path / "plain")
-    rows, _ = rows_and_columns(dom)
-    assert rows == best_first, dom[-2000:]
-    view = tr.save_view(stable_filter(parent), params=["training.max_grad_norm"])
-    assert view == tr.save_view(stable_filter(parent), params=["training.max_grad_norm"])  # stored once
-    dom = dump_dom(ui_link(server, eid, view=view), tmp_path / "view")
-    rows, columns = rows_and_columns(dom)
-    assert rows == best_first, dom[-2000:]
-    assert {*TRIAL_COLUMNS, "params.`training.max_grad_norm`"} - {"tags.`reason`"} <= columns, columns
+def test_the_metrics_of_a_report():
+    """A sweep's trial charts every number of its report but Tune's bookkeeping, the step, tags and
+    params; a ramp's probe, reading rows that also hold the flattened config and Tune's columns,
+    charts the numbers every report holds. Bools are never metrics."""
+    report = {"step": 10, "budget_steps": 20, "first_bad_step": -1, "verdict": "stable", "reason": None,
+              "finished": False, "objective": 1.0, "loss": 1.2, "nonfinite_steps": 0, "at_risk": False,
+              "at_risk_signal": None, "at_risk_step": -1, "signal/max_logit": 3.0, "eval_loss/a": 1.1,
+              "initial_loss": 3.2, "flops_per_step": 1e6, "node_id": "n1", "device": "cpu", "training_iteration": 2,
+              "time_total_s": 1.5, "time_this_iter_s": 0.5, "timestamp": 1700000000, "pid": 7, "trial_id": "t0",
+              "config": {"training.lr": 0.1}}
+    assert trial_metrics(report) == {"objective": 1.0, "loss": 1.2, "nonfinite_steps": 0, "at_risk_step": -1,
+                                     "signal/max_logit": 3.0, "eval_loss/a": 1.1, "initial_loss": 3.2,
+                                     "flops_per_step": 1e6, "time_total_s": 1.5}
+    row = {**report, "config/training.lr": 0.1}
+    assert trial_metrics(row, core=True) == {"budget_steps": 20, "loss": 1.2, "nonfinite_steps": 0,
+                                             "initial_loss": 3.2, "flops_per_step": 1e6}
