@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,21 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from stablesweep.analysis.text import lr_text, num_text
+from stablesweep.analysis.answer import (
+    SWEEP_COLUMNS,
+    SWEEP_WORDS,
+    Column,
+    SettingAnswer,
+    answers_markdown,
+    answers_text,
+    boundary_markdown,
+    boundary_text,
+    key_columns,
+    recommend,
+    recommended_header,
+    rule_line,
+)
+from stablesweep.analysis.importance import divergence_importance, value_order
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -48,7 +61,6 @@ from stablesweep.vocab import (
     format_value,
     jsonable,
     py,
-    recommended_lr,
     short_key,
 )
 
@@ -110,31 +122,19 @@ class Region:
         d["groups"] = [{**asdict(g), "label": g.label} for g in self.groups]
         return jsonable(d)
 
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for g in self.groups:
-            row = {short_key(k): format_value(v) for k, v in g.key.items()}
-            row.update({v: g.counts.get(v, 0) for v in VERDICTS})
-            row.update({"min stable lr": g.min_stable_lr, "max stable lr": g.max_stable_lr,
-                        "min diverged lr": g.min_diverged_lr,
-                        "stalled below": len(g.stalled_below), "stalled above": len(g.stalled_above),
-                        "best objective": g.best_objective,
-                        "best lr": (g.best_params or {}).get(self.lr_key) if self.lr_key else None,
-                        "lr sensitivity": g.lr_sensitivity})
-            rows.append(row)
-        return pd.DataFrame(rows)
+    def answers(self) -> list[SettingAnswer]:
+        """Each combination's answer (`analysis.answer`), in the order of `groups`."""
+        return [answer_of(g, self.lr_key) for g in self.groups]
+
+    def columns(self) -> list[Column]:
+        """The columns of the per-combination table: the categorical axes, then the answer."""
+        return key_columns(self.group_keys) + SWEEP_COLUMNS
 
     def to_text(self) -> str:
         """The region table for a terminal."""
-        t = self.table()
-        if t.empty:
+        if not self.groups:
             return "(no trials)"
-        shown = t.copy()
-        for c in LR_COLUMNS:
-            shown[c] = shown[c].map(lr_text)
-        for c in ("best objective", "lr sensitivity"):
-            shown[c] = shown[c].map(num_text)
-        return shown.to_string(index=False)
+        return answers_text(self.answers(), self.columns())
 
     def to_markdown(self, title: str = "Stable region") -> str:
         c = self.counts
@@ -146,22 +146,8 @@ class Region:
                  "their budget finite but their loss did not fall enough (monitor.min_progress): they do not "
                  "count as stable either.", "",
                  "## Per combination", ""]
-        t = self.table()
-        if not t.empty:
-            cols = list(t.columns)
-            lines.append("| " + " | ".join(cols) + " |")
-            lines.append("|" + "---|" * len(cols))
-            for _, r in t.iterrows():
-                cells = []
-                for col in cols:
-                    v = r[col]
-                    if col in LR_COLUMNS:
-                        cells.append(lr_text(v))
-                    elif col in ("best objective", "lr sensitivity"):
-                        cells.append(num_text(v))
-                    else:
-                        cells.append(str(v))
-                lines.append("| " + " | ".join(cells) + " |")
+        if self.groups:
+            lines += answers_markdown(self.answers(), self.columns())
             lines.append("")
             lines.append("The stable band runs from *min stable lr* to *max stable lr* (the lrs that trained); the "
                          "bracket of the stability boundary lies between *max stable lr* and *min diverged lr*. "
@@ -202,15 +188,7 @@ class Region:
         if not self.replicates:
             return ("each bracket is a single-seed estimate (one trial an lr); --replicates K with --sampler grid "
                     "or qmc measures P(fails | lr)")
-        lines = ["P(fails | lr) per combination (logistic in log lr over its trials and replicates):"]
-        for g in self.groups:
-            iv = g.lr_at_5pct_risk_interval
-            lines.append(f"  {g.label}: lr at 5% risk {_lr(g.lr_at_5pct_risk)}"
-                         + (f" (interval {_lr(iv[0])}..{_lr(iv[1])})" if iv else "")
-                         + f", at 50% {_lr(g.lr_at_50pct)}; {g.replicates} replicates, "
-                         f"{g.replicate_flops or 0:.3g} FLOPs (its sweep trials: {g.train_flops or 0:.3g})"
-                         + (f"; {g.boundary_note}" if g.boundary_note else ""))
-        return "\n".join(lines)
+        return boundary_text(self.answers(), SWEEP_WORDS)
 
     def _boundary_markdown(self) -> list[str]:
         if not self.lr_key:
@@ -219,21 +197,23 @@ class Region:
             return ["Each bracket is a single-seed estimate: one trial an lr, while at one lr one seed may diverge "
                     "and the next not. `stablesweep sweep --replicates K` (grid or qmc sampler) runs K seeds "
                     "around each bracket and fits P(fails | lr).", ""]
-        lines = ["## The boundary as a probability", "",
-                 f"{self.replicates} seed(s) at the lrs inside each combination's bracket and at its ends; "
-                 "P(fails | lr) fitted in log lr over its trials and replicates (a failure: diverged, or stalled "
-                 f"from the middle of the stable band up), at the budget of {self.budget_steps} steps. The "
-                 f"recommended lr is at most {SAFETY} x the lr at 5% risk where it was measured.", "",
-                 "| combination | lr at 5% risk | interval | lr at 50% | evidence (lr: failures/runs) | replicates | "
-                 "replicate FLOPs | sweep FLOPs | note |", "|---|---|---|---|---|---|---|---|---|"]
-        for g in self.groups:
-            iv = g.lr_at_5pct_risk_interval
-            ev = ", ".join(f"{_lr(e['lr'])}: {e['failures']}/{e['runs']}" for e in g.evidence or [])
-            lines.append(f"| {g.label} | {_lr(g.lr_at_5pct_risk)} | {f'{_lr(iv[0])}..{_lr(iv[1])}' if iv else '-'} | "
-                         f"{_lr(g.lr_at_50pct)} | {ev or '-'} | {g.replicates} | {g.replicate_flops or 0:.3g} | "
-                         f"{g.train_flops or 0:.3g} | {g.boundary_note or '-'} |")
-        lines.append("")
-        return lines
+        return boundary_markdown(self.answers(), SWEEP_WORDS, seeds=self.replicates, budget=self.budget_steps)
+
+
+def answer_of(g: Group, lr_key: str | None) -> SettingAnswer:
+    """A combination's answer: the record that tables, the boundary lines and recommended.yaml's
+    header render (`analysis.answer`)."""
+    best_lr = finite(g.best_params.get(lr_key)) if lr_key and g.best_params else None
+    rec, rule = recommend(best_lr, max_stable=g.max_stable_lr, min_failed=g.min_failed_lr, at_risk=g.lr_at_5pct_risk)
+    return SettingAnswer(
+        params=dict(g.key), label=g.label, budget_steps=g.budget_steps, counts=dict(g.counts),
+        min_stable_lr=g.min_stable_lr, max_stable_lr=g.max_stable_lr, min_diverged_lr=g.min_diverged_lr,
+        min_failed_lr=g.min_failed_lr, stalled_below=list(g.stalled_below), stalled_above=list(g.stalled_above),
+        stalled_inside=list(g.stalled_inside), best_lr=best_lr, recommended_lr=rec, rule=rule,
+        lr_at_5pct_risk=g.lr_at_5pct_risk, lr_at_5pct_risk_interval=g.lr_at_5pct_risk_interval,
+        lr_at_50pct=g.lr_at_50pct, single_seed=g.single_seed, evidence=g.evidence, boundary_note=g.boundary_note,
+        replicates=g.replicates, replicate_flops=g.replicate_flops, train_flops=g.train_flops,
+        best_objective=g.best_objective, lr_sensitivity=g.lr_sensitivity)
 
 
 # ---- analysis -------------------------------------------------------------------------------
@@ -296,7 +276,7 @@ def _groupby(df: pd.DataFrame, keys: list[str]):
     for _, sub in frame.groupby(tmp, sort=False, dropna=False):
         key = tuple(py(sub[k].iloc[0]) for k in keys)
         out.append((key, sub.drop(columns=tmp)))
-    out.sort(key=lambda kv: tuple(_sort_key(v) for v in kv[0]))
+    out.sort(key=lambda kv: tuple(value_order(v) for v in kv[0]))
     yield from out
 
 
@@ -323,8 +303,8 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
         best_obj, best_trial = float(row[OBJECTIVE]), str(row.get("trial_id"))
         best_params = {k: py(row[k]) for k in params}
     sens, n = lr_sensitivity(sub)
-    rec = recommended_lr(finite(best_params.get(lr_key)) if lr_key and best_params else None,
-                         max_stable=max_stable, min_diverged=min_failed)
+    rec, _ = recommend(finite(best_params.get(lr_key)) if lr_key and best_params else None,
+                       max_stable=max_stable, min_failed=min_failed)
     return Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
                  best_objective=best_obj, best_trial=best_trial, best_params=best_params,
                  lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec,
@@ -376,64 +356,6 @@ def divergence_rates(df: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, f
     return out
 
 
-def divergence_importance(df: pd.DataFrame, params: list[str], distributions: dict | None = None
-                          ) -> tuple[dict[str, float], str]:
-    """Which params drive divergence: Optuna's fANOVA evaluator on a 0/1 target (1 = diverged),
-    over the trials that reached a verdict, in a throwaway in-memory study. fANOVA needs
-    scikit-learn; without it, PED-ANOVA with the "good" quantile set to exactly the stable
-    trials. Empty when there is nothing to explain (one class only, or too few trials)."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
-    judged = df[df[VERDICT].isin([STABLE, DIVERGED])] if len(df) else df
-    n_div = int((judged[VERDICT] == DIVERGED).sum()) if len(judged) else 0
-    if len(judged) < 4 or n_div == 0 or n_div == len(judged) or not params:
-        return {}, ""
-    dists = {}
-    for k in params:
-        if distributions and k in distributions:
-            dists[k] = distributions[k]
-            continue
-        values = [py(v) for v in judged[k]]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values) and len(set(values)) > 6:
-            lo, hi = float(min(values)), float(max(values))
-            dists[k] = FloatDistribution(lo, hi, log=lo > 0 and hi / lo >= 100)
-        else:
-            dists[k] = CategoricalDistribution(sorted(set(values), key=_sort_key))
-    trials = []
-    for _, r in judged.iterrows():
-        p = {k: py(r[k]) for k in dists}
-        try:
-            trials.append(optuna.trial.create_trial(params=p, distributions=dists,
-                                                    value=1.0 if r[VERDICT] == DIVERGED else 0.0))
-        except ValueError:  # a value outside the given distribution: skip the trial
-            continue
-    if len(trials) < 4:
-        return {}, ""
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.create_study(direction="minimize")
-        study.add_trials(trials)
-        try:
-            import sklearn  # noqa: F401
-
-            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-            method = "fANOVA (Optuna) on a 0/1 divergence target"
-        except ImportError:
-            q = 1.0 - n_div / len(trials)
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator(baseline_quantile=q)
-            method = "PED-ANOVA (Optuna), stable trials vs all"
-        with _quiet_warnings():
-            imp = optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True)
-    except (ValueError, RuntimeError) as e:
-        logging.getLogger(__name__).warning("divergence importance unavailable: %s", e)
-        return {}, ""
-    finally:
-        optuna.logging.set_verbosity(level)
-    return {k: float(v) for k, v in imp.items()}, method
-
-
 def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k: int, seed: int) -> list[tuple]:
     """The boundary as a probability of each combination of `region` (the region of `df`, its
     trials, all run at `seed`): P(fails | lr) fitted over its trials and its `replicates` (rows
@@ -456,9 +378,9 @@ def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k
         g.replicates = len(reps)
         g.replicate_flops = float(pd.to_numeric(reps.get(TRAIN_FLOPS), errors="coerce").sum()) if len(reps) else 0.0
         g.train_flops = float(pd.to_numeric(mine.get(TRAIN_FLOPS), errors="coerce").sum()) if len(mine) else 0.0
-        g.recommended_lr = recommended_lr(finite(g.best_params.get(lr_key)) if g.best_params else None,
-                                          max_stable=g.max_stable_lr, min_diverged=g.min_failed_lr,
-                                          at_risk=g.lr_at_5pct_risk)
+        g.recommended_lr, _ = recommend(finite(g.best_params.get(lr_key)) if g.best_params else None,
+                                        max_stable=g.max_stable_lr, min_failed=g.min_failed_lr,
+                                        at_risk=g.lr_at_5pct_risk)
     region.replicates = k
     region.recommended = recommended_params(region)
     return fits
@@ -504,28 +426,18 @@ def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
     c = region.counts
     group = next((g for g in region.groups if g.key == region.best["group"]), None)
     lines = [
-        "# recommended.yaml: written by `stablesweep sweep` on "
+        "recommended.yaml: written by `stablesweep sweep` on "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"# From {sum(c.values())} trials ({_counts_text(c)}): the best stable trial "
+        f"From {sum(c.values())} trials ({_counts_text(c)}): the best stable trial "
         f"{region.best['trial_id']} (objective {region.best[OBJECTIVE]:.4g}).",
     ]
-    if region.lr_key and region.lr_key in region.best["params"]:
-        best_lr = region.best["params"][region.lr_key]
-        if group is not None and group.lr_at_5pct_risk is not None:
-            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.lr_at_5pct_risk:.3g}, the lr at 5% risk of "
-                         f"failing with {group.label}, fitted over {sum(e['runs'] for e in group.evidence or [])} runs "
-                         f"with {region.replicates} seed(s) around the bracket) = {region.recommended[region.lr_key]:.3g}.")
-        elif group is not None and group.min_failed_lr is not None:
-            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.min_failed_lr:.3g}, the smallest "
-                         f"lr that diverged or stalled above the stable band with {group.label}) = "
-                         f"{region.recommended[region.lr_key]:.3g}.")
-        elif group is not None and group.max_stable_lr is not None:
-            lines.append(f"# lr = min(its lr {best_lr:.3g}, {SAFETY} x {group.max_stable_lr:.3g}, the largest stable lr "
-                         f"with {group.label}) = {region.recommended[region.lr_key]:.3g}: no trial diverged there, "
-                         "so the boundary is somewhere above.")
-    lines.append(f"# Stable for {region.budget_steps} steps, the budget the sweep measured; "
+    if region.lr_key and region.lr_key in region.best["params"] and group is not None:
+        answer = answer_of(group, region.lr_key)
+        if answer.rule is not None:
+            lines.append(rule_line(answer, region.replicates))
+    lines.append(f"Stable for {region.budget_steps} steps, the budget the sweep measured; "
                  "a longer run may still diverge: re-check at the length you train.")
-    return cfg.to_dict(), "\n".join(lines) + "\n"
+    return cfg.to_dict(), recommended_header(lines)
 
 
 def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dict | None = None,
@@ -560,13 +472,6 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
 
 # ---- small helpers ----------------------------------------------------------------------------
 
-LR_COLUMNS = ("min stable lr", "max stable lr", "min diverged lr", "best lr")
-
-
-def _lr(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3g}"
-
-
 def _counts_text(c: dict[str, int]) -> str:
     return ", ".join(f"{v} {c.get(v, 0)}" for v in VERDICTS)
 
@@ -578,24 +483,3 @@ def _budget(df: pd.DataFrame) -> int | None:
             if len(s):
                 return int(s.max())
     return None
-
-
-def _sort_key(v: Any):
-    v = py(v)
-    if v is None:
-        return (0, 0, "")
-    if isinstance(v, (int, float)):
-        return (1, float(v), "")
-    return (2, 0, str(v))
-
-
-class _quiet_warnings:
-    def __enter__(self):
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)

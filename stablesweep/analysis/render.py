@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from stablesweep.analysis.comparison import Comparison
-from stablesweep.analysis.text import lr_text, num_text, value_text
+from stablesweep.analysis.text import lr_text, md_table, num_text, text_table, value_text
 from stablesweep.tracking import run_link
 from stablesweep.vocab import (
     BUDGET_STEPS,
@@ -50,12 +50,12 @@ def to_text(cmp: Comparison) -> str:
     out = [f"Compare: {len(cmp.sweeps)} sweep(s)" + (f" from {cmp.source}" if cmp.source else ""), ""]
     out += ["  " + ln for ln in _header_lines(cmp)]
     out += ["", "Per sweep and setting (the boundary lies between max stable lr and min diverged lr):", ""]
-    out.append(_indent(_text_table(*_settings_cells(cmp))))
+    out.append(_indent(text_table(*_settings_cells(cmp))))
     out += ["", f"Configurations: {_ranking_line(cmp)}. `*` after a value: differs from the first row; "
                 "after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
                 "setting.", ""]
     head, rows = _configs_cells(cmp, lambda s: s + "*")
-    out.append(_indent(_text_table(head, rows)) if rows else "  (no trials)")
+    out.append(_indent(text_table(head, rows)) if rows else "  (no trials)")
     for t in cmp.transitions:
         out += ["", f"Changes {t.before} -> {t.after}:"]
         if t.config_diff:
@@ -86,7 +86,7 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
     out += [f"- **{ln.split(' ', 1)[0]}** {ln.split(' ', 1)[1]}" for ln in _header_lines(cmp, link)]
     out += ["", "Every verdict holds for the sweep's step budget: a run stable for that many steps may still "
                 "diverge later.", "", "## Per sweep and setting", ""]
-    out += _md_table(*_settings_cells(cmp))
+    out += md_table(*_settings_cells(cmp))
     ranking = _ranking_line(cmp)
     out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
                 "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
@@ -96,7 +96,7 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
             "`*` after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
             "setting (blank: nothing diverged there).", ""]
     head, rows = _configs_cells(cmp, lambda s: f"**{s}**", link)
-    out += _md_table(head, rows) if rows else ["(no trials)"]
+    out += md_table(head, rows) if rows else ["(no trials)"]
     for t in cmp.transitions:
         out += ["", f"## Changes {t.before} -> {t.after}", ""]
         if t.config_diff:
@@ -105,7 +105,7 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
         rows = [[c.label, f"**{c.change}**" if c.change.startswith("became") else c.change,
                  c.before.describe() if c.before else "-", c.after.describe() if c.after else "-", c.note]
                 for c in t.settings]
-        out += _md_table(["setting", "change", t.before, t.after, "note"], rows)
+        out += md_table(["setting", "change", t.before, t.after, "note"], rows)
         out += ["", t.summary()]
     figs = list(figures)
     if figs:
@@ -267,18 +267,3 @@ def _configs_cells(cmp: Comparison, mark: Callable[[str], str], link: Callable[[
 
 def _indent(text: str, n: int = 2) -> str:
     return "\n".join(" " * n + ln for ln in text.splitlines())
-
-
-def _text_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    def cell(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
-    return ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)] + \
-        ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]

@@ -34,3 +34,26 @@ def text_order(s: str) -> tuple:
         return (1, float(s), "")
     except ValueError:
         return (0 if s == "none" else 2, 0.0, s)
+
+
+def sig3_text(v: Any) -> str:
+    """A number to 3 significant digits (0.0834, 1e+03); '-' for anything else."""
+    n = finite(v)
+    return "-" if n is None else f"{n:.3g}"
+
+
+def text_table(head: list[str], rows: list[list[str]]) -> str:
+    """Columns for a terminal: left-aligned, two spaces apart."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines; a `|` in a cell is escaped, a newline becomes a space."""
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)] + \
+        ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]

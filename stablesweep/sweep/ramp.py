@@ -31,7 +31,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from stablesweep.vocab import BUDGET_STEPS, DIVERGED, ERROR, REPLICATE, STABLE, STALLED, TRAIN_FLOPS, recommended_lr
+from stablesweep.analysis.answer import SettingAnswer, recommend
+from stablesweep.vocab import (
+    BUDGET_STEPS,
+    DIVERGED,
+    ERROR,
+    REPLICATE,
+    STABLE,
+    STALLED,
+    TRAIN_FLOPS,
+    VERDICTS,
+    short_name,
+)
 
 LADDERS = ("1-2-5", "x2", "x10")
 CLIMBS = ("gallop", "step")
@@ -166,30 +177,44 @@ class Setting:
     def has(self, lr: float) -> bool:
         return any(math.isclose(p.lr, lr, rel_tol=1e-9) for p in self.tested)
 
-    def summary(self, safety: float, boundary: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Everything known of the setting; `boundary` (`analysis.boundary.Boundary.to_dict()` of
-        its probes and replicates) adds the probability boundary and makes its 5%-risk lr the edge."""
+    def answer(self, safety: float, boundary: dict[str, Any] | None = None) -> SettingAnswer:
+        """What its probes say (`analysis.answer`): the bracket's probes, and with `boundary`
+        (`analysis.boundary.Boundary.to_dict()` of its probes and replicates) the probability
+        boundary, whose 5%-risk lr is then the edge of the recommended lr."""
         lo, hi = self.max_stable, self.min_failed
-        at_risk = boundary["lr_at_risk"] if boundary else None
-        extra = {} if boundary is None else {
-            "lr_at_5pct_risk": at_risk, "lr_at_5pct_risk_interval": boundary["lr_at_risk_interval"],
-            "lr_at_50pct": boundary["lr_at_50"], "evidence": boundary["evidence"],
-            "single_seed": boundary["single_seed"], "boundary_note": boundary["note"],
-            "replicates": len(self.replicates),
-            "replicate_flops": sum(p.train_flops for p in self.replicates),
-            "replicate_compute_s": sum(p.wall_s for p in self.replicates)}
+        b = boundary or {}
+        rec, rule = recommend(lo, max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
         plain = [p for p in self.probes if p.phase != REPLICATE]
+        rt = [self.range_test] if self.range_test else []
+        return SettingAnswer(
+            params=self.params, label=short_name(self.params) or "config",
+            budget_steps=max((p.steps - p.start_step for p in self.tested), default=0),
+            counts={v: sum(p.verdict == v for p in self.tested) for v in VERDICTS},
+            min_stable_lr=self.min_stable, max_stable_lr=lo, min_diverged_lr=self.min_diverged, min_failed_lr=hi,
+            stalled_below=self.stalled_below, stalled_above=self.stalled_above, best_lr=lo, recommended_lr=rec,
+            rule=rule, safety=safety, lr_at_5pct_risk=b.get("lr_at_risk"),
+            lr_at_5pct_risk_interval=b.get("lr_at_risk_interval"), lr_at_50pct=b.get("lr_at_50"),
+            single_seed=b.get("single_seed"), evidence=b.get("evidence"), boundary_note=b.get("note"),
+            replicates=len(self.replicates), replicate_flops=sum(p.train_flops for p in self.replicates),
+            train_flops=sum(p.train_flops for p in plain + rt), status=self.status,
+            probes=len(self.tested) + len(rt), compute_s=sum(p.wall_s for p in plain + rt))
+
+    def summary(self, safety: float, boundary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything known of the setting, as ramp.json says it: its answer (`answer`), its
+        range test and its probes."""
+        a = self.answer(safety, boundary)
+        lo, hi = a.max_stable_lr, a.min_failed_lr
+        extra = {} if boundary is None else {
+            "lr_at_5pct_risk": a.lr_at_5pct_risk, "lr_at_5pct_risk_interval": a.lr_at_5pct_risk_interval,
+            "lr_at_50pct": a.lr_at_50pct, "evidence": a.evidence, "single_seed": a.single_seed,
+            "boundary_note": a.boundary_note, "replicates": a.replicates, "replicate_flops": a.replicate_flops,
+            "replicate_compute_s": sum(p.wall_s for p in self.replicates)}
         return {
-            "setting": self.key, "params": self.params, "status": self.status,
-            "min_stable_lr": self.min_stable, "max_stable_lr": lo, "min_diverged_lr": self.min_diverged,
-            "min_failed_lr": hi, "stalled_below": self.stalled_below, "stalled_above": self.stalled_above,
-            "ratio": (hi / lo) if lo and hi else None,
-            "recommended_lr": recommended_lr(lo, max_stable=lo, min_diverged=hi, safety=safety, at_risk=at_risk),
-            "probes": len(self.tested) + (1 if self.range_test else 0),
-            "compute_s": sum(p.wall_s for p in plain) + (self.range_test.wall_s if self.range_test else 0),
-            TRAIN_FLOPS: sum(p.train_flops for p in plain)
-            + (self.range_test.train_flops if self.range_test else 0),
-            BUDGET_STEPS: max((p.steps - p.start_step for p in self.tested), default=0),
+            "setting": self.key, "params": self.params, "status": a.status,
+            "min_stable_lr": a.min_stable_lr, "max_stable_lr": lo, "min_diverged_lr": a.min_diverged_lr,
+            "min_failed_lr": hi, "stalled_below": a.stalled_below, "stalled_above": a.stalled_above,
+            "ratio": (hi / lo) if lo and hi else None, "recommended_lr": a.recommended_lr,
+            "probes": a.probes, "compute_s": a.compute_s, TRAIN_FLOPS: a.train_flops, BUDGET_STEPS: a.budget_steps,
             "range_test": asdict(self.range_test) if self.range_test else None,
             "probe_list": [asdict(p) for p in self.probes],
             **extra,

@@ -23,14 +23,27 @@ import itertools
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from stablesweep.analysis.answer import (
+    RAMP_MD_COLUMNS,
+    RAMP_TEXT_COLUMNS,
+    RAMP_WORDS,
+    SettingAnswer,
+    answers_markdown,
+    answers_text,
+    boundary_markdown,
+    boundary_text,
+    recommended_header,
+    rule_line,
+)
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.plots import boundary_data, plot_boundary, plot_ramp, ramp_data
+from stablesweep.analysis.text import sig3_text
 from stablesweep.config import ConfigError, load_config
 from stablesweep.data import build_data
 from stablesweep.sweep.cluster import (
@@ -91,6 +104,7 @@ class RampResult:
     tracking_uri: str
     parent_run_id: str
     wall_s: float
+    answers: list[SettingAnswer] = field(default_factory=list)  # per setting, as `summary`
 
 
 # ---- planning (no Ray) -----------------------------------------------------------------------
@@ -216,11 +230,13 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         if opts.replicates:
             runner.replicate(settings, opts.replicates, cfg.training.seed)
             fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
-        summary = [s.summary(opts.safety, fits[i][0].to_dict() if fits else None) for i, s in enumerate(settings)]
-        files = write_ramp(settings, summary, opts, base, cfg, ramp_dir, name)
+        bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
+        answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
+        summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
+        files = write_ramp(settings, answers, summary, opts, base, cfg, ramp_dir, name)
         if fits:
             files["ramp_boundary.png"] = plot_boundary(
-                boundary_data([short_name(s.params) or "config" for s in settings], fits),
+                boundary_data([a.label for a in answers], fits),
                 ramp_dir / "ramp_boundary.png", budget)
         total_probes = sum(x["probes"] for x in summary)
         tracker.end_sweep(parent, {"probes": float(total_probes),
@@ -230,15 +246,16 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         tracker.log_setting_metrics(parent, ((x["params"], x) for x in summary))
         for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
             tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
-        echo(format_table(summary, budget))
+        echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
+             + answers_text(answers, RAMP_TEXT_COLUMNS))
         if fits:
-            echo(format_boundary(summary))
+            echo(boundary_text(answers, RAMP_WORDS))
         echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
         echo(f"MLflow: {ui_command(uri)}")
         link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
         if link:
             echo(f"  the stable probes, best first: {link}")
-        return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started)
+        return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
 
 
 @dataclass
@@ -295,7 +312,7 @@ class _Rounds:
                 if s.status != RUNNING and s.key not in announced:
                     announced.add(s.key)
                     self.echo(f"  done {short_name(s.params) or 'config'}: {s.status}, max stable "
-                              f"{_fmt(s.max_stable)}, min failed {_fmt(s.min_failed)}, {len(s.probes)} probes")
+                              f"{sig3_text(s.max_stable)}, min failed {sig3_text(s.min_failed)}, {len(s.probes)} probes")
 
     def replicate(self, settings: list[Setting], k: int, base_seed: int) -> None:
         """K seeds at the lrs around each bracketed setting's boundary, in one round, from scratch."""
@@ -400,56 +417,9 @@ class _Rounds:
 
 # ---- outputs ------------------------------------------------------------------------------------
 
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3g}"
-
-
-def format_boundary(summary: list[dict]) -> str:
-    """The probability boundary per setting, and what the replicates cost next to the plain ramp."""
-    lines = ["P(fails | lr) per setting (logistic in log lr over every probe and replicate):"]
-    for x in summary:
-        iv = x["lr_at_5pct_risk_interval"]
-        lines.append(f"  {short_name(x['params']) or 'config'}: lr at 5% risk {_fmt(x['lr_at_5pct_risk'])}"
-                     + (f" (interval {_fmt(iv[0])}..{_fmt(iv[1])})" if iv else "")
-                     + f", at 50% {_fmt(x['lr_at_50pct'])}; {x['replicates']} replicates, "
-                     f"{x['replicate_flops']:.3g} FLOPs (the ramp: {x[TRAIN_FLOPS]:.3g})"
-                     + (f"; {x['boundary_note']}" if x["boundary_note"] else ""))
-    return "\n".join(lines)
-
-
-def _stalls(x: dict) -> str:
-    """The stalls of a setting: `below 1e-06,2e-06; above 0.5`, or `-`."""
-    parts = [f"{side} {','.join(_fmt(v) for v in x[f'stalled_{side}'])}" for side in ("below", "above")
-             if x[f"stalled_{side}"]]
-    return "; ".join(parts) or "-"
-
-
-def format_table(summary: list[dict], budget: int) -> str:
-    head = ["setting", "status", "max stable lr", "min failed lr", "stalled", "recommended lr", "probes",
-            "compute s", "train FLOPs"]
-    rows = [[short_name(x["params"]) or "config", x["status"], _fmt(x["max_stable_lr"]),
-             _fmt(x["min_failed_lr"]), _stalls(x), _fmt(x["recommended_lr"]), str(x["probes"]),
-             f"{x['compute_s']:.1f}", f"{x[TRAIN_FLOPS]:.3g}"] for x in summary]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    lines = [f"largest stable lr per setting (budget {budget} steps a probe)",
-             "  ".join(h.ljust(w) for h, w in zip(head, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-STATUS_TEXT = {
-    "bracketed": "bracketed",
-    "never_diverged": "never diverged up to --lr-stop",
-    "diverged_at_start": "diverged already at --lr-start",
-    "never_trained": "no lr trained (stalled below, diverged or stalled above)",
-    "error": "a probe crashed",
-    "running": "unfinished",
-}
-
-
-def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, base: dict, cfg, ramp_dir: Path,
-               name: str) -> dict[str, Path]:
+def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: list[dict], opts: RampOptions,
+               base: dict, cfg, ramp_dir: Path, name: str) -> dict[str, Path]:
+    """ramp.json (`summary`), ramp.md, recommended/<setting>.yaml and ramp.png."""
     from stablesweep.config import set_dotted
 
     files: dict[str, Path] = {}
@@ -470,48 +440,28 @@ def write_ramp(settings: list[Setting], summary: list[dict], opts: RampOptions, 
           "*min failed lr*: the smallest lr that did not train, diverged or stalled above the stable band "
           "(finite, but the loss fell less than monitor.min_progress of its initial loss). The bracket lies "
           "between *max stable lr* and it. *stalled*: lrs that stalled below the band (too small) and above it.", "",
-          "| setting | status | min stable lr | max stable lr | min diverged lr | min failed lr | stalled | "
-          "recommended lr | probes | compute s | train FLOPs |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for x in summary:
-        md.append(f"| {short_name(x['params']) or 'config'} | {STATUS_TEXT.get(x['status'], x['status'])} | "
-                  f"{_fmt(x['min_stable_lr'])} | {_fmt(x['max_stable_lr'])} | {_fmt(x['min_diverged_lr'])} | "
-                  f"{_fmt(x['min_failed_lr'])} | {_stalls(x)} | {_fmt(x['recommended_lr'])} | "
-                  f"{x['probes']} | {x['compute_s']:.1f} | {x[TRAIN_FLOPS]:.3g} |")
-    if summary and "lr_at_5pct_risk" in summary[0]:
-        md += ["", "## The boundary as a probability", "",
-               f"{opts.replicates} seed(s) at the lrs inside each bracket and at its ends; P(fails | lr) "
-               "fitted in log lr over every probe and replicate (a failure: diverged, or stalled above the "
-               f"stable band), at the budget of {budget} steps. The recommended lr is at most {opts.safety} x "
-               "the lr at 5% risk where it was measured.", "",
-               "| setting | lr at 5% risk | interval | lr at 50% | evidence (lr: failures/runs) | replicates | "
-               "replicate FLOPs | ramp FLOPs | note |", "|---|---|---|---|---|---|---|---|---|"]
-        for x in summary:
-            iv = x["lr_at_5pct_risk_interval"]
-            ev = ", ".join(f"{_fmt(e['lr'])}: {e['failures']}/{e['runs']}" for e in x["evidence"])
-            md.append(f"| {short_name(x['params']) or 'config'} | {_fmt(x['lr_at_5pct_risk'])} | "
-                      f"{f'{_fmt(iv[0])}..{_fmt(iv[1])}' if iv else '-'} | {_fmt(x['lr_at_50pct'])} | {ev or '-'} | "
-                      f"{x['replicates']} | {x['replicate_flops']:.3g} | {x[TRAIN_FLOPS]:.3g} | "
-                      f"{x['boundary_note'] or '-'} |")
+          *answers_markdown(answers, RAMP_MD_COLUMNS)]
+    if answers and opts.replicates:
+        md += ["", *boundary_markdown(answers, RAMP_WORDS, seeds=opts.replicates, budget=budget, safety=opts.safety)]
     files["ramp.md"] = ramp_dir / "ramp.md"
-    files["ramp.md"].write_text("\n".join(md) + "\n")
+    files["ramp.md"].write_text("\n".join(md).rstrip("\n") + "\n")
     rec_dir = ramp_dir / "recommended"
     rec_dir.mkdir(exist_ok=True)
-    for s, x in zip(settings, summary):
-        if x["recommended_lr"] is None:
+    for s, a in zip(settings, answers):
+        if a.recommended_lr is None:
             continue
         raw = json.loads(json.dumps(base))
         for k, v in s.params.items():
             set_dotted(raw, k, v)
-        set_dotted(raw, LR_KEY, float(f"{x['recommended_lr']:.3g}"))
-        header = (f"# recommended by `stablesweep ramp` ({name}): lr = {x['recommended_lr']:.3g}, at most {opts.safety} x "
-                  f"the smallest lr that diverged or stalled above the stable band {_fmt(x['min_failed_lr'])}\n"
-                  f"# (largest stable: {x['max_stable_lr']:.3g}; {opts.safety} x it where none failed), measured with "
-                  f"a budget of {budget} steps a probe; stability may not hold for longer runs.\n")
+        set_dotted(raw, LR_KEY, float(f"{a.recommended_lr:.3g}"))
+        header = recommended_header([
+            f"recommended by `stablesweep ramp` ({name}): {rule_line(a, opts.replicates, short=True)}",
+            f"(largest stable: {a.max_stable_lr:.3g}; {opts.safety} x it where none failed), measured with "
+            f"a budget of {budget} steps a probe; stability may not hold for longer runs."])
         path = rec_dir / f"{s.key}.yaml"
         path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
         files[f"recommended/{s.key}.yaml"] = path
-    labels = [short_name(s.params) or "config" for s in settings]
+    labels = [a.label for a in answers]
     probes = [[(p.lr, p.verdict, p.phase) for p in s.tested] for s in settings]
     files["ramp.png"] = plot_ramp(ramp_data(labels, probes, summary, budget), ramp_dir / "ramp.png")
     return files

@@ -163,3 +163,42 @@ def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
     for lr, seed in replicate_probes(one, 1, 0):
         one.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
     assert fit_boundary(boundary_runs(one, 0))[0].single_seed
+
+
+@pytest.mark.parametrize("replicates", [0, 2])
+def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicates):
+    """recommended/<setting>.yaml: with replicates the 5%-risk lr sets the lr and the header says
+    so; without, the smallest failed lr. ramp.md has the boundary section with replicates only."""
+    from pathlib import Path
+
+    import yaml
+
+    from stablesweep.analysis.boundary import fit_boundary
+    from stablesweep.config import load_config
+    from stablesweep.sweep.options import RampOptions
+    from stablesweep.sweep.ramp import boundary_runs
+    from stablesweep.sweep.ramp_runner import write_ramp
+
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    cfg = load_config(demo, ["training.steps=100"])
+    s = Setting("s00", {}, [1e-3, 1e-2, 1e-1], status=BRACKETED)
+    s.probes = [Probe(lr, v, steps=100) for lr, v in ((1e-3, "stable"), (1e-2, "stable"), (3e-2, "diverged"))]
+    if replicates:
+        s.probes += [Probe(lr, v, steps=100, phase="replicate", seed=sd)
+                     for lr, v, sd in ((1e-2, "diverged", 1), (3e-2, "stable", 1), (1e-2, "stable", 2))]
+    b = fit_boundary(boundary_runs(s, 0))[0].to_dict() if replicates else None
+    opts = RampOptions(config=str(demo), lr_start=1e-3, lr_stop=1e-1, replicates=replicates)
+    files = write_ramp([s], [s.answer(0.5, b)], [s.summary(0.5, b)], opts, cfg.to_dict(), cfg, tmp_path, "r")
+    text = files["recommended/s00.yaml"].read_text()
+    header = [ln for ln in text.splitlines() if ln.startswith("#")]
+    rec = s.answer(0.5, b).recommended_lr
+    assert yaml.safe_load(text)["training"]["lr"] == pytest.approx(float(f"{rec:.3g}"))
+    if replicates:
+        assert "at most 0.5 x the lr at 5% risk of failing" in header[0] and "smallest lr" not in header[0]
+        assert f"{b['lr_at_risk']:.3g}, fitted over" in header[0]
+        assert "## The boundary as a probability" in files["ramp.md"].read_text()
+    else:
+        assert header[0] == ("# recommended by `stablesweep ramp` (r): lr = 0.01, at most 0.5 x the smallest lr "
+                             "that diverged or stalled above the stable band 0.03")
+        assert "## The boundary" not in files["ramp.md"].read_text()
+    assert header[1].startswith("# (largest stable: 0.01; 0.5 x it where none failed), measured with a budget of 100")
