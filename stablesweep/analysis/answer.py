@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from stablesweep.analysis.text import lr_text, md_table, num_text, sig3_text, text_table
-from stablesweep.vocab import SAFETY, VERDICTS, format_value, recommended_lr, short_key
+from stablesweep.vocab import SAFETY, SETTING_METRICS, VERDICTS, format_value, recommended_lr, short_key
 
 # ---- the rule that sets the recommended lr ---------------------------------------------------------
 
@@ -92,9 +92,10 @@ class SettingAnswer:
         """The lr the recommendation keeps its margin below: the one its rule names."""
         return getattr(self, self.rule) if self.rule else None
 
-    def setting_metrics(self, names: Iterable[str]) -> tuple[dict[str, Any], dict[str, float | None]]:
-        """(the setting's params, its numbers by name) for the parent run of its sweep or ramp:
-        `names` are fields of the record (tracking's SETTING_METRICS)."""
+    def setting_metrics(self, names: Iterable[str] = SETTING_METRICS
+                        ) -> tuple[dict[str, Any], dict[str, float | None]]:
+        """(the setting's params, its numbers by name) for the parent run of its sweep or ramp
+        (`Tracker.log_setting_metrics`): `names` are fields of the record."""
         return dict(self.params), {n: getattr(self, n) for n in names}
 
 

@@ -243,7 +243,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
-        tracker.log_setting_metrics(parent, ((x["params"], x) for x in summary))
+        tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
         for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
             tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
         echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"

@@ -495,7 +495,7 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     metrics.update({f"trials_{k}": float(v) for k, v in counts.items()})
     if region.best:
         metrics["best_objective"] = region.best[OBJECTIVE]
-    tracker.log_setting_metrics(parent, ((g.key, vars(g)) for g in region.groups))
+    tracker.log_setting_metrics(parent, (a.setting_metrics() for a in region.answers()))
     for trial_id, margin in zip(done["trial_id"], lr_margins(done, region)) if len(done) else ():
         run_id = tracker.trial_run(parent, trial_id, "", {})
         tracker.set_margin(run_id, margin)

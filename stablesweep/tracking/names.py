@@ -42,9 +42,6 @@ LR_MARGIN = "lr_margin"  # lr / the smallest diverged lr of the run's setting in
 DIVERGED_AT_STEP = "diverged_at_step"
 STEP_LOSS, STEP_GRAD_NORM = "step_loss", "step_grad_norm"  # a diverged run's last steps, raw
 CONSTANTS = (INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)  # the same at every report: tags, once
-# per setting on a parent run: `<name>.<setting slug>`
-SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk",
-                   "lr_at_50pct")
 
 _LABEL = re.compile(r"^(?:%s)(?:@\d+)?(?: |$)" % "|".join(VERDICTS))  # a verdict leading a run name
 

@@ -29,8 +29,7 @@ from stablesweep.analysis.answer import (
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.region import add_boundaries, analyze, answer_of
 from stablesweep.sweep.ramp import BRACKETED, Probe, Setting, boundary_runs
-from stablesweep.tracking import SETTING_METRICS
-from stablesweep.vocab import recommended_lr
+from stablesweep.vocab import SETTING_METRICS, recommended_lr
 from tests.analysis.tables import GROUPS, KEYS, trial
 
 CLIP = {"training.max_grad_norm": 1.0}

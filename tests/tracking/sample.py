@@ -52,7 +52,7 @@ def log_sweep(uri: str, files: Path) -> dict:
         tr.finish_trial(run, verdict, reason, bad, summary, tags={"node_id": "n1"})
         tr.set_margin(run, margins.iloc[i])
         runs[tid] = run
-    tr.log_setting_metrics(parent, ((g.key, vars(g)) for g in region.groups))
+    tr.log_setting_metrics(parent, (a.setting_metrics() for a in region.answers()))
     (files / "stable_region.md").write_text("# region\n")
     (files / "figures").mkdir()
     (files / "figures" / "a.png").write_bytes(b"\x89PNG")
