@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablesweep.cluster import ClusterError
+from stablesweep.cluster.launcher import ClusterError
 from stablesweep.config import ConfigError
 from stablesweep.data.manifests import DataError
 from stablesweep.explain import ExplainError

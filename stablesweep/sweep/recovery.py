@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from stablesweep.sweep.cluster import uri_scheme
+from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.search import ABANDONED, open_study, study_summary
 from stablesweep.vocab import FIRST_BAD_STEP, OBJECTIVE, REASON, STEPS, VERDICT
 

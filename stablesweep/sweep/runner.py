@@ -45,17 +45,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from stablesweep.cluster.storage import storage_paths
 from stablesweep.config import Config, load_config
 from stablesweep.data import build_data
 from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback
-from stablesweep.sweep.cluster import (
-    check_run_options,
-    cluster_checks,
-    ephemeral_path_notes,
-    storage_paths,
-    trial_resources,
-)
 from stablesweep.sweep.options import SweepOptions
+from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes, trial_resources
 from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.recovery import (
     OutputFault,

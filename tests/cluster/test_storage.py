@@ -7,18 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stablesweep.sweep.cluster import (
-    CLUSTER_MAX_FAILURES,
-    ClusterShape,
-    autoscaler_node_types,
-    check_shared_storage,
-    cluster_checks,
-    ephemeral_path_notes,
-    is_shared_uri,
-    storage_paths,
-    trial_resources,
-)
+from stablesweep.cluster.shape import ClusterShape, autoscaler_node_types
+from stablesweep.cluster.storage import check_shared_storage, is_shared_uri, storage_paths
 from stablesweep.sweep.options import SweepOptions
+from stablesweep.sweep.placement import CLUSTER_MAX_FAILURES, cluster_checks, ephemeral_path_notes, trial_resources
 from stablesweep.sweep.runner import plan_sweep
 from stablesweep.vocab import InputError
 
