@@ -25,6 +25,10 @@ beside the config (or in `out_dir`), every changed key commented with the findin
 Label errors are never "fixed" by a clamp: the finding names the manifest and lines to fix, and
 the fixed config says in a comment that the data still needs it.
 
+After a run diverged, `stablesweep explain` (explain.py) says why by experiment: it replays the
+run's last steps from a kept checkpoint as they were and under one change at a time (masking,
+precision, a lower lr, another data order) and names the first change that removes the divergence.
+
 Importing this package does not import torch: the checks and the probe load it once the config
 and the region file have been read.
 """
