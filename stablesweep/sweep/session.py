@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
-from stablesweep.sweep.ddp import ddp_trainable
+from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
 from stablesweep.sweep.stopper import DivergenceStopper

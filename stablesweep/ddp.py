@@ -1,6 +1,7 @@
-"""Data parallelism for the training loop, from torch.distributed alone (no Ray): whoever starts
-the ranks (Ray Train's TorchTrainer in a sweep, torchrun by hand) initializes the process group,
-and `Trainer` reads it here.
+"""Data parallelism for the training loop (train.py), from torch.distributed alone (no Ray):
+whoever starts the ranks (Ray Train's TorchTrainer in a sweep's data-parallel trial,
+stablesweep.sweep.ddp_trial; torchrun by hand) initializes the process group, and `Trainer` reads
+it here.
 
 What makes every rank reach the same verdict at the same step, with no collective per step:
 - DDP averages the gradients, so every rank holds the same gradients and computes the same
