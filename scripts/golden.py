@@ -1,7 +1,7 @@
 """Check that a change leaves stablesweep's answers as they were.
 
-    python scripts/golden.py capture OUT   # a fixed-seed demo sweep and ramp; their answers -> OUT/golden.json
-    python scripts/golden.py compare A B   # exit 0 when A/golden.json and B/golden.json say the same
+    python scripts/golden.py capture OUT   # a fixed-seed demo sweep and ramp; into OUT
+    python scripts/golden.py compare A B   # exit 0 when captures A and B say the same
 
 The sweep is a 3 x 2 grid (lr 0.01, 1, 1000 x clip none, 1.0) of 20 constant-budget steps without
 ASHA; the ramp climbs the x10 ladder from 0.01 to 1000 at 20 steps. Both are deterministic on CPU.
@@ -34,6 +34,8 @@ def _round(x):
 
 
 def _clean(obj, key=""):
+    if key == "importance" and isinstance(obj, dict):  # fANOVA's forest: the ranking's keys only
+        return sorted(obj)
     if isinstance(obj, dict):
         return {k: _clean(v, k) for k, v in sorted(obj.items()) if not VOLATILE.search(str(k))}
     if isinstance(obj, list):
@@ -49,6 +51,27 @@ def _text(s: str) -> str:
     s = re.sub(r"\d{4}-\d{2}-\d{2}[ T_][\d:.\-]+", "<DATE>", s)
     s = re.sub(r"\b\d+(\.\d+)?\s?s\b", "<S>", s)  # wall seconds in text tables
     return HEX.sub("<HEX>", s)
+
+
+def _markdown(text: str) -> list[str]:
+    """Lines of a text file; in a markdown table, wall-time columns blanked, and the importance
+    table's values dropped (its forest is not bit-stable across trial orders)."""
+    out, blank, importance = [], set(), False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = line.strip("|").split("|")
+            if any("compute s" in c or c.strip() == "wall" for c in cells):
+                blank = {i for i, c in enumerate(cells) if "compute s" in c or c.strip() == "wall"}
+                importance = any("importance" in c for c in cells)
+            cells = ["" if i in blank else c for i, c in enumerate(cells)]
+            if importance or any("importance" in c for c in cells):
+                importance = True
+                cells = cells[:1]
+            line = "|".join(cells)
+        else:
+            blank, importance = set(), False
+        out.append(_text(line))
+    return out
 
 
 def _table(path: Path) -> list[dict]:
@@ -84,7 +107,7 @@ def _files(d: Path, names: list[str]) -> dict:
             elif p.suffix == ".csv":
                 out[rel] = _table(p)
             else:
-                out[rel] = [_text(line) for line in p.read_text().splitlines()]
+                out[rel] = _markdown(p.read_text())
     return out
 
 
@@ -100,19 +123,22 @@ def capture(out: Path) -> None:
     for cmd in (sweep, ramp):
         print("$", " ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    answers = {
+    print(f"captured in {out}")
+
+
+def answers(out: Path) -> dict:
+    """The answers of a capture, normalised (read from its files and MLflow stores)."""
+    return {
         "sweep": _files(out / "sweep" / "g", ["stable_region.json", "stable_region.md", "trials.csv",
                                               "recommended.yaml", "recommended/*.yaml"]),
         "sweep_mlflow": _mlflow(out / "sweep" / "mlflow.db"),
         "ramp": _files(out / "ramp" / "r", ["ramp.json", "ramp.md", "recommended/*.yaml"]),
         "ramp_mlflow": _mlflow(out / "ramp" / "mlflow.db"),
     }
-    (out / "golden.json").write_text(json.dumps(answers, indent=1, sort_keys=True, default=str))
-    print(f"wrote {out / 'golden.json'}")
 
 
 def compare(a: Path, b: Path) -> int:
-    ja, jb = (json.loads((d / "golden.json").read_text()) for d in (a, b))
+    ja, jb = (json.loads(json.dumps(answers(d.resolve()), sort_keys=True, default=str)) for d in (a, b))
     diffs = []
 
     def walk(x, y, where):

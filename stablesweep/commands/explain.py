@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def source(run: str, uri: str | None):
     """A run directory, or an MLflow run (a run id or runs:/RUN_ID) in the store `uri`."""
-    from stablesweep.commands.compare import resolve_uri
+    from stablesweep.commands.args import resolve_uri
     from stablesweep.diagnose.explain import ExplainError, read_run, read_trial
 
     m = re.fullmatch(r"runs:/([^/]+)(/.*)?", run)
