@@ -109,7 +109,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str, ratio: float = 1.0) -> float:
+def schedule_factor(step: int, warmup: int, total: int, schedule: str, ratio: float = 1.0) -> float:
     """Linear warmup to 1, then constant, cosine decay to 0 at `total`, or exponential growth to
     `ratio` (lr_final / lr) at the last step."""
     if warmup and step < warmup:
@@ -168,7 +168,7 @@ class Trainer:
                                         momentum=t.momentum, betas=t.betas, capturable=one_graph)
         self.total = total_steps(cfg, self.data.train_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule,
+            self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, self.total, t.schedule,
                                                 (t.lr_final or t.lr) / t.lr))
         self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
         self.monitor = DivergenceMonitor(cfg.monitor, self.device, datasets=len(self.space.names))

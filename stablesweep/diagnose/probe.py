@@ -28,11 +28,10 @@ from stablesweep.data.mixing import (
     MultiData,
     segments,
 )
-from stablesweep.stability.loss import GuardedLoss
+from stablesweep.stability.loss import VALUE_MASKS, GuardedLoss
 from stablesweep.stability.monitor import Snapshot
 from stablesweep.train import Trainer, resolve_device
 
-from .checks import VALUE_MASKS
 from .findings import MAX_LINES, Finding
 
 
