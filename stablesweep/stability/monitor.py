@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from stablesweep.config import MonitorConfig
+from stablesweep.stability.graphs import GraphCache
 from stablesweep.vocab import (
     AT_RISK,
     AT_RISK_SIGNAL,
@@ -245,25 +246,22 @@ def _step(v: torch.Tensor, ring: torch.Tensor, acc: torch.Tensor, slots: torch.T
 
 
 class _Graphed:
-    """Calls replayed as CUDA graphs, one a key: the host issues one graph launch instead of a
-    kernel launch an op (on a host-bound step the guard's cost is its launches). A call is
-    `commit(pure(inputs))`: `pure` only reads (it runs once eagerly on a side stream before the
-    capture, as capture needs), `commit` writes what must outlive the call in place and returns
-    the result. The inputs are copied into static buffers before each replay (one foreach copy);
-    the result is static too: valid until the next call. Keys beyond `LIMIT` run eagerly."""
-
-    LIMIT = 8
+    """Calls replayed as CUDA graphs, one a key (graphs.py): the host issues one graph launch
+    instead of a kernel launch an op (on a host-bound step the guard's cost is its launches). A
+    call is `commit(pure(inputs))`: `pure` only reads (it runs once eagerly on a side stream before
+    the capture, as capture needs), `commit` writes what must outlive the call in place and returns
+    the result. Keys beyond the cache's limit run eagerly."""
 
     def __init__(self, pure, commit):
         self.pure, self.commit = pure, commit
-        self.graphs: dict = {}
+        self.graphs = GraphCache()
 
     def __call__(self, key, inputs: list[torch.Tensor | None], fixed: tuple[int, ...] = ()):
         """`fixed`: positions of inputs the graph reads where they are (constants such as the class
         mask: not copied; another object there is another graph)."""
         key = (key, *(id(inputs[i]) for i in fixed))  # the record below keeps those objects alive
         if key not in self.graphs:
-            if len(self.graphs) >= self.LIMIT:
+            if self.graphs.full:
                 return self.commit(self.pure(inputs))
             static = [x if x is None or i in fixed else x.clone() for i, x in enumerate(inputs)]
             side = torch.cuda.Stream()
@@ -271,16 +269,9 @@ class _Graphed:
             with torch.cuda.stream(side):
                 self.pure(static)
             torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (pin memory) go on
-                result = self.commit(self.pure(static))
             copied = [i for i, x in enumerate(static) if x is not None and i not in fixed]
-            self.graphs[key] = (graph, static, result, copied)
-        graph, static, result, copied = self.graphs[key]
-        if copied:
-            torch._foreach_copy_([static[i] for i in copied], [inputs[i] for i in copied])
-        graph.replay()
-        return result
+            self.graphs.capture(key, static, lambda st: self.commit(self.pure(st)), copied)
+        return self.graphs.replay(key, inputs)
 
 
 def _shape(x: torch.Tensor | None):
