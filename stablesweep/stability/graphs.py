@@ -1,5 +1,5 @@
-"""Captured CUDA graphs kept by key, up to `LIMIT` of them: what the monitor's step (monitor.py) and
-the one-graph guarded step (precision.py) share.
+"""Captured CUDA graphs kept by key, up to `LIMIT` of them (`GraphCache`): what the monitor's step
+(monitor.py, through `GraphedCall`) and the one-graph guarded step (precision.py) share.
 
 A graph reads its inputs from static tensors captured with it and writes its result to static
 tensors too: before each replay the call's inputs are copied into the static ones (one foreach
@@ -64,3 +64,32 @@ class GraphCache:
             before()
         c.graph.replay()
         return c.result
+
+
+class GraphedCall:
+    """Calls replayed as CUDA graphs, one a key: the host issues one graph launch instead of a
+    kernel launch an op (on a host-bound step, such as the monitor's, the cost is its launches). A
+    call is `commit(pure(inputs))`: `pure` only reads (it runs once eagerly on a side stream before
+    the capture, as capture needs), `commit` writes what must outlive the call in place and returns
+    the result. Keys beyond the cache's limit run eagerly."""
+
+    def __init__(self, pure, commit):
+        self.pure, self.commit = pure, commit
+        self.graphs = GraphCache()
+
+    def __call__(self, key, inputs: list[torch.Tensor | None], fixed: tuple[int, ...] = ()):
+        """`fixed`: positions of inputs the graph reads where they are (constants such as the class
+        mask: not copied; another object there is another graph)."""
+        key = (key, *(id(inputs[i]) for i in fixed))  # the captured static inputs keep those objects alive
+        if key not in self.graphs:
+            if self.graphs.full:
+                return self.commit(self.pure(inputs))
+            static = [x if x is None or i in fixed else x.clone() for i, x in enumerate(inputs)]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.pure(static)
+            torch.cuda.current_stream().wait_stream(side)
+            copied = [i for i, x in enumerate(static) if x is not None and i not in fixed]
+            self.graphs.capture(key, static, lambda st: self.commit(self.pure(st)), copied)
+        return self.graphs.replay(key, inputs)
