@@ -32,7 +32,8 @@ precision, a lower lr, another data order) and names the first change that remov
 Importing this package does not import torch: the checks and the probe load it once the config
 and the region file have been read.
 """
-from .findings import SEVERITIES, Change, Diagnosis, Finding
+from .diagnosis import Diagnosis
+from .findings import SEVERITIES, Change, Finding
 from .fixed import fixed_config, write_fixed
 from .region_file import MeasuredRegion, MeasuredSetting, read_region
 from .report import format_changes, format_diagnosis

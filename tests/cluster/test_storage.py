@@ -11,7 +11,7 @@ from stablesweep.cluster.shape import ClusterShape, autoscaler_node_types
 from stablesweep.cluster.storage import check_shared_storage, is_shared_uri, storage_paths
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import CLUSTER_MAX_FAILURES, cluster_checks, ephemeral_path_notes, trial_resources
-from stablesweep.sweep.runner import plan_sweep
+from stablesweep.sweep.plan import plan_sweep
 from stablesweep.vocab import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
