@@ -13,7 +13,7 @@ import pytest
 
 from stablesweep.cluster.launcher import ClusterError
 from stablesweep.config import ConfigError
-from stablesweep.data.manifests import DataError
+from stablesweep.data.problems import DataError
 from stablesweep.diagnose.explain import ExplainError
 from stablesweep.sweep.space import SpaceError
 from stablesweep.vocab import (

@@ -20,7 +20,6 @@ from typing import Any, Callable
 import torch
 
 from stablesweep.config import Config
-from stablesweep.data.manifests import DataError, LabelReport
 from stablesweep.data.mixing import (
     Batch,
     LabelSpace,
@@ -28,6 +27,7 @@ from stablesweep.data.mixing import (
     MultiData,
     segments,
 )
+from stablesweep.data.problems import DataError, LabelReport
 from stablesweep.stability.loss import VALUE_MASKS, GuardedLoss
 from stablesweep.stability.monitor import Snapshot
 from stablesweep.train import Trainer, resolve_device
