@@ -1,13 +1,15 @@
 # make demo: create .venv if needed, install, run the embedded demo sweep, print where results are.
 # make test: create .venv if needed, install with test extras, lint (ruff), run the suite (all but the
-#            multi-node tests, which `make cluster-test` runs; .ci/run runs both).
+#            multi-node tests, which `make cluster-test` runs; .ci/run runs both). Tests marked gpu are
+#            skipped where there is no CUDA device.
+# make test-gpu: on a GPU machine, the tests that need CUDA (marked gpu: the CUDA-graph steps).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test lint cluster-test install clean stable-template
+.PHONY: demo test test-gpu lint cluster-test install clean stable-template
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+test-gpu: $(STAMP)
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device here')"
+	$(BIN)/python -m pytest -m gpu
 
 # The multi-node tests: a second (and third) Ray node by `ray start` on loopback (~8 min), and Ray's
 # own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min)

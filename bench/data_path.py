@@ -44,12 +44,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from stablesweep.commands.data import measure_input, measure_training  # noqa: E402
 from stablesweep.config import FOOD_DATASETS, config_from_dict  # noqa: E402
 from stablesweep.data import build_data  # noqa: E402
 from stablesweep.data.images import MEAN, STD  # noqa: E402
 from stablesweep.model import build_model  # noqa: E402
 from stablesweep.stability.precision import make_optimizer  # noqa: E402
+from stablesweep.throughput import measure_input, measure_training  # noqa: E402
 
 GRID = 8  # the images: a per-class low-frequency colour pattern plus noise, so JPEGs look like photos in size
 

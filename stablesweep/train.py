@@ -8,7 +8,7 @@ report interval (the monitor's one host sync) and once at the end, so the same l
 Data parallel: when torch.distributed is initialized (by Ray Train in a sweep's multi-worker
 trial, or by torchrun), the loop runs on every rank with DDP: each rank trains on its share of
 every global batch of `training.batch_size`, and the monitor's state and the per-dataset sums are
-reduced once per report (see stablesweep.distributed), so every rank reports the same metrics and
+reduced once per report (see stablesweep.ddp), so every rank reports the same metrics and
 reaches the same verdict at the same step; rank 0 writes the checkpoints.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stablesweep.config import Config, ConfigError, total_steps
 from stablesweep.data import DeviceInput, MultiData, build_data
-from stablesweep.distributed import gather_rows, ranks, reduce_monitor, spread_nonfinite
+from stablesweep.ddp import gather_rows, ranks, reduce_monitor, spread_nonfinite
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
 from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
@@ -109,7 +109,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def lr_factor(step: int, warmup: int, total: int, schedule: str, ratio: float = 1.0) -> float:
+def schedule_factor(step: int, warmup: int, total: int, schedule: str, ratio: float = 1.0) -> float:
     """Linear warmup to 1, then constant, cosine decay to 0 at `total`, or exponential growth to
     `ratio` (lr_final / lr) at the last step."""
     if warmup and step < warmup:
@@ -168,7 +168,7 @@ class Trainer:
                                         momentum=t.momentum, betas=t.betas, capturable=one_graph)
         self.total = total_steps(cfg, self.data.train_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, t.warmup_steps, self.total, t.schedule,
+            self.optimizer, lambda s: schedule_factor(s, t.warmup_steps, self.total, t.schedule,
                                                 (t.lr_final or t.lr) / t.lr))
         self.loss_fn = GuardedLoss(cfg.loss, cfg.masking, self.space, self.device)
         self.monitor = DivergenceMonitor(cfg.monitor, self.device, datasets=len(self.space.names))

@@ -81,3 +81,18 @@ def cli(capsys, monkeypatch):
         return subprocess.CompletedProcess(argv, code, out.out, out.err)
 
     return run
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped where there is none (`make test-gpu` runs
+    them alone, on a GPU machine)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make test-gpu on a GPU machine)")
+    for item in gpu:
+        item.add_marker(skip)

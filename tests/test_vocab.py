@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablesweep.cluster import ClusterError
+from stablesweep.cluster.launcher import ClusterError
 from stablesweep.config import ConfigError
-from stablesweep.data.manifests import DataError
-from stablesweep.explain import ExplainError
+from stablesweep.data.problems import DataError
+from stablesweep.diagnose.explain import ExplainError
 from stablesweep.sweep.space import SpaceError
 from stablesweep.vocab import (
     SAFETY,

@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from stablesweep.cluster import ClusterError, check_file, check_live, load_cluster_file
+    from stablesweep.cluster.launcher import ClusterError, check_file, load_cluster_file
+    from stablesweep.cluster.live import check_live
 
     if not args.file and not args.address:
         raise ClusterError("cluster check: give a CLUSTER_YAML, --address, or both")
@@ -77,7 +78,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_stop(args: argparse.Namespace) -> int:
     import sys
 
-    from stablesweep.cluster import load_cluster_file, stop_nodes
+    from stablesweep.cluster.launcher import load_cluster_file, stop_nodes
 
     failed = stop_nodes(load_cluster_file(args.file))
     for f in failed:

@@ -7,9 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from stablesweep.commands.args import DEFAULT_STORE, resolve_uri
 from stablesweep.vocab import OBJECTIVE, VERDICTS, InputError
-
-DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
 
 EPILOG = """\
 examples:
@@ -88,16 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
                    help="seconds to wait for an MLflow server to answer (default 5)")
     p.set_defaults(func=run)
-
-
-def resolve_uri(uri: str | None) -> str:
-    if uri:
-        return uri
-    if DEFAULT_STORE.is_file():
-        return f"sqlite:///{DEFAULT_STORE}"
-    raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
-                     "`stablesweep sweep`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
-                     "or a server such as http://127.0.0.1:5000")
 
 
 def run(args: argparse.Namespace) -> int:

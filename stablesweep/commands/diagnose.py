@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from stablesweep.commands.args import add_set_argument
+
 EPILOG = """\
 examples:
   stablesweep diagnose configs/food_multi.yaml
@@ -24,8 +26,6 @@ Exit status: 0 healthy (no error or warning), 1 findings, 2 input unreadable.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from stablesweep.commands.train import add_set_argument
-
     p = sub.add_parser("diagnose", help="find what makes a config unstable, write <config>_fixed.yaml",
                        description="Diagnose a training config and its data: findings with severity, evidence "
                                    "and fix; optionally a short probe run; a fixed config.",

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stablesweep.explain import CAUSES, explain
+    from stablesweep.diagnose.explain import CAUSES, explain
     from stablesweep.train import resolve_device
 
     resolve_device(args.device)
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 def source(run: str, uri: str | None):
     """A run directory, or an MLflow run (a run id or runs:/RUN_ID) in the store `uri`."""
-    from stablesweep.commands.compare import resolve_uri
-    from stablesweep.explain import ExplainError, read_run, read_trial
+    from stablesweep.commands.args import resolve_uri
+    from stablesweep.diagnose.explain import ExplainError, read_run, read_trial
 
     m = re.fullmatch(r"runs:/([^/]+)(/.*)?", run)
     if Path(run).is_dir() or not (m or re.fullmatch(r"[0-9a-f]{32}", run)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from stablesweep.commands.sweep import add_cluster_arguments
+from stablesweep.commands.args import add_cluster_arguments
 from stablesweep.vocab import SAFETY
 
 EPILOG = """\

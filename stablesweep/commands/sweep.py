@@ -5,6 +5,7 @@ import argparse
 import shlex
 import sys
 
+from stablesweep.commands.args import add_cluster_arguments
 from stablesweep.vocab import ERROR, REASON, VERDICT
 
 EPILOG = """\
@@ -109,41 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "lr at 50%% and the evidence; the recommended lr is then at most half the 5%%-risk lr. "
                         "Without it each bracket is a single-seed estimate")
     p.set_defaults(func=run)
-
-
-def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, default_local: str, files: str) -> None:
-    """The options of a run on a multi-node Ray cluster, shared by `sweep` and `ramp` (whose runs
-    are made of `unit`s: trials, probes)."""
-    p.add_argument("--shared-storage", action="store_true",
-                   help="declare that the --out path is the same storage on every node of the cluster (an NFS "
-                        "mount at the same path); required for a path --out on a multi-node cluster")
-    p.add_argument("--local-dir", default=None, metavar="DIR",
-                   help=f"with a URI --out: where the {command}'s own files go on "
-                        f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
-    p.add_argument("--max-failures", type=int, default=None, metavar="N",
-                   help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
-                        "checkpoint (default: 2 on a multi-node cluster, 1 on one node)")
-    p.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
-                   help=f"data-parallel {unit}s: each {unit} is a Ray Train TorchTrainer run of N DDP workers (gloo on "
-                        f"CPU, NCCL on GPUs), and --cpus-per-trial, --gpus-per-trial and --resources-per-trial are "
-                        f"each worker's: --workers-per-trial 2 --gpus-per-trial 1 trains a {unit} on 2 GPUs. Every "
-                        f"global batch of training.batch_size (a multiple of N) is split among the workers. Default 1")
-    p.add_argument("--resources-per-trial", type=_resources, default=None, metavar="JSON",
-                   help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
-                        "on nodes started with `ray start --resources '{\"worker_node\": N}'`")
-
-
-def _resources(text: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e}); expected e.g. '{{\"worker_node\": 1}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object of resource names and amounts, "
-                                         "e.g. '{\"worker_node\": 1}'")
-    return value
 
 
 def resume_command(argv: list[str], name: str) -> str:

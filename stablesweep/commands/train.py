@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from stablesweep.commands.args import add_set_argument
+
 EPILOG = """\
 examples:
   stablesweep train configs/demo.yaml
@@ -40,12 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="reuse an --out that holds an earlier run: its result.json and checkpoints are removed first")
     p.add_argument("--quiet", action="store_true", help="print only the verdict")
     p.set_defaults(func=run)
-
-
-def add_set_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, dotted (repeatable): --set training.lr=2e-6 "
-                        "--set loss.masking=slice")
 
 
 def prepare_out(out: Path, *, explicit: bool, force: bool, resuming: bool) -> None:

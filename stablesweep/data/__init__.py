@@ -5,14 +5,14 @@ The training core's entry points: `build_data(cfg)` (validates every label first
 `validate_labels(cfg)` (a report of structured `Problem`s, never raises for data problems).
 """
 from .device import DeviceInput
-from .manifests import (
+from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset, validate_labels
+from .problems import (
            DataError,
            LabelReport,
            Problem,
            ProblemKind,
            SplitReport,
 )
-from .mixing import Batch, LabelSpace, MultiData, build_data, eval_subset, validate_labels
 from .synthetic import write_synthetic
 
 __all__ = ["DataError", "LabelSpace", "Batch", "MultiData", "build_data", "validate_labels", "LabelReport",

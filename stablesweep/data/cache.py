@@ -43,7 +43,8 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from .images import normalise
-from .manifests import DataError, FileSource
+from .manifests import FileSource
+from .problems import DataError
 
 FORMAT = "stablesweep-image-cache/1"
 HEADER_BYTES = 4096

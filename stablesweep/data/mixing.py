@@ -22,7 +22,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, get_worker_info
 from stablesweep.config import total_steps
 
 from .cache import cache_lookup, cached, size_text
-from .manifests import DataError, LabelReport, ProblemKind, scan
+from .manifests import scan
+from .problems import DataError, LabelReport, ProblemKind
 
 if TYPE_CHECKING:  # pragma: no cover
     from stablesweep.config import Config

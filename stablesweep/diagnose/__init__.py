@@ -25,10 +25,15 @@ beside the config (or in `out_dir`), every changed key commented with the findin
 Label errors are never "fixed" by a clamp: the finding names the manifest and lines to fix, and
 the fixed config says in a comment that the data still needs it.
 
+After a run diverged, `stablesweep explain` (explain.py) says why by experiment: it replays the
+run's last steps from a kept checkpoint as they were and under one change at a time (masking,
+precision, a lower lr, another data order) and names the first change that removes the divergence.
+
 Importing this package does not import torch: the checks and the probe load it once the config
 and the region file have been read.
 """
-from .findings import SEVERITIES, Change, Diagnosis, Finding
+from .diagnosis import Diagnosis
+from .findings import SEVERITIES, Change, Finding
 from .fixed import fixed_config, write_fixed
 from .region_file import MeasuredRegion, MeasuredSetting, read_region
 from .report import format_changes, format_diagnosis

@@ -13,7 +13,8 @@ import yaml
 from stablesweep.config import ConfigError, check_output_dir, config_from_dict, set_dotted
 from stablesweep.vocab import InputError
 
-from .findings import Change, Diagnosis, scalar
+from .diagnosis import Diagnosis
+from .findings import Change, scalar
 
 
 def _emit(node: dict, path: tuple, indent: int, lines: list[str], comments: dict, inline: dict) -> None:

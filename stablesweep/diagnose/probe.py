@@ -20,7 +20,6 @@ from typing import Any, Callable
 import torch
 
 from stablesweep.config import Config
-from stablesweep.data.manifests import DataError, LabelReport
 from stablesweep.data.mixing import (
     Batch,
     LabelSpace,
@@ -28,11 +27,11 @@ from stablesweep.data.mixing import (
     MultiData,
     segments,
 )
-from stablesweep.stability.loss import GuardedLoss
+from stablesweep.data.problems import DataError, LabelReport
+from stablesweep.stability.loss import VALUE_MASKS, GuardedLoss
 from stablesweep.stability.monitor import Snapshot
 from stablesweep.train import Trainer, resolve_device
 
-from .checks import VALUE_MASKS
 from .findings import MAX_LINES, Finding
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from stablesweep.vocab import format_value
 
-from .findings import SEVERITIES, Change, Diagnosis, scalar
+from .diagnosis import Diagnosis
+from .findings import SEVERITIES, Change, scalar
 
 
 def format_diagnosis(diag: Diagnosis) -> str:

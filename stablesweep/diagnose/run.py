@@ -7,7 +7,7 @@ from typing import Callable
 
 from stablesweep.config import config_from_dict
 
-from .findings import Diagnosis
+from .diagnosis import Diagnosis
 from .raw import check_eval_ratio, read_raw
 from .region_file import read_region
 

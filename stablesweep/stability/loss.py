@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from stablesweep.config import LossConfig
 
+VALUE_MASKS = ("neg_inf", "large_negative", "finfo_min")  # the maskings that write a value into the logits
+
 
 class LossOutput(NamedTuple):
     loss: torch.Tensor  # fp32 scalar: mean cross entropy (+ z-loss)
@@ -32,14 +34,14 @@ def mask_value(masking: str, dtype: torch.dtype, large_negative: float = -1e9) -
 
     -1e9 in fp16 becomes -inf here, exactly as `x[mask] = -1e9` does on a half tensor.
     """
+    if masking not in VALUE_MASKS:
+        raise ValueError(f"masking {masking!r} has no mask value")
     if masking == "neg_inf":
         v = float("-inf")
     elif masking == "large_negative":
         v = large_negative
-    elif masking == "finfo_min":
+    else:  # finfo_min
         v = torch.finfo(dtype).min
-    else:
-        raise ValueError(f"masking {masking!r} has no mask value")
     return torch.tensor(v, dtype=torch.float64).to(dtype)
 
 

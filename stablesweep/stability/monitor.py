@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from stablesweep.config import MonitorConfig
+from stablesweep.stability.graphs import GraphedCall
 from stablesweep.vocab import (
     AT_RISK,
     AT_RISK_SIGNAL,
@@ -73,15 +75,33 @@ def warning_key(name: str) -> str:
     return f"warn_step/{name}"
 
 
-# the fields of the state vector, in order: the verdict's, then each signal's value and warning step
-FIELDS = ("steps", "loss_bad", "grad_bad", "overflow", "first_bad", "first_kind", "max_loss",
-          "max_gnorm", "ema", "ema_n", "best", "first_explosion", "initial_loss", "last_loss",
-          "last_gnorm") + tuple(f"{kind}_{name}" for name in SIGNALS for kind in ("value", "warn"))
+# The state vector: a slot a field, in this order, each with its value at the start and how it
+# combines across data-parallel ranks (`stablesweep.ddp.reduce_monitor` reads it, and says why):
+# SAME: alike on every rank (rank 0's is taken); MEAN, MAX: of the ranks' values; FIRST: the
+# earliest step any rank set (-1: none); FEWEST: the value of the rank with the fewest overflow
+# steps; GRAD_BAD: the most skipped steps of a rank less the run's loss_bad; KIND: the smallest
+# kind of the ranks whose first bad step is the run's.
+SAME, MEAN, MAX, FIRST, FEWEST, GRAD_BAD, KIND = "same", "mean", "max", "first", "fewest", "grad_bad", "kind"
+
+
+class Slot(NamedTuple):
+    initial: float
+    across_ranks: str
+
+
+_SIGNAL_RANKS = {"grad_spike": (SAME, SAME), "update_ratio": (SAME, SAME), "max_logit": (MAX, FIRST),
+                 "logsumexp": (MAX, FIRST), "scale_drops": (FEWEST, FEWEST)}  # (value, warn) of each signal
+LAYOUT: dict[str, Slot] = {
+    "steps": Slot(0.0, SAME), "loss_bad": Slot(0.0, MAX), "grad_bad": Slot(0.0, GRAD_BAD),
+    "overflow": Slot(0.0, FEWEST), "first_bad": Slot(-1.0, FIRST), "first_kind": Slot(0.0, KIND),
+    "max_loss": Slot(-math.inf, MAX), "max_gnorm": Slot(-math.inf, SAME), "ema": Slot(0.0, MEAN),
+    "ema_n": Slot(0.0, SAME), "best": Slot(math.inf, MEAN), "first_explosion": Slot(-1.0, FIRST),
+    "initial_loss": Slot(math.nan, MEAN), "last_loss": Slot(math.nan, MEAN), "last_gnorm": Slot(math.nan, SAME),
+    **{f"{kind}_{name}": Slot(initial, _SIGNAL_RANKS[name][k]) for name in SIGNALS
+       for k, (kind, initial) in enumerate((("value", 0.0 if name == "scale_drops" else -math.inf), ("warn", -1.0)))},
+}
+FIELDS = tuple(LAYOUT)
 _I = {name: i for i, name in enumerate(FIELDS)}
-_INITIAL = {"first_bad": -1.0, "max_loss": -math.inf, "max_gnorm": -math.inf, "best": math.inf,
-            "first_explosion": -1.0, "initial_loss": math.nan, "last_loss": math.nan, "last_gnorm": math.nan,
-            **{f"value_{name}": (0.0 if name == "scale_drops" else -math.inf) for name in SIGNALS},
-            **{f"warn_{name}": -1.0 for name in SIGNALS}}
 
 
 def thresholds(cfg: MonitorConfig) -> dict[str, float]:
@@ -244,45 +264,6 @@ def _step(v: torch.Tensor, ring: torch.Tensor, acc: torch.Tensor, slots: torch.T
     return v, ring, acc, skip
 
 
-class _Graphed:
-    """Calls replayed as CUDA graphs, one a key: the host issues one graph launch instead of a
-    kernel launch an op (on a host-bound step the guard's cost is its launches). A call is
-    `commit(pure(inputs))`: `pure` only reads (it runs once eagerly on a side stream before the
-    capture, as capture needs), `commit` writes what must outlive the call in place and returns
-    the result. The inputs are copied into static buffers before each replay (one foreach copy);
-    the result is static too: valid until the next call. Keys beyond `LIMIT` run eagerly."""
-
-    LIMIT = 8
-
-    def __init__(self, pure, commit):
-        self.pure, self.commit = pure, commit
-        self.graphs: dict = {}
-
-    def __call__(self, key, inputs: list[torch.Tensor | None], fixed: tuple[int, ...] = ()):
-        """`fixed`: positions of inputs the graph reads where they are (constants such as the class
-        mask: not copied; another object there is another graph)."""
-        key = (key, *(id(inputs[i]) for i in fixed))  # the record below keeps those objects alive
-        if key not in self.graphs:
-            if len(self.graphs) >= self.LIMIT:
-                return self.commit(self.pure(inputs))
-            static = [x if x is None or i in fixed else x.clone() for i, x in enumerate(inputs)]
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self.pure(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (pin memory) go on
-                result = self.commit(self.pure(static))
-            copied = [i for i, x in enumerate(static) if x is not None and i not in fixed]
-            self.graphs[key] = (graph, static, result, copied)
-        graph, static, result, copied = self.graphs[key]
-        if copied:
-            torch._foreach_copy_([static[i] for i in copied], [inputs[i] for i in copied])
-        graph.replay()
-        return result
-
-
 def _shape(x: torch.Tensor | None):
     return None if x is None else (x.shape, x.dtype)
 
@@ -359,7 +340,7 @@ class DivergenceMonitor:
                  graph: bool | None = None):
         self.cfg = cfg
         self.device = torch.device(device)
-        init = [_INITIAL.get(name, 0.0) for name in FIELDS]
+        init = [slot.initial for slot in LAYOUT.values()]
         self.v = torch.tensor(init, dtype=torch.float64, device=self.device)
         n = max(1, cfg.history_steps)
         self.ring = torch.full((n, 2), math.nan, dtype=torch.float64, device=self.device)
@@ -368,10 +349,10 @@ class DivergenceMonitor:
         self._one = torch.ones((), device=self.device)
         self._c = torch.tensor(constants(cfg), dtype=torch.float64, device=self.device)
         self._graph = (self.device.type == "cuda" and cfg.cuda_graphs) if graph is None else graph
-        self._steps = _Graphed(self._pure_step, self._commit_step)
+        self._steps = GraphedCall(self._pure_step, self._commit_step)
         self._before: list[torch.Tensor] | None = None  # the weights before a measured step
-        self._keep = _Graphed(lambda _: None, self._copy_weights)
-        self._record = _Graphed(self._pure_record, self._commit_record)
+        self._keep = GraphedCall(lambda _: None, self._copy_weights)
+        self._record = GraphedCall(self._pure_record, self._commit_record)
         self._params: list[torch.Tensor] = []
 
     @property

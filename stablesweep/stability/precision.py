@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from stablesweep.stability.graphs import GraphCache
 from stablesweep.stability.monitor import classify
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -125,11 +126,10 @@ class OneGraphStep:
     (`zero_grad(set_to_none=False)`), and `reset()` after the optimizer's state is loaded. The
     first step this object takes goes through `Precision.step` (the warm-up: it loads the kernels
     and makes the optimizer's state), as do steps under a dispatch mode (the FLOP counter) and
-    batch shapes beyond `LIMIT` graphs. The lr is read from the param group before each replay (a
-    float there, as the scheduler writes it), into a device tensor the graph reads.
+    batch shapes beyond the limit of its graph cache (graphs.py). The lr is read from the param
+    group before each replay (a float there, as the scheduler writes it), into a device tensor the
+    graph reads.
     """
-
-    LIMIT = 8
 
     def __init__(self, precision: Precision, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                  max_grad_norm: float | None, monitor):
@@ -137,7 +137,7 @@ class OneGraphStep:
         self.max_grad_norm, self.monitor = max_grad_norm, monitor
         self.lrs = [torch.zeros((), device=precision.device) for _ in optimizer.param_groups]
         self.lr_values: list[float] = []  # what `lrs` hold
-        self.graphs: dict = {}
+        self.graphs = GraphCache()
         self.warm = False  # an op-by-op step ran: the kernels are loaded before any capture
 
     @staticmethod
@@ -173,25 +173,22 @@ class OneGraphStep:
         grads = sum(p.grad is not None for p in self.params)
         key = (*((t.shape, t.dtype) if t is not None else None for t in x), id(allowed), grads)
         if key not in self.graphs:
-            if not self.warm or len(self.graphs) >= self.LIMIT or _get_current_dispatch_mode() is not None:
+            if not self.warm or self.graphs.full or _get_current_dispatch_mode() is not None:
                 self.warm = True
                 return self.precision.step(self.optimizer, self.params, loss, self.max_grad_norm, self.monitor,
                                            logits, batch)
             static = [None if t is None else t.clone() for t in x] + [allowed]
-            graph = torch.cuda.CUDAGraph()
             # the op-by-op step before was the warm-up (and made the optimizer's state); the capture runs nothing
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # other threads (pin memory) go on
-                flags = self._region(static)
-            self.graphs[key] = (graph, static, flags)
-        graph, static, flags = self.graphs[key]
-        torch._foreach_copy_([s for s, t in zip(static, x) if t is not None], [t for t in x if t is not None])
+            self.graphs.capture(key, static, self._region, [i for i, t in enumerate(x) if t is not None])
+        return self.graphs.replay(key, x, before=self._read_lrs)
+
+    def _read_lrs(self) -> None:
+        """The param groups' lrs into the device tensors the graph reads (where they changed)."""
         values = [g["lr"] for g in self.optimizer.param_groups]
         if values != self.lr_values:
             for lr, value in zip(self.lrs, values):
                 lr.fill_(value)
             self.lr_values = values
-        graph.replay()
-        return flags
 
 
 def make_precision(name: str, device: torch.device | str, tf32: bool = True) -> Precision:

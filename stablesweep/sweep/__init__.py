@@ -1,11 +1,13 @@
 """Stability sweeps and lr ramps: search spaces, the Tune trial function, the divergence-aware
 Optuna searcher, the stopper and scheduler, and the runners that tie them together.
 
-By concern: `space` (search spaces), `options` (what sweeps and ramps share), `cluster` (the
-cluster's shape, resources and shared storage), `session` (Ray and the Tuner), `trainable` (the
-one trial function), `search` (the Optuna searcher), `stopper` (when a trial stops and its
-verdict), `records` (the trial table), `callbacks` (MLflow and progress), `runner` (the sweep),
-`ramp` (the ramp's planner) and `ramp_runner` (the ramp).
+By concern: `space` (search spaces), `options` (what sweeps and ramps share), `placement` (a
+trial's resources and the run options checked against the cluster, stablesweep.cluster),
+`session` (Ray and the Tuner), `trainable` (the one trial function), `ddp_trial` (a data-parallel
+trial), `search` (the Optuna searcher), `stopper` (when a trial stops and its verdict), `records`
+(the trial table), `callbacks` (MLflow and progress), `plan` (a sweep's checks and plan before
+Ray starts), `recovery` (resume and disk faults), `runner` (the sweep), `ramp` (the ramp's
+planner) and `ramp_runner` (the ramp).
 
 `space` needs neither Ray nor torch (a space is checked before Ray starts); the rest import Ray,
 so they are loaded on first use.
@@ -14,8 +16,8 @@ from stablesweep.sweep.space import SearchSpace, SpaceError, load_space, parse_s
 
 _LAZY = {
     "run_sweep": "stablesweep.sweep.runner",
-    "plan_sweep": "stablesweep.sweep.runner",
-    "SweepOptions": "stablesweep.sweep.runner",
+    "plan_sweep": "stablesweep.sweep.plan",
+    "SweepOptions": "stablesweep.sweep.options",
     "SweepResult": "stablesweep.sweep.runner",
     "run_ramp": "stablesweep.sweep.ramp_runner",
     "RampOptions": "stablesweep.sweep.ramp_runner",

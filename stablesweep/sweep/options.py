@@ -2,7 +2,7 @@
 
 What both share (the base config, where trials run, where the files and MLflow go) is
 `RunOptions`, which `SweepOptions` and `RampOptions` extend with their own fields; the checks of
-`cluster` and the Ray session of `session` read it. Plain data: no Ray, so the CLI builds them
+`placement` and the Ray session of `session` read it. Plain data: no Ray, so the CLI builds them
 before Ray is imported.
 """
 from __future__ import annotations

@@ -44,16 +44,11 @@ from stablesweep.analysis.answer import (
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.plots import boundary_data, plot_boundary, plot_ramp, ramp_data
 from stablesweep.analysis.text import sig3_text
+from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
 from stablesweep.data import build_data
-from stablesweep.sweep.cluster import (
-    check_run_options,
-    cluster_checks,
-    ephemeral_path_notes,
-    storage_paths,
-    uri_scheme,
-)
 from stablesweep.sweep.options import RampOptions
+from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes
 from stablesweep.sweep.ramp import (
     CLIMBS,
     LADDERS,

@@ -18,16 +18,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from stablesweep.sweep.cluster import uri_scheme
+from stablesweep.cluster.storage import uri_scheme
+from stablesweep.sweep.plan import SweepPlan
 from stablesweep.sweep.search import ABANDONED, open_study, study_summary
 from stablesweep.vocab import FIRST_BAD_STEP, OBJECTIVE, REASON, STEPS, VERDICT
-
-if TYPE_CHECKING:
-    from stablesweep.sweep.runner import SweepPlan
 
 logger = logging.getLogger(__name__)
 

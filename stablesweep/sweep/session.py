@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import socket
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -16,10 +14,11 @@ import ray
 from ray import tune
 from ray.tune.search import Searcher
 
+from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
-from stablesweep.sweep.cluster import DRIVER_CPUS, trial_resources
-from stablesweep.sweep.ddp import ddp_trainable
+from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
+from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
 from stablesweep.sweep.stopper import DivergenceStopper
 from stablesweep.sweep.trainable import run_trial
 from stablesweep.vocab import InputError
@@ -68,18 +67,6 @@ def start_ray(opts: RunOptions) -> bool:
             kwargs["_node_ip_address"] = os.environ["STABLESWEEP_RAY_NODE_IP"]
         ray.init(num_cpus=opts.num_cpus, **kwargs)
     return True
-
-
-def check_reachable(address: str) -> None:
-    """A HOST:PORT that nothing answers on is refused at once (Ray would retry for minutes)."""
-    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", address)
-    if "://" in address or m is None:
-        return  # auto, local, ray://... : Ray resolves those itself
-    try:
-        socket.create_connection((m.group(1), int(m.group(2))), timeout=5).close()
-    except OSError as e:
-        raise InputError(f"--address {address}: nothing answers there ({e.strerror or e}); is the Ray head "
-                         "running (`ray start --head`)?") from None
 
 
 # ---- the Tuner -----------------------------------------------------------------------------------

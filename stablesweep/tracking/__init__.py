@@ -64,7 +64,6 @@ from stablesweep.tracking.names import (
     MEASURED,
     PARENT_KINDS,
     PARENT_TAG,
-    SETTING_METRICS,
     SETTING_TAG,
     STAND_IN_OBJECTIVE,
     STATUS,
@@ -86,7 +85,7 @@ from stablesweep.tracking.writer import Tracker, stable_trials_link, trial_metri
 
 __all__ = [
     "COMPARE_KIND", "CONSTANTS", "DEFAULT_EXPERIMENT", "DIVERGED_AT_STEP", "KIND_TAG", "LR_MARGIN", "MEASURED",
-    "ORDER_BY_OBJECTIVE", "PARENT_KINDS", "PARENT_TAG", "SETTING_METRICS", "SETTING_TAG", "SHARED_VIEW_TAG",
+    "ORDER_BY_OBJECTIVE", "PARENT_KINDS", "PARENT_TAG", "SETTING_TAG", "SHARED_VIEW_TAG",
     "STAND_IN_OBJECTIVE", "STATUS", "STEP_GRAD_NORM", "STEP_LOSS", "SWEEP_TAG", "TRIAL_COLUMNS", "TRIAL_TAG",
     "UI_PORT", "RunRecord", "Tracker", "TrackerReader", "TrackingError", "code_version", "create_store",
     "default_tracking_uri", "flatten", "name_without_verdict", "param_value", "probe_store", "run_link", "run_name",

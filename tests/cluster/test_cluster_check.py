@@ -12,7 +12,7 @@ import sys
 import ray
 
 import stablesweep
-from stablesweep.cluster import NodeReport, check_live, judge
+from stablesweep.cluster.live import NodeReport, check_live, judge
 from tests.cluster.test_two_node import ROOT, free_port
 
 DRIVER = {"ray": ray.__version__, "stablesweep": stablesweep.__version__, "python": platform.python_version(),

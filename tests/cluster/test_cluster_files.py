@@ -13,7 +13,14 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from stablesweep.cli import main
-from stablesweep.cluster import ClusterError, ClusterFile, check_file, load_cluster_file, node_stop_command, temp_dirs
+from stablesweep.cluster.launcher import (
+    ClusterError,
+    ClusterFile,
+    check_file,
+    load_cluster_file,
+    node_stop_command,
+    temp_dirs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOUD, ONPREM = ROOT / "cluster.yaml", ROOT / "configs" / "cluster_onprem.yaml"

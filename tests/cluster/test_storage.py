@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from stablesweep.sweep.cluster import (
-    CLUSTER_MAX_FAILURES,
-    ClusterShape,
-    autoscaler_node_types,
-    check_shared_storage,
-    cluster_checks,
-    ephemeral_path_notes,
-    is_shared_uri,
-    storage_paths,
-    trial_resources,
-)
+from stablesweep.cluster.shape import ClusterShape, autoscaler_node_types
+from stablesweep.cluster.storage import check_shared_storage, is_shared_uri, storage_paths
 from stablesweep.sweep.options import SweepOptions
-from stablesweep.sweep.runner import plan_sweep
+from stablesweep.sweep.placement import CLUSTER_MAX_FAILURES, cluster_checks, ephemeral_path_notes, trial_resources
+from stablesweep.sweep.plan import plan_sweep
 from stablesweep.vocab import InputError
 
 ROOT = Path(__file__).resolve().parents[2]

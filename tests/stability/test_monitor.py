@@ -7,8 +7,6 @@ import torch
 from stablesweep.config import MonitorConfig
 from stablesweep.stability.monitor import SIGNALS, DivergenceMonitor, accumulate, progress
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run tests/stability on the GPU machine)")
-
 
 def feed(mon, losses, grads=None):
     for i, loss in enumerate(losses):
@@ -162,7 +160,7 @@ def steps(mon, losses, logits, labels, grads, measure_every=0, params=None):
             mon.record_update(params)
 
 
-@cuda
+@pytest.mark.gpu
 def test_cuda_graphs_agree_with_the_eager_monitor():
     """The replayed graphs give the eager monitor's state, verdict and sums, step after step,
     through a spike (step 9), an inf gradient (12), a NaN loss (14), the sampled update ratio, a checkpoint load and a
@@ -192,7 +190,7 @@ def test_cuda_graphs_agree_with_the_eager_monitor():
     torch.testing.assert_close(eager.state_vector(), graphed.state_vector(), equal_nan=True)
 
 
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_a_graphed_monitor_trains_as_the_eager_one(tmp_path, precision):
     """`stablesweep train` on the GPU: the same verdict, signals and per-dataset losses with and

@@ -74,10 +74,9 @@ def test_fp16_policy_uses_a_grad_scaler_and_skips_overflow_without_calling_it_di
     assert prec.scale().item() < 65536.0  # the scaler backed off
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run tests/stability on the GPU machine)")
 
 
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_one_graph_step_steps_as_the_op_by_op_step(precision):
     """Twin models, one stepped by OneGraphStep (clip + monitor + capturable AdamW as one CUDA graph,

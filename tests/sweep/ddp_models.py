@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stablesweep.distributed import ranks
+from stablesweep.ddp import ranks
 from stablesweep.model import SmallCNN
 
 POISON_STEP = 3

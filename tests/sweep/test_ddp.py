@@ -13,7 +13,7 @@ import torch
 
 from stablesweep.config import load_config
 from stablesweep.data.mixing import MixingBatchSampler
-from stablesweep.distributed import reduce_monitor, spread_nonfinite
+from stablesweep.ddp import reduce_monitor, spread_nonfinite
 from stablesweep.stability.monitor import FIELDS
 from stablesweep.train import run_training
 from tests.sweep.ddp_models import CRASH_MARKER, POISON_STEP

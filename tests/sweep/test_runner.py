@@ -15,7 +15,8 @@ import pytest
 
 from stablesweep.config import load_config
 from stablesweep.sweep.options import SweepOptions
-from stablesweep.sweep.runner import plan_sweep, replicate_configs, run_sweep
+from stablesweep.sweep.plan import plan_sweep
+from stablesweep.sweep.runner import replicate_configs, run_sweep
 from stablesweep.sweep.search import study_summary
 from stablesweep.tracking import STATUS, Tracker, param_value
 from stablesweep.vocab import InputError

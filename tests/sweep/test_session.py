@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from stablesweep.cluster.live import check_reachable
 from stablesweep.sweep.options import SweepOptions
-from stablesweep.sweep.session import check_reachable, quiet_tune, ray_session
+from stablesweep.sweep.session import quiet_tune, ray_session
 from stablesweep.vocab import InputError
 
 

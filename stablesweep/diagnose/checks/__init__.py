@@ -14,10 +14,10 @@ from .context import Context
 from .evaluation import check_skip_evaluation
 from .labels import check_labels
 from .lr import check_lr
-from .masking import VALUE_MASKS, check_masking
+from .masking import check_masking
 
 Check = Callable[[Context], list[Finding]]
 CHECKS: tuple[Check, ...] = (check_labels, check_masking, check_clipping, check_lr, check_skip_evaluation)
 
-__all__ = ["CHECKS", "Check", "Context", "VALUE_MASKS", "check_clipping", "check_labels", "check_lr",
+__all__ = ["CHECKS", "Check", "Context", "check_clipping", "check_labels", "check_lr",
            "check_masking", "check_skip_evaluation"]

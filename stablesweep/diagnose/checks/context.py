@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablesweep.config import Config
-from stablesweep.data.manifests import LabelReport, Problem, ProblemKind
+from stablesweep.data.problems import LabelReport, Problem, ProblemKind
 
 from ..region_file import MeasuredRegion
 

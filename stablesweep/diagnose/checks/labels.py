@@ -4,7 +4,7 @@ Reads the data scan's structured problems (kind, dataset, file, line, value) and
 never the text of a message."""
 from __future__ import annotations
 
-from stablesweep.data.manifests import Problem, ProblemKind, SplitReport
+from stablesweep.data.problems import Problem, ProblemKind, SplitReport
 
 from ..findings import MAX_LINES, Finding, lines_text
 from .context import Context

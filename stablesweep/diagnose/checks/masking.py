@@ -8,12 +8,11 @@ import torch
 
 from stablesweep.config import Config
 from stablesweep.data.mixing import Batch, LabelSpace
-from stablesweep.stability.loss import GuardedLoss, mask_value
+from stablesweep.stability.loss import VALUE_MASKS, GuardedLoss, mask_value
 
 from ..findings import MAX_LINES, Finding
 from .context import Context
 
-VALUE_MASKS = ("neg_inf", "large_negative", "finfo_min")  # maskings that write a value into the logits
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from stablesweep.sweep.cluster import (
+from stablesweep.sweep.options import RampOptions, SweepOptions
+from stablesweep.sweep.placement import (
     check_run_options,
     ephemeral_path_notes,
     joins_a_cluster,
 )
-from stablesweep.sweep.options import RampOptions, SweepOptions
 from stablesweep.vocab import InputError
 
 

@@ -9,7 +9,7 @@ from stablesweep.cli import main
 from stablesweep.config import load_config
 from stablesweep.data import build_data, write_synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 SMALL = ["data.image_size=16", "training.report_interval=10", "--device", "cpu"]
 

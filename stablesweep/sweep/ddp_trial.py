@@ -1,7 +1,8 @@
 """A data-parallel trial: with `--workers-per-trial N` (N > 1), a trial is a Ray Train
 `TorchTrainer` run of N workers (DDP: gloo on CPU, NCCL on GPUs) inside Tune, as Ray Train V2 has
 it: the Tune trial is a driver that builds and fits the TorchTrainer; each worker runs the same
-training loop (`run_training`), which finds the process group Ray Train made (stablesweep.distributed).
+training loop (`run_training`), which finds the process group Ray Train made (stablesweep.ddp, the
+loop's side of data parallelism: torch alone).
 
 Reports: every worker calls the loop's `report(metrics, checkpoint_dir)`, made here as in a
 one-process trial (`tune_result`), through `ray.train.report` (rank 0 passes its checkpoint; the

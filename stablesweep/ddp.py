@@ -1,6 +1,7 @@
-"""Data parallelism for the training loop, from torch.distributed alone (no Ray): whoever starts
-the ranks (Ray Train's TorchTrainer in a sweep, torchrun by hand) initializes the process group,
-and `Trainer` reads it here.
+"""Data parallelism for the training loop (train.py), from torch.distributed alone (no Ray):
+whoever starts the ranks (Ray Train's TorchTrainer in a sweep's data-parallel trial,
+stablesweep.sweep.ddp_trial; torchrun by hand) initializes the process group, and `Trainer` reads
+it here.
 
 What makes every rank reach the same verdict at the same step, with no collective per step:
 - DDP averages the gradients, so every rank holds the same gradients and computes the same
@@ -20,14 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from stablesweep.stability.monitor import FIELDS
+from stablesweep.stability.monitor import FEWEST, FIRST, GRAD_BAD, KIND, LAYOUT, MAX, MEAN
 
-_I = {name: i for i, name in enumerate(FIELDS)}
-# the other fields every rank computes alike (from the step count, the all-reduced gradients, the
-# identical weights, or the skip mask that is alike everywhere): rank 0's are taken
-MEAN = ("ema", "best", "initial_loss", "last_loss")  # the smoothed loss is linear in the losses
-MAX = ("max_loss", "value_max_logit", "value_logsumexp")
-FIRST = ("first_explosion", "warn_max_logit", "warn_logsumexp")  # the earliest step any rank set (-1: none)
+_I = {name: i for i, name in enumerate(LAYOUT)}
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,8 @@ def _first(col: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_monitor(rows: torch.Tensor) -> torch.Tensor:
-    """The monitor state of the whole run from every rank's state vector (rows [world, FIELDS]).
+    """The monitor state of the whole run from every rank's state vector (rows [world, FIELDS]),
+    each slot combined as the monitor's LAYOUT says.
 
     Counts of skipped steps: every rank skips the same steps and counts each as a non-finite loss
     (its own loss was) or gradient (another rank's loss made it so); the run's non-finite-loss steps
@@ -85,22 +82,23 @@ def reduce_monitor(rows: torch.Tensor) -> torch.Tensor:
     rank smooths the same steps); the maxima are the largest, the first steps the earliest.
     Explosion and the logit signals are judged by each rank on its own share of the batch.
     """
-    out = rows[0].clone()
-    col = {name: rows[:, i] for name, i in _I.items()}
-    for name in MEAN:
-        out[_I[name]] = col[name].mean()
-    for name in MAX:
-        out[_I[name]] = col[name].max()
-    for name in FIRST:
-        out[_I[name]] = _first(col[name])
-    loss_bad = col["loss_bad"].max()
-    out[_I["loss_bad"]] = loss_bad
-    out[_I["grad_bad"]] = (col["loss_bad"] + col["grad_bad"]).max() - loss_bad
-    fewest = col["overflow"].argmin()
-    for name in ("overflow", "value_scale_drops", "warn_scale_drops"):
-        out[_I[name]] = col[name][fewest]
-    first = _first(col["first_bad"])
-    out[_I["first_bad"]] = first
-    at_first = (col["first_bad"] == first) & (first >= 0)
-    out[_I["first_kind"]] = torch.where(at_first, col["first_kind"], torch.inf).min().nan_to_num(posinf=0.0)
+    out = rows[0].clone()  # the slots alike on every rank (SAME): rank 0's
+    loss_bad = rows[:, _I["loss_bad"]].max()
+    fewest = rows[:, _I["overflow"]].argmin()
+    first = _first(rows[:, _I["first_bad"]])
+    at_first = (rows[:, _I["first_bad"]] == first) & (first >= 0)
+    for i, slot in enumerate(LAYOUT.values()):
+        col = rows[:, i]
+        if slot.across_ranks == MEAN:
+            out[i] = col.mean()
+        elif slot.across_ranks == MAX:
+            out[i] = col.max()
+        elif slot.across_ranks == FIRST:
+            out[i] = _first(col)
+        elif slot.across_ranks == FEWEST:
+            out[i] = col[fewest]
+        elif slot.across_ranks == GRAD_BAD:
+            out[i] = (rows[:, _I["loss_bad"]] + col).max() - loss_bad
+        elif slot.across_ranks == KIND:
+            out[i] = torch.where(at_first, col, torch.inf).min().nan_to_num(posinf=0.0)
     return out

@@ -34,6 +34,7 @@ from typing import Callable
 import yaml
 
 from stablesweep.config import Config, config_from_dict
+from stablesweep.stability.loss import VALUE_MASKS
 from stablesweep.train import CHECKPOINT_FILE, Trainer
 from stablesweep.vocab import DIVERGED, FIRST_BAD_STEP, HISTORY, REASON, STEP, VERDICT, InputError, jsonable
 
@@ -41,7 +42,6 @@ MASKING, PRECISION, LEARNING_RATE, DATA = "masking", "precision", "learning_rate
 CAUSES = (MASKING, PRECISION, LEARNING_RATE, DATA)  # in the order a fix is attributed
 NOT_REPRODUCED, UNDETERMINED = "not_reproduced", "undetermined"
 AS_RUN = "as run"
-MASK_VALUES = ("neg_inf", "large_negative", "finfo_min")  # the masking modes `slice` replaces
 
 
 class ExplainError(InputError):
@@ -231,7 +231,7 @@ def changes(cfg: Config, lr_factor: float) -> tuple[list[Replay], dict[str, str]
     """The replays to run (as run first) and the changes that do not apply, with why."""
     t = cfg.training
     out, skipped = [Replay(AS_RUN, None, [])], {}
-    if cfg.masking in MASK_VALUES:
+    if cfg.masking in VALUE_MASKS:  # what `slice` replaces
         out.append(Replay("masking slice", MASKING, ["loss.masking=slice"]))
     else:
         skipped["masking slice"] = f"masking is {cfg.masking}: no mask value"

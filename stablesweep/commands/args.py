@@ -1,0 +1,66 @@
+"""Options and their values that several commands share, so that no command module imports
+another: --set (`add_set_argument`), the options of a run on a multi-node cluster
+(`add_cluster_arguments`, of `sweep` and `ramp`), and the MLflow store a reading command uses when
+--mlflow is not given (`resolve_uri`, of `compare` and `explain`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from stablesweep.vocab import InputError
+
+DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
+
+
+def add_set_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, dotted (repeatable): --set training.lr=2e-6 "
+                        "--set loss.masking=slice")
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, default_local: str, files: str) -> None:
+    """The options of a run on a multi-node Ray cluster, shared by `sweep` and `ramp` (whose runs
+    are made of `unit`s: trials, probes)."""
+    p.add_argument("--shared-storage", action="store_true",
+                   help="declare that the --out path is the same storage on every node of the cluster (an NFS "
+                        "mount at the same path); required for a path --out on a multi-node cluster")
+    p.add_argument("--local-dir", default=None, metavar="DIR",
+                   help=f"with a URI --out: where the {command}'s own files go on "
+                        f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
+    p.add_argument("--max-failures", type=int, default=None, metavar="N",
+                   help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
+                        "checkpoint (default: 2 on a multi-node cluster, 1 on one node)")
+    p.add_argument("--workers-per-trial", type=int, default=1, metavar="N",
+                   help=f"data-parallel {unit}s: each {unit} is a Ray Train TorchTrainer run of N DDP workers (gloo on "
+                        f"CPU, NCCL on GPUs), and --cpus-per-trial, --gpus-per-trial and --resources-per-trial are "
+                        f"each worker's: --workers-per-trial 2 --gpus-per-trial 1 trains a {unit} on 2 GPUs. Every "
+                        f"global batch of training.batch_size (a multiple of N) is split among the workers. Default 1")
+    p.add_argument("--resources-per-trial", type=resources_json, default=None, metavar="JSON",
+                   help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
+                        "on nodes started with `ray start --resources '{\"worker_node\": N}'`")
+
+
+def resources_json(text: str) -> dict:
+    """--resources-per-trial's value: a JSON object of Ray resource names and amounts."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}); expected e.g. '{{\"worker_node\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object of resource names and amounts, "
+                                         "e.g. '{\"worker_node\": 1}'")
+    return value
+
+
+def resolve_uri(uri: str | None) -> str:
+    """--mlflow of a command that reads runs: the URI given, else the default store of `stablesweep
+    sweep` where it exists."""
+    if uri:
+        return uri
+    if DEFAULT_STORE.is_file():
+        return f"sqlite:///{DEFAULT_STORE}"
+    raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
+                     "`stablesweep sweep`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
+                     "or a server such as http://127.0.0.1:5000")
