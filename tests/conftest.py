@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+DEMO = ROOT / "configs" / "demo.yaml"  # the demo config: synthetic data, a small CNN, CPU
+
 # Every Ray the suite starts registers its node on loopback: the session's (below) and those that
 # the CLI starts in a test's subprocess (stablesweep reads this; Ray rewrites 127.0.0.1 itself to
 # the machine's outward address, so a loopback Ray takes 127.0.0.2).
@@ -96,3 +99,15 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device (make test-gpu on a GPU machine)")
     for item in gpu:
         item.add_marker(skip)
+
+
+def stable_result(step, objective, finished=False):
+    """A trial's Tune result as the trainable reports it at `step`, stable so far."""
+    return {"step": step, "verdict": "stable", "reason": None, "first_bad_step": -1, "objective": objective,
+            "finished": finished, "training_iteration": step // 10}
+
+
+def diverged_result(step, first_bad, reason="nonfinite_loss", stand_in=4.0):
+    """A trial's Tune result at `step`, diverged at `first_bad` (its objective the stand-in)."""
+    return {"step": step, "verdict": "diverged", "reason": reason, "first_bad_step": first_bad,
+            "objective": stand_in, "finished": True, "training_iteration": step // 10}

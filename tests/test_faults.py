@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
+from tests.conftest import DEMO, ROOT
+
 QUICK = ROOT / "search_spaces" / "quick.yaml"
 
 

@@ -1,14 +1,13 @@
 """The model: torchvision by name, small_cnn, timm:NAME, a user's factory, local weights with the head replaced."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from stablesweep.config import ConfigError, ModelConfig, load_config
 from stablesweep.model import build_model, load_backbone_weights, model_num_classes
+from tests.conftest import DEMO
 
 
 class TwoLayer(nn.Module):
@@ -32,7 +31,6 @@ def not_a_module(num_classes: int):
 
 NOT_CALLABLE = 42
 HERE = __name__
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18", "timm:resnet10t"])

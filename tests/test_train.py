@@ -11,9 +11,7 @@ import torch
 from stablesweep.config import load_config
 from stablesweep.stability.monitor import SIGNALS
 from stablesweep.train import run_training
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "demo.yaml"
+from tests.conftest import DEMO, ROOT
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +18,7 @@ from stablesweep.analysis.region import (
 )
 from stablesweep.config import load_config
 from tests.analysis.tables import GROUPS, KEYS, trial
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
+from tests.conftest import DEMO
 
 
 @pytest.fixture

@@ -13,10 +13,7 @@ from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import CLUSTER_MAX_FAILURES, cluster_checks, ephemeral_path_notes, trial_resources
 from stablesweep.sweep.plan import plan_sweep
 from stablesweep.vocab import InputError
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
-
+from tests.conftest import DEMO, ROOT
 
 # ---- check_shared_storage ---------------------------------------------------------------------
 

@@ -34,9 +34,8 @@ import pytest
 
 from stablesweep.sweep.search import study_summary
 from stablesweep.tracking import Tracker
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 RAY = str(Path(sys.executable).parent / "ray")
 MARK = "STABLESWEEP_TEST_CLUSTER"  # names the cluster a process belongs to
 NODE_MARK = "STABLESWEEP_TEST_NODE"  # and its node

@@ -8,9 +8,8 @@ import torch
 from stablesweep.cli import main
 from stablesweep.config import load_config
 from stablesweep.data import build_data, write_synthetic
+from tests.conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 SMALL = ["data.image_size=16", "training.report_interval=10", "--device", "cpu"]
 
 

@@ -16,10 +16,9 @@ from stablesweep.data.mixing import MixingBatchSampler
 from stablesweep.ddp import reduce_monitor, spread_nonfinite
 from stablesweep.stability.monitor import FIELDS
 from stablesweep.train import run_training
+from tests.conftest import DEMO
 from tests.sweep.ddp_models import CRASH_MARKER, POISON_STEP
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.schedule=constant",
          "datasets.skip_evaluation=true", "training.steps=10", "monitor.initial_batches=1"]
 POISONED = FIXED + ["model.factory=tests.sweep.ddp_models:poisoned"]

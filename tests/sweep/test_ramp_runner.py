@@ -2,7 +2,6 @@
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -11,9 +10,8 @@ from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.ramp import BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED
 from stablesweep.sweep.ramp_runner import run_ramp
 from stablesweep.train import run_training
+from tests.conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 STEPS = 30
 # constant lr, no warmup, a report every 5 steps: the verdict of a probe is a function of its lr
 FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.schedule=constant",

@@ -20,9 +20,8 @@ from stablesweep.sweep.runner import replicate_configs, run_sweep
 from stablesweep.sweep.search import study_summary
 from stablesweep.tracking import STATUS, Tracker, param_value
 from stablesweep.vocab import InputError
+from tests.conftest import DEMO, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 INTERVAL = 10
 STEPS = 40
 # lr 1e-3 and 1e-2 train fine on the demo for 40 steps; 1e3 blows up within the first interval

@@ -14,18 +14,10 @@ from stablesweep.sweep.search import (
 )
 from stablesweep.sweep.space import parse_space
 from stablesweep.sweep.stopper import Outcome
+from tests.conftest import diverged_result, stable_result
 
 SPACE = parse_space({"training.lr": {"loguniform": [1e-4, 1e2]}, "training.max_grad_norm": {"choice": [None, 1.0]}})
 
-
-def stable_result(step, objective, finished=False):
-    return {"step": step, "verdict": "stable", "reason": None, "first_bad_step": -1, "objective": objective,
-            "finished": finished, "training_iteration": step // 10}
-
-
-def diverged_result(step, first_bad, reason="nonfinite_loss", stand_in=4.0):
-    return {"step": step, "verdict": "diverged", "reason": reason, "first_bad_step": first_bad,
-            "objective": stand_in, "finished": True, "training_iteration": step // 10}
 
 
 @pytest.fixture

@@ -13,9 +13,7 @@ from stablesweep.sweep.space import (
     load_space,
     parse_space,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
+from tests.conftest import DEMO, ROOT
 
 
 @pytest.fixture(scope="module")

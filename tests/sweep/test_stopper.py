@@ -10,16 +10,7 @@ from stablesweep.sweep.stopper import (
     asha_for,
     final_verdict,
 )
-
-
-def stable_result(step, objective, finished=False):
-    return {"step": step, "verdict": "stable", "reason": None, "first_bad_step": -1, "objective": objective,
-            "finished": finished, "training_iteration": step // 10}
-
-
-def diverged_result(step, first_bad, reason="nonfinite_loss", stand_in=4.0):
-    return {"step": step, "verdict": "diverged", "reason": reason, "first_bad_step": first_bad,
-            "objective": stand_in, "finished": True, "training_iteration": step // 10}
+from tests.conftest import diverged_result, stable_result
 
 
 def test_final_verdict_rules():

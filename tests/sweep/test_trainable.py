@@ -14,9 +14,8 @@ from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.session import trial_trainable
 from stablesweep.sweep.trainable import WARM_START, tune_result
 from stablesweep.vocab import LR_KEY
+from tests.conftest import DEMO
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.schedule=constant",
          "datasets.skip_evaluation=true", "training.steps=10"]
 

@@ -15,9 +15,7 @@ from stablesweep.commands import ramp as ramp_command
 from stablesweep.commands import sweep as sweep_command
 from stablesweep.commands.sweep import resume_command
 from stablesweep.sweep.options import RampOptions, SweepOptions
-
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
+from tests.conftest import DEMO, ROOT
 
 
 def parse(command, argv: list[str]) -> argparse.Namespace:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from stablesweep.config import load_config
-
-from .conftest import diagnose_subprocess, digest_tree, with_settings
+from tests.diagnose.conftest import diagnose_subprocess, digest_tree, with_settings
 
 
 def test_incident_cli_names_each_label_error_and_fix_exit_1(incident, tmp_path, cli):

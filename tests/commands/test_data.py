@@ -26,7 +26,7 @@ def test_synth_bad_scale_is_exit_2(tmp_path, cli):
 
 
 def test_cache_then_bench_as_a_user_runs_them(tmp_path, cli):
-    from .conftest import jpeg_config
+    from tests.data.conftest import jpeg_config
 
     cfg = jpeg_config(tmp_path, {"a": (3, 40), "b": (2, 24)}, val=6, model={"name": "small_cnn"},
                       data={"cache": "cache"})

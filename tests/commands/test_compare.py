@@ -21,10 +21,9 @@ from stablesweep.analysis.render import to_text
 from stablesweep.cli import main
 from stablesweep.sweep.runner import SweepOptions, run_sweep
 from stablesweep.tracking import TrackerReader
+from tests.conftest import DEMO, ROOT
 from tests.mlflow_server import STORE, chromium, dump_dom, free_port, mlflow_server
 
-ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "configs" / "demo.yaml"
 STEPS, INTERVAL = 20, 10
 # The demo trains fine at lr 1e-3 and 1e-2; lr 1e3 blows up in the first report interval.
 # `wide` brackets the boundary (each masking: stable at 1e-2, diverged at 1e3); `low` stays below it
