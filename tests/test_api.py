@@ -110,7 +110,7 @@ def test_data_check_says_each_problem_once_grouped_by_file(tmp_path, cli):
     assert "validate_labels" not in p.stdout + p.stderr
 
 
-def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkeypatch, ray_cluster, capfd, cli):
+def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkeypatch, ray_cluster, capfd):
     """A tiny grid sweep and ramp with the default --out: answers equal to their files, and one
     MLflow store (runs/mlflow.db) that a plain `compare` reads both from; no library lines."""
     monkeypatch.chdir(tmp_path)
@@ -136,6 +136,19 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
 
     captured = capfd.readouterr()
     assert not [s for s in (captured.out + captured.err).splitlines() if LIBRARY_LINE.search(s)]
-    p = cli("compare", "--out", tmp_path / "cmp")  # the default store: both are there
+    p = subprocess.run([sys.executable, "-m", "stablesweep", "compare", "--out", str(tmp_path / "cmp")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)  # the default store: both there
     assert p.returncode == 0, p.stderr
     assert "tiny-sweep" in p.stdout and "tiny-ramp" in p.stdout
+
+
+def test_the_default_out_of_sweep_and_ramp_shares_one_store(tmp_path, monkeypatch):
+    from stablesweep.sweep.options import RampOptions, SweepOptions
+
+    monkeypatch.chdir(tmp_path)
+    shared = f"sqlite:///{tmp_path.resolve() / 'runs' / 'mlflow.db'}"
+    sweep, ramp = SweepOptions(config="c.yaml", space="s.yaml"), RampOptions(config="c.yaml")
+    assert sweep.default_tracking_uri(Path(sweep.out).resolve()) == shared
+    assert ramp.default_tracking_uri(Path(ramp.out).resolve()) == shared
+    mine = tmp_path / "mine"
+    assert sweep.default_tracking_uri(mine) == f"sqlite:///{mine.resolve() / 'mlflow.db'}"
