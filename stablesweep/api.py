@@ -177,7 +177,7 @@ def sweep(config: str | Path | dict, space: str | Path | dict, *, log: Log = pri
         res = run_sweep(SweepOptions(config=str(path), space=str(space_path), overrides=overrides, **opts),
                         echo=log or (lambda s: None))
     rec = res.files.get("recommended")
-    settings = [{"setting": g.key, "counts": g.counts, "min_stable_lr": g.min_stable_lr,
+    settings = [{"setting": g.label, "params": g.key, "counts": g.counts, "min_stable_lr": g.min_stable_lr,
                  "max_stable_lr": g.max_stable_lr, "min_diverged_lr": g.min_diverged_lr,
                  "min_failed_lr": g.min_failed_lr, "recommended_lr": g.recommended_lr,
                  "best_objective": g.best_objective} for g in res.region.groups]

@@ -119,10 +119,11 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
     swept = stablesweep.sweep(DEMO, space, sampler="grid", steps=6, asha=False, name="tiny-sweep", log=None, **fast)
     assert swept.dir == (tmp_path / "runs" / "sweeps" / "tiny-sweep").resolve()
     assert swept.tracking_uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
-    assert sum(swept.counts.values()) == 2 and swept.counts.get("diverged") == 1
+    assert sum(swept.counts.values()) == 2 and swept.counts["stable"] == 1  # lr 1e3 diverged or stalled
     assert swept.recommended == yaml.safe_load(swept.recommended_path.read_text())
     region = json.loads((swept.dir / "stable_region.json").read_text())
-    assert swept.settings[0]["min_diverged_lr"] == 1000.0 == region["groups"][0]["min_diverged_lr"]
+    assert swept.settings[0]["min_failed_lr"] == 1000.0 == region["groups"][0]["min_failed_lr"]
+    assert swept.settings[0]["max_stable_lr"] == 0.003 == region["groups"][0]["max_stable_lr"]
     assert "Swept(tiny-sweep: " in repr(swept)
 
     edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=6,
