@@ -31,17 +31,14 @@ QUIET_LEVELS = {
     "stablesweep.data.manifests": logging.WARNING,  # "images not checked one by one" per split
 }
 # warnings.warn messages hidden by default (regular expressions matched at the message's start)
-QUIET_WARNINGS = (
-    r"NaN or Inf found in input tensor",
-    r".*pkg_resources is deprecated",
-)
+QUIET_WARNINGS = (r"NaN or Inf found in input tensor",)
 
 _applied: dict[str, int] = {}
 
 
 def quiet(verbose: bool = False) -> None:
-    """Hide the libraries' warnings and INFO lines (`verbose=False`), or show everything again
-    (`verbose=True`, the loggers' earlier levels restored).
+    """Hide the libraries' warnings and INFO lines (`verbose=False`), or show them again
+    (`verbose=True`: the loggers' earlier levels restored; the hidden `warnings` stay hidden).
 
     >>> import logging
     >>> quiet()
