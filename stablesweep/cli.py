@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"stablesweep {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the libraries' warnings and INFO lines (Ray, Tune, MLflow, tensorboardX), "
+                             "hidden by default; accepted after the command too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -54,12 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.register(sub)
+    _name_parsers(parser)
     return parser
 
 
+def _name_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser records itself as the `_parser` default, so a bad flag is
+    answered with the usage of the command it was given to, not the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                p.set_defaults(_parser=p)
+                _name_parsers(p)
+
+
+def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """`--verbose` anywhere before a `--`: after the command as well as before it."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    verbose = "--verbose" in argv[:end]
+    return [a for i, a in enumerate(argv) if not (i < end and a == "--verbose")], verbose
+
+
 def main(argv: list[str] | None = None) -> int:
+    from stablesweep.quiet import quiet
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    quiet(verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -58,6 +58,7 @@ from stablesweep.vocab import (
 
 Report = Callable[[dict, "str | None"], None]
 CHECKPOINT_FILE = "checkpoint.pt"
+LINE_EVERY_S = 10.0  # with a log: a progress line after the first step, then at least this often
 
 
 @dataclass
@@ -139,7 +140,8 @@ class Trainer:
                  data: MultiData | None = None):
         self.cfg = cfg
         self.ranks = ranks()
-        self.log = log if log is not None and self.ranks.main else (lambda s: None)
+        self.talks = log is not None and self.ranks.main  # progress lines between reports too
+        self.log = log if self.talks else (lambda s: None)
         self.device = resolve_device(device)
         t = cfg.training
         if t.batch_size % self.ranks.world:
@@ -321,14 +323,17 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.training
         end = self.total if until is None else min(until, self.total)
         names = self.space.names
-        self.log(f"training {self.total} steps on {self.device} ({t.precision}, masking {cfg.masking}, "
-                 f"lr {t.lr:.2e}, clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes")
+        self.log(f"training {self.total} steps of {cfg.model.factory or cfg.model.name} on {self.device} "
+                 f"({t.precision}, {torch.get_num_threads()} threads, masking {cfg.masking}, lr {t.lr:.2e}, "
+                 f"clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes, "
+                 f"a report every {t.report_interval} steps")
         batches = self.input.batches(self.data.train_batches(t.batch_size, t.seed, start_step=self.step,
                                                              num_workers=t.num_workers, pin_memory=self.pin_memory,
                                                              shard=self.shard),
                                      self.step)
         started = time.perf_counter()
         tick, tick_step, samples_per_s = started, self.step, 0.0
+        first, line_at = self.step, started  # between reports: a line after the first step, then every LINE_EVERY_S
         kept: list[Path] = []  # this run's checkpoints, oldest first: the last training.keep_checkpoints
         verdict, snap, reports = Verdict("stable"), None, 0
         history: list[tuple[int, float, float]] = []
@@ -348,6 +353,9 @@ class Trainer:
                 self._train_step(batch, measure)
             self.step += 1
             if self.step % t.report_interval and self.step < end:
+                if self.talks and (self.step == first + 1 or time.perf_counter() - line_at >= LINE_EVERY_S):
+                    line_at = time.perf_counter()  # a host clock each step; the device is read only here
+                    self.log(self._between_line(first, started, line_at))
                 continue
             # -- report: the one host sync of the interval --------------------------------
             acc = self.monitor.acc
@@ -374,6 +382,7 @@ class Trainer:
                 history = self.monitor.history()
                 metrics[HISTORY] = history
             self.log(self._progress_line(metrics, per_ds))
+            line_at = time.perf_counter()
             ckpt = None
             if (checkpoint_dir is not None and self.ranks.main and t.checkpoint_every
                     and (reports % t.checkpoint_every == 0 or done)):
@@ -435,6 +444,14 @@ class Trainer:
             m[f"eval_loss/{name}"] = e["loss"]
             m[f"eval_acc/{name}"] = e["accuracy"]
         return m
+
+    def _between_line(self, first: int, started: float, now: float) -> str:
+        """A short line between reports (one read of the monitor's state; nothing is judged)."""
+        snap, t = self.monitor.snapshot(), self.cfg.training
+        rate = (self.step - first) * t.batch_size / max(now - started, 1e-9)
+        report = min(self.total, (self.step // t.report_interval + 1) * t.report_interval)
+        return (f"step {self.step:>{len(str(self.total))}}/{self.total}  loss {snap.last_loss:.4g}  "
+                f"{rate:.1f} samples/s  ({now - started:.0f}s; next report at step {report})")
 
     def _progress_line(self, m: dict, per_ds: list) -> str:
         width = len(str(self.total))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from stablesweep.vocab import InputError
 
-DEFAULT_STORE = Path("runs/sweeps/mlflow.db")  # where `stablesweep sweep` keeps it by default
+DEFAULT_STORE = Path("runs/mlflow.db")  # where `stablesweep sweep` and `ramp` keep it by default
 
 
 def add_set_argument(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,8 @@ def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, d
                         "mount at the same path); required for a path --out on a multi-node cluster")
     p.add_argument("--local-dir", default=None, metavar="DIR",
                    help=f"with a URI --out: where the {command}'s own files go on "
-                        f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local})")
+                        f"this (the driver's) machine: {files} and DIR/mlflow.db (default {default_local}, "
+                        "with the MLflow store in runs/mlflow.db)")
     p.add_argument("--max-failures", type=int, default=None, metavar="N",
                    help=f"retry a failed {unit} (e.g. its worker node was lost) up to N times from its last "
                         "checkpoint (default: 2 on a multi-node cluster, 1 on one node)")
@@ -62,5 +63,5 @@ def resolve_uri(uri: str | None) -> str:
     if DEFAULT_STORE.is_file():
         return f"sqlite:///{DEFAULT_STORE}"
     raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
-                     "`stablesweep sweep`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
+                     "`stablesweep sweep` and `ramp`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
                      "or a server such as http://127.0.0.1:5000")

@@ -12,14 +12,14 @@ from stablesweep.vocab import OBJECTIVE, VERDICTS, InputError
 
 EPILOG = """\
 examples:
-  # every sweep in the default store (runs/sweeps/mlflow.db, what `stablesweep sweep` writes)
+  # every sweep and ramp in the default store (runs/mlflow.db, what `stablesweep sweep` and `ramp` write)
   stablesweep compare
 
   # two sweeps of a server, only their stable configurations, the ten safest (most lr headroom)
   stablesweep compare food-qmc food-qmc-slice --mlflow http://127.0.0.1:5000 --only stable --by margin --top 10
 
   # a markdown report for a pull request; a CSV for pandas; an HTML page with the figures
-  stablesweep compare a b --mlflow sqlite:///runs/sweeps/mlflow.db --format md > compare.md
+  stablesweep compare a b --mlflow sqlite:///runs/mlflow.db --format md > compare.md
   stablesweep compare a b --format csv > configs.csv
   stablesweep compare a b --format html --out runs/compare/a-vs-b   # open runs/compare/a-vs-b/report.html
 
@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sweep (or ramp) names or run ids; default: all in the experiment")
     p.add_argument("--mlflow", default=None, metavar="URI",
                    help=f"MLflow tracking URI: sqlite:///PATH/mlflow.db or a server http://127.0.0.1:5000 "
-                        f"(default: sqlite:///{DEFAULT_STORE}, the default of `stablesweep sweep`, if it exists)")
+                        f"(default: sqlite:///{DEFAULT_STORE}, the default of `stablesweep sweep` and `ramp`, if it exists)")
     p.add_argument("--experiment", default=None, metavar="NAME", help="MLflow experiment (default stablesweep)")
     p.add_argument("--only", default=None, choices=list(VERDICTS),
                    help="list only trials with this verdict (e.g. --only stable)")

@@ -126,11 +126,10 @@ def run_check(args: argparse.Namespace) -> int:
         if e.report is None:
             raise
         report = e.report
-    print(report.format())
+    print(report.format(on_bad_label=cfg.loss.on_bad_label))  # the table, then each problem once, by file
     if report.ok(cfg.loss.on_bad_label):
         print("labels and images: ok")
         return 0
-    print(report.format_problems(on_bad_label=cfg.loss.on_bad_label))
     return 1
 
 

@@ -13,7 +13,7 @@ examples:
   stablesweep train configs/demo.yaml --set training.lr=3 --set training.max_grad_norm=null --out runs/hot
   stablesweep explain runs/hot
   stablesweep explain runs/hot --lr-factor 0.01 --device cuda
-  stablesweep explain 3f2a...e9 --mlflow sqlite:///runs/sweeps/mlflow.db     # a sweep's trial, by run id
+  stablesweep explain 3f2a...e9 --mlflow sqlite:///runs/mlflow.db            # a sweep's trial, by run id
   stablesweep explain runs:/3f2a...e9                                        # the same, as a runs:/ URI
 
 From the run's last checkpoint at or before its first bad step (training.keep_checkpoints keeps a
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the --out directory of a `stablesweep train` run, or a sweep trial's MLflow run id "
                         "(or runs:/RUN_ID)")
     p.add_argument("--mlflow", default=None, metavar="URI",
-                   help="the MLflow store of a run id (default: sqlite:///runs/sweeps/mlflow.db, the default "
+                   help="the MLflow store of a run id (default: sqlite:///runs/mlflow.db, the default "
                         "of `stablesweep sweep`)")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                    help="where to replay (default: cpu; the run's own device replays it most faithfully)")

@@ -44,8 +44,8 @@ a single-seed estimate.
 
 Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
 --safety), and Tune's rounds in OUT/NAME/tune; logs a parent MLflow run with one child run a probe
-(OUT/mlflow.db unless --mlflow). With a URI --out, only Tune's rounds go there (OUT/NAME/tune); the
-rest, and mlflow.db, to LOCAL_DIR.
+(runs/mlflow.db with the default --out, the store sweeps write too, else OUT/mlflow.db; unless
+--mlflow). With a URI --out, only Tune's rounds go there (OUT/NAME/tune); the rest to LOCAL_DIR.
 
 On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
 their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
@@ -92,10 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")
     p.add_argument("--out", default="runs/ramps", metavar="DIR",
-                   help="ramps live in DIR/NAME (default runs/ramps). On a multi-node cluster DIR must be shared "
+                   help="ramps live in DIR/NAME (default runs/ramps; its MLflow store is runs/mlflow.db, shared with "
+                        "sweeps, else DIR/mlflow.db). On a multi-node cluster DIR must be shared "
                         "storage: a path the same on every node with --shared-storage, or a bucket URI")
     add_cluster_arguments(p, "ramp", "probe", "runs/ramps", "DIR/NAME/{ramp.json, ramp.md, ramp.png, recommended/}")
-    p.add_argument("--mlflow", default=None, metavar="URI", help="MLflow tracking URI (default sqlite:///DIR/mlflow.db)")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="MLflow tracking URI (default sqlite:///runs/mlflow.db for the default --out, else "
+                        "sqlite:///DIR/mlflow.db)")
     p.add_argument("--name", default=None, help="ramp name (default: CONFIG-ramp-TIMESTAMP)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")
     p.add_argument("--replicates", type=int, default=0, metavar="K",

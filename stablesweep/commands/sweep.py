@@ -46,8 +46,9 @@ or a loss explosion; stopped at the report where it was seen), pruned (stopped b
 but finite progress), error (crashed). Files in OUT/NAME: trials.csv, stable_region.json/.md,
 figures/, recommended.yaml (the best stable setting, lr at most half the smallest diverged lr of
 its combination, or of its lr at 5% risk with --replicates), optuna.db, and Tune's experiment
-(the replicates' in OUT/NAME/replicates; figures/boundary.png draws P(fails | lr)). MLflow: OUT/mlflow.db unless --mlflow.
-With a URI --out, only Tune's experiment goes to OUT/NAME; the rest (and mlflow.db) to LOCAL_DIR.
+(the replicates' in OUT/NAME/replicates; figures/boundary.png draws P(fails | lr)). MLflow: runs/mlflow.db
+with the default --out (ramps write there too, so `stablesweep compare` sees both), else OUT/mlflow.db,
+unless --mlflow. With a URI --out, only Tune's experiment goes to OUT/NAME; the rest to LOCAL_DIR.
 
 On a cluster of more than one node (alive nodes, plus those an autoscaler may add) a plain local
 --out is refused: each node would write its trials' checkpoints to its own disk, so a trial could
@@ -83,13 +84,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to join (ray.init address, e.g. auto or HOST:6379); default: a local Ray")
     p.add_argument("--out", default="runs/sweeps", metavar="DIR",
-                   help="sweeps live in DIR/NAME; the MLflow store is DIR/mlflow.db (default runs/sweeps). On a "
+                   help="sweeps live in DIR/NAME (default runs/sweeps); the MLflow store is DIR/mlflow.db, or "
+                        "runs/mlflow.db, shared with ramps, for the default DIR. On a "
                         "multi-node cluster DIR must be shared storage: a path the same on every node (NFS) with "
                         "--shared-storage, or a bucket URI Tune understands (s3://, gs://, abfs://, ...)")
     add_cluster_arguments(p, "sweep", "trial", "runs/sweeps",
                           "DIR/NAME/{trials.csv, stable_region.*, recommended.yaml, optuna.db, sweep.json}")
     p.add_argument("--mlflow", default=None, metavar="URI",
-                   help="MLflow tracking URI (default sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
+                   help="MLflow tracking URI (default sqlite:///runs/mlflow.db for the default --out, else "
+                        "sqlite:///DIR/mlflow.db; a server: http://127.0.0.1:5000)")
     p.add_argument("--name", default=None, help="sweep name (default: CONFIG-SPACE-TIMESTAMP)")
     p.add_argument("--resume", action="store_true",
                    help="continue the sweep --name in --out (default: the latest one there)")

@@ -35,48 +35,75 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train (default: auto = cuda when there is one)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="write result.json, config.yaml and checkpoints here (default: runs/<config name>)")
+                   help="write result.json, config.yaml and checkpoints here (default: runs/<config name>, or "
+                        "runs/<config name>-2, -3, ... when it holds an earlier run: never overwritten)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT_DIR",
                    help="continue exactly from a checkpoint written by an earlier run")
     p.add_argument("--force", action="store_true",
-                   help="reuse an --out that holds an earlier run: its result.json and checkpoints are removed first")
+                   help="reuse an --out (without --out: runs/<config name>) that holds an earlier run: its "
+                        "result.json and checkpoints are removed first")
     p.add_argument("--quiet", action="store_true", help="print only the verdict")
     p.set_defaults(func=run)
 
 
+def default_out(config: str | Path, *, force: bool = False, resuming: bool = False) -> Path:
+    """runs/<config stem>, or the first of runs/<config stem>-2, -3, ... that holds no earlier run:
+    a default --out never overwrites. With --force (replace it) or --resume (continue it), runs/<config stem>."""
+    base = Path("runs") / Path(config).stem
+    if force or resuming:
+        return base
+    out, n = base, 1
+    while _earlier_run(out):
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _earlier_run(out: Path) -> list[Path]:
+    return [p for p in (out / "result.json", out / "checkpoints") if p.exists()]
+
+
 def prepare_out(out: Path, *, explicit: bool, force: bool, resuming: bool) -> None:
     """Before training: refuse an --out that cannot be written; an --out that holds an earlier run
-    is refused unless --force (or --resume, which continues it); with --force, and for the default
-    runs/<config stem>, the earlier run's result.json and checkpoints are removed first, so none of
-    them is mistaken for this run's."""
+    is refused unless --force (or --resume, which continues it); with --force the earlier run's
+    result.json and checkpoints are removed first, so none of them is mistaken for this run's."""
     import shutil
 
     from stablesweep.config import check_output_dir
     from stablesweep.vocab import InputError
 
     check_output_dir(out, "--out" if explicit else "the default --out")
-    earlier = [p for p in (out / "result.json", out / "checkpoints") if p.exists()]
+    earlier = _earlier_run(out)
     if not earlier or resuming:
         return
-    if explicit and not force:
+    if not force:
         raise InputError(f"--out {out}: holds an earlier run ({', '.join(p.name for p in earlier)}); pass --force "
                          "to replace it, --resume CHECKPOINT to continue it, or another --out")
     for p in earlier:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+def precision_warning(device_type: str, precision: str) -> str | None:
+    """The warning for a precision that CPUs only emulate (bf16 on most, fp16 on all): many times slower."""
+    if device_type != "cpu" or precision not in ("fp16", "bf16"):
+        return None
+    return (f"warning: training.precision {precision} on CPU is emulated and runs many times slower than fp32 "
+            f"(the first report may take minutes); use fp32 on CPU, {precision} on a GPU")
+
+
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # bad config: an error before torch is even imported
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    prepare_out(out, explicit=args.out is not None, force=args.force, resuming=args.resume is not None)
+    resuming = args.resume is not None
+    out = Path(args.out) if args.out else default_out(args.config, force=args.force, resuming=resuming)
+    prepare_out(out, explicit=args.out is not None, force=args.force, resuming=resuming)
     from stablesweep.train import resolve_device, run_training
 
     device = resolve_device(args.device)  # a GPU asked for where there is none: error before any work
-    if device.type == "cpu" and cfg.training.precision == "fp16":
-        print("warning: training.precision fp16 on CPU is emulated and runs many times slower than fp32; "
-              "use bf16 or fp32 on CPU, fp16 on a GPU", file=sys.stderr)
+    warning = precision_warning(device.type, cfg.training.precision)
+    if warning:
+        print(warning, file=sys.stderr)
     log = None if args.quiet else (lambda s: print(s, flush=True))
     result = run_training(cfg, device=args.device, checkpoint_dir=out / "checkpoints",
                           resume_from=args.resume, log=log)

@@ -390,10 +390,11 @@ def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, 
     cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
     (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
     report, sources = scan(cfg, cfg.data.verify_images if check_images else "none", cache_lookup(cfg) if cache else None)
-    for s in report.splits:
-        if s.cached and log is not None:
-            log(f"data check: {s.dataset} {s.split}: images not checked one by one: their decoded-image cache "
-                f"{s.cached} is whole and keyed to these very files (path, size, mtime)")
+    cached = [f"{s.dataset} {s.split}" for s in report.splits if s.cached]
+    if cached and log is not None:  # one line for all of them
+        log(f"data check: images of {len(cached)} split(s) not checked one by one ({', '.join(cached[:3])}"
+            f"{', ...' if len(cached) > 3 else ''}): their decoded-image caches are whole and keyed to these "
+            "very files (path, size, mtime)")
     on_bad = cfg.loss.on_bad_label
     space = LabelSpace.from_config(cfg)
     for name in space.names:  # a train split with nothing to train on

@@ -11,7 +11,7 @@ from typing import Any
 
 from stablesweep.vocab import InputError
 
-MAX_LISTED = 20  # problems listed per split in messages (LabelReport.problems holds all)
+MAX_SHOWN = 5  # problems shown per file in `data check`'s and train's pre-flight messages
 
 
 class DataError(InputError):
@@ -140,7 +140,7 @@ class LabelReport:
         are tolerated (they are dropped at run time and counted)."""
         return all(s.errors(on_bad_label) == 0 for s in self.splits)
 
-    def format(self, max_listed: int = MAX_LISTED) -> str:
+    def format(self, max_listed: int = MAX_SHOWN, on_bad_label: str = "error") -> str:
         head = ("dataset", "split", "source", "classes", "count", "min", "max", "distinct", "status")
         rows = []
         for s in self.splits:
@@ -155,7 +155,7 @@ class LabelReport:
                              for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
         out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-        probs = self.format_problems(max_listed)
+        probs = self.format_problems(max_listed, on_bad_label)
         if probs:
             out += ["", probs]
         notes = self.notes
@@ -167,20 +167,30 @@ class LabelReport:
                    "which decoded every image, none changed since)" if cached else "")]
         return "\n".join(out)
 
-    def format_problems(self, max_listed: int = MAX_LISTED, on_bad_label: str = "error") -> str:
-        out = []
+    def format_problems(self, max_listed: int = MAX_SHOWN, on_bad_label: str = "error") -> str:
+        """Each problem once, grouped by the file it is in: a line per file with its count, then
+        its first `max_listed` problems. A split whose labels look 1-based is that one diagnosis
+        (its out-of-range lines, which the same fix mends, are counted, not listed)."""
         total = sum(len(s.problems) for s in self.splits)
         if not total:
             return ""
-        out.append(f"problems ({total}):")
+        out = [f"problems ({total}):"]
         for s in self.splits:
             if not s.problems:
                 continue
-            for p in s.problems[:max_listed]:
-                out.append(f"  {p.message}")
-            if len(s.problems) > max_listed:
-                out.append(f"  ... and {len(s.problems) - max_listed} more in {s.dataset} {s.split} "
-                           f"({s.path}); validate_labels(cfg).problems lists all")
+            shown = s.problems
+            one_based = [p for p in shown if p.kind == ProblemKind.ONE_BASED]
+            if one_based:
+                shown = one_based + [p for p in shown
+                                     if p.kind not in (ProblemKind.ONE_BASED, ProblemKind.LABEL_OUT_OF_RANGE)]
+            out.append(f"  {s.dataset} {s.split}, {s.path}: {len(s.problems)} problem(s)")
+            for p in shown[:max_listed]:
+                out.append(f"    {p.message}")
+            covered = len(s.problems) - len(shown)
+            if covered:
+                out.append(f"    ({covered} line(s) with a label outside the range: the 1-based fix above mends them)")
+            if len(shown) > max_listed:
+                out.append(f"    ... and {len(shown) - max_listed} more in {s.path}")
         if on_bad_label == "skip" and any(s.bad_label_lines for s in self.splits):
             out.append("  (loss.on_bad_label: skip: out-of-range labels are dropped at run time, "
                        "the other problems are errors)")

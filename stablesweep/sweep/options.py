@@ -4,6 +4,9 @@ What both share (the base config, where trials run, where the files and MLflow g
 `RunOptions`, which `SweepOptions` and `RampOptions` extend with their own fields; the checks of
 `placement` and the Ray session of `session` read it. Plain data: no Ray, so the CLI builds them
 before Ray is imported.
+
+Default layout: sweeps in runs/sweeps/NAME, ramps in runs/ramps/NAME, one MLflow store for both
+in runs/mlflow.db (an explicit --out DIR keeps its own DIR/mlflow.db).
 """
 from __future__ import annotations
 
@@ -41,13 +44,22 @@ class RunOptions:
     shared_storage: bool = False  # the user declares: the --out path is the same storage on every node
     local_dir: str | None = None  # the run's own files when --out is a URI (default DEFAULT_DIR)
     name: str | None = None
-    mlflow: str | None = None  # tracking URI (default sqlite:///OUT/mlflow.db)
+    mlflow: str | None = None  # tracking URI (default: `default_tracking_uri`)
     experiment: str = "stablesweep"  # MLflow experiment
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Self:
         """From a command's parsed flags: each flag sets the field of its name (the rest keep their defaults)."""
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    def default_tracking_uri(self, out: Path) -> str:
+        """The MLflow store when --mlflow is not given: OUT/mlflow.db, except for the default --out
+        (runs/sweeps, runs/ramps; or the default --local-dir of a URI --out), whose runs share
+        runs/mlflow.db: sweeps and ramps in one store, so a plain `stablesweep compare` sees both."""
+        for default in (SweepOptions.DEFAULT_DIR, RampOptions.DEFAULT_DIR):
+            if Path(out).resolve() == Path(default).resolve():
+                out = Path(default).parent
+        return f"sqlite:///{Path(out).resolve() / 'mlflow.db'}"
 
     def config_overrides(self) -> list[str]:
         """--set, then --steps as training.steps."""

@@ -121,18 +121,13 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             samples = size
     t = cfg.training
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
-    uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or _default_uri(out)
+    uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or opts.default_tracking_uri(out)
     notes += ephemeral_path_notes(opts)
     return SweepPlan(opts=opts, name=name, out=out, sweep_dir=sweep_dir, cfg=cfg, base=base, space=space,
                      sampler=sampler, samples=samples, seed=seed, asha=asha, asha_grace=grace, asha_rf=rf,
                      n_reports=n_reports, tracking_uri=uri, resume=opts.resume, state=state, notes=notes,
                      storage=storage, replicates=replicates)
 
-
-def _default_uri(out: Path) -> str:
-    from stablesweep.tracking import default_tracking_uri
-
-    return default_tracking_uri(out)
 
 
 def _find_sweep(out: Path, name: str | None) -> Path:

@@ -2,7 +2,7 @@
 
 Layout, under `--out` (default runs/ramps):
 
-    OUT/mlflow.db                   MLflow store (a parent run per ramp, a child run per probe)
+    OUT/mlflow.db                   MLflow store (a parent run per ramp, a child run per probe; runs/mlflow.db for the default OUT)
     OUT/NAME/ramp.json, ramp.md     per setting: the stable band, min diverged lr, min failed lr (diverged or
                                     stalled above the band), the stalls, recommended lr, probes, compute
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
@@ -186,7 +186,7 @@ def climb_of(opts: RampOptions) -> str:
 # ---- the loop -----------------------------------------------------------------------------------
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    from stablesweep.tracking import Tracker, create_store, default_tracking_uri, stable_trials_link, ui_command
+    from stablesweep.tracking import Tracker, create_store, stable_trials_link, ui_command
 
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
@@ -199,7 +199,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         ramp_dir.mkdir(parents=True, exist_ok=True)
-        uri = opts.mlflow or default_tracking_uri(out)
+        uri = opts.mlflow or opts.default_tracking_uri(out)
         create_store(uri)
         tracker = Tracker(uri, experiment=opts.experiment)
         budget = cfg.training.steps

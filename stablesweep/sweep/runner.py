@@ -3,7 +3,7 @@ MLflow records, and the stable region.
 
 Layout of a sweep, everything under `--out` (default runs/sweeps):
 
-    OUT/mlflow.db                 MLflow store shared by the sweeps in OUT (compare them in one UI)
+    OUT/mlflow.db                 MLflow store shared by the sweeps in OUT (runs/mlflow.db for the default OUT)
     OUT/mlartifacts/              its artifacts
     OUT/NAME/sweep.json           what the sweep is (config, space, sampler, seed, samples, run ids)
     OUT/NAME/optuna.db            the Optuna study (the sampler's knowledge; kept by --resume)

@@ -261,5 +261,5 @@ def test_unreachable_server_is_a_clear_error_within_seconds(tmp_path):
 def test_missing_default_store_says_which_uri_was_tried(tmp_path):
     p, _ = _cli(cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert "no MLflow store at sqlite:///runs/sweeps/mlflow.db" in p.stderr and "pass --mlflow URI" in p.stderr
+    assert "no MLflow store at sqlite:///runs/mlflow.db" in p.stderr and "pass --mlflow URI" in p.stderr
     assert not (tmp_path / "runs").exists()  # no empty store created
