@@ -43,6 +43,9 @@ def divergence_importance(df: pd.DataFrame, params: list[str], distributions: di
                                                     value=1.0 if r[VERDICT] == DIVERGED else 0.0))
         except ValueError:  # a value outside the given distribution: skip the trial
             continue
+    # the forest sees the trials in one order whatever order they finished in: the same trials,
+    # the same importance
+    trials.sort(key=lambda t: (t.value, [value_order(t.params[k]) for k in dists]))
     if len(trials) < 4:
         return {}, ""
     level = optuna.logging.get_verbosity()

@@ -122,6 +122,18 @@ def test_divergence_importance_finds_the_lr():
     assert set(rates) == {"slice", "neg_inf"}
 
 
+def test_divergence_importance_is_the_same_whatever_order_the_trials_finished_in():
+    rows = [trial(i, lr, "diverged" if lr > 0.5 else "stable", clip=clip)
+            for i, (lr, clip) in enumerate([(0.01, None), (1.0, None), (1000.0, None),
+                                            (0.01, 1.0), (1.0, 1.0), (1000.0, 1.0)])]
+    first = analyze(pd.DataFrame(rows), group_keys=GROUPS, param_keys=KEYS).importance
+    assert first
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(len(rows))
+        again = analyze(pd.DataFrame([rows[i] for i in order]), group_keys=GROUPS, param_keys=KEYS).importance
+        assert again == first
+
+
 def test_inferred_groups_and_params():
     df = pd.DataFrame([trial(0, 1e-4, "stable"), trial(1, 1e-2, "diverged"),
                        trial(2, 1e-3, "stable", masking="neg_inf")])
