@@ -15,6 +15,7 @@ from stablesweep.vocab import InputError
 
 # command modules, in the order `--help` lists them
 COMMANDS = (
+    "stablesweep.commands.init",
     "stablesweep.commands.train",
     "stablesweep.commands.data",
     "stablesweep.commands.sweep",
@@ -27,6 +28,7 @@ COMMANDS = (
 
 EPILOG = """\
 Start here:
+  stablesweep init data/mine                              # a starting config for your own datasets
   stablesweep data synth --out data/synth --scale 0.02   # a small multi-dataset as real files
   stablesweep train configs/demo.yaml                   # one guarded run, ends with a verdict
   stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml
