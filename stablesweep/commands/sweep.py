@@ -55,7 +55,7 @@ not be restored on another node. A trial whose node is lost is retried from its 
 (--max-failures, 2 by default there) and still ends with exactly one verdict.
 Exit status: 0 done, 1 no trial ended stable or some trial ended in error, 2 bad input, 74 the
 output could not be written (disk full, read-only; continue with --resume), 130 interrupted
-(continue with --resume).
+(continue with --resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 
@@ -175,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
     if link:
         print(f"  the stable trials, best first: {link}")
     if res.interrupted:
-        print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
-        return 130
+        from stablesweep.signals import stop_status, stop_word
+
+        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
+        return stop_status()
     if c.get("error"):
         errors = res.table[res.table[VERDICT] == ERROR]
         print(f"\n{c['error']} trial(s) ended in error (their settings are not in the region):",

@@ -343,6 +343,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
         tracker.set_margin(run_id, margin)
     tracker.end_sweep(parent, metrics, tags={"interrupted": str(interrupted).lower()},
                       artifacts=list(files.values()), status="KILLED" if interrupted else "FINISHED")
+    if interrupted:  # the child runs of trials stopped mid-way (Ctrl-C, SIGTERM): KILLED, not RUNNING
+        close_runs(tracker, parent)
     return SweepResult(name=plan.name, sweep_dir=plan.sweep_dir, table=table, region=region, files=files,
                        tracking_uri=plan.tracking_uri, parent_run_id=parent, counts=counts,
                        interrupted=interrupted, wall_s=time.time() - started)
