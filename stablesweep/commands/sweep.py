@@ -127,18 +127,21 @@ def resume_command(argv: list[str], name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
     from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.plan import plan_sweep
     from stablesweep.sweep.space import load_space
 
     opts = SweepOptions.from_args(args)
-    # the cheap checks first, before Ray is even imported
+    # the cheap checks first, before Ray is even imported; then every check of the plan (the data's
+    # with torch), before Ray, MLflow and Optuna are
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
+    plan = plan_sweep(opts)
 
     from stablesweep.sweep.recovery import OutputFault
     from stablesweep.sweep.runner import run_sweep
     from stablesweep.tracking import stable_trials_link, ui_command
 
     try:
-        res = run_sweep(opts, echo=lambda s: print(s, flush=True))
+        res = run_sweep(opts, echo=lambda s: print(s, flush=True), plan=plan)
     except OutputFault as e:
         print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name)}", file=sys.stderr)
         return 74

@@ -102,9 +102,10 @@ class SweepResult:
     wall_s: float
 
 
-def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> SweepResult:
-    """Plan, start (or join) Ray, run the Tuner, and write the region. See the module docstring."""
-    plan = plan_sweep(opts)  # raises ConfigError / SpaceError / InputError before Ray starts
+def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: SweepPlan | None = None) -> SweepResult:
+    """Plan (unless given the plan of `opts`), start (or join) Ray, run the Tuner, and write the
+    region. See the module docstring."""
+    plan = plan or plan_sweep(opts)  # raises ConfigError / SpaceError / InputError before Ray starts
     started = time.time()
     for n in plan.notes:
         echo(f"note: {n}")

@@ -75,3 +75,38 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_then_resume_finishes_it(ray_cluste
     assert second.returncode == 0, output[-4000:]
     table = assert_exactly_once(sweep_dir)
     assert set(table["verdict"]) <= {"stable", "diverged"}
+
+
+def test_two_sweeps_started_at_once_into_one_out_both_keep_every_record(ray_cluster, tmp_path):
+    """Two sweeps of different names into one fresh --out, started together: both make the MLflow
+    store at the same moment (its migrations take seconds); neither loses a run to the other."""
+    out, space = tmp_path / "out", tmp_path / "two.yaml"
+    space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
+    address = ray_cluster.get_runtime_context().gcs_address
+    procs = {}
+    for name in ("a", "b"):
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
+               "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}", "--no-asha",
+               "--max-concurrent", "1",
+               "--out", str(out), "--name", name, "--address", address]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                       start_new_session=True)
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name], _ = proc.communicate(timeout=240)
+    finally:
+        for proc in procs.values():
+            _kill_group(proc)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name][-4000:]
+        assert "readonly" not in outputs[name]
+    tracker = Tracker(f"sqlite:///{out / 'mlflow.db'}")
+    parents = {p.tags.get("stablesweep.sweep"): p for p in tracker.sweep_runs()}
+    assert set(parents) == {"a", "b"} and all(p.status == "FINISHED" for p in parents.values())
+    for name, parent in parents.items():
+        table = pd.read_csv(out / name / "trials.csv")
+        children = tracker.children(parent.run_id)
+        assert sorted(c.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
+        assert len(table) == 2 and set(table["verdict"]) == {"stable", "diverged"}
+    assert not list(out.glob(".mlflow.db.*.tmp"))
