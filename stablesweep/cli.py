@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from stablesweep import __version__
+from stablesweep.signals import EXIT_INTERRUPTED, stop_status, stop_word, take_sigterm
 from stablesweep.vocab import InputError
 
 # command modules, in the order `--help` lists them
@@ -34,7 +35,8 @@ Start here:
   stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml
 
 Every command takes --help. Exit status: 0 ok, 1 findings or a diverged run, 2 bad input,
-3 a stalled run (train), 74 a sweep whose output could not be written (resume it).
+3 a stalled run (train), 74 a sweep whose output could not be written (resume it), 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM, handled as Ctrl-C; a sweep or ramp continues with --resume).
 """
 
 
@@ -83,6 +85,7 @@ def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     from stablesweep.quiet import quiet
 
+    take_sigterm()  # SIGTERM stops a run as Ctrl-C does (stablesweep.signals); exit 143
     parser = build_parser()
     argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
@@ -93,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        return stop_status() if rc == EXIT_INTERRUPTED else rc
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print(stop_word(), file=sys.stderr)
+        return stop_status()
     except InputError as e:  # ConfigError, DataError, SpaceError, ...: bad input, named
         print(f"error: {e}", file=sys.stderr)
         return 2

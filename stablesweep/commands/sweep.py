@@ -56,7 +56,7 @@ not be restored on another node. A trial whose node is lost is retried from its 
 (--max-failures, 2 by default there) and still ends with exactly one verdict.
 Exit status: 0 done, 1 no trial ended stable or some trial ended in error, 2 bad input, 74 the
 output could not be written (disk full, read-only; continue with --resume), 130 interrupted
-(continue with --resume).
+(continue with --resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 
@@ -130,18 +130,21 @@ def resume_command(argv: list[str], name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
     from stablesweep.sweep.options import SweepOptions
+    from stablesweep.sweep.plan import plan_sweep
     from stablesweep.sweep.space import load_space
 
     opts = SweepOptions.from_args(args)
-    # the cheap checks first, before Ray is even imported
+    # the cheap checks first, before Ray is even imported; then every check of the plan (the data's
+    # with torch), before Ray, MLflow and Optuna are
     load_space(opts.space).validate(load_config(opts.config, opts.config_overrides()))
+    plan = plan_sweep(opts)
 
     from stablesweep.sweep.recovery import OutputFault
     from stablesweep.sweep.runner import run_sweep
     from stablesweep.tracking import stable_trials_link, ui_command
 
     try:
-        res = run_sweep(opts, echo=lambda s: print(s, flush=True))
+        res = run_sweep(opts, echo=lambda s: print(s, flush=True), plan=plan)
     except OutputFault as e:
         print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name)}", file=sys.stderr)
         return 74
@@ -178,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
     if link:
         print(f"  the stable trials, best first: {link}")
     if res.interrupted:
-        print(f"\ninterrupted: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
-        return 130
+        from stablesweep.signals import stop_status, stop_word
+
+        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
+        return stop_status()
     if c.get("error"):
         errors = res.table[res.table[VERDICT] == ERROR]
         print(f"\n{c['error']} trial(s) ended in error (their settings are not in the region):",

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from stablesweep.cluster.shape import ClusterShape, cluster_shape
@@ -41,6 +44,7 @@ def check_run_options(opts: RunOptions) -> None:
     if opts.address and opts.num_cpus:
         raise InputError("num_cpus applies to a local Ray only; not with --address")
     trial_resources(opts)  # refuses a bad --resources-per-trial
+    _check_local_gpus(opts)
     out, _ = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
     check_output_dir(out, "--out" if uri_scheme(opts.out) is None else "--local-dir")
     if opts.mlflow and opts.mlflow.startswith(("http://", "https://")):
@@ -49,6 +53,50 @@ def check_run_options(opts: RunOptions) -> None:
         why = probe_store(opts.mlflow)  # seconds, not MLflow's minutes of retries
         if why:
             raise InputError(f"--mlflow {opts.mlflow}: {why}")
+
+
+def _check_local_gpus(opts: RunOptions) -> None:
+    """GPUs asked of a local Ray (one this process will start) that this machine lacks: refused
+    now, in milliseconds, not after Ray has started (`cluster_checks` checks a joined cluster)."""
+    ray = sys.modules.get("ray")
+    if (opts.gpus_per_trial <= 0 or opts.address or os.environ.get("RAY_ADDRESS")
+            or (ray is not None and ray.is_initialized())):
+        return
+    have = local_gpus()
+    need = opts.gpus_per_trial if opts.gpus_per_trial >= 1 else 1
+    if have is not None and have < need:
+        raise InputError(f"--gpus-per-trial {opts.gpus_per_trial:g}: this machine has "
+                         f"{'no GPUs' if not have else f'{have} GPU(s)'} (a local Ray; "
+                         f"{os.cpu_count()} CPUs); leave --gpus-per-trial out to train on CPU, or connect to "
+                         "a cluster with GPUs (--address)")
+
+
+def local_gpus() -> int | None:
+    """The NVIDIA GPUs of this machine that a local Ray would see, found without Ray or torch
+    (importing torch alone takes seconds): /proc/driver/nvidia/gpus, else `nvidia-smi -L`, bounded by
+    CUDA_VISIBLE_DEVICES where it is set; 0 where there is no NVIDIA driver and no other GPU
+    stack (/dev/kfd, ROCm's); None where it cannot tell (Ray then decides)."""
+    count: int | None = None
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir():
+        count = sum(1 for _ in proc.iterdir())
+    elif shutil.which("nvidia-smi"):
+        try:
+            p = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if p.returncode != 0:
+            return None
+        count = sum(1 for line in p.stdout.splitlines() if line.startswith("GPU "))
+    elif Path("/dev/kfd").exists():
+        return None
+    else:
+        count = 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and v.strip() != "-1"]
+        count = min(count, len(ids))
+    return count
 
 
 def trial_resources(opts: RunOptions, per_worker: bool = False) -> dict[str, float]:

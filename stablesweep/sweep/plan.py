@@ -12,12 +12,10 @@ from typing import Any
 
 from stablesweep.cluster.storage import storage_paths
 from stablesweep.config import Config, load_config
-from stablesweep.data import build_data
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import check_run_options, ephemeral_path_notes
-from stablesweep.sweep.search import SAMPLERS, sqlite_url
 from stablesweep.sweep.space import SearchSpace, load_space
-from stablesweep.vocab import LR_KEY, SEED_KEY, InputError
+from stablesweep.vocab import LR_KEY, SAMPLERS, SEED_KEY, InputError
 
 DEFAULT_SAMPLES = 16
 STATE_FILE = "sweep.json"
@@ -54,7 +52,7 @@ class SweepPlan:
 
     @property
     def study_url(self) -> str:
-        return sqlite_url(self.sweep_dir / "optuna.db")
+        return f"sqlite:///{self.sweep_dir / 'optuna.db'}"
 
 
 def plan_sweep(opts: SweepOptions) -> SweepPlan:
@@ -83,7 +81,6 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         raise InputError(f"--replicates: {opts.space} has no {LR_KEY} axis: there is no lr boundary to replicate")
     if opts.replicates and SEED_KEY in space.keys:
         raise InputError(f"--replicates: {opts.space} sweeps {SEED_KEY}; the replicates vary it themselves")
-    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
     base = cfg.to_dict()
     out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
 
@@ -119,6 +116,9 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         elif opts.samples > size:
             notes.append(f"--samples {opts.samples} is more than the {size} grid points: running {size}")
             samples = size
+    from stablesweep.data import build_data  # torch: imported once every cheaper check has passed
+
+    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
     t = cfg.training
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
     uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or opts.default_tracking_uri(out)

@@ -41,12 +41,9 @@ from stablesweep.analysis.answer import (
     recommended_header,
     rule_line,
 )
-from stablesweep.analysis.boundary import fit_boundary
-from stablesweep.analysis.plots import boundary_data, plot_boundary, plot_ramp, ramp_data
 from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
-from stablesweep.data import build_data
 from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes
 from stablesweep.sweep.ramp import (
@@ -61,9 +58,7 @@ from stablesweep.sweep.ramp import (
     replicate_probes,
     seed_from_range_test,
 )
-from stablesweep.sweep.session import ListedSearcher, make_tuner, ray_session, trial_trainable
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space
-from stablesweep.sweep.trainable import WARM_START
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -138,7 +133,6 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
     check_run_options(opts)
     storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
     cfg = load_config(opts.config, opts.config_overrides())
-    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
     if cfg.training.steps is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
     base = cfg.to_dict()
@@ -161,6 +155,9 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         except ConfigError as e:
             raise InputError(f"setting {short_name(params) or 'the config'}: {e}") from None
         settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs, climb=climb_of(opts)))
+    from stablesweep.data import build_data  # torch: once every cheaper check has passed
+
+    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
     notes += ephemeral_path_notes(opts)
     if opts.mode == "continue" and opts.parallel > 1:
         notes.append("continue mode: each setting climbs one rung at a time (each rung starts from the last "
@@ -186,14 +183,18 @@ def climb_of(opts: RampOptions) -> str:
 # ---- the loop -----------------------------------------------------------------------------------
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    from stablesweep.tracking import Tracker, create_store, stable_trials_link, ui_command
-
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
     name = opts.run_name("ramp")
     out, ramp_dir, storage = ramp_paths(opts, name)
     if ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; choose another --name or --out")
+    # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
+    from stablesweep.analysis.boundary import fit_boundary
+    from stablesweep.analysis.plots import boundary_data, plot_boundary
+    from stablesweep.sweep.session import ray_session
+    from stablesweep.tracking import Tracker, create_store, stable_trials_link, ui_command
+
     for n in notes:
         echo(f"note: {n}")
     with ray_session(opts):
@@ -279,6 +280,8 @@ class _Rounds:
         self.runs: list[tuple[Setting, float, str]] = []  # each probe's setting, lr and MLflow run
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.budget = cfg.training.steps
+        from stablesweep.sweep.session import trial_trainable
+
         # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
         self.trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
 
@@ -331,6 +334,8 @@ class _Rounds:
             config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
                            "training.warmup_steps": 0})
         elif self.opts.mode == "continue":  # from the last stable rung's checkpoint, in Tune's storage
+            from stablesweep.sweep.trainable import WARM_START
+
             warm = s.last_stable_probe()
             if warm is not None and warm.checkpoint:
                 config[WARM_START] = warm.checkpoint
@@ -341,6 +346,8 @@ class _Rounds:
         return _Request(s, float(lr), phase, config, start_step)
 
     def _execute(self, reqs: list[_Request]) -> list[Probe]:
+        from stablesweep.sweep.session import ListedSearcher, make_tuner
+
         self.round += 1
         self.echo(f"round {self.round}: {len(reqs)} probe(s): "
                   + "; ".join(f"{short_name(r.setting.params) or 'config'} lr {r.lr:.2e}" for r in reqs))
@@ -415,6 +422,7 @@ class _Rounds:
 def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: list[dict], opts: RampOptions,
                base: dict, cfg, ramp_dir: Path, name: str) -> dict[str, Path]:
     """ramp.json (`summary`), ramp.md, recommended/<setting>.yaml and ramp.png."""
+    from stablesweep.analysis.plots import plot_ramp, ramp_data
     from stablesweep.config import set_dotted
 
     files: dict[str, Path] = {}

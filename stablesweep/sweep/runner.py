@@ -102,9 +102,10 @@ class SweepResult:
     wall_s: float
 
 
-def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print) -> SweepResult:
-    """Plan, start (or join) Ray, run the Tuner, and write the region. See the module docstring."""
-    plan = plan_sweep(opts)  # raises ConfigError / SpaceError / InputError before Ray starts
+def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: SweepPlan | None = None) -> SweepResult:
+    """Plan (unless given the plan of `opts`), start (or join) Ray, run the Tuner, and write the
+    region. See the module docstring."""
+    plan = plan or plan_sweep(opts)  # raises ConfigError / SpaceError / InputError before Ray starts
     started = time.time()
     for n in plan.notes:
         echo(f"note: {n}")
@@ -343,6 +344,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
         tracker.set_margin(run_id, margin)
     tracker.end_sweep(parent, metrics, tags={"interrupted": str(interrupted).lower()},
                       artifacts=list(files.values()), status="KILLED" if interrupted else "FINISHED")
+    if interrupted:  # the child runs of trials stopped mid-way (Ctrl-C, SIGTERM): KILLED, not RUNNING
+        close_runs(tracker, parent)
     return SweepResult(name=plan.name, sweep_dir=plan.sweep_dir, table=table, region=region, files=files,
                        tracking_uri=plan.tracking_uri, parent_run_id=parent, counts=counts,
                        interrupted=interrupted, wall_s=time.time() - started)

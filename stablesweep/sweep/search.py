@@ -28,6 +28,7 @@ from stablesweep.vocab import (
     OBJECTIVE,
     PRUNED,
     REASON,
+    SAMPLERS,
     STABLE,
     STALLED,
     STEP,
@@ -38,7 +39,6 @@ from stablesweep.vocab import (
 
 logger = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "qmc", "random", "grid")
 DIVERGED_CONSTRAINT = "diverged"  # Optuna constraint: > 0 means the trial diverged (infeasible)
 STALLED_CONSTRAINT = "stalled"    # Optuna constraint: > 0 means the trial ran its budget but did not learn
 ABANDONED = "abandoned"  # the verdict user attr of a trial asked by an interrupted run and never run (no verdict of vocab)

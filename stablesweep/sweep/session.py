@@ -16,6 +16,7 @@ from ray.tune.search import Searcher
 
 from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
+from stablesweep.signals import take_sigterm
 from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
@@ -30,6 +31,7 @@ def ray_session(opts: RunOptions) -> Iterator[None]:
     Ray started here and shut down at the end; a Ray this process already runs is used as it is."""
     quiet_tune()
     started = start_ray(opts)
+    take_sigterm()  # after Ray: its driver's handlers abort at SIGTERM (stablesweep.signals)
     try:
         yield
     finally:

@@ -32,8 +32,9 @@ def store_path(uri: str) -> Path | None:
 def create_store(uri: str) -> None:
     """Make sure a sqlite MLflow store at `uri` is whole before a sweep or ramp writes to it.
 
-    A new store is made under a temporary name and renamed into place: a Ctrl-C while MLflow
-    creates its tables (a few seconds of migrations) leaves no half-made store. A store left
+    A new store is made under a temporary name and linked into place: a Ctrl-C while MLflow
+    creates its tables (a few seconds of migrations) leaves no half-made store, and of two sweeps
+    that make it at once into one --out the first one's store is kept, the second's discarded. A store left
     half-made all the same (by an older version, or a migration interrupted later) holds
     `_alembic_tmp_*` tables that fail every later use (`table _alembic_tmp_experiments already
     exists`): with no run in it, it is made again from scratch; with runs, each leftover table whose
@@ -49,7 +50,13 @@ def create_store(uri: str) -> None:
         from mlflow import MlflowClient
 
         MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
-        os.replace(tmp, path)
+        # put in place only if still absent: a sweep started at the same moment into the same --out
+        # may have made it meanwhile and be writing to it; replacing its file under it would lose
+        # its runs (sqlite then answers "attempt to write a readonly database")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
     finally:
         tmp.unlink(missing_ok=True)
 

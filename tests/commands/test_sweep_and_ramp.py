@@ -3,6 +3,7 @@ bad input exits 2 before Ray starts, an interrupted sweep says how to resume."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -101,3 +102,39 @@ def test_replicates_need_the_grid_or_qmc_sampler(tmp_path, cli):
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+REFUSED_LIGHT = """
+import sys
+from stablesweep.cli import main
+rc = main(sys.argv[1:])
+print("heavy:", ",".join(m for m in ("ray", "torch", "mlflow", "optuna", "matplotlib") if m in sys.modules))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["sweep", str(DEMO), "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--samples", "0"], "--samples 0"),
+    (["sweep", str(DEMO), "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--sampler", "grid"],
+     "cannot be gridded"),
+    (["ramp", str(DEMO), "--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
+    (["ramp", str(DEMO), "--set", "training.lr=oops"], "training.lr: expected a number"),
+])
+def test_bad_input_is_refused_before_ray_torch_mlflow_are_imported(tmp_path, argv, msg):
+    p = subprocess.run([sys.executable, "-c", REFUSED_LIGHT, *argv, "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 2 and msg in p.stderr, p.stderr
+    assert p.stdout.strip() == "heavy:", p.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpus_asked_of_a_local_ray_on_a_machine_without_them_refused_without_ray(tmp_path):
+    from stablesweep.sweep.placement import local_gpus
+
+    if local_gpus() != 0:
+        pytest.skip("this machine has GPUs (or cannot tell)")
+    p = subprocess.run([sys.executable, "-c", REFUSED_LIGHT, "sweep", str(DEMO), "--space",
+                        str(ROOT / "search_spaces" / "quick.yaml"), "--gpus-per-trial", "3", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""})
+    assert p.returncode == 2 and "--gpus-per-trial 3: this machine has no GPUs" in p.stderr, p.stderr
+    assert "ray" not in p.stdout.split("heavy:")[1] and "torch" not in p.stdout.split("heavy:")[1], p.stdout

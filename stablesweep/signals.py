@@ -1,0 +1,52 @@
+"""SIGTERM taken the way of Ctrl-C, so that a scheduler's preemption stops a sweep or ramp as a
+Ctrl-C does: trials stopped, what finished recorded, the MLflow runs closed, the resume command
+printed; the exit status is then 143 (128 + SIGTERM) instead of 130.
+
+Why it must be installed again after Ray starts: `ray.init` sets its own SIGTERM handler
+(`sys.exit(15)`), and the driver's core worker then installs a C++ failure-signal handler over it,
+which prints `*** SIGTERM received` and aborts (exit 134) with nothing recorded. `take_sigterm`
+puts ours back at the C level; it is called by the CLI at start and by `sweep.session.ray_session`
+once Ray is up. While Tune's `tuner.fit` runs, SIGINT's handler is Tune's (it ends the run at the
+next step of its loop, as a first Ctrl-C does); otherwise it is Python's, which raises
+KeyboardInterrupt. SIGTERM calls whichever it is. Imports nothing heavy: the CLI uses it before
+any command module loads.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+
+_received: list[int] = []
+
+
+def _on_sigterm(signum, frame) -> None:
+    _received.append(signum)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)  # Tune's (ends the run) or Python's default (KeyboardInterrupt)
+    else:
+        raise KeyboardInterrupt
+
+
+def take_sigterm() -> None:
+    """Make SIGTERM take the way of SIGINT in this process (the main thread only can set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def terminated() -> bool:
+    """Whether a SIGTERM came (the stop is then a termination, exit 143, not an interrupt)."""
+    return bool(_received)
+
+
+def stop_word() -> str:
+    """How the message names the stop: `terminated (SIGTERM)` or `interrupted`."""
+    return "terminated (SIGTERM)" if terminated() else "interrupted"
+
+
+def stop_status() -> int:
+    """The exit status of a run that stopped early at a signal: 143 for SIGTERM, 130 for SIGINT."""
+    return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED

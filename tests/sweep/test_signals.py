@@ -1,0 +1,112 @@
+"""Signals as a cluster scheduler sends them: SIGTERM to the driver of a real sweep (the CLI in a
+subprocess, on the session's Ray) stops it as Ctrl-C does, with everything recorded and closed,
+and one --resume finishes it with every setting exactly once."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from stablesweep.sweep.search import study_summary
+from stablesweep.tracking import Tracker
+from tests.conftest import DEMO, ROOT
+from tests.sweep.test_runner import INTERVAL, N_GRID, STEPS, _kill_group, assert_exactly_once, grid_space
+
+
+def _wait_for_lines(proc: subprocess.Popen, log, prefix: str, n: int, timeout: float) -> list[str]:
+    deadline = time.time() + timeout
+    lines: list[str] = []
+    while time.time() < deadline and proc.poll() is None:
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith(prefix)]
+        if len(lines) >= n:
+            break
+        time.sleep(0.2)
+    return lines
+
+
+def test_sigterm_stops_a_sweep_as_ctrl_c_does_then_resume_finishes_it(ray_cluster, tmp_path):
+    out, space = tmp_path / "out", grid_space(tmp_path)
+    address = ray_cluster.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
+           "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}", "--no-asha",
+           "--max-concurrent", "1", "--out", str(out), "--name", "t", "--address", address]
+    log = tmp_path / "first.log"
+    first = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        done = _wait_for_lines(first, log, "[", 1, 150)
+        assert first.poll() is None and 1 <= len(done) < N_GRID, log.read_text()[-3000:]
+        os.kill(first.pid, signal.SIGTERM)  # the driver only, by its PID, as a scheduler's preemption
+        first.wait(timeout=120)
+    finally:
+        _kill_group(first)
+    text = log.read_text()
+    assert first.returncode == 143, text[-3000:]
+    assert "*** SIGTERM received" not in text
+    assert "terminated (SIGTERM): continue with  stablesweep sweep" in text and "--resume" in text, text[-3000:]
+
+    sweep_dir = out / "t"
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    tracker = Tracker(state["tracking_uri"])
+    assert [p.status for p in tracker.sweep_runs()] == ["KILLED"]
+    assert not [c for c in tracker.children(state["parent_run_id"]) if c.status == "RUNNING"]
+    # Optuna: nothing WAITING; RUNNING only the trials that Tune stopped mid-way (trials.csv's
+    # unfinished ones), which --resume restores and tells
+    rows = study_summary(state["study_url"], state["study_name"])
+    table = pd.read_csv(sweep_dir / "trials.csv")
+    unfinished = set(table.loc[table["verdict"] == "unfinished", "trial_id"])
+    assert not [r for r in rows if r["state"] == "WAITING"], rows
+    assert {r.get("tune_trial_id") for r in rows if r["state"] == "RUNNING"} == unfinished, rows
+    finished = table[table["verdict"] != "unfinished"]
+    assert len(finished) >= 1
+    by_trial = {r.get("tune_trial_id"): r for r in rows}
+    assert all(by_trial[t]["verdict"] == v for t, v in zip(finished["trial_id"], finished["verdict"]))
+
+    second = subprocess.Popen(cmd + ["--resume"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=ROOT, start_new_session=True)
+    try:
+        output, _ = second.communicate(timeout=240)
+    finally:
+        _kill_group(second)
+    assert second.returncode == 0, output[-4000:]
+    table = assert_exactly_once(sweep_dir)
+    assert set(table["verdict"]) <= {"stable", "diverged"}
+
+
+def test_two_sweeps_started_at_once_into_one_out_both_keep_every_record(ray_cluster, tmp_path):
+    """Two sweeps of different names into one fresh --out, started together: both make the MLflow
+    store at the same moment (its migrations take seconds); neither loses a run to the other."""
+    out, space = tmp_path / "out", tmp_path / "two.yaml"
+    space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
+    address = ray_cluster.get_runtime_context().gcs_address
+    procs = {}
+    for name in ("a", "b"):
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
+               "--steps", str(STEPS), "--set", f"training.report_interval={INTERVAL}", "--no-asha",
+               "--max-concurrent", "1",
+               "--out", str(out), "--name", name, "--address", address]
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                       start_new_session=True)
+    outputs = {}
+    try:
+        for name, proc in procs.items():
+            outputs[name], _ = proc.communicate(timeout=240)
+    finally:
+        for proc in procs.values():
+            _kill_group(proc)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name][-4000:]
+        assert "readonly" not in outputs[name]
+    tracker = Tracker(f"sqlite:///{out / 'mlflow.db'}")
+    parents = {p.tags.get("stablesweep.sweep"): p for p in tracker.sweep_runs()}
+    assert set(parents) == {"a", "b"} and all(p.status == "FINISHED" for p in parents.values())
+    for name, parent in parents.items():
+        table = pd.read_csv(out / name / "trials.csv")
+        children = tracker.children(parent.run_id)
+        assert sorted(c.tags["stablesweep.trial_id"] for c in children) == sorted(table["trial_id"])
+        assert len(table) == 2 and set(table["verdict"]) == {"stable", "diverged"}
+    assert not list(out.glob(".mlflow.db.*.tmp"))
