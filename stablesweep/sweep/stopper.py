@@ -10,6 +10,10 @@
   `min_progress` rule); to ASHA it is a finite trial like any other (its objective is real).
   The trainable forwards the training loop's `done` as `finished` (Tune owns the `done` key and
   sets it on every stopped trial), so "stopped before finished and not diverged" means pruned.
+  The monitor's verdict comes first: every report's `verdict` is the monitor's judgement of its
+  whole state at that step (the explosion rule against the initial loss holds from step 0, before
+  `monitor.min_steps`), so a trial the scheduler stopped is `pruned` only when no divergence rule
+  held on it, and a blow-up the scheduler cut short ends `diverged` at the step its loss crossed.
 """
 from __future__ import annotations
 
