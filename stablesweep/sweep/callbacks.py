@@ -81,7 +81,7 @@ class MlflowCallback(Callback):
         o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
         summary = {k: res[k] for k in (OBJECTIVE, INITIAL_LOSS, TRAIN_FLOPS) if isinstance(res.get(k), (int, float))}
         summary[STEPS] = o.steps
-        self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary)
+        self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, ended_at=o.ended_at)
 
     @staticmethod
     def _safe(fn, *args) -> None:

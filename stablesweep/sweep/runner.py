@@ -370,4 +370,4 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         number = py(r.get("optuna_number"))
         if number is not None and number >= 0:  # -1: a replicate, or a trial Optuna did not number
             tags["optuna_number"] = str(number)
-        tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
+        tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags, ended_at=o.ended_at)

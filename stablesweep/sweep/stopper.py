@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -33,6 +33,7 @@ from stablesweep.vocab import (
     OBJECTIVE,
     PRUNED,
     REASON,
+    REPORTED_AT,
     STABLE,
     STALLED,
     STEP,
@@ -47,11 +48,18 @@ class Outcome:
     first_bad_step: int = -1
     objective: float | None = None  # finite, or None
     steps: int = 0
+    ended_at: float | None = None  # epoch seconds of its last report: when the trial ended
 
 
 def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: str | None = None) -> Outcome:
     """The one verdict of a finished trial from its last reported result."""
     result = result or {}
+    ended = result.get(REPORTED_AT, result.get("timestamp"))
+    o = _verdict(result, errored, error)
+    return o if not isinstance(ended, (int, float)) else replace(o, ended_at=float(ended))
+
+
+def _verdict(result: dict[str, Any], errored: bool, error: str | None) -> Outcome:
     steps = int(result.get(STEP) or 0)
     obj = result.get(OBJECTIVE)
     obj = float(obj) if isinstance(obj, (int, float)) and math.isfinite(obj) else None

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import ray
 from ray import tune
 
 from stablesweep.sweep.space import apply_params
-from stablesweep.vocab import FINISHED
+from stablesweep.vocab import FINISHED, REPORTED_AT
 
 WARM_START = "warm_start"  # a trial config key (not a config key): a checkpoint path or URI to start from
 
@@ -35,11 +36,13 @@ def trial_device() -> str:
 
 def tune_result(metrics: dict[str, Any], node_id: str, device: str) -> dict[str, Any]:
     """A training report as a Tune result: the loop's `done` is `finished` (Tune owns `done`, and
-    sets it on every stopped trial), and the node and device the trial ran on are added."""
+    sets it on every stopped trial), and the node and device the trial ran on, and when it was
+    reported (the last report's time is the trial's end, for its MLflow run), are added."""
     result = dict(metrics)
     result[FINISHED] = bool(result.pop("done", False))
     result["node_id"] = node_id
     result["device"] = device
+    result[REPORTED_AT] = time.time()  # Tune's own `timestamp` is whole seconds
     return result
 
 
