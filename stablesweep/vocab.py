@@ -56,6 +56,7 @@ FLOPS_PER_STEP = "flops_per_step"
 SAMPLES_PER_S = "samples_per_s"
 FINISHED = "finished"            # the training loop's own `done`, renamed (Tune owns `done`)
 REPORTED_AT = "reported_at"      # epoch seconds (float) of a report; the last one's is the trial's end
+OBJECTIVE_IS_STAND_IN = "objective_is_stand_in"  # a Tune row's: its objective is a diverged run's stand-in
 PROGRESS = "progress"            # 1 - final smoothed loss / initial loss
 HISTORY = "history"              # diverged, last report only: [(step, loss, grad norm), ...] before the end
 # the early warning (stability/monitor.py): whether a signal crossed its threshold, which, when
@@ -72,7 +73,8 @@ NOT_METRICS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
     "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "experiment_tag",
     "should_checkpoint",
-    STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, REPORTED_AT, "node_id", "device"})
+    STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, REPORTED_AT, OBJECTIVE_IS_STAND_IN, "timesteps_total",
+    "node_id", "device"})
 
 # ---- search-space words -----------------------------------------------------------------------
 
