@@ -133,9 +133,11 @@ class DataConfig:
 
 @dataclass
 class MonitorConfig:
-    explosion_factor: float = 4.0  # diverged when the smoothed loss exceeds this multiple of its best
+    # diverged when the smoothed loss exceeds this multiple of its best (from min_steps on) or of
+    # the initial loss (from step 0)
+    explosion_factor: float = 4.0
     smoothing: float = 0.9  # EMA factor of the smoothed loss
-    min_steps: int = 10  # steps before the explosion rule applies; the initial loss is their mean
+    min_steps: int = 10  # steps before the rule against the best smoothed loss applies
     history_steps: int = 32  # the last N steps' loss and gradient norm, kept on the device for a divergence's story
     initial_batches: int = 4  # the initial loss: mean over this many batches at the initial weights (0: the first step's)
     min_progress: float = 0.1  # stable needs the final smoothed loss <= (1 - this) x the initial loss

@@ -29,7 +29,7 @@ from stablesweep.data import DeviceInput, MultiData, build_data
 from stablesweep.ddp import gather_rows, ranks, reduce_monitor, spread_nonfinite
 from stablesweep.model import build_model
 from stablesweep.stability.loss import GuardedLoss
-from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress
+from stablesweep.stability.monitor import DivergenceMonitor, Snapshot, Verdict, progress, signal_key, thresholds
 from stablesweep.stability.precision import OneGraphStep, make_optimizer, make_precision
 from stablesweep.vocab import (
     AT_RISK,
@@ -453,12 +453,19 @@ class Trainer:
         return (f"step {self.step:>{len(str(self.total))}}/{self.total}  loss {snap.last_loss:.4g}  "
                 f"{rate:.1f} samples/s  ({now - started:.0f}s; next report at step {report})")
 
+    def _warning(self, m: dict) -> str:
+        """The early warning, said as what it is: which signal crossed which threshold (its config
+        key), where, its largest value since; a warning, not a verdict (the bracket says that)."""
+        name, limit = m[AT_RISK_SIGNAL], thresholds(self.cfg.monitor)[m[AT_RISK_SIGNAL]]
+        return (f"  warning, not a verdict: {name} {m[signal_key(name)]:.3g} (largest so far) crossed "
+                f"monitor.warn_{name}={limit:g} at step {m[AT_RISK_STEP]}")
+
     def _progress_line(self, m: dict, per_ds: list) -> str:
         width = len(str(self.total))
         head = (f"step {m[STEP]:>{width}}/{self.total}  loss {m[LAST_LOSS]:.4g} (smoothed {m[LOSS]:.4g})  "
                 f"grad {m[GRAD_NORM]:.3g}  lr {m[LR]:.2e}  {m[SAMPLES_PER_S]:.0f} samples/s  "
                 f"[{m[VERDICT]}{' ' + m[REASON] + ' at step ' + str(m[FIRST_BAD_STEP]) if m[REASON] else ''}]"
-                f"{'  at risk: ' + m[AT_RISK_SIGNAL] + ' at step ' + str(m[AT_RISK_STEP]) if m[AT_RISK] else ''}")
+                f"{self._warning(m) if m[AT_RISK] else ''}")
         parts = []
         for name in self.space.names:
             if f"train_loss/{name}" in m:

@@ -55,6 +55,8 @@ TRAIN_FLOPS = "train_flops"
 FLOPS_PER_STEP = "flops_per_step"
 SAMPLES_PER_S = "samples_per_s"
 FINISHED = "finished"            # the training loop's own `done`, renamed (Tune owns `done`)
+REPORTED_AT = "reported_at"      # epoch seconds (float) of a report; the last one's is the trial's end
+OBJECTIVE_IS_STAND_IN = "objective_is_stand_in"  # a Tune row's: its objective is a diverged run's stand-in
 PROGRESS = "progress"            # 1 - final smoothed loss / initial loss
 HISTORY = "history"              # diverged, last report only: [(step, loss, grad norm), ...] before the end
 # the early warning (stability/monitor.py): whether a signal crossed its threshold, which, when
@@ -71,7 +73,8 @@ NOT_METRICS = frozenset({
     "timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date", "time_this_iter_s",
     "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "experiment_tag",
     "should_checkpoint",
-    STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, "node_id", "device"})
+    STEP, FIRST_BAD_STEP, BUDGET_STEPS, FINISHED, VERDICT, REASON, REPORTED_AT, OBJECTIVE_IS_STAND_IN, "timesteps_total",
+    "node_id", "device"})
 
 # ---- search-space words -----------------------------------------------------------------------
 
@@ -193,8 +196,8 @@ def short_name(params: dict[str, Any]) -> str:
     return " ".join(parts)
 
 # a setting's answer on the parent run of its sweep or ramp, each as `<name>.<setting slug>`
-SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk",
-                   "lr_at_50pct")
+SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "min_failed_lr", "recommended_lr",
+                   "lr_at_5pct_risk", "lr_at_50pct")
 
 # the samplers of `sweep --sampler` (checked before Ray and Optuna are imported)
 SAMPLERS = ("tpe", "qmc", "random", "grid")

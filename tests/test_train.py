@@ -217,3 +217,14 @@ def test_the_demo_is_stable_and_never_at_risk(seed, one_thread):
     res = run_training(load_config(DEMO, [f"training.seed={seed}"]), device="cpu")
     assert res.verdict == "stable"
     assert not res.at_risk, (res.at_risk_signal, res.at_risk_step, res.signals)
+
+
+def test_the_early_warning_line_says_what_crossed_what_and_that_it_is_no_verdict():
+    cfg = load_config(DEMO, ["training.steps=5", "training.report_interval=5", "monitor.warn_max_logit=0.001"])
+    lines: list[str] = []
+    r = run_training(cfg, device="cpu", log=lines.append)
+    assert r.at_risk_signal == "max_logit" and r.at_risk_step == 0
+    head = [ln for ln in lines if ln.startswith("step ")][-1]
+    assert "warning, not a verdict: max_logit " in head
+    assert "crossed monitor.warn_max_logit=0.001 at step 0" in head and "at risk:" not in head
+    assert f"{r.signals['max_logit']:.3g} (largest so far)" in head

@@ -2,10 +2,16 @@
 
 Per step (`update`, device ops only, no branch on the host): counts of non-finite losses and
 gradients, the first bad step and its kind, the max finite loss and gradient norm, an
-exponentially smoothed loss (bias-corrected) and its best value, and the first step at which the
-smoothed loss exceeded `explosion_factor` x its best (the fastai/Lightning lr-finder rule), and the
-initial loss (the trainer sets it to the mean loss of the first `initial_batches` batches at the
-initial weights, before any update; else it is the first step's).
+exponentially smoothed loss (bias-corrected) and its best value, the initial loss (the trainer
+sets it to the mean loss of the first `initial_batches` batches at the initial weights, before any
+update; else it is the first step's), and the loss explosion: the smoothed loss over
+`explosion_factor` x its best (the fastai/Lightning lr-finder rule, from `min_steps` on, when the
+early best is no longer noise) or over `explosion_factor` x the initial loss (from step 0: a mean
+of batches at the initial weights is no noisy best, and while the best is at most the initial loss
+this rule holds only where the best rule would). A divergence begins where the raw loss first
+crossed the rule's line (`explosion_factor` x the reference) in the run of steps that led to the
+explosion (kept as the start of the current run of crossings, in the same vector), not where the
+smoothed loss got there.
 
 The whole state is one fp64 vector (with a ring of the last steps and the per-dataset sums beside
 it), and a step's bookkeeping is one pure function of it, written back in place. On CUDA that
@@ -99,6 +105,7 @@ LAYOUT: dict[str, Slot] = {
     "initial_loss": Slot(math.nan, MEAN), "last_loss": Slot(math.nan, MEAN), "last_gnorm": Slot(math.nan, SAME),
     **{f"{kind}_{name}": Slot(initial, _SIGNAL_RANKS[name][k]) for name in SIGNALS
        for k, (kind, initial) in enumerate((("value", 0.0 if name == "scale_drops" else -math.inf), ("warn", -1.0)))},
+    "crossing": Slot(-1.0, FIRST),  # the first step of the current run of raw losses over the explosion line
 }
 FIELDS = tuple(LAYOUT)
 _I = {name: i for i, name in enumerate(FIELDS)}
@@ -197,11 +204,13 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
     n = v[_I["ema_n"]] + ok.double()
     smoothed = ema / (1 - beta ** torch.clamp(n, min=1.0))
     best = v[_I["best"]]
-    exploded = ok & (n > min_steps) & (smoothed > factor * best)
+    initial = torch.where((step == 0) & torch.isnan(v[_I["initial_loss"]]), loss, v[_I["initial_loss"]])
+    line = factor * torch.fmin(initial, torch.where(n > min_steps, best, math.inf))  # fmin: a NaN initial is none
+    exploded = ok & (smoothed > line)
+    crossing = torch.where(~ok | (loss > line), torch.where(v[_I["crossing"]] < 0, step, v[_I["crossing"]]), -1.0)
     first_exp = v[_I["first_explosion"]]
     maxima = v[_I["max_loss"]:_I["max_gnorm"] + 1]  # the loss's only when both are finite
     maxima = torch.where(torch.stack([ok, fin[1]]), torch.maximum(maxima, now), maxima)
-    initial = v[_I["initial_loss"]]
     # the signals; the spike against the previous steps' norms, before this step enters the ring
     armed = step >= min_steps
     past = ring[:, 1]
@@ -224,11 +233,11 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
         maxima,
         torch.stack([ema, n,
                      torch.where(ok, torch.minimum(best, smoothed), best),
-                     torch.where(exploded & (first_exp < 0), step, first_exp),
-                     torch.where((step == 0) & torch.isnan(initial), loss, initial)]),
+                     torch.where(exploded & (first_exp < 0), torch.where(crossing >= 0, crossing, step), first_exp),
+                     initial]),
         now,
         sig,
-        torch.stack([drops, warn_drops]),
+        torch.stack([drops, warn_drops, crossing]),
     ]), ring, skip
 
 

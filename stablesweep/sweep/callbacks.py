@@ -1,5 +1,7 @@
-"""Driver-side Tune callbacks of a sweep: live MLflow logging (`MlflowCallback`) and one progress
-line a finished trial (`ProgressCallback`). Neither may ever stop a sweep: failures are logged.
+"""Driver-side Tune callbacks of a sweep: live MLflow logging (`MlflowCallback`), one progress
+line a finished trial (`ProgressCallback`), and Tune's own loggers (result.json, progress.csv,
+TensorBoard) with a last row that carries the trial's final verdict (`tune_loggers`). None may
+ever stop a sweep: failures are logged.
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
 from stablesweep.sweep.records import error_text
 from stablesweep.sweep.stopper import final_verdict
@@ -21,10 +24,12 @@ from stablesweep.vocab import (
     INITIAL_LOSS,
     OBJECTIVE,
     PRUNED,
+    REASON,
     STABLE,
     STEP,
     STEPS,
     TRAIN_FLOPS,
+    VERDICT,
     short_name,
 )
 
@@ -81,7 +86,7 @@ class MlflowCallback(Callback):
         o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
         summary = {k: res[k] for k in (OBJECTIVE, INITIAL_LOSS, TRAIN_FLOPS) if isinstance(res.get(k), (int, float))}
         summary[STEPS] = o.steps
-        self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary)
+        self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, ended_at=o.ended_at)
 
     @staticmethod
     def _safe(fn, *args) -> None:
@@ -161,3 +166,46 @@ class ProgressCallback(Callback):
                                  f"  (trial {trial.trial_id})")
         except Exception as e:  # printing must never kill a sweep
             logger.debug("progress line failed: %s", e)
+
+
+def final_row(result: dict | None, errored: bool = False) -> dict | None:
+    """The row that closes a trial in Tune's files when its last report does not carry its final
+    verdict (a scheduler stop: the report said `stable` so far, the trial is `pruned`; a crash:
+    `error`), else None."""
+    if not result:
+        return None
+    o = final_verdict(result, errored=errored)
+    if o.verdict == result.get(VERDICT):
+        return None
+    return {**result, VERDICT: o.verdict, REASON: o.reason}
+
+
+class _FinalRow:
+    """Mixin for Tune's logger callbacks: one more row, with the final verdict, when a trial ends."""
+
+    def log_trial_end(self, trial, failed: bool = False):
+        try:
+            row = final_row(trial.last_result, errored=failed)
+            if row is not None:
+                self.log_trial_result(row.get("training_iteration") or 0, trial, row)
+        except Exception as e:  # Tune's files must never stop a sweep
+            logger.warning("the final row of trial %s failed (%s)", trial.trial_id, e)
+        super().log_trial_end(trial, failed)
+
+
+class JsonLogger(_FinalRow, JsonLoggerCallback):
+    pass
+
+
+class CSVLogger(_FinalRow, CSVLoggerCallback):
+    pass
+
+
+class TBXLogger(_FinalRow, TBXLoggerCallback):
+    pass
+
+
+def tune_loggers() -> list[Callback]:
+    """Tune's default loggers (it adds none of a kind it is given), each closing a trial with its
+    final verdict."""
+    return [JsonLogger(), CSVLogger(), TBXLogger()]

@@ -362,7 +362,8 @@ class _Rounds:
             if r.error is not None or VERDICT not in m:
                 probe = Probe(req.lr, ERROR, phase=req.phase, reason=str(r.error)[:200] if r.error else None)
             else:
-                probe = Probe(req.lr, m[VERDICT], m.get(REASON), int(m.get(FIRST_BAD_STEP, -1)),
+                bad = m.get(FIRST_BAD_STEP)  # None (Tune's rows hold no -1) until a step went bad
+                probe = Probe(req.lr, m[VERDICT], m.get(REASON), -1 if bad is None else int(bad),
                               int(m.get(STEP, 0)), float(m.get(TRAIN_FLOPS, 0.0)),
                               float(m.get("time_total_s", 0.0)), req.phase, float(m.get(OBJECTIVE, math.nan)),
                               start_step=req.start_step,

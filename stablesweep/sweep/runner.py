@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback
+from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback, tune_loggers
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import cluster_checks, trial_resources
 from stablesweep.sweep.plan import STATE_FILE, SweepPlan, plan_sweep
@@ -160,7 +160,8 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
             scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
             num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
             keep_checkpoints=plan.cfg.training.keep_checkpoints,
-            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
+            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress,
+                       *tune_loggers()])
     try:
         table, outcomes = _sweep_table(plan, tuner.fit())
         replicates = None
@@ -289,7 +290,7 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
                            search_alg=ListedSearcher(configs), num_samples=len(configs),
                            max_concurrent=max_concurrent, max_failures=max_failures,
                            callbacks=[MlflowCallback(tracker, parent, keys, plan.name, plan.space.categorical_keys),
-                                      progress])
+                                      progress, *tune_loggers()])
     records = trial_records(tuner.fit())
     reps, outcomes = trials_table(records, plan.space)
     seeds = {r.trial_id: r.config.get(SEED_KEY) for r in records}
@@ -373,4 +374,4 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
         number = py(r.get("optuna_number"))
         if number is not None and number >= 0:  # -1: a replicate, or a trial Optuna did not number
             tags["optuna_number"] = str(number)
-        tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags)
+        tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, tags, ended_at=o.ended_at)

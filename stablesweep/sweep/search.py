@@ -41,6 +41,12 @@ logger = logging.getLogger(__name__)
 
 DIVERGED_CONSTRAINT = "diverged"  # Optuna constraint: > 0 means the trial diverged (infeasible)
 STALLED_CONSTRAINT = "stalled"    # Optuna constraint: > 0 means the trial ran its budget but did not learn
+# The constraints as Optuna's samplers store theirs: one list under the system attribute
+# `constraints` (optuna.samplers._base._CONSTRAINTS_KEY), in this order. Every Optuna tool reads
+# that attribute (FrozenTrial.constraints, the feasibility helpers, optuna-dashboard); the
+# per-name keys of `Trial.set_constraint` (`constraints:<name>`) are read by Optuna 5 alone.
+CONSTRAINTS = (DIVERGED_CONSTRAINT, STALLED_CONSTRAINT)
+CONSTRAINTS_KEY = "constraints"
 ABANDONED = "abandoned"  # the verdict user attr of a trial asked by an interrupted run and never run (no verdict of vocab)
 
 
@@ -90,7 +96,7 @@ class StabilitySearcher(Searcher):
     - stable: COMPLETE with the objective (finite by the trainable's contract; a non-finite one
       is told FAIL rather than made up).
     - diverged: PRUNED, with user attributes `verdict`, `reason`, `first_bad_step`, and the
-      Optuna constraint `diverged = 1` (infeasible). PRUNED rather than FAIL because samplers
+      Optuna constraint `diverged = 1` (infeasible; see CONSTRAINTS). PRUNED rather than FAIL because samplers
       read PRUNED trials and skip FAIL ones: with FAIL, TPE would never learn where training
       blows up and would keep proposing it. TPE ranks infeasible trials after every feasible
       one, so a diverged point lands in its "bad" density, whatever stand-in loss it reported;
@@ -242,12 +248,14 @@ def tell(study: optuna.Study, storage_trial_id: int, outcome: Outcome) -> TrialS
         return None
     trial = optuna.Trial(study, storage_trial_id)
     trial.set_user_attr(VERDICT, outcome.verdict)
-    trial.set_user_attr(REASON, outcome.reason)
-    trial.set_user_attr(FIRST_BAD_STEP, int(outcome.first_bad_step))
+    if outcome.reason is not None:  # no attribute where there is nothing to say (no null, no -1)
+        trial.set_user_attr(REASON, outcome.reason)
+    if outcome.first_bad_step >= 0:
+        trial.set_user_attr(FIRST_BAD_STEP, int(outcome.first_bad_step))
     trial.set_user_attr(STEPS, int(outcome.steps))
     if outcome.verdict in (STABLE, STALLED, DIVERGED, PRUNED):
-        trial.set_constraint(DIVERGED_CONSTRAINT, 1.0 if outcome.verdict == DIVERGED else 0.0)
-        trial.set_constraint(STALLED_CONSTRAINT, 1.0 if outcome.verdict == STALLED else 0.0)
+        storage.set_trial_system_attr(storage_trial_id, CONSTRAINTS_KEY,
+                                      [1.0 if outcome.verdict == name else 0.0 for name in CONSTRAINTS])
     if outcome.verdict == PRUNED and outcome.objective is not None and outcome.steps > 0:
         # the objective at the report where ASHA stopped it: a real, finite observation
         last = max(frozen.intermediate_values, default=-1)
@@ -297,4 +305,9 @@ def study_summary(storage_url: str, study_name: str) -> list[dict[str, Any]]:
     """One dict a trial (number, state, value, params, user attrs): for reports and tests."""
     study = open_study(storage_url, study_name, create=False)
     return [{"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
-             "constraints": dict(t.constraints), **t.user_attrs} for t in study.get_trials(deepcopy=False)]
+             "constraints": named_constraints(t.system_attrs), **t.user_attrs} for t in study.get_trials(deepcopy=False)]
+
+
+def named_constraints(system_attrs: dict) -> dict[str, float]:
+    """A trial's constraints by name ({} when it has none), from the `constraints` list."""
+    return dict(zip(CONSTRAINTS, system_attrs.get(CONSTRAINTS_KEY) or ()))

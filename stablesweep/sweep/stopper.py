@@ -10,11 +10,15 @@
   `min_progress` rule); to ASHA it is a finite trial like any other (its objective is real).
   The trainable forwards the training loop's `done` as `finished` (Tune owns the `done` key and
   sets it on every stopped trial), so "stopped before finished and not diverged" means pruned.
+  The monitor's verdict comes first: every report's `verdict` is the monitor's judgement of its
+  whole state at that step (the explosion rule against the initial loss holds from step 0, before
+  `monitor.min_steps`), so a trial the scheduler stopped is `pruned` only when no divergence rule
+  held on it, and a blow-up the scheduler cut short ends `diverged` at the step its loss crossed.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
@@ -29,6 +33,7 @@ from stablesweep.vocab import (
     OBJECTIVE,
     PRUNED,
     REASON,
+    REPORTED_AT,
     STABLE,
     STALLED,
     STEP,
@@ -43,11 +48,18 @@ class Outcome:
     first_bad_step: int = -1
     objective: float | None = None  # finite, or None
     steps: int = 0
+    ended_at: float | None = None  # epoch seconds of its last report: when the trial ended
 
 
 def final_verdict(result: dict[str, Any] | None, errored: bool = False, error: str | None = None) -> Outcome:
     """The one verdict of a finished trial from its last reported result."""
     result = result or {}
+    ended = result.get(REPORTED_AT, result.get("timestamp"))
+    o = _verdict(result, errored, error)
+    return o if not isinstance(ended, (int, float)) else replace(o, ended_at=float(ended))
+
+
+def _verdict(result: dict[str, Any], errored: bool, error: str | None) -> Outcome:
     steps = int(result.get(STEP) or 0)
     obj = result.get(OBJECTIVE)
     obj = float(obj) if isinstance(obj, (int, float)) and math.isfinite(obj) else None

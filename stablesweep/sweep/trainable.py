@@ -14,13 +14,25 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import ray
 from ray import tune
 
 from stablesweep.sweep.space import apply_params
-from stablesweep.vocab import FINISHED
+from stablesweep.vocab import (
+    AT_RISK_STEP,
+    DIVERGED,
+    FINISHED,
+    FIRST_BAD_STEP,
+    OBJECTIVE_IS_STAND_IN,
+    REPORTED_AT,
+    STEP,
+    VERDICT,
+)
+
+WARN_STEP = "warn_step/"  # monitor.warning_key's prefix (the monitor imports torch; this module must not)
 
 WARM_START = "warm_start"  # a trial config key (not a config key): a checkpoint path or URI to start from
 
@@ -34,12 +46,24 @@ def trial_device() -> str:
 
 
 def tune_result(metrics: dict[str, Any], node_id: str, device: str) -> dict[str, Any]:
-    """A training report as a Tune result: the loop's `done` is `finished` (Tune owns `done`, and
-    sets it on every stopped trial), and the node and device the trial ran on are added."""
+    """A training report as a Tune result (a row of Tune's result.json, progress.csv and
+    TensorBoard): the loop's `done` is `finished` (Tune owns `done`, and
+    sets it on every stopped trial), and the node and device the trial ran on, and when it was
+    reported (the last report's time is the trial's end, for its MLflow run), are added."""
     result = dict(metrics)
     result[FINISHED] = bool(result.pop("done", False))
+    # Tune's own files: TensorBoard charts `timesteps_total` when set (else Tune's iteration): the
+    # step; a step that does not exist yet (first bad step, warning steps: -1) is None, not a
+    # point at -1; a diverged report's objective is its stand-in (a finite number the searcher and
+    # ASHA need), and says so
+    result["timesteps_total"] = result.get(STEP)
+    for k, v in result.items():
+        if (k in (FIRST_BAD_STEP, AT_RISK_STEP) or k.startswith(WARN_STEP)) and isinstance(v, (int, float)) and v < 0:
+            result[k] = None
+    result[OBJECTIVE_IS_STAND_IN] = result.get(VERDICT) == DIVERGED
     result["node_id"] = node_id
     result["device"] = device
+    result[REPORTED_AT] = time.time()  # Tune's own `timestamp` is whole seconds
     return result
 
 

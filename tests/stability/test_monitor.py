@@ -345,3 +345,37 @@ def test_a_checkpoint_from_before_the_signals_still_loads():
     other = DivergenceMonitor(MonitorConfig())
     other.load_state_dict(old)
     assert other.snapshot().steps == 2 and other.snapshot().warnings["grad_spike"] == -1
+
+
+def test_a_blow_up_before_min_steps_is_an_explosion_against_the_initial_loss():
+    """The issue's lr 1e3 trial: 330 at step 1 against an initial 3.29, before min_steps (10):
+    diverged at step 1, where the loss crossed, not where a rule armed."""
+    mon = DivergenceMonitor(MonitorConfig(min_steps=10))
+    mon.set_initial_loss(torch.tensor(3.29))
+    feed(mon, [3.3, 330.0, 2.0e5, 1.4e7, 1.4e7])
+    _, v = mon.read()
+    assert (v.verdict, v.reason, v.first_bad_step) == ("diverged", "loss_explosion", 1)
+
+
+def test_the_first_bad_step_is_where_the_raw_loss_crossed_not_where_the_smoothed_did():
+    """A loss that jumps 10x at step 12 and stays there: the smoothed loss (beta 0.9) crosses 4x
+    its best steps later; the divergence began at 12."""
+    mon = DivergenceMonitor(MonitorConfig(min_steps=5, smoothing=0.9))
+    feed(mon, [2.0] * 12 + [20.0] * 20)
+    snap, v = mon.read()
+    assert v.reason == "loss_explosion" and v.first_bad_step == 12
+    assert snap.steps == 32
+
+
+def test_a_spike_that_recovers_is_not_the_start_of_a_later_explosion():
+    mon = DivergenceMonitor(MonitorConfig(min_steps=5, smoothing=0.5))
+    feed(mon, [2.0] * 12 + [9.0] + [2.0] * 10 + [40.0] * 6)  # 9 at step 12 crosses 4x best (2) once, then recovers
+    _, v = mon.read()
+    assert v.reason == "loss_explosion" and v.first_bad_step == 23
+
+
+def test_a_loss_within_the_factor_of_the_initial_before_min_steps_is_stable():
+    mon = DivergenceMonitor(MonitorConfig(min_steps=10))
+    mon.set_initial_loss(torch.tensor(3.0))
+    feed(mon, [3.0, 9.0, 11.0, 6.0, 3.0, 2.5])  # up to 3.7x the initial: under the 4x line
+    assert mon.read()[1].verdict == "stable"

@@ -92,3 +92,23 @@ def test_progress_lines():
     assert lines[3].startswith("[retry]  lr=1.0e-02  failed (") and "from its checkpoint at step 20" in lines[3]
     # the printer is the driver's: Tune's tuner.pkl keeps the callback without it
     assert pickle.loads(pickle.dumps(cb)).echo is None
+
+
+def test_a_child_run_ends_when_its_trial_ended_not_when_the_sweep_did(tracker):
+    """The run's end time is its trial's last report (`reported_at`), however late the driver
+    closes it (the final reconciliation of a sweep closes every child again, minutes later)."""
+
+    parent = tracker.start_sweep("sw", {}, tags={})
+    cb = MlflowCallback(tracker, parent, [LR], "sw")
+    t = trial("fast", 15.0)
+    cb.on_trial_start(0, [t], t)
+    start = tracker.client.get_run(tracker.children(parent)[0].run_id).info.start_time / 1000
+    ended = start + 5.2
+    last = report(10, verdict="diverged", reason="loss_explosion", first_bad_step=1, reported_at=ended)
+    t.update_last_result(last)
+    t.set_status("TERMINATED")
+    cb.on_trial_complete(0, [t], t)
+    run = tracker.client.get_run(tracker.children(parent)[0].run_id)
+    assert run.info.end_time == round(ended * 1000)
+    assert (run.info.end_time - run.info.start_time) / 1000 == pytest.approx(5.2, abs=0.002)
+    assert "reported_at" not in run.data.metrics

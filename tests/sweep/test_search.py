@@ -151,3 +151,30 @@ def test_a_stalled_trial_is_complete_but_infeasible_and_tpe_ranks_it_last(tmp_pa
     study = optuna.load_study(study_name="s", storage=url)
     below, above = _split_trials(study, study.get_trials(deepcopy=False), 1)
     assert [t.user_attrs["tune_trial_id"] for t in below] == ["good"]
+
+
+def test_constraints_are_where_optunas_own_tools_read_them_and_no_sentinels(searcher, url):
+    """Stalls and divergences are infeasible to Optuna's own feasibility helper and under the
+    system attribute its samplers write (`constraints`, a list: what optuna-dashboard reads);
+    a trial without a reason or a first bad step carries no such attribute."""
+    import optuna
+    from optuna.samplers._base import _CONSTRAINTS_KEY
+    from optuna.study._constrained_optimization import _get_feasible_trials
+
+    for tid in ("good", "stall", "blowup", "cut"):
+        searcher.suggest(tid)
+    searcher.on_trial_complete("good", stable_result(30, 2.0, finished=True))
+    searcher.on_trial_complete("stall", {**stable_result(30, 1.0, finished=True), "verdict": "stalled",
+                                         "reason": "no_progress"})
+    searcher.on_trial_complete("blowup", diverged_result(20, 1, stand_in=4.0))
+    searcher.on_trial_complete("cut", stable_result(20, 4.5, finished=False))
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="s", storage=url).trials}
+    assert {tid: t.system_attrs[_CONSTRAINTS_KEY] for tid, t in trials.items()} == {
+        "good": [0.0, 0.0], "stall": [0.0, 1.0], "blowup": [1.0, 0.0], "cut": [0.0, 0.0]}
+    assert not [k for t in trials.values() for k in t.system_attrs if k.startswith(f"{_CONSTRAINTS_KEY}:")]
+    feasible = {t.user_attrs["tune_trial_id"] for t in _get_feasible_trials(list(trials.values()))}
+    assert feasible == {"good", "cut"}
+    good = trials["good"].user_attrs
+    assert "first_bad_step" not in good and "reason" not in good and good["verdict"] == "stable"
+    assert trials["blowup"].user_attrs["first_bad_step"] == 1
+    assert trials["cut"].user_attrs["reason"] == "scheduler" and "first_bad_step" not in trials["cut"].user_attrs

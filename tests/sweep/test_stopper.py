@@ -48,3 +48,23 @@ def test_asha_leaves_divergence_to_the_stopper():
     asha.on_trial_complete(None, trials[0], {**diverged_result(40, 35, stand_in=0.01), "training_iteration": 4})
     assert asha.on_trial_result(None, trials[1], {"training_iteration": 4, "objective": 1.0}) == "CONTINUE"
     assert asha.on_trial_result(None, trials[2], {"training_iteration": 4, "objective": 5.0}) == "STOP"
+
+
+def test_a_blow_up_stopped_by_the_scheduler_before_min_steps_is_diverged_not_pruned():
+    """The issue's lr 1e3 trial: the monitor's report at step 5 (min_steps 10) already holds the
+    explosion against the initial loss, so a scheduler stop there ends diverged at step 1."""
+    import torch
+
+    from stablesweep.config import MonitorConfig
+    from stablesweep.stability.monitor import DivergenceMonitor
+
+    mon = DivergenceMonitor(MonitorConfig(min_steps=10))
+    mon.set_initial_loss(torch.tensor(3.29))
+    for loss in (3.3, 330.0, 2.0e5, 1.4e7, 1.4e7):
+        mon.update(torch.tensor(loss), torch.tensor(1.0))
+    snap, v = mon.read()
+    result = {**stable_result(5, 1.4e7, finished=False), "verdict": v.verdict, "reason": v.reason,
+              "first_bad_step": v.first_bad_step, "done": True}
+    o = final_verdict(result)
+    assert (o.verdict, o.reason, o.first_bad_step) == ("diverged", "loss_explosion", 1)
+    assert DivergenceStopper()("t", result)

@@ -4,6 +4,7 @@ session's Ray, on the demo config (synthetic data, small CNN, CPU)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,20 @@ FIXED = ["training.report_interval=5", "training.warmup_steps=0", "training.sche
 def test_a_report_becomes_a_tune_result():
     metrics = {"step": 10, "loss": 1.0, "done": True}
     result = tune_result(metrics, "node-1", "cpu")
-    assert result == {"step": 10, "loss": 1.0, "finished": True, "node_id": "node-1", "device": "cpu"}
+    assert time.time() - result.pop("reported_at") < 5
+    assert result == {"step": 10, "loss": 1.0, "finished": True, "node_id": "node-1", "device": "cpu",
+                      "timesteps_total": 10, "objective_is_stand_in": False}
     assert "done" in metrics  # the loop's own dict is left alone
     assert tune_result({"step": 5}, "n", "cuda")["finished"] is False  # Tune owns `done`, not the loop
+
+
+def test_a_tune_row_holds_no_minus_one_and_names_a_stand_in():
+    stable = tune_result({"step": 5, "verdict": "stable", "first_bad_step": -1, "at_risk_step": -1,
+                          "warn_step/max_logit": -1, "warn_step/grad_spike": 3, "objective": 2.0}, "n", "cpu")
+    assert (stable["first_bad_step"], stable["at_risk_step"], stable["warn_step/max_logit"]) == (None, None, None)
+    assert stable["warn_step/grad_spike"] == 3 and stable["objective_is_stand_in"] is False
+    diverged = tune_result({"step": 5, "verdict": "diverged", "first_bad_step": 1, "objective": 3.3}, "n", "cpu")
+    assert diverged["first_bad_step"] == 1 and diverged["objective_is_stand_in"] is True
 
 
 def fit(tmp_path: Path, name: str, config: dict, checkpoints: bool = True):

@@ -96,7 +96,7 @@ def test_per_setting_numbers_on_the_parent_and_the_margin_of_each_trial(client, 
     # none: nothing stable, nothing diverged (an error and a stall): no numbers at all, no sentinels
     assert {k: v for k, v in metrics.items() if "." in k} == {
         "min_stable_lr.slice_clip-1.0": 1e-3, "max_stable_lr.slice_clip-1.0": 3e-3,
-        "min_diverged_lr.slice_clip-1.0": 82.0,
+        "min_diverged_lr.slice_clip-1.0": 82.0, "min_failed_lr.slice_clip-1.0": 82.0,
         "recommended_lr.slice_clip-1.0": 3e-3}
     for tid, _, _, _, lr, clip, _ in TRIALS:
         got = client.get_run(sweep["trials"][tid]).data.metrics.get("lr_margin")
@@ -173,7 +173,10 @@ def test_a_diverged_run_shows_the_steps_that_led_there(uri, client, diverged_run
     assert float(got.data.tags["initial_loss"]) == pytest.approx(result.initial_loss)
     assert sorted(m.step for m in client.get_metric_history(run, "loss")) == [m["step"] for m in reports]
     want = {s: (loss, gnorm) for s, loss, gnorm in result.history}
-    assert min(want) <= bad - 2 and bad + 2 <= max(want)  # the history covers the first bad step
+    assert min(want) <= max(0, bad - 2) and bad + 2 <= max(want)  # the history covers the first bad step
+    if result.reason == "loss_explosion":  # the step where the raw loss crossed the 4x line, not where a rule armed
+        assert not want[bad][0] <= 4 * result.initial_loss
+        assert all(want[s][0] <= 4 * result.initial_loss for s in want if s < bad)
     losses = {m.step: m.value for m in client.get_metric_history(run, STEP_LOSS)}
     gnorms = {m.step: m.value for m in client.get_metric_history(run, STEP_GRAD_NORM)}
     for logged, i in ((losses, 0), (gnorms, 1)):
