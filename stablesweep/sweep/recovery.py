@@ -58,6 +58,46 @@ def storage_fault(exc: BaseException | None) -> str | None:
     return None
 
 
+def probe_output(folder: Path) -> str | None:
+    """Whether `folder` takes a small write now: the words of the disk's refusal (full, read-only),
+    None when it does. For an error that does not say why it happened (Tune reading back a trial's
+    error file that the full disk left empty raises a bare `EOFError`)."""
+    probe = folder / f".probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return storage_fault(e)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def repair_error_files(sweep_dir: Path) -> list[Path]:
+    """A trial's `error.pkl` that a full disk left empty or cut short is removed (its `error.txt`
+    says the same in words): Tune reads it back at every restore and an unreadable one stops the
+    resume with a bare `EOFError`. Returns the files removed."""
+    import pickle
+
+    removed = []
+    for path in sweep_dir.glob("trial_*/error.pkl"):
+        try:
+            with open(path, "rb") as f:
+                pickle.load(f)
+        except (EOFError, pickle.UnpicklingError, ValueError):  # empty or cut short
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d unreadable trial error file(s) (%s)", len(removed),
+                       ", ".join(p.parent.name for p in removed))
+    return removed
+
+
 def close_runs(tracker, parent: str) -> bool:
     """Mark the sweep's MLflow runs that are still RUNNING as KILLED (a resume sets them RUNNING
     again); False when the store cannot be written either."""

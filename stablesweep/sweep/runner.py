@@ -54,6 +54,8 @@ from stablesweep.sweep.recovery import (
     can_restore,
     close_runs,
     delete_lost_runs,
+    probe_output,
+    repair_error_files,
     repair_tune_state,
     rerun_lost_trials,
     save_elsewhere,
@@ -140,27 +142,28 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
-    if plan.resume and plan.storage == str(plan.out):
-        repair_tune_state(plan)
-        lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
-        if lost:
-            echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
-                 f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
-    if plan.resume and can_restore(plan.experiment_path):
-        tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False)
-        _swap_echo(tuner, echo)
-    else:
-        progress = ProgressCallback(plan.samples, space.keys)
-        progress.echo = echo
-        tuner = make_tuner(
-            trainable, name=plan.name, storage=plan.storage,
-            search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
-            scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
-            num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
-            keep_checkpoints=plan.cfg.training.keep_checkpoints,
-            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
     try:
+        if plan.resume and plan.storage == str(plan.out):
+            repair_tune_state(plan)
+            repair_error_files(plan.sweep_dir)
+            lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
+            if lost:
+                echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
+                     f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
+        if plan.resume and can_restore(plan.experiment_path):
+            tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=False)
+            _swap_echo(tuner, echo)
+        else:
+            progress = ProgressCallback(plan.samples, space.keys)
+            progress.echo = echo
+            tuner = make_tuner(
+                trainable, name=plan.name, storage=plan.storage,
+                search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
+                scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
+                num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
+                keep_checkpoints=plan.cfg.training.keep_checkpoints,
+                callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress])
         table, outcomes = _sweep_table(plan, tuner.fit())
         replicates = None
         if plan.replicates:
@@ -168,7 +171,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                                     max_failures=max_failures)
         return _collect(plan, table, outcomes, replicates, tracker, parent, started)
     except Exception as e:
-        why = storage_fault(e)
+        why = storage_fault(e) or probe_output(plan.sweep_dir)
         if why is None:
             raise
         closed = close_runs(tracker, parent)
