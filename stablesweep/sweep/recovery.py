@@ -146,8 +146,9 @@ def repair_tune_state(plan: SweepPlan) -> None:
     states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
     if not states:
         return
-    whole = [(p.stat().st_mtime, ids) for p in states if (ids := _trial_ids(p)) is not None]
-    newest, known = max(whole, key=lambda w: w[0]) if whole else (None, set())
+    whole = [(p.stat().st_mtime, p.name, ids) for p in states if (ids := _trial_ids(p)) is not None]
+    newest = max(w[0] for w in whole) if whole else None
+    known = max(whole, key=lambda w: w[1])[2] if whole else set()
     if newest is not None and not known:
         return  # nothing to tell this sweep's staged copies from another sweep's of the same name
     mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
@@ -174,9 +175,16 @@ def repair_tune_state(plan: SweepPlan) -> None:
 RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
 
 
+def newest_state(folder: Path) -> Path | None:
+    """The experiment_state-*.json that Tune restores: the greatest name (each run of the driver
+    writes its own, named by its start time). Not the newest by mtime: every sync of the folder
+    touches them all, so an older run's file, which lacks the trials started since, may tie."""
+    return max(folder.glob(_TUNE_STATE[0]), key=lambda p: p.name, default=None)
+
+
 def trial_ids_of(plan: SweepPlan) -> set[str]:
-    newest = max(plan.sweep_dir.glob(_TUNE_STATE[0]), key=lambda p: p.stat().st_mtime)
-    return _trial_ids(newest) or set()
+    newest = newest_state(plan.sweep_dir)
+    return (_trial_ids(newest) or set()) if newest is not None else set()
 
 
 def rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:
