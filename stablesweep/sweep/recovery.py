@@ -1,6 +1,6 @@
 """A sweep's resume and its recovery from a full or read-only disk (`runner.run_sweep` calls these).
 
-Disk full: `storage_fault` tells such an error from any other; the sweep then stops with an
+Disk full: `faults.storage_fault` tells such an error from any other; the sweep then stops with an
 `OutputFault` after `close_runs` (its MLflow runs KILLED) and `save_elsewhere` (its trials, from
 the Optuna study, to a temporary folder).
 
@@ -11,7 +11,6 @@ and MLflow. `can_restore`: whether Tune's experiment can be restored at all.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -37,45 +36,21 @@ class OutputFault(Exception):
         self.name = name  # the sweep's, for the resume command
 
 
-_FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
-                "disk quota exceeded", "disk i/o error")
-
-
-def storage_fault(exc: BaseException | None) -> str | None:
-    """What was wrong, in the words of the first error in `exc`'s chain that says the disk is full
-    or read-only (an OSError, sqlite's words through SQLAlchemy and Optuna, a worker's error through
-    Ray); None for any other error."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            return os.strerror(exc.errno) + (f": {exc.filename}" if exc.filename else "")
-        text = str(exc).lower()
-        for words in _FAULT_WORDS:
-            if words in text:
-                return words
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def probe_output(folder: Path) -> str | None:
-    """Whether `folder` takes a small write now: the words of the disk's refusal (full, read-only),
-    None when it does. For an error that does not say why it happened (Tune reading back a trial's
-    error file that the full disk left empty raises a bare `EOFError`)."""
-    probe = folder / f".probe-{os.getpid()}"
+def broken_by_fault(plan: SweepPlan) -> bool:
+    """Whether Tune's state holds trials in ERROR that Optuna still holds RUNNING: trials a full or
+    read-only disk broke (the searcher does not tell Optuna an error while the sweep folder refuses
+    writes). The resume then runs Tune's errored trials again from their checkpoints, as the
+    output-fault message promises; Optuna gets their verdicts at the end (`reconcile_study`)."""
+    state = newest_state(plan.sweep_dir)
+    if state is None or not (plan.sweep_dir / "optuna.db").exists():
+        return False
     try:
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        return storage_fault(e)
-    finally:
-        try:
-            probe.unlink()
-        except OSError:
-            pass
-    return None
+        trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+        rows = study_summary(plan.study_url, plan.name)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    errored = {t["trial_id"] for t in trials if t.get("status") == "ERROR"}
+    return any(r["state"] == "RUNNING" and r.get("tune_trial_id") in errored for r in rows)
 
 
 def repair_error_files(sweep_dir: Path) -> list[Path]:

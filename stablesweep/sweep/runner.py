@@ -45,21 +45,21 @@ from typing import Any, Callable
 import pandas as pd
 
 from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback
+from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import cluster_checks, trial_resources
 from stablesweep.sweep.plan import STATE_FILE, SweepPlan, plan_sweep
 from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.recovery import (
     OutputFault,
+    broken_by_fault,
     can_restore,
     close_runs,
     delete_lost_runs,
-    probe_output,
     repair_error_files,
     repair_tune_state,
     rerun_lost_trials,
     save_elsewhere,
-    storage_fault,
     trial_ids_of,
 )
 from stablesweep.sweep.search import StabilitySearcher, reconcile_study
@@ -151,8 +151,11 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                 echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
                      f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
         if plan.resume and can_restore(plan.experiment_path):
+            again = plan.storage == str(plan.out) and broken_by_fault(plan)
+            if again:
+                echo("trials that the output fault broke run again from their checkpoints")
             tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False)
+                                       resume_errored=again)
             _swap_echo(tuner, echo)
         else:
             progress = ProgressCallback(plan.samples, space.keys)

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from stablesweep.sweep.faults import probe_output
 from stablesweep.sweep.space import SearchSpace, SpaceError
 from stablesweep.sweep.stopper import Outcome, final_verdict
 from stablesweep.vocab import (
@@ -245,6 +246,12 @@ class StabilitySearcher(Searcher):
         self._live.pop(trial_id, None)
         self._reported.pop(trial_id, None)
         _, sid = self._trials[trial_id]
+        if error and self._storage_url.startswith("sqlite:///"):
+            why = probe_output(Path(self._storage_url.removeprefix("sqlite:///")).parent)
+            if why is not None:  # the disk broke it, not the setting: left RUNNING, the resume runs it again
+                logger.warning("trial %s failed while the sweep folder refuses writes (%s); not told to Optuna",
+                               trial_id, why)
+                return
         try:
             tell(self.study, sid, final_verdict(result, errored=error))
         except Exception:  # never fail a Tune trial over bookkeeping; reconcile_study closes it later

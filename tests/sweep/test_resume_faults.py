@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 from stablesweep.sweep.recovery import (
     RERUN_OF,
+    broken_by_fault,
     delete_lost_runs,
     repair_error_files,
     repair_tune_state,
@@ -152,3 +153,36 @@ def test_an_error_file_a_full_disk_left_empty_is_removed_before_the_restore(tmp_
     assert sorted(p.parent.name for p in repair_error_files(tmp_path)) == ["trial_a", "trial_b"]
     assert [p.parent.name for p in tmp_path.glob("trial_*/error.pkl")] == ["trial_c"]  # a whole one is kept
     assert len(list(tmp_path.glob("trial_*/error.txt"))) == 3
+
+
+def test_a_trial_the_disk_broke_stays_open_in_optuna_and_the_resume_runs_it_again(tmp_path):
+    """A trial fails while the sweep folder refuses writes (here: a read-only bind mount over it):
+    the searcher does not tell Optuna an error that the setting did not cause; the resume sees a
+    trial in ERROR in Tune's state that Optuna holds RUNNING, and runs Tune's errored trials again."""
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    url = sqlite_url(sweep / "optuna.db")
+    searcher = StabilitySearcher(GRID, url, "s", sampler="grid", seed=0)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_complete("a", None, error=True)  # a real error: told FAIL
+    subprocess.run(["mount", "--bind", str(sweep), str(sweep)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(sweep)], check=True)
+        searcher.on_trial_complete("b", None, error=True)
+    finally:
+        subprocess.run(["umount", "-l", str(sweep)], check=True)
+    assert {r["tune_trial_id"]: r["state"] for r in study_summary(url, "s")} == {"a": "FAIL", "b": "RUNNING"}
+    plan = SimpleNamespace(sweep_dir=sweep, study_url=url, name="s")
+    data = {"trial_data": [[json.dumps({"trial_id": t, "status": "ERROR"}), "{}"] for t in ("a", "b")]}
+    (sweep / "experiment_state-2026-01-01_10-00-00.json").write_text(json.dumps(data))
+    assert broken_by_fault(plan)
+    data["trial_data"] = data["trial_data"][:1]  # only the real error: nothing to run again
+    (sweep / "experiment_state-2026-01-01_10-00-00.json").write_text(json.dumps(data))
+    assert not broken_by_fault(plan)
