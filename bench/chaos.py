@@ -278,12 +278,10 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
                 (mnt / f).unlink(missing_ok=True)
         elif fault == "readonly" and rec["injected"]:
             subprocess.run(["umount", "-l", str(out)], check=True)
-        if not (out / "c" / "sweep.json").exists():
-            rec["resume_rc"] = None  # killed before the sweep was made: nothing to resume
-            rec["problems"] = ["no sweep.json (fault before the sweep was created)"]
-            rec["held"] = None
-            return rec
-        second = procs.start(cmd + ["--resume"], log2, env)
+        # stopped before the sweep was recorded (no sweep.json): --resume refuses ("no sweep at"), exit
+        # 2, and the same command again starts it, which is what one does then
+        rec["before_record"] = not (out / "c" / "sweep.json").exists()
+        second = procs.start(cmd + ([] if rec["before_record"] else ["--resume"]), log2, env)
         try:
             second.wait(timeout=args.round_timeout)
         except subprocess.TimeoutExpired:

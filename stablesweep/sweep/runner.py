@@ -211,6 +211,13 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
               "replicates": plan.replicates}
     if opts.resources_per_trial:
         params["resources_per_trial"] = json.dumps(opts.resources_per_trial, sort_keys=True)
+    for run in tracker.sweep_runs():  # a start of this sweep killed before sweep.json named its parent
+        if run.tags.get("sweep_dir") == str(plan.sweep_dir):
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+            tracker.delete_run(run.run_id)
+            logger.warning("deleted MLflow run %s, the parent of a start of sweep %s killed before it was recorded",
+                           run.run_id, plan.name)
     parent = tracker.start_sweep(plan.name, params,
                                  tags={"sweep_dir": str(plan.sweep_dir), "tune_experiment": plan.experiment_path},
                                  texts={"config.yaml": config_yaml, "space.yaml": space_yaml})
