@@ -1,6 +1,6 @@
 """A sweep's resume and its recovery from a full or read-only disk (`runner.run_sweep` calls these).
 
-Disk full: `storage_fault` tells such an error from any other; the sweep then stops with an
+Disk full: `faults.storage_fault` tells such an error from any other; the sweep then stops with an
 `OutputFault` after `close_runs` (its MLflow runs KILLED) and `save_elsewhere` (its trials, from
 the Optuna study, to a temporary folder).
 
@@ -11,7 +11,6 @@ and MLflow. `can_restore`: whether Tune's experiment can be restored at all.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -37,25 +36,41 @@ class OutputFault(Exception):
         self.name = name  # the sweep's, for the resume command
 
 
-_FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
-                "disk quota exceeded", "disk i/o error")
+def broken_by_fault(plan: SweepPlan) -> bool:
+    """Whether Tune's state holds trials in ERROR that Optuna still holds RUNNING: trials a full or
+    read-only disk broke (the searcher does not tell Optuna an error while the sweep folder refuses
+    writes). The resume then runs Tune's errored trials again from their checkpoints, as the
+    output-fault message promises; Optuna gets their verdicts at the end (`reconcile_study`)."""
+    state = newest_state(plan.sweep_dir)
+    if state is None or not (plan.sweep_dir / "optuna.db").exists():
+        return False
+    try:
+        trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+        rows = study_summary(plan.study_url, plan.name)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+    errored = {t["trial_id"] for t in trials if t.get("status") == "ERROR"}
+    return any(r["state"] == "RUNNING" and r.get("tune_trial_id") in errored for r in rows)
 
 
-def storage_fault(exc: BaseException | None) -> str | None:
-    """What was wrong, in the words of the first error in `exc`'s chain that says the disk is full
-    or read-only (an OSError, sqlite's words through SQLAlchemy and Optuna, a worker's error through
-    Ray); None for any other error."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-            return os.strerror(exc.errno) + (f": {exc.filename}" if exc.filename else "")
-        text = str(exc).lower()
-        for words in _FAULT_WORDS:
-            if words in text:
-                return words
-        exc = exc.__cause__ or exc.__context__
-    return None
+def repair_error_files(sweep_dir: Path) -> list[Path]:
+    """A trial's `error.pkl` that a full disk left empty or cut short is removed (its `error.txt`
+    says the same in words): Tune reads it back at every restore and an unreadable one stops the
+    resume with a bare `EOFError`. Returns the files removed."""
+    import pickle
+
+    removed = []
+    for path in sweep_dir.glob("trial_*/error.pkl"):
+        try:
+            with open(path, "rb") as f:
+                pickle.load(f)
+        except (EOFError, pickle.UnpicklingError, ValueError):  # empty or cut short
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d unreadable trial error file(s) (%s)", len(removed),
+                       ", ".join(p.parent.name for p in removed))
+    return removed
 
 
 def close_runs(tracker, parent: str) -> bool:
@@ -106,8 +121,9 @@ def repair_tune_state(plan: SweepPlan) -> None:
     states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
     if not states:
         return
-    whole = [(p.stat().st_mtime, ids) for p in states if (ids := _trial_ids(p)) is not None]
-    newest, known = max(whole, key=lambda w: w[0]) if whole else (None, set())
+    whole = [(p.stat().st_mtime, p.name, ids) for p in states if (ids := _trial_ids(p)) is not None]
+    newest = max(w[0] for w in whole) if whole else None
+    known = max(whole, key=lambda w: w[1])[2] if whole else set()
     if newest is not None and not known:
         return  # nothing to tell this sweep's staged copies from another sweep's of the same name
     mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
@@ -134,9 +150,16 @@ def repair_tune_state(plan: SweepPlan) -> None:
 RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
 
 
+def newest_state(folder: Path) -> Path | None:
+    """The experiment_state-*.json that Tune restores: the greatest name (each run of the driver
+    writes its own, named by its start time). Not the newest by mtime: every sync of the folder
+    touches them all, so an older run's file, which lacks the trials started since, may tie."""
+    return max(folder.glob(_TUNE_STATE[0]), key=lambda p: p.name, default=None)
+
+
 def trial_ids_of(plan: SweepPlan) -> set[str]:
-    newest = max(plan.sweep_dir.glob(_TUNE_STATE[0]), key=lambda p: p.stat().st_mtime)
-    return _trial_ids(newest) or set()
+    newest = newest_state(plan.sweep_dir)
+    return (_trial_ids(newest) or set()) if newest is not None else set()
 
 
 def rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:

@@ -45,19 +45,21 @@ from typing import Any, Callable
 import pandas as pd
 
 from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback, tune_loggers
+from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import cluster_checks, trial_resources
 from stablesweep.sweep.plan import STATE_FILE, SweepPlan, plan_sweep
 from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.recovery import (
     OutputFault,
+    broken_by_fault,
     can_restore,
     close_runs,
     delete_lost_runs,
+    repair_error_files,
     repair_tune_state,
     rerun_lost_trials,
     save_elsewhere,
-    storage_fault,
     trial_ids_of,
 )
 from stablesweep.sweep.search import StabilitySearcher, reconcile_study
@@ -141,28 +143,32 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
     trainable = trial_trainable(plan.cfg, opts)
-    if plan.resume and plan.storage == str(plan.out):
-        repair_tune_state(plan)
-        lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
-        if lost:
-            echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
-                 f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
-    if plan.resume and can_restore(plan.experiment_path):
-        tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False)
-        _swap_echo(tuner, echo)
-    else:
-        progress = ProgressCallback(plan.samples, space.keys)
-        progress.echo = echo
-        tuner = make_tuner(
-            trainable, name=plan.name, storage=plan.storage,
-            search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
-            scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
-            num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
-            keep_checkpoints=plan.cfg.training.keep_checkpoints,
-            callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress,
-                       *tune_loggers()])
     try:
+        if plan.resume and plan.storage == str(plan.out):
+            repair_tune_state(plan)
+            repair_error_files(plan.sweep_dir)
+            lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
+            if lost:
+                echo(f"{len(lost)} trial{'s' if len(lost) != 1 else ''} that ended after Tune's last saved state "
+                     f"(Optuna number{'s' if len(lost) != 1 else ''} {', '.join(map(str, lost))}) run again")
+        if plan.resume and can_restore(plan.experiment_path):
+            again = plan.storage == str(plan.out) and broken_by_fault(plan)
+            if again:
+                echo("trials that the output fault broke run again from their checkpoints")
+            tuner = tune.Tuner.restore(plan.experiment_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=again)
+            _swap_echo(tuner, echo)
+        else:
+            progress = ProgressCallback(plan.samples, space.keys)
+            progress.echo = echo
+            tuner = make_tuner(
+                trainable, name=plan.name, storage=plan.storage,
+                search_alg=StabilitySearcher(space, plan.study_url, plan.name, plan.sampler, plan.seed),
+                scheduler=asha_for(plan.n_reports, grace=plan.asha_grace, reduction_factor=plan.asha_rf) if plan.asha else None,
+                num_samples=plan.samples, max_concurrent=max_concurrent, max_failures=max_failures,
+                keep_checkpoints=plan.cfg.training.keep_checkpoints,
+                callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress,
+                           *tune_loggers()])
         table, outcomes = _sweep_table(plan, tuner.fit())
         replicates = None
         if plan.replicates:
@@ -170,7 +176,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                                     max_failures=max_failures)
         return _collect(plan, table, outcomes, replicates, tracker, parent, started)
     except Exception as e:
-        why = storage_fault(e)
+        why = storage_fault(e) or probe_output(plan.sweep_dir)
         if why is None:
             raise
         closed = close_runs(tracker, parent)
@@ -207,6 +213,13 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
               "replicates": plan.replicates}
     if opts.resources_per_trial:
         params["resources_per_trial"] = json.dumps(opts.resources_per_trial, sort_keys=True)
+    for run in tracker.sweep_runs():  # a start of this sweep killed before sweep.json named its parent
+        if run.tags.get("sweep_dir") == str(plan.sweep_dir):
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+            tracker.delete_run(run.run_id)
+            logger.warning("deleted MLflow run %s, the parent of a start of sweep %s killed before it was recorded",
+                           run.run_id, plan.name)
     parent = tracker.start_sweep(plan.name, params,
                                  tags={"sweep_dir": str(plan.sweep_dir), "tune_experiment": plan.experiment_path},
                                  texts={"config.yaml": config_yaml, "space.yaml": space_yaml})

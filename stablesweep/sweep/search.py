@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from stablesweep.sweep.faults import probe_output
 from stablesweep.sweep.space import SearchSpace, SpaceError
 from stablesweep.sweep.stopper import Outcome, final_verdict
 from stablesweep.vocab import (
@@ -213,15 +214,32 @@ class StabilitySearcher(Searcher):
             t = self._live[trial_id] = optuna.Trial(self.study, self._trials[trial_id][1])
         return t
 
+    def _done_in_study(self, trial_id: str) -> bool:
+        """Whether Optuna already holds the end of this Tune trial: told after Tune's last saved
+        state (the driver killed in between), Tune restores it unfinished and runs it on from its
+        checkpoint. Optuna's first verdict stands (a finished trial cannot change); nothing more is
+        told, so a resume never fails with `UpdateFinishedTrialError`."""
+        if self.study._storage.get_trial(self._trials[trial_id][1]).state.is_finished():
+            self._finished.add(trial_id)
+            self._live.pop(trial_id, None)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._trials or trial_id in self._finished:
+            return
+        if trial_id not in self._live and self._done_in_study(trial_id):
             return
         if result.get(VERDICT) not in (STABLE, STALLED):
             return  # the stand-in objective of a diverged report is not an observation
         value, step = result.get(self.metric), result.get(STEP)
         if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(step, int):
             if step > self._reported.get(trial_id, -1):
-                self._trial(trial_id).report(float(value), step)
+                try:
+                    self._trial(trial_id).report(float(value), step)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    self._done_in_study(trial_id)
+                    return
                 self._reported[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -234,6 +252,12 @@ class StabilitySearcher(Searcher):
         self._live.pop(trial_id, None)
         self._reported.pop(trial_id, None)
         _, sid = self._trials[trial_id]
+        if error and self._storage_url.startswith("sqlite:///"):
+            why = probe_output(Path(self._storage_url.removeprefix("sqlite:///")).parent)
+            if why is not None:  # the disk broke it, not the setting: left RUNNING, the resume runs it again
+                logger.warning("trial %s failed while the sweep folder refuses writes (%s); not told to Optuna",
+                               trial_id, why)
+                return
         try:
             tell(self.study, sid, final_verdict(result, errored=error))
         except Exception:  # never fail a Tune trial over bookkeeping; reconcile_study closes it later
@@ -287,7 +311,9 @@ def reconcile_study(storage_url: str, study_name: str, outcomes: dict[str, Outco
         tid = ft.user_attrs.get("tune_trial_id")
         if tid is not None:
             numbers[tid] = ft.number
-        if ft.state != TrialState.RUNNING:
+        if ft.state == TrialState.WAITING and final:  # queued (a rerun) and never asked: close it
+            study._storage.set_trial_state_values(ft._trial_id, TrialState.RUNNING)
+        elif ft.state != TrialState.RUNNING:
             continue
         if tid in outcomes:
             tell(study, ft._trial_id, outcomes[tid])

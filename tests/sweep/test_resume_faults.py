@@ -8,7 +8,16 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from stablesweep.sweep.recovery import RERUN_OF, delete_lost_runs, repair_tune_state, rerun_lost_trials, save_elsewhere
+from stablesweep.sweep.recovery import (
+    RERUN_OF,
+    broken_by_fault,
+    delete_lost_runs,
+    repair_error_files,
+    repair_tune_state,
+    rerun_lost_trials,
+    save_elsewhere,
+    trial_ids_of,
+)
 from stablesweep.sweep.search import StabilitySearcher, sqlite_url, study_summary
 from stablesweep.sweep.space import parse_space
 from stablesweep.tracking import Tracker
@@ -121,3 +130,59 @@ def test_a_sweep_that_cannot_write_saves_its_trials_elsewhere(tmp_path, monkeypa
     assert list(t["verdict"].fillna("")) == ["stable", "diverged", ""]
     assert list(t["optuna_state"]) == ["COMPLETE", "PRUNED", "RUNNING"]
     assert set(GRID.keys) <= set(t.columns)
+
+
+def test_the_state_tune_restores_is_the_latest_runs_even_when_the_mtimes_tie(tmp_path):
+    """Each run of the driver writes its own experiment_state-<start>.json and a sync touches them
+    all: the first run's file (two trials) has the same mtime as the resumed run's (four). The
+    trials Tune knows are the latest run's, so none of the four is taken for lost and run again."""
+    now = time.time()
+    _state(tmp_path / "experiment_state-2026-01-01_10-00-00.json", ["a", "b"], now)
+    _state(tmp_path / "experiment_state-2026-01-01_10-01-00.json", ["a", "b", "c", "d"], now)
+    _state(tmp_path / "experiment_state-2026-01-01_09-59-00.json", ["a"], now + 5)  # newer mtime, older run
+    assert trial_ids_of(SimpleNamespace(sweep_dir=tmp_path)) == {"a", "b", "c", "d"}
+
+
+def test_an_error_file_a_full_disk_left_empty_is_removed_before_the_restore(tmp_path):
+    import pickle
+
+    for t, data in (("a", b""), ("b", pickle.dumps(ValueError("boom"))[:10]), ("c", pickle.dumps(ValueError("x")))):
+        (tmp_path / f"trial_{t}").mkdir()
+        (tmp_path / f"trial_{t}" / "error.pkl").write_bytes(data)
+        (tmp_path / f"trial_{t}" / "error.txt").write_text("why")
+    assert sorted(p.parent.name for p in repair_error_files(tmp_path)) == ["trial_a", "trial_b"]
+    assert [p.parent.name for p in tmp_path.glob("trial_*/error.pkl")] == ["trial_c"]  # a whole one is kept
+    assert len(list(tmp_path.glob("trial_*/error.txt"))) == 3
+
+
+def test_a_trial_the_disk_broke_stays_open_in_optuna_and_the_resume_runs_it_again(tmp_path):
+    """A trial fails while the sweep folder refuses writes (here: a read-only bind mount over it):
+    the searcher does not tell Optuna an error that the setting did not cause; the resume sees a
+    trial in ERROR in Tune's state that Optuna holds RUNNING, and runs Tune's errored trials again."""
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount")
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    url = sqlite_url(sweep / "optuna.db")
+    searcher = StabilitySearcher(GRID, url, "s", sampler="grid", seed=0)
+    searcher.suggest("a")
+    searcher.suggest("b")
+    searcher.on_trial_complete("a", None, error=True)  # a real error: told FAIL
+    subprocess.run(["mount", "--bind", str(sweep), str(sweep)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(sweep)], check=True)
+        searcher.on_trial_complete("b", None, error=True)
+    finally:
+        subprocess.run(["umount", "-l", str(sweep)], check=True)
+    assert {r["tune_trial_id"]: r["state"] for r in study_summary(url, "s")} == {"a": "FAIL", "b": "RUNNING"}
+    plan = SimpleNamespace(sweep_dir=sweep, study_url=url, name="s")
+    data = {"trial_data": [[json.dumps({"trial_id": t, "status": "ERROR"}), "{}"] for t in ("a", "b")]}
+    (sweep / "experiment_state-2026-01-01_10-00-00.json").write_text(json.dumps(data))
+    assert broken_by_fault(plan)
+    data["trial_data"] = data["trial_data"][:1]  # only the real error: nothing to run again
+    (sweep / "experiment_state-2026-01-01_10-00-00.json").write_text(json.dumps(data))
+    assert not broken_by_fault(plan)

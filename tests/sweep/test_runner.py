@@ -189,6 +189,7 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
 
     table = pd.read_csv(sweep_dir / "trials.csv")
     assert len(table) == n_grid and table["trial_id"].is_unique
+    assert "unfinished" not in set(table["verdict"])
     assert len({(lr, None if math.isnan(c) else c)
                 for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == n_grid
     state = json.loads((sweep_dir / "sweep.json").read_text())
@@ -202,7 +203,7 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
     assert all(r.get("verdict") == "abandoned" or r["number"] in rerun for r in rows if r not in mine), rows
     tr = Tracker(state["tracking_uri"])
-    assert [p.run_id for p in tr.sweep_runs()] == [state["parent_run_id"]]
+    assert [(p.run_id, p.status) for p in tr.sweep_runs()] == [(state["parent_run_id"], "FINISHED")]
     children = tr.children(state["parent_run_id"])
     assert sorted(c.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
     assert all(c.status == STATUS[verdicts[c.tags["stablesweep.trial_id"]]] for c in children)

@@ -97,6 +97,37 @@ def test_a_completion_told_twice_is_harmless(searcher, url, tmp_path):
     assert by_tune_id(url)["a"]["value"] == 1.0
 
 
+def test_results_of_a_trial_optuna_already_finished_are_ignored_after_a_restore(searcher, url, tmp_path):
+    """The driver killed after Optuna was told that "a" ended but before Tune saved its state: the
+    restored Tune runs "a" on from its checkpoint and reports again. Nothing reaches Optuna (no
+    `UpdateFinishedTrialError`, which stopped such a resume), and Optuna's verdict stands."""
+    searcher.suggest("a")
+    searcher.on_trial_result("a", stable_result(10, 3.0))
+    ckpt = tmp_path / "searcher.pkl"
+    searcher.save(str(ckpt))  # Tune's last saved state: "a" running
+    searcher.on_trial_result("a", stable_result(20, 2.0))
+    searcher.on_trial_complete("a", stable_result(30, 1.0, finished=True))
+    restored = StabilitySearcher(SPACE, url, "s", sampler="tpe")
+    restored.restore(str(ckpt))
+    restored.on_trial_result("a", stable_result(20, 2.5))
+    restored.on_trial_result("a", stable_result(30, 1.5))
+    restored.on_trial_complete("a", stable_result(30, 1.5, finished=True))
+    row = by_tune_id(url)["a"]
+    assert (row["state"], row["value"], row["verdict"]) == ("COMPLETE", 1.0, "stable")
+    assert restored.suggest("b") is not None and len(study_summary(url, "s")) == 2
+
+
+def test_a_queued_trial_never_asked_is_closed_at_the_end(searcher, url):
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", stable_result(30, 1.0, finished=True))
+    searcher.study.enqueue_trial({"training.lr": 1e-3, "training.max_grad_norm": None})
+    reconcile_study(url, "s", {}, owned={"a"}, final=False)
+    assert [r["state"] for r in study_summary(url, "s")] == ["COMPLETE", "WAITING"]  # a resume may still run it
+    reconcile_study(url, "s", {}, owned={"a"}, final=True)
+    assert [(r["state"], r.get("verdict")) for r in study_summary(url, "s")] == [("COMPLETE", "stable"),
+                                                                                 ("FAIL", "abandoned")]
+
+
 def test_reconcile_closes_every_running_trial(searcher, url):
     searcher.suggest("a")
     searcher.suggest("b")

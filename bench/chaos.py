@@ -1,0 +1,399 @@
+"""Fault injection into a tiny sweep, then one `--resume`, then the exactly-once check.
+
+Each round runs `stablesweep sweep` on the demo config over a 2 x 2 grid (lr 1e-2 / 1e3, clip
+none / 1.0; four trials, two at a time, a few report intervals each) with its `--out` on a tmpfs
+of its own, injects one fault at one moment, waits for the driver to end, undoes the fault (frees
+the space, makes the folder writable again), runs `--resume` once and checks the invariant:
+
+- trials.csv: the four grid points, each in exactly one trial, none `unfinished`;
+- Optuna (`optuna.db`): each trial of the table exactly one Optuna trial with its verdict, nothing
+  RUNNING or WAITING; any other trial is `abandoned` or was run again (`rerun_of`);
+- MLflow: one parent run (FINISHED), exactly one child run a trial of the table, none RUNNING.
+
+Faults: SIGINT, SIGTERM or SIGKILL of the driver, SIGKILL of a trial's worker, the disk filled
+(ENOSPC), the output folder made read-only. Moments: a wall time after the start, or an event seen
+in the sweep folder (the first trial result, the first checkpoint, the first trial ended, trials.csv
+written), each plus a random delay of up to 2 s. The choice of fault, moment and delay is fixed
+by --seed; the faults take turns so that each gets its share of the rounds.
+
+    python bench/chaos.py --rounds 60 --minutes 15 --seed 0
+
+Needs root (mount). Every process it starts runs in a session of its own and its whole group is
+killed by id when the round ends, whatever happened. Prints a table (fault x moment: rounds, held)
+and writes one JSON line a round to --log.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+GRID = "training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n"
+N_SETTINGS = 4
+FAULTS = ("sigint", "sigterm", "sigkill_driver", "sigkill_worker", "enospc", "readonly")
+MOMENTS = ("wall", "first_result", "checkpoint", "trial_end", "trials_csv")
+EXPECTED_EXIT = {"sigint": 130, "sigterm": 143, "enospc": 74, "readonly": 74}
+
+
+def plan_rounds(n: int, seed: int) -> list[tuple[str, str, float]]:
+    rng = random.Random(seed)
+    rounds = []
+    for i in range(n):
+        moment = rng.choice(MOMENTS)
+        delay = rng.uniform(3.0, 40.0) if moment == "wall" else rng.uniform(0.0, 2.0)
+        rounds.append((FAULTS[i % len(FAULTS)], moment, round(delay, 2)))
+    return rounds
+
+
+# ---- the invariant ---------------------------------------------------------------------------
+
+def exactly_once_problems(sweep_dir: Path, n_settings: int = N_SETTINGS) -> list[str]:
+    """What breaks "every setting exactly once" in trials.csv, the Optuna study and the MLflow
+    store (empty: it holds)."""
+    import pandas as pd
+
+    from stablesweep.sweep.search import study_summary
+    from stablesweep.tracking import Tracker
+
+    problems: list[str] = []
+    csv = sweep_dir / "trials.csv"
+    if not csv.exists():
+        return [f"no {csv}"]
+    table = pd.read_csv(csv)
+    keys = ["training.lr", "training.max_grad_norm"]
+    settings = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
+                for row in table[keys].itertuples(index=False)]
+    if len(table) != n_settings or len(set(settings)) != n_settings or not table["trial_id"].is_unique:
+        problems.append(f"trials.csv: {len(table)} rows, {len(set(settings))} settings, want {n_settings} once each")
+    if (table["verdict"] == "unfinished").any():
+        problems.append(f"trials.csv: {(table['verdict'] == 'unfinished').sum()} unfinished")
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = study_summary(state["study_url"], state["study_name"])
+    open_ = [r["number"] for r in rows if r["state"] in ("RUNNING", "WAITING")]
+    if open_:
+        problems.append(f"optuna: trials {open_} RUNNING/WAITING")
+    ids = set(table["trial_id"])
+    mine = [r for r in rows if r.get("tune_trial_id") in ids]
+    if sorted(r["tune_trial_id"] for r in mine) != sorted(ids):
+        problems.append(f"optuna: {len(mine)} trials for the {len(ids)} of trials.csv")
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))
+    wrong = [r["number"] for r in mine if r.get("verdict") != verdicts[r["tune_trial_id"]]]
+    if wrong:
+        problems.append(f"optuna: trials {wrong} with another verdict than trials.csv")
+    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
+    stray = [r["number"] for r in rows if r not in mine and r.get("verdict") != "abandoned" and r["number"] not in rerun]
+    if stray:
+        problems.append(f"optuna: trials {stray} neither in trials.csv, abandoned nor run again")
+    tr = Tracker(state["tracking_uri"])
+    parents = tr.sweep_runs()
+    if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":
+        problems.append(f"mlflow: parents {[(p.run_id[:8], p.status) for p in parents]}")
+    children = tr.children(state["parent_run_id"])
+    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(ids):
+        problems.append(f"mlflow: {len(children)} child runs for the {len(ids)} trials")
+    running = [c.run_id[:8] for c in children if c.status == "RUNNING"]
+    if running:
+        problems.append(f"mlflow: runs {running} RUNNING")
+    return problems
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+class Procs:
+    """Every process group started here, killed by id on exit."""
+
+    def __init__(self):
+        self.groups: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=env["PYTHONPATH"], env=env,
+                             start_new_session=True)
+        self.groups.append(p)
+        return p
+
+    def kill_all(self) -> None:
+        for p in self.groups:
+            kill_group(p.pid)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.groups.clear()
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(d.name)) == pgid:
+                out.append((int(d.name), (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")))
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
+def _stat(pid: str) -> tuple[int, int]:
+    """(parent pid, process group) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[2])
+
+
+def trial_worker(pgids: set[int]) -> int | None:
+    """The pid of a Ray worker running a trial (its process title names the trainable) whose raylet
+    (its parent: Ray starts workers in sessions of their own) is in one of the process groups
+    `pgids` (the driver's, that started its own Ray, or the shared Ray's)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if title.startswith("ray::ImplicitFunc") and _stat(str(_stat(d.name)[0]))[1] in pgids:
+                return int(d.name)
+        except (OSError, ProcessLookupError, ValueError, IndexError):
+            continue
+    return None
+
+
+# ---- one round ---------------------------------------------------------------------------------
+
+def moment_reached(moment: str, sweep_dir: Path, log: Path, since: float, delay: float) -> bool:
+    if moment == "wall":
+        return time.time() - since >= delay
+    if moment == "first_result":
+        return any(p.stat().st_size > 0 for p in sweep_dir.glob("trial_*/result.json"))
+    if moment == "checkpoint":
+        return bool(list(sweep_dir.glob("trial_*/checkpoint_*")))
+    if moment == "trial_end":
+        return any(ln.startswith("[") for ln in log.read_text(errors="replace").splitlines())
+    if moment == "trials_csv":
+        return (sweep_dir / "trials.csv").exists()
+    raise ValueError(moment)
+
+
+def fill(mnt: Path) -> None:
+    chunk = b"\0" * (1 << 20)
+    with open(mnt / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+    try:  # the last bytes too
+        with open(mnt / "filler2", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+    except OSError:
+        pass
+
+
+def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs, work: Path) -> dict:
+    rec = {"round": i, "fault": fault, "moment": moment, "delay": delay}
+    mnt = work / f"r{i:03d}"
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(mnt)], check=True)
+    try:
+        space = work / "grid.yaml"
+        out = mnt / "out"
+        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
+               "--steps", str(args.steps), "--set", "training.report_interval=5", "--no-asha",
+               "--max-concurrent", "2", "--out", str(out), "--name", "c"]
+        if args.address:
+            cmd += ["--address", args.address]
+        env = {**os.environ, "PYTHONPATH": str(args.root)}
+        if not args.address:
+            env["RAY_ADDRESS"] = "local"
+        log1, log2 = work / f"r{i:03d}.first.log", work / f"r{i:03d}.resume.log"
+        t0 = time.time()
+        first = procs.start(cmd, log1, env)
+        deadline = t0 + args.round_timeout
+        while time.time() < deadline and first.poll() is None \
+                and not moment_reached(moment, out / "c", log1, t0, delay):
+            time.sleep(0.05)
+        if moment != "wall" and first.poll() is None:
+            time.sleep(delay)
+        rec["injected_at_s"] = round(time.time() - t0, 1)
+        rec["injected"] = first.poll() is None  # False: the sweep ended before the moment came
+        if rec["injected"]:
+            if fault == "sigint":
+                os.kill(first.pid, signal.SIGINT)
+            elif fault == "sigterm":
+                os.kill(first.pid, signal.SIGTERM)
+            elif fault == "sigkill_driver":
+                os.kill(first.pid, signal.SIGKILL)
+            elif fault == "sigkill_worker":
+                pids = {first.pid} | ({args.ray_pgid} if args.ray_pgid else set())
+                pid = None
+                while pid is None and first.poll() is None and time.time() < deadline:
+                    pid = trial_worker(pids)
+                    time.sleep(0.05)
+                rec["injected"] = pid is not None
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+            elif fault == "enospc":
+                fill(mnt)
+            elif fault == "readonly":
+                # the folder read-only from now on: a read-only bind mount of --out over itself (a
+                # remount of the tmpfs is refused while sqlite holds its files open for writing;
+                # files already open stay writable, every new open for writing gets EROFS)
+                subprocess.run(["mount", "--bind", str(out), str(out)], check=True)
+                subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], check=True)
+        try:
+            first.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            rec["hung"] = True
+            kill_group(first.pid)
+            first.wait(timeout=30)
+        rec["first_rc"] = first.returncode
+        if fault == "sigkill_driver" and not args.address:
+            time.sleep(1.0)
+            rec["left_1s_after_kill"] = len(group_members(first.pid))
+        kill_group(first.pid)  # the Ray it started, if any
+        text = log1.read_text(errors="replace")
+        rec["first_resume_hint"] = "--resume" in text
+        rec["first_traceback"] = "Traceback" in text
+        if fault == "enospc":
+            for f in ("filler", "filler2"):
+                (mnt / f).unlink(missing_ok=True)
+        elif fault == "readonly" and rec["injected"]:
+            subprocess.run(["umount", "-l", str(out)], check=True)
+        # stopped before the sweep was recorded (no sweep.json): --resume refuses ("no sweep at"), exit
+        # 2, and the same command again starts it, which is what one does then
+        rec["before_record"] = not (out / "c" / "sweep.json").exists()
+        second = procs.start(cmd + ([] if rec["before_record"] else ["--resume"]), log2, env)
+        try:
+            second.wait(timeout=args.round_timeout)
+        except subprocess.TimeoutExpired:
+            rec["resume_hung"] = True
+            kill_group(second.pid)
+            second.wait(timeout=30)
+        kill_group(second.pid)
+        rec["resume_rc"] = second.returncode
+        rtext = log2.read_text(errors="replace")
+        rec["resume_traceback"] = "Traceback" in rtext
+        problems = [] if second.returncode in (0, 1) else [f"resume exit {second.returncode}: "
+                                                           + rtext.strip().splitlines()[-1][:200] if rtext.strip() else ""]
+        try:
+            problems += exactly_once_problems(out / "c")
+        except Exception as e:  # an unreadable store is a failed round, not a crashed harness
+            problems.append(f"check failed: {type(e).__name__}: {e}")
+        rec["problems"] = problems
+        rec["held"] = not problems
+        want = EXPECTED_EXIT.get(fault)
+        rec["exit_ok"] = (want is None or not rec["injected"] or rec["first_rc"] == want) and \
+            (want is None or not rec["injected"] or rec["first_resume_hint"])
+        rec["wall_s"] = round(time.time() - t0, 1)
+        return rec
+    finally:
+        procs.kill_all()
+        if fault == "readonly":
+            subprocess.run(["umount", "-l", str(out)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)
+
+
+def table(records: list[dict]) -> str:
+    cells: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
+    for r in records:
+        cells[(r["fault"], r["moment"])].append(r)
+    lines = ["| fault | moment | rounds | injected | held | exit code and resume command as documented |",
+             "|---|---|---|---|---|---|"]
+    for (f, m) in sorted(cells, key=lambda k: (FAULTS.index(k[0]), MOMENTS.index(k[1]))):
+        rs = cells[(f, m)]
+        lines.append(f"| {f} | {m} | {len(rs)} | {sum(bool(r.get('injected')) for r in rs)} | "
+                     f"{sum(r.get('held') is True for r in rs)} | "
+                     f"{sum(r.get('exit_ok') is True for r in rs) if f in EXPECTED_EXIT else '-'} |")
+    n, held = len(records), sum(r.get("held") is True for r in records)
+    lines.append(f"| **all** | | {n} | {sum(bool(r.get('injected')) for r in records)} | {held} | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="skip the first N planned rounds (go on with a log)")
+    ap.add_argument("--minutes", type=float, default=None, help="start no round after this many minutes")
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of " + ",".join(FAULTS))
+    ap.add_argument("--moments", default=",".join(MOMENTS), help="comma-separated subset of " + ",".join(MOMENTS))
+    ap.add_argument("--address", default=None, help="a Ray cluster every run joins (default: each run its own Ray)")
+    ap.add_argument("--tmpfs-mb", type=int, default=300)
+    ap.add_argument("--round-timeout", type=float, default=240.0)
+    ap.add_argument("--root", default=str(ROOT), help="the stablesweep checkout the sweeps run (default: this one)")
+    ap.add_argument("--work", default=None, help="work folder (default: a new temporary one, removed at the end)")
+    ap.add_argument("--log", default=None, help="one JSON line a round (default: WORK/rounds.jsonl)")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/chaos.py: needs root (it mounts a tmpfs a round)", file=sys.stderr)
+        return 2
+    faults, moments = args.faults.split(","), args.moments.split(",")
+    if not set(faults) <= set(FAULTS):
+        print(f"--faults: expected some of {','.join(FAULTS)}", file=sys.stderr)
+        return 2
+    args.ray_pgid = None
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="stablesweep-chaos-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "grid.yaml").write_text(GRID)
+    logf = Path(args.log) if args.log else work / "rounds.jsonl"
+    procs = Procs()
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    start = time.time()
+    records: list[dict] = []
+    rounds = [r for r in plan_rounds(args.rounds * len(FAULTS) * len(MOMENTS) * 4, args.seed)
+              if r[0] in faults and r[1] in moments][:args.rounds]
+    try:
+        for i, (fault, moment, delay) in enumerate(rounds):
+            if i < args.start:
+                continue
+            if args.minutes is not None and time.time() - start > args.minutes * 60:
+                break
+            try:
+                rec = run_round(i, fault, moment, delay, args, procs, work)
+            except (OSError, subprocess.SubprocessError) as e:  # the harness's own step failed: say so, go on
+                rec = {"round": i, "fault": fault, "moment": moment, "delay": delay, "held": None,
+                       "problems": [f"harness: {type(e).__name__}: {e}"]}
+            records.append(rec)
+            with logf.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(f"round {i}: {fault:15s} {moment:12s} +{delay:5.1f}s  first exit {rec.get('first_rc')}, "
+                  f"resume exit {rec.get('resume_rc')}, {'held' if rec.get('held') else 'BROKEN'}"
+                  + ("" if rec.get("injected") else " (sweep ended before the moment)")
+                  + (f": {'; '.join(rec['problems'])}" if rec.get("problems") else ""), flush=True)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        procs.kill_all()
+    print(f"\nbench/chaos.py --seed {args.seed}: {len(records)} rounds in {(time.time() - start) / 60:.1f} min, "
+          f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} CPUs; log {logf}\n")
+    print(table([json.loads(ln) for ln in logf.read_text().splitlines() if ln.strip()] if logf.exists() else records))
+    return 0 if records and all(r.get("held") for r in records) else 1  # the table: every round of the log
+
+
+if __name__ == "__main__":
+    sys.exit(main())
