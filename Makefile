@@ -8,6 +8,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
+# test files run in this many processes (pytest-xdist; a file's tests stay together, sharing its
+# module fixtures): most of the suite waits on Ray, subprocesses and sqlite, so 2 fill 2 cores
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-gpu lint cluster-test install clean stable-template
 
@@ -25,7 +28,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-gpu: $(STAMP)
 	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device here')"
