@@ -167,7 +167,7 @@ def test_tables_by_column_set():
     md = answers_markdown(r.answers(), r.columns())
     assert md[0].startswith("| clip | precision | masking | stable | stalled |")
     assert md[2] == ("| 1.0 | fp32 | slice | 1 | 0 | 1 | 0 | 0 | 1.00e-03 | 1.00e-03 | 1.00e-02 | 0 | 0 | 0.5 | "
-                     "1.00e-03 | 1.25 |")
+                     "1.00e-03 | 5.00e-03 | 1.00e-03 | 1.25 |")
 
 
 def test_a_record_is_plain_data():
