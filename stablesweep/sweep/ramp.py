@@ -194,7 +194,7 @@ class Setting:
         b = boundary or {}
         rec = recommend(self.comparable(), max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
         if rec.lr is not None and not any(p.phase == SAMPLE for p in self.tested):
-            rec = replace(rec, note="; ".join(x for x in (rec.note, "no lrs sampled below the edge (--samples 0): "
+            rec = replace(rec, note="; ".join(x for x in (rec.note, "no lr sampled below the largest safe lr: "
                                                           "chosen among the climb's probes") if x))
         plain = [p for p in self.probes if p.phase != REPLICATE]
         rt = [self.range_test] if self.range_test else []
