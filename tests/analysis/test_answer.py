@@ -139,6 +139,7 @@ def test_the_setting_metrics_of_a_record_are_what_the_parent_run_logs():
         assert params == CLIP and values == {n: get(n) for n in SETTING_METRICS}
     params, values = s.answer(0.5).setting_metrics(SETTING_METRICS)
     assert values["lr_at_5pct_risk"] is None and values["recommended_lr"] == 1e-2
+    assert "largest_safe_lr" in SETTING_METRICS and values["largest_safe_lr"] == s.answer(0.5).largest_safe_lr
 
 
 def test_summary_is_the_answer_in_ramp_json_words():
