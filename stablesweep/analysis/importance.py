@@ -36,6 +36,33 @@ def failing_values(df: pd.DataFrame, keys: list[str], lr_key: str | None) -> lis
     return out
 
 
+def uncovered(keys: list[str], ran: list[dict[str, Any]], distributions: dict | None) -> list[str]:
+    """The combinations of the categorical axes of the search space (`distributions`, Optuna's, one
+    per key; those with `choices`) that no trial ran (`ran`: the combinations that did), labelled
+    as a group is (`clip=none masking=slice`)."""
+    import itertools
+
+    axes = [(k, list(distributions[k].choices)) for k in keys
+            if distributions and hasattr(distributions.get(k), "choices")]
+    if not axes:
+        return []
+    seen = {tuple(repr(py(r.get(k))) for k, _ in axes) for r in ran}
+    return [" ".join(f"{short_key(k)}={format_value(v)}" for (k, _), v in zip(axes, combo))
+            for combo in itertools.product(*(c for _, c in axes)) if tuple(repr(py(v)) for v in combo) not in seen]
+
+
+def not_boundary_lines(causes: list[str], missing: list[str], markdown: bool = False) -> list[str]:
+    """What the region says apart from its lr boundaries: the values that fail at every lr tried
+    (`failing_values`) and the combinations no trial ran (`uncovered`); a section in `markdown`."""
+    gap = "combinations of the space no trial ran (nothing is known of them): "
+    if not markdown:
+        return [f"cause: {c}" for c in causes] + ([f"not covered: {gap}{', '.join(missing)}"] if missing else [])
+    if not causes and not missing:
+        return []
+    return ["## Not an lr boundary", "", *(f"- {c}" for c in causes),
+            *([f"- {gap}" + ", ".join(f"`{u}`" for u in missing)] if missing else []), ""]
+
+
 def divergence_importance(df: pd.DataFrame, params: list[str], distributions: dict | None = None
                           ) -> tuple[dict[str, float], str]:
     """Which params drive divergence: Optuna's fANOVA evaluator on a 0/1 target (1 = diverged),

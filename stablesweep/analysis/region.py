@@ -35,7 +35,13 @@ from stablesweep.analysis.answer import (
     key_columns,
     recommend,
 )
-from stablesweep.analysis.importance import divergence_importance, failing_values, value_order
+from stablesweep.analysis.importance import (
+    divergence_importance,
+    failing_values,
+    not_boundary_lines,
+    uncovered,
+    value_order,
+)
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -142,8 +148,9 @@ class Region:
         return key_columns(self.group_keys) + SWEEP_COLUMNS
 
     def to_text(self) -> str:
-        """The region table for a terminal."""
-        return answers_text(self.answers(), self.columns()) if self.groups else "(no trials)"
+        """The region table for a terminal, then the causes and the combinations no trial ran."""
+        text = answers_text(self.answers(), self.columns()) if self.groups else "(no trials)"
+        return "\n".join([text, *not_boundary_lines(self.causes, self.uncovered)])
 
     def to_markdown(self, title: str = "Stable region") -> str:
         c = self.counts
@@ -171,22 +178,14 @@ class Region:
             lines += ["## Best stable setting", "",
                       f"Trial `{self.best['trial_id']}`, objective {self.best[OBJECTIVE]:.4g}: "
                       + ", ".join(f"`{k}={format_value(v)}`" for k, v in self.best["params"].items()), ""]
-        if self.causes or self.uncovered:
-            lines += ["## Not an lr boundary", ""]
-            lines += [f"- {c}" for c in self.causes]
-            if self.uncovered:
-                lines.append("- combinations of the space no trial ran (nothing is known of them): "
-                             + ", ".join(f"`{u}`" for u in self.uncovered))
-            lines.append("")
+        lines += not_boundary_lines(self.causes, self.uncovered, markdown=True)
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
                       ", ".join(f"`{k}={format_value(v)}`" for k, v in self.recommended.items()), "",
-                      "The trial with the best objective at the budget among those measured safe: stable, at an lr "
-                      f"at most the *largest safe lr* of its combination ({SAFETY} x its lr at 5% risk where "
-                      f"replicates measured it, else {SAFETY} x its smallest lr that diverged or stalled above the "
-                      "band, else its largest stable lr where nothing failed). The largest safe lr is the edge "
-                      "with its margin, not the recommendation: the best-training lr is often well below it. "
-                      "recommended/<setting>.yaml holds each combination's own.", ""]
+                      "The trial with the best objective at the budget among those measured safe: stable, at an lr at "
+                      f"most the *largest safe lr* of its combination ({SAFETY} x its lr at 5% risk with replicates, "
+                      f"else {SAFETY} x its smallest lr that diverged or stalled above the band, else its largest "
+                      "stable lr). recommended/<setting>.yaml holds each combination's own.", ""]
         if self.importance:
             lines += [f"## What drives divergence ({self.importance_method})", "",
                       "| param | importance |", "|---|---|"]
@@ -281,7 +280,9 @@ def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[s
                 "params": {k: py(row[k]) for k in params},
                 "group": {k: py(row[k]) for k in groups_by}}
     region = Region(lr_key=lr_key, group_keys=groups_by, param_keys=params, budget_steps=budget,
-                    counts=counts, groups=groups, best=best, causes=[text for _, _, text in causes])
+                    counts=counts, groups=groups, best=best, causes=[text for _, _, text in causes],
+                    uncovered=uncovered(group_keys if group_keys is not None else groups_by,
+                                        [g.key for g in groups], distributions))
     if importance:
         region.importance, region.importance_method = divergence_importance(df, params, distributions)
     region.divergence_rates = divergence_rates(df, groups_by)
@@ -460,8 +461,7 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
                  title: str = "Stable region", extra: dict | None = None, figures: bool = True,
                  source: str | None = None, base_dir: str | None = None) -> dict[str, Path]:
     """stable_region.json, stable_region.md, trials.csv, figures/*.png, recommended.yaml and
-    recommended/<setting>.yaml (`recommended_files`; `source`, `base_dir`: the user's config file
-    and its folder)."""
+    recommended/<setting>.yaml (`recommended_files`; `source`, `base_dir`: the user's file, its folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}

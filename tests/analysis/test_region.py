@@ -125,6 +125,31 @@ def test_a_value_that_fails_at_every_lr_is_the_cause_not_an_lr_boundary():
     assert "lr" not in r.importance or r.importance_method.endswith("cause masking") or "cause" in r.importance_method
 
 
+def test_the_combinations_of_the_space_no_trial_ran_are_named(tmp_path):
+    """The space: masking {slice, neg_inf} x clip {none, 1.0}; the trials never ran (slice, none)
+    nor (neg_inf, 1.0): the region names both in its file, its markdown and its terminal text."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    rows = [trial(i, lr, "stable") for i, lr in enumerate([1e-4, 1e-3])]
+    rows += [trial(2 + i, lr, v, masking="neg_inf", clip=None) for i, (lr, v) in enumerate([(1e-4, "stable"),
+                                                                                          (1e-2, "diverged")])]
+    dists = {"training.lr": FloatDistribution(1e-5, 1.0, log=True),
+             "training.max_grad_norm": CategoricalDistribution([None, 1.0]),
+             "loss.masking": CategoricalDistribution(["slice", "neg_inf"])}
+    keys = ["training.lr", "training.max_grad_norm", "loss.masking"]
+    r = analyze(pd.DataFrame(rows), group_keys=keys[1:], param_keys=keys, distributions=dists, importance=False)
+    assert r.uncovered == ["clip=none masking=slice", "clip=1.0 masking=neg_inf"]
+    assert "not covered: combinations of the space no trial ran (nothing is known of them): clip=none " \
+           "masking=slice, clip=1.0 masking=neg_inf" in r.to_text().splitlines()
+    assert "`clip=none masking=slice`, `clip=1.0 masking=neg_inf`" in r.to_markdown()
+    files = write_region(r, pd.DataFrame(rows), tmp_path, figures=False)
+    assert json.loads(files["json"].read_text())["uncovered"] == r.uncovered
+    full = analyze(pd.DataFrame(rows + [trial(9, 1e-3, "stable", clip=None), trial(10, 1e-3, "stable",
+                                                                                   masking="neg_inf")]),
+                   group_keys=keys[1:], param_keys=keys, distributions=dists, importance=False)
+    assert full.uncovered == [] and "not covered" not in full.to_text() and "no trial ran" not in full.to_markdown()
+
+
 def test_nothing_stable_means_nothing_recommended(tmp_path):
     df = pd.DataFrame([trial(0, 1e-1, "diverged"), trial(1, 1.0, "diverged")])
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS)
