@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from stablesweep.analysis.answer import SettingAnswer, recommend
+from stablesweep.analysis.recommended import setting_file_name
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -239,6 +240,7 @@ class Setting:
             "ratio": (hi / lo) if lo and hi else None, "largest_safe_lr": a.largest_safe_lr, "rule": a.rule,
             "recommended_lr": a.recommended_lr, "recommended_objective": a.recommended_objective,
             "recommend_note": a.recommend_note, "single_seed": a.single_seed if boundary else True,
+            "recommended_file": f"recommended/{setting_file_name(self.params)}" if a.recommended_lr is not None else None,
             "probes": a.probes, "compute_s": a.compute_s, TRAIN_FLOPS: a.train_flops, BUDGET_STEPS: a.budget_steps,
             "range_test": asdict(self.range_test) if self.range_test else None,
             "probe_list": [asdict(p) for p in self.probes],

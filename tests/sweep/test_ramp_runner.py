@@ -92,6 +92,7 @@ def test_ramp_files_and_mlflow(ramp):
     assert x["probes"] == len(res.settings[0].probes) and x["train_flops"] > 0
     assert (res.ramp_dir / "ramp.png").stat().st_size > 1000
     assert sorted(p.name for p in (res.ramp_dir / "recommended").iterdir()) == ["config.yaml"]  # one setting
+    assert x["recommended_file"] == "recommended/config.yaml" and x["recommended_file"] in res.files
     rec = load_config(res.ramp_dir / "recommended" / "config.yaml")
     assert rec.training.lr == x["recommended_lr"]
     from mlflow import MlflowClient
