@@ -160,8 +160,9 @@ class Tracker:
             path = Path(path)
             if path.is_dir():
                 self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            elif path.exists():
-                self.client.log_artifact(run_id, str(path))
+            elif path.exists():  # a recommended/<setting>.yaml keeps its folder: config.yaml is also the run's
+                self.client.log_artifact(run_id, str(path),
+                                         artifact_path="recommended" if path.parent.name == "recommended" else None)
         self.close_run(run_id, status)
 
     def log_setting_metrics(self, parent_id: str,

@@ -44,8 +44,11 @@ def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
     assert len([k for k in params if k.startswith("p")]) == 150
     assert run.data.metrics["trials_stable"] == 2.0
     arts = {a.path for a in client.list_artifacts(sweep["parent"])}
-    assert arts == {"config.yaml", "stable_region.md", "figures"}  # a missing file is skipped
+    assert arts == {"config.yaml", "stable_region.md", "figures", "recommended"}  # a missing file is skipped
     assert [a.path for a in client.list_artifacts(sweep["parent"], "figures")] == ["figures/a.png"]
+    # a recommended/<setting>.yaml keeps its folder, so recommended/config.yaml never replaces the run's config
+    assert [a.path for a in client.list_artifacts(sweep["parent"], "recommended")] == ["recommended/config.yaml"]
+    assert "# recommended" not in Path(client.download_artifacts(sweep["parent"], "config.yaml")).read_text()
 
 
 def test_tags_and_params_hold_no_sentinels(client, sweep):
