@@ -205,8 +205,8 @@ def ramp(config: str | Path | dict, *, log: Log = print, verbose: bool = False, 
     with config_file(config) as path, (config_file(space, "space") if space is not None else nullcontext()) as sp:
         res = run_ramp(RampOptions(config=str(path), space=str(sp) if sp else None, overrides=overrides, **opts),
                        echo=log or (lambda s: None))
-    paths = {x["setting"]: res.files[f"recommended/{x['setting']}.yaml"] for x in res.summary
-             if f"recommended/{x['setting']}.yaml" in res.files}
+    # each setting's recommended file, as ramp.json names it (None where nothing is recommended)
+    paths = {x["setting"]: res.ramp_dir / x["recommended_file"] for x in res.summary if x.get("recommended_file")}
     return Ramped(name=res.name, dir=res.ramp_dir, settings=[_row(x) for x in res.summary],
                   recommended={k: _read_yaml(p) for k, p in paths.items()}, recommended_paths=paths,
                   tracking_uri=res.tracking_uri, parent_run_id=res.parent_run_id, files=dict(res.files))

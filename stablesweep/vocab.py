@@ -197,7 +197,7 @@ def short_name(params: dict[str, Any]) -> str:
 
 # a setting's answer on the parent run of its sweep or ramp, each as `<name>.<setting slug>`
 SETTING_METRICS = ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "min_failed_lr", "recommended_lr",
-                   "lr_at_5pct_risk", "lr_at_50pct")
+                   "largest_safe_lr", "lr_at_5pct_risk", "lr_at_50pct")
 
 # the samplers of `sweep --sampler` (checked before Ray and Optuna are imported)
 SAMPLERS = ("tpe", "qmc", "random", "grid")

@@ -131,8 +131,9 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
     assert edge.dir == (tmp_path / "runs" / "ramps" / "tiny-ramp").resolve() and edge.tracking_uri == swept.tracking_uri
     doc = json.loads((edge.dir / "ramp.json").read_text())
     assert [x["max_stable_lr"] for x in edge.settings] == [x["max_stable_lr"] for x in doc["settings"]]
+    assert set(edge.recommended_paths) == {x["setting"] for x in doc["settings"] if x.get("recommended_file")}
     for key, path in edge.recommended_paths.items():
-        assert edge.recommended[key] == yaml.safe_load(path.read_text())
+        assert path.is_file() and edge.recommended[key] == yaml.safe_load(path.read_text())
     assert "Ramped(tiny-ramp: " in repr(edge)
 
     captured = capfd.readouterr()

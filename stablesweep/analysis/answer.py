@@ -17,15 +17,16 @@ Plain data: no pandas, no Ray, no MLflow.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from stablesweep.analysis.text import lr_text, md_table, num_text, sig3_text, text_table
-from stablesweep.vocab import SAFETY, SETTING_METRICS, VERDICTS, format_value, recommended_lr, short_key
+from stablesweep.vocab import SAFETY, SETTING_METRICS, VERDICTS, format_value, short_key
 
 # ---- the rule that sets the recommended lr ---------------------------------------------------------
 
-# which edge the recommended lr keeps its margin below (vocab.recommended_lr, in this order)
+# which edge sets the largest safe lr (the cap of the recommended lr), in this order
 AT_RISK = "lr_at_5pct_risk"  # the lr at 5% risk of failing, where replicates measured it
 MIN_FAILED = "min_failed_lr"  # the smallest lr that diverged or stalled above the stable band
 MAX_STABLE = "max_stable_lr"  # the largest stable lr: no lr failed, the edge is somewhere above
@@ -33,20 +34,44 @@ RULES = (AT_RISK, MIN_FAILED, MAX_STABLE)
 RULE_TEXT = {
     AT_RISK: "the lr at 5% risk of failing",
     MIN_FAILED: "the smallest lr that diverged or stalled above the stable band",
-    MAX_STABLE: "the largest stable lr",
+    MAX_STABLE: "the largest stable lr (nothing failed: the edge is somewhere above)",
 }
 
 
-def recommend(lr: float | None, *, max_stable: float | None, min_failed: float | None,
-              at_risk: float | None = None, safety: float = SAFETY) -> tuple[float | None, str | None]:
-    """(the recommended lr, the rule that set it: one of RULES): `lr` at most `safety` x the first
-    known of the lr at 5% risk, the smallest failed lr and the largest stable lr
-    (vocab.recommended_lr); (None, None) when nothing was stable."""
-    rec = recommended_lr(lr, max_stable=max_stable, min_diverged=min_failed, safety=safety, at_risk=at_risk)
-    if rec is None:
-        return None, None
+@dataclass(frozen=True)
+class Recommendation:
+    """What `recommend` decides for one setting."""
+
+    lr: float | None  # a measured safe lr, the one with the best objective; None when none was measured safe
+    rule: str | None  # which edge set the largest safe lr (RULES); None when nothing was stable
+    largest_safe_lr: float | None  # safety x the edge (the largest stable lr itself where nothing failed)
+    objective: float | None = None  # the recommended lr's objective at the budget
+    note: str | None = None  # why the lr is not the best of several measured safe ones, or why there is none
+
+
+def recommend(stable: Iterable[tuple[float, float | None]], *, max_stable: float | None, min_failed: float | None,
+              at_risk: float | None = None, safety: float = SAFETY) -> Recommendation:
+    """The recommended lr of one setting: among its measured stable runs `stable` ((lr, objective at
+    the budget) pairs, runs at one budget from scratch) whose lr is at most the largest safe lr, the
+    one with the best (lowest) objective. The largest safe lr is `safety` x the lr at 5% risk where
+    replicates measured it, else `safety` x the smallest failed lr, else (nothing failed) the largest
+    stable lr. Never an lr that was not run; None with a note when no measured lr is safe."""
+    if max_stable is None:
+        return Recommendation(None, None, None)
     edges = {AT_RISK: at_risk, MIN_FAILED: min_failed, MAX_STABLE: max_stable}
-    return rec, next(r for r in RULES if edges[r] is not None)
+    rule = next(r for r in RULES if edges[r] is not None)
+    cap = float(max_stable) if rule == MAX_STABLE else safety * float(edges[rule])
+    safe = sorted((float(lr), obj) for lr, obj in stable if lr is not None and lr <= cap * (1 + 1e-9))
+    if not safe:
+        return Recommendation(None, rule, cap, note=f"no measured lr is at or below the largest safe lr "
+                                                    f"{sig3_text(cap)}: none recommended")
+    scored = [(obj, lr) for lr, obj in safe if obj is not None and math.isfinite(obj)]
+    if not scored:
+        return Recommendation(safe[-1][0], rule, cap, note="the runs cannot tell the best lr (no comparable "
+                                                             "objective): the largest measured safe lr")
+    obj, lr = min(scored)
+    note = None if len(scored) > 1 else "one measured safe lr: it could not be compared with another"
+    return Recommendation(lr, rule, cap, obj, note)
 
 
 # ---- the record ------------------------------------------------------------------------------------
@@ -66,9 +91,13 @@ class SettingAnswer:
     stalled_below: list[float] = field(default_factory=list)  # stalls below the band: lr too small
     stalled_above: list[float] = field(default_factory=list)  # stalls above the band: the edge
     stalled_inside: list[float] = field(default_factory=list)  # stalls inside the band, or with no band
-    best_lr: float | None = None  # the lr the recommendation starts from (best stable run's, or max stable)
-    recommended_lr: float | None = None
-    rule: str | None = None  # which edge set `recommended_lr` (RULES); None when nothing was stable
+    best_lr: float | None = None  # the stable lr with the best objective, safe or not
+    recommended_lr: float | None = None  # the measured safe lr with the best objective (`recommend`)
+    rule: str | None = None  # which edge set `largest_safe_lr` (RULES); None when nothing was stable
+    largest_safe_lr: float | None = None  # the cap of the recommended lr: safety x the edge
+    recommended_objective: float | None = None
+    recommend_note: str | None = None  # why the choice is weaker than the best of several, or why none
+    cause: str | None = None  # a categorical value of it fails at every lr tried: no lr boundary, that cause
     safety: float = SAFETY
     # P(fails | lr), from replicates (`analysis.boundary`)
     lr_at_5pct_risk: float | None = None
@@ -89,8 +118,14 @@ class SettingAnswer:
 
     @property
     def edge_lr(self) -> float | None:
-        """The lr the recommendation keeps its margin below: the one its rule names."""
+        """The lr the largest safe lr keeps its margin below: the one its rule names."""
         return getattr(self, self.rule) if self.rule else None
+
+    def recommendation(self, rec: Recommendation) -> SettingAnswer:
+        """The record with `rec` (`recommend`) as its recommended lr."""
+        self.recommended_lr, self.rule, self.largest_safe_lr = rec.lr, rec.rule, rec.largest_safe_lr
+        self.recommended_objective, self.recommend_note = rec.objective, rec.note
+        return self
 
     def setting_metrics(self, names: Iterable[str] = SETTING_METRICS
                         ) -> tuple[dict[str, Any], dict[str, float | None]]:
@@ -143,6 +178,7 @@ SWEEP_COLUMNS: list[Column] = [
     _lr_col("min diverged lr", "min_diverged_lr", lr_text),
     ("stalled below", lambda a: str(len(a.stalled_below))), ("stalled above", lambda a: str(len(a.stalled_above))),
     ("best objective", lambda a: num_text(a.best_objective)), _lr_col("best lr", "best_lr", lr_text),
+    _lr_col("largest safe lr", "largest_safe_lr", lr_text), _lr_col("recommended lr", "recommended_lr", lr_text),
     ("lr sensitivity", lambda a: num_text(a.lr_sensitivity)),
 ]
 
@@ -161,13 +197,17 @@ _RAMP_COST: list[Column] = [("probes", lambda a: str(a.probes)), ("compute s", l
 RAMP_TEXT_COLUMNS: list[Column] = [
     ("setting", lambda a: a.label), ("status", lambda a: str(a.status)),
     _lr_col("max stable lr", "max_stable_lr", sig3_text), _lr_col("min failed lr", "min_failed_lr", sig3_text),
-    ("stalled", _stalls), _lr_col("recommended lr", "recommended_lr", sig3_text), *_RAMP_COST,
+    ("stalled", _stalls), _lr_col("largest safe lr", "largest_safe_lr", sig3_text),
+    _lr_col("recommended lr", "recommended_lr", sig3_text), *_RAMP_COST,
 ]
 RAMP_MD_COLUMNS: list[Column] = [
     ("setting", lambda a: a.label), ("status", lambda a: STATUS_TEXT.get(a.status, a.status)),
     _lr_col("min stable lr", "min_stable_lr", sig3_text), _lr_col("max stable lr", "max_stable_lr", sig3_text),
     _lr_col("min diverged lr", "min_diverged_lr", sig3_text), _lr_col("min failed lr", "min_failed_lr", sig3_text),
-    ("stalled", _stalls), _lr_col("recommended lr", "recommended_lr", sig3_text), *_RAMP_COST,
+    ("stalled", _stalls), _lr_col("largest safe lr", "largest_safe_lr", sig3_text),
+    _lr_col("recommended lr", "recommended_lr", sig3_text), ("recommended objective",
+                                                             lambda a: num_text(a.recommended_objective)),
+    *_RAMP_COST,
 ]
 
 
@@ -227,16 +267,43 @@ def _fitted(a: SettingAnswer, seeds: int) -> str:
             if a.rule == AT_RISK else "")
 
 
+def safe_line(a: SettingAnswer, seeds: int = 0) -> str:
+    """How the largest safe lr was made: `largest safe lr 0.05 = 0.5 x 0.1, the smallest lr that ...`."""
+    if a.rule == MAX_STABLE:
+        return f"largest safe lr {sig3_text(a.largest_safe_lr)} = {RULE_TEXT[a.rule]}"
+    return (f"largest safe lr {sig3_text(a.largest_safe_lr)} = {a.safety} x {sig3_text(a.edge_lr)}, "
+            f"{RULE_TEXT[a.rule]}{_fitted(a, seeds)}")
+
+
 def rule_line(a: SettingAnswer, seeds: int = 0, *, short: bool = False) -> str:
-    """How the recommended lr was made, from the rule that made it: `lr = min(its lr, safety x the
-    edge, which edge with the setting) = the lr.`, or `short`: `lr = the lr, at most safety x which
-    edge (the edge)`. `seeds`: the K of --replicates, named with the 5%-risk rule."""
-    if short:
-        return (f"lr = {a.recommended_lr:.3g}, at most {a.safety} x {RULE_TEXT[a.rule]} {sig3_text(a.edge_lr)}"
-                f"{_fitted(a, seeds)}")
-    end = ": no trial diverged there, so the boundary is somewhere above." if a.rule == MAX_STABLE else "."
-    return (f"lr = min(its lr {a.best_lr:.3g}, {a.safety} x {a.edge_lr:.3g}, {RULE_TEXT[a.rule]} with {a.label}"
-            f"{_fitted(a, seeds)}) = {a.recommended_lr:.3g}{end}")
+    """The rule that set the recommended lr, from the record: `lr = 0.1: the best objective (0.53 at
+    the budget) among the lrs measured safe with the setting (stable, at most the largest safe lr
+    0.5 = 0.5 x 1, ...)`. `short`: without the setting's name. `seeds`: the K of --replicates."""
+    who = "" if short else f" with {a.label}"
+    if a.recommended_lr is None:
+        return f"no lr recommended{who}: {a.recommend_note or 'nothing was stable'}; {safe_line(a, seeds)}."
+    chose = (f"the best objective ({a.recommended_objective:.4g} at the budget)"
+             if a.recommended_objective is not None else "the largest")
+    return (f"lr = {sig3_text(a.recommended_lr)}: {chose} among the lrs measured safe{who} (stable, and at most "
+            f"the {safe_line(a, seeds)})" + (f"; {a.recommend_note}" if a.recommend_note else "") + ".")
+
+
+def evidence_lines(a: SettingAnswer, seeds: int = 0) -> list[str]:
+    """The evidence behind a setting's answer, for a recommended config's header: the bracket, the
+    risk where replicates measured it, the budget."""
+    lines = [f"bracket: largest stable lr {sig3_text(a.max_stable_lr)}, smallest failed lr "
+             f"{sig3_text(a.min_failed_lr)} (smallest diverged {sig3_text(a.min_diverged_lr)}); "
+             f"{', '.join(f'{v} {n}' for v, n in a.counts.items() if n)} run(s)"]
+    if a.lr_at_5pct_risk is not None:
+        iv = a.lr_at_5pct_risk_interval
+        lines.append(f"risk: P(fails | lr) = 5% at lr {sig3_text(a.lr_at_5pct_risk)}"
+                     + (f" (interval {sig3_text(iv[0])}..{sig3_text(iv[1])})" if iv else "")
+                     + f", 50% at {sig3_text(a.lr_at_50pct)}, over {seeds} seed(s)")
+    else:
+        lines.append("risk: not measured (one seed an lr: the bracket is a single-seed estimate)")
+    lines.append(f"budget: {a.budget_steps} steps a run; stability may not hold for a longer run: "
+                 "re-check at the length you train")
+    return lines
 
 
 def recommended_header(lines: Iterable[str]) -> str:

@@ -110,6 +110,7 @@ class SettingState:
     lr_range: tuple[float, float] | None  # the lrs it tried (stable or diverged trials)
     lr_sensitivity: float | None
     best_objective: float | None
+    cause: str | None = None  # a categorical value of it fails at every lr tried: no lr boundary
 
     @property
     def status(self) -> str:
@@ -128,6 +129,8 @@ class SettingState:
         text = f"{self.status} ({', '.join(parts) or 'no trials'})"
         if self.status == "mixed":
             text += f", boundary in ({lr_text(self.max_stable_lr)}, {lr_text(self.min_diverged_lr)}]"
+        elif self.status == "unstable" and self.cause:
+            text += f", {self.cause}"
         elif self.status == "unstable" and self.min_diverged_lr is not None:
             text += f", diverged from lr {lr_text(self.min_diverged_lr)}"
         elif self.status == "stable" and self.max_stable_lr is not None:
@@ -354,7 +357,8 @@ def _setting_states(label: str, judged: pd.DataFrame, region: Region, keys: list
                 lr_range = (float(min(lrs)), float(max(lrs)))
         out[k] = (dict(g.key), SettingState(sweep=label, counts=dict(g.counts), max_stable_lr=g.max_stable_lr,
                                            min_diverged_lr=g.min_diverged_lr, lr_range=lr_range,
-                                           lr_sensitivity=g.lr_sensitivity, best_objective=g.best_objective))
+                                           lr_sensitivity=g.lr_sensitivity, best_objective=g.best_objective,
+                                           cause=g.cause))
     return out
 
 

@@ -5,29 +5,23 @@ No Ray, no MLflow: one row a trial, with its params as columns named by their do
 pruned | error), `objective`, `initial_loss`, `steps`, `budget_steps`, `trial_id`.
 
 Per combination of the categorical axes (lr excluded) it reports the verdict counts, the stable
-band (the smallest and largest lr that trained), the smallest lr seen diverged, which side of the
-band each stalled trial lies on (below: the lr is too small to learn in the budget; above: the
-edge of stability, finite but no longer learning), the best objective and its config, and the LR sensitivity of Wortsman et al. (2023), "Small-scale proxies
-for large-scale Transformer training instabilities": E over the sampled lrs of
-min(L(lr), L0) - min over lrs of L(lr), where L is the final loss (the trial's objective: the mean
-eval loss at the end of a stable or stalled run) and L0 the initial loss; a diverged trial counts
-as L0. A stalled trial never counts as stable: not in the band, the best setting, nor
-recommended.yaml.
-A pruned trial was stable only up to the step where the scheduler stopped it: it never counts as
-stable (nor in the sensitivity, which needs a final loss). Every number holds for the step budget
-the trials ran, and says so.
+band, the smallest lr seen diverged, which side of the band each stalled trial lies on (below: too
+small to learn in the budget; above: the edge), the largest safe lr and the recommended lr
+(`answer.recommend`: the measured safe trial with the best objective), and the LR sensitivity of
+Wortsman et al. (2023): E over the sampled lrs of min(L(lr), L0) - min over lrs of L(lr), L the
+final loss and L0 the initial loss (a diverged trial counts as L0). A categorical value that fails
+at every lr tried is its combinations' cause, not an lr boundary (`importance.failing_values`).
+A stalled or pruned trial never counts as stable. Every number holds for the step budget the
+trials ran, and says so.
 """
 from __future__ import annotations
 
-import copy
-import datetime as _dt
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from stablesweep.analysis.answer import (
     SWEEP_COLUMNS,
@@ -40,10 +34,14 @@ from stablesweep.analysis.answer import (
     boundary_text,
     key_columns,
     recommend,
-    recommended_header,
-    rule_line,
 )
-from stablesweep.analysis.importance import divergence_importance, value_order
+from stablesweep.analysis.importance import (
+    divergence_importance,
+    failing_values,
+    not_boundary_lines,
+    uncovered,
+    value_order,
+)
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -80,7 +78,7 @@ class Group:
     lr_sensitivity: float | None
     sensitivity_n: int
     budget_steps: int | None
-    recommended_lr: float | None = None  # its best stable lr, at most SAFETY x the edge (min_failed_lr)
+    recommended_lr: float | None = None  # its measured safe lr with the best objective (`answer.recommend`)
     min_stable_lr: float | None = None
     stalled_below: list[float] = field(default_factory=list)  # stalls below the band: lr too small
     stalled_above: list[float] = field(default_factory=list)  # stalls above the band: the edge
@@ -96,6 +94,22 @@ class Group:
     replicates: int = 0  # replicate runs of the combination
     replicate_flops: float | None = None  # their training FLOPs, next to `train_flops`
     train_flops: float | None = None  # the training FLOPs of its sweep trials
+    rule: str | None = None  # which edge set `largest_safe_lr` (answer.RULES)
+    largest_safe_lr: float | None = None  # SAFETY x the edge: the cap of `recommended_lr`
+    recommended_objective: float | None = None
+    recommend_note: str | None = None
+    recommended_params: dict[str, Any] | None = None  # the params of the trial at `recommended_lr`
+    cause: str | None = None  # a categorical value of it fails at every lr tried: no lr boundary
+    stable_runs: list[tuple[float, float | None, dict]] = field(default_factory=list, repr=False)  # (lr, objective, params)
+
+    def recommend(self) -> None:
+        """Its recommended lr (`answer.recommend`) from its stable trials and its edges."""
+        rec = recommend([(lr, obj) for lr, obj, _ in self.stable_runs], max_stable=self.max_stable_lr,
+                        min_failed=self.min_failed_lr, at_risk=self.lr_at_5pct_risk)
+        self.recommended_lr, self.rule, self.largest_safe_lr = rec.lr, rec.rule, rec.largest_safe_lr
+        self.recommended_objective, self.recommend_note = rec.objective, rec.note
+        self.recommended_params = next((dict(p) for lr, o, p in self.stable_runs if lr == rec.lr and o == rec.objective),
+                                       None) if rec.lr else None
 
     @property
     def label(self) -> str:
@@ -116,10 +130,13 @@ class Region:
     divergence_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     recommended: dict[str, Any] | None = None  # params of recommended.yaml, lr with the margin
     replicates: int = 0  # K of --replicates (0: every bracket is a single-seed estimate)
+    causes: list[str] = field(default_factory=list)  # categorical values that fail at every lr tried
+    uncovered: list[str] = field(default_factory=list)  # combinations of the space no trial ran
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["groups"] = [{**asdict(g), "label": g.label} for g in self.groups]
+        d["groups"] = [{**{k: v for k, v in asdict(g).items() if k != "stable_runs"}, "label": g.label}
+                       for g in self.groups]
         return jsonable(d)
 
     def answers(self) -> list[SettingAnswer]:
@@ -131,10 +148,9 @@ class Region:
         return key_columns(self.group_keys) + SWEEP_COLUMNS
 
     def to_text(self) -> str:
-        """The region table for a terminal."""
-        if not self.groups:
-            return "(no trials)"
-        return answers_text(self.answers(), self.columns())
+        """The region table for a terminal, then the causes and the combinations no trial ran."""
+        text = answers_text(self.answers(), self.columns()) if self.groups else "(no trials)"
+        return "\n".join([text, *not_boundary_lines(self.causes, self.uncovered)])
 
     def to_markdown(self, title: str = "Stable region") -> str:
         c = self.counts
@@ -162,11 +178,14 @@ class Region:
             lines += ["## Best stable setting", "",
                       f"Trial `{self.best['trial_id']}`, objective {self.best[OBJECTIVE]:.4g}: "
                       + ", ".join(f"`{k}={format_value(v)}`" for k, v in self.best["params"].items()), ""]
+        lines += not_boundary_lines(self.causes, self.uncovered, markdown=True)
         if self.recommended:
             lines += ["## Recommended (recommended.yaml)", "",
                       ", ".join(f"`{k}={format_value(v)}`" for k, v in self.recommended.items()), "",
-                      f"lr is at most {SAFETY}x the smallest lr of its combination that diverged or stalled "
-                      "above the band (or its largest stable lr where none did).", ""]
+                      "The trial with the best objective at the budget among those measured safe: stable, at an lr at "
+                      f"most the *largest safe lr* of its combination ({SAFETY} x its lr at 5% risk with replicates, "
+                      f"else {SAFETY} x its smallest lr that diverged or stalled above the band, else its largest "
+                      "stable lr). recommended/<setting>.yaml holds each combination's own.", ""]
         if self.importance:
             lines += [f"## What drives divergence ({self.importance_method})", "",
                       "| param | importance |", "|---|---|"]
@@ -178,7 +197,6 @@ class Region:
                 lines.append(f"- `{k}`: " + ", ".join(f"{v}: {100 * r:.0f}%" for v, r in rates.items()))
             lines.append("")
         return "\n".join(lines)
-
 
     def boundary_text(self) -> str:
         """For a terminal: P(fails | lr) per combination and what the replicates cost, or that each
@@ -204,12 +222,13 @@ def answer_of(g: Group, lr_key: str | None) -> SettingAnswer:
     """A combination's answer: the record that tables, the boundary lines and recommended.yaml's
     header render (`analysis.answer`)."""
     best_lr = finite(g.best_params.get(lr_key)) if lr_key and g.best_params else None
-    rec, rule = recommend(best_lr, max_stable=g.max_stable_lr, min_failed=g.min_failed_lr, at_risk=g.lr_at_5pct_risk)
     return SettingAnswer(
         params=dict(g.key), label=g.label, budget_steps=g.budget_steps, counts=dict(g.counts),
         min_stable_lr=g.min_stable_lr, max_stable_lr=g.max_stable_lr, min_diverged_lr=g.min_diverged_lr,
         min_failed_lr=g.min_failed_lr, stalled_below=list(g.stalled_below), stalled_above=list(g.stalled_above),
-        stalled_inside=list(g.stalled_inside), best_lr=best_lr, recommended_lr=rec, rule=rule,
+        stalled_inside=list(g.stalled_inside), best_lr=best_lr, recommended_lr=g.recommended_lr, rule=g.rule,
+        largest_safe_lr=g.largest_safe_lr, recommended_objective=g.recommended_objective,
+        recommend_note=g.recommend_note, cause=g.cause,
         lr_at_5pct_risk=g.lr_at_5pct_risk, lr_at_5pct_risk_interval=g.lr_at_5pct_risk_interval,
         lr_at_50pct=g.lr_at_50pct, single_seed=g.single_seed, evidence=g.evidence, boundary_note=g.boundary_note,
         replicates=g.replicates, replicate_flops=g.replicate_flops, train_flops=g.train_flops,
@@ -244,8 +263,13 @@ def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[s
     groups_by = list(group_keys) if group_keys is not None else infer_group_keys(df, params, lr_key)
     groups_by = [k for k in groups_by if k != lr_key and k in df.columns]
     counts = {v: int((df[VERDICT] == v).sum()) for v in VERDICTS} if len(df) else {v: 0 for v in VERDICTS}
+    causes = failing_values(df, groups_by, lr_key)
     groups = [_summarize(sub, dict(zip(groups_by, key)), lr_key, params)
               for key, sub in _groupby(df, groups_by)]
+    for g in groups:  # a value that fails at every lr is the cause of its combinations' failures
+        said = [text for k, v, text in causes if repr(py(g.key.get(k))) == repr(v)]
+        if said:
+            g.cause, g.min_diverged_lr, g.min_failed_lr, g.bracket_ok = "; ".join(said), None, None, None
     budget = _budget(df)
     best = None
     stable = df[df[VERDICT] == STABLE] if len(df) else df
@@ -256,7 +280,9 @@ def analyze(df: pd.DataFrame, *, lr_key: str | None = LR_KEY, group_keys: list[s
                 "params": {k: py(row[k]) for k in params},
                 "group": {k: py(row[k]) for k in groups_by}}
     region = Region(lr_key=lr_key, group_keys=groups_by, param_keys=params, budget_steps=budget,
-                    counts=counts, groups=groups, best=best)
+                    counts=counts, groups=groups, best=best, causes=[text for _, _, text in causes],
+                    uncovered=uncovered(group_keys if group_keys is not None else groups_by,
+                                        [g.key for g in groups], distributions))
     if importance:
         region.importance, region.importance_method = divergence_importance(df, params, distributions)
     region.divergence_rates = divergence_rates(df, groups_by)
@@ -303,13 +329,15 @@ def _summarize(sub: pd.DataFrame, key: dict, lr_key: str | None, params: list[st
         best_obj, best_trial = float(row[OBJECTIVE]), str(row.get("trial_id"))
         best_params = {k: py(row[k]) for k in params}
     sens, n = lr_sensitivity(sub)
-    rec, _ = recommend(finite(best_params.get(lr_key)) if lr_key and best_params else None,
-                       max_stable=max_stable, min_failed=min_failed)
-    return Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
-                 best_objective=best_obj, best_trial=best_trial, best_params=best_params,
-                 lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub), recommended_lr=rec,
-                 min_stable_lr=min_stable, stalled_below=below, stalled_above=above, stalled_inside=inside,
-                 min_failed_lr=min_failed)
+    runs = [(float(r[lr_key]), finite(r[OBJECTIVE]), {k: py(r[k]) for k in params})
+            for _, r in st.iterrows() if finite(r.get(lr_key)) is not None] if lr_key else []
+    g = Group(key=key, counts=counts, max_stable_lr=max_stable, min_diverged_lr=min_div, bracket_ok=ok,
+              best_objective=best_obj, best_trial=best_trial, best_params=best_params,
+              lr_sensitivity=sens, sensitivity_n=n, budget_steps=_budget(sub),
+              min_stable_lr=min_stable, stalled_below=below, stalled_above=above, stalled_inside=inside,
+              min_failed_lr=min_failed, stable_runs=runs)
+    g.recommend()
+    return g
 
 
 def lr_margins(df: pd.DataFrame, region: Region) -> pd.Series:
@@ -378,9 +406,7 @@ def add_boundaries(region: Region, df: pd.DataFrame, replicates: pd.DataFrame, k
         g.replicates = len(reps)
         g.replicate_flops = float(pd.to_numeric(reps.get(TRAIN_FLOPS), errors="coerce").sum()) if len(reps) else 0.0
         g.train_flops = float(pd.to_numeric(mine.get(TRAIN_FLOPS), errors="coerce").sum()) if len(mine) else 0.0
-        g.recommended_lr, _ = recommend(finite(g.best_params.get(lr_key)) if g.best_params else None,
-                                        max_stable=g.max_stable_lr, min_failed=g.min_failed_lr,
-                                        at_risk=g.lr_at_5pct_risk)
+        g.recommend()
     region.replicates = k
     region.recommended = recommended_params(region)
     return fits
@@ -397,52 +423,45 @@ def rows_of(df: pd.DataFrame, keys: list[str], key: dict[str, Any]) -> pd.DataFr
 
 
 def recommended_params(region: Region) -> dict[str, Any] | None:
-    """The best stable trial's params, its lr replaced by its combination's recommended lr
-    (vocab.recommended_lr)."""
-    if not region.best:
+    """The params of the recommended trial: among each combination's recommended one (its measured
+    safe trial with the best objective), the best objective; None when no combination has one."""
+    cands = [g for g in region.groups if g.recommended_params is not None]
+    if not cands:
         return None
-    params = dict(region.best["params"])
-    lr_key = region.lr_key
-    if lr_key and lr_key in params and params[lr_key] is not None:
-        group = next((g for g in region.groups if g.key == region.best["group"]), None)
-        if group is not None and group.recommended_lr is not None:
-            params[lr_key] = group.recommended_lr
-    return params
+    best = min(cands, key=lambda g: (g.recommended_objective is None, g.recommended_objective or 0.0))
+    return dict(best.recommended_params)
+
+
+def recommended_group(region: Region) -> Group | None:
+    """The combination whose recommended trial is `region.recommended`."""
+    return next((g for g in region.groups if g.recommended_params is not None
+                 and g.recommended_params == region.recommended), None)
 
 
 # ---- files ----------------------------------------------------------------------------------
 
-def recommended_config(region: Region, base: dict) -> tuple[dict, str] | None:
-    """A complete training config (base + recommended params) and the header that says how it
-    was made. None when no trial was stable."""
-    from stablesweep.config import config_from_dict, set_dotted
+def recommended_files(region: Region, base: dict, out: Path, *, source: str | None = None,
+                      base_dir: str | None = None) -> dict[str, Path]:
+    """recommended.yaml (the recommended trial's config) and recommended/<setting>.yaml (each
+    combination's), by the one writer (`analysis.recommended`). {} when no trial was measured safe."""
+    from stablesweep.analysis.recommended import write_recommended_set
 
-    if not region.recommended or not region.best:
-        return None
-    raw = copy.deepcopy(base)
-    for k, v in region.recommended.items():
-        set_dotted(raw, k, v)
-    cfg = config_from_dict(raw)  # refuses anything the config would refuse
+    top = recommended_group(region)
+    groups = ([top] if top else []) + [g for g in region.groups if g.recommended_params is not None and g is not top]
+    items = [(answer_of(g, region.lr_key), g.recommended_params,
+              f"the recommended combination {g.label}: the best objective among each combination's recommended "
+              "trial" if g is top else None) for g in groups]
     c = region.counts
-    group = next((g for g in region.groups if g.key == region.best["group"]), None)
-    lines = [
-        "recommended.yaml: written by `stablesweep sweep` on "
-        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"From {sum(c.values())} trials ({_counts_text(c)}): the best stable trial "
-        f"{region.best['trial_id']} (objective {region.best[OBJECTIVE]:.4g}).",
-    ]
-    if region.lr_key and region.lr_key in region.best["params"] and group is not None:
-        answer = answer_of(group, region.lr_key)
-        if answer.rule is not None:
-            lines.append(rule_line(answer, region.replicates))
-    lines.append(f"Stable for {region.budget_steps} steps, the budget the sweep measured; "
-                 "a longer run may still diverge: re-check at the length you train.")
-    return cfg.to_dict(), recommended_header(lines)
+    return write_recommended_set(items, out, base, tool="sweep", what=f"{sum(c.values())} trials ({_counts_text(c)})",
+                                 seeds=region.replicates, source=source, base_dir=base_dir,
+                                 top="recommended.yaml" if top else None)
 
 
 def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dict | None = None,
-                 title: str = "Stable region", extra: dict | None = None, figures: bool = True) -> dict[str, Path]:
-    """stable_region.json, stable_region.md, trials.csv, figures/*.png and recommended.yaml."""
+                 title: str = "Stable region", extra: dict | None = None, figures: bool = True,
+                 source: str | None = None, base_dir: str | None = None) -> dict[str, Path]:
+    """stable_region.json, stable_region.md, trials.csv, figures/*.png, recommended.yaml and
+    recommended/<setting>.yaml (`recommended_files`; `source`, `base_dir`: the user's file, its folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
@@ -462,11 +481,7 @@ def write_region(region: Region, df: pd.DataFrame, out: str | Path, *, base: dic
         files["figure_region"] = plot_region(region_data(df, lr_key), fig_dir / "region_lr_clip.png", title=title)
         files["figure_objective"] = plot_lr_objective(objective_data(df, lr_key), fig_dir / "lr_objective.png")
     if base is not None:
-        rec = recommended_config(region, base)
-        if rec is not None:
-            cfg, header = rec
-            files["recommended"] = out / "recommended.yaml"
-            files["recommended"].write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+        files.update(recommended_files(region, base, out, source=source, base_dir=base_dir))
     return files
 
 

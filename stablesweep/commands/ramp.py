@@ -105,6 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after bracketing, run K seeds (training.seed + 0..K-1) at the lrs inside each bracket "
                         "and at its ends, fit P(fails | lr) per setting and recommend from the lr at 5%% risk "
                         "(writes ramp_boundary.png; default 0: none)")
+    p.add_argument("--samples", type=int, default=3, metavar="K",
+                   help="once bracketed, train K lrs from scratch between the smallest stable lr and the largest "
+                        "safe lr (--safety x the edge), so the recommendation is the best-training safe lr, not "
+                        "the edge's margin (default 3; 0: choose among the climb's probes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     p.set_defaults(func=run)

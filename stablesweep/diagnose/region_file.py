@@ -31,6 +31,8 @@ class MeasuredSetting:
     min_stable_lr: float | None = None  # the bottom of the stable band
     min_failed_lr: float | None = None  # the smallest lr that diverged or stalled above the band (the edge)
     stalled_below: list[float] | None = None  # lrs that stalled below the band: too small to learn
+    largest_safe_lr: float | None = None  # the safety margin below the edge: the cap of `recommended_lr`
+    cause: str | None = None  # a categorical value of it fails at every lr tried: no lr boundary
 
 
 @dataclass
@@ -59,7 +61,8 @@ def read_region(path: str | Path) -> MeasuredRegion:
 
     Tolerant: a list of settings under `groups`, `settings` or `results` (or a mapping of label ->
     setting), each with its categorical axes under `key` / `setting` / `params` / `group` and
-    `max_stable_lr`, optionally `min_diverged_lr`, `recommended_lr`, `budget_steps` (or `steps`),
+    `max_stable_lr`, optionally `min_diverged_lr`, `recommended_lr` (the best-training lr measured
+    safe), `largest_safe_lr` (its cap), `cause`, `budget_steps` (or `steps`),
     and the stall fields `min_stable_lr`, `min_failed_lr`, `stalled_below` (files written before
     the `stalled` verdict have none: the edge is then the smallest diverged lr).
     Anything else is an InputError that says what was expected.
@@ -116,4 +119,6 @@ def _setting(p: Path, i: int, e: Any, lr_key: str, top_budget: int | None) -> Me
                            min_diverged_lr=finite(e.get("min_diverged_lr")),
                            recommended_lr=finite(e.get("recommended_lr")), budget_steps=budget or top_budget,
                            min_stable_lr=finite(e.get("min_stable_lr")), min_failed_lr=finite(e.get("min_failed_lr")),
-                           stalled_below=[x for x in map(finite, e.get("stalled_below") or []) if x is not None])
+                           stalled_below=[x for x in map(finite, e.get("stalled_below") or []) if x is not None],
+                           largest_safe_lr=finite(e.get("largest_safe_lr")),
+                           cause=e.get("cause") if isinstance(e.get("cause"), str) else None)

@@ -108,3 +108,4 @@ class RampOptions(RunOptions):
     range_steps: int | None = None  # steps of the range test (default: the probe budget)
     evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
     replicates: int = 0  # K seeds at the lrs around each bracket, then P(fails | lr) (0: none)
+    samples: int = 3  # lrs sampled below each setting's largest safe lr before it recommends one (0: none)

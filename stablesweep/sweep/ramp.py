@@ -22,16 +22,25 @@ replicate_lrs(max stable, min failed)` (inside the bracket and at its ends; a (l
 bracket already ran is not run again), and P(fails | lr) is fitted over all its probes: the lr at
 5% risk then sets the recommended lr. Replicates never move the single-seed bracket.
 
+The recommended lr is the best-training safe lr (`analysis.answer.recommend`): the lowest
+objective at the budget among stable probes trained from scratch at base seed at or below the
+largest safe lr (`safety` x the edge). A climb's stable probes are the ladder below the edge, too
+sparse to tell the best lr, so once a setting is bracketed (and its replicates fitted) the ramp
+trains `sample_lrs` (phase `sample`): K lrs, geometric from the smallest stable lr up to the largest
+safe lr, from scratch at the budget. Samples count as probes of the bracket: one that fails lowers
+the edge.
+
 This module is the planner: plain data in, the next probes out, no Ray. `stablesweep.sweep.
 ramp_runner` runs the probes as Tune trials and logs them.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from stablesweep.analysis.answer import SettingAnswer, recommend
+from stablesweep.analysis.recommended import setting_file_name
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -45,6 +54,7 @@ from stablesweep.vocab import (
 )
 
 LADDERS = ("1-2-5", "x2", "x10")
+SAMPLE = "sample"  # the phase of a probe sampled below the largest safe lr
 CLIMBS = ("gallop", "step")
 
 # status of a setting
@@ -99,7 +109,7 @@ class Probe:
     steps: int = 0
     train_flops: float = 0.0
     wall_s: float = 0.0
-    phase: str = "ladder"  # ladder | bisect | verify | range-test | replicate
+    phase: str = "ladder"  # ladder | bisect | verify | range-test | replicate | sample
     objective: float = math.nan
     start_step: int = 0  # continue mode: the step the warm start began at
     checkpoint: str | None = None  # continue mode: where this probe's last state lies (path or URI)
@@ -183,7 +193,10 @@ class Setting:
         boundary, whose 5%-risk lr is then the edge of the recommended lr."""
         lo, hi = self.max_stable, self.min_failed
         b = boundary or {}
-        rec, rule = recommend(lo, max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
+        rec = recommend(self.comparable(), max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
+        if rec.lr is not None and not any(p.phase == SAMPLE for p in self.tested):
+            rec = replace(rec, note="; ".join(x for x in (rec.note, "no lr sampled below the largest safe lr: "
+                                                          "chosen among the climb's probes") if x))
         plain = [p for p in self.probes if p.phase != REPLICATE]
         rt = [self.range_test] if self.range_test else []
         return SettingAnswer(
@@ -191,13 +204,24 @@ class Setting:
             budget_steps=max((p.steps - p.start_step for p in self.tested), default=0),
             counts={v: sum(p.verdict == v for p in self.tested) for v in VERDICTS},
             min_stable_lr=self.min_stable, max_stable_lr=lo, min_diverged_lr=self.min_diverged, min_failed_lr=hi,
-            stalled_below=self.stalled_below, stalled_above=self.stalled_above, best_lr=lo, recommended_lr=rec,
-            rule=rule, safety=safety, lr_at_5pct_risk=b.get("lr_at_risk"),
+            stalled_below=self.stalled_below, stalled_above=self.stalled_above, best_lr=self.best_lr(),
+            safety=safety, lr_at_5pct_risk=b.get("lr_at_risk"),
             lr_at_5pct_risk_interval=b.get("lr_at_risk_interval"), lr_at_50pct=b.get("lr_at_50"),
             single_seed=b.get("single_seed"), evidence=b.get("evidence"), boundary_note=b.get("note"),
             replicates=len(self.replicates), replicate_flops=sum(p.train_flops for p in self.replicates),
             train_flops=sum(p.train_flops for p in plain + rt), status=self.status,
-            probes=len(self.tested) + len(rt), compute_s=sum(p.wall_s for p in plain + rt))
+            probes=len(self.tested) + len(rt), compute_s=sum(p.wall_s for p in plain + rt)).recommendation(rec)
+
+    def comparable(self) -> list[tuple[float, float | None]]:
+        """(lr, objective) of its stable probes whose objectives compare: from scratch, at the
+        config's seed, over the whole budget (not a warm-started rung, not a replicate)."""
+        return [(p.lr, p.objective if math.isfinite(p.objective) else None) for p in self.tested
+                if p.verdict == STABLE and p.start_step == 0 and p.seed is None]
+
+    def best_lr(self) -> float | None:
+        """The comparable stable lr with the best objective, safe or not."""
+        scored = [(obj, lr) for lr, obj in self.comparable() if obj is not None]
+        return min(scored)[1] if scored else None
 
     def summary(self, safety: float, boundary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything known of the setting, as ramp.json says it: its answer (`answer`), its
@@ -213,7 +237,10 @@ class Setting:
             "setting": self.key, "params": self.params, "status": a.status,
             "min_stable_lr": a.min_stable_lr, "max_stable_lr": lo, "min_diverged_lr": a.min_diverged_lr,
             "min_failed_lr": hi, "stalled_below": a.stalled_below, "stalled_above": a.stalled_above,
-            "ratio": (hi / lo) if lo and hi else None, "recommended_lr": a.recommended_lr,
+            "ratio": (hi / lo) if lo and hi else None, "largest_safe_lr": a.largest_safe_lr, "rule": a.rule,
+            "recommended_lr": a.recommended_lr, "recommended_objective": a.recommended_objective,
+            "recommend_note": a.recommend_note, "single_seed": a.single_seed if boundary else True,
+            "recommended_file": f"recommended/{setting_file_name(self.params)}" if a.recommended_lr is not None else None,
             "probes": a.probes, "compute_s": a.compute_s, TRAIN_FLOPS: a.train_flops, BUDGET_STEPS: a.budget_steps,
             "range_test": asdict(self.range_test) if self.range_test else None,
             "probe_list": [asdict(p) for p in self.probes],
@@ -228,6 +255,27 @@ def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, in
     from stablesweep.analysis.boundary import replicate_runs
 
     return replicate_runs(s.max_stable, s.min_failed, k, base_seed, [p.lr for p in s.tested])
+
+
+def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None) -> list[float]:
+    """K lrs to train below a setting's largest safe lr (`safety` x the lr at 5% risk, else x the
+    smallest failed lr, else its largest stable lr): geometric from its smallest stable lr (a decade
+    below the cap where that is not below it, above any stall below the band) up to the cap itself,
+    3 significant digits, less those within 2% of an lr it already ran from scratch. [] when it has no
+    stable lr or k is 0."""
+    if k <= 0 or s.max_stable is None:
+        return []
+    edge = at_risk if at_risk is not None else s.min_failed
+    cap = safety * edge if edge is not None else s.max_stable
+    lo = s.min_stable if s.min_stable < cap * (1 - 1e-9) else cap / 10
+    floor = max(s.stalled_below, default=None)
+    if floor is not None and lo < floor:
+        lo = floor
+    if lo >= cap:
+        return []
+    ran = [p.lr for p in s.tested if p.start_step == 0 and p.seed is None]
+    points = [float(f"{lo * (cap / lo) ** (i / k):.3g}") for i in range(1, k + 1)]
+    return [x for x in dict.fromkeys(points) if not any(math.isclose(x, r, rel_tol=0.02) for r in ran)]
 
 
 def boundary_runs(s: Setting, base_seed: int) -> list:

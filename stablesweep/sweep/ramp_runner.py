@@ -38,8 +38,6 @@ from stablesweep.analysis.answer import (
     answers_text,
     boundary_markdown,
     boundary_text,
-    recommended_header,
-    rule_line,
 )
 from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import storage_paths, uri_scheme
@@ -50,12 +48,14 @@ from stablesweep.sweep.ramp import (
     CLIMBS,
     LADDERS,
     RUNNING,
+    SAMPLE,
     Probe,
     Setting,
     boundary_runs,
     ladder,
     next_probes,
     replicate_probes,
+    sample_lrs,
     seed_from_range_test,
 )
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space
@@ -226,6 +226,10 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         if opts.replicates:
             runner.replicate(settings, opts.replicates, cfg.training.seed)
             fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
+        if opts.samples:  # the best-training lr below each edge, then the fit again over every probe
+            runner.sample(settings, opts.samples, [f[0].lr_at_risk for f in fits] if fits else None)
+            if fits:
+                fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
         bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
         answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
         summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
@@ -325,11 +329,19 @@ class _Rounds:
         for req, probe in zip(reqs, self._execute(reqs)):
             req.setting.probes.append(probe)
 
+    def sample(self, settings: list[Setting], k: int, at_risk: list[float | None] | None) -> None:
+        """K lrs below each setting's largest safe lr (`ramp.sample_lrs`), in one round, from scratch."""
+        reqs = [self._request(s, lr, SAMPLE) for i, s in enumerate(settings)
+                for lr in sample_lrs(s, k, self.opts.safety, at_risk[i] if at_risk else None)]
+        if reqs:
+            for req, probe in zip(reqs, self._execute(reqs)):
+                req.setting.probes.append(probe)
+
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> _Request:
         config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
         start_step = 0
-        if phase == REPLICATE:
-            pass  # from scratch, whatever the mode: a replicate is an independent run
+        if phase in (REPLICATE, SAMPLE):
+            pass  # from scratch, whatever the mode: replicates and samples are independent runs
         elif phase == "range-test":
             config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
                            "training.warmup_steps": 0})
@@ -424,7 +436,7 @@ def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: l
                base: dict, cfg, ramp_dir: Path, name: str) -> dict[str, Path]:
     """ramp.json (`summary`), ramp.md, recommended/<setting>.yaml and ramp.png."""
     from stablesweep.analysis.plots import plot_ramp, ramp_data
-    from stablesweep.config import set_dotted
+    from stablesweep.analysis.recommended import write_recommended_set
 
     files: dict[str, Path] = {}
     budget = cfg.training.steps
@@ -439,8 +451,12 @@ def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: l
     files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
     md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} "
           f"({climb_of(opts)} climb) from "
-          f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}; recommended = min(max stable, "
-          f"{opts.safety} x min failed), or {opts.safety} x max stable where none failed.", "",
+          f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}. *largest safe lr*: {opts.safety} x "
+          "the lr at 5% risk (with --replicates), else x *min failed lr*, else *max stable lr* where none failed. "
+          "*recommended lr*: the lr with the best objective at the budget among the stable probes trained from "
+          f"scratch at or below it ({opts.samples} lr(s) sampled below it once bracketed).", "",
+          ("Each bracket is P(fails | lr) fitted over replicates (below)." if opts.replicates else
+           "Each bracket is a single-seed estimate: one probe an lr; --replicates K measures P(fails | lr)."), "",
           "*min failed lr*: the smallest lr that did not train, diverged or stalled above the stable band "
           "(finite, but the loss fell less than monitor.min_progress of its initial loss). The bracket lies "
           "between *max stable lr* and it. *stalled*: lrs that stalled below the band (too small) and above it.", "",
@@ -449,22 +465,11 @@ def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: l
         md += ["", *boundary_markdown(answers, RAMP_WORDS, seeds=opts.replicates, budget=budget, safety=opts.safety)]
     files["ramp.md"] = ramp_dir / "ramp.md"
     files["ramp.md"].write_text("\n".join(md).rstrip("\n") + "\n")
-    rec_dir = ramp_dir / "recommended"
-    rec_dir.mkdir(exist_ok=True)
-    for s, a in zip(settings, answers):
-        if a.recommended_lr is None:
-            continue
-        raw = json.loads(json.dumps(base))
-        for k, v in s.params.items():
-            set_dotted(raw, k, v)
-        set_dotted(raw, LR_KEY, float(f"{a.recommended_lr:.3g}"))
-        header = recommended_header([
-            f"recommended by `stablesweep ramp` ({name}): {rule_line(a, opts.replicates, short=True)}",
-            f"(largest stable: {a.max_stable_lr:.3g}; {opts.safety} x it where none failed), measured with "
-            f"a budget of {budget} steps a probe; stability may not hold for longer runs."])
-        path = rec_dir / f"{s.key}.yaml"
-        path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
-        files[f"recommended/{s.key}.yaml"] = path
+    files.update(write_recommended_set(
+        [(a, {**s.params, LR_KEY: a.recommended_lr}, f"setting {a.label}")
+         for s, a in zip(settings, answers) if a.recommended_lr is not None],
+        ramp_dir, base, tool="ramp", what=f"the ramp {name}", seeds=opts.replicates,
+        source=cfg.source, base_dir=cfg.base_dir))
     labels = [a.label for a in answers]
     probes = [[(p.lr, p.verdict, p.phase) for p in s.tested] for s in settings]
     files["ramp.png"] = plot_ramp(ramp_data(labels, probes, summary, budget), ramp_dir / "ramp.png")

@@ -344,7 +344,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     files = write_region(region, table, plan.sweep_dir, base=plan.base, title=title,
                          extra={"sweep": plan.name, "sampler": plan.sampler, "samples": plan.samples,
                                 "config": plan.state.get("config_file"), "space": plan.state.get("space_file"),
-                                "interrupted": interrupted})
+                                "interrupted": interrupted},
+                         source=plan.cfg.source, base_dir=plan.cfg.base_dir)
     if fits is not None:
         files["figure_boundary"] = plot_boundary(boundary_data([g.label for g in region.groups], fits),
                                                  plan.sweep_dir / "figures" / "boundary.png", region.budget_steps)

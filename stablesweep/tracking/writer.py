@@ -160,14 +160,16 @@ class Tracker:
             path = Path(path)
             if path.is_dir():
                 self.client.log_artifacts(run_id, str(path), artifact_path=path.name)
-            elif path.exists():
-                self.client.log_artifact(run_id, str(path))
+            elif path.exists():  # a recommended/<setting>.yaml keeps its folder: config.yaml is also the run's
+                self.client.log_artifact(run_id, str(path),
+                                         artifact_path="recommended" if path.parent.name == "recommended" else None)
         self.close_run(run_id, status)
 
     def log_setting_metrics(self, parent_id: str,
                             settings: Iterable[tuple[dict[str, Any], dict[str, float | None]]]) -> None:
         """Per setting, its numbers on the parent run, those that are known: the stable band
         (`min_stable_lr.<slug>`, `max_stable_lr.<slug>`), `min_diverged_lr.<slug>`, `recommended_lr.<slug>`
+        (the best-training lr measured safe), `largest_safe_lr.<slug>` (its cap: the margin below the edge)
         and, measured with replicates, `lr_at_5pct_risk.<slug>` and `lr_at_50pct.<slug>` (the slug has
         no "/", which would split the UI's chart sections). A setting is a pair: its params (the
         categorical values; `setting_slug`) and its numbers by those names (SETTING_METRICS; a

@@ -3,7 +3,6 @@ one renderer: pure, no Ray, no MLflow."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import pandas as pd
 import pytest
@@ -29,7 +28,7 @@ from stablesweep.analysis.answer import (
 from stablesweep.analysis.boundary import fit_boundary
 from stablesweep.analysis.region import add_boundaries, analyze, answer_of
 from stablesweep.sweep.ramp import BRACKETED, Probe, Setting, boundary_runs
-from stablesweep.vocab import SETTING_METRICS, recommended_lr
+from stablesweep.vocab import SETTING_METRICS
 from tests.analysis.tables import GROUPS, KEYS, trial
 
 CLIP = {"training.max_grad_norm": 1.0}
@@ -56,7 +55,8 @@ def _sweep(replicates: bool):
 def _ramp(replicates: bool):
     """The same evidence as a ramp's probes."""
     s = Setting("s00", dict(CLIP), [1e-3, 1e-2, 1e-1], status=BRACKETED)
-    s.probes = [Probe(lr, v, steps=100, train_flops=FLOPS) for lr, v in BRACKET]
+    s.probes = [Probe(lr, v, steps=100, train_flops=FLOPS, objective=1.0 - lr if v == "stable" else float("nan"))
+                for lr, v in BRACKET]
     if replicates:
         s.probes += [Probe(lr, v, steps=100, train_flops=FLOPS, phase="replicate", seed=sd) for lr, v, sd in REPLICATES]
     b = fit_boundary(boundary_runs(s, 0))[0].to_dict() if replicates else None
@@ -64,7 +64,8 @@ def _ramp(replicates: bool):
 
 
 # the fields only one of the tools knows
-ONE_TOOL = {"best_objective": None, "lr_sensitivity": None, "status": None, "probes": None, "compute_s": None}
+ONE_TOOL = {"best_objective": None, "lr_sensitivity": None, "status": None, "probes": None, "compute_s": None,
+            "recommend_note": None}  # the ramp's note says it sampled no lrs below the edge
 
 
 @pytest.mark.parametrize("replicates", [False, True])
@@ -83,39 +84,49 @@ def test_a_combination_and_a_ramp_setting_with_the_same_evidence_give_the_same_a
     assert boundary_markdown([swept], SWEEP_WORDS, seeds=2, budget=100) == \
         boundary_markdown([ramped], SWEEP_WORDS, seeds=2, budget=100)
     for short in (False, True):
-        assert rule_line(swept, 2, short=short) == rule_line(ramped, 2, short=short)
+        assert rule_line(swept, 2, short=short) == rule_line(
+            dataclasses.replace(ramped, recommend_note=swept.recommend_note), 2, short=short)
 
 
-def test_the_header_names_the_rule_that_set_the_lr():
+def test_the_header_names_the_rule_that_set_the_largest_safe_lr():
     s, b = _ramp(True)
     at_risk = s.answer(0.5, b)
     assert at_risk.rule == AT_RISK and at_risk.edge_lr == b["lr_at_risk"]
-    assert at_risk.recommended_lr == pytest.approx(min(1e-2, 0.5 * b["lr_at_risk"]))
+    assert at_risk.largest_safe_lr == pytest.approx(0.5 * b["lr_at_risk"])
     line = rule_line(at_risk, 2, short=True)
-    assert f"at most 0.5 x the lr at 5% risk of failing {b['lr_at_risk']:.3g}, fitted over 8 runs with 2 seed(s)" \
+    assert f"0.5 x {b['lr_at_risk']:.3g}, the lr at 5% risk of failing, fitted over 8 runs with 2 seed(s)" \
         in line and RULE_TEXT[MIN_FAILED] not in line
     plain = s.answer(0.5)
-    assert plain.rule == MIN_FAILED and plain.edge_lr == 3e-2
-    assert rule_line(plain, short=True) == f"lr = 0.01, at most 0.5 x {RULE_TEXT[MIN_FAILED]} 0.03"
-    never = Setting("s01", {}, [1e-3, 1e-2], probes=[Probe(1e-3, "stable", steps=100)])
+    assert plain.rule == MIN_FAILED and plain.edge_lr == 3e-2 and plain.largest_safe_lr == pytest.approx(0.015)
+    assert plain.recommended_lr == 1e-2 and plain.recommended_objective == pytest.approx(0.99)
+    assert rule_line(plain, short=True).startswith(
+        f"lr = 0.01: the best objective (0.99 at the budget) among the lrs measured safe (stable, and at most the "
+        f"largest safe lr 0.015 = 0.5 x 0.03, {RULE_TEXT[MIN_FAILED]})")
+    never = Setting("s01", {}, [1e-3, 1e-2], probes=[Probe(1e-3, "stable", steps=100, objective=0.5)])
     top = never.answer(0.5)
-    assert top.rule == MAX_STABLE and top.label == "config"
-    assert rule_line(top, short=True) == f"lr = 0.0005, at most 0.5 x {RULE_TEXT[MAX_STABLE]} 0.001"
-    assert "no trial diverged there" in rule_line(top)
+    assert top.rule == MAX_STABLE and top.label == "config" and top.recommended_lr == 1e-3  # a measured lr
+    assert "nothing failed" in rule_line(top)
     nothing = Setting("s02", {}, [1e-3], probes=[Probe(1e-3, "diverged")]).answer(0.5)
     assert (nothing.recommended_lr, nothing.rule, nothing.edge_lr) == (None, None, None)
     assert recommended_header(["a", "b"]) == "# a\n# b\n"
 
 
-def test_recommend_is_vocab_recommended_lr_and_names_its_edge():
-    values = (None, 1e-3, 1e-2)
-    for lr, max_stable, min_failed, at_risk in itertools.product(values, repeat=4):
-        rec, rule = recommend(lr, max_stable=max_stable, min_failed=min_failed, at_risk=at_risk, safety=0.4)
-        assert rec == recommended_lr(lr, max_stable=max_stable, min_diverged=min_failed, at_risk=at_risk, safety=0.4)
-        edge = {AT_RISK: at_risk, MIN_FAILED: min_failed, MAX_STABLE: max_stable}.get(rule)
-        assert (rule is None) == (rec is None)
-        if rule is not None:
-            assert rec == min(lr, 0.4 * edge)
+def test_recommend_picks_the_best_objective_among_measured_safe_lrs():
+    runs = [(1e-3, 0.9), (1e-2, 0.4), (5e-2, 0.2), (2e-1, 0.1)]
+    rec = recommend(runs, max_stable=2e-1, min_failed=3e-1, safety=0.5)
+    assert (rec.lr, rec.rule, rec.largest_safe_lr, rec.objective) == (5e-2, MIN_FAILED, 0.15, 0.2)
+    rec = recommend(runs, max_stable=2e-1, min_failed=3e-1, at_risk=1e-2, safety=0.5)
+    assert (rec.lr, rec.rule, rec.largest_safe_lr) == (1e-3, AT_RISK, 5e-3) and "one measured safe lr" in rec.note
+    rec = recommend(runs, max_stable=2e-1, min_failed=None)  # nothing failed: the largest stable lr caps it
+    assert (rec.lr, rec.rule, rec.largest_safe_lr) == (2e-1, MAX_STABLE, 2e-1)
+    rec = recommend([(1e-3, None), (1e-2, None)], max_stable=1e-2, min_failed=1.0)
+    assert rec.lr == 1e-2 and "cannot tell the best lr" in rec.note
+    rec = recommend([(2e-5, 1.0)], max_stable=2e-5, min_failed=3e-5)  # never half of the one stable lr
+    assert rec.lr is None and rec.largest_safe_lr == pytest.approx(1.5e-5)
+    for lr, obj in runs:  # whatever the edges, the lr is one that ran
+        for edge in (None, 1e-3, 1e-2, 1.0):
+            got = recommend(runs, max_stable=2e-1, min_failed=edge).lr
+            assert got is None or got in [x for x, _ in runs]
 
 
 def test_the_setting_metrics_of_a_record_are_what_the_parent_run_logs():
@@ -128,6 +139,7 @@ def test_the_setting_metrics_of_a_record_are_what_the_parent_run_logs():
         assert params == CLIP and values == {n: get(n) for n in SETTING_METRICS}
     params, values = s.answer(0.5).setting_metrics(SETTING_METRICS)
     assert values["lr_at_5pct_risk"] is None and values["recommended_lr"] == 1e-2
+    assert "largest_safe_lr" in SETTING_METRICS and values["largest_safe_lr"] == s.answer(0.5).largest_safe_lr
 
 
 def test_summary_is_the_answer_in_ramp_json_words():
@@ -146,9 +158,9 @@ def test_tables_by_column_set():
     a = s.answer(0.5)
     md = answers_markdown([a], RAMP_MD_COLUMNS)
     assert md[0] == ("| setting | status | min stable lr | max stable lr | min diverged lr | min failed lr | stalled | "
-                     "recommended lr | probes | compute s | train FLOPs |")
-    assert md[1] == "|" + "---|" * 11
-    assert md[2] == "| clip=1.0 | bracketed | 0.001 | 0.01 | 0.1 | 0.03 | above 0.03 | 0.01 | 4 | 0.0 | 4e+09 |"
+                     "largest safe lr | recommended lr | recommended objective | probes | compute s | train FLOPs |")
+    assert md[1] == "|" + "---|" * 13
+    assert md[2] == "| clip=1.0 | bracketed | 0.001 | 0.01 | 0.1 | 0.03 | above 0.03 | 0.015 | 0.01 | 0.99 | 4 | 0.0 | 4e+09 |"
     text = answers_text([a], RAMP_TEXT_COLUMNS).splitlines()
     assert text[0].split()[:3] == ["setting", "status", "max"] and text[1].split()[:3] == ["clip=1.0", "bracketed", "0.01"]
     r = analyze(pd.DataFrame([trial(0, 1e-3, "stable", 0.5), trial(1, 1e-2, "diverged")]), group_keys=GROUPS,
@@ -156,7 +168,7 @@ def test_tables_by_column_set():
     md = answers_markdown(r.answers(), r.columns())
     assert md[0].startswith("| clip | precision | masking | stable | stalled |")
     assert md[2] == ("| 1.0 | fp32 | slice | 1 | 0 | 1 | 0 | 0 | 1.00e-03 | 1.00e-03 | 1.00e-02 | 0 | 0 | 0.5 | "
-                     "1.00e-03 | 1.25 |")
+                     "1.00e-03 | 5.00e-03 | 1.00e-03 | 1.25 |")
 
 
 def test_a_record_is_plain_data():

@@ -40,8 +40,11 @@ def test_ranking_margin_and_what_differs_from_the_best():
     assert list(t["verdict"]) == ["stable"] * 4 + ["diverged"] * 3  # stable first
     assert list(t["objective"][:4]) == sorted(t["objective"][:4])  # then by objective
     # margin: lr over the smallest diverged lr of the trial's setting in its own sweep
-    b_div = t[(t["sweep"] == "b") & (t["verdict"] == "diverged")].sort_values("training.lr")
-    assert b_div["margin"].tolist() == pytest.approx([1.0, 10.0])
+    a_div = t[(t["sweep"] == "a") & (t["verdict"] == "diverged")]
+    assert a_div["margin"].tolist() == pytest.approx([1.0])
+    # clip=1.0 fails at every lr b tried: that value is the cause, not an lr boundary, so no margin
+    b_div = t[(t["sweep"] == "b") & (t["verdict"] == "diverged")]
+    assert len(b_div) == 2 and b_div["margin"].isna().all()
     a_slice = t[(t["sweep"] == "a") & (t["loss.masking"] == "slice")]
     assert a_slice["margin"].isna().all()  # nothing diverged with slice in a: unknown
     best = t.iloc[0]
@@ -64,9 +67,10 @@ def test_only_top_and_by_margin():
     by_margin = compare([a, b], by="margin").configs
     # within a verdict, the smallest margin (most headroom) first, unknown margins last
     assert list(by_margin["margin"][:4].isna()) == [False, True, True, True]
-    assert by_margin["margin"].iloc[4:].tolist() == pytest.approx([1.0, 1.0, 10.0])
-    only_b = compare([a, b], only="diverged", by="margin", top=1).configs
-    assert len(only_b) == 1 and only_b["margin"].iloc[0] == pytest.approx(1.0)
+    assert list(by_margin["margin"].iloc[4:].isna()) == [False, True, True]  # b's clip=1.0: a cause, no margin
+    assert by_margin["margin"].iloc[4] == pytest.approx(1.0)
+    first = compare([a, b], only="diverged", by="margin", top=1).configs
+    assert len(first) == 1 and first["sweep"].iloc[0] == "a" and first["margin"].iloc[0] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("kw, message", [

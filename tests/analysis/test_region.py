@@ -13,7 +13,7 @@ from stablesweep.analysis.region import (
     analyze,
     lr_margins,
     lr_sensitivity,
-    recommended_config,
+    recommended_files,
     write_region,
 )
 from stablesweep.config import load_config
@@ -75,34 +75,86 @@ def test_lr_sensitivity_follows_wortsman():
     assert lr_sensitivity(df.iloc[:1]) == (None, 1)
 
 
-def test_recommended_lr_keeps_half_the_smallest_diverged(table):
+def _header(r, tmp_path):
+    files = recommended_files(r, load_config(DEMO).to_dict(), tmp_path, source=str(DEMO), base_dir=str(DEMO.parent))
+    return files, files["recommended"].read_text() if "recommended" in files else None
+
+
+def test_the_recommended_lr_is_the_best_measured_safe_lr_not_the_edge(table, tmp_path):
     close = table.copy()
     close.loc[close["trial_id"] == "t04", "training.lr"] = 1.5e-3  # diverged just above the best stable lr
     r = analyze(close, group_keys=GROUPS, param_keys=KEYS, importance=False)
-    assert r.best["params"]["training.lr"] == 1e-3
-    assert r.recommended["training.lr"] == pytest.approx(0.5 * 1.5e-3)
     fp32 = next(g for g in r.groups if g.key["training.precision"] == "fp32")
-    assert fp32.recommended_lr == pytest.approx(0.5 * 1.5e-3)
-    base = load_config(DEMO).to_dict()
-    cfg, header = recommended_config(r, base)
-    assert cfg["training"]["lr"] == pytest.approx(7.5e-4)
+    # largest safe lr 0.5 x 1.5e-3: 1e-3 (the best objective) is above it; 1e-4 is the best below it
+    assert fp32.largest_safe_lr == pytest.approx(7.5e-4)
+    assert fp32.recommended_lr == 1e-4 and fp32.recommended_objective == 0.80
+    assert r.recommended["training.lr"] == 1e-4  # a measured lr, never 0.5 x one
+    files, header = _header(r, tmp_path)
+    cfg = yaml.safe_load(files["recommended"].read_text())
+    assert cfg["training"]["lr"] == pytest.approx(1e-4)
     assert cfg["loss"]["masking"] == "slice" and cfg["training"]["precision"] == "fp32"
-    assert "100 steps" in header and "0.5 x 0.0015" in header
+    assert "largest safe lr 0.00075 = 0.5 x 0.0015" in header and "budget: 100 steps" in header
+    assert "# The demo" in files["recommended"].read_text()  # the user's own file, its comments kept
 
 
-def test_no_divergence_in_the_best_combination_keeps_the_margin_below_the_largest_stable_lr():
+def test_no_divergence_in_the_best_combination_recommends_its_best_stable_lr(tmp_path):
     df = pd.DataFrame([trial(0, 1e-4, "stable", 1.0), trial(1, 1e-3, "stable", 0.9)])
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
-    assert r.recommended["training.lr"] == pytest.approx(0.5 * 1e-3)
-    _, header = recommended_config(r, load_config(DEMO).to_dict())
-    assert "no trial diverged there" in header and "0.5 x 0.001" in header
+    assert r.recommended["training.lr"] == 1e-3
+    _, header = _header(r, tmp_path)
+    assert "nothing failed" in header and "largest safe lr 0.001" in header
 
 
-def test_nothing_stable_means_nothing_recommended():
+def test_one_stable_lr_under_a_close_failure_recommends_nothing_it_never_ran():
+    df = pd.DataFrame([trial(0, 2e-5, "stable", 1.0), trial(1, 3e-5, "diverged"), trial(2, 1e-3, "diverged")])
+    r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
+    g = r.groups[0]
+    assert g.largest_safe_lr == pytest.approx(1.5e-5) and g.recommended_lr is None and r.recommended is None
+    assert "no measured lr is at or below the largest safe lr" in g.recommend_note
+
+
+def test_a_value_that_fails_at_every_lr_is_the_cause_not_an_lr_boundary():
+    rows = [trial(i, lr, "stable", 1.0 - i / 10) for i, lr in enumerate([1e-4, 1e-3])]
+    rows += [trial(2 + i, lr, "diverged", precision="bf16", masking="neg_inf", clip=None)
+             for i, lr in enumerate([1e-5, 1e-4, 1e-3, 1e-2])]
+    r = analyze(pd.DataFrame(rows), group_keys=GROUPS, param_keys=KEYS, importance=True)
+    bad = next(g for g in r.groups if g.key["loss.masking"] == "neg_inf")
+    assert bad.min_diverged_lr is None and bad.min_failed_lr is None
+    assert any("masking=neg_inf fails at every lr tried" in c and "cause masking" in c for c in r.causes)
+    assert "cause masking" in bad.cause and "cause masking" in r.to_markdown()
+    assert "lr" not in r.importance or r.importance_method.endswith("cause masking") or "cause" in r.importance_method
+
+
+def test_the_combinations_of_the_space_no_trial_ran_are_named(tmp_path):
+    """The space: masking {slice, neg_inf} x clip {none, 1.0}; the trials never ran (slice, none)
+    nor (neg_inf, 1.0): the region names both in its file, its markdown and its terminal text."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    rows = [trial(i, lr, "stable") for i, lr in enumerate([1e-4, 1e-3])]
+    rows += [trial(2 + i, lr, v, masking="neg_inf", clip=None) for i, (lr, v) in enumerate([(1e-4, "stable"),
+                                                                                          (1e-2, "diverged")])]
+    dists = {"training.lr": FloatDistribution(1e-5, 1.0, log=True),
+             "training.max_grad_norm": CategoricalDistribution([None, 1.0]),
+             "loss.masking": CategoricalDistribution(["slice", "neg_inf"])}
+    keys = ["training.lr", "training.max_grad_norm", "loss.masking"]
+    r = analyze(pd.DataFrame(rows), group_keys=keys[1:], param_keys=keys, distributions=dists, importance=False)
+    assert r.uncovered == ["clip=none masking=slice", "clip=1.0 masking=neg_inf"]
+    assert "not covered: combinations of the space no trial ran (nothing is known of them): clip=none " \
+           "masking=slice, clip=1.0 masking=neg_inf" in r.to_text().splitlines()
+    assert "`clip=none masking=slice`, `clip=1.0 masking=neg_inf`" in r.to_markdown()
+    files = write_region(r, pd.DataFrame(rows), tmp_path, figures=False)
+    assert json.loads(files["json"].read_text())["uncovered"] == r.uncovered
+    full = analyze(pd.DataFrame(rows + [trial(9, 1e-3, "stable", clip=None), trial(10, 1e-3, "stable",
+                                                                                   masking="neg_inf")]),
+                   group_keys=keys[1:], param_keys=keys, distributions=dists, importance=False)
+    assert full.uncovered == [] and "not covered" not in full.to_text() and "no trial ran" not in full.to_markdown()
+
+
+def test_nothing_stable_means_nothing_recommended(tmp_path):
     df = pd.DataFrame([trial(0, 1e-1, "diverged"), trial(1, 1.0, "diverged")])
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS)
     assert r.best is None and r.recommended is None
-    assert recommended_config(r, load_config(DEMO).to_dict()) is None
+    assert _header(r, tmp_path) == ({}, None)
     assert r.importance == {}  # one class only: nothing to explain
 
 
@@ -170,7 +222,7 @@ def test_empty_table():
     # no categorical axis: one group of all (no) trials, its row all zeros and dashes
     (g,) = r.groups
     assert g.label == "all" and sum(g.counts.values()) == 0 and g.max_stable_lr is None
-    assert r.to_text().splitlines()[1].split() == ["0"] * 5 + ["-"] * 3 + ["0", "0"] + ["-"] * 3
+    assert r.to_text().splitlines()[1].split() == ["0"] * 5 + ["-"] * 3 + ["0", "0"] + ["-"] * 5
     # with a categorical axis: no group at all
     df["loss.masking"] = pd.Series(dtype=object)
     r = analyze(df, group_keys=["loss.masking"], param_keys=["training.lr", "loss.masking"])
@@ -193,7 +245,7 @@ def test_stalls_are_placed_on_their_side_of_the_band_and_never_recommended(tmp_p
     assert g.min_failed_lr == 5e-3 and r.recommended["training.lr"] == pytest.approx(1e-3)
     df.loc[df["trial_id"] == "t02", "training.lr"] = 4e-3
     r = analyze(df, group_keys=GROUPS, param_keys=KEYS, importance=False)
-    assert r.recommended["training.lr"] == pytest.approx(0.5 * 5e-3)
+    assert r.recommended["training.lr"] == pytest.approx(1e-4)  # 4e-3 is above the largest safe lr 2.5e-3
     files = write_region(r, df, tmp_path, base=load_config(DEMO).to_dict())
     data = json.loads(files["json"].read_text())["groups"][0]
     assert data["stalled_below"] == [1e-6] and data["stalled_above"] == [5e-3] and data["min_stable_lr"] == 1e-4
@@ -226,13 +278,18 @@ def test_replicates_give_each_combination_its_boundary_and_the_5pct_risk_lr_is_t
     assert fp32.lr_at_5pct_risk < 1e-3 < fp32.lr_at_50pct < 1e-2
     lo, hi = fp32.lr_at_5pct_risk_interval
     assert lo <= fp32.lr_at_5pct_risk <= hi and not fp32.single_seed
-    assert fp32.recommended_lr == pytest.approx(0.5 * fp32.lr_at_5pct_risk)  # the edge: the 5%-risk lr
+    assert fp32.largest_safe_lr == pytest.approx(0.5 * fp32.lr_at_5pct_risk)  # the edge: the 5%-risk lr
+    assert fp32.recommended_lr is None or fp32.recommended_lr <= fp32.largest_safe_lr
     # bf16 had no replicates: its one seed an lr is said to be so
     assert bf16.replicates == 0 and bf16.single_seed and "single-seed" in bf16.boundary_note
     md = r.to_markdown()
     assert "## The boundary as a probability" in md and "single-seed estimate: one run an lr" in md
-    assert r.recommended["training.lr"] == fp32.recommended_lr  # the best trial is fp32's
-    _, header = recommended_config(r, load_config(DEMO).to_dict())
-    assert "the lr at 5% risk of failing" in header
+    assert "the lr at 5% risk of failing" in fp32_rule(r)
     saved = {g["key"]["training.precision"]: g for g in json.loads(json.dumps(r.to_dict()))["groups"]}
     assert saved["fp32"]["lr_at_50pct"] == fp32.lr_at_50pct and saved["fp32"]["replicate_flops"] == 6e9
+
+
+def fp32_rule(r):
+    from stablesweep.analysis.answer import rule_line
+
+    return rule_line(next(a for a in r.answers() if a.params["training.precision"] == "fp32"), r.replicates)

@@ -40,7 +40,7 @@ def test_text(cmp):
                              "100/100", "lr=1.0e-03"]
     assert "  base configs differ in: training.steps: 100 -> 200" in lines
     assert "  masking=slice clip=1.0: became unstable  [stable (2 stable), stable up to lr 1.00e-02 -> unstable " \
-           "(2 diverged), diverged from lr 1.00e-03]" in lines
+           "(2 diverged), clip=1.0 fails at every lr tried (2 runs, lr 0.001..0.01): cause clip]" in lines
     assert lines[-1] == "  a -> b: became unstable: masking=slice clip=1.0"
     assert text.count("*") - head.count("*") == differing_cells(cmp) + 1  # + the legend's `*`
 

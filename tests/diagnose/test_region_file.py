@@ -118,3 +118,29 @@ def test_stalls_in_a_region_written_by_the_sweep_engine(healthy, tmp_path):
     assert "diverged or stalled above" in above.title and above.changes == {"training.lr": 1e-4}
     small = find(diagnose(healthy, ["training.lr=1e-6"], region=path), "lr.too_small")
     assert small.severity == "warning" and small.changes == {"training.lr": 1e-4}
+
+
+def test_the_recommended_lr_is_the_best_training_safe_one_and_a_cause_is_no_boundary(healthy, tmp_path):
+    """A region written by the sweep engine: slice trains best at 1e-4 of its safe lrs (the largest
+    safe lr is 0.5 x 1e-2), so the fix is 1e-4, not the edge's margin; neg_inf fails at every lr
+    tried, which diagnose reports as the cause, with no lr to change to."""
+    import pandas as pd
+
+    from stablesweep.analysis import region as region_mod
+
+    keys = ["training.lr", "training.max_grad_norm", "training.precision", "loss.masking"]
+    runs = [("slice", 1e-4, "stable", 0.5), ("slice", 1e-3, "stable", 0.8), ("slice", 1e-2, "diverged", 3.0),
+            ("neg_inf", 1e-4, "diverged", 3.0), ("neg_inf", 1e-3, "diverged", 3.0)]
+    df = pd.DataFrame([{"trial_id": f"t{i}", "training.lr": lr, "training.max_grad_norm": 1.0,
+                        "training.precision": "fp32", "loss.masking": m, "verdict": v, "objective": o,
+                        "initial_loss": 3.0, "steps": 50, "budget_steps": 50} for i, (m, lr, v, o) in enumerate(runs)])
+    region = region_mod.analyze(df, group_keys=keys[1:], param_keys=keys, importance=False)
+    path = region_mod.write_region(region, df, tmp_path / "sweep", figures=False)["json"]
+    slice_, = [s for s in read_region(path).settings if s.key["loss.masking"] == "slice"]
+    assert (slice_.recommended_lr, slice_.largest_safe_lr) == (1e-4, 5e-3)
+    f = find(diagnose(healthy, ["training.lr=2e-2"], region=path), "lr.above_boundary")
+    assert f.changes == {"training.lr": 1e-4} and "best-training lr measured safe, at most 0.005" in f.fix
+    assert any("largest safe lr 5.0e-03" in e for e in f.evidence)
+    g = find(diagnose(healthy, ["loss.masking=neg_inf", "training.lr=1e-5"], region=path), "lr.cause")
+    assert g.severity == "error" and not g.changes
+    assert any("masking=neg_inf fails at every lr tried" in e for e in g.evidence)

@@ -157,7 +157,11 @@ def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
     failed = [p.lr for p in s.tested + s.replicates if p.verdict == "diverged"]
     assert not b.single_seed and b.lr_at_risk < min(failed) and b.lr_at_risk <= b.lr_at_50
     x = s.summary(0.5, b.to_dict())
-    assert x["recommended_lr"] == pytest.approx(min(lo, 0.5 * b.lr_at_risk))
+    # the 5%-risk lr sets the largest safe lr; the recommended lr is a measured stable lr at or below
+    # it (these probes carry no objective: the largest such lr), never one that was not run
+    assert x["rule"] == "lr_at_5pct_risk" and x["largest_safe_lr"] == pytest.approx(0.5 * b.lr_at_risk)
+    safe = [p.lr for p in s.tested if p.verdict == "stable" and p.lr <= 0.5 * b.lr_at_risk]
+    assert x["recommended_lr"] == pytest.approx(max(safe)) and x["recommended_lr"] < lo
     assert x["replicates"] == len(reps) and x["lr_at_5pct_risk"] == b.lr_at_risk and x["evidence"]
     one = run_plan(boundary=0.05, parallel=2)
     for lr, seed in replicate_probes(one, 1, 0):
@@ -167,8 +171,10 @@ def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
 
 @pytest.mark.parametrize("replicates", [0, 2])
 def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicates):
-    """recommended/<setting>.yaml: with replicates the 5%-risk lr sets the lr and the header says
-    so; without, the smallest failed lr. ramp.md has the boundary section with replicates only."""
+    """recommended/<setting>.yaml: the lr with the best objective among the stable probes at or below
+    the largest safe lr (with replicates 0.5 x the 5%-risk lr, without 0.5 x the smallest failed lr),
+    not the edge's margin; the header names the rule and the evidence. ramp.md has the boundary
+    section with replicates only."""
     from pathlib import Path
 
     import yaml
@@ -176,29 +182,47 @@ def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicate
     from stablesweep.analysis.boundary import fit_boundary
     from stablesweep.config import load_config
     from stablesweep.sweep.options import RampOptions
-    from stablesweep.sweep.ramp import boundary_runs
+    from stablesweep.sweep.ramp import SAMPLE, boundary_runs
     from stablesweep.sweep.ramp_runner import write_ramp
 
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     cfg = load_config(demo, ["training.steps=100"])
     s = Setting("s00", {}, [1e-3, 1e-2, 1e-1], status=BRACKETED)
-    s.probes = [Probe(lr, v, steps=100) for lr, v in ((1e-3, "stable"), (1e-2, "stable"), (3e-2, "diverged"))]
+    s.probes = [Probe(lr, v, steps=100, objective=o)
+                for lr, v, o in ((1e-3, "stable", 0.9), (1e-2, "stable", 0.5), (3e-2, "diverged", 3.0))]
     if replicates:
         s.probes += [Probe(lr, v, steps=100, phase="replicate", seed=sd)
                      for lr, v, sd in ((1e-2, "diverged", 1), (3e-2, "stable", 1), (1e-2, "stable", 2))]
+        samples = ((2e-4, 1.3), (4e-4, 1.1))  # below 0.5 x the 5%-risk lr
+    else:
+        samples = ((3e-3, 0.7), (5e-3, 0.45), (1.5e-2, 0.6))  # the best trains below the cap 0.015
+    s.probes += [Probe(lr, "stable", steps=100, phase=SAMPLE, objective=o) for lr, o in samples]
     b = fit_boundary(boundary_runs(s, 0))[0].to_dict() if replicates else None
+    a = s.answer(0.5, b)
     opts = RampOptions(config=str(demo), lr_start=1e-3, lr_stop=1e-1, replicates=replicates)
-    files = write_ramp([s], [s.answer(0.5, b)], [s.summary(0.5, b)], opts, cfg.to_dict(), cfg, tmp_path, "r")
-    text = files["recommended/s00.yaml"].read_text()
+    files = write_ramp([s], [a], [s.summary(0.5, b)], opts, cfg.to_dict(), cfg, tmp_path, "r")
+    assert [k for k in files if k.startswith("recommended")] == ["recommended/config.yaml"]  # the one setting
+    text = files["recommended/config.yaml"].read_text()
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
-    rec = s.answer(0.5, b).recommended_lr
-    assert yaml.safe_load(text)["training"]["lr"] == pytest.approx(float(f"{rec:.3g}"))
+    assert yaml.safe_load(text)["training"]["lr"] == a.recommended_lr
+    assert "# The demo: the six food datasets" in text  # the user's own file, its comments kept
     if replicates:
-        assert "at most 0.5 x the lr at 5% risk of failing" in header[0] and "smallest lr" not in header[0]
-        assert f"{b['lr_at_risk']:.3g}, fitted over" in header[0]
+        assert a.rule == "lr_at_5pct_risk" and a.largest_safe_lr == pytest.approx(0.5 * b["lr_at_risk"])
+        assert 4e-4 <= a.largest_safe_lr < 1e-3  # the fit put the cap between the samples and the climb
+        assert a.recommended_lr == 4e-4 and a.recommended_objective == 1.1
+        assert (f"# lr = 0.0004: the best objective (1.1 at the budget) among the lrs measured safe with config "
+                f"(stable, and at most the largest safe lr {0.5 * b['lr_at_risk']:.3g} = 0.5 x "
+                f"{b['lr_at_risk']:.3g}, the lr at 5% risk of failing, fitted over") in text
+        assert any(ln.startswith("# risk: P(fails | lr) = 5% at lr") for ln in header)
         assert "## The boundary as a probability" in files["ramp.md"].read_text()
     else:
-        assert header[0] == ("# recommended by `stablesweep ramp` (r): lr = 0.01, at most 0.5 x the smallest lr "
-                             "that diverged or stalled above the stable band 0.03")
+        assert a.rule == "min_failed_lr" and a.largest_safe_lr == pytest.approx(0.015)
+        assert a.recommended_lr == 5e-3 and a.recommend_note is None  # the best, not the largest (0.015)
+        assert header[2] == ("# lr = 0.005: the best objective (0.45 at the budget) among the lrs measured safe "
+                             "with config (stable, and at most the largest safe lr 0.015 = 0.5 x 0.03, the smallest "
+                             "lr that diverged or stalled above the stable band).")
+        assert "# risk: not measured (one seed an lr: the bracket is a single-seed estimate)" in header
         assert "## The boundary" not in files["ramp.md"].read_text()
-    assert header[1].startswith("# (largest stable: 0.01; 0.5 x it where none failed), measured with a budget of 100")
+    assert header[0].startswith("# config.yaml: written by `stablesweep ramp` on ")
+    assert "# budget: 100 steps a run; stability may not hold for a longer run: re-check at the length you train" \
+        in header

@@ -65,18 +65,36 @@ def test_bracket_agrees_with_the_grid_at_resolution_and_costs_fewer_probes(grid,
     assert len(s.probes) < len(grid)
 
 
+def _recommended_by_the_rule(x: dict, cap: float) -> None:
+    """A ramp.json row: the largest safe lr is `cap`; the recommended lr is the stable probe trained
+    from scratch (not a replicate) at or below it with the best objective, or None with a note."""
+    assert x["largest_safe_lr"] == pytest.approx(cap)
+    safe = [(p["objective"], p["lr"]) for p in x["probe_list"] if p["verdict"] == "stable" and p["start_step"] == 0
+            and p["seed"] is None and p["lr"] <= cap * (1 + 1e-9) and p["objective"] == p["objective"]]
+    if not safe:
+        assert x["recommended_lr"] is None and x["recommend_note"]
+        return
+    assert (x["recommended_objective"], x["recommended_lr"]) == min(safe)
+
+
 def test_ramp_files_and_mlflow(ramp):
     res, lines = ramp
     doc = json.loads((res.ramp_dir / "ramp.json").read_text())
     assert doc["kind"] == "ramp" and doc["budget_steps"] == STEPS
     x = doc["settings"][0]
-    # the one rule (vocab.recommended_lr): at most 0.5 x the smallest failed lr, never above max stable
-    assert x["min_failed_lr"] is not None
-    assert x["recommended_lr"] == pytest.approx(min(x["max_stable_lr"], 0.5 * x["min_failed_lr"]))
+    # the largest safe lr is 0.5 x the smallest failed lr; the recommended lr the best-training probe
+    # at or below it, among the climb's and the lrs sampled below it from scratch (--samples 3)
+    assert x["min_failed_lr"] is not None and x["rule"] == "min_failed_lr"
+    _recommended_by_the_rule(x, 0.5 * x["min_failed_lr"])
+    samples = [p for p in x["probe_list"] if p["phase"] == "sample"]
+    assert samples and all(p["start_step"] == 0 and p["lr"] <= x["largest_safe_lr"] * 1.001 for p in samples)
+    assert x["single_seed"] is True and "single-seed estimate" in (res.ramp_dir / "ramp.md").read_text()
     assert x["probes"] == len(res.settings[0].probes) and x["train_flops"] > 0
     assert (res.ramp_dir / "ramp.png").stat().st_size > 1000
-    rec = load_config(res.ramp_dir / "recommended" / "s00.yaml")
-    assert rec.training.lr == pytest.approx(float(f"{x['recommended_lr']:.3g}"))
+    assert sorted(p.name for p in (res.ramp_dir / "recommended").iterdir()) == ["config.yaml"]  # one setting
+    assert x["recommended_file"] == "recommended/config.yaml" and x["recommended_file"] in res.files
+    rec = load_config(res.ramp_dir / "recommended" / "config.yaml")
+    assert rec.training.lr == x["recommended_lr"]
     from mlflow import MlflowClient
 
     client = MlflowClient(res.tracking_uri)
@@ -88,7 +106,7 @@ def test_ramp_files_and_mlflow(ramp):
     assert {"stable"} < {c.data.tags["verdict"] for c in children} <= {"stable", "stalled", "diverged"}
     # the answer as numbers on the parent, named as a sweep names them (one setting: `all`)
     metrics = parent.data.metrics
-    for name in ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr"):
+    for name in ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "largest_safe_lr"):
         assert metrics.get(f"{name}.all") == (pytest.approx(x[name]) if x[name] is not None else None), name
     for c in children:  # each probe: its own params, the sweep and setting tags, its true duration
         assert c.data.tags["stablesweep.sweep"] == "r" and c.data.tags["setting"] == "all"
@@ -142,8 +160,7 @@ def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path, new_
 def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probability(ray_cluster, tmp_path, new_store):
     """The demo, short and coarse: the bracket ends at or below the first stall above the band
     (if any; stalls below it are too small an lr); with --replicates 2 the ramp fits P(fails | lr)
-    and recommends from the 5%-risk lr."""
-    from stablesweep.vocab import recommended_lr
+    and its largest safe lr is 0.5 x the 5%-risk lr, the recommended lr a measured one at or below it."""
 
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, resolution=2.0,
@@ -161,8 +178,8 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
     assert all(s.max_stable * 0.999 <= p.lr <= s.min_failed * 1.001 for p in s.replicates)
     assert x["replicate_flops"] > 0 and x["train_flops"] > 0 and x["evidence"]
     assert len({e["lr"] for e in x["evidence"]}) == len(x["evidence"])
-    assert x["recommended_lr"] == pytest.approx(recommended_lr(
-        x["max_stable_lr"], max_stable=x["max_stable_lr"], min_diverged=x["min_failed_lr"], at_risk=x["lr_at_5pct_risk"]))
+    assert x["rule"] == "lr_at_5pct_risk" and x["single_seed"] is False
+    _recommended_by_the_rule(x, 0.5 * x["lr_at_5pct_risk"])
     assert (res.ramp_dir / "ramp_boundary.png").stat().st_size > 1000
     assert "The boundary as a probability" in (res.ramp_dir / "ramp.md").read_text()
     assert any("P(fails | lr)" in ln and "FLOPs" in ln for ln in lines)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from stablesweep.analysis.recommended import setting_file_name
+from stablesweep.analysis.region import recommended_group
 from stablesweep.config import load_config
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.plan import plan_sweep
@@ -143,10 +145,13 @@ def test_region_brackets_the_boundary_and_recommends_with_a_margin(grid_sweep):
     for key in ("json", "md", "trials", "recommended", "figure_region", "figure_objective"):
         assert res.files[key].exists(), key
     rec = res.files["recommended"]
-    assert "steps" in rec.read_text().splitlines()[3]  # the header names the budget
+    assert f"# budget: {STEPS} steps a run; stability may not hold for a longer run: re-check at the length " \
+           "you train" in rec.read_text().splitlines()  # the header names the budget
     cfg = load_config(rec)  # a complete, valid training config
-    group = next(g for g in region.groups if g.key == region.best["group"])
-    assert cfg.training.lr <= 0.5 * group.min_diverged_lr
+    group = recommended_group(region)
+    assert cfg.training.lr == group.recommended_lr <= group.largest_safe_lr == 0.5 * group.min_failed_lr
+    assert group.recommended_objective == min(o for lr, o, _ in group.stable_runs if lr <= group.largest_safe_lr)
+    assert res.files[f"recommended/{setting_file_name(group.key)}"].exists()
     data = json.loads(res.files["json"].read_text())
     assert data["budget_steps"] == STEPS and data["counts"]["diverged"] == 2
 
@@ -430,7 +435,8 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
         assert g.replicates == len(mine) and g.replicate_flops == pytest.approx(mine["train_flops"].sum())
         assert g.train_flops > 0 and g.evidence and g.boundary_note is not None
         if g.lr_at_5pct_risk is not None:
-            assert g.lr_at_5pct_risk < g.lr_at_50pct and g.recommended_lr <= 0.5 * g.lr_at_5pct_risk * (1 + 1e-9)
+            assert g.lr_at_5pct_risk < g.lr_at_50pct and g.largest_safe_lr == 0.5 * g.lr_at_5pct_risk
+            assert (g.recommended_lr is None and g.recommend_note) or g.recommended_lr <= g.largest_safe_lr
     data = json.loads(res.files["json"].read_text())
     assert data["replicates"] == 2 and all("lr_at_5pct_risk" in g for g in data["groups"])
     assert "## The boundary as a probability" in res.files["md"].read_text()
@@ -449,7 +455,8 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
     metrics = parent.data.metrics
     assert metrics["replicates"] == len(reps) and parent.data.params["replicates"] == "2"
     for g in res.region.groups:
-        for name in ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "lr_at_5pct_risk",
+        for name in ("min_stable_lr", "max_stable_lr", "min_diverged_lr", "recommended_lr", "largest_safe_lr",
+                     "lr_at_5pct_risk",
                      "lr_at_50pct"):
             if getattr(g, name) is not None:
                 key = next(k for k in metrics if k.startswith(name + ".") and metrics[k] == getattr(g, name))

@@ -56,6 +56,9 @@ def log_sweep(uri: str, files: Path) -> dict:
     (files / "stable_region.md").write_text("# region\n")
     (files / "figures").mkdir()
     (files / "figures" / "a.png").write_bytes(b"\x89PNG")
+    (files / "recommended").mkdir()
+    (files / "recommended" / "config.yaml").write_text("# recommended\n")  # one setting's: named as the run's config
     tr.end_sweep(parent, {"trials_stable": 2.0}, tags={"interrupted": "false"},
-                 artifacts=[files / "stable_region.md", files / "figures", files / "missing.txt"])
+                 artifacts=[files / "stable_region.md", files / "figures", files / "missing.txt",
+                            files / "recommended" / "config.yaml"])
     return {"parent": parent, "trials": runs, "region": region}

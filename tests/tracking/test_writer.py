@@ -44,8 +44,11 @@ def test_parent_run_holds_params_tags_texts_and_files(client, sweep):
     assert len([k for k in params if k.startswith("p")]) == 150
     assert run.data.metrics["trials_stable"] == 2.0
     arts = {a.path for a in client.list_artifacts(sweep["parent"])}
-    assert arts == {"config.yaml", "stable_region.md", "figures"}  # a missing file is skipped
+    assert arts == {"config.yaml", "stable_region.md", "figures", "recommended"}  # a missing file is skipped
     assert [a.path for a in client.list_artifacts(sweep["parent"], "figures")] == ["figures/a.png"]
+    # a recommended/<setting>.yaml keeps its folder, so recommended/config.yaml never replaces the run's config
+    assert [a.path for a in client.list_artifacts(sweep["parent"], "recommended")] == ["recommended/config.yaml"]
+    assert "# recommended" not in Path(client.download_artifacts(sweep["parent"], "config.yaml")).read_text()
 
 
 def test_tags_and_params_hold_no_sentinels(client, sweep):
@@ -92,12 +95,13 @@ def test_objective_only_where_it_was_measured(client, sweep):
 
 def test_per_setting_numbers_on_the_parent_and_the_margin_of_each_trial(client, sweep):
     metrics = client.get_run(sweep["parent"]).data.metrics
-    # clip 1.0: stable from 1e-3 up to 3e-3, diverged at 82, recommended min(best lr 3e-3, 0.5 x 82); clip
+    # clip 1.0: stable from 1e-3 up to 3e-3, diverged at 82, largest safe lr 0.5 x 82, recommended the
+    # best-objective stable lr at or below it (3e-3); clip
     # none: nothing stable, nothing diverged (an error and a stall): no numbers at all, no sentinels
     assert {k: v for k, v in metrics.items() if "." in k} == {
         "min_stable_lr.slice_clip-1.0": 1e-3, "max_stable_lr.slice_clip-1.0": 3e-3,
         "min_diverged_lr.slice_clip-1.0": 82.0, "min_failed_lr.slice_clip-1.0": 82.0,
-        "recommended_lr.slice_clip-1.0": 3e-3}
+        "recommended_lr.slice_clip-1.0": 3e-3, "largest_safe_lr.slice_clip-1.0": 41.0}
     for tid, _, _, _, lr, clip, _ in TRIALS:
         got = client.get_run(sweep["trials"][tid]).data.metrics.get("lr_margin")
         assert got == (pytest.approx(lr / 82.0) if clip else None), tid
@@ -126,13 +130,13 @@ def test_a_ramp_logged_after_the_fact(uri, client):
         assert got.data.params["phase"] == "ladder" and got.data.params["training.lr"] == param_value(lr)
     tr.log_setting_metrics(parent, [(setting, {"min_stable_lr": 1e-4, "max_stable_lr": 1e-3, "min_diverged_lr": 1e-1,
                                                "recommended_lr": 5e-4, "lr_at_5pct_risk": None, "lr_at_50pct": 2e-2,
-                                               "probes": 2})])
+                                               "largest_safe_lr": 2.5e-4, "probes": 2})])
     tr.end_sweep(parent, {"probes": 2.0}, tags={})
     run = client.get_run(parent)
     assert run.data.tags[KIND_TAG] == "ramp"
     assert run.data.metrics == {"probes": 2.0, "min_stable_lr.bf16_slice": 1e-4, "max_stable_lr.bf16_slice": 1e-3,
                                 "min_diverged_lr.bf16_slice": 1e-1, "recommended_lr.bf16_slice": 5e-4,
-                                "lr_at_50pct.bf16_slice": 2e-2}
+                                "lr_at_50pct.bf16_slice": 2e-2, "largest_safe_lr.bf16_slice": 2.5e-4}
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """The lr against a measured stability boundary (--region), or a pointer to measure one."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from stablesweep.config import total_steps
-from stablesweep.vocab import LR_KEY, SAFETY, format_value, recommended_lr
+from stablesweep.vocab import LR_KEY, SAFETY, format_value
 
 from ..findings import Finding
 from ..keys import config_value
@@ -46,32 +47,45 @@ def check_lr(ctx: Context) -> list[Finding]:
     D = s.min_failed_lr if s.min_failed_lr is not None else s.min_diverged_lr  # the edge: diverged or stalled above
     if s.min_failed_lr is not None:
         ev[0] += f", smallest lr that diverged or stalled above the stable band {format_value(s.min_failed_lr)}"
+    if s.cause:
+        return [Finding("lr.cause", "error", f"with this setting ({s.label}) training failed at every lr tried in "
+                        f"{name}: not an lr boundary", [*ev, s.cause],
+                        "change the value named as the cause; no lr fixes it", LR_KEY)]
     if M is None:
         return [Finding("lr.no_stable", "error",
                         f"no lr was stable with this setting ({s.label}) in {name}", ev,
                         "change the setting (precision, masking, clipping) to one with a measured stable lr, or "
                         f"ramp lower than {format_value(D)}", LR_KEY)]
-    rec = s.recommended_lr if s.recommended_lr is not None else recommended_lr(M, max_stable=M, min_diverged=D)
+    # the largest safe lr: the margin below the edge (older files: SAFETY x the edge, else the largest stable lr)
+    safe = s.largest_safe_lr if s.largest_safe_lr is not None else SAFETY * D if D is not None else M
+    if s.recommended_lr is not None:
+        rec, why = s.recommended_lr, f"the recommended lr: the best-training lr measured safe, at most {safe:.3g}"
+    else:
+        rec = min(M, safe)
+        why = (f"the largest safe lr: {SAFETY} x {D:.3g}" if D is not None and rec < M else "the largest stable lr") \
+            + ("" if rec == M else ", not measured itself")
+    if s.largest_safe_lr is not None or D is not None:
+        ev[0] += f", largest safe lr {format_value(safe)}"
     if D is not None and lr >= D:
         return [Finding("lr.above_boundary", "error",
                         f"lr {lr:.3g} is at or above the smallest lr that diverged or stalled above the stable "
                         f"band ({D:.3g}) with this setting",
-                        ev, f"training.lr: {rec:.3g} (the recommended lr: max stable {M:.3g}, at most {SAFETY} x "
-                            f"{D:.3g})", LR_KEY, {LR_KEY: float(f"{rec:.3g}")})]
+                        ev, f"training.lr: {rec:.3g} ({why})", LR_KEY, {LR_KEY: float(f"{rec:.3g}")})]
     if lr > M:
         return [Finding("lr.above_max_stable", "warning",
                         f"lr {lr:.3g} is {lr / M:.3g}x the largest lr measured stable ({M:.3g}) with this setting",
                         ev,
-                        f"training.lr: {rec:.3g} (the recommended lr), or measure up to {lr:g} with "
+                        f"training.lr: {rec:.3g} ({why}), or measure up to {lr:g} with "
                         f"`stablesweep ramp`", LR_KEY, {LR_KEY: float(f"{rec:.3g}")})]
     stalls = [x for x in s.stalled_below or [] if x >= lr]
     if stalls:
         return [Finding("lr.too_small", "warning",
                         f"lr {lr:.3g} is at or below an lr that stalled ({max(stalls):.3g}): the loss did not fall "
                         "enough in the measured budget", ev,
-                        f"training.lr: {rec:.3g} (the recommended lr)", LR_KEY,
+                        f"training.lr: {rec:.3g} ({why})", LR_KEY,
                         {LR_KEY: float(f"{rec:.3g}")})]
     return [Finding("lr.within", "info",
                     f"lr {lr:.3g} is within the measured stable range (max stable {M:.3g}; {lr / M:.2g}x of it)",
-                    ev, "nothing to change" + (f"; recommended {rec:.3g}" if lr > rec else ""),
+                    ev, "nothing to change" + (f"; above the largest safe lr {safe:.3g}" if lr > safe else "")
+                    + (f"; recommended {rec:.3g} ({why})" if not math.isclose(lr, rec, rel_tol=1e-3) else ""),
                     LR_KEY)]
