@@ -38,9 +38,12 @@ def test_bad_run_options_are_refused_for_sweeps_and_ramps(options, kw, match):
 
 @pytest.mark.parametrize("options", [sweep, ramp])
 def test_good_run_options_pass(options):
-    check_run_options(options(gpus_per_trial=0.25, max_concurrent=4, max_failures=0,
+    # GPUs on a cluster joined with --address (a local Ray's are counted at once, where this machine
+    # has none: tests/commands/test_sweep_and_ramp.py; a joined cluster's by cluster_checks)
+    check_run_options(options(address="auto", gpus_per_trial=0.25, max_concurrent=4, max_failures=0,
                               resources_per_trial={"worker_node": 1}))
-    check_run_options(options(gpus_per_trial=2))
+    check_run_options(options(address="auto", gpus_per_trial=2))
+    check_run_options(options(max_concurrent=4, max_failures=0, resources_per_trial={"worker_node": 1}))
 
 
 def test_joining_a_cluster(monkeypatch):

@@ -128,7 +128,7 @@ def test_ramp_files_and_mlflow(ramp):
 def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, mode="continue",
-                       overrides=FIXED, out=str(tmp_path), name="c")
+                       samples=0, overrides=FIXED, out=str(tmp_path), name="c")  # the climb alone
     res = run_ramp(opts, echo=lambda s: None)
     s = res.settings[0]
     assert s.status == NEVER_DIVERGED and s.min_diverged is None
