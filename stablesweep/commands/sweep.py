@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective", "figure_boundary"):
         if key in res.files:
             print(f"  {res.files[key]}")
+    for key in sorted(k for k in res.files if k.startswith("recommended/")):  # each setting's, runnable anywhere
+        print(f"  {res.files[key]}")
     print(f"\nMLflow: parent run {res.parent_run_id} in {res.tracking_uri}")
     print(f"  {ui_command(res.tracking_uri)}")
     link = stable_trials_link(res.tracking_uri, res.parent_run_id, params=list(res.table.columns.intersection(
