@@ -10,7 +10,10 @@ stable_region.json or ramp.json, so the table says what each run's files say.
 Disagreement, checked between runs at one budget, per setting both answered:
 - one run recommends an lr above the other's smallest failed lr: they disagree on the answer;
 - else one run found an lr stable at or above the other's smallest failed lr: the boundary is
-  noisy there (a single seed an lr either way; replicates measure the risk).
+  noisy there (a single seed an lr either way; replicates measure the risk);
+- else one run's largest safe lr (its recommended lr's cap) is above the other's smallest failed
+  lr: the other saw a failure inside the first's bracket, and the narrower bracket holds.
+Runs at one budget with none of these agree, and the section says so.
 Runs at different budgets are not expected to agree: the answers hold for different budgets, and
 the section says so.
 
@@ -133,8 +136,8 @@ def _judge(runs: list[RunAnswers], settings: list[str]) -> tuple[list[str], list
             flags += found
             if shared and not found:
                 agreements.append(f"{a.label} and {b.label} agree at {a.budget_steps or '?'} steps: neither "
-                                  "recommends an lr above, nor found stable an lr at or above, the other's smallest "
-                                  "failed lr")
+                                  "recommends an lr above, finds one stable at or above, or calls one safe above "
+                                  "the other's smallest failed lr")
     return flags, agreements
 
 
@@ -152,4 +155,10 @@ def _disagree(a: RunAnswers, b: RunAnswers, s: str) -> str | None:
         return (f"{s}: {a.label} found lr {lr_text(stable)} stable, at or above {b.label}'s smallest failed lr "
                 f"{lr_text(failed)} {at}: the boundary is noisy there (one seed an lr; --replicates measures "
                 "the risk)")
+    safe = a.get(s, "largest_safe_lr")
+    if safe is not None and safe > failed:
+        return (f"{s}: {a.label}'s largest safe lr {lr_text(safe)} is above {b.label}'s smallest failed lr "
+                f"{lr_text(failed)} {at}: {b.label} saw lr {lr_text(failed)} fail inside {a.label}'s bracket "
+                f"({lr_text(stable)}, {lr_text(a.get(s, 'min_failed_lr'))}]; the narrower bracket holds: the edge "
+                f"is at most {lr_text(failed)}")
     return None

@@ -91,6 +91,17 @@ def test_a_stable_lr_above_the_others_failed_lr_is_a_noisy_boundary():
                                                           "failed lr 1.00e+00 (both at 100 steps): the boundary is noisy")
 
 
+def test_a_failure_inside_the_others_bracket_narrows_it():
+    """The sweep's coarse bracket (0.01, 1000] calls lr 500 safe; the ramp saw 0.05 fail: not a
+    contradiction, but the sweep's largest safe lr does not hold."""
+    sw = {"all": {"max_stable_lr": 0.01, "min_failed_lr": 1000.0, "largest_safe_lr": 500.0, "recommended_lr": 0.01}}
+    ramp = {"all": {"max_stable_lr": 0.0292, "min_failed_lr": 0.05, "largest_safe_lr": 0.025, "recommended_lr": 0.01}}
+    (ca,) = compare([run("s", "sweep", sw), run("r", "ramp", ramp)]).by_config
+    assert ca.agreements == [] and ca.flags == [
+        "all: s's largest safe lr 5.00e+02 is above r's smallest failed lr 5.00e-02 (both at 100 steps): r saw lr "
+        "5.00e-02 fail inside s's bracket (1.00e-02, 1.00e+03]; the narrower bracket holds: the edge is at most 5.00e-02"]
+
+
 def test_different_budgets_are_said_and_not_judged_against_each_other():
     ramp = {"all": {**RAMP["all"], "recommended_lr": 5.0, "min_failed_lr": 10.0},
             "masking-neg_inf": {"max_stable_lr": 1e-3}}
