@@ -94,6 +94,10 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
     out += ["", "Every verdict holds for the sweep's step budget: a run stable for that many steps may still "
                 "diverge later.", "", "## Per sweep and setting", ""]
     out += md_table(*_settings_cells(cmp))
+    ranking = _ranking_line(cmp)
+    out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
+                "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
+                "a diverged trial counts as its initial loss."]
     if cmp.by_config:
         out += ["", "## Answers by config", "", ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:]]
     for ca in cmp.by_config:
@@ -104,11 +108,7 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
             i += n
         out += ["", f"### `{ca.config_file}`", ""] + md_table(named, rows)
         out += [""] + [f"- **differs**: {f}" for f in ca.flags] + [f"- agree: {a}" for a in ca.agreements]
-    ranking = _ranking_line(cmp)
-    out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
-                "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
-                "a diverged trial counts as its initial loss.", "",
-            "## Configurations", "",
+    out += ["", "## Configurations", "",
             f"{ranking[0].upper()}{ranking[1:]}. **Bold**: differs from the first row; "
             "`*` after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
             "setting (blank: nothing diverged there).", ""]
