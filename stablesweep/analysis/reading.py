@@ -47,6 +47,7 @@ from stablesweep.vocab import (
     LR_KEY,
     OBJECTIVE,
     REASON,
+    SEED_KEY,
     STEPS,
     TRAIN_FLOPS,
     UNFINISHED,
@@ -101,6 +102,8 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
     if not axes:  # a ramp: the config keys its probes set (params such as `phase` are no config keys)
         axes = sorted({k for c in children for k in c.params if "." in k and "/" not in k},
                       key=lambda k: (k != LR_KEY, k))
+        if categorical is None:  # its settings: those keys but the lr and the seed its replicates vary
+            categorical = [k for k in axes if k not in (LR_KEY, SEED_KEY)]
     params = {k: parse_param(v) for k, v in parent.params.items()}
     rows = []
     for c in children:

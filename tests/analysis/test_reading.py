@@ -71,7 +71,13 @@ def test_without_space_keys_the_axes_come_from_the_space_or_the_probes():
     ramp = sweep_from_runs(parent, kids)
     assert ramp.kind == "ramp" and ramp.name == "p"
     assert ramp.axes == ["training.lr", "loss.masking"]  # config keys only, lr first
-    assert ramp.categorical is None and ramp.config == {}
+    assert ramp.categorical == ["loss.masking"] and ramp.config == {}
+    # a replicate probe's seed is a column, not a setting
+    rep = record("c2", "c2", params={"phase": "replicate", "loss.masking": "slice", "training.lr": "0.1",
+                                     "training.seed": "1"})
+    ramp = sweep_from_runs(parent, [*kids, rep])
+    assert ramp.axes == ["training.lr", "loss.masking", "training.seed"] and ramp.categorical == ["loss.masking"]
+    assert ramp.categorical_axes() == ["loss.masking"] and ramp.trials["training.seed"].tolist()[1] == 1
     d = sweep_from_runs(parent, kids, config_text="{not yaml", space_text=SPACE)
     assert d.axes == ["training.lr", "loss.masking", "training.max_grad_norm"] and d.config == {}
 
