@@ -15,6 +15,8 @@ Terms:
   counts as stable: it is ranked after every stable config. Between consecutive sweeps a
   setting *became stable*, *became unstable*, got *more* or *less stable*, or stayed the *same*.
   A change that only reflects a different lr range is flagged in its `note`.
+- *Answers by config* (`analysis.answers_by_config`): where two or more of the runs ran one
+  config file, each setting's answer as each run's parent holds it, side by side.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from stablesweep.analysis.answers_by_config import ConfigAnswers, RunAnswers, answers_by_config
 from stablesweep.analysis.region import Region, analyze, infer_group_keys, lr_margins
 from stablesweep.analysis.text import lr_text, text_order, value_text
 from stablesweep.vocab import (
@@ -71,6 +74,8 @@ class SweepData:
     start_time: int = 0
     label: str = ""  # unique display name (the name, or name@runid when names repeat)
     experiment_id: str = ""  # its MLflow experiment ("": unknown), for links to its runs
+    # each setting's answer as the parent run holds it: setting slug -> {SETTING_METRICS name: value}
+    setting_answers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.label = self.label or self.name
@@ -90,6 +95,16 @@ class SweepData:
             if len(s):
                 return int(s.max())
         return None
+
+    @property
+    def config_file(self) -> str | None:
+        """The config file it ran (the parent's param `config_file`); None: unknown."""
+        v = self.params.get("config_file")
+        return str(v) if v not in (None, "", "none") else None
+
+    def run_answers(self) -> RunAnswers:
+        return RunAnswers(label=self.label, kind=self.kind, run_id=self.run_id, config_file=self.config_file,
+                          budget_steps=self.budget_steps, settings=self.setting_answers)
 
     def categorical_axes(self) -> list[str]:
         if self.categorical is not None:
@@ -204,6 +219,7 @@ class Comparison:
     lr_key: str | None = LR_KEY
     source: str = ""  # where the sweeps were read (URI and experiment)
     ui: str | None = None  # the MLflow UI the report links runs to (None: no links)
+    by_config: list[ConfigAnswers] = field(default_factory=list)  # answers side by side, per config file
 
     def sweeps_table(self) -> pd.DataFrame:
         rows = []
@@ -261,6 +277,7 @@ class Comparison:
                                            "status_after": c.after.status if c.after else None,
                                            "note": c.note} for c in t.settings]}
                             for t in self.transitions],
+            "answers_by_config": [c.to_dict() for c in self.by_config],
         })
 
 
@@ -327,7 +344,8 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
                    for (a, sa), (b, sb) in zip(zip(sweeps, states), zip(sweeps[1:], states[1:]))]
     return Comparison(sweeps=summaries, setting_keys=list(setting_keys), param_keys=list(param_keys),
                       config_keys=config_keys, configs=configs, varying=varying, transitions=transitions, by=by,
-                      only=only, top=top, lr_key=lr_key, source=source, ui=ui)
+                      only=only, top=top, lr_key=lr_key, source=source, ui=ui,
+                      by_config=answers_by_config(s.run_answers() for s in sweeps))
 
 
 def _rank(t: pd.DataFrame, by: str) -> pd.DataFrame:

@@ -5,7 +5,8 @@ MLflow).
 The parent runs are found by the tag `stablesweep.kind` (`sweep` or `ramp`), their trials by
 `tags.mlflow.parentRunId`; the sweep's base config and search space come from its `config.yaml`
 and `space.yaml` artifacts. A trial's numbers are its metrics, and its constants (initial loss)
-its tags; a diverged trial's `objective` column is its `stand_in_objective` (its initial loss), as
+its tags; the parent's per-setting metrics (`max_stable_lr.<setting>`, ...) are each setting's
+answer as the run's own files state it; a diverged trial's `objective` column is its `stand_in_objective` (its initial loss), as
 in the sweep's own trials table. Runs logged by older versions (an objective for every verdict,
 constants as metrics, `null` params) read the same. `sweep_from_runs` turns those plain run records into a `SweepData`
 (one row a trial), `read_sweeps` picks the sweeps by name or run id and says what is wrong with a
@@ -20,6 +21,7 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
+from stablesweep.analysis.answers_by_config import parse_setting_metrics
 from stablesweep.analysis.comparison import SweepData
 from stablesweep.tracking import (
     DEFAULT_EXPERIMENT,
@@ -45,6 +47,7 @@ from stablesweep.vocab import (
     LR_KEY,
     OBJECTIVE,
     REASON,
+    SEED_KEY,
     STEPS,
     TRAIN_FLOPS,
     UNFINISHED,
@@ -99,6 +102,8 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
     if not axes:  # a ramp: the config keys its probes set (params such as `phase` are no config keys)
         axes = sorted({k for c in children for k in c.params if "." in k and "/" not in k},
                       key=lambda k: (k != LR_KEY, k))
+        if categorical is None:  # its settings: those keys but the lr and the seed its replicates vary
+            categorical = [k for k in axes if k not in (LR_KEY, SEED_KEY)]
     params = {k: parse_param(v) for k, v in parent.params.items()}
     rows = []
     for c in children:
@@ -123,7 +128,8 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
     return SweepData(name=parent.tags.get(SWEEP_TAG) or parent.name, run_id=parent.run_id,
                      trials=pd.DataFrame(rows, columns=columns), kind=parent.tags.get(KIND_TAG, "sweep"), axes=axes,
                      categorical=categorical, config=config, params=params, status=parent.status,
-                     start_time=parent.start_time, experiment_id=parent.experiment_id)
+                     start_time=parent.start_time, experiment_id=parent.experiment_id,
+                     setting_answers=parse_setting_metrics(parent.metrics))
 
 
 def read_sweeps(uri: str, experiment: str | None = None, names: Iterable[str] = (), *, timeout: float = 5.0,

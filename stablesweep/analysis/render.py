@@ -11,6 +11,7 @@ import html
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from stablesweep.analysis.answers_by_config import ConfigAnswers
 from stablesweep.analysis.comparison import Comparison
 from stablesweep.analysis.text import lr_text, md_table, num_text, text_table, value_text
 from stablesweep.tracking import run_link
@@ -51,6 +52,12 @@ def to_text(cmp: Comparison) -> str:
     out += ["  " + ln for ln in _header_lines(cmp)]
     out += ["", "Per sweep and setting (the boundary lies between max stable lr and min diverged lr):", ""]
     out.append(_indent(text_table(*_settings_cells(cmp))))
+    if cmp.by_config:
+        out += ["", f"Answers by config: {ANSWERS_INTRO}"]
+    for ca in cmp.by_config:
+        out += ["", f"  {ca.config_file}:"]
+        out.append(_indent(_grouped_text(*_answers_cells(ca)), 4))
+        out += [f"    differs: {f}" for f in ca.flags] + [f"    agree: {a}" for a in ca.agreements]
     out += ["", f"Configurations: {_ranking_line(cmp)}. `*` after a value: differs from the first row; "
                 "after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
                 "setting.", ""]
@@ -90,8 +97,18 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
     ranking = _ranking_line(cmp)
     out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
                 "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
-                "a diverged trial counts as its initial loss.", "",
-            "## Configurations", "",
+                "a diverged trial counts as its initial loss."]
+    if cmp.by_config:
+        out += ["", "## Answers by config", "", ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:]]
+    for ca in cmp.by_config:
+        groups, head, rows = _answers_cells(ca)
+        named, i = [head[0]], 1
+        for label, n in groups:
+            named += [f"{label}: {h}" for h in head[i:i + n]]
+            i += n
+        out += ["", f"### `{ca.config_file}`", ""] + md_table(named, rows)
+        out += [""] + [f"- **differs**: {f}" for f in ca.flags] + [f"- agree: {a}" for a in ca.agreements]
+    out += ["", "## Configurations", "",
             f"{ranking[0].upper()}{ranking[1:]}. **Bold**: differs from the first row; "
             "`*` after a column name: differs among the rows. margin = lr / smallest diverged lr of its "
             "setting (blank: nothing diverged there).", ""]
@@ -159,6 +176,19 @@ def to_html(cmp: Comparison, figures: Mapping[str, str] | None = None) -> str:
                                           for r, url in zip(st.itertuples(index=False), links)]))
     parts.append("<h2>Per sweep and setting</h2>")
     parts.append(table(*_settings_cells(cmp)))
+    if cmp.by_config:
+        parts.append(f"<h2>Answers by config</h2><p>{esc(ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:])}</p>")
+    for ca in cmp.by_config:
+        groups, head, rows = _answers_cells(ca)
+        spans = "".join(f'<th colspan="{n}">{esc(label)}</th>' for label, n in groups)
+        parts.append(f"<h3>{esc(ca.config_file)}</h3>\n<table>\n<thead><tr><th></th>{spans}</tr>\n<tr>"
+                     + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>\n<tbody>\n"
+                     + "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+                     + "\n</tbody>\n</table>")
+        items = [f"<li><b>differs</b>: {esc(f)}</li>" for f in ca.flags] + [f"<li>agree: {esc(a)}</li>"
+                                                                            for a in ca.agreements]
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
     parts.append(f"<h2>Configurations</h2><p>{esc(_ranking_line(cmp))}. Highlighted: differs from the first "
                  "row; <code>*</code> after a column name: differs among the rows. margin = lr / smallest "
                  "diverged lr of its setting.</p>")
@@ -225,6 +255,49 @@ def _settings_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
                      *[str(int(r[v])) for v in VERDICTS], lr_text(r["max_stable_lr"]), lr_text(r["min_diverged_lr"]),
                      num_text(r["lr_sensitivity"]), num_text(r["best_objective"])])
     return head, rows
+
+
+ANSWERS_INTRO = ("where several sweeps and ramps ran one config file, each setting's answer side by side, "
+                 "as each run's parent holds it (the numbers of its stable_region.json or ramp.json): the "
+                 "budget in steps, then lrs: the largest stable, the smallest failed (diverged, or stalled "
+                 "above the stable band), the largest safe (the recommended lr's cap), the recommended, "
+                 "and the lr at 5% risk where replicates measured it.")
+
+
+def _answers_cells(ca: ConfigAnswers) -> tuple[list[tuple[str, int]], list[str], list[list[str]]]:
+    """The column groups (a run's heading, its number of columns), the header and the rows (a
+    setting each) of one config's answers side by side."""
+    groups, head = [], ["setting"]
+    for r in ca.runs:
+        cols = r.columns()
+        groups.append((f"{r.label} ({r.kind})", 1 + len(cols)))
+        head += ["budget", *[h for _, h in cols]]
+    rows = []
+    for s in ca.settings:
+        row = [s]
+        for r in ca.runs:
+            cols = r.columns()
+            row += ([str(r.budget_steps or "?"), *[lr_text(r.get(s, n)) for n, _ in cols]] if s in r.settings
+                    else ["-"] * (1 + len(cols)))
+        rows.append(row)
+    return groups, head, rows
+
+
+def _grouped_text(groups: list[tuple[str, int]], head: list[str], rows: list[list[str]]) -> str:
+    """`text_table` under a line of group headings, each over its columns (after the first)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    i = 1
+    for label, n in groups:  # a heading wider than its columns widens its last column
+        span = sum(widths[i:i + n]) + 2 * (n - 1)
+        widths[i + n - 1] += max(0, len(label) - span)
+        i += n
+    top, i = [" " * widths[0]], 1
+    for label, n in groups:
+        top.append(label.ljust(sum(widths[i:i + n]) + 2 * (n - 1)))
+        i += n
+    lines = ["  ".join(top).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return "\n".join(lines)
 
 
 def _configs_cells(cmp: Comparison, mark: Callable[[str], str], link: Callable[[str, str], str] | None = None

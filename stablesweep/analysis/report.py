@@ -23,12 +23,13 @@ from stablesweep.analysis.plots import (
     region_data,
 )
 from stablesweep.tracking import DEFAULT_EXPERIMENT, Tracker, TrackingError
-from stablesweep.vocab import LR_KEY, OBJECTIVE, STABLE, VERDICT, VERDICTS, InputError
+from stablesweep.vocab import LR_KEY, OBJECTIVE, SETTING_METRICS, STABLE, VERDICT, VERDICTS, InputError
 
 
 def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, figures: bool = True
                  ) -> dict[str, Path]:
-    """report.{txt,md,html}, configs.csv, settings.csv, changes.csv, compare.json and figures/:
+    """report.{txt,md,html}, configs.csv, settings.csv, changes.csv, compare.json, answers.csv (each
+    setting's answer per run, where several runs share a config file) and figures/:
     parallel.png (all trials of all sweeps, stable vs diverged) and region_<sweep>.png (the
     sweep's region panels, as `stablesweep sweep` draws them, titled with the sweep, on one lr
     axis for all sweeps)."""
@@ -48,6 +49,10 @@ def write_report(cmp: Comparison, sweeps: list[SweepData], out: str | Path, *, f
     cmp.settings_table().to_csv(files["settings"], index=False)
     files["changes"] = out / "changes.csv"
     cmp.changes_table().to_csv(files["changes"], index=False)
+    files["answers"] = out / "answers.csv"
+    pd.DataFrame([r for ca in cmp.by_config for r in ca.records()],
+                 columns=["config_file", "setting", "run", "kind", "run_id", "budget_steps", *SETTING_METRICS]
+                 ).to_csv(files["answers"], index=False)
     files["json"] = out / "compare.json"
     files["json"].write_text(json.dumps(cmp.to_dict(), indent=2, default=str) + "\n")
     return files

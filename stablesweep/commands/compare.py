@@ -37,8 +37,15 @@ What it reports:
     diverged there). Values that differ from the first row are marked (`*`, bold in md, highlighted
     in html); a column marked `*` differs among the rows shown;
   - between each sweep and the next: the settings that became stable or unstable (with a note when
-    only the lr range changed), and the base-config keys that differ.
-Files in --out: report.txt/.md/.html, configs.csv, settings.csv, changes.csv, compare.json,
+    only the lr range changed), and the base-config keys that differ;
+  - answers by config: where a sweep and a ramp (or several of either) ran one config file, each
+    setting's answer side by side, a column group a run: budget, max stable, min failed, largest
+    safe and recommended lr, and the lr at 5% risk where measured, as each run's parent holds them
+    (the numbers of its stable_region.json or ramp.json). Where, at one budget, one run recommends
+    an lr above another's smallest failed lr, finds stable an lr the other saw fail, or calls safe
+    an lr above the other's failure, it says so; runs at different budgets are said to answer for
+    different budgets.
+Files in --out: report.txt/.md/.html, configs.csv, settings.csv, changes.csv, answers.csv, compare.json,
 figures/parallel.png (stable vs diverged trials, parallel coordinates) and figures/region_SWEEP.png.
 The report is logged back to MLflow as a run with the tag stablesweep.kind = compare (--no-log: not).
 

@@ -30,8 +30,10 @@ def record(run_id, name, params=None, tags=None, metrics=None, start=0, status="
 
 def test_a_sweep_from_plain_run_records():
     parent = record("p1", "run-name", params={"space_keys": "training.lr,loss.masking", "budget_steps": "100",
-                                              "sampler": "tpe", "asha": "false"},
-                    tags={SWEEP_TAG: "s1", KIND_TAG: "sweep"}, status="KILLED", start=5)
+                                              "sampler": "tpe", "asha": "false", "config_file": "/c/demo.yaml"},
+                    tags={SWEEP_TAG: "s1", KIND_TAG: "sweep"}, status="KILLED", start=5,
+                    metrics={"best_objective": 0.5, "max_stable_lr.masking-slice": 0.001,
+                             "min_failed_lr.masking-slice": 1.0, "recommended_lr.masking-slice": 0.001})
     kids = [record("c1", "lr=1.0e-03 slice", params={"training.lr": "0.001", "loss.masking": "slice"},
                    tags={TRIAL_TAG: "t1", "verdict": "stable", "reason": "", "first_bad_step": "-1"},
                    metrics={"objective": 0.5, "initial_loss": 2.0, "loss": 0.4, "steps": 100.0}),
@@ -47,6 +49,10 @@ def test_a_sweep_from_plain_run_records():
     assert d.config == {"training.lr": 0.001, "training.steps": 100, "loss.masking": "slice"}
     assert d.params["budget_steps"] == 100 and d.params["asha"] is False and d.params["sampler"] == "tpe"
     assert d.budget_steps == 100
+    # each setting's answer as the parent holds it, for compare's answers by config
+    assert d.config_file == "/c/demo.yaml"
+    assert d.setting_answers == {"masking-slice": {"max_stable_lr": 0.001, "min_failed_lr": 1.0,
+                                                   "recommended_lr": 0.001}}
     t = d.trials.set_index("trial_id")
     assert list(t.index) == ["t1", "t2", "c3abcdef"]  # no trial tag: the run id's first 8 characters
     assert t.loc["t1", "training.lr"] == 0.001 and t.loc["t2", "loss.masking"] == "neg_inf"
@@ -65,7 +71,13 @@ def test_without_space_keys_the_axes_come_from_the_space_or_the_probes():
     ramp = sweep_from_runs(parent, kids)
     assert ramp.kind == "ramp" and ramp.name == "p"
     assert ramp.axes == ["training.lr", "loss.masking"]  # config keys only, lr first
-    assert ramp.categorical is None and ramp.config == {}
+    assert ramp.categorical == ["loss.masking"] and ramp.config == {}
+    # a replicate probe's seed is a column, not a setting
+    rep = record("c2", "c2", params={"phase": "replicate", "loss.masking": "slice", "training.lr": "0.1",
+                                     "training.seed": "1"})
+    ramp = sweep_from_runs(parent, [*kids, rep])
+    assert ramp.axes == ["training.lr", "loss.masking", "training.seed"] and ramp.categorical == ["loss.masking"]
+    assert ramp.categorical_axes() == ["loss.masking"] and ramp.trials["training.seed"].tolist()[1] == 1
     d = sweep_from_runs(parent, kids, config_text="{not yaml", space_text=SPACE)
     assert d.axes == ["training.lr", "loss.masking", "training.max_grad_norm"] and d.config == {}
 

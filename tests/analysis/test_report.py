@@ -19,7 +19,8 @@ from stablesweep.analysis.report import figure_sources, log_report, write_report
 from stablesweep.vocab import InputError
 from tests.analysis.tables import BASE, sweep, two_sweeps
 
-TOP = ["report.txt", "report.md", "report.html", "configs.csv", "settings.csv", "changes.csv", "compare.json"]
+TOP = ["report.txt", "report.md", "report.html", "configs.csv", "settings.csv", "changes.csv", "answers.csv",
+       "compare.json"]
 
 
 @pytest.fixture(scope="module")
