@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["answer", "recommended", "region", "importance", "plots", "text", "comparison", "render", "reading", "report", "boundary"]
+MODULES = ["answer", "answers_by_config", "recommended", "region", "importance", "plots", "text", "comparison", "render", "reading", "report", "boundary"]
 
 
 @pytest.mark.parametrize("name", MODULES)
