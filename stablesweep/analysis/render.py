@@ -179,11 +179,11 @@ def to_html(cmp: Comparison, figures: Mapping[str, str] | None = None) -> str:
     if cmp.by_config:
         parts.append(f"<h2>Answers by config</h2><p>{esc(ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:])}</p>")
     for ca in cmp.by_config:
-        groups, head, rows = _answers_cells(ca)
+        groups, a_head, a_rows = _answers_cells(ca)
         spans = "".join(f'<th colspan="{n}">{esc(label)}</th>' for label, n in groups)
         parts.append(f"<h3>{esc(ca.config_file)}</h3>\n<table>\n<thead><tr><th></th>{spans}</tr>\n<tr>"
-                     + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>\n<tbody>\n"
-                     + "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+                     + "".join(f"<th>{esc(h)}</th>" for h in a_head) + "</tr></thead>\n<tbody>\n"
+                     + "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in a_rows)
                      + "\n</tbody>\n</table>")
         items = [f"<li><b>differs</b>: {esc(f)}</li>" for f in ca.flags] + [f"<li>agree: {esc(a)}</li>"
                                                                             for a in ca.agreements]
