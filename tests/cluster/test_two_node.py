@@ -431,7 +431,8 @@ def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_buc
     layout (Tune's rounds at a URI, the ramp's files on the driver) every probe runs on the worker
     node, and continue mode warm-starts each rung from the last stable rung's checkpoint read back
     from the URI (the step counter carries on)."""
-    ramp = ["ramp", "configs/demo.yaml", "--lr-start", "0.05", "--lr-stop", "0.2", "--ladder", "x2", "--steps", "10",
+    ramp = ["ramp", "configs/demo.yaml", "--lr-start", "0.025", "--lr-stop", "0.1", "--ladder", "x2", "--steps", "10",
+            "--samples", "0",  # the climb's warm starts alone, no samples below the edge
             "--mode", "continue", "--set", "training.report_interval=5", "--set", "training.warmup_steps=0",
             "--set", "training.schedule=constant", "--resources-per-trial", '{"worker_node": 1}',
             # the mechanics of continue mode, not the stall rule: 10-step rungs at these lrs may not
@@ -449,7 +450,7 @@ def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_buc
     doc = json.loads((local / "r" / "ramp.json").read_text())
     x = doc["settings"][0]
     probes = x["probe_list"]
-    assert [q["lr"] for q in probes] == [0.05, 0.1, 0.2] and x["status"] == "never_diverged", probes
+    assert [q["lr"] for q in probes] == [0.025, 0.05, 0.1] and x["status"] == "never_diverged", probes
     worker = cluster.nodes["worker"].node_id
     assert all(q["node_id"] == worker for q in probes), [q["node_id"] for q in probes]
     # each rung went on from the one before it, from a checkpoint in the "bucket"
