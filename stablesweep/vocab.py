@@ -146,6 +146,18 @@ def jsonable(v: Any) -> Any:
     return v
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (`{"training": {"lr": 1}}` -> `{"training.lr": 1}`)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def format_value(v: Any) -> str:
     """A value as names, tables and files show it: none, true/false, 1.0, 2.0e-06, 0.25."""
     v = py(v)

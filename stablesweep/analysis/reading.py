@@ -32,7 +32,6 @@ from stablesweep.tracking import (
     RunRecord,
     TrackerReader,
     TrackingError,
-    flatten,
     name_without_verdict,
     probe_store,
 )
@@ -54,6 +53,7 @@ from stablesweep.vocab import (
     VERDICT,
     InputError,
     finite,
+    flatten,
 )
 
 # numeric columns of the trials table read back from a child run's metrics

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from stablesweep.analysis.answer import SettingAnswer, evidence_lines, recommended_header, rule_line
-from stablesweep.vocab import short_name
+from stablesweep.vocab import flatten, short_name
 
 PATH_KEYS = ("train", "val")  # per dataset: paths that resolve against the config's folder
 
@@ -33,17 +33,6 @@ def setting_file_name(params: dict[str, Any]) -> str:
     """A setting's file name: `slice_clip=1.0.yaml`; `config.yaml` for the one setting of a config."""
     text = short_name(params).replace(" ", "_")
     return (re.sub(r"[^A-Za-z0-9_.=+-]+", "-", text) or "config") + ".yaml"
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _absolute(raw: dict, base_dir: Path) -> None:

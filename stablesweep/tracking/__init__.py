@@ -72,7 +72,6 @@ from stablesweep.tracking.names import (
     SWEEP_TAG,
     TRIAL_TAG,
     code_version,
-    flatten,
     name_without_verdict,
     param_value,
     run_name,
@@ -88,7 +87,7 @@ __all__ = [
     "ORDER_BY_OBJECTIVE", "PARENT_KINDS", "PARENT_TAG", "SETTING_TAG", "SHARED_VIEW_TAG",
     "STAND_IN_OBJECTIVE", "STATUS", "STEP_GRAD_NORM", "STEP_LOSS", "SWEEP_TAG", "TRIAL_COLUMNS", "TRIAL_TAG",
     "UI_PORT", "RunRecord", "Tracker", "TrackerReader", "TrackingError", "code_version", "create_store",
-    "default_tracking_uri", "flatten", "name_without_verdict", "param_value", "probe_store", "run_link", "run_name",
+    "default_tracking_uri", "name_without_verdict", "param_value", "probe_store", "run_link", "run_name",
     "setting_slug", "stable_filter", "stable_trials_link", "store_path", "trial_metrics", "ui_base", "ui_command",
     "ui_link", "verdict_label", "view_state",
 ]

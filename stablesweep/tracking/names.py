@@ -75,17 +75,6 @@ def param_value(v: Any) -> str:
     return format_value(v)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def verdict_label(verdict: str, first_bad_step: int | None = None) -> str:
     """`diverged@10` (with the step where it began), else the verdict itself."""
     if verdict == DIVERGED and first_bad_step is not None and first_bad_step >= 0:

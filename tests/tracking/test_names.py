@@ -1,7 +1,8 @@
 """The names of what goes into MLflow: run names, param values, setting slugs, flattened keys."""
 from __future__ import annotations
 
-from stablesweep.tracking import flatten, name_without_verdict, param_value, run_name, setting_slug, verdict_label
+from stablesweep.tracking import name_without_verdict, param_value, run_name, setting_slug, verdict_label
+from stablesweep.vocab import flatten
 
 
 def test_a_run_name_leads_with_its_verdict():
