@@ -28,7 +28,6 @@ import argparse
 import collections
 import datetime as dt
 import json
-import math
 import os
 import random
 import shutil
@@ -40,6 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stablesweep.sweep.invariant import exactly_once_problems  # noqa: E402
+
 DEMO = ROOT / "configs" / "demo.yaml"
 GRID = "training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n"
 N_SETTINGS = 4
@@ -60,54 +63,6 @@ def plan_rounds(n: int, seed: int) -> list[tuple[str, str, float]]:
 
 # ---- the invariant ---------------------------------------------------------------------------
 
-def exactly_once_problems(sweep_dir: Path, n_settings: int = N_SETTINGS) -> list[str]:
-    """What breaks "every setting exactly once" in trials.csv, the Optuna study and the MLflow
-    store (empty: it holds)."""
-    import pandas as pd
-
-    from stablesweep.sweep.search import study_summary
-    from stablesweep.tracking import Tracker
-
-    problems: list[str] = []
-    csv = sweep_dir / "trials.csv"
-    if not csv.exists():
-        return [f"no {csv}"]
-    table = pd.read_csv(csv)
-    keys = ["training.lr", "training.max_grad_norm"]
-    settings = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
-                for row in table[keys].itertuples(index=False)]
-    if len(table) != n_settings or len(set(settings)) != n_settings or not table["trial_id"].is_unique:
-        problems.append(f"trials.csv: {len(table)} rows, {len(set(settings))} settings, want {n_settings} once each")
-    if (table["verdict"] == "unfinished").any():
-        problems.append(f"trials.csv: {(table['verdict'] == 'unfinished').sum()} unfinished")
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    rows = study_summary(state["study_url"], state["study_name"])
-    open_ = [r["number"] for r in rows if r["state"] in ("RUNNING", "WAITING")]
-    if open_:
-        problems.append(f"optuna: trials {open_} RUNNING/WAITING")
-    ids = set(table["trial_id"])
-    mine = [r for r in rows if r.get("tune_trial_id") in ids]
-    if sorted(r["tune_trial_id"] for r in mine) != sorted(ids):
-        problems.append(f"optuna: {len(mine)} trials for the {len(ids)} of trials.csv")
-    verdicts = dict(zip(table["trial_id"], table["verdict"]))
-    wrong = [r["number"] for r in mine if r.get("verdict") != verdicts[r["tune_trial_id"]]]
-    if wrong:
-        problems.append(f"optuna: trials {wrong} with another verdict than trials.csv")
-    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
-    stray = [r["number"] for r in rows if r not in mine and r.get("verdict") != "abandoned" and r["number"] not in rerun]
-    if stray:
-        problems.append(f"optuna: trials {stray} neither in trials.csv, abandoned nor run again")
-    tr = Tracker(state["tracking_uri"])
-    parents = tr.sweep_runs()
-    if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":
-        problems.append(f"mlflow: parents {[(p.run_id[:8], p.status) for p in parents]}")
-    children = tr.children(state["parent_run_id"])
-    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(ids):
-        problems.append(f"mlflow: {len(children)} child runs for the {len(ids)} trials")
-    running = [c.run_id[:8] for c in children if c.status == "RUNNING"]
-    if running:
-        problems.append(f"mlflow: runs {running} RUNNING")
-    return problems
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -295,7 +250,7 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
         problems = [] if second.returncode in (0, 1) else [f"resume exit {second.returncode}: "
                                                            + rtext.strip().splitlines()[-1][:200] if rtext.strip() else ""]
         try:
-            problems += exactly_once_problems(out / "c")
+            problems += exactly_once_problems(out / "c", N_SETTINGS)
         except Exception as e:  # an unreadable store is a failed round, not a crashed harness
             problems.append(f"check failed: {type(e).__name__}: {e}")
         rec["problems"] = problems

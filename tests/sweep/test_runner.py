@@ -11,16 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from stablesweep.analysis.recommended import setting_file_name
 from stablesweep.analysis.region import recommended_group
 from stablesweep.config import load_config
+from stablesweep.sweep.invariant import exactly_once_problems
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.plan import plan_sweep
 from stablesweep.sweep.runner import replicate_configs, run_sweep
 from stablesweep.sweep.search import study_summary
-from stablesweep.tracking import STATUS, Tracker, param_value
+from stablesweep.tracking import Tracker, param_value
 from stablesweep.vocab import InputError
 from tests.conftest import DEMO, ROOT
 
@@ -190,29 +192,9 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     MLflow child run; nothing is RUNNING in either; the only other Optuna trials are ones asked
     and never run (`abandoned`) or ones that Tune lost at a fault and ran again (`rerun_of`), and
     those have no child run left."""
-    import pandas as pd
-
-    table = pd.read_csv(sweep_dir / "trials.csv")
-    assert len(table) == n_grid and table["trial_id"].is_unique
-    assert "unfinished" not in set(table["verdict"])
-    assert len({(lr, None if math.isnan(c) else c)
-                for lr, c in zip(table["training.lr"], table["training.max_grad_norm"])}) == n_grid
-    state = json.loads((sweep_dir / "sweep.json").read_text())
-    rows = study_summary(state["study_url"], state["study_name"])
-    assert not [r for r in rows if r["state"] in ("RUNNING", "WAITING")]
-    ids = set(table["trial_id"])
-    mine = [r for r in rows if r.get("tune_trial_id") in ids]
-    assert sorted(r["tune_trial_id"] for r in mine) == sorted(ids)
-    verdicts = dict(zip(table["trial_id"], table["verdict"]))
-    assert {r["tune_trial_id"]: r["verdict"] for r in mine} == verdicts
-    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
-    assert all(r.get("verdict") == "abandoned" or r["number"] in rerun for r in rows if r not in mine), rows
-    tr = Tracker(state["tracking_uri"])
-    assert [(p.run_id, p.status) for p in tr.sweep_runs()] == [(state["parent_run_id"], "FINISHED")]
-    children = tr.children(state["parent_run_id"])
-    assert sorted(c.tags["stablesweep.trial_id"] for c in children) == sorted(ids)
-    assert all(c.status == STATUS[verdicts[c.tags["stablesweep.trial_id"]]] for c in children)
-    return table
+    problems = exactly_once_problems(sweep_dir, n_grid)
+    assert not problems, problems
+    return pd.read_csv(sweep_dir / "trials.csv")
 
 
 def test_driver_killed_mid_sweep_then_resumed(ray_cluster, tmp_path):

@@ -1,0 +1,63 @@
+"""The recovery invariant: after any interruption and one `--resume`, every setting of a grid sweep
+exactly once in trials.csv, in the Optuna study and in the MLflow store, nothing RUNNING or WAITING.
+The tests (`tests/sweep/test_runner.assert_exactly_once`) and the fault-injection harness
+(`bench/chaos.py`) check it through this one function."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+
+def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
+    """What breaks "every setting exactly once" in trials.csv, the Optuna study and the MLflow
+    store (empty: it holds)."""
+    import pandas as pd
+
+    from stablesweep.sweep.search import study_summary
+    from stablesweep.tracking import STATUS, Tracker
+
+    problems: list[str] = []
+    csv = sweep_dir / "trials.csv"
+    if not csv.exists():
+        return [f"no {csv}"]
+    table = pd.read_csv(csv)
+    keys = ["training.lr", "training.max_grad_norm"]
+    settings = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
+                for row in table[keys].itertuples(index=False)]
+    if len(table) != n_settings or len(set(settings)) != n_settings or not table["trial_id"].is_unique:
+        problems.append(f"trials.csv: {len(table)} rows, {len(set(settings))} settings, want {n_settings} once each")
+    if (table["verdict"] == "unfinished").any():
+        problems.append(f"trials.csv: {(table['verdict'] == 'unfinished').sum()} unfinished")
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    rows = study_summary(state["study_url"], state["study_name"])
+    open_ = [r["number"] for r in rows if r["state"] in ("RUNNING", "WAITING")]
+    if open_:
+        problems.append(f"optuna: trials {open_} RUNNING/WAITING")
+    ids = set(table["trial_id"])
+    mine = [r for r in rows if r.get("tune_trial_id") in ids]
+    if sorted(r["tune_trial_id"] for r in mine) != sorted(ids):
+        problems.append(f"optuna: {len(mine)} trials for the {len(ids)} of trials.csv")
+    verdicts = dict(zip(table["trial_id"], table["verdict"]))
+    wrong = [r["number"] for r in mine if r.get("verdict") != verdicts[r["tune_trial_id"]]]
+    if wrong:
+        problems.append(f"optuna: trials {wrong} with another verdict than trials.csv")
+    rerun = {r["rerun_of"] for r in mine if "rerun_of" in r}
+    stray = [r["number"] for r in rows if r not in mine and r.get("verdict") != "abandoned" and r["number"] not in rerun]
+    if stray:
+        problems.append(f"optuna: trials {stray} neither in trials.csv, abandoned nor run again")
+    tr = Tracker(state["tracking_uri"])
+    parents = tr.sweep_runs()
+    if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":
+        problems.append(f"mlflow: parents {[(p.run_id[:8], p.status) for p in parents]}")
+    children = tr.children(state["parent_run_id"])
+    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(ids):
+        problems.append(f"mlflow: {len(children)} child runs for the {len(ids)} trials")
+    running = [c.run_id[:8] for c in children if c.status == "RUNNING"]
+    if running:
+        problems.append(f"mlflow: runs {running} RUNNING")
+    status = [c.run_id[:8] for c in children if c.tags.get("stablesweep.trial_id") in verdicts
+              and c.status != STATUS[verdicts[c.tags["stablesweep.trial_id"]]]]
+    if status:
+        problems.append(f"mlflow: runs {status} whose status is not their verdict's")
+    return problems
