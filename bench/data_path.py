@@ -216,28 +216,43 @@ def packed_sweep(cfg_path: Path, overrides: list[str], trials: int, steps: int, 
     return rows
 
 
+def peak(device: torch.device) -> str:
+    """The peak GPU memory allocated since the last call (then reset), as a note: the bare step frees
+    its gradients (set_to_none), stablesweep's one-graph step keeps them between steps."""
+    if device.type != "cuda":
+        return ""
+    gib = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return f"peak {gib:.1f} GiB"
+
+
 def image_rows(args, cfg, off, device: torch.device, batch: int, size: int, row) -> None:
-    """bare, hand-written, stablesweep train (cache off, cold, warm), input alone."""
+    """bare, hand-written, stablesweep train (cache off, cold, warm), input alone; peak memory of
+    the training rows."""
     cache = Path(os.environ["STABLESWEEP_CACHE_DIR"])
+    peak(device)
     plain = Plain(cfg, device)
     g = torch.Generator().manual_seed(0)
     one = (torch.randn(batch, 3, size, size, generator=g).to(device),
            torch.randint(0, 2816, (batch,), generator=g).to(device))
-    row("bare: the batch already on the device", timed(itertools.repeat(one), args.steps, device, plain.step))
+    row("bare: the batch already on the device", timed(itertools.repeat(one), args.steps, device, plain.step),
+        peak(device))
     row(f"hand-written torchvision pipeline, {args.workers} workers, pin_memory",
-        timed(hand_written_batches(cfg, device, args.workers), args.steps, device, plain.step))
+        timed(hand_written_batches(cfg, device, args.workers), args.steps, device, plain.step), peak(device))
     del plain, one
     free(device)
     rate, setup = measure_training(off, str(device), steps=args.steps)
-    row(f"stablesweep train, data.cache off (decoding), {args.workers} workers", rate, f"set-up {setup:.0f} s")
+    row(f"stablesweep train, data.cache off (decoding), {args.workers} workers", rate,
+        ", ".join(filter(None, [f"set-up {setup:.0f} s", peak(device)])))
     free(device)
     rate, setup = measure_training(cfg, str(device), steps=args.steps)
     built = any(cache.glob("*.u8"))
     row("stablesweep train, cache cold (the run builds it)", rate,
-        f"set-up {setup:.0f} s, " + ("the cache build included" if built else "NO cache was built"))
+        ", ".join(filter(None, [f"set-up {setup:.0f} s",
+                                 "the cache build included" if built else "NO cache was built", peak(device)])))
     free(device)
     rate, setup = measure_training(cfg, str(device), steps=args.steps)
-    row("stablesweep train, cache warm", rate, f"set-up {setup:.0f} s")
+    row("stablesweep train, cache warm", rate, ", ".join(filter(None, [f"set-up {setup:.0f} s", peak(device)])))
     free(device)
     hand = timed(hand_written_batches(cfg, device, args.workers), args.steps, device, lambda x, y: None)
     row(f"input alone: hand-written pipeline, {args.workers} workers", hand)
