@@ -38,6 +38,7 @@ def test_masking_off_means_none_and_conflicts_are_refused():
     ("training.batch_size=1.5", "training.batch_size: expected an integer"),
     ("training.max_grad_norm=0", "training.max_grad_norm: must be positive or null"),
     ("datasets.dataset_configs.food101.eval_ratio=1.5", "eval_ratio: must be in (0, 1]"),
+    ("monitor.grad_spike_floor=2", "monitor.grad_spike_floor: must be in [0, 1]"),
     ("loss.masking=neginf", "did you mean 'neg_inf'"),
     ("training.use_amp=true", "known here:"),
 ])

@@ -31,6 +31,10 @@ from stablesweep.vocab import SETTING_METRICS, finite
 COLUMNS = (("max_stable_lr", "max stable"), ("min_failed_lr", "min failed"), ("largest_safe_lr", "largest safe"),
            ("recommended_lr", "recommended"))
 RISK = ("lr_at_5pct_risk", "5% risk")
+# a setting's answer as compare's per-setting table shows it (SETTING_METRICS names), and its source
+ANSWER_LRS = ("max_stable_lr", "min_diverged_lr", "min_failed_lr", "largest_safe_lr", "recommended_lr")
+FROM_PARENT = "parent"  # the run's parent records it (the numbers of its stable_region.json or ramp.json)
+FROM_CHILDREN = "child runs"  # an older parent records no per-setting answer: recomputed from the child runs
 
 
 def parse_setting_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -44,6 +48,25 @@ def parse_setting_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float]
             continue
         out.setdefault(key[len(name) + 1:], {})[name] = value
     return out
+
+
+@dataclass
+class SettingAnswerView:
+    """One setting's answer in one run: its slug on the parent run, its ANSWER_LRS, their source."""
+
+    slug: str
+    lrs: dict[str, float | None]
+    source: str  # FROM_PARENT or FROM_CHILDREN
+
+
+def setting_answer(recorded: dict[str, dict[str, float]], slug: str,
+                   recomputed: dict[str, float | None]) -> SettingAnswerView:
+    """Setting `slug`'s answer: as the parent records it (`recorded`: `parse_setting_metrics` of its
+    metrics; a number it leaves out is unknown), or, only where the parent records no per-setting
+    answer at all (an older version), `recomputed` from the child runs."""
+    if not recorded:
+        return SettingAnswerView(slug, {n: recomputed.get(n) for n in ANSWER_LRS}, FROM_CHILDREN)
+    return SettingAnswerView(slug, {n: recorded.get(slug, {}).get(n) for n in ANSWER_LRS}, FROM_PARENT)
 
 
 @dataclass

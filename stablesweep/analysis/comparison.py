@@ -15,6 +15,11 @@ Terms:
   counts as stable: it is ranked after every stable config. Between consecutive sweeps a
   setting *became stable*, *became unstable*, got *more* or *less stable*, or stayed the *same*.
   A change that only reflects a different lr range is flagged in its `note`.
+- A setting's *answer* (its lrs in the settings table and in the changes) is the parent run's
+  record of it (`SweepData.setting_answers`, found by the `setting` tag of its child runs): the
+  numbers of the run's stable_region.json or ramp.json. A parent that records none (an older
+  version) has it recomputed from its child runs, and the table says so (`answer_from`).
+  Replicates and a ramp's range test are not counted, as in the run's own answer.
 - *Answers by config* (`analysis.answers_by_config`): where two or more of the runs ran one
   config file, each setting's answer as each run's parent holds it, side by side.
 """
@@ -26,9 +31,18 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from stablesweep.analysis.answers_by_config import ConfigAnswers, RunAnswers, answers_by_config
-from stablesweep.analysis.region import Region, analyze, infer_group_keys, lr_margins
+from stablesweep.analysis.answers_by_config import (
+    ANSWER_LRS,
+    FROM_CHILDREN,
+    ConfigAnswers,
+    RunAnswers,
+    SettingAnswerView,
+    answers_by_config,
+    setting_answer,
+)
+from stablesweep.analysis.region import Group, Region, analyze, infer_group_keys, lr_margins, rows_of
 from stablesweep.analysis.text import lr_text, text_order, value_text
+from stablesweep.tracking.names import setting_slug
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -36,6 +50,7 @@ from stablesweep.vocab import (
     LR_KEY,
     OBJECTIVE,
     PRUNED,
+    REPLICATE,
     STABLE,
     STALLED,
     UNFINISHED,
@@ -49,6 +64,8 @@ from stablesweep.vocab import (
 )
 
 BY = (OBJECTIVE, "margin")
+SETTING_COLUMN, PHASE_COLUMN = "setting", "phase"  # a trial's setting slug and phase (`analysis.reading`)
+UNCOUNTED_PHASES = (REPLICATE, "range-test")  # runs a setting's answer does not count (`sweep.ramp.Setting.tested`)
 # stable first; a stalled trial (finite, did not learn) comes after every stable one, whatever its loss
 _VERDICT_ORDER = {STABLE: 0, STALLED: 1, PRUNED: 2, DIVERGED: 3, ERROR: 4, UNFINISHED: 5}
 _STATUS_ORDER = {"unstable": 0, "mixed": 1, "stable": 2}
@@ -202,6 +219,7 @@ class SweepSummary:
     status: str
     region: Region
     experiment_id: str = ""
+    answers: list[SettingAnswerView] = field(default_factory=list)  # one per `region.groups`, in order
 
 
 @dataclass
@@ -231,16 +249,21 @@ class Comparison:
         return pd.DataFrame(rows)
 
     def settings_table(self) -> pd.DataFrame:
-        """Per sweep and setting: verdict counts, the boundary bracket, LR sensitivity."""
+        """Per sweep and setting: verdict counts, the answer's lrs and their source (`answer_from`,
+        see the module docstring), LR sensitivity and the best objective (from the child runs)."""
         rows = []
         for s in self.sweeps:
-            for g in s.region.groups:
+            for g, a in zip(s.region.groups, s.answers):
                 row = {"sweep": s.label, **{k: g.key.get(k) for k in self.setting_keys}}
                 row.update({v: g.counts.get(v, 0) for v in VERDICTS})
-                row.update({"max_stable_lr": g.max_stable_lr, "min_diverged_lr": g.min_diverged_lr,
-                            "lr_sensitivity": g.lr_sensitivity, "best_objective": g.best_objective})
+                row.update({**a.lrs, "lr_sensitivity": g.lr_sensitivity, "best_objective": g.best_objective,
+                            "setting": a.slug, "answer_from": a.source})
                 rows.append(row)
         return pd.DataFrame(rows)
+
+    def recomputed(self) -> list[str]:
+        """The sweeps whose parent records no per-setting answer (older runs)."""
+        return [s.label for s in self.sweeps if any(a.source == FROM_CHILDREN for a in s.answers)]
 
     def changes_table(self) -> pd.DataFrame:
         rows = []
@@ -306,21 +329,22 @@ def compare(sweeps: list[SweepData], *, only: str | None = None, top: int | None
         for k in (*param_keys, *config_keys):
             if k not in frame.columns:
                 frame[k] = [s.config.get(k)] * len(frame) if len(frame) else pd.Series(dtype=object)
-        judged = frame[frame[VERDICT].isin(VERDICTS)] if len(frame) else frame
+        judged = frame[frame[VERDICT].isin(VERDICTS) & ~_uncounted(frame)] if len(frame) else frame
         region = analyze(judged, lr_key=lr_key if lr_key in frame.columns else None,
                          group_keys=list(setting_keys), param_keys=list(param_keys), importance=False)
         frame["margin"] = lr_margins(frame, region)
         frame.insert(0, "sweep", s.label)
         frame["sweep_run_id"] = s.run_id
         frames.append(frame)
+        answers = [_answer_view(s, g, judged, setting_keys) for g in region.groups]
         sens = [g.lr_sensitivity for g in region.groups if g.lr_sensitivity is not None]
         counts = {v: int((frame[VERDICT] == v).sum()) for v in (*VERDICTS, UNFINISHED)}
         summaries.append(SweepSummary(
             label=s.label, name=s.name, kind=s.kind, run_id=s.run_id, trials=len(frame), counts=counts,
             budget_steps=s.budget_steps, best_objective=region.best[OBJECTIVE] if region.best else None,
             lr_sensitivity=sum(sens) / len(sens) if sens else None, sampler=s.params.get("sampler"),
-            status=s.status, region=region, experiment_id=s.experiment_id))
-        states.append(_setting_states(s.label, judged, region, setting_keys, lr_key))
+            status=s.status, region=region, experiment_id=s.experiment_id, answers=answers))
+        states.append(_setting_states(s.label, judged, region, answers, setting_keys, lr_key))
 
     configs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(configs) and only:
@@ -362,10 +386,27 @@ def _rank(t: pd.DataFrame, by: str) -> pd.DataFrame:
     return t.sort_values(["_o", "_p", "_b", "sweep"], kind="stable").drop(columns=["_o", "_p", "_b"])
 
 
-def _setting_states(label: str, judged: pd.DataFrame, region: Region, keys: list[str],
-                    lr_key: str | None) -> dict[tuple, tuple[dict, SettingState]]:
+def _uncounted(frame: pd.DataFrame) -> pd.Series:
+    """The rows a setting's answer does not count: replicates, a ramp's range test."""
+    return frame.get(PHASE_COLUMN, pd.Series(None, index=frame.index, dtype=object)).isin(UNCOUNTED_PHASES)
+
+
+def _answer_view(s: SweepData, g: Group, judged: pd.DataFrame, keys: list[str]) -> SettingAnswerView:
+    """Group `g`'s answer in sweep `s`: the parent's record of it, found by the setting tag of its
+    child runs (else by the slug of its values on the sweep's own axes); recomputed from the
+    child runs (`g`) only when the parent records no per-setting answer at all."""
+    slugs = []
+    if SETTING_COLUMN in judged.columns and len(judged):
+        tags = rows_of(judged, keys, g.key)[SETTING_COLUMN]
+        slugs = sorted({str(t) for t in tags if isinstance(t, str) and t})
+    slug = slugs[0] if len(slugs) == 1 else setting_slug({k: py(g.key.get(k)) for k in s.categorical_axes()})
+    return setting_answer(s.setting_answers, slug, {n: getattr(g, n) for n in ANSWER_LRS})
+
+
+def _setting_states(label: str, judged: pd.DataFrame, region: Region, answers: list[SettingAnswerView],
+                    keys: list[str], lr_key: str | None) -> dict[tuple, tuple[dict, SettingState]]:
     out = {}
-    for g in region.groups:
+    for g, a in zip(region.groups, answers):
         k = _key(g.key, keys)
         lr_range = None
         if lr_key and len(judged):
@@ -373,8 +414,8 @@ def _setting_states(label: str, judged: pd.DataFrame, region: Region, keys: list
             lrs = pd.to_numeric(judged.loc[mask, lr_key], errors="coerce").dropna() if mask.any() else []
             if len(lrs):
                 lr_range = (float(min(lrs)), float(max(lrs)))
-        out[k] = (dict(g.key), SettingState(sweep=label, counts=dict(g.counts), max_stable_lr=g.max_stable_lr,
-                                           min_diverged_lr=g.min_diverged_lr, lr_range=lr_range,
+        out[k] = (dict(g.key), SettingState(sweep=label, counts=dict(g.counts), max_stable_lr=a.lrs["max_stable_lr"],
+                                           min_diverged_lr=a.lrs["min_diverged_lr"], lr_range=lr_range,
                                            lr_sensitivity=g.lr_sensitivity, best_objective=g.best_objective,
                                            cause=g.cause))
     return out

@@ -4,13 +4,15 @@ MLflow).
 
 The parent runs are found by the tag `stablesweep.kind` (`sweep` or `ramp`), their trials by
 `tags.mlflow.parentRunId`; the sweep's base config and search space come from its `config.yaml`
-and `space.yaml` artifacts. A trial's numbers are its metrics, and its constants (initial loss)
-its tags; the parent's per-setting metrics (`max_stable_lr.<setting>`, ...) are each setting's
-answer as the run's own files state it; a diverged trial's `objective` column is its `stand_in_objective` (its initial loss), as
-in the sweep's own trials table. Runs logged by older versions (an objective for every verdict,
-constants as metrics, `null` params) read the same. `sweep_from_runs` turns those plain run records into a `SweepData`
-(one row a trial), `read_sweeps` picks the sweeps by name or run id and says what is wrong with a
-store, an experiment or a name as an InputError.
+and `space.yaml` artifacts. A trial's numbers are its metrics, its constants (initial loss) its
+tags, with its setting's slug (the `setting` tag) and its phase (a replicate, a ramp's range
+test); the parent's per-setting metrics (`max_stable_lr.<setting>`, ...) are each setting's answer
+as the run's own files state it; a diverged trial's `objective` column is its
+`stand_in_objective` (its initial loss), as in the sweep's own trials table. Runs logged by older
+versions (an objective for every verdict, constants as metrics, `null` params) read the same.
+`sweep_from_runs` turns those plain run records into a `SweepData` (one row a trial),
+`read_sweeps` picks the sweeps by name or run id and says what is wrong with a store, an
+experiment or a name as an InputError.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ import pandas as pd
 import yaml
 
 from stablesweep.analysis.answers_by_config import parse_setting_metrics
-from stablesweep.analysis.comparison import SweepData
+from stablesweep.analysis.comparison import PHASE_COLUMN, SETTING_COLUMN, SweepData
 from stablesweep.tracking import (
     DEFAULT_EXPERIMENT,
     KIND_TAG,
+    SETTING_TAG,
     STAND_IN_OBJECTIVE,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -116,7 +119,9 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
         verdict = c.tags.get(VERDICT) or UNFINISHED
         row.update({VERDICT: verdict, REASON: c.tags.get(REASON) or c.tags.get("error") or None,
                     FIRST_BAD_STEP: int(first_bad) if first_bad is not None else -1,
-                    BUDGET_STEPS: int(budget) if budget is not None else None})
+                    BUDGET_STEPS: int(budget) if budget is not None else None,
+                    # its setting's slug (the parent's per-setting metrics name it so) and phase
+                    SETTING_COLUMN: c.tags.get(SETTING_TAG), PHASE_COLUMN: c.tags.get("phase") or c.params.get("phase")})
         for m in METRICS:
             row[m] = c.metrics.get(m, finite(parse_param(c.tags.get(m))))
         if row[OBJECTIVE] is None and verdict == DIVERGED:
@@ -124,7 +129,8 @@ def sweep_from_runs(parent: RunRecord, children: list[RunRecord], config_text: s
         if row[FINAL_LOSS] is None:
             row[FINAL_LOSS] = c.metrics.get(LOSS)
         rows.append(row)
-    columns = ["trial_id", "run_id", "name", *axes, VERDICT, REASON, FIRST_BAD_STEP, BUDGET_STEPS, *METRICS]
+    columns = ["trial_id", "run_id", "name", *axes, VERDICT, REASON, FIRST_BAD_STEP, BUDGET_STEPS, *METRICS,
+               SETTING_COLUMN, PHASE_COLUMN]
     return SweepData(name=parent.tags.get(SWEEP_TAG) or parent.name, run_id=parent.run_id,
                      trials=pd.DataFrame(rows, columns=columns), kind=parent.tags.get(KIND_TAG, "sweep"), axes=axes,
                      categorical=categorical, config=config, params=params, status=parent.status,

@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from stablesweep.analysis.answers_by_config import ConfigAnswers
+from stablesweep.analysis.answers_by_config import FROM_CHILDREN, ConfigAnswers
 from stablesweep.analysis.comparison import Comparison
 from stablesweep.analysis.text import lr_text, md_table, num_text, text_table, value_text
 from stablesweep.tracking import run_link
@@ -50,8 +50,9 @@ def render(cmp: Comparison, fmt: str, figures: Mapping[str, str] | None = None) 
 def to_text(cmp: Comparison) -> str:
     out = [f"Compare: {len(cmp.sweeps)} sweep(s)" + (f" from {cmp.source}" if cmp.source else ""), ""]
     out += ["  " + ln for ln in _header_lines(cmp)]
-    out += ["", "Per sweep and setting (the boundary lies between max stable lr and min diverged lr):", ""]
+    out += ["", "Per sweep and setting (the boundary lies between max stable lr and min failed lr):", ""]
     out.append(_indent(text_table(*_settings_cells(cmp))))
+    out += ["", f"  {_settings_note(cmp)}"]
     if cmp.by_config:
         out += ["", f"Answers by config: {ANSWERS_INTRO}"]
     for ca in cmp.by_config:
@@ -95,9 +96,9 @@ def to_markdown(cmp: Comparison, figures: Iterable[str] = ()) -> str:
                 "diverge later.", "", "## Per sweep and setting", ""]
     out += md_table(*_settings_cells(cmp))
     ranking = _ranking_line(cmp)
-    out += ["", "The boundary lies between *max stable lr* and *min diverged lr*. LR sensitivity (Wortsman et "
-                "al. 2023): mean over the sampled lrs of min(final loss, initial loss) minus the best final loss; "
-                "a diverged trial counts as its initial loss."]
+    out += ["", "The boundary lies between *max stable lr* and *min failed lr*. " + _settings_note(cmp)
+            + " LR sensitivity (Wortsman et al. 2023): mean over the sampled lrs of min(final loss, initial loss) "
+              "minus the best final loss; a diverged trial counts as its initial loss."]
     if cmp.by_config:
         out += ["", "## Answers by config", "", ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:]]
     for ca in cmp.by_config:
@@ -176,6 +177,7 @@ def to_html(cmp: Comparison, figures: Mapping[str, str] | None = None) -> str:
                                           for r, url in zip(st.itertuples(index=False), links)]))
     parts.append("<h2>Per sweep and setting</h2>")
     parts.append(table(*_settings_cells(cmp)))
+    parts.append(f"<p>{esc(_settings_note(cmp))}</p>")
     if cmp.by_config:
         parts.append(f"<h2>Answers by config</h2><p>{esc(ANSWERS_INTRO[0].upper() + ANSWERS_INTRO[1:])}</p>")
     for ca in cmp.by_config:
@@ -245,16 +247,33 @@ def _ranking_line(cmp: Comparison) -> str:
     return f"{what}, ranked by {by}{top}"
 
 
+# the lrs of a setting's answer in the settings table: (settings_table column, header)
+_ANSWER_HEADS = (("max_stable_lr", "max stable lr"), ("min_diverged_lr", "min diverged lr"),
+                 ("min_failed_lr", "min failed lr"), ("largest_safe_lr", "largest safe lr"),
+                 ("recommended_lr", "recommended lr"))
+
+
 def _settings_cells(cmp: Comparison) -> tuple[list[str], list[list[str]]]:
     t = cmp.settings_table()
-    head = ["sweep", *[short_key(k) for k in cmp.setting_keys], *VERDICTS, "max stable lr", "min diverged lr",
-            "lr sensitivity", "best objective"]
+    head = ["sweep", *[short_key(k) for k in cmp.setting_keys], *VERDICTS, *[h for _, h in _ANSWER_HEADS],
+            "lr sensitivity", "best objective", "answer from"]
     rows = []
     for _, r in t.iterrows():
         rows.append([str(r["sweep"]), *[value_text(r[k]) for k in cmp.setting_keys],
-                     *[str(int(r[v])) for v in VERDICTS], lr_text(r["max_stable_lr"]), lr_text(r["min_diverged_lr"]),
-                     num_text(r["lr_sensitivity"]), num_text(r["best_objective"])])
+                     *[str(int(r[v])) for v in VERDICTS], *[lr_text(r[c]) for c, _ in _ANSWER_HEADS],
+                     num_text(r["lr_sensitivity"]), num_text(r["best_objective"]), str(r["answer_from"])])
     return head, rows
+
+
+def _settings_note(cmp: Comparison) -> str:
+    """Where the settings table's lrs come from, in a sentence."""
+    text = ("The lrs are each run's own answer, as its parent run records it (the numbers of its "
+            "stable_region.json or ramp.json); verdict counts leave out replicates and range tests.")
+    old = cmp.recomputed()
+    if old:
+        text += (f" {', '.join(old)}: the parent records no per-setting answer (an older version), so its lrs "
+                 f"are recomputed from its child runs (answer from: {FROM_CHILDREN}).")
+    return text
 
 
 ANSWERS_INTRO = ("where several sweeps and ramps ran one config file, each setting's answer side by side, "

@@ -30,8 +30,11 @@ the experiment, oldest first.
 
 What it reports:
   - per sweep: verdict counts, the step budget, the best objective, LR sensitivity;
-  - per sweep and setting (a combination of the categorical axes, lr excluded): the largest stable
-    and the smallest diverged lr (the boundary lies between), LR sensitivity;
+  - per sweep and setting (a combination of the categorical axes, lr excluded): verdict counts
+    (replicates and range tests left out), the largest stable, smallest diverged, smallest failed,
+    largest safe and recommended lr as the parent run records them (the numbers of its
+    stable_region.json or ramp.json; for an older parent that records none, recomputed from its
+    child runs, and the column "answer from" says so), LR sensitivity;
   - the configurations ranked (stable first) by objective, or by lr margin: lr over the smallest
     diverged lr of its setting in its sweep (0.1: ten times below the boundary; blank: nothing
     diverged there). Values that differ from the first row are marked (`*`, bold in md, highlighted

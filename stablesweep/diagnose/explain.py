@@ -48,6 +48,20 @@ class ExplainError(InputError):
     """A run directory that cannot be explained: the message names the file and what was expected."""
 
 
+def bad_step(step) -> int | None:
+    """A first bad step as explain keeps it: the step, or None where there is none (the monitor's
+    and older files' -1, Tune's None, a missing tag)."""
+    try:
+        n = int(step)
+    except (TypeError, ValueError):
+        return None
+    return n if n >= 0 else None
+
+
+def step_text(step: int | None) -> str:
+    return "none" if step is None else str(step)
+
+
 @dataclass
 class Replay:
     change: str  # "as run", "masking slice", "fp32", "lr x0.1", "data order"
@@ -55,7 +69,7 @@ class Replay:
     overrides: list[str]
     verdict: str | None = None
     reason: str | None = None
-    first_bad_step: int = -1
+    first_bad_step: int | None = None  # None: no step went bad (null in explain.json, "none" in text)
     steps: int = 0
     error: str | None = None  # the replay itself failed (an exception): not a fix
 
@@ -71,7 +85,7 @@ class Replay:
         if self.error:
             what = f"failed: {self.error}"
         elif self.diverged:
-            what = f"diverged: {self.reason} at step {self.first_bad_step}"
+            what = f"diverged: {self.reason} at step {step_text(self.first_bad_step)}"
         else:
             what = f"{self.verdict} through step {self.steps - 1}: removes the divergence"
         return f"  {self.change:<{width}}  {what}"
@@ -108,7 +122,7 @@ class RunSource:
 class Explanation:
     run_dir: str
     reason: str
-    first_bad_step: int
+    first_bad_step: int | None  # None: the run names none (null in explain.json, "none" in text)
     until: int  # replays run from their start to step until - 1 (or stop at a divergence)
     cause: str  # one of CAUSES, NOT_REPRODUCED or UNDETERMINED
     fixes: list[str] = field(default_factory=list)  # every change that removed the divergence
@@ -120,7 +134,7 @@ class Explanation:
         return jsonable(asdict(self))
 
     def format(self) -> str:
-        lines = [f"{self.run_dir}: diverged ({self.reason} at step {self.first_bad_step})"]
+        lines = [f"{self.run_dir}: diverged ({self.reason} at step {step_text(self.first_bad_step)})"]
         for a in self.attempts:
             lines.append(f"replayed steps {a.start_step}..{self.until - 1} from {a.start}:")
             width = max(len(r.change) for r in a.replays)
@@ -133,7 +147,7 @@ class Explanation:
                      + (f" (also removed by: {', '.join(self.fixes[1:])})" if len(self.fixes) > 1 else ""))
         if self.samples:
             bad = sum(not s["in_range"] for s in self.samples)
-            lines.append(f"  the batch at step {self.first_bad_step}: {len(self.samples)} samples"
+            lines.append(f"  the batch at step {step_text(self.first_bad_step)}: {len(self.samples)} samples"
                          + (f", {bad} with a label outside their dataset's range" if bad else ""))
             if bad == len(self.samples):
                 lines.append("  every sample was dropped for its label (loss.on_bad_label skip): an empty batch "
@@ -215,7 +229,7 @@ def read_trial(uri: str, run_id: str) -> RunSource:
                            "training.keep_checkpoints of each trial; this one wrote none, or they were removed)")
     last = lines[-1]
     result = {VERDICT: run.tags[VERDICT], REASON: run.tags.get(REASON),
-              FIRST_BAD_STEP: int(run.tags.get(FIRST_BAD_STEP, last.get(FIRST_BAD_STEP, -1))),
+              FIRST_BAD_STEP: run.tags.get(FIRST_BAD_STEP, last.get(FIRST_BAD_STEP)),  # Tune's rows: None, no -1
               HISTORY: last.get(HISTORY) or []}
     latest = max(found, key=lambda x: x[1])[0] / CHECKPOINT_FILE
     raw = torch.load(latest, map_location="cpu", weights_only=True)["config"]
@@ -302,7 +316,10 @@ def explain(run: str | Path | RunSource, *, device: str = "cpu", lr_factor: floa
     src = run if isinstance(run, RunSource) else read_run(run)
     result, raw, source, base_dir = src.result, src.raw, src.source, src.base_dir
     cfg = config_from_dict(raw, source=source, base_dir=base_dir)  # a bad config: an error before any work
-    first_bad = int(result[FIRST_BAD_STEP])
+    first_bad = bad_step(result.get(FIRST_BAD_STEP))
+    if first_bad is None:
+        raise ExplainError(f"{src.name}: the result names no first bad step (first_bad_step "
+                           f"{result.get(FIRST_BAD_STEP)!r}): nothing to replay up to")
     until = first_bad + 1 + extra_steps
     _, skipped = changes(cfg, lr_factor)
     expl = Explanation(src.name, result.get(REASON) or "", first_bad, until, UNDETERMINED, not_tried=skipped)
@@ -324,8 +341,8 @@ def explain(run: str | Path | RunSource, *, device: str = "cpu", lr_factor: floa
                 except Exception as e:  # noqa: BLE001 - a change the run cannot take is reported, not fatal
                     r.error = f"{type(e).__name__}: {e}"
                 else:
-                    r.verdict, r.reason, r.first_bad_step, r.steps = (res.verdict, res.reason, res.first_bad_step,
-                                                                      res.steps)
+                    r.verdict, r.reason, r.first_bad_step, r.steps = (res.verdict, res.reason,
+                                                                      bad_step(res.first_bad_step), res.steps)
                     if r.cause is None:
                         attempt.same_losses = compare_losses(result.get(HISTORY) or [], res.history, start_step)
                         expl.samples = batch_samples(trainer, first_bad)

@@ -32,7 +32,9 @@ steps run so far.
 Early-warning signals, kept in the same vector by the same function (no extra sync), each with the
 largest value so far and the first step it crossed its threshold (`monitor.warn_*`):
 - `grad_spike`: the gradient norm (before clipping) over the median of the previous
-  `history_steps` steps' finite norms (the ring already holds them), from step `min_steps` on;
+  `history_steps` steps' finite norms (the ring already holds them), from step `min_steps` on; the
+  median no lower than `grad_spike_floor` x the largest median so far (kept as `gnorm_scale`), so
+  the tiny norms of a converged run do not turn one harder batch into a spike;
 - `max_logit`: the largest |logit| of the model's raw output (the incident's 50-logit clip acts there);
 - `logsumexp`: the largest |logsumexp| of a sample's raw logits (what z-loss pulls to 0);
 - `scale_drops`: fp16 loss-scale drops (overflow steps) after the first `min_steps` steps;
@@ -106,6 +108,7 @@ LAYOUT: dict[str, Slot] = {
     **{f"{kind}_{name}": Slot(initial, _SIGNAL_RANKS[name][k]) for name in SIGNALS
        for k, (kind, initial) in enumerate((("value", 0.0 if name == "scale_drops" else -math.inf), ("warn", -1.0)))},
     "crossing": Slot(-1.0, FIRST),  # the first step of the current run of raw losses over the explosion line
+    "gnorm_scale": Slot(0.0, SAME),  # the largest median gradient norm of the ring from min_steps on
 }
 FIELDS = tuple(LAYOUT)
 _I = {name: i for i, name in enumerate(FIELDS)}
@@ -117,13 +120,14 @@ def thresholds(cfg: MonitorConfig) -> dict[str, float]:
 
 
 # the config's numbers as the update reads them: one fp64 vector (see the module's docstring)
-CONSTANTS = ("beta", "factor", "min_steps") + tuple(f"threshold_{name}" for name in SIGNALS)
+CONSTANTS = ("beta", "factor", "min_steps") + tuple(f"threshold_{name}" for name in SIGNALS) + ("spike_floor",)
 _C = {name: i for i, name in enumerate(CONSTANTS)}
 
 
 def constants(cfg: MonitorConfig) -> list[float]:
     warn = thresholds(cfg)
-    return [cfg.smoothing, cfg.explosion_factor, float(cfg.min_steps), *(warn[name] for name in SIGNALS)]
+    return [cfg.smoothing, cfg.explosion_factor, float(cfg.min_steps), *(warn[name] for name in SIGNALS),
+            cfg.grad_spike_floor]
 
 
 def logit_stats(logits: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +220,8 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
     past = ring[:, 1]
     median = torch.nanmedian(torch.where(_finite(past), past, math.nan))
     max_logit, lse = logit_stats(logits, loss)
-    spike = torch.where(armed, gnorm / median, math.nan)
+    scale = torch.fmax(v[_I["gnorm_scale"]], torch.where(armed, median, math.nan))  # fmax: NaN is none
+    spike = torch.where(armed, gnorm / torch.maximum(median, c[_C["spike_floor"]] * scale), math.nan)
     x = torch.stack([spike, median * math.nan, max_logit, lse])  # per SIGNALS but scale_drops
     sig = v[_FIRST:_FIRST + 2 * len(x)].view(len(x), 2)
     threshold = c[_C[f"threshold_{SIGNALS[0]}"]:][:len(x)]
@@ -237,7 +242,7 @@ def _update(v: torch.Tensor, ring: torch.Tensor, slots: torch.Tensor, c: torch.T
                      initial]),
         now,
         sig,
-        torch.stack([drops, warn_drops, crossing]),
+        torch.stack([drops, warn_drops, crossing, scale]),
     ]), ring, skip
 
 

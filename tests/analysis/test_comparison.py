@@ -178,3 +178,35 @@ def test_stalled_configs_are_never_listed_as_stable():
     assert list(cmp.configs["verdict"]) == ["stable", "stalled", "stalled"]
     assert SettingState("s", {"stalled": 1}, None, None, None, None, None).status == "unknown"
     assert compare([s], only="stable").configs["verdict"].tolist() == ["stable"]
+
+
+def test_the_settings_table_says_each_parents_recorded_answer_and_falls_back_only_for_old_parents():
+    # a replicate (seed 1) ran stable at 0.0316, where the sweep's own trial diverged: the parent's
+    # answer (no replicate in the bracket) says max stable 0.02; recomputing over every child run
+    # would say 0.0316
+    rows = [(0.02, "stable", "slice"), (0.0316, "diverged", "slice"), (0.0316, "stable", "slice"),
+            (1e3, "diverged", "slice")]
+    recorded = {"slice": {"max_stable_lr": 0.02, "min_diverged_lr": 0.0316, "min_failed_lr": 0.0316,
+                                  "largest_safe_lr": 0.0158, "recommended_lr": 0.01, "lr_at_5pct_risk": 0.0316}}
+    new = sweep("new", rows, BASE, AXES, ["loss.masking"], setting_answers=recorded)
+    new.trials["phase"] = [None, None, "replicate", None]
+    new.trials["setting"] = "slice"
+    cmp = compare([new])
+    (row,) = cmp.settings_table().to_dict(orient="records")
+    assert {k: row[k] for k in recorded["slice"] if k != "lr_at_5pct_risk"} == \
+        {k: v for k, v in recorded["slice"].items() if k != "lr_at_5pct_risk"}
+    assert (row["answer_from"], row["setting"], row["stable"], row["diverged"]) == ("parent", "slice", 1, 2)
+    assert cmp.recomputed() == []
+    # an old parent (no per-setting metrics, no setting tags): recomputed from the child runs, said so
+    old = sweep("old", rows, BASE, AXES, ["loss.masking"])
+    old.trials["phase"] = [None, None, "replicate", None]
+    cmp = compare([old])
+    (row,) = cmp.settings_table().to_dict(orient="records")
+    assert (row["answer_from"], row["setting"]) == ("child runs", "slice")
+    assert (row["max_stable_lr"], row["min_diverged_lr"], row["stable"]) == (0.02, 0.0316, 1)  # replicate left out
+    assert cmp.recomputed() == ["old"]
+    # a setting the parent records nothing for (nothing stable or diverged) is blank, not recomputed
+    odd = sweep("odd", [(1e-3, "pruned", "neg_inf"), *rows], BASE, AXES, ["loss.masking"], setting_answers=recorded)
+    got = {r["loss.masking"]: r for r in compare([odd]).settings_table().to_dict(orient="records")}
+    assert got["neg_inf"]["answer_from"] == "parent" and pd.isna(got["neg_inf"]["max_stable_lr"])
+    assert got["slice"]["max_stable_lr"] == 0.02

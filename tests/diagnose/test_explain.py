@@ -1,5 +1,6 @@
 """`stablesweep explain` on runs with planted causes: each is named by experiment (CPU, small)."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,14 @@ def test_a_too_high_lr_is_named(tmp_path, capsys):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint_00000010"]
     code, expl = explain(run)
     assert code == 0 and expl["cause"] == "learning_rate"
-    assert "cause: learning rate" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "cause: learning rate" in text and not re.search(r"(?<![\w/-])-1(?!\d)", text)  # no -1 step
     last = expl["attempts"][-1]["replays"]
     assert last[0]["change"] == "as run" and last[0]["verdict"] == "diverged"
     assert {r["change"]: r["verdict"] for r in last[1:]} == {"lr x0.1": "stable", "data order": "diverged"}
+    # a replay with no first bad step says none: null in explain.json, never the monitor's -1
+    steps = {r["change"]: r["first_bad_step"] for r in last}
+    assert steps["lr x0.1"] is None and steps["as run"] == res["first_bad_step"] and steps["data order"] >= 0
     assert "deterministic" in expl["attempts"][0]["same_losses"]
     assert expl["samples"] == []
 
@@ -179,21 +184,38 @@ def test_a_divergence_the_replay_does_not_show_is_not_reproduced(tmp_path):
     (run / "result.json").write_text(json.dumps(result))
     code, expl = explain(run, "--extra-steps", "0")
     assert code == 1 and expl["cause"] == "not_reproduced"
-    assert [r["change"] for r in expl["attempts"][0]["replays"]] == ["as run"]
+    (as_run,) = expl["attempts"][0]["replays"]
+    assert (as_run["change"], as_run["verdict"], as_run["first_bad_step"]) == ("as run", "stable", None)
 
 
 @pytest.mark.parametrize("setup, expect", [
     ("missing", "no such run directory"),
     ("stable", "only a diverged run can be explained"),
     ("no_config", "config.yaml: missing"),
+    ("no_step", "the result names no first bad step (first_bad_step -1): nothing to replay up to"),
 ])
 def test_bad_input_is_an_error_that_names_the_place(tmp_path, capsys, setup, expect):
     run = tmp_path / "run"
     if setup != "missing":
         run.mkdir()
-        (run / "result.json").write_text(json.dumps({"verdict": "stable", "first_bad_step": -1}))
-        if setup == "stable":
+        verdict = "diverged" if setup == "no_step" else "stable"
+        (run / "result.json").write_text(json.dumps({"verdict": verdict, "first_bad_step": -1}))
+        if setup in ("stable", "no_step"):
             (run / "config.yaml").write_text(DEMO.read_text())
     assert main(["explain", str(run)]) == 2
     assert expect in capsys.readouterr().err
     assert not (run / "explain.json").exists()
+
+
+def test_a_replay_without_a_first_bad_step_reads_none_and_null():
+    from stablesweep.diagnose.explain import Attempt, Explanation, Replay
+
+    calm = Replay("lr x0.1", "learning_rate", [], verdict="stable", steps=20)
+    odd = Replay("data order", "data", [], verdict="diverged", reason="loss_explosion")  # no step named
+    expl = Explanation("run", "loss_explosion", 7, 18, "learning_rate", fixes=["lr x0.1"],
+                       attempts=[Attempt("initial state", 0, [calm, odd])])
+    text = expl.format()
+    assert "stable through step 19" in text and "diverged: loss_explosion at step none" in text
+    assert not re.search(r"(?<![\w/-])-1(?!\d)", text)
+    assert [r["first_bad_step"] for r in json.loads(json.dumps(expl.to_dict()))["attempts"][0]["replays"]] == \
+        [None, None]

@@ -269,6 +269,37 @@ def test_a_gradient_norm_spike_warns_against_the_running_median():
     assert calm.snapshot().at_risk is None and calm.snapshot().signals["grad_spike"] < 2
 
 
+def converging_norms(steps=150, seed=0):
+    """A converging run's gradient norms: 3 at the start, shrinking 10x every ~46 steps towards 0
+    with log-normal noise (sigma 0.3), and from step 80 on a harder batch every 9th step at 12x
+    the others (as ResNet-18 on real digits near convergence, where most batches are fit)."""
+    import random
+
+    rng = random.Random(seed)
+    return [3.0 * math.exp(-i / 20) * math.exp(rng.gauss(0.0, 0.3)) * (12 if i >= 80 and i % 9 == 0 else 1)
+            for i in range(steps)]
+
+
+def test_a_converging_runs_shrinking_noisy_norms_do_not_warn_but_a_genuine_spike_does():
+    norms = converging_norms()
+    losses = [2.0 * math.exp(-i / 30) for i in range(len(norms))]
+    mon = DivergenceMonitor(MonitorConfig())  # the defaults: warn above 5, floor 0.1, history 32
+    feed(mon, losses, norms)
+    snap = mon.snapshot()
+    assert snap.at_risk is None and snap.signals["grad_spike"] < 3, snap.signals
+    # the same trace against the bare median warns: the floor is what keeps it quiet
+    bare = DivergenceMonitor(MonitorConfig(grad_spike_floor=0.0))
+    feed(bare, losses, norms)
+    assert bare.snapshot().warnings["grad_spike"] >= 0 and bare.snapshot().signals["grad_spike"] > 5
+    # a genuine spike, late (back to the norm's early scale, ~1000x the then median) or mid-run
+    # (10x the running median, while that is still the run's own scale), warns at its step
+    for at, size in ((140, 3.0), (20, 10 * sorted(norms[:20])[9])):
+        spiked = norms[:at] + [size] + norms[at + 1:]
+        mon = DivergenceMonitor(MonitorConfig())
+        feed(mon, losses, spiked)
+        assert mon.snapshot().at_risk == ("grad_spike", at), (at, mon.snapshot().signals)
+
+
 def test_logits_give_the_largest_logit_and_logsumexp():
     mon = DivergenceMonitor(MonitorConfig(warn_max_logit=30.0, warn_logsumexp=30.0))
     small = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
