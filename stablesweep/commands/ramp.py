@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from stablesweep.commands.args import add_cluster_arguments
+from stablesweep.commands.args import add_cluster_arguments, resume_command
 from stablesweep.vocab import SAFETY
 
 EPILOG = """\
@@ -111,6 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the edge's margin (default 3; 0: choose among the climb's probes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the ramp --name in --out (default: the newest one there) where it stopped: "
+                        "probes that ended are kept, those that were running go on from their checkpoints")
     p.set_defaults(func=run)
 
 
@@ -118,5 +122,10 @@ def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
 
-    result = run_ramp(RampOptions.from_args(args))
+    result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    if result.interrupted:
+        from stablesweep.signals import stop_status, stop_word
+
+        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, result.name, 'ramp')}", file=sys.stderr)
+        return stop_status()
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1

@@ -14,7 +14,7 @@ import pytest
 
 from stablesweep.commands import ramp as ramp_command
 from stablesweep.commands import sweep as sweep_command
-from stablesweep.commands.sweep import resume_command
+from stablesweep.commands.args import resume_command
 from stablesweep.sweep.options import RampOptions, SweepOptions
 from tests.conftest import DEMO, ROOT
 
@@ -46,8 +46,10 @@ def test_the_ramp_defaults_to_its_own_directory():
 
 def test_resume_command_repeats_the_command_line():
     argv = ["/x/__main__.py", "sweep", "c.yaml", "--space", "my space.yaml", "--set", "training.lr=1", "--steps", "40"]
-    assert resume_command(argv, "n1") == ("stablesweep sweep c.yaml --space 'my space.yaml' --set training.lr=1 "
-                                          "--steps 40 --name n1 --resume")
+    assert resume_command(argv, "n1", "sweep") == ("stablesweep sweep c.yaml --space 'my space.yaml' --set "
+                                                   "training.lr=1 --steps 40 --name n1 --resume")
+    argv = ["/x/stablesweep", "ramp", "c.yaml", "--steps", "40", "--name", "r"]
+    assert resume_command(argv, "r", "ramp") == "stablesweep ramp c.yaml --steps 40 --name r --resume"
 
 
 def stablesweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
