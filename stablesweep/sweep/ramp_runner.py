@@ -203,7 +203,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     from stablesweep.analysis.plots import boundary_data, plot_boundary
     from stablesweep.sweep.recovery import close_runs, delete_other_runs
     from stablesweep.sweep.session import ray_session
-    from stablesweep.tracking import Tracker, create_store, stable_trials_link, ui_command
+    from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
 
     for n in notes:
         echo(f"note: {n}")
@@ -250,10 +250,11 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
         tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
+        runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
         for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
-            s = r.setting
-            tracker.set_margin(tracker.trial_run(parent, r.trial_id, "", {}),
-                               r.lr / s.min_diverged if s.min_diverged else None)
+            if r.trial_id in runs:
+                s = r.setting
+                tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
         echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
              + answers_text(answers, RAMP_TEXT_COLUMNS))
         if fits:

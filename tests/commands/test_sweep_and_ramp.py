@@ -94,6 +94,20 @@ def test_bad_ramp_input_exits_2_before_ray(tmp_path, cli):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_ramp_resume_needs_a_ramp_and_a_second_start_is_refused_naming_resume(tmp_path, cli):
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "nope", "--resume")
+    assert p.returncode == 2 and f"--resume --name nope: {tmp_path / 'nope'} does not exist" in p.stderr, p.stderr
+    p = cli("ramp", DEMO, "--out", tmp_path, "--resume")
+    assert p.returncode == 2 and f"--resume: no ramp in {tmp_path} to continue" in p.stderr, p.stderr
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "ramp.md").write_text("a ramp's files\n")
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "r")
+    assert p.returncode == 2 and "already holds a ramp; continue it with --resume" in p.stderr, p.stderr
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "r", "--resume")
+    assert p.returncode == 2 and "holds no ramp that can be continued" in p.stderr, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r"]  # nothing written
+
+
 def test_replicates_need_the_grid_or_qmc_sampler(tmp_path, cli):
     space = tmp_path / "grid.yaml"
     space.write_text("training.lr: {grid: [1.0e-3, 1.0e+3]}\n")
