@@ -25,6 +25,9 @@ examples:
   # let an lr range test (exponential lr, stopped at 4x the best smoothed loss) propose the bracket
   stablesweep ramp my.yaml --first-pass range-test
 
+  # continue a stopped ramp (Ctrl-C, SIGTERM, a killed driver): the same command, plus --resume
+  stablesweep ramp my.yaml --mode continue --name food-ramp --resume
+
 How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
 settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung
 diverges, then the bracket [last stable, first diverged] is bisected in log space until its ratio
@@ -44,15 +47,20 @@ the recommended lr is at most --safety x the 5%-risk lr. With K=1 the output say
 a single-seed estimate.
 
 Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
---safety), and Tune's rounds in OUT/NAME/tune; logs a parent MLflow run with one child run a probe
-(runs/mlflow.db with the default --out, the store sweeps write too, else OUT/mlflow.db; unless
---mlflow). With a URI --out, only Tune's rounds go there (OUT/NAME/tune); the rest to LOCAL_DIR.
+--safety), and Tune's experiment of the probes in OUT/NAME/tune (the whole ramp is one Tune run);
+logs a parent MLflow run with one child run a probe (runs/mlflow.db with the default --out, the
+store sweeps write too, else OUT/mlflow.db; unless --mlflow). With a URI --out, only Tune's
+experiment goes there (OUT/NAME/tune); the rest to LOCAL_DIR.
+
+A stopped ramp (Ctrl-C, SIGTERM, a killed driver) continues with the same command plus --resume:
+the probes that ended are kept, those that were running go on from their checkpoints.
 
 On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
 their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
 last stable rung's checkpoint, which may lie on another node. A probe whose node is lost is
 retried from its last checkpoint (--max-failures, 2 by default there).
-Exit status: 0 done, 1 no setting has a stable lr, 2 bad input.
+Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 130 interrupted (continue with
+--resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 

@@ -1,4 +1,6 @@
-"""Run the lr ramp: the planner's probes as Tune trials, round by round, logged to MLflow.
+"""Run the lr ramp: its plan (every check before Ray), its probes as one Tune run (`ramp_search`:
+the searcher that hands them out as the planner proposes them, the callback that logs them to
+MLflow), its outputs, and `--resume`.
 
 Layout, under `--out` (default runs/ramps):
 
@@ -8,12 +10,20 @@ Layout, under `--out` (default runs/ramps):
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
     OUT/NAME/ramp_boundary.png      with --replicates: P(fails | lr) per setting, points at the replicates
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
-    OUT/NAME/tune/round_NNN/        Tune's experiment of each round: probe results and checkpoints
+    OUT/NAME/run.json               what --resume needs: the MLflow store and parent run, Tune's experiment
+    OUT/NAME/tune/                  Tune's experiment of the ramp: tuner.pkl, its state and the searcher's
+                                    (settings, probes, batches), trial_<id>/ a probe: results, checkpoints
+
+`--resume` (same `--out` and `--name`) restores Tune's experiment with the searcher's state: probes
+that ended are not run again, those that were running go on from their checkpoints (Tune keeps
+their trial ids), and the probes Tune's last snapshot did not hold run again under new trials,
+their MLflow runs deleted first; the parent run of run.json is reused and ends FINISHED, with one
+child run a probe. Ctrl-C or SIGTERM stop the run as Tune does (its state saved), the runs KILLED.
 
 On a cluster the rules are the sweep's (`cluster.cluster_checks`): probes run on the worker nodes
 and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
 be shared storage (a path declared with `--shared-storage`, or a bucket URI, with the ramp's own
-files then under `--local-dir`, Tune's experiments at OUT/NAME/tune). Continue mode warm-starts a
+files then under `--local-dir`, Tune's experiment at OUT/NAME/tune). Continue mode warm-starts a
 rung from the last stable rung's checkpoint in that storage, wherever either probe ran; a probe
 whose node is lost is retried (`--max-failures`) from its last checkpoint.
 """
