@@ -199,12 +199,34 @@ def read_state(ramp_dir: Path, name: str) -> dict:
         raise InputError(f"--resume --name {name}: {path} is not readable JSON ({e})") from None
 
 
+def _plan_of(opts: RampOptions, cfg, settings: list[Setting]) -> dict[str, Any]:
+    """What decides a ramp's probes: a resumed ramp goes on with the plan it was started with."""
+    return {"config": cfg.to_dict(), "settings": [s.params for s in settings], "lr_start": opts.lr_start,
+            "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts), "resolution": opts.resolution,
+            "parallel": opts.parallel, "safety": opts.safety, "mode": opts.mode, "first_pass": opts.first_pass,
+            "range_steps": opts.range_steps, "replicates": opts.replicates, "samples": opts.samples,
+            "evaluate": opts.evaluate}
+
+
+def check_same_plan(state: dict, plan: dict[str, Any], ramp_dir: Path) -> None:
+    """--resume with other options or another config than the ramp's start is refused, naming them."""
+    before = json.loads(json.dumps(state.get("plan", plan), default=str))
+    now = json.loads(json.dumps(plan, default=str))
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        raise InputError(f"--resume: {ramp_dir} was started with other " + ", ".join(
+            "the config" if k == "config" else f"--{k.replace('_', '-')} ({before.get(k)!r}, now {now[k]!r})"
+            for k in changed) + "; resume it with the command it was started with (plus --resume)")
+
+
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
     name = resume_name(opts) if opts.resume else opts.run_name("ramp")
     out, ramp_dir, experiment = ramp_paths(opts, name)
     state = read_state(ramp_dir, name) if opts.resume else None
+    if state is not None:
+        check_same_plan(state, _plan_of(opts, cfg, settings), ramp_dir)
     if state is None and ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; continue it with --resume, or choose "
                          "another --name or --out")
@@ -230,6 +252,10 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
             echo(f"resuming ramp {name} ({ramp_dir})")
         else:
             parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment)
+            _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
+                                    "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
+                                    "experiment": tracker.experiment, "parent_run_id": parent,
+                                    "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings)})
         echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
              f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
              f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
@@ -279,8 +305,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
 
 def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], tracker, name: str, ramp_dir: Path,
                   experiment: str) -> str:
-    """The ramp's parent MLflow run, and its STATE_FILE, which names it for --resume. A parent of
-    this ramp's folder that a start killed before the file was written is deleted first."""
+    """The ramp's parent MLflow run (its STATE_FILE names it for --resume). A parent of this ramp's
+    folder that a start killed before the file was written is deleted first."""
     params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
               "climb": climb_of(opts), "resolution": opts.resolution, "parallel": opts.parallel,
               "safety": opts.safety,
@@ -294,13 +320,13 @@ def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], t
             tracker.delete_run(run.run_id)
     parent = tracker.start_sweep(name, params, tags={"sweep_dir": str(ramp_dir), "tune_experiment": experiment},
                                  texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)}, kind="ramp")
-    state = {"version": 1, "kind": "ramp", "name": name, "config_file": str(Path(opts.config).resolve()),
-             "tracking_uri": tracker.uri, "experiment": tracker.experiment, "parent_run_id": parent,
-             "tune_experiment": experiment}
-    tmp = ramp_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(ramp_dir / STATE_FILE)
     return parent
+
+
+def _write_state(ramp_dir: Path, state: dict) -> None:
+    tmp = ramp_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    tmp.replace(ramp_dir / STATE_FILE)
 
 
 def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
@@ -319,14 +345,16 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
     trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
     local = uri_scheme(experiment) is None
     if resume and can_restore(experiment):
-        if local:
+        known = trial_ids_in(Path(experiment)) if local else None
+        if known is not None:
             repair_error_files(Path(experiment))
-            delete_other_runs(tracker, parent, trial_ids_in(Path(experiment)))
+            delete_other_runs(tracker, parent, known)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks or []
                         if isinstance(cb, RampCallback))
         searcher = callback.searcher
         callback.echo = searcher.echo = echo
+        searcher.tune_trials = known
     else:
         if resume:  # stopped before Tune's first snapshot: every probe runs (again)
             delete_other_runs(tracker, parent, set())

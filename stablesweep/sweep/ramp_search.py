@@ -96,6 +96,7 @@ class RampSearcher(Searcher):
         self.stage: dict[str, str] = {}
         self.batch: dict[str, list[Request]] = {}
         self.trials: dict[str, Request] = {}  # Tune trial id -> its probe, every probe handed out
+        self.tune_trials: set[str] | None = None  # set before a restore: the trials Tune's state holds
         for s in settings:
             self._enter(s, RANGE if opts.first_pass == "range-test" else CLIMB)
 
@@ -149,6 +150,11 @@ class RampSearcher(Searcher):
             state = pickle.load(f)
         self.settings, self.stage, self.batch, self.trials = (state["settings"], state["stage"], state["batch"],
                                                               state["trials"])
+        if self.tune_trials is not None:  # handed out, but not in Tune's state (saved apart): hand out again
+            for trial_id, req in list(self.trials.items()):
+                if req.probe is None and trial_id not in self.tune_trials:
+                    del self.trials[trial_id]
+                    req.trial_id = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

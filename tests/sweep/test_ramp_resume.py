@@ -108,6 +108,10 @@ def test_ctrl_c_stops_a_ramp_with_the_resume_command_then_resume_finishes_it(ray
     assert [p.status for p in tracker.sweep_runs(kind="ramp")] == ["KILLED"]
     assert not [c for c in tracker.children(state["parent_run_id"]) if c.status == "RUNNING"]
     assert not (out / "c" / "ramp.json").exists()
+    # other options than the start's are refused before Ray starts, naming them
+    other = subprocess.run(cmd + ["--parallel", "2", "--resume"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=120)
+    assert other.returncode == 2 and "--parallel (1, now 2)" in other.stderr, other.stderr
 
     res = _resume(cmd, address)
     assert res.returncode == 0, res.stdout[-4000:]
