@@ -1,6 +1,6 @@
 """A ramp stopped and continued: the driver (the CLI in a subprocess) SIGKILLed, or stopped by
-Ctrl-C, after some probes ended; one `ramp --resume` finishes it with every probe exactly once in
-ramp.json and MLflow, and the probes that had ended are not run again."""
+Ctrl-C or SIGTERM, after some probes ended; one `ramp --resume` finishes it with every probe exactly
+once in ramp.json and MLflow, and the probes that had ended are not run again."""
 from __future__ import annotations
 
 import json
@@ -117,3 +117,26 @@ def test_ctrl_c_stops_a_ramp_with_the_resume_command_then_resume_finishes_it(ray
     assert res.returncode == 0, res.stdout[-4000:]
     problems = ramp_exactly_once_problems(out / "c")
     assert not problems, problems
+
+
+def test_sigterm_stops_a_ramp_as_ctrl_c_does_with_exit_143(ray_cluster, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "stablesweep", *RAMP, "--out", str(out), "--name", "t",
+           "--address", ray_cluster.get_runtime_context().gcs_address]
+    log = tmp_path / "first.log"
+    first = _start(cmd, log)
+    try:
+        done = _wait_for_probes(first, log, 1)
+        assert first.poll() is None and done, log.read_text()[-3000:]
+        os.kill(first.pid, signal.SIGTERM)  # the driver only, as a scheduler's preemption
+        first.wait(timeout=120)
+    finally:
+        _kill_group(first)
+    text = log.read_text()
+    assert first.returncode == 143 and "*** SIGTERM received" not in text, text[-3000:]
+    assert "terminated (SIGTERM): continue with  stablesweep ramp " in text, text[-3000:]
+    state = json.loads((out / "t" / "run.json").read_text())
+    tracker = Tracker(state["tracking_uri"])
+    assert [p.status for p in tracker.sweep_runs(kind="ramp")] == ["KILLED"]
+    children = tracker.children(state["parent_run_id"])
+    assert children and not [c for c in children if c.status == "RUNNING"]
