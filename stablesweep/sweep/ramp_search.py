@@ -53,6 +53,7 @@ from stablesweep.vocab import (
     OBJECTIVE,
     REASON,
     REPLICATE,
+    REPORTED_AT,
     SEED_KEY,
     STABLE,
     STEP,
@@ -301,7 +302,7 @@ class RampCallback(MlflowCallback):
         summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
                    if isinstance(m.get(k), (int, float))}
         summary.update({STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops})
-        ended = m.get("timestamp")
+        ended = m.get(REPORTED_AT, m.get("timestamp"))  # Tune's timestamp is whole seconds
         self.tracker.finish_trial(run_id, probe.verdict, probe.reason, probe.first_bad_step, summary,
                                   {"node_id": probe.node_id} if probe.node_id else None,
                                   ended_at=ended if isinstance(ended, (int, float)) and not errored else None)
