@@ -192,7 +192,9 @@ def ramp(config: str | Path | dict, *, log: Log = print, verbose: bool = False, 
     Options are `stablesweep ramp`'s flags by their field names in `RampOptions`: `lr_start`,
     `lr_stop`, `ladder`, `steps`, `space` (a path or a dict: its categorical axes give the
     settings), `parallel`, `resolution`, `mode`, `replicates`, `out` (default runs/ramps, MLflow
-    in runs/mlflow.db), `name`, `num_cpus`, ... Config overrides: `training__warmup_steps=0`.
+    in runs/mlflow.db), `name`, `resume` (continue the stopped ramp `name`), `num_cpus`, ... Config
+    overrides: `training__warmup_steps=0`. A ramp stopped by Ctrl-C raises KeyboardInterrupt, its
+    state saved for `resume=True`.
     """
     from stablesweep.quiet import quiet
     from stablesweep.sweep.options import RampOptions
@@ -205,6 +207,9 @@ def ramp(config: str | Path | dict, *, log: Log = print, verbose: bool = False, 
     with config_file(config) as path, (config_file(space, "space") if space is not None else nullcontext()) as sp:
         res = run_ramp(RampOptions(config=str(path), space=str(sp) if sp else None, overrides=overrides, **opts),
                        echo=log or (lambda s: None))
+    if res.interrupted:
+        raise KeyboardInterrupt(f"ramp {res.name} stopped; continue it with stablesweep.ramp(..., "
+                                f"name={res.name!r}, resume=True)")
     # each setting's recommended file, as ramp.json names it (None where nothing is recommended)
     paths = {x["setting"]: res.ramp_dir / x["recommended_file"] for x in res.summary if x.get("recommended_file")}
     return Ramped(name=res.name, dir=res.ramp_dir, settings=[_row(x) for x in res.summary],

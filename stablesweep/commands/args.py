@@ -1,12 +1,14 @@
 """Options and their values that several commands share, so that no command module imports
 another: --set (`add_set_argument`), the options of a run on a multi-node cluster
-(`add_cluster_arguments`, of `sweep` and `ramp`), and the MLflow store a reading command uses when
---mlflow is not given (`resolve_uri`, of `compare` and `explain`).
+(`add_cluster_arguments`, of `sweep` and `ramp`), the command line that continues a stopped sweep
+or ramp (`resume_command`), and the MLflow store a reading command uses when --mlflow is not given
+(`resolve_uri`, of `compare` and `explain`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from stablesweep.vocab import InputError
@@ -65,3 +67,16 @@ def resolve_uri(uri: str | None) -> str:
     raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
                      "`stablesweep sweep` and `ramp`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
                      "or a server such as http://127.0.0.1:5000")
+
+
+def resume_command(argv: list[str], name: str, command: str) -> str:
+    """This very command line (`stablesweep COMMAND ...`), with --name and --resume: the same config,
+    space and overrides."""
+    args = list(argv[1:])
+    if command in args:
+        args = args[args.index(command):]
+    if "--name" not in args and not any(a.startswith("--name=") for a in args):
+        args += ["--name", name]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "stablesweep " + shlex.join(args)

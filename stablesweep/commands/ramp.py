@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from stablesweep.commands.args import add_cluster_arguments
+from stablesweep.commands.args import add_cluster_arguments, resume_command
 from stablesweep.vocab import SAFETY
 
 EPILOG = """\
@@ -24,6 +25,9 @@ examples:
   # let an lr range test (exponential lr, stopped at 4x the best smoothed loss) propose the bracket
   stablesweep ramp my.yaml --first-pass range-test
 
+  # continue a stopped ramp (Ctrl-C, SIGTERM, a killed driver): the same command, plus --resume
+  stablesweep ramp my.yaml --mode continue --name food-ramp --resume
+
 How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
 settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung
 diverges, then the bracket [last stable, first diverged] is bisected in log space until its ratio
@@ -43,15 +47,20 @@ the recommended lr is at most --safety x the 5%-risk lr. With K=1 the output say
 a single-seed estimate.
 
 Writes OUT/NAME/ramp.json, ramp.md, ramp.png and recommended/<setting>.yaml (lr = max stable x
---safety), and Tune's rounds in OUT/NAME/tune; logs a parent MLflow run with one child run a probe
-(runs/mlflow.db with the default --out, the store sweeps write too, else OUT/mlflow.db; unless
---mlflow). With a URI --out, only Tune's rounds go there (OUT/NAME/tune); the rest to LOCAL_DIR.
+--safety), and Tune's experiment of the probes in OUT/NAME/tune (the whole ramp is one Tune run);
+logs a parent MLflow run with one child run a probe (runs/mlflow.db with the default --out, the
+store sweeps write too, else OUT/mlflow.db; unless --mlflow). With a URI --out, only Tune's
+experiment goes there (OUT/NAME/tune); the rest to LOCAL_DIR.
+
+A stopped ramp (Ctrl-C, SIGTERM, a killed driver) continues with the same command plus --resume:
+the probes that ended are kept, those that were running go on from their checkpoints.
 
 On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
 their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
 last stable rung's checkpoint, which may lie on another node. A probe whose node is lost is
 retried from its last checkpoint (--max-failures, 2 by default there).
-Exit status: 0 done, 1 no setting has a stable lr, 2 bad input.
+Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 130 interrupted (continue with
+--resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 
@@ -111,6 +120,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the edge's margin (default 3; 0: choose among the climb's probes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the ramp --name in --out (default: the newest one there) where it stopped: "
+                        "probes that ended are kept, those that were running go on from their checkpoints")
     p.set_defaults(func=run)
 
 
@@ -118,5 +130,10 @@ def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
 
-    result = run_ramp(RampOptions.from_args(args))
+    result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    if result.interrupted:
+        from stablesweep.signals import stop_status, stop_word
+
+        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, result.name, 'ramp')}", file=sys.stderr)
+        return stop_status()
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1

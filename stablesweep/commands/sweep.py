@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
-from stablesweep.commands.args import add_cluster_arguments
+from stablesweep.commands.args import add_cluster_arguments, resume_command
 from stablesweep.vocab import ERROR, REASON, VERDICT
 
 EPILOG = """\
@@ -115,18 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resume_command(argv: list[str], name: str) -> str:
-    """This very command line, with --name and --resume: the same config, space and overrides."""
-    args = list(argv[1:])
-    if "sweep" in args:
-        args = args[args.index("sweep"):]
-    if "--name" not in args and not any(a.startswith("--name=") for a in args):
-        args += ["--name", name]
-    if "--resume" not in args:
-        args.append("--resume")
-    return "stablesweep " + shlex.join(args)
-
-
 def run(args: argparse.Namespace) -> int:
     from stablesweep.config import load_config
     from stablesweep.sweep.options import SweepOptions
@@ -146,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = run_sweep(opts, echo=lambda s: print(s, flush=True), plan=plan)
     except OutputFault as e:
-        print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name)}", file=sys.stderr)
+        print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name, 'sweep')}", file=sys.stderr)
         return 74
     c = res.counts
     print()
@@ -185,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if res.interrupted:
         from stablesweep.signals import stop_status, stop_word
 
-        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, res.name)}", file=sys.stderr)
+        print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, res.name, 'sweep')}", file=sys.stderr)
         return stop_status()
     if c.get("error"):
         errors = res.table[res.table[VERDICT] == ERROR]

@@ -49,10 +49,16 @@ class MlflowCallback(Callback):
         self.sweep = sweep
         self._last: dict[str, int] = {}
 
-    def _run(self, trial) -> str:
+    core = False  # log only the numbers every report holds (`trial_metrics(core=True)`), no early warning
+
+    def describe(self, trial) -> tuple[str, dict, dict | None]:
+        """A trial's child run: its name, its params and its setting (the categorical values)."""
         params = {k: trial.config.get(k) for k in self.param_keys}
-        run_id = self.tracker.trial_run(self.parent, trial.trial_id, short_name(params), params,
-                                        setting={k: params.get(k) for k in self.setting_keys})
+        return short_name(params), params, {k: params.get(k) for k in self.setting_keys}
+
+    def _run(self, trial) -> str:
+        name, params, setting = self.describe(trial)
+        run_id = self.tracker.trial_run(self.parent, trial.trial_id, name, params, setting=setting)
         if trial.trial_id not in self._last:
             self._last[trial.trial_id] = self.tracker.last_step(run_id)
         return run_id
@@ -66,8 +72,9 @@ class MlflowCallback(Callback):
             step = result.get(STEP)
             if not isinstance(step, int) or step <= self._last.get(trial.trial_id, -1):
                 return  # a step an earlier (interrupted) run already logged
-            self.tracker.log_trial_metrics(run_id, trial_metrics(result), step)
-            self.tracker.log_at_risk(run_id, result, step)  # a bool: `trial_metrics` leaves it out
+            self.tracker.log_trial_metrics(run_id, trial_metrics(result, core=self.core), step)
+            if not self.core:
+                self.tracker.log_at_risk(run_id, result, step)  # a bool: `trial_metrics` leaves it out
             if result.get(HISTORY):  # the last report of a diverged trial: the steps that led there
                 self.tracker.log_trial_history(run_id, result[HISTORY], result.get(FIRST_BAD_STEP))
             self._last[trial.trial_id] = step
@@ -83,7 +90,7 @@ class MlflowCallback(Callback):
     def _finish(self, trial, errored: bool) -> None:
         run_id = self._run(trial)
         res = trial.last_result or {}
-        o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
+        o = final_verdict(res, errored=errored, error=error_text(trial_error(trial)) if errored else None)
         summary = {k: res[k] for k in (OBJECTIVE, INITIAL_LOSS, TRAIN_FLOPS) if isinstance(res.get(k), (int, float))}
         summary[STEPS] = o.steps
         self.tracker.finish_trial(run_id, o.verdict, o.reason, o.first_bad_step, summary, ended_at=o.ended_at)
@@ -96,7 +103,7 @@ class MlflowCallback(Callback):
             logger.warning("MLflow logging failed (%s: %s); the sweep goes on", type(e).__name__, e)
 
 
-def _trial_error(trial) -> str | None:
+def trial_error(trial) -> str | None:
     """The error text of a failed trial: the driver's local error file (written before the
     callbacks run; the copy in storage comes later), else the stored one."""
     try:
@@ -136,7 +143,7 @@ class ProgressCallback(Callback):
             step = (trial.last_result or {}).get(STEP)
             n = getattr(getattr(trial, "run_metadata", None), "num_failures", None)
             name = short_name({k: trial.config.get(k) for k in self.param_keys})
-            why = error_text(_trial_error(trial)) or "its worker failed"
+            why = error_text(trial_error(trial)) or "its worker failed"
             (self.echo or print)(f"[retry]  {name}  failed ({why[:200]}); retrying"
                                  + (f" from its checkpoint at step {step}" if step else " from the start")
                                  + (f" (failure {n} of at most {trial.max_failures})" if n else "")
@@ -149,7 +156,7 @@ class ProgressCallback(Callback):
             self._seen.add(trial.trial_id)
             n = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._seen)
             res = trial.last_result or {}
-            o = final_verdict(res, errored=errored, error=error_text(_trial_error(trial)) if errored else None)
+            o = final_verdict(res, errored=errored, error=error_text(trial_error(trial)) if errored else None)
             name = short_name({k: trial.config.get(k) for k in self.param_keys})
             budget = res.get(BUDGET_STEPS)
             what = f"steps {o.steps}" + (f"/{budget}" if budget else "")

@@ -1,7 +1,8 @@
 """The recovery invariant: after any interruption and one `--resume`, every setting of a grid sweep
 exactly once in trials.csv, in the Optuna study and in the MLflow store, nothing RUNNING or WAITING.
 The tests (`tests/sweep/test_runner.assert_exactly_once`) and the fault-injection harness
-(`bench/chaos.py`) check it through this one function."""
+(`bench/chaos.py`) check it through this one function; a ramp's (every probe once in ramp.json and
+MLflow) is `ramp_exactly_once_problems`."""
 from __future__ import annotations
 
 import json
@@ -60,4 +61,41 @@ def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
               and c.status != STATUS[verdicts[c.tags["stablesweep.trial_id"]]]]
     if status:
         problems.append(f"mlflow: runs {status} whose status is not their verdict's")
+    return problems
+
+
+def ramp_exactly_once_problems(ramp_dir: Path) -> list[str]:
+    """The same invariant for a ramp: every probe of ramp.json (its range tests too) under its own
+    trial, exactly one MLflow child run a probe with the probe's verdict as its status, nothing
+    RUNNING, one parent run of the ramp, FINISHED (empty: it holds)."""
+    from stablesweep.tracking import STATUS, Tracker
+
+    problems: list[str] = []
+    doc_path, state_path = ramp_dir / "ramp.json", ramp_dir / "run.json"
+    if not doc_path.exists() or not state_path.exists():
+        return [f"no {doc_path} or {state_path}"]
+    doc, state = json.loads(doc_path.read_text()), json.loads(state_path.read_text())
+    probes = [p for x in doc["settings"] for p in [*x["probe_list"], *([x["range_test"]] if x["range_test"] else [])]]
+    ids = [p["trial_id"] for p in probes]
+    if None in ids or len(set(ids)) != len(ids):
+        problems.append(f"ramp.json: {len(ids)} probes under {len(set(ids) - {None})} trials")
+    keys = [(x["setting"], p["phase"], p["lr"], p["seed"]) for x in doc["settings"] for p in x["probe_list"]]
+    if len(set(keys)) != len(keys):
+        problems.append("ramp.json: a probe (setting, phase, lr, seed) more than once")
+    tr = Tracker(state["tracking_uri"], experiment=state["experiment"])
+    parents = [p for p in tr.sweep_runs(kind="ramp") if p.tags.get("sweep_dir") == str(ramp_dir)]
+    if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":
+        problems.append(f"mlflow: parents {[(p.run_id[:8], p.status) for p in parents]}")
+    children = tr.children(state["parent_run_id"])
+    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(map(str, ids)):
+        problems.append(f"mlflow: {len(children)} child runs for the {len(ids)} probes")
+    running = [c.run_id[:8] for c in children if c.status == "RUNNING"]
+    if running:
+        problems.append(f"mlflow: runs {running} RUNNING")
+    verdicts = {p["trial_id"]: p["verdict"] for p in probes}
+    wrong = [c.run_id[:8] for c in children if c.tags.get("stablesweep.trial_id") in verdicts
+             and (c.status != STATUS[verdicts[c.tags["stablesweep.trial_id"]]]
+                  or c.tags.get("verdict") != verdicts[c.tags["stablesweep.trial_id"]])]
+    if wrong:
+        problems.append(f"mlflow: runs {wrong} whose status or verdict is not their probe's")
     return problems

@@ -109,3 +109,4 @@ class RampOptions(RunOptions):
     evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
     replicates: int = 0  # K seeds at the lrs around each bracket, then P(fails | lr) (0: none)
     samples: int = 3  # lrs sampled below each setting's largest safe lr before it recommends one (0: none)
+    resume: bool = False  # continue the ramp --name (default: the newest) in --out where it stopped

@@ -1,4 +1,6 @@
-"""Run the lr ramp: the planner's probes as Tune trials, round by round, logged to MLflow.
+"""Run the lr ramp: its plan (every check before Ray), its probes as one Tune run (`ramp_search`:
+the searcher that hands them out as the planner proposes them, the callback that logs them to
+MLflow), its outputs, and `--resume`.
 
 Layout, under `--out` (default runs/ramps):
 
@@ -8,12 +10,20 @@ Layout, under `--out` (default runs/ramps):
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
     OUT/NAME/ramp_boundary.png      with --replicates: P(fails | lr) per setting, points at the replicates
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
-    OUT/NAME/tune/round_NNN/        Tune's experiment of each round: probe results and checkpoints
+    OUT/NAME/run.json               what --resume needs: the MLflow store and parent run, Tune's experiment
+    OUT/NAME/tune/                  Tune's experiment of the ramp: tuner.pkl, its state and the searcher's
+                                    (settings, probes, batches), trial_<id>/ a probe: results, checkpoints
+
+`--resume` (same `--out` and `--name`) restores Tune's experiment with the searcher's state: probes
+that ended are not run again, those that were running go on from their checkpoints (Tune keeps
+their trial ids), and the probes Tune's last snapshot did not hold run again under new trials,
+their MLflow runs deleted first; the parent run of run.json is reused and ends FINISHED, with one
+child run a probe. Ctrl-C or SIGTERM stop the run as Tune does (its state saved), the runs KILLED.
 
 On a cluster the rules are the sweep's (`cluster.cluster_checks`): probes run on the worker nodes
 and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
 be shared storage (a path declared with `--shared-storage`, or a bucket URI, with the ramp's own
-files then under `--local-dir`, Tune's experiments at OUT/NAME/tune). Continue mode warm-starts a
+files then under `--local-dir`, Tune's experiment at OUT/NAME/tune). Continue mode warm-starts a
 rung from the last stable rung's checkpoint in that storage, wherever either probe ran; a probe
 whose node is lost is retried (`--max-failures`) from its last checkpoint.
 """
@@ -21,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +48,6 @@ from stablesweep.analysis.answer import (
     boundary_markdown,
     boundary_text,
 )
-from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
 from stablesweep.sweep.options import RampOptions
@@ -47,36 +55,15 @@ from stablesweep.sweep.placement import check_run_options, cluster_checks, ephem
 from stablesweep.sweep.ramp import (
     CLIMBS,
     LADDERS,
-    RUNNING,
-    SAMPLE,
-    Probe,
     Setting,
     boundary_runs,
     ladder,
-    next_probes,
-    replicate_probes,
-    sample_lrs,
-    seed_from_range_test,
 )
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space
 from stablesweep.vocab import (
     BUDGET_STEPS,
-    DIVERGED,
-    ERROR,
-    FIRST_BAD_STEP,
-    FLOPS_PER_STEP,
-    HISTORY,
-    INITIAL_LOSS,
     LR_KEY,
-    OBJECTIVE,
-    REASON,
-    REPLICATE,
-    SEED_KEY,
-    STABLE,
-    STEP,
-    STEPS,
     TRAIN_FLOPS,
-    VERDICT,
     InputError,
     short_name,
 )
@@ -95,6 +82,7 @@ class RampResult:
     parent_run_id: str
     wall_s: float
     answers: list[SettingAnswer] = field(default_factory=list)  # per setting, as `summary`
+    interrupted: bool = False  # stopped by Ctrl-C or SIGTERM: `ramp --resume` goes on
 
 
 # ---- planning (no Ray) -----------------------------------------------------------------------
@@ -166,12 +154,12 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
 
 
 def ramp_paths(opts: RampOptions, name: str) -> tuple[Path, Path, str]:
-    """(the directory for the ramp's own files, the ramp's directory in it, Tune's storage for its
-    rounds): OUT/NAME and OUT/NAME/tune for a path --out; --local-dir/NAME and OUT_URI/NAME/tune for
+    """(the directory for the ramp's own files, the ramp's directory in it, Tune's experiment of its
+    probes): OUT/NAME and OUT/NAME/tune for a path --out; --local-dir/NAME and OUT_URI/NAME/tune for
     a URI --out."""
     out, storage = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
     ramp_dir = out / name
-    return out, ramp_dir, (str(ramp_dir / "tune") if uri_scheme(opts.out) is None else f"{storage}/{name}/tune")
+    return out, ramp_dir, (str(ramp_dir / TUNE) if uri_scheme(opts.out) is None else f"{storage}/{name}/{TUNE}")
 
 
 def climb_of(opts: RampOptions) -> str:
@@ -180,56 +168,110 @@ def climb_of(opts: RampOptions) -> str:
     return opts.climb or ("step" if opts.mode == "continue" else "gallop")
 
 
-# ---- the loop -----------------------------------------------------------------------------------
+# ---- the run ------------------------------------------------------------------------------------
+
+TUNE = "tune"  # Tune's experiment of the ramp's probes, in the ramp's folder (or in --out, a URI)
+STATE_FILE = "run.json"  # what --resume needs: the MLflow store, the parent run, Tune's experiment
+
+
+def resume_name(opts: RampOptions) -> str:
+    """The ramp that --resume continues: --name, else the newest ramp in --out."""
+    if opts.name:
+        return opts.run_name("ramp")
+    out, _ = storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)
+    found = sorted(out.glob(f"*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise InputError(f"--resume: no ramp in {out} to continue; name one with --name, or start one without --resume")
+    return found[-1].parent.name
+
+
+def read_state(ramp_dir: Path, name: str) -> dict:
+    """The ramp's STATE_FILE, for --resume; a clear error where there is no ramp to continue."""
+    path = ramp_dir / STATE_FILE
+    if not path.is_file():
+        what = ("holds no ramp that can be continued (it was stopped before it started, or was made by an older "
+                "version)" if ramp_dir.is_dir() else "does not exist")
+        raise InputError(f"--resume --name {name}: {ramp_dir} {what}; start it without --resume"
+                         + (" under another --name" if ramp_dir.is_dir() else ""))
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"--resume --name {name}: {path} is not readable JSON ({e})") from None
+
+
+def _plan_of(opts: RampOptions, cfg, settings: list[Setting]) -> dict[str, Any]:
+    """What decides a ramp's probes: a resumed ramp goes on with the plan it was started with."""
+    return {"config": cfg.to_dict(), "settings": [s.params for s in settings], "lr_start": opts.lr_start,
+            "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts), "resolution": opts.resolution,
+            "parallel": opts.parallel, "safety": opts.safety, "mode": opts.mode, "first_pass": opts.first_pass,
+            "range_steps": opts.range_steps, "replicates": opts.replicates, "samples": opts.samples,
+            "evaluate": opts.evaluate}
+
+
+def check_same_plan(state: dict, plan: dict[str, Any], ramp_dir: Path) -> None:
+    """--resume with other options or another config than the ramp's start is refused, naming them."""
+    before = json.loads(json.dumps(state.get("plan", plan), default=str))
+    now = json.loads(json.dumps(plan, default=str))
+    changed = [k for k in now if before.get(k) != now[k]]
+    if changed:
+        raise InputError(f"--resume: {ramp_dir} was started with other " + ", ".join(
+            "the config" if k == "config" else f"--{k.replace('_', '-')} ({before.get(k)!r}, now {now[k]!r})"
+            for k in changed) + "; resume it with the command it was started with (plus --resume)")
+
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
     base, cfg, settings, notes = plan_ramp(opts)
     started = time.time()
-    name = opts.run_name("ramp")
-    out, ramp_dir, storage = ramp_paths(opts, name)
-    if ramp_dir.exists() and any(ramp_dir.iterdir()):
-        raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; choose another --name or --out")
+    name = resume_name(opts) if opts.resume else opts.run_name("ramp")
+    out, ramp_dir, experiment = ramp_paths(opts, name)
+    state = read_state(ramp_dir, name) if opts.resume else None
+    if state is not None:
+        check_same_plan(state, _plan_of(opts, cfg, settings), ramp_dir)
+    if state is None and ramp_dir.exists() and any(ramp_dir.iterdir()):
+        raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; continue it with --resume, or choose "
+                         "another --name or --out")
     # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
     from stablesweep.analysis.boundary import fit_boundary
     from stablesweep.analysis.plots import boundary_data, plot_boundary
+    from stablesweep.sweep.recovery import close_runs, delete_other_runs
     from stablesweep.sweep.session import ray_session
-    from stablesweep.tracking import Tracker, create_store, stable_trials_link, ui_command
+    from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
 
     for n in notes:
         echo(f"note: {n}")
     with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         ramp_dir.mkdir(parents=True, exist_ok=True)
-        uri = opts.mlflow or opts.default_tracking_uri(out)
+        uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
         create_store(uri)
-        tracker = Tracker(uri, experiment=opts.experiment)
+        tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
         budget = cfg.training.steps
-        params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
-                  "climb": climb_of(opts), "resolution": opts.resolution, "parallel": opts.parallel,
-                  "safety": opts.safety,
-                  "mode": opts.mode, "first_pass": opts.first_pass or "none", BUDGET_STEPS: budget,
-                  "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
-                  "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
-        parent = tracker.start_sweep(name, params, tags={"sweep_dir": str(ramp_dir)},
-                                     texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)}, kind="ramp")
+        if state:
+            parent = state["parent_run_id"]
+            tracker.resume_sweep(parent)
+            echo(f"resuming ramp {name} ({ramp_dir})")
+        else:
+            parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment)
+            _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
+                                    "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
+                                    "experiment": tracker.experiment, "parent_run_id": parent,
+                                    "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings)})
         echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
              f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
              f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
-        if shape.n_nodes > 1 or storage != str(ramp_dir / "tune"):
-            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {storage}; the ramp's files in {ramp_dir}; "
+        if shape.n_nodes > 1 or experiment != str(ramp_dir / TUNE):
+            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
                  f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
                  + (" from its checkpoint" if max_failures else ""))
-        runner = _Rounds(opts, cfg, tracker, parent, echo, max_concurrent=max_concurrent,
-                         max_failures=max_failures, storage=storage)
-        runner.run(settings)
-        fits = None
-        if opts.replicates:
-            runner.replicate(settings, opts.replicates, cfg.training.seed)
-            fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
-        if opts.samples:  # the best-training lr below each edge, then the fit again over every probe
-            runner.sample(settings, opts.samples, [f[0].lr_at_risk for f in fits] if fits else None)
-            if fits:
-                fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings]
+        searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
+                          max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None)
+        settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
+        if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
+            close_runs(tracker, parent)
+            return RampResult(name, ramp_dir, settings, [], {}, uri, parent, time.time() - started, interrupted=True)
+        ended = searcher.probes()
+        delete_other_runs(tracker, parent, {r.trial_id for r in ended})  # a probe that runs again: one run
+        fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings] if opts.replicates else None
         bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
         answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
         summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
@@ -244,8 +286,11 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                                    "compute_s": float(sum(x["compute_s"] for x in summary))},
                           tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
         tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
-        for s, lr, run in runner.runs:  # as a sweep's trials: lr over the setting's smallest diverged lr
-            tracker.set_margin(run, lr / s.min_diverged if s.min_diverged else None)
+        runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
+        for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
+            if r.trial_id in runs:
+                s = r.setting
+                tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
         echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
              + answers_text(answers, RAMP_TEXT_COLUMNS))
         if fits:
@@ -258,177 +303,68 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
 
 
-@dataclass
-class _Request:
-    """One probe to run: its setting, lr and phase, and its trial's config."""
+def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], tracker, name: str, ramp_dir: Path,
+                  experiment: str) -> str:
+    """The ramp's parent MLflow run (its STATE_FILE names it for --resume). A parent of this ramp's
+    folder that a start killed before the file was written is deleted first."""
+    params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
+              "climb": climb_of(opts), "resolution": opts.resolution, "parallel": opts.parallel,
+              "safety": opts.safety,
+              "mode": opts.mode, "first_pass": opts.first_pass or "none", BUDGET_STEPS: cfg.training.steps,
+              "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
+              "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
+    for run in tracker.sweep_runs(kind="ramp"):
+        if run.tags.get("sweep_dir") == str(ramp_dir):
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+            tracker.delete_run(run.run_id)
+    parent = tracker.start_sweep(name, params, tags={"sweep_dir": str(ramp_dir), "tune_experiment": experiment},
+                                 texts={"config.yaml": yaml.safe_dump(base, sort_keys=False)}, kind="ramp")
+    return parent
 
-    setting: Setting
-    lr: float
-    phase: str
-    config: dict[str, Any]  # the trial config of `trainable.run_trial`: dotted config keys (and WARM_START)
-    start_step: int = 0  # continue mode: the step its warm start begins at
+
+def _write_state(ramp_dir: Path, state: dict) -> None:
+    tmp = ramp_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    tmp.replace(ramp_dir / STATE_FILE)
 
 
-def _config_key(config: dict[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, default=str)
+def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
+           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool):
+    """Every probe of the ramp, as one Tune run (`ramp_search`); returns its searcher. A resumed
+    ramp restores Tune's experiment (and with it the searcher's state): probes that ended are not
+    run again, those that were running go on; the MLflow runs of probes that Tune's last snapshot
+    did not hold (they run again under new trials) are deleted first."""
+    from ray import tune
 
+    from stablesweep.sweep.ramp_search import RampCallback, RampSearcher
+    from stablesweep.sweep.recovery import can_restore, delete_other_runs, repair_error_files, trial_ids_in
+    from stablesweep.sweep.session import make_tuner, trial_trainable
 
-class _Rounds:
-    """Round by round: every running setting's next probes, all as one Tune experiment."""
-
-    def __init__(self, opts: RampOptions, cfg, tracker, parent: str, echo: Callable[[str], None], *,
-                 max_concurrent: int, max_failures: int = 0, storage: str):
-        self.opts, self.tracker, self.parent, self.echo = opts, tracker, parent, echo
-        self.max_concurrent, self.max_failures, self.storage = max_concurrent, max_failures, storage
-        self.round = 0
-        self.runs: list[tuple[Setting, float, str]] = []  # each probe's setting, lr and MLflow run
-        self.per_setting = 1 if opts.mode == "continue" else opts.parallel
-        self.budget = cfg.training.steps
-        from stablesweep.sweep.session import trial_trainable
-
-        # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
-        self.trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
-
-    def run(self, settings: list[Setting]) -> None:
-        todo: dict[str, list[tuple[float, str]]] = {}
-        if self.opts.first_pass == "range-test":
-            rt_steps = self.opts.range_steps or self.budget
-            reqs = [self._request(s, self.opts.lr_start, "range-test", steps=rt_steps) for s in settings]
-            for s, probe in zip(settings, self._execute(reqs)):
-                probe.lr = self.opts.lr_start
-                todo[s.key] = seed_from_range_test(s, probe, self.opts.lr_start, self.opts.lr_stop, rt_steps,
-                                                   self.per_setting)
-                where = (f"blew up at step {probe.first_bad_step}" if probe.verdict == DIVERGED
-                         else "never diverged")
-                self.echo(f"  range test {short_name(s.params) or 'config'}: {where}; verifying "
-                          + ", ".join(f"{lr:.2e}" for lr, _ in todo[s.key]))
-        else:
-            todo = {s.key: next_probes(s, self.per_setting, self.opts.resolution) for s in settings}
-        announced: set[str] = set()
-        while any(todo.values()):
-            reqs = [self._request(s, lr, phase) for s in settings for lr, phase in todo.get(s.key, [])]
-            for req, probe in zip(reqs, self._execute(reqs)):
-                req.setting.probes.append(probe)
-            todo = {s.key: next_probes(s, self.per_setting, self.opts.resolution) for s in settings}
-            for s in settings:
-                if s.status != RUNNING and s.key not in announced:
-                    announced.add(s.key)
-                    self.echo(f"  done {short_name(s.params) or 'config'}: {s.status}, max stable "
-                              f"{sig3_text(s.max_stable)}, min failed {sig3_text(s.min_failed)}, {len(s.probes)} probes")
-
-    def replicate(self, settings: list[Setting], k: int, base_seed: int) -> None:
-        """K seeds at the lrs around each bracketed setting's boundary, in one round, from scratch."""
-        reqs = []
-        for s in settings:
-            for lr, seed in replicate_probes(s, k, base_seed):
-                req = self._request(s, lr, REPLICATE)
-                req.config[SEED_KEY] = seed
-                reqs.append(req)
-        if not reqs:
-            return
-        for req, probe in zip(reqs, self._execute(reqs)):
-            req.setting.probes.append(probe)
-
-    def sample(self, settings: list[Setting], k: int, at_risk: list[float | None] | None) -> None:
-        """K lrs below each setting's largest safe lr (`ramp.sample_lrs`), in one round, from scratch."""
-        reqs = [self._request(s, lr, SAMPLE) for i, s in enumerate(settings)
-                for lr in sample_lrs(s, k, self.opts.safety, at_risk[i] if at_risk else None)]
-        if reqs:
-            for req, probe in zip(reqs, self._execute(reqs)):
-                req.setting.probes.append(probe)
-
-    def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> _Request:
-        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
-        start_step = 0
-        if phase in (REPLICATE, SAMPLE):
-            pass  # from scratch, whatever the mode: replicates and samples are independent runs
-        elif phase == "range-test":
-            config.update({"training.schedule": "exponential", "training.lr_final": self.opts.lr_stop,
-                           "training.warmup_steps": 0})
-        elif self.opts.mode == "continue":  # from the last stable rung's checkpoint, in Tune's storage
-            from stablesweep.sweep.trainable import WARM_START
-
-            warm = s.last_stable_probe()
-            if warm is not None and warm.checkpoint:
-                config[WARM_START] = warm.checkpoint
-                config["training.steps"] = warm.steps + self.budget
-                start_step = warm.steps
-        if not self.opts.evaluate:
-            config["datasets.skip_evaluation"] = True
-        return _Request(s, float(lr), phase, config, start_step)
-
-    def _execute(self, reqs: list[_Request]) -> list[Probe]:
-        from stablesweep.sweep.session import ListedSearcher, make_tuner
-
-        self.round += 1
-        self.echo(f"round {self.round}: {len(reqs)} probe(s): "
-                  + "; ".join(f"{short_name(r.setting.params) or 'config'} lr {r.lr:.2e}" for r in reqs))
-        tuner = make_tuner(self.trainable, name=f"round_{self.round:03d}", storage=self.storage,
-                           search_alg=ListedSearcher([r.config for r in reqs]), num_samples=len(reqs),
-                           max_concurrent=self.max_concurrent, max_failures=self.max_failures)
-        results = {_config_key(r.config): r for r in tuner.fit()}
-        probes = []
-        for req in reqs:
-            r = results[_config_key(req.config)]
-            m = r.metrics or {}
-            if r.error is not None or VERDICT not in m:
-                probe = Probe(req.lr, ERROR, phase=req.phase, reason=str(r.error)[:200] if r.error else None)
-            else:
-                bad = m.get(FIRST_BAD_STEP)  # None (Tune's rows hold no -1) until a step went bad
-                probe = Probe(req.lr, m[VERDICT], m.get(REASON), -1 if bad is None else int(bad),
-                              int(m.get(STEP, 0)), float(m.get(TRAIN_FLOPS, 0.0)),
-                              float(m.get("time_total_s", 0.0)), req.phase, float(m.get(OBJECTIVE, math.nan)),
-                              start_step=req.start_step,
-                              checkpoint=self._uri(r.checkpoint) if m[VERDICT] == STABLE else None,
-                              trial_id=m.get("trial_id"), node_id=m.get("node_id"))
-            probe.seed = req.config.get(SEED_KEY)
-            probes.append(probe)
-            s = req.setting
-            self._log(s, probe, m, r)
-            self.echo(f"    {short_name(s.params) or 'config'} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
-                      + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == DIVERGED else "")
-                      + (f" steps {probe.start_step}->{probe.steps}" if probe.start_step else ""))
-        return probes
-
-    def _uri(self, checkpoint) -> str | None:
-        """Where a probe's last checkpoint lies, as a path or URI any node can open: Tune gives a
-        path on its storage's filesystem; a bucket's needs its scheme back."""
-        if checkpoint is None:
-            return None
-        scheme = uri_scheme(self.storage)
-        return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
-
-    def _log(self, s: Setting, probe: Probe, m: dict, result) -> None:
-        """A probe's child run, logged after its round: its params, setting and sweep tags, every
-        report at its step and time, a divergence's last steps, its true start and end (its
-        `lr_margin` once the ramp is done: `run_ramp`)."""
-        from stablesweep.tracking import trial_metrics
-
-        params = {**s.params, LR_KEY: probe.lr, "phase": probe.phase}
-        run_name = f"{short_name({**s.params, LR_KEY: probe.lr})} {probe.phase}"
-        trial_id = f"{s.key}-{probe.phase}-{probe.lr:.6e}"
-        if probe.seed is not None:
-            params[SEED_KEY] = probe.seed
-            run_name += f" seed {probe.seed}"
-            trial_id += f"-seed{probe.seed}"
-        ended = m.get("timestamp")
-        started = ended - float(m.get("time_total_s", 0.0)) if isinstance(ended, (int, float)) else None
-        run = self.tracker.trial_run(self.parent, trial_id, run_name, params, tags={"node_id": probe.node_id} if probe.node_id else {},
-                                     setting=s.params, started_at=started)
-        reports = getattr(result, "metrics_dataframe", None)
-        for _, row in (reports.iterrows() if reports is not None else ()):
-            if isinstance(row.get(STEP), (int, float)):
-                self.tracker.log_trial_metrics(run, trial_metrics(row, core=True), int(row[STEP]),
-                                               timestamp=row.get("timestamp"))
-        if m.get(HISTORY):
-            self.tracker.log_trial_history(run, m[HISTORY], probe.first_bad_step)
-        summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
-                   if isinstance(m.get(k), (int, float))}
-        summary.update({STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops})
-        self.tracker.finish_trial(run, probe.verdict, probe.reason, probe.first_bad_step, summary,
-                                  ended_at=ended if isinstance(ended, (int, float)) else None)
-        self.runs.append((s, probe.lr, run))
-
+    # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
+    trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
+    local = uri_scheme(experiment) is None
+    if resume and can_restore(experiment):
+        known = trial_ids_in(Path(experiment)) if local else None
+        if known is not None:
+            repair_error_files(Path(experiment))
+            delete_other_runs(tracker, parent, known)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks or []
+                        if isinstance(cb, RampCallback))
+        searcher = callback.searcher
+        callback.echo = searcher.echo = echo
+        searcher.tune_trials = known
+    else:
+        if resume:  # stopped before Tune's first snapshot: every probe runs (again)
+            delete_other_runs(tracker, parent, set())
+        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo)
+        storage, exp_name = experiment.rsplit("/", 1)
+        tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
+                           max_concurrent=max_concurrent, max_failures=max_failures,
+                           callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo)])
+    tuner.fit()
+    return searcher
 
 # ---- outputs ------------------------------------------------------------------------------------
 

@@ -158,8 +158,31 @@ def newest_state(folder: Path) -> Path | None:
 
 
 def trial_ids_of(plan: SweepPlan) -> set[str]:
-    newest = newest_state(plan.sweep_dir)
+    return trial_ids_in(plan.sweep_dir)
+
+
+def trial_ids_in(folder: Path) -> set[str]:
+    """The trial ids of the Tune experiment in `folder`, as its newest whole state holds them."""
+    newest = newest_state(folder)
     return (_trial_ids(newest) or set()) if newest is not None else set()
+
+
+def delete_other_runs(tracker, parent: str, keep: set[str]) -> list[str]:
+    """Child runs of `parent` whose trial is not in `keep` closed and deleted (MLflow keeps them in
+    its trash): a ramp's probes that Tune lost or runs again under another trial. Returns their trials."""
+    from stablesweep.tracking import TRIAL_TAG
+
+    gone = []
+    for run in tracker.children(parent):
+        tid = run.tags.get(TRIAL_TAG)
+        if tid not in keep:
+            if run.status == "RUNNING":
+                tracker.close_run(run.run_id, "KILLED")
+            tracker.delete_run(run.run_id)
+            gone.append(tid)
+    if gone:
+        logger.warning("deleted %d MLflow run(s) of trials that run again (%s)", len(gone), ", ".join(map(str, gone)))
+    return gone
 
 
 def rerun_lost_trials(plan: SweepPlan, known: set[str]) -> list[int]:

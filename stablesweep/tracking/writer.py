@@ -371,9 +371,9 @@ class Tracker:
                                        max_results=10000)
         return [run_record(r) for r in runs]
 
-    def sweep_runs(self) -> list[RunRecord]:
-        """The parent runs of kind sweep, as plain records."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'sweep'",
+    def sweep_runs(self, kind: str = "sweep") -> list[RunRecord]:
+        """The parent runs of `kind` (sweep, ramp), as plain records."""
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
                                        max_results=1000)
         return [run_record(r) for r in runs]
 

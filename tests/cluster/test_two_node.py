@@ -456,7 +456,7 @@ def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_buc
     # each rung went on from the one before it, from a checkpoint in the "bucket"
     assert [(q["start_step"], q["steps"]) for q in probes] == [(0, 10), (10, 20), (20, 30)]
     for q in probes:
-        assert q["checkpoint"].startswith(bucket.as_uri() + "/r/tune/round_"), q["checkpoint"]
+        assert q["checkpoint"].startswith(bucket.as_uri() + "/r/tune/trial_"), q["checkpoint"]
         assert (Path(q["checkpoint"].removeprefix("file://")) / "checkpoint.pt").is_file()
     assert not (bucket / "r" / "ramp.json").exists() and (local / "r" / "ramp.png").is_file()
     tr = Tracker(f"sqlite:///{local / 'mlflow.db'}")

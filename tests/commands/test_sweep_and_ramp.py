@@ -14,7 +14,7 @@ import pytest
 
 from stablesweep.commands import ramp as ramp_command
 from stablesweep.commands import sweep as sweep_command
-from stablesweep.commands.sweep import resume_command
+from stablesweep.commands.args import resume_command
 from stablesweep.sweep.options import RampOptions, SweepOptions
 from tests.conftest import DEMO, ROOT
 
@@ -46,8 +46,10 @@ def test_the_ramp_defaults_to_its_own_directory():
 
 def test_resume_command_repeats_the_command_line():
     argv = ["/x/__main__.py", "sweep", "c.yaml", "--space", "my space.yaml", "--set", "training.lr=1", "--steps", "40"]
-    assert resume_command(argv, "n1") == ("stablesweep sweep c.yaml --space 'my space.yaml' --set training.lr=1 "
-                                          "--steps 40 --name n1 --resume")
+    assert resume_command(argv, "n1", "sweep") == ("stablesweep sweep c.yaml --space 'my space.yaml' --set "
+                                                   "training.lr=1 --steps 40 --name n1 --resume")
+    argv = ["/x/stablesweep", "ramp", "c.yaml", "--steps", "40", "--name", "r"]
+    assert resume_command(argv, "r", "ramp") == "stablesweep ramp c.yaml --steps 40 --name r --resume"
 
 
 def stablesweep(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -90,6 +92,20 @@ def test_bad_ramp_input_exits_2_before_ray(tmp_path, cli):
         assert p.returncode == 2 and msg in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_ramp_resume_needs_a_ramp_and_a_second_start_is_refused_naming_resume(tmp_path, cli):
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "nope", "--resume")
+    assert p.returncode == 2 and f"--resume --name nope: {tmp_path / 'nope'} does not exist" in p.stderr, p.stderr
+    p = cli("ramp", DEMO, "--out", tmp_path, "--resume")
+    assert p.returncode == 2 and f"--resume: no ramp in {tmp_path} to continue" in p.stderr, p.stderr
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "ramp.md").write_text("a ramp's files\n")
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "r")
+    assert p.returncode == 2 and "already holds a ramp; continue it with --resume" in p.stderr, p.stderr
+    p = cli("ramp", DEMO, "--out", tmp_path, "--name", "r", "--resume")
+    assert p.returncode == 2 and "holds no ramp that can be continued" in p.stderr, p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["r"]  # nothing written
 
 
 def test_replicates_need_the_grid_or_qmc_sampler(tmp_path, cli):

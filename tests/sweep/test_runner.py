@@ -545,6 +545,6 @@ def test_a_killed_probe_worker_is_retried_once_from_its_checkpoint_in_a_ramp(ray
     s = res.settings[0]
     assert [(p.lr, p.verdict, p.steps) for p in s.probes] == [(0.005, "stable", 100), (0.01, "stable", 100)], lines
     assert s.status == NEVER_DIVERGED
-    retried = next((tmp_path / "out" / "rk" / "tune").glob(f"round_001/{killer.order[0]}"))
+    retried = tmp_path / "out" / "rk" / "tune" / killer.order[0]
     steps = [json.loads(ln)["step"] for ln in (retried / "result.json").open()]
     assert steps[-1] == 100 and steps.count(INTERVAL) == 1  # from its checkpoint, not from the start
