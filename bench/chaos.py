@@ -17,6 +17,13 @@ written), each plus a random delay of up to 2 s. The choice of fault, moment and
 by --seed; the faults take turns so that each gets its share of the rounds.
 
     python bench/chaos.py --rounds 60 --minutes 15 --seed 0
+    python bench/chaos.py --rounds 60 --jobs 8 --seed 0     # 8 rounds at once on a bigger machine
+
+With --jobs N, N rounds run at once, each with its own tmpfs, --out, local Ray (its own temp
+folder, RAY_TMPDIR, so that no round reads another's staged Tune state) and logs; a round's plan
+(fault, moment, delay) is the same whatever N. It runs the stablesweep of --root (default this
+checkout) with --root put first on PYTHONPATH, before what PYTHONPATH holds already (so the
+libraries may come from there, without a virtual environment).
 
 Needs root (mount). Every process it starts runs in a session of its own and its whole group is
 killed by id when the round ends, whatever happened. Prints a table (fault x moment: rounds, held)
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import datetime as dt
 import json
 import os
@@ -35,6 +43,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,14 +76,19 @@ def plan_rounds(n: int, seed: int) -> list[tuple[str, str, float]]:
 
 # ---- processes ---------------------------------------------------------------------------------
 
+STOP = threading.Event()  # set when the harness is stopped: no round starts another process
+
+
 class Procs:
-    """Every process group started here, killed by id on exit."""
+    """Every process group a round started, killed by id on exit."""
 
     def __init__(self):
         self.groups: list[subprocess.Popen] = []
 
-    def start(self, cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=env["PYTHONPATH"], env=env,
+    def start(self, cmd: list[str], log: Path, env: dict, cwd: str) -> subprocess.Popen:
+        if STOP.is_set():
+            raise subprocess.SubprocessError("the harness was stopped")
+        p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env=env,
                              start_new_session=True)
         self.groups.append(p)
         return p
@@ -163,12 +177,28 @@ def fill(mnt: Path) -> None:
         pass
 
 
+def round_env(args, i: int) -> dict:
+    """The environment of round i's runs: --root first on PYTHONPATH (then what it held); with
+    --jobs > 1, a Ray temp folder of the round's own (short: Ray's socket paths must fit in 107
+    bytes), so that a resume reads its own round's staged Tune state."""
+    path = [str(args.root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                               if p and Path(p).resolve() != Path(args.root).resolve()]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if not args.address:
+        env["RAY_ADDRESS"] = "local"
+        if args.jobs > 1:
+            env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix=f"ssc{i}-", dir="/tmp")
+    return env
+
+
 def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs, work: Path) -> dict:
     rec = {"round": i, "fault": fault, "moment": moment, "delay": delay}
     mnt = work / f"r{i:03d}"
     mnt.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(mnt)], check=True)
+    env: dict = {}
     try:
+        env.update(round_env(args, i))
         space = work / "grid.yaml"
         out = mnt / "out"
         cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
@@ -176,12 +206,9 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
                "--max-concurrent", "2", "--out", str(out), "--name", "c"]
         if args.address:
             cmd += ["--address", args.address]
-        env = {**os.environ, "PYTHONPATH": str(args.root)}
-        if not args.address:
-            env["RAY_ADDRESS"] = "local"
         log1, log2 = work / f"r{i:03d}.first.log", work / f"r{i:03d}.resume.log"
         t0 = time.time()
-        first = procs.start(cmd, log1, env)
+        first = procs.start(cmd, log1, env, str(args.root))
         deadline = t0 + args.round_timeout
         while time.time() < deadline and first.poll() is None \
                 and not moment_reached(moment, out / "c", log1, t0, delay):
@@ -236,7 +263,7 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
         # stopped before the sweep was recorded (no sweep.json): --resume refuses ("no sweep at"), exit
         # 2, and the same command again starts it, which is what one does then
         rec["before_record"] = not (out / "c" / "sweep.json").exists()
-        second = procs.start(cmd + ([] if rec["before_record"] else ["--resume"]), log2, env)
+        second = procs.start(cmd + ([] if rec["before_record"] else ["--resume"]), log2, env, str(args.root))
         try:
             second.wait(timeout=args.round_timeout)
         except subprocess.TimeoutExpired:
@@ -266,6 +293,8 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
             subprocess.run(["umount", "-l", str(out)], check=False, capture_output=True)
         subprocess.run(["umount", "-l", str(mnt)], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+        if args.jobs > 1 and "RAY_TMPDIR" in env:
+            shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def table(records: list[dict]) -> str:
@@ -299,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(ROOT), help="the stablesweep checkout the sweeps run (default: this one)")
     ap.add_argument("--work", default=None, help="work folder (default: a new temporary one, removed at the end)")
     ap.add_argument("--log", default=None, help="one JSON line a round (default: WORK/rounds.jsonl)")
+    ap.add_argument("--jobs", type=int, default=1, help="rounds run at once (each its own tmpfs, --out and Ray)")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        print("--jobs: at least 1", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("bench/chaos.py: needs root (it mounts a tmpfs a round)", file=sys.stderr)
         return 2
@@ -312,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "grid.yaml").write_text(GRID)
     logf = Path(args.log) if args.log else work / "rounds.jsonl"
-    procs = Procs()
+    live: list[Procs] = []  # the process groups of the rounds running, each round's own
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -322,28 +355,54 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict] = []
     rounds = [r for r in plan_rounds(args.rounds * len(FAULTS) * len(MOMENTS) * 4, args.seed)
               if r[0] in faults and r[1] in moments][:args.rounds]
+    def one(i: int, fault: str, moment: str, delay: float) -> dict:
+        procs = Procs()
+        live.append(procs)
+        try:
+            return run_round(i, fault, moment, delay, args, procs, work)
+        except (OSError, subprocess.SubprocessError) as e:  # the harness's own step failed: say so, go on
+            return {"round": i, "fault": fault, "moment": moment, "delay": delay, "held": None,
+                    "problems": [f"harness: {type(e).__name__}: {e}"]}
+        finally:
+            procs.kill_all()
+            live.remove(procs)
+
+    def done(rec: dict) -> None:
+        records.append(rec)
+        with logf.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"round {rec['round']}: {rec['fault']:15s} {rec['moment']:12s} +{rec['delay']:5.1f}s  first exit "
+              f"{rec.get('first_rc')}, resume exit {rec.get('resume_rc')}, {'held' if rec.get('held') else 'BROKEN'}"
+              + ("" if rec.get("injected", True) else " (sweep ended before the moment)")
+              + (f": {'; '.join(rec['problems'])}" if rec.get("problems") else ""), flush=True)
+
+    todo = [(i, *r) for i, r in enumerate(rounds) if i >= args.start]
+    in_time = lambda: args.minutes is None or time.time() - start <= args.minutes * 60  # noqa: E731
+    pool = concurrent.futures.ThreadPoolExecutor(args.jobs) if args.jobs > 1 else None
     try:
-        for i, (fault, moment, delay) in enumerate(rounds):
-            if i < args.start:
-                continue
-            if args.minutes is not None and time.time() - start > args.minutes * 60:
-                break
-            try:
-                rec = run_round(i, fault, moment, delay, args, procs, work)
-            except (OSError, subprocess.SubprocessError) as e:  # the harness's own step failed: say so, go on
-                rec = {"round": i, "fault": fault, "moment": moment, "delay": delay, "held": None,
-                       "problems": [f"harness: {type(e).__name__}: {e}"]}
-            records.append(rec)
-            with logf.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            print(f"round {i}: {fault:15s} {moment:12s} +{delay:5.1f}s  first exit {rec.get('first_rc')}, "
-                  f"resume exit {rec.get('resume_rc')}, {'held' if rec.get('held') else 'BROKEN'}"
-                  + ("" if rec.get("injected") else " (sweep ended before the moment)")
-                  + (f": {'; '.join(rec['problems'])}" if rec.get("problems") else ""), flush=True)
+        if pool is None:  # one round at a time, in this thread
+            for r in todo:
+                if not in_time():
+                    break
+                done(one(*r))
+        else:  # up to --jobs rounds at once; a new one starts as one ends, while --minutes allow
+            running: set[concurrent.futures.Future] = set()
+            while todo or running:
+                while todo and len(running) < args.jobs and in_time():
+                    running.add(pool.submit(one, *todo.pop(0)))
+                if not running:
+                    break
+                finished, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for f in finished:
+                    done(f.result())
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     finally:
-        procs.kill_all()
+        STOP.set()
+        for procs in list(live):  # the groups of rounds still running (theirs only, by id)
+            procs.kill_all()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     print(f"\nbench/chaos.py --seed {args.seed}: {len(records)} rounds in {(time.time() - start) / 60:.1f} min, "
           f"{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} CPUs; log {logf}\n")
     print(table([json.loads(ln) for ln in logf.read_text().splitlines() if ln.strip()] if logf.exists() else records))

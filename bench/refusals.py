@@ -36,10 +36,13 @@ def fixtures(tmp: Path) -> list[tuple[str, list[str], str]]:
     (tmp / "labels.jsonl").write_text("".join(f'{{"image": "img/{i}.png", "label": {i}}}\n' for i in range(4)))
     (tmp / "missing.jsonl").write_text("".join(f'{{"image": "img/{i}.png", "label": {i % 2}}}\n' for i in range(4))
                                        + '{"image": "img/gone.png", "label": 1}\n')
+    (tmp / "nolabel.jsonl").write_text("".join(f'{{"image": "img/{i}.png", "label": {i % 2}}}\n' for i in range(3))
+                                       + '{"image": "img/3.png", "class": 1}\n')
     man = ("training: {{lr: 1.0e-3, steps: 10}}\nmodel: {{name: small_cnn}}\n"
            "datasets:\n  dataset_configs:\n    d: {{num_classes: 2, train: {train}, val: {train}}}\n")
     (tmp / "labels.yaml").write_text(man.format(train="labels.jsonl"))
     (tmp / "missing.yaml").write_text(man.format(train="missing.jsonl"))
+    (tmp / "nolabel.yaml").write_text(man.format(train="nolabel.jsonl"))
     out = str(tmp / "out")
     sweep = ["sweep", str(DEMO), "--space", str(QUICK), "--out", out]
     return [
@@ -54,6 +57,9 @@ def fixtures(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("data: label out of range", ["sweep", str(tmp / "labels.yaml"), "--space", str(QUICK), "--out", out],
          "outside"),
         ("data: missing image", ["sweep", str(tmp / "missing.yaml"), "--space", str(QUICK), "--out", out], "gone.png"),
+        ("data: manifest line without its label key", ["sweep", str(tmp / "nolabel.yaml"), "--space", str(QUICK),
+                                                       "--out", out], "missing key 'label'"),
+        ("data: label out of range (ramp)", ["ramp", str(tmp / "labels.yaml"), "--out", out], "outside"),
         ("run: --gpus-per-trial 3, no GPU", [*sweep, "--gpus-per-trial", "3"], "--gpus-per-trial"),
         ("run: --samples 0", [*sweep, "--samples", "0"], "--samples 0"),
         ("ramp: --lr-start > --lr-stop", ["ramp", str(DEMO), "--lr-start", "1", "--lr-stop", "0.1", "--out", out],

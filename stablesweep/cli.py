@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from stablesweep import __version__
-from stablesweep.signals import EXIT_INTERRUPTED, stop_status, stop_word, take_sigterm
+from stablesweep.signals import EXIT_INTERRUPTED, stop_status, stop_word, take_sigint, take_sigterm
 from stablesweep.vocab import InputError
 
 # command modules, in the order `--help` lists them
@@ -85,6 +85,7 @@ def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     from stablesweep.quiet import quiet
 
+    take_sigint()  # a Ctrl-C is one at any moment, even in a process started ignoring SIGINT
     take_sigterm()  # SIGTERM stops a run as Ctrl-C does (stablesweep.signals); exit 143
     parser = build_parser()
     argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))

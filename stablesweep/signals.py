@@ -10,6 +10,12 @@ once Ray is up. While Tune's `tuner.fit` runs, SIGINT's handler is Tune's (it en
 next step of its loop, as a first Ctrl-C does); otherwise it is Python's, which raises
 KeyboardInterrupt. SIGTERM calls whichever it is. Imports nothing heavy: the CLI uses it before
 any command module loads.
+
+`take_sigint`: a process started with SIGINT ignored (what a non-interactive shell does to a job
+it starts in the background, `stablesweep sweep ... &`) gets no KeyboardInterrupt from Python, and
+Tune's handler took a Ctrl-C only while the trials ran: one sent before them (while Ray started or
+the MLflow store was made) was lost and the sweep ran to its end. The CLI takes SIGINT as
+KeyboardInterrupt from its start, so a Ctrl-C stops it at any moment.
 """
 from __future__ import annotations
 
@@ -35,6 +41,13 @@ def take_sigterm() -> None:
     """Make SIGTERM take the way of SIGINT in this process (the main thread only can set handlers)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def take_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt in this process even if it was started ignoring it (main
+    thread only; a handler someone set is left as it is)."""
+    if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def terminated() -> bool:

@@ -135,6 +135,16 @@ def run(args: argparse.Namespace) -> int:
     except OutputFault as e:
         print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name, 'sweep')}", file=sys.stderr)
         return 74
+    except KeyboardInterrupt:  # before Tune ran the trials (it takes a Ctrl-C itself while they run), or after
+        from stablesweep.signals import stop_status, stop_word
+        from stablesweep.sweep.plan import STATE_FILE
+
+        if (plan.sweep_dir / STATE_FILE).exists():
+            print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, plan.name)}", file=sys.stderr)
+        else:
+            print(f"\n{stop_word()} before the sweep was recorded: nothing ran, nothing to resume; "
+                  "run the same command again", file=sys.stderr)
+        return stop_status()
     c = res.counts
     print()
     print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "

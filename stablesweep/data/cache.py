@@ -34,17 +34,16 @@ import time
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import PIL
-import torch
-import torchvision
-from torch.utils.data import DataLoader
 
-from .images import normalise
 from .manifests import FileSource
 from .problems import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 FORMAT = "stablesweep-image-cache/1"
 HEADER_BYTES = 4096
@@ -76,6 +75,8 @@ def cache_dir(cfg) -> Path | None:
 
 def source_key(src: FileSource, image_size: int) -> str:
     """sha256 of what the pixels depend on: image files (path, size, mtime) in order, the size, the decoder."""
+    import torchvision  # its version is the decoder's; imported only where a cache file may be used
+
     h = hashlib.sha256(json.dumps({"format": FORMAT, "image_size": image_size, "pillow": PIL.__version__,
                                    "torchvision": torchvision.__version__}).encode())
     for p in src.paths:
@@ -95,8 +96,13 @@ def _layout(n: int, image_size: int) -> tuple[int, int]:
 
 
 def _file_name(src: FileSource, image_size: int, key: str) -> str:
+    return f"{_stem(src, image_size)}{key[:20]}.u8"
+
+
+def _stem(src: FileSource, image_size: int) -> str:
+    """What the cache files of a split at a size are named by, whatever their key (no glob character)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{src.dataset}-{src.split}")
-    return f"{safe}-{image_size}px-{key[:20]}.u8"
+    return f"{safe}-{image_size}px-"
 
 
 def checked_rows(n: int) -> np.ndarray:
@@ -144,6 +150,8 @@ def whole_cache(cfg, dataset: str, split: str, paths: list[str]) -> Path | None:
     if directory is None or not paths:
         return None
     src = FileSource(dataset, split, "", paths, np.zeros(len(paths), np.int64), None, cfg.data.image_size)
+    if not any(directory.glob(_stem(src, cfg.data.image_size) + "*.u8")):
+        return None  # no cache of this split at any key: no file to stat, no decoder to import
     try:
         key = source_key(src, cfg.data.image_size)
     except OSError:  # an image gone: the per-image check says which
@@ -210,11 +218,15 @@ class CachedSource:
                 out[k] = self.source.pixels(int(i))
 
     def pixels(self, i: int) -> torch.Tensor:
+        import torch
+
         out = torch.empty(3, self.image_size, self.image_size, dtype=torch.uint8)
         self.read(np.array([i]), out[None])
         return out
 
     def load(self, i: int) -> torch.Tensor:
+        from .images import normalise
+
         return normalise(self.pixels(i))
 
     def _corrupt(self, i: int) -> None:
@@ -233,7 +245,9 @@ class CachedSource:
 
 # ---- building ---------------------------------------------------------------------------------
 
-class _Decode(torch.utils.data.Dataset):
+class _Decode:
+    """A map-style dataset (what DataLoader reads by index) of a source's decoded images."""
+
     def __init__(self, source: FileSource):
         self.source = source
 
@@ -261,6 +275,9 @@ def build(src: FileSource, path: Path, key: str, *, workers: int, progress: Prog
     permission) propagates, with the temp file removed; so does a DataError of an image that does
     not decode.
     """
+    import torch
+    from torch.utils.data import DataLoader
+
     n, s = len(src), src.image_size
     data, size = _layout(n, s)
     with open(path.with_name(path.name + ".lock"), "a") as lock:

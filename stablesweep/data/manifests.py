@@ -16,18 +16,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from stablesweep.config import Config, DatasetConfig, data_source
 
-from .images import decode, normalise
+from .discover import IMG_EXTENSIONS
 from .problems import DataError, LabelReport, Problem, ProblemKind, SplitReport
 from .synthetic import SyntheticSource, synthetic_sizes
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,8 @@ class FileSource:
 
     def pixels(self, i: int) -> torch.Tensor:
         """The decoded image: uint8 [3,S,S]."""
+        from .images import decode  # torch: the checks import none
+
         try:
             return decode(self.paths[i], self.image_size)
         except (OSError, ValueError) as e:
@@ -138,7 +141,35 @@ class FileSource:
 
     def load(self, i: int) -> torch.Tensor:
         """The normalised image: float32 [3,S,S]."""
+        from .images import normalise
+
         return normalise(self.pixels(i))
+
+
+# ---- ImageFolder layout ------------------------------------------------------------------------
+
+def find_classes(root: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """torchvision.datasets.folder.find_classes without importing torch: the sorted class folders and
+    their indices; FileNotFoundError when there are none."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {root}.")
+    return classes, {c: i for i, c in enumerate(classes)}
+
+
+def make_dataset(root: str | os.PathLike, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """torchvision.datasets.folder.make_dataset(root, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    without importing torch: (path, class index) of every image file, in torchvision's order
+    (`tests/data/test_manifests.py` holds the two to the same answer)."""
+    out = []
+    for name in sorted(class_to_idx):
+        d = os.path.join(os.path.expanduser(root), name)
+        if not os.path.isdir(d):
+            continue
+        for where, _, files in sorted(os.walk(d, followlinks=True)):
+            out += [(os.path.join(where, f), class_to_idx[name]) for f in sorted(files)
+                    if f.lower().endswith(IMG_EXTENSIONS)]
+    return out
 
 
 # ---- scanning ---------------------------------------------------------------------------------
@@ -267,7 +298,7 @@ def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: 
                 check_images: str, image_size: int, class_to_idx: dict[str, int] | None = None,
                 cached: CacheLookup | None = None) -> tuple[_Scan, dict[str, int] | None]:
     """An ImageFolder split (root/<class>/<image>). Class discovery is torchvision's `find_classes`
-    (sorted folder names). The val split uses the train split's class -> index mapping, so a val
+    (sorted folder names; `find_classes` above). The val split uses the train split's class -> index mapping, so a val
     folder that lacks a class does not shift the labels of the others."""
     rep = SplitReport(dataset, split, "folder", display, d.num_classes)
     n = d.num_classes
@@ -294,7 +325,7 @@ def scan_folder(dataset: str, split: str, d: DatasetConfig, display: str, root: 
                                                f"{', '.join(extra[:8])}{', ...' if len(extra) > 8 else ''}",
                     value=extra)
         mapping = class_to_idx
-    samples = make_dataset(str(root), mapping, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = make_dataset(str(root), mapping)
     empty = sorted(set(classes) & set(mapping) - {Path(p).relative_to(root).parts[0] for p, _ in samples})
     if empty:
         rep.notes.append(f"{dataset}: {display}: class folders without images: "

@@ -1,4 +1,4 @@
-"""The unified label space, deterministic resumable mixed batching, eval subsets, `build_data`.
+"""The unified label space, deterministic resumable mixed batching, eval subsets, `MultiData`.
 
 Global class = offsets[d] + local label, datasets in config order. The order of train epoch e is
 a pure function of (seed, e), so a run resumed at step k sees exactly the batches an
@@ -11,7 +11,6 @@ augmentation happen on the device (`device.DeviceInput`).
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
@@ -19,11 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, get_worker_info
 
-from stablesweep.config import total_steps
-
-from .cache import cache_lookup, cached, size_text
-from .manifests import scan
-from .problems import DataError, LabelReport, ProblemKind
+from .cache import cached
+from .problems import DataError, LabelReport
 
 if TYPE_CHECKING:  # pragma: no cover
     from stablesweep.config import Config
@@ -369,52 +365,3 @@ class MultiData:
         sampler = BatchSampler(range(shard[0], len(ds), shard[1]), batch_size, drop_last=False)
         return iter(DataLoader(ds, batch_sampler=sampler, collate_fn=_as_is, num_workers=min(num_workers, len(sampler)),
                                pin_memory=pin_memory))
-
-
-def validate_labels(cfg: "Config", *, check_images: str = "header") -> LabelReport:
-    """Check every label (and, per check_images none|header|full, every image) of every dataset;
-    a split whose whole decoded-image cache is found is not opened image by image.
-
-    Never raises for data problems: they are collected in the report. `check_images=True` means
-    the config's data.verify_images, False means none.
-    """
-    report, _ = scan(cfg, check_images, cache_lookup(cfg))
-    return report
-
-
-def build_data(cfg: "Config", *, check_images: bool = True, cache: bool = True, log=None) -> MultiData:
-    """Validate every label (and image, per data.verify_images when check_images) first; raise one
-    DataError listing the problems, each with dataset, file and line; then build the data.
-
-    With `cache` (and data.cache not off), manifest and folder splits are read from their decoded-image
-    cache when it is there; `data.cache: auto` builds it when the run reads its train set at least once
-    (steps x batch_size >= train images), a PATH always. `log` hears what the cache did."""
-    report, sources = scan(cfg, cfg.data.verify_images if check_images else "none", cache_lookup(cfg) if cache else None)
-    cached = [f"{s.dataset} {s.split}" for s in report.splits if s.cached]
-    if cached and log is not None:  # one line for all of them
-        log(f"data check: images of {len(cached)} split(s) not checked one by one ({', '.join(cached[:3])}"
-            f"{', ...' if len(cached) > 3 else ''}): their decoded-image caches are whole and keyed to these "
-            "very files (path, size, mtime)")
-    on_bad = cfg.loss.on_bad_label
-    space = LabelSpace.from_config(cfg)
-    for name in space.names:  # a train split with nothing to train on
-        src, rep = sources.get((name, "train")), report.get(name, "train")
-        if src is not None and len(src) == 0 and rep is not None and rep.errors(on_bad) == 0:
-            rep.add(ProblemKind.NO_USABLE_SAMPLES, f"{name}: {rep.path}: the train split has no usable samples")
-    if not report.ok(on_bad):
-        n = sum(s.errors(on_bad) for s in report.splits)
-        raise DataError(f"{cfg.source}: data check failed ({n} problem(s)); nothing was trained:\n"
-                        + report.format_problems(on_bad_label=on_bad), report)
-    skipped = report.skipped_labels()
-    if skipped:
-        warnings.warn(skipped, stacklevel=2)
-    train = [sources[(n, "train")] for n in space.names]
-    val = {n: sources.get((n, "val")) for n in space.names}
-    data = MultiData(cfg, space, train, val, report)
-    if cache and cfg.data.cache != "off":
-        reads = total_steps(cfg, data.train_size) * cfg.training.batch_size
-        summary = data.use_cache(build=cfg.data.cache != "auto" or reads >= data.train_size, log=log)
-        if log is not None and summary["read"] + summary["built"]:
-            log(f"data.cache: {summary['read'] + summary['built']} split(s) from {summary['directory']} "
-                f"({size_text(summary['bytes'])})")
-    return data

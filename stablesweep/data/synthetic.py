@@ -14,20 +14,20 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 
 from stablesweep.config import FOOD_DATASETS, Config, DatasetConfig, config_from_dict
 
-from .images import MEAN, normalise
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
+# torch is imported where pixels are made: a synthetic split is described (and data checked) without it
 GRID = 4  # prototype resolution per channel
 PIXEL_SCALE = 0.22  # pixel = MEAN[c] + PIXEL_SCALE * (prototype + noise * N(0, 1)), clipped to [0, 1]
-_BASE = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 _SPLIT_ID = {"train": 0, "val": 1}
 
 
@@ -45,15 +45,30 @@ def class_prototype(seed: int, global_class: int) -> np.ndarray:
 
 def synth_pixels(seed: int, global_class: int, split: str, index: int, size: int, noise: float) -> torch.Tensor:
     """The synthetic image (float32 [3,size,size] in [0,1]) of sample `index` of class `global_class`."""
+    import torch
+    import torch.nn.functional as F
+
     proto = torch.from_numpy(class_prototype(seed, global_class))[None]
     up = F.interpolate(proto, size=(size, size), mode="bilinear", align_corners=False)[0]
     rng = np.random.default_rng([seed, _SPLIT_ID[split], global_class, index])
     eps = torch.from_numpy(rng.standard_normal((3, size, size), dtype=np.float32))
-    return (_BASE + PIXEL_SCALE * (up + noise * eps)).clamp_(0.0, 1.0)
+    return (_base() + PIXEL_SCALE * (up + noise * eps)).clamp_(0.0, 1.0)
+
+
+@lru_cache(maxsize=None)
+def _base() -> torch.Tensor:
+    """The ImageNet mean as float32 [3,1,1]: the pixel every image is drawn around."""
+    import torch
+
+    from .images import MEAN
+
+    return torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
 
 
 def synth_uint8(seed: int, global_class: int, split: str, index: int, size: int, noise: float) -> torch.Tensor:
     """The same image quantised to pixels: uint8 [3,size,size] (what a loader yields and a file holds)."""
+    import torch
+
     x = synth_pixels(seed, global_class, split, index, size, noise)
     return (x * 255.0).round_().to(torch.uint8)
 
@@ -90,6 +105,8 @@ class SyntheticSource:
                            self.noise)
 
     def load(self, i: int) -> torch.Tensor:
+        from .images import normalise
+
         return normalise(self.pixels(i))
 
 

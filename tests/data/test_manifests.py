@@ -276,3 +276,25 @@ def test_images_are_resized_rgb_uint8(root):
     b = next(build_data(cfg).train_batches(2, seed=0))
     assert b.images.shape == (2, 3, 12, 12) and b.images.dtype == torch.uint8
     assert sorted(b.images.flatten(1).float().mean(1).tolist()) == [128.0, 200.0]  # gray -> RGB, 128 resized
+
+
+def test_the_folder_layout_is_read_as_torchvision_reads_it(root):
+    """`manifests.find_classes` and `make_dataset` stand in for torchvision's (so a folder is checked
+    without importing torch): the same classes, files and order, the same extensions."""
+    from torchvision.datasets import folder as tv
+
+    from stablesweep.data.discover import IMG_EXTENSIONS
+    from stablesweep.data.manifests import find_classes, make_dataset
+
+    for rel in ("b/1.png", "b/0.JPG", "a/deep/er/2.png", "a/x.txt", "a/y.webp", "c/0.tiff", "a/.hidden.png"):
+        write_png(root / "tree" / rel) if not rel.endswith(".txt") else (root / "tree" / rel).write_text("no")
+    (root / "tree" / "empty").mkdir()
+    tree = root / "tree"
+    assert IMG_EXTENSIONS == tv.IMG_EXTENSIONS
+    assert find_classes(tree) == tv.find_classes(tree)
+    mapping = find_classes(tree)[1]
+    assert make_dataset(str(tree), mapping) == tv.make_dataset(str(tree), mapping, extensions=tv.IMG_EXTENSIONS,
+                                                                allow_empty=True)
+    assert len(make_dataset(str(tree), mapping)) == 6
+    with pytest.raises(FileNotFoundError):
+        find_classes(tree / "empty")
