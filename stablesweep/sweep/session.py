@@ -76,11 +76,15 @@ def start_ray(opts: RunOptions) -> bool:
 def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     """`run_trial` on the base config `cfg`, with the resources of one trial; with
     --workers-per-trial N > 1, `run_ddp_trial`: a driver that takes DRIVER_CPUS (Tune needs some), whose N
-    workers take --cpus-per-trial and --gpus-per-trial each."""
+    workers take --cpus-per-trial and --gpus-per-trial each. Its `reuse`: whether its Tuner gives a
+    trial's worker to the next trial (`make_tuner`; --no-reuse turns it off)."""
     kwargs = dict(base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source, checkpoints=checkpoints)
     n = opts.workers_per_trial
     if n == 1:
-        return tune.with_resources(tune.with_parameters(run_trial, **kwargs), trial_resources(opts))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, cpus=opts.cpus_per_trial, **kwargs),
+                                        trial_resources(opts))
+        trainable.reuse = opts.reuse
+        return trainable
     if cfg.training.batch_size % n:
         raise InputError(f"--workers-per-trial {n}: training.batch_size {cfg.training.batch_size} is not a multiple "
                          f"of it (each worker trains on an equal share of every batch)")
@@ -88,7 +92,7 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     trial = ddp_trainable(workers=n, cpus_per_worker=worker.pop("cpu"), gpus_per_worker=worker.pop("gpu"),
                           custom_per_worker=worker, **kwargs)
     trainable = tune.with_resources(trial, {"cpu": DRIVER_CPUS})
-    trainable.data_parallel = True  # make_tuner: its workers end with the trial's actor, never reused
+    trainable.reuse = False  # its workers end with the trial's actor (ddp_trial.py): never reused
     return trainable
 
 
@@ -98,13 +102,16 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
     """The Tuner of a run: trials in `storage`/`name`/trial_<id>, each stopped at its first
     diverged report, keeping its last `keep_checkpoints` checkpoints (a sweep: the config's
     `training.keep_checkpoints`, the ring `stablesweep explain` replays from) and retried from the
-    last one up to `max_failures` times; actors reused; Tune's own output off."""
+    last one up to `max_failures` times; Tune's own output off. A trial's worker process is given to
+    the next trial of the same resources (Tune's `reuse_actors`: torch imported and the data built
+    once a worker; trainable.py says what is made new each trial) unless the trainable says
+    otherwise (`trial_trainable`: --no-reuse, or a data-parallel trial)."""
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
-                                    reuse_actors=not getattr(trainable, "data_parallel", False)),
+                                    reuse_actors=getattr(trainable, "reuse", True)),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
