@@ -16,7 +16,7 @@ torch is imported once a worker and the data are built once for the trials that 
 optimizer, scheduler, monitor, loss, and the data order (a function of the seed and the step), so
 a trial in a reused worker trains bit for bit as in a fresh one (tests/sweep/test_reuse.py). What
 the process keeps is checked here: torch's threads are set to the trial's CPUs (`use_cpus`), and
-the last trial's objects are collected before the next builds its own.
+on a GPU the last trial's objects are collected before the next builds its own.
 """
 from __future__ import annotations
 
@@ -147,7 +147,11 @@ def run_trial(config: dict[str, Any], *, base: dict, base_dir: str = ".", source
     cfg = apply_params(base, params, source=source, base_dir=base_dir)
     node_id = ray.get_runtime_context().get_node_id()
     device = trial_device()
-    gc.collect()  # a stopped trial's model and optimizer, in a reused worker
+    if device == "cuda" and _WORKER.get("trials"):
+        # the last trial's model and optimizer, which its ended thread's traceback may still hold in a
+        # reference cycle, leave the GPU before this trial's are made (on CPU Python's collector frees them)
+        gc.collect()
+    _WORKER["trials"] = _WORKER.get("trials", 0) + 1
     threads = use_cpus(cpus)
 
     def report(metrics: dict, checkpoint: str | None) -> None:
