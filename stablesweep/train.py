@@ -325,7 +325,7 @@ class Trainer:
         end = self.total if until is None else min(until, self.total)
         names = self.space.names
         self.log(f"training {self.total} steps of {cfg.model.factory or cfg.model.name} on {self.device} "
-                 f"({t.precision}, {torch.get_num_threads()} threads on {os.cpu_count()} CPUs, masking {cfg.masking}, lr {t.lr:.2e}, "
+                 f"({t.precision}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, masking {cfg.masking}, lr {t.lr:.2e}, "
                  f"clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes, "
                  f"a report every {t.report_interval} steps")
         batches = self.input.batches(self.data.train_batches(t.batch_size, t.seed, start_step=self.step,
