@@ -90,10 +90,11 @@ def tune_result(metrics: dict[str, Any], node_id: str, device: str) -> dict[str,
 
 
 def use_cpus(cpus: float | None) -> int:
-    """torch's threads for a trial of `cpus` CPUs: floor(cpus), at least 1 (Ray sets no
-    OMP_NUM_THREADS, and torch's default, every core of the machine, oversubscribes the CPUs when
-    trials run side by side). Inter-op threads too, where torch still allows it (once a process,
-    before its first parallel work). Returns the intra-op threads."""
+    """torch's threads for a trial of `cpus` CPUs: floor(cpus), at least 1. Ray sets OMP_NUM_THREADS
+    so only where the environment has not (an OMP_NUM_THREADS exported where Ray started wins), and
+    torch's inter-op threads stay at every core; trials side by side would oversubscribe the CPUs.
+    Inter-op threads are set too, where torch still allows it (once a process, before its first
+    parallel work). Returns the intra-op threads."""
     import torch
 
     n = max(1, math.floor(cpus + 1e-9)) if cpus else torch.get_num_threads()
