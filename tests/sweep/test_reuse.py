@@ -61,3 +61,20 @@ def test_torch_threads_are_the_trials_cpus(ray_cluster, tmp_path):
     [half] = run(tmp_path, "half", [A], reuse=True, cpus=0.5)
     assert {r[THREADS] for r in two} == {2}
     assert {r[THREADS] for r in half} == {1}  # at least one
+
+
+def test_use_cpus_sets_torchs_threads_whatever_they_were():
+    """What a trial's worker does first: OMP_NUM_THREADS exported where Ray started, or an earlier
+    trial's threads, do not decide a trial's threads."""
+    import torch
+
+    from stablesweep.sweep.trainable import use_cpus
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert use_cpus(2) == 2 and torch.get_num_threads() == 2
+        assert use_cpus(0.25) == 1 and torch.get_num_threads() == 1
+        assert use_cpus(1.99) == 1 and torch.get_num_threads() == 1  # whole CPUs only
+    finally:
+        torch.set_num_threads(before)
