@@ -14,6 +14,7 @@ reaches the same verdict at the same step; rank 0 writes the checkpoints.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -324,7 +325,7 @@ class Trainer:
         end = self.total if until is None else min(until, self.total)
         names = self.space.names
         self.log(f"training {self.total} steps of {cfg.model.factory or cfg.model.name} on {self.device} "
-                 f"({t.precision}, {torch.get_num_threads()} threads, masking {cfg.masking}, lr {t.lr:.2e}, "
+                 f"({t.precision}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, masking {cfg.masking}, lr {t.lr:.2e}, "
                  f"clip {t.max_grad_norm}), {len(names)} datasets, {self.space.total} classes, "
                  f"a report every {t.report_interval} steps")
         batches = self.input.batches(self.data.train_batches(t.batch_size, t.seed, start_step=self.step,
@@ -480,7 +481,8 @@ class Trainer:
 
 def run_training(cfg: Config, report: Report | None = None, *, device: str = "auto",
                  checkpoint_dir: str | Path | None = None, resume_from: str | Path | None = None,
-                 log: Callable[[str], None] | None = None, warm_start: bool = False) -> TrainResult:
+                 log: Callable[[str], None] | None = None, warm_start: bool = False,
+                 data: MultiData | None = None) -> TrainResult:
     """Train `cfg` to its step budget (or until it diverges) and return the verdict.
 
     `report(metrics, checkpoint_dir_or_None)` is called every `training.report_interval` steps and
@@ -488,9 +490,10 @@ def run_training(cfg: Config, report: Report | None = None, *, device: str = "au
     report (every `training.checkpoint_every` reports); `resume_from` continues such a checkpoint
     exactly (model, optimizer, loss scale, monitor, step, RNG; the data order is a function of the
     seed and the step). With `warm_start`, the checkpoint's model, optimizer and step are
-    continued at this config's lr (and `training.steps` is the new total budget).
+    continued at this config's lr (and `training.steps` is the new total budget). `data`: built
+    by the caller from this config (a reused trial worker's), else here.
     """
-    trainer = Trainer(cfg, device=device, log=log)
+    trainer = Trainer(cfg, device=device, log=log, data=data)
     if resume_from is not None:
         trainer.load(resume_from, keep_config_lr=warm_start)
     return trainer.run(report, checkpoint_dir)

@@ -40,6 +40,10 @@ def add_cluster_arguments(p: argparse.ArgumentParser, command: str, unit: str, d
                         f"CPU, NCCL on GPUs), and --cpus-per-trial, --gpus-per-trial and --resources-per-trial are "
                         f"each worker's: --workers-per-trial 2 --gpus-per-trial 1 trains a {unit} on 2 GPUs. Every "
                         f"global batch of training.batch_size (a multiple of N) is split among the workers. Default 1")
+    p.add_argument("--no-reuse", dest="reuse", action="store_false",
+                   help=f"start a new worker process for every {unit} (default: a {unit}'s worker runs the next "
+                        f"{unit} of the same resources, so torch is imported and the data built once a worker; a "
+                        f"reused worker trains bit for bit as a new one). Data-parallel {unit}s never reuse workers")
     p.add_argument("--resources-per-trial", type=resources_json, default=None, metavar="JSON",
                    help=f"custom Ray resources a {unit} needs, as JSON: '{{\"worker_node\": 1}}' runs {unit}s only "
                         "on nodes started with `ray start --resources '{\"worker_node\": N}'`")

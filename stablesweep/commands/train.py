@@ -83,6 +83,16 @@ def prepare_out(out: Path, *, explicit: bool, force: bool, resuming: bool) -> No
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else the machine's)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def precision_warning(device_type: str, precision: str) -> str | None:
     """The warning for a precision that CPUs only emulate (bf16 on most, fp16 on all): many times slower."""
     if device_type != "cpu" or precision not in ("fp16", "bf16"):
@@ -98,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
     resuming = args.resume is not None
     out = Path(args.out) if args.out else default_out(args.config, force=args.force, resuming=resuming)
     prepare_out(out, explicit=args.out is not None, force=args.force, resuming=resuming)
+    import torch
+
     from stablesweep.train import resolve_device, run_training
 
+    torch.set_num_threads(machine_cpus())  # the header line says how many
     device = resolve_device(args.device)  # a GPU asked for where there is none: error before any work
     warning = precision_warning(device.type, cfg.training.precision)
     if warning:

@@ -37,6 +37,7 @@ class RunOptions:
     workers_per_trial: int = 1  # > 1: a trial is that many DDP workers (Ray Train), of --cpus/--gpus-per-trial each
     max_concurrent: int | None = None  # default: as many trials as the cluster fits
     resources_per_trial: dict[str, float] | None = None  # custom Ray resources a trial needs
+    reuse: bool = True  # a trial's worker process runs the next trial (--no-reuse: a new process a trial)
     max_failures: int | None = None  # retries of a failed trial from its checkpoint (default: 2 on
     #                                  a multi-node cluster, where a worker node may be lost; 1 on one node)
     # ---- where files go ----

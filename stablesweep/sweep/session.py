@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 from ray import tune
@@ -26,11 +28,23 @@ from stablesweep.vocab import InputError
 
 
 @contextmanager
-def ray_session(opts: RunOptions) -> Iterator[None]:
+def ray_session(opts: RunOptions, meanwhile: Callable[[], Any] | None = None) -> Iterator[None]:
     """Ray for a run: a cluster joined (--address, or RAY_ADDRESS as inside a Ray Job), or a local
-    Ray started here and shut down at the end; a Ray this process already runs is used as it is."""
+    Ray started here and shut down at the end; a Ray this process already runs is used as it is.
+
+    `meanwhile`: work that does not need Ray (the MLflow store: its imports and migrations take
+    seconds), run in a thread while Ray starts, which mostly waits on its processes; it has ended
+    when the body runs, and its error is raised there. An --address that nothing answers on is
+    refused before it starts."""
     quiet_tune()
-    started = start_ray(opts)
+    if opts.address:
+        check_reachable(opts.address)
+    side = _Beside(meanwhile) if meanwhile is not None else None
+    try:
+        started = start_ray(opts)
+    finally:
+        if side is not None:
+            side.join()  # raises its error, unless Ray's start raised one
     take_sigterm()  # after Ray: its driver's handlers abort at SIGTERM (stablesweep.signals)
     try:
         yield
@@ -48,6 +62,27 @@ def quiet_tune() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _Beside(threading.Thread):
+    """`work` in a thread of its own; `join` raises its error. Not a daemon: a Ctrl-C meanwhile lets it
+    end (the MLflow store is made whole or not at all, stablesweep.tracking.create_store)."""
+
+    def __init__(self, work: Callable[[], Any]):
+        super().__init__(name="stablesweep-meanwhile")
+        self.work, self.error = work, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as e:  # raised in the caller's thread, by join
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None and sys.exc_info()[1] is None:
+            raise self.error
 
 
 def start_ray(opts: RunOptions) -> bool:
@@ -76,11 +111,15 @@ def start_ray(opts: RunOptions) -> bool:
 def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     """`run_trial` on the base config `cfg`, with the resources of one trial; with
     --workers-per-trial N > 1, `run_ddp_trial`: a driver that takes DRIVER_CPUS (Tune needs some), whose N
-    workers take --cpus-per-trial and --gpus-per-trial each."""
+    workers take --cpus-per-trial and --gpus-per-trial each. Its `reuse`: whether its Tuner gives a
+    trial's worker to the next trial (`make_tuner`; --no-reuse turns it off)."""
     kwargs = dict(base=cfg.to_dict(), base_dir=cfg.base_dir, source=cfg.source, checkpoints=checkpoints)
     n = opts.workers_per_trial
     if n == 1:
-        return tune.with_resources(tune.with_parameters(run_trial, **kwargs), trial_resources(opts))
+        trainable = tune.with_resources(tune.with_parameters(run_trial, cpus=opts.cpus_per_trial, **kwargs),
+                                        trial_resources(opts))
+        trainable.reuse = opts.reuse
+        return trainable
     if cfg.training.batch_size % n:
         raise InputError(f"--workers-per-trial {n}: training.batch_size {cfg.training.batch_size} is not a multiple "
                          f"of it (each worker trains on an equal share of every batch)")
@@ -88,7 +127,7 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     trial = ddp_trainable(workers=n, cpus_per_worker=worker.pop("cpu"), gpus_per_worker=worker.pop("gpu"),
                           custom_per_worker=worker, **kwargs)
     trainable = tune.with_resources(trial, {"cpu": DRIVER_CPUS})
-    trainable.data_parallel = True  # make_tuner: its workers end with the trial's actor, never reused
+    trainable.reuse = False  # its workers end with the trial's actor (ddp_trial.py): never reused
     return trainable
 
 
@@ -98,13 +137,16 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
     """The Tuner of a run: trials in `storage`/`name`/trial_<id>, each stopped at its first
     diverged report, keeping its last `keep_checkpoints` checkpoints (a sweep: the config's
     `training.keep_checkpoints`, the ring `stablesweep explain` replays from) and retried from the
-    last one up to `max_failures` times; actors reused; Tune's own output off."""
+    last one up to `max_failures` times; Tune's own output off. A trial's worker process is given to
+    the next trial of the same resources (Tune's `reuse_actors`: torch imported and the data built
+    once a worker; trainable.py says what is made new each trial) unless the trainable says
+    otherwise (`trial_trainable`: --no-reuse, or a data-parallel trial)."""
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=num_samples,
                                     max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
-                                    reuse_actors=not getattr(trainable, "data_parallel", False)),
+                                    reuse_actors=getattr(trainable, "reuse", True)),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
