@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
@@ -48,6 +50,41 @@ def take_sigint() -> None:
     thread only; a handler someone set is left as it is)."""
     if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def sigterm_through_ray_start() -> Iterator[None]:
+    """Around `ray.init`: it sets its own SIGTERM handler (`sys.exit(15)`) before it starts Ray's
+    processes, so a SIGTERM during those seconds ended the command with exit 15 and no message.
+    Taken here as ours: what Ray had started is shut down and the stop goes the way of Ctrl-C
+    (KeyboardInterrupt; exit 143 with the message)."""
+    try:
+        yield
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        _received.append(signal.SIGTERM)
+        import ray
+
+        try:
+            ray.shutdown()
+        except Exception:  # noqa: S110 - half-started; the command is ending either way
+            pass
+        raise KeyboardInterrupt from None
+
+
+def fit_tuner(tuner) -> Any:
+    """`tuner.fit()`, with the SIGINT handler of before put back when it returns: Tune installs its
+    own for the run (a first Ctrl-C ends the run at its loop's next step) and leaves it installed,
+    so a Ctrl-C after the trials (while the sweep's tables, figures and MLflow runs are written)
+    set a flag nothing read, and the command ran to its end with exit 0."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return tuner.fit()
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 def terminated() -> bool:

@@ -50,6 +50,7 @@ from stablesweep.analysis.answer import (
 )
 from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
+from stablesweep.signals import fit_tuner
 from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes
 from stablesweep.sweep.ramp import (
@@ -363,7 +364,7 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
         tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
                            max_concurrent=max_concurrent, max_failures=max_failures,
                            callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo)])
-    tuner.fit()
+    fit_tuner(tuner)
     return searcher
 
 # ---- outputs ------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from stablesweep.signals import fit_tuner
 from stablesweep.sweep.callbacks import MlflowCallback, ProgressCallback, tune_loggers
 from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.options import SweepOptions
@@ -173,7 +174,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                 keep_checkpoints=plan.cfg.training.keep_checkpoints,
                 callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress,
                            *tune_loggers()])
-        table, outcomes = _sweep_table(plan, tuner.fit())
+        table, outcomes = _sweep_table(plan, fit_tuner(tuner))
         replicates = None
         if plan.replicates:
             replicates = _replicate(plan, table, trainable, tracker, parent, echo, max_concurrent=max_concurrent,
@@ -308,7 +309,7 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
                            max_concurrent=max_concurrent, max_failures=max_failures,
                            callbacks=[MlflowCallback(tracker, parent, keys, plan.name, plan.space.categorical_keys),
                                       progress, *tune_loggers()])
-    records = trial_records(tuner.fit())
+    records = trial_records(fit_tuner(tuner))
     reps, outcomes = trials_table(records, plan.space)
     seeds = {r.trial_id: r.config.get(SEED_KEY) for r in records}
     reps["seed"] = reps["trial_id"].map(seeds)

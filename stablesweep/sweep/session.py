@@ -18,7 +18,7 @@ from ray.tune.search import Searcher
 
 from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
-from stablesweep.signals import take_sigterm
+from stablesweep.signals import sigterm_through_ray_start, take_sigterm
 from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
@@ -93,7 +93,8 @@ def start_ray(opts: RunOptions) -> bool:
     if opts.address:
         check_reachable(opts.address)
         try:
-            ray.init(address=opts.address, **kwargs)
+            with sigterm_through_ray_start():
+                ray.init(address=opts.address, **kwargs)
         except (ConnectionError, ValueError) as e:
             raise InputError(f"--address {opts.address}: cannot join that Ray cluster: {e}") from None
     else:
@@ -102,7 +103,8 @@ def start_ray(opts: RunOptions) -> bool:
         # loopback-only Ray, as the test suite runs, takes another 127.0.0.x)
         if os.environ.get("STABLESWEEP_RAY_NODE_IP"):
             kwargs["_node_ip_address"] = os.environ["STABLESWEEP_RAY_NODE_IP"]
-        ray.init(num_cpus=opts.num_cpus, **kwargs)
+        with sigterm_through_ray_start():
+            ray.init(num_cpus=opts.num_cpus, **kwargs)
     return True
 
 

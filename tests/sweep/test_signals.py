@@ -148,3 +148,53 @@ def test_ctrl_c_while_the_first_store_is_created_stops_the_sweep_with_130_even_w
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert_exactly_once(out / "t")
+
+
+def test_tunes_sigint_handler_is_put_back_when_the_run_ends(ray_cluster):
+    """Tune installs its SIGINT handler for a run and leaves it: a Ctrl-C while a sweep writes its
+    tables afterwards then set a flag nothing read (the sweep ended 0). `fit_tuner` puts back the
+    handler of before, so that Ctrl-C raises KeyboardInterrupt (exit 130 and the resume command)."""
+    from ray import tune
+
+    from stablesweep.signals import fit_tuner
+
+    def trainable(config):
+        tune.report({"x": config["x"]})
+
+    before = signal.getsignal(signal.SIGINT)
+    tuner = tune.Tuner(trainable, param_space={"x": 1}, run_config=tune.RunConfig(verbose=0))
+    tuner.fit()
+    left = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, before)
+    assert left is not before, "Tune's fit no longer leaves its handler: fit_tuner may be dropped"
+    fit_tuner(tune.Tuner(trainable, param_space={"x": 2}, run_config=tune.RunConfig(verbose=0)))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+RAY_START_SIGTERM = """
+import os, signal, threading, time
+import ray
+from stablesweep import signals
+from stablesweep.sweep.options import RunOptions
+from stablesweep.sweep.session import start_ray
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+t0 = time.time()
+try:
+    start_ray(RunOptions(config="unused", num_cpus=1))
+    print("started", ray.is_initialized())
+except KeyboardInterrupt:
+    print("stopped", round(time.time() - t0, 1), signals.terminated(), signals.stop_status(), ray.is_initialized())
+"""
+
+
+def test_sigterm_while_ray_starts_is_taken_as_ours():
+    """`ray.init` sets its own SIGTERM handler (`sys.exit(15)`) before it starts Ray's processes: a
+    SIGTERM then ended the command with exit 15 and no message. Now it is a stop like Ctrl-C's,
+    counted as a termination (exit 143), with what Ray had started shut down."""
+    proc = subprocess.run([sys.executable, "-c", RAY_START_SIGTERM], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out and out[-1].startswith("stopped"), (proc.stdout, proc.stderr[-2000:])
+    _, _, terminated, status, initialized = out[-1].split()
+    assert (terminated, status, initialized) == ("True", "143", "False")
