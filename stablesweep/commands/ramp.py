@@ -52,15 +52,15 @@ logs a parent MLflow run with one child run a probe (runs/mlflow.db with the def
 store sweeps write too, else OUT/mlflow.db; unless --mlflow). With a URI --out, only Tune's
 experiment goes there (OUT/NAME/tune); the rest to LOCAL_DIR.
 
-A stopped ramp (Ctrl-C, SIGTERM, a killed driver) continues with the same command plus --resume:
+A stopped ramp (Ctrl-C, SIGTERM, a killed driver, a full or read-only --out) continues with the same command plus --resume:
 the probes that ended are kept, those that were running go on from their checkpoints.
 
 On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
 their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
 last stable rung's checkpoint, which may lie on another node. A probe whose node is lost is
 retried from its last checkpoint (--max-failures, 2 by default there).
-Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 130 interrupted (continue with
---resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
+Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 74 the output could not be
+written (disk full, read-only; continue with --resume), 130 interrupted (continue with --resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 
@@ -129,8 +129,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
+    from stablesweep.sweep.recovery import OutputFault
 
-    result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    try:
+        result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    except OutputFault as e:
+        print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name, 'ramp')}", file=sys.stderr)
+        return 74
     if result.interrupted:
         from stablesweep.signals import stop_status, stop_word
 

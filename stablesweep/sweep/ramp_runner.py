@@ -19,6 +19,10 @@ that ended are not run again, those that were running go on from their checkpoin
 their trial ids), and the probes Tune's last snapshot did not hold run again under new trials,
 their MLflow runs deleted first; the parent run of run.json is reused and ends FINISHED, with one
 child run a probe. Ctrl-C or SIGTERM stop the run as Tune does (its state saved), the runs KILLED.
+A full or read-only `--out` stops it as it stops a sweep (`recovery`: an `OutputFault`, exit 74, the
+runs KILLED where the store takes it); its --resume puts back Tune's last whole state
+(`repair_tune_state`), hands out again the probes the fault broke, and writes every probe's MLflow
+run again at the end (`ramp_search.finish_probe_run`).
 
 On a cluster the rules are the sweep's (`cluster.cluster_checks`): probes run on the worker nodes
 and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
@@ -233,7 +237,9 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
     from stablesweep.analysis.boundary import fit_boundary
     from stablesweep.analysis.plots import boundary_data, plot_boundary
-    from stablesweep.sweep.recovery import close_runs, delete_other_runs
+    from stablesweep.sweep.faults import probe_output, storage_fault
+    from stablesweep.sweep.ramp_search import finish_probe_run
+    from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
     from stablesweep.sweep.session import ray_session
     from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
 
@@ -241,66 +247,78 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         echo(f"note: {n}")
     with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
-        ramp_dir.mkdir(parents=True, exist_ok=True)
-        uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
-        create_store(uri)
-        tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
-        budget = cfg.training.steps
-        if state:
-            parent = state["parent_run_id"]
-            tracker.resume_sweep(parent)
-            echo(f"resuming ramp {name} ({ramp_dir})")
-        else:
-            parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment)
-            _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
-                                    "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
-                                    "experiment": tracker.experiment, "parent_run_id": parent,
-                                    "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings)})
-        echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
-             f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
-             f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
-        if shape.n_nodes > 1 or experiment != str(ramp_dir / TUNE):
-            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
-                 f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
-                 + (" from its checkpoint" if max_failures else ""))
-        searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
-                          max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None)
-        settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
-        if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
-            close_runs(tracker, parent)
-            return RampResult(name, ramp_dir, settings, [], {}, uri, parent, time.time() - started, interrupted=True)
-        ended = searcher.probes()
-        delete_other_runs(tracker, parent, {r.trial_id for r in ended})  # a probe that runs again: one run
-        fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings] if opts.replicates else None
-        bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
-        answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
-        summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
-        files = write_ramp(settings, answers, summary, opts, base, cfg, ramp_dir, name)
-        if fits:
-            files["ramp_boundary.png"] = plot_boundary(
-                boundary_data([a.label for a in answers], fits),
-                ramp_dir / "ramp_boundary.png", budget)
-        total_probes = sum(x["probes"] for x in summary)
-        tracker.end_sweep(parent, {"probes": float(total_probes),
-                                   TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
-                                   "compute_s": float(sum(x["compute_s"] for x in summary))},
-                          tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
-        tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
-        runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
-        for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
-            if r.trial_id in runs:
-                s = r.setting
-                tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
-        echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
-             + answers_text(answers, RAMP_TEXT_COLUMNS))
-        if fits:
-            echo(boundary_text(answers, RAMP_WORDS))
-        echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
-        echo(f"MLflow: {ui_command(uri)}")
-        link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
-        if link:
-            echo(f"  the stable probes, best first: {link}")
-        return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
+        tracker = parent = uri = None
+        try:
+            ramp_dir.mkdir(parents=True, exist_ok=True)
+            uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
+            create_store(uri)
+            tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
+            budget = cfg.training.steps
+            if state:
+                parent = state["parent_run_id"]
+                tracker.resume_sweep(parent)
+                echo(f"resuming ramp {name} ({ramp_dir})")
+            else:
+                parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment)
+                _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
+                                        "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
+                                        "experiment": tracker.experiment, "parent_run_id": parent,
+                                        "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings)})
+            echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
+                 f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
+                 f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
+            if shape.n_nodes > 1 or experiment != str(ramp_dir / TUNE):
+                echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
+                     f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
+                     + (" from its checkpoint" if max_failures else ""))
+            searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
+                                  max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None,
+                              folder=ramp_dir)
+            settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
+            if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
+                close_runs(tracker, parent)
+                return RampResult(name, ramp_dir, settings, [], {}, uri, parent, time.time() - started, interrupted=True)
+            ended = searcher.probes()
+            delete_other_runs(tracker, parent, {r.trial_id for r in ended})  # a probe that runs again: one run
+            for r in ended:  # each probe's run with its verdict, whatever the live callback could write
+                finish_probe_run(tracker, parent, r)
+            fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings] if opts.replicates else None
+            bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
+            answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
+            summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
+            files = write_ramp(settings, answers, summary, opts, base, cfg, ramp_dir, name)
+            if fits:
+                files["ramp_boundary.png"] = plot_boundary(
+                    boundary_data([a.label for a in answers], fits),
+                    ramp_dir / "ramp_boundary.png", budget)
+            total_probes = sum(x["probes"] for x in summary)
+            tracker.end_sweep(parent, {"probes": float(total_probes),
+                                       TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
+                                       "compute_s": float(sum(x["compute_s"] for x in summary))},
+                              tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
+            tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
+            runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
+            for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
+                if r.trial_id in runs:
+                    s = r.setting
+                    tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
+            echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
+                 + answers_text(answers, RAMP_TEXT_COLUMNS))
+            if fits:
+                echo(boundary_text(answers, RAMP_WORDS))
+            echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
+            echo(f"MLflow: {ui_command(uri)}")
+            link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
+            if link:
+                echo(f"  the stable probes, best first: {link}")
+            return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
+        except Exception as e:
+            why = storage_fault(e) or probe_output(ramp_dir if ramp_dir.is_dir() else out)
+            if why is None:
+                raise
+            closed = tracker is not None and parent is not None and close_runs(tracker, parent)
+            raise output_fault("ramp", name, why, closed, uri, opts.out,
+                               kept="probes that ended are kept, the others run again") from e
 
 
 def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], tracker, name: str, ramp_dir: Path,
@@ -330,7 +348,7 @@ def _write_state(ramp_dir: Path, state: dict) -> None:
 
 
 def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
-           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool):
+           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool, folder: Path):
     """Every probe of the ramp, as one Tune run (`ramp_search`); returns its searcher. A resumed
     ramp restores Tune's experiment (and with it the searcher's state): probes that ended are not
     run again, those that were running go on; the MLflow runs of probes that Tune's last snapshot
@@ -338,12 +356,21 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
     from ray import tune
 
     from stablesweep.sweep.ramp_search import RampCallback, RampSearcher
-    from stablesweep.sweep.recovery import can_restore, delete_other_runs, repair_error_files, trial_ids_in
+    from stablesweep.sweep.recovery import (
+        can_restore,
+        delete_other_runs,
+        repair_error_files,
+        repair_tune_state,
+        trial_ids_in,
+        trial_statuses,
+    )
     from stablesweep.sweep.session import make_tuner, trial_trainable
 
     # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
     trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
     local = uri_scheme(experiment) is None
+    if resume and local:
+        repair_tune_state(Path(experiment))  # a copy a full disk cut short: its last whole one
     if resume and can_restore(experiment):
         known = trial_ids_in(Path(experiment)) if local else None
         if known is not None:
@@ -354,11 +381,15 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
                         if isinstance(cb, RampCallback))
         searcher = callback.searcher
         callback.echo = searcher.echo = echo
-        searcher.tune_trials = known
+        searcher.folder = str(folder)
+        # trials in ERROR whose probe has no verdict (an output fault broke them) are handed out again
+        searcher.tune_trials = known if known is None else {t for t, st in trial_statuses(Path(experiment)).items()
+                                                            if st != "ERROR"}
     else:
         if resume:  # stopped before Tune's first snapshot: every probe runs (again)
             delete_other_runs(tracker, parent, set())
-        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo)
+        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo,
+                                folder=str(folder))
         storage, exp_name = experiment.rsplit("/", 1)
         tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
                            max_concurrent=max_concurrent, max_failures=max_failures,

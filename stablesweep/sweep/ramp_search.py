@@ -20,9 +20,11 @@ ended are not run again, those that were running are resumed by Tune under their
 """
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ray.tune.search import Searcher
@@ -30,6 +32,7 @@ from ray.tune.search import Searcher
 from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.callbacks import MlflowCallback, trial_error
+from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.ramp import (
     RUNNING,
     SAMPLE,
@@ -63,6 +66,8 @@ from stablesweep.vocab import (
     short_name,
 )
 
+logger = logging.getLogger(__name__)
+
 RANGE, CLIMB, REPLICATES, SAMPLES, DONE = "range-test", "climb", "replicates", "samples", "done"
 _NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: SAMPLES, SAMPLES: DONE}
 
@@ -79,6 +84,8 @@ class Request:
     start_step: int = 0  # continue mode: the step its warm start begins at
     trial_id: str | None = None
     probe: Probe | None = None
+    summary: dict[str, float] | None = None  # its MLflow run's final numbers (`finish_probe_run`)
+    ended_at: float | None = None  # when its last report was made (epoch seconds)
 
 
 def label(s: Setting) -> str:
@@ -89,9 +96,10 @@ class RampSearcher(Searcher):
     """The ramp's probes, setting by setting and batch by batch (see the module docstring)."""
 
     def __init__(self, settings: list[Setting], opts, *, budget: int, base_seed: int,
-                 echo: Callable[[str], None] | None = print):
+                 echo: Callable[[str], None] | None = print, folder: str | None = None):
         super().__init__()
         self.settings, self.opts, self.budget, self.base_seed = settings, opts, budget, base_seed
+        self.folder = folder  # the ramp's folder: a probe's error while it refuses writes is the disk's
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.echo = echo
         self.stage: dict[str, str] = {}
@@ -122,6 +130,9 @@ class RampSearcher(Searcher):
         if req is None or req.probe is not None:
             return
         m = result or {}
+        why = probe_output(Path(self.folder)) if error and self.folder else None
+        if why is not None:  # the disk broke it, not its lr: no verdict; the ramp stops, --resume runs it again
+            raise OSError(f"probe {trial_id} failed while the ramp's folder {self.folder} refuses writes ({why})")
         if error or VERDICT not in m:
             probe = Probe(req.lr, ERROR, phase=req.phase, reason="the probe raised an exception" if error else None)
         else:
@@ -131,6 +142,9 @@ class RampSearcher(Searcher):
                           float(m.get("time_total_s", 0.0)), req.phase, float(m.get(OBJECTIVE, math.nan)),
                           start_step=req.start_step, trial_id=m.get("trial_id", trial_id), node_id=m.get("node_id"))
         probe.seed = req.config.get(SEED_KEY)
+        req.summary = _summary(m)
+        ended = m.get(REPORTED_AT, m.get("timestamp"))  # Tune's timestamp is whole seconds
+        req.ended_at = ended if isinstance(ended, (int, float)) and not error else None
         req.probe = probe
 
     @property
@@ -151,7 +165,8 @@ class RampSearcher(Searcher):
             state = pickle.load(f)
         self.settings, self.stage, self.batch, self.trials = (state["settings"], state["stage"], state["batch"],
                                                               state["trials"])
-        if self.tune_trials is not None:  # handed out, but not in Tune's state (saved apart): hand out again
+        if self.tune_trials is not None:  # handed out, but not in Tune's state (saved apart) or ended there
+            # without a verdict here (an output fault broke it): hand out again
             for trial_id, req in list(self.trials.items()):
                 if req.probe is None and trial_id not in self.tune_trials:
                     del self.trials[trial_id]
@@ -249,6 +264,35 @@ class RampSearcher(Searcher):
         return Request(s, float(lr), phase, config, start_step)
 
 
+def _summary(m: dict) -> dict[str, float]:
+    return {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS) if isinstance(m.get(k), (int, float))}
+
+
+def describe(req: Request) -> tuple[str, dict, dict | None]:
+    """A probe's MLflow run: its name, its params (its setting, lr, phase and seed) and its setting."""
+    s = req.setting
+    params = {**s.params, LR_KEY: req.lr, "phase": req.phase}
+    name = f"{short_name({**s.params, LR_KEY: req.lr})} {req.phase}"
+    seed = req.config.get(SEED_KEY)
+    if seed is not None:
+        params[SEED_KEY] = seed
+        name += f" seed {seed}"
+    return name, params, s.params
+
+
+def finish_probe_run(tracker, parent: str, req: Request, run_id: str | None = None) -> None:
+    """A probe's MLflow run ended with its verdict: live (`RampCallback`), and again at the ramp's
+    end for every probe, as a sweep's `_finish_mlflow` does, so that a write the live callback
+    missed (a full disk, a probe that ended before a --resume) is made once the store takes it."""
+    probe = req.probe
+    if run_id is None:
+        name, params, setting = describe(req)
+        run_id = tracker.trial_run(parent, req.trial_id, name, params, setting=setting)
+    summary = {**(req.summary or {}), STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops}
+    tracker.finish_trial(run_id, probe.verdict, probe.reason, probe.first_bad_step, summary,
+                         {"node_id": probe.node_id} if probe.node_id else None, ended_at=req.ended_at)
+
+
 class RampCallback(MlflowCallback):
     """The ramp's side of Tune on the driver: a child run a probe (`MlflowCallback`: created when
     the probe starts, each report at its step, a divergence's last steps), named and given params
@@ -269,15 +313,18 @@ class RampCallback(MlflowCallback):
         return state
 
     def describe(self, trial) -> tuple[str, dict, dict | None]:
-        req = self.searcher.trials[trial.trial_id]
-        s = req.setting
-        params = {**s.params, LR_KEY: req.lr, "phase": req.phase}
-        name = f"{short_name({**s.params, LR_KEY: req.lr})} {req.phase}"
-        seed = req.config.get(SEED_KEY)
-        if seed is not None:
-            params[SEED_KEY] = seed
-            name += f" seed {seed}"
-        return name, params, s.params
+        return describe(self.searcher.trials[trial.trial_id])
+
+    @staticmethod
+    def _safe(fn, *args) -> None:
+        """As a sweep's, MLflow never stops the ramp, except when the disk is full or read-only: the
+        ramp then stops (`ramp_runner` says so, exit 74) rather than run probes it cannot record."""
+        try:
+            fn(*args)
+        except Exception as e:
+            if storage_fault(e) is not None:
+                raise
+            logger.warning("MLflow logging failed (%s: %s); the ramp goes on", type(e).__name__, e)
 
     def _ours(self, trial) -> bool:
         return trial.trial_id in self.searcher.trials
@@ -295,17 +342,11 @@ class RampCallback(MlflowCallback):
         req = self.searcher.trials.get(trial.trial_id)
         if req is None or req.probe is None:
             return
-        probe, m = req.probe, trial.last_result or {}
         if errored:
-            probe.reason = (error_text(trial_error(trial)) or probe.reason or "error")[:200]
-        run_id = self._run(trial)
-        summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
-                   if isinstance(m.get(k), (int, float))}
-        summary.update({STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops})
-        ended = m.get(REPORTED_AT, m.get("timestamp"))  # Tune's timestamp is whole seconds
-        self.tracker.finish_trial(run_id, probe.verdict, probe.reason, probe.first_bad_step, summary,
-                                  {"node_id": probe.node_id} if probe.node_id else None,
-                                  ended_at=ended if isinstance(ended, (int, float)) and not errored else None)
+            req.probe.reason = (error_text(trial_error(trial)) or req.probe.reason or "error")[:200]
+            req.summary = req.summary or _summary(trial.last_result or {})
+        finish_probe_run(self.tracker, self.parent, req, self._run(trial))
+        probe = req.probe
         if self.echo is not None:
             self.echo(f"    {label(req.setting)} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
                       + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == DIVERGED else "")
