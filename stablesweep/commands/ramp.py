@@ -127,9 +127,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stablesweep.sweep.faults import OutputFault  # light: a refusal imports no Ray
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
-    from stablesweep.sweep.recovery import OutputFault
 
     try:
         result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))

@@ -23,19 +23,14 @@ from pathlib import Path
 import pandas as pd
 
 from stablesweep.cluster.storage import uri_scheme
+from stablesweep.sweep.faults import OutputFault
 from stablesweep.sweep.plan import SweepPlan
 from stablesweep.sweep.search import ABANDONED, open_study, study_summary
 from stablesweep.vocab import FIRST_BAD_STEP, OBJECTIVE, REASON, STEPS, VERDICT
 
 logger = logging.getLogger(__name__)
 
-
-class OutputFault(Exception):
-    """A sweep or ramp stopped because its output could not be written (disk full, read-only file system)."""
-
-    def __init__(self, message: str, name: str):
-        super().__init__(message)
-        self.name = name  # the sweep's or ramp's, for the resume command
+__all__ = ["OutputFault"]  # defined with the fault checks (sweep/faults.py); raised from here
 
 
 def output_fault(kind: str, name: str, why: str, closed: bool, tracking_uri: str, out, saved: Path | None = None,
