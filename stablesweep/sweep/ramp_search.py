@@ -34,12 +34,18 @@ from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.callbacks import MlflowCallback, trial_error
 from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.ramp import (
+    CONFIRM,
+    CONFIRM_SEED,
+    PROMOTE,
     RUNNING,
     SAMPLE,
+    Budgets,
+    Confirmation,
     Probe,
     Setting,
     boundary_runs,
     next_probes,
+    promote_lrs,
     replicate_probes,
     sample_lrs,
     seed_from_range_test,
@@ -68,8 +74,10 @@ from stablesweep.vocab import (
 
 logger = logging.getLogger(__name__)
 
-RANGE, CLIMB, REPLICATES, SAMPLES, DONE = "range-test", "climb", "replicates", "samples", "done"
-_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: SAMPLES, SAMPLES: DONE}
+RANGE, CLIMB, REPLICATES, PROMOTING, SAMPLES, CONFIRMING, DONE = (
+    "range-test", "climb", "replicates", "promote", "samples", "confirm", "done")
+_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: PROMOTING, PROMOTING: SAMPLES, SAMPLES: CONFIRMING,
+         CONFIRMING: DONE}
 
 
 @dataclass
@@ -96,9 +104,13 @@ class RampSearcher(Searcher):
     """The ramp's probes, setting by setting and batch by batch (see the module docstring)."""
 
     def __init__(self, settings: list[Setting], opts, *, budget: int, base_seed: int,
-                 echo: Callable[[str], None] | None = print, folder: str | None = None):
+                 echo: Callable[[str], None] | None = print, folder: str | None = None,
+                 budgets: Budgets | None = None, continues: bool = False, confirm: int = 0):
         super().__init__()
         self.settings, self.opts, self.budget, self.base_seed = settings, opts, budget, base_seed
+        self.budgets = budgets or Budgets(budget, budget, budget)
+        self.continues = continues  # a promoted probe goes on from its own lr's checkpoint (constant lr)
+        self.confirm = confirm  # seeds at the target for the recommended lr (0: not confirmed)
         self.folder = folder  # the ramp's folder: a probe's error while it refuses writes is the disk's
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.echo = echo
@@ -195,8 +207,16 @@ class RampSearcher(Searcher):
             self._say(f"  range test {label(s)}: {where}; verifying " + ", ".join(f"{lr:.2e}" for lr, _ in todo))
             self._set(s, CLIMB, [self._request(s, lr, phase) for lr, phase in todo])
             return
-        s.probes.extend(r.probe for r in reqs)
-        self._enter(s, CLIMB if stage == CLIMB else _NEXT[stage])
+        cur = s.at_target
+        if stage == CONFIRMING:
+            cur.confirm_probes.extend(r.probe for r in reqs)
+            cur.confirmation.tried.append((reqs[0].lr, [r.probe.verdict for r in reqs]))
+            self._enter(s, CONFIRMING)  # moved down, or done
+            return
+        for r in reqs:
+            r.probe.budget = cur.budget
+        cur.probes.extend(r.probe for r in reqs)
+        self._enter(s, CLIMB if stage in (CLIMB, PROMOTING) else _NEXT[stage])
 
     def _enter(self, s: Setting, stage: str) -> None:
         """The setting's next batch from `stage` on: the first phase that has probes to run."""
@@ -214,8 +234,8 @@ class RampSearcher(Searcher):
             self._say(f"{label(s)}: {len(reqs)} probe(s) [{reqs[0].phase}] at lr "
                       + ", ".join(f"{r.lr:.2e}" for r in reqs))
 
-    def _plan(self, s: Setting, stage: str) -> list[Request]:
-        o = self.opts
+    def _plan(self, base: Setting, stage: str) -> list[Request]:
+        o, s = self.opts, base.at_target
         if stage == RANGE:
             return [self._request(s, o.lr_start, "range-test", steps=o.range_steps or self.budget)]
         if stage == CLIMB:
@@ -240,14 +260,79 @@ class RampSearcher(Searcher):
 
                 at_risk = fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
             return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, o.samples, o.safety, at_risk)]
+        if stage == PROMOTING:
+            return self._promote(base)
+        if stage == CONFIRMING:
+            return self._confirm(base)
         raise ValueError(stage)
+
+    def _at_risk(self, s: Setting) -> float | None:
+        if not self.opts.replicates:
+            return None
+        from stablesweep.analysis.boundary import fit_boundary
+
+        return fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
+
+    def _promote(self, base: Setting) -> list[Request]:
+        """The next rung (x4 the budget, at most the reach) of a setting, seeded with the lrs that
+        bound its bracket at the rung below; [] at the last rung."""
+        s, rungs = base.at_target, self.budgets.rungs
+        now = s.budget or self.budget
+        longer = [b for b in rungs if b > now]
+        lrs = promote_lrs(s, self._at_risk(s)) if longer else []
+        if not lrs:
+            return []
+        rung = Setting(key=base.key, params=base.params, rungs=base.rungs, climb=base.climb, budget=longer[0])
+        base.longer.append(rung)
+        self._say(f"  {label(base)}: {now} -> {rung.budget} steps, promoting lr " + ", ".join(f"{x:.3g}" for x in lrs))
+        reqs = []
+        for lr in lrs:
+            req = self._request(rung, lr, PROMOTE)
+            was = next((p for p in s.tested if p.lr == lr and p.verdict == STABLE and p.checkpoint), None)
+            if self.continues and was is not None:  # the same run, longer: its checkpoint goes on
+                from stablesweep.sweep.trainable import WARM_START
+
+                req.config[WARM_START] = was.checkpoint
+                req.start_step = was.steps
+            reqs.append(req)
+        return reqs
+
+    def _confirm(self, base: Setting) -> list[Request]:
+        """K fresh seeds at the target at the recommended lr; after a failure, at the next lower
+        measured-safe lr; [] once one trained on every seed, or none is left (or it is off)."""
+        s = base.at_target
+        if not self.confirm or self.budgets.extrapolated or (s.budget or self.budget) < self.budgets.target:
+            return []
+        c = s.confirmation = s.confirmation or Confirmation(self.budgets.target)
+        if not c.tried:
+            b = None
+            if self.opts.replicates:
+                from stablesweep.analysis.boundary import fit_boundary
+
+                b = fit_boundary(boundary_runs(s, self.base_seed))[0].to_dict()
+            lr = s.recommendation(self.opts.safety, b).lr
+        elif c.lr is not None:
+            self._say(f"  {label(base)}: {c.words()}")
+            return []
+        else:
+            lr = s.safe_below(c.tried[-1][0])
+        if lr is None:
+            if c.tried:
+                self._say(f"  {label(base)}: {c.words()}")
+            return []
+        reqs = []
+        for i in range(self.confirm):
+            req = self._request(s, lr, CONFIRM)
+            req.config[SEED_KEY] = self.base_seed + CONFIRM_SEED + i
+            reqs.append(req)
+        return reqs
 
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> Request:
         o = self.opts
-        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
+        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or s.budget or self.budget}
         start_step = 0
-        if phase in (REPLICATE, SAMPLE):
-            pass  # from scratch, whatever the mode: replicates and samples are independent runs
+        if phase in (REPLICATE, SAMPLE, PROMOTE, CONFIRM) or s.budget:
+            pass  # from scratch, whatever the mode: replicates, samples, confirmations and longer rungs
         elif phase == "range-test":
             config.update({"training.schedule": "exponential", "training.lr_final": o.lr_stop,
                            "training.warmup_steps": 0})

@@ -21,7 +21,7 @@ from tests.sweep.test_runner import _kill_group, _terminated
 # the demo at 20 steps, one probe at a time: 0.02, 0.04, 0.08 train, 0.16 is past the edge (stalls or
 # diverges), then bisection: about 6 probes
 RAMP = ["ramp", str(DEMO), "--lr-start", "0.02", "--lr-stop", "0.32", "--ladder", "x2", "--climb", "step",
-        "--parallel", "1", "--samples", "0", "--steps", "20", "--set", "training.report_interval=5"]
+        "--parallel", "1", "--samples", "0", "--steps", "20", "--target-steps", "20", "--set", "training.report_interval=5"]
 ENDED = "    config lr "  # the line of a probe that ended
 
 
