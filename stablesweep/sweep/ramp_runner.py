@@ -9,6 +9,8 @@ Layout, under `--out` (default runs/ramps):
                                     stalled above the band), the stalls, recommended lr, probes, compute
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
     OUT/NAME/ramp_boundary.png      with --replicates: P(fails | lr) per setting, points at the replicates
+    OUT/NAME/ramp_budgets.png       with a target longer than the probes: each setting's bracket (and 5%-risk lr)
+                                    against the step budget (`ramp_outputs`: the answer across budgets)
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
     OUT/NAME/run.json               what --resume needs: the MLflow store and parent run, Tune's experiment
     OUT/NAME/tune/                  Tune's experiment of the ramp: tuner.pkl, its state and the searcher's
