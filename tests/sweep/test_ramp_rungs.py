@@ -118,3 +118,27 @@ def problems_free(res) -> bool:
     problems = ramp_exactly_once_problems(res.ramp_dir)
     assert not problems, problems
     return True
+
+
+def test_a_target_beyond_max_steps_is_extrapolated_and_not_confirmed(ray_cluster, tmp_path, new_store):
+    """late_divergence, probes of 20 steps, the answer for 320, --max-steps 80: the rungs stop at 80,
+    the answer says it is extrapolated from 80 steps along the trend of the edge (0.04 at 20 steps,
+    0.02 at 80: halving a x4), and no seed runs 320 steps."""
+    (tmp_path / "planted.yaml").write_text(CONFIG.replace("model: {name: small_cnn}",
+                                                          'model: {name: small_cnn, factory: "tests.sweep.planted:late_divergence"}'))
+    new_store(tmp_path / "out" / "mlflow.db")
+    opts = RampOptions(config=str(tmp_path / "planted.yaml"), lr_start=0.01, lr_stop=0.32, ladder="x2", climb="step",
+                       resolution=2.0, parallel=2, samples=0, steps=20, target_steps=320, max_steps=80,
+                       out=str(tmp_path / "out"), name="x")
+    lines: list[str] = []
+    res = run_ramp(opts, echo=lines.append)
+    (a,) = res.answers
+    assert a.holds_for.startswith("extrapolated from 80 steps to 320 (the target is beyond --max-steps)")
+    assert a.confirmation == "not confirmed (the target was not reached)"
+    doc = json.loads((res.ramp_dir / "ramp.json").read_text())
+    (x,) = doc["settings"]
+    assert doc["extrapolated_from"] == 80 and x["extrapolated"]["exponent"] == pytest.approx(-0.5)
+    assert x["extrapolated"]["lr_at_target"] == pytest.approx(0.01)
+    assert max(p["steps"] for p in x["probe_list"]) <= 80
+    assert any("extrapolated from 80 steps" in ln for ln in lines)
+    problems_free(res)
