@@ -135,8 +135,9 @@ def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, r
            "resolution": opts.resolution, "safety": opts.safety, "mode": opts.mode,
            "first_pass": opts.first_pass, BUDGET_STEPS: budget, **budgets.to_dict(),
            "holds_for": budgets.holds_for(),
-           "note": f"every verdict holds for its probe's budget ({budget} steps a first probe); each setting's "
-                   "answer for its last rung's (holds_for)",
+           "note": f"every verdict holds for a budget of {budget} steps a probe" if len(budgets.rungs) == 1 else
+                   f"every verdict holds for its probe's budget ({budget} steps a first probe, longer at the rungs "
+                   "above); each setting's answer for its last rung's (holds_for)",
            "settings": summary}
     files["ramp.json"] = ramp_dir / "ramp.json"
     files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
