@@ -347,7 +347,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                 if r.trial_id in runs:
                     s = r.setting
                     tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
-            echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
+            echo(f"largest stable lr per setting (budget {budget} steps a probe"
+                 + (f"; the answer at {budgets.reach} steps)\n" if len(budgets.rungs) > 1 else ")\n")
                  + answers_text(answers, RAMP_TEXT_COLUMNS))
             if fits:
                 echo(boundary_text(answers, RAMP_WORDS))

@@ -252,14 +252,18 @@ class RampSearcher(Searcher):
                 reqs.append(req)
             return reqs
         if stage == SAMPLES:  # the best-training lr below the edge (the 5%-risk lr's, with replicates)
-            if not o.samples:
+            if not o.samples and not s.budget:
                 return []
             at_risk = None
             if o.replicates:
                 from stablesweep.analysis.boundary import fit_boundary
 
                 at_risk = fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
-            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, o.samples, o.safety, at_risk)]
+            k = o.samples
+            if not k and s.budget and s.max_stable is not None and \
+                    s.recommendation(o.safety, {"lr_at_risk": at_risk}).lr is None:
+                k = 1  # a longer rung ran nothing at or below its largest safe lr: that lr itself, once
+            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, k, o.safety, at_risk)]
         if stage == PROMOTING:
             return self._promote(base)
         if stage == CONFIRMING:
