@@ -58,7 +58,7 @@ def main() -> None:
     for first in (None, "range-test"):
         ramps[first or "ladder"] = run_ramp(RampOptions(
             config=config, space=str(tmp / "settings.yaml"), lr_start=args.lr_start, lr_stop=args.lr_stop,
-            steps=args.steps, resolution=args.resolution, parallel=args.parallel, first_pass=first,
+            steps=args.steps, target_steps=args.steps, resolution=args.resolution, parallel=args.parallel, first_pass=first,
             overrides=FIXED, out=str(tmp / "ramps"), name=first or "ladder", num_cpus=args.cpus), echo=lambda s: None)
     print(f"# lr {args.lr_start:g}..{args.lr_stop:g}, resolution {args.resolution}, {args.steps} steps a probe, "
           f"grid of {len(lrs)} lrs a setting, ramp --parallel {args.parallel}")

@@ -119,7 +119,7 @@ def capture(out: Path) -> None:
     exe = [sys.executable, "-m", "stablesweep"]
     sweep = exe + ["sweep", "configs/demo.yaml", "--space", str(space), "--sampler", "grid", "--no-asha",
                    "--steps", "20", "--set", "training.report_interval=5", "--out", str(out / "sweep"), "--name", "g"]
-    ramp = exe + ["ramp", "configs/demo.yaml", "--steps", "20", "--lr-start", "1e-2", "--lr-stop", "1e3",
+    ramp = exe + ["ramp", "configs/demo.yaml", "--steps", "20", "--target-steps", "20", "--lr-start", "1e-2", "--lr-stop", "1e3",
                   "--ladder", "x10", "--out", str(out / "ramp"), "--name", "r"]
     for cmd in (sweep, ramp):
         print("$", " ".join(cmd[2:]), flush=True)

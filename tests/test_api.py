@@ -126,7 +126,7 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
     assert swept.settings[0]["max_stable_lr"] == 0.003 == region["groups"][0]["max_stable_lr"]
     assert "Swept(tiny-sweep: " in repr(swept)
 
-    edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=6,
+    edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=6, target_steps=6,
                             name="tiny-ramp", log=None, **fast)
     assert edge.dir == (tmp_path / "runs" / "ramps" / "tiny-ramp").resolve() and edge.tracking_uri == swept.tracking_uri
     doc = json.loads((edge.dir / "ramp.json").read_text())

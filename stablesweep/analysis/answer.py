@@ -115,6 +115,8 @@ class SettingAnswer:
     status: str | None = None  # ramp: how its search ended (sweep.ramp)
     probes: int | None = None  # ramp
     compute_s: float | None = None  # ramp
+    holds_for: str | None = None  # ramp: the budget the answer holds for, in words (`sweep.ramp.Budgets`)
+    confirmation: str | None = None  # ramp: "confirmed: 2/2 trained at 480 steps", or "not confirmed"
 
     @property
     def edge_lr(self) -> float | None:

@@ -391,3 +391,55 @@ def plot_ramp(info: RampInfo, path: str | Path) -> Path:
     ax.grid(True, which="both", axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(plt, fig, path)
+
+
+# ---- the ramp across budgets: each setting's bracket and 5%-risk lr against the step budget ---------
+
+@dataclass
+class BudgetInfo:
+    panels: list[dict]  # per setting: label, rows [(budget, max stable, min failed, lr at 5% risk)], extrapolated
+    target: int
+
+
+def budget_data(labels: list[str], trends: list[list[dict]], target: int,
+                extrapolated: list[dict | None] | None = None) -> BudgetInfo:
+    """Per setting, its rungs' answers (`ramp_outputs.trend`) as plain rows, and the extrapolated
+    edge at the target where the target was out of reach."""
+    panels = []
+    for i, (label, rows) in enumerate(zip(labels, trends)):
+        panels.append({"label": label, "rows": [(r["budget_steps"], r["max_stable_lr"], r["min_failed_lr"],
+                                                 r.get("lr_at_5pct_risk")) for r in rows],
+                       "extrapolated": (extrapolated or [None] * len(labels))[i]})
+    return BudgetInfo(panels, target)
+
+
+def plot_budgets(info: BudgetInfo, path: str | Path) -> Path:
+    plt = _matplotlib()
+    n = max(1, len(info.panels))
+    fig, axes = plt.subplots(n, 1, figsize=(6.4, 2.6 * n), squeeze=False)
+    for ax, panel in zip(axes.flat, info.panels or [{"label": "no settings", "rows": [], "extrapolated": None}]):
+        rows = panel["rows"]
+        for j, (name, colour, marker) in enumerate((("max stable lr", COLORS[STABLE], "o"),
+                                                    ("min failed lr", COLORS[DIVERGED], "v"),
+                                                    ("lr at 5% risk", "k", "s")), start=1):
+            pts = [(r[0], r[j]) for r in rows if r[j]]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, color=colour, lw=1.0, label=name)
+        lo = [(r[0], r[1]) for r in rows if r[1] and r[2]]
+        if lo:
+            ax.fill_between([r[0] for r in rows if r[1] and r[2]], [r[1] for r in rows if r[1] and r[2]],
+                            [r[2] for r in rows if r[1] and r[2]], color="0.85", label="bracket")
+        ex = panel.get("extrapolated")
+        if ex and ex.get("lr_at_target"):
+            ax.plot([ex["from_steps"], info.target], [ex["lr_from"], ex["lr_at_target"]], ls="--", color="k", lw=0.8,
+                    label=f"extrapolated (power law, exponent {ex['exponent']:.2f})")
+        ax.axvline(info.target, color="0.4", ls=":", lw=1.0, label=f"target {info.target} steps")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylabel("learning rate (log)")
+        ax.set_title(panel["label"], fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes.flat[-1].set_xlabel("step budget (log)")
+    fig.tight_layout()
+    return _save(plt, fig, path)

@@ -28,6 +28,14 @@ examples:
   # continue a stopped ramp (Ctrl-C, SIGTERM, a killed driver): the same command, plus --resume
   stablesweep ramp my.yaml --mode continue --name food-ramp --resume
 
+The budget: probes start at --steps and the answer is for --target-steps (default: the config's
+own length). When the target is longer, each setting's bracket is refitted at x4 the budget, rung
+by rung up to the target: only its max stable and min failed lrs (with --replicates, the lrs
+around the 5%-risk point) are promoted, continuing from the probe's checkpoint where the lr is
+constant, and a stall below the target counts as "not trained yet" unless it persists at the next
+rung. The recommended config then runs at the target with --confirm seeds. ramp_budgets.png draws
+each setting's bracket (and 5%-risk lr) against the budget.
+
 How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
 settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung
 diverges, then the bracket [last stable, first diverged] is bisected in log space until its ratio
@@ -52,15 +60,15 @@ logs a parent MLflow run with one child run a probe (runs/mlflow.db with the def
 store sweeps write too, else OUT/mlflow.db; unless --mlflow). With a URI --out, only Tune's
 experiment goes there (OUT/NAME/tune); the rest to LOCAL_DIR.
 
-A stopped ramp (Ctrl-C, SIGTERM, a killed driver) continues with the same command plus --resume:
+A stopped ramp (Ctrl-C, SIGTERM, a killed driver, a full or read-only --out) continues with the same command plus --resume:
 the probes that ended are kept, those that were running go on from their checkpoints.
 
 On a cluster of more than one node a plain local --out is refused (as for `sweep`): probes write
 their checkpoints there from the worker nodes, and continue mode warm-starts each rung from the
 last stable rung's checkpoint, which may lie on another node. A probe whose node is lost is
 retried from its last checkpoint (--max-failures, 2 by default there).
-Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 130 interrupted (continue with
---resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
+Exit status: 0 done, 1 no setting has a stable lr, 2 bad input, 74 the output could not be
+written (disk full, read-only; continue with --resume), 130 interrupted (continue with --resume), 143 terminated by SIGTERM (handled as Ctrl-C; continue with --resume).
 """
 
 
@@ -86,7 +94,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"recommended lr = this x the smallest diverged lr, at most the largest stable lr "
                         f"(this x the largest stable lr when none diverged; default {SAFETY})")
     p.add_argument("--steps", type=int, default=None, metavar="S",
-                   help="step budget of each probe (default: training.steps of the config)")
+                   help="step budget of the first probes (default: training.steps of the config, at most the target)")
+    p.add_argument("--target-steps", type=int, default=None, metavar="N",
+                   help="the budget the answer is for: the run you will do (default: the config's own, training.steps, "
+                        "or epochs x steps an epoch). Below it, the lrs near each bracket are promoted to x4 the "
+                        "budget, rung by rung, up to N")
+    p.add_argument("--max-steps", type=int, default=None, metavar="M",
+                   help="the longest probe the ramp may run (default: the target); a target beyond it is out of "
+                        "reach and the answer says \"extrapolated from M steps\"")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help="run the recommended config at the target with K fresh seeds before calling it recommended; "
+                        "a failure moves it down to the next lower measured-safe lr (default 2 where the target is longer "
+                        "than --steps, else 0; 0: off, and the output says \"not confirmed\")")
     p.add_argument("--mode", choices=["restart", "continue"], default="restart",
                    help="restart: every probe from scratch (default); continue: each rung warm-starts from the "
                         "last stable rung's checkpoint and trains S more steps")
@@ -127,10 +146,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from stablesweep.sweep.faults import OutputFault  # light: a refusal imports no Ray
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
 
-    result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    try:
+        result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+    except OutputFault as e:
+        print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name, 'ramp')}", file=sys.stderr)
+        return 74
     if result.interrupted:
         from stablesweep.signals import stop_status, stop_word
 

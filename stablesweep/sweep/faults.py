@@ -1,5 +1,6 @@
 """Whether an error, or the sweep folder now, says the disk is full or read-only (recovery.py and
-the searcher ask)."""
+the searchers ask), and `OutputFault`, the stop it causes (light: the commands catch it without
+importing Ray or Optuna)."""
 from __future__ import annotations
 
 import errno
@@ -8,6 +9,14 @@ from pathlib import Path
 
 _FAULT_WORDS = ("no space left", "database or disk is full", "read-only file system", "readonly database",
                 "disk quota exceeded", "disk i/o error")
+
+
+class OutputFault(Exception):
+    """A sweep or ramp stopped because its output could not be written (disk full, read-only file system)."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name  # the sweep's or ramp's, for the resume command
 
 
 def storage_fault(exc: BaseException | None) -> str | None:

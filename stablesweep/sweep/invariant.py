@@ -79,9 +79,10 @@ def ramp_exactly_once_problems(ramp_dir: Path) -> list[str]:
     ids = [p["trial_id"] for p in probes]
     if None in ids or len(set(ids)) != len(ids):
         problems.append(f"ramp.json: {len(ids)} probes under {len(set(ids) - {None})} trials")
-    keys = [(x["setting"], p["phase"], p["lr"], p["seed"]) for x in doc["settings"] for p in x["probe_list"]]
+    keys = [(x["setting"], p.get("budget"), p["phase"], p["lr"], p["seed"]) for x in doc["settings"]
+            for p in x["probe_list"]]
     if len(set(keys)) != len(keys):
-        problems.append("ramp.json: a probe (setting, phase, lr, seed) more than once")
+        problems.append("ramp.json: a probe (setting, rung budget, phase, lr, seed) more than once")
     tr = Tracker(state["tracking_uri"], experiment=state["experiment"])
     parents = [p for p in tr.sweep_runs(kind="ramp") if p.tags.get("sweep_dir") == str(ramp_dir)]
     if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":

@@ -110,4 +110,8 @@ class RampOptions(RunOptions):
     evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
     replicates: int = 0  # K seeds at the lrs around each bracket, then P(fails | lr) (0: none)
     samples: int = 3  # lrs sampled below each setting's largest safe lr before it recommends one (0: none)
+    target_steps: int | None = None  # the budget the answer is for (default: the config's own, before --steps)
+    max_steps: int | None = None  # the longest probe the ramp may run (default: the target); below it: extrapolated
+    confirm: int | None = None  # seeds the recommended config runs at the target first (0: off; default: 2 where
+    # the target is longer than the probes, else 0)
     resume: bool = False  # continue the ramp --name (default: the newest) in --out where it stopped

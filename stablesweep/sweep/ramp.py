@@ -30,6 +30,15 @@ trains `sample_lrs` (phase `sample`): K lrs, geometric from the smallest stable 
 safe lr, from scratch at the budget. Samples count as probes of the bracket: one that fails lowers
 the edge.
 
+The answer is for a target budget (`Budgets`: the user's run, by default the config's own length),
+while probes start short. Above the probes' budget the ramp measures each setting again at x4 the
+budget, rung by rung up to the target (as ASHA and Hyperband promote): a rung is the same setting
+at a longer budget (`Setting.longer`), seeded with the lrs that bound the bracket below it
+(`promote_lrs`, phase `promote`); its climb and bisection then go on from those, so a stall that
+was "not trained yet" trains and the bracket moves up, and a late divergence moves it down. Its
+replicates and samples run at its budget; the answer is the last rung's (`Setting.at_target`),
+and its recommended lr is confirmed there with fresh seeds (`Confirmation`, phase `confirm`).
+
 This module is the planner: plain data in, the next probes out, no Ray. `stablesweep.sweep.
 ramp_runner` runs the probes as Tune trials and logs them.
 """
@@ -55,6 +64,10 @@ from stablesweep.vocab import (
 
 LADDERS = ("1-2-5", "x2", "x10")
 SAMPLE = "sample"  # the phase of a probe sampled below the largest safe lr
+PROMOTE = "promote"  # a probe at a longer rung of an lr that bounded the bracket at the rung below
+CONFIRM = "confirm"  # a run of the recommended lr at the target budget with a fresh seed
+CONFIRM_SEED = 1000  # confirmation seeds: training.seed + 1000 + i (never a replicate's)
+RUNG_FACTOR = 4  # each rung's budget: x4 the one below (as ASHA and Hyperband promote)
 CLIMBS = ("gallop", "step")
 
 # status of a setting
@@ -100,6 +113,65 @@ def range_test_lr(lr_start: float, lr_stop: float, steps: int, step: int) -> flo
     return lr_start * (lr_stop / lr_start) ** (min(step, steps - 1) / max(1, steps - 1))
 
 
+@dataclass(frozen=True)
+class Budgets:
+    """A ramp's step budgets: its first probes run `probe` steps; the answer is for `target`; the
+    rungs it measures at go x4 from `probe` up to `reach` (the target, or --max-steps below it)."""
+
+    probe: int
+    target: int
+    reach: int
+
+    @property
+    def rungs(self) -> list[int]:
+        out = [self.probe]
+        while out[-1] < self.reach:
+            out.append(min(out[-1] * RUNG_FACTOR, self.reach))
+        return out
+
+    @property
+    def extrapolated(self) -> bool:
+        """The target is out of reach: the answer holds for `reach` steps and is extrapolated."""
+        return self.reach < self.target
+
+    def holds_for(self) -> str:
+        """What the answer holds for, in words."""
+        if self.extrapolated:
+            return f"{self.target} steps (the target), extrapolated from {self.reach} steps"
+        return f"{self.target} steps (the target)" + (f"; probes from {self.probe} steps, rungs "
+                                                     + ", ".join(map(str, self.rungs)) if len(self.rungs) > 1 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probe_steps": self.probe, "target_steps": self.target, "rungs": self.rungs,
+                "extrapolated_from": self.reach if self.extrapolated else None}
+
+
+@dataclass
+class Confirmation:
+    """The recommended lr run at the target with fresh seeds: each lr tried, its runs' verdicts."""
+
+    budget: int
+    tried: list[tuple[float, list[str]]] = field(default_factory=list)  # (lr, verdicts), in order
+
+    @property
+    def lr(self) -> float | None:
+        """The confirmed lr: the last one tried, where every seed trained; None when none was."""
+        if self.tried and all(v == STABLE for v in self.tried[-1][1]):
+            return self.tried[-1][0]
+        return None
+
+    def words(self) -> str:
+        """e.g. "confirmed: 2/2 trained at 480 steps", with the lrs it moved down from."""
+        if not self.tried:
+            return "not confirmed"
+        parts = [f"lr {lr:.3g}: {sum(v == STABLE for v in vs)}/{len(vs)} trained" for lr, vs in self.tried]
+        if self.lr is None:
+            return f"not confirmed: no lr trained on every seed at {self.budget} steps ({'; '.join(parts)})"
+        n = len(self.tried[-1][1])
+        return f"confirmed: {n}/{n} trained at {self.budget} steps" + (
+            f" (moved down from {'; '.join(parts[:-1])})" if len(parts) > 1 else "")
+
+
 @dataclass
 class Probe:
     lr: float
@@ -116,6 +188,7 @@ class Probe:
     trial_id: str | None = None
     node_id: str | None = None  # the Ray node it ran on
     seed: int | None = None  # training.seed of a replicate (None: the config's seed)
+    budget: int | None = None  # the rung's budget it ran at (None: the ramp's only budget)
 
 
 @dataclass
@@ -129,6 +202,20 @@ class Setting:
     range_test: Probe | None = None
     status: str = RUNNING
     climb: str = "gallop"  # gallop | step (see the module docstring)
+    budget: int | None = None  # a longer rung's budget (None: the first probes')
+    longer: list["Setting"] = field(default_factory=list)  # the same setting at the longer rungs, in order
+    confirmation: Confirmation | None = None  # at the target (on the last rung)
+    confirm_probes: list[Probe] = field(default_factory=list)  # the confirmation's runs
+
+    @property
+    def at_target(self) -> "Setting":
+        """The rung whose answer is the setting's: the longest measured."""
+        return self.longer[-1] if self.longer else self
+
+    @property
+    def every_probe(self) -> list[Probe]:
+        """Its probes at every rung, each rung's confirmation runs after its own (ramp.json's list)."""
+        return [p for r in (self, *self.longer) for p in (*r.probes, *r.confirm_probes)]
 
     # -- what is known ------------------------------------------------------------------------
     @property
@@ -193,15 +280,12 @@ class Setting:
         boundary, whose 5%-risk lr is then the edge of the recommended lr."""
         lo, hi = self.max_stable, self.min_failed
         b = boundary or {}
-        rec = recommend(self.comparable(), max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
-        if rec.lr is not None and not any(p.phase == SAMPLE for p in self.tested):
-            rec = replace(rec, note="; ".join(x for x in (rec.note, "no lr sampled below the largest safe lr: "
-                                                          "chosen among the climb's probes") if x))
+        rec = self.recommendation(safety, b)
         plain = [p for p in self.probes if p.phase != REPLICATE]
         rt = [self.range_test] if self.range_test else []
         return SettingAnswer(
             params=self.params, label=short_name(self.params) or "config",
-            budget_steps=max((p.steps - p.start_step for p in self.tested), default=0),
+            budget_steps=self.budget or max((p.steps - p.start_step for p in self.tested), default=0),
             counts={v: sum(p.verdict == v for p in self.tested) for v in VERDICTS},
             min_stable_lr=self.min_stable, max_stable_lr=lo, min_diverged_lr=self.min_diverged, min_failed_lr=hi,
             stalled_below=self.stalled_below, stalled_above=self.stalled_above, best_lr=self.best_lr(),
@@ -212,11 +296,31 @@ class Setting:
             train_flops=sum(p.train_flops for p in plain + rt), status=self.status,
             probes=len(self.tested) + len(rt), compute_s=sum(p.wall_s for p in plain + rt)).recommendation(rec)
 
+    def recommendation(self, safety: float, boundary: dict[str, Any] | None = None):
+        """`analysis.answer.recommend` over its comparable probes; once confirmed at the target, the
+        confirmed lr (a failed confirmation moved it down), or none where no lr was confirmed."""
+        lo, hi, b = self.max_stable, self.min_failed, boundary or {}
+        rec = recommend(self.comparable(), max_stable=lo, min_failed=hi, at_risk=b.get("lr_at_risk"), safety=safety)
+        if rec.lr is not None and not any(p.phase == SAMPLE for p in self.tested):
+            rec = replace(rec, note="; ".join(x for x in (rec.note, "no lr sampled below the largest safe lr: "
+                                                          "chosen among the climb's probes") if x))
+        c = self.confirmation
+        if c is not None and c.tried and c.tried[0][0] == rec.lr and c.lr != rec.lr:
+            objective = dict(self.comparable()).get(c.lr) if c.lr is not None else None
+            rec = replace(rec, lr=c.lr, objective=objective, note="; ".join(x for x in (rec.note, c.words()) if x))
+        return rec
+
     def comparable(self) -> list[tuple[float, float | None]]:
         """(lr, objective) of its stable probes whose objectives compare: from scratch, at the
-        config's seed, over the whole budget (not a warm-started rung, not a replicate)."""
+        config's seed, over the whole budget (not a warm-started rung, not a replicate). A promoted
+        probe continued from its own lr's checkpoint is the same run, longer: it compares."""
         return [(p.lr, p.objective if math.isfinite(p.objective) else None) for p in self.tested
-                if p.verdict == STABLE and p.start_step == 0 and p.seed is None]
+                if p.verdict == STABLE and (p.start_step == 0 or p.phase == PROMOTE) and p.seed is None]
+
+    def safe_below(self, lr: float) -> float | None:
+        """The next lower measured-safe lr: its largest comparable stable lr below `lr`."""
+        below = [x for x, _ in self.comparable() if x < lr * (1 - 1e-9)]
+        return max(below) if below else None
 
     def best_lr(self) -> float | None:
         """The comparable stable lr with the best objective, safe or not."""
@@ -246,6 +350,17 @@ class Setting:
             "probe_list": [asdict(p) for p in self.probes],
             **extra,
         }
+
+
+def promote_lrs(s: Setting, at_risk: float | None = None) -> list[float]:
+    """The lrs of a rung promoted to the next: those that bound its bracket (its max stable and
+    min failed lr; one of them where it has only one), and with replicates its lr at 5% risk."""
+    lrs = [x for x in (s.max_stable, s.min_failed) if x is not None]
+    if at_risk is not None:
+        x = float(f"{at_risk:.3g}")
+        if not any(math.isclose(x, y, rel_tol=0.02) for y in lrs):
+            lrs.append(x)
+    return sorted(lrs)
 
 
 def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, int]]:

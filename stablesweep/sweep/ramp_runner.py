@@ -9,6 +9,8 @@ Layout, under `--out` (default runs/ramps):
                                     stalled above the band), the stalls, recommended lr, probes, compute
     OUT/NAME/ramp.png               each setting's probes on a log-lr axis, coloured by verdict
     OUT/NAME/ramp_boundary.png      with --replicates: P(fails | lr) per setting, points at the replicates
+    OUT/NAME/ramp_budgets.png       with a target longer than the probes: each setting's bracket (and 5%-risk lr)
+                                    against the step budget (`ramp_outputs`: the answer across budgets)
     OUT/NAME/recommended/<setting>.yaml   a complete config per setting at the recommended lr
     OUT/NAME/run.json               what --resume needs: the MLflow store and parent run, Tune's experiment
     OUT/NAME/tune/                  Tune's experiment of the ramp: tuner.pkl, its state and the searcher's
@@ -19,6 +21,10 @@ that ended are not run again, those that were running go on from their checkpoin
 their trial ids), and the probes Tune's last snapshot did not hold run again under new trials,
 their MLflow runs deleted first; the parent run of run.json is reused and ends FINISHED, with one
 child run a probe. Ctrl-C or SIGTERM stop the run as Tune does (its state saved), the runs KILLED.
+A full or read-only `--out` stops it as it stops a sweep (`recovery`: an `OutputFault`, exit 74, the
+runs KILLED where the store takes it); its --resume puts back Tune's last whole state
+(`repair_tune_state`), hands out again the probes the fault broke, and writes every probe's MLflow
+run again at the end (`ramp_search.finish_probe_run`).
 
 On a cluster the rules are the sweep's (`cluster.cluster_checks`): probes run on the worker nodes
 and write their checkpoints to Tune's storage themselves, so on more than one node `--out` must
@@ -39,13 +45,10 @@ from typing import Any, Callable
 import yaml
 
 from stablesweep.analysis.answer import (
-    RAMP_MD_COLUMNS,
     RAMP_TEXT_COLUMNS,
     RAMP_WORDS,
     SettingAnswer,
-    answers_markdown,
     answers_text,
-    boundary_markdown,
     boundary_text,
 )
 from stablesweep.cluster.storage import storage_paths, uri_scheme
@@ -56,8 +59,8 @@ from stablesweep.sweep.placement import check_run_options, cluster_checks, ephem
 from stablesweep.sweep.ramp import (
     CLIMBS,
     LADDERS,
+    Budgets,
     Setting,
-    boundary_runs,
     ladder,
 )
 from stablesweep.sweep.space import SearchSpace, apply_params, load_space
@@ -96,8 +99,12 @@ def _settings_from_space(space: SearchSpace | None) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
-    """Check everything before Ray starts; returns (base raw config, Config, settings, notes)."""
+DEFAULT_PROBE_STEPS = 100  # the first probes' budget of a config that sets only epochs (and no --steps)
+
+
+def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], Budgets]:
+    """Check everything before Ray starts; returns (base raw config, Config at the first probes'
+    budget, settings, notes, the budgets)."""
     notes: list[str] = []
     if opts.ladder not in LADDERS:
         raise InputError(f"--ladder {opts.ladder}: expected one of {', '.join(LADDERS)}")
@@ -117,13 +124,22 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         raise InputError(f"--first-pass {opts.first_pass}: the only first pass is range-test")
     if opts.replicates < 0:
         raise InputError(f"--replicates {opts.replicates}: must be at least 0 (0: no replicates)")
-    if opts.steps is not None and opts.steps < 1:
-        raise InputError(f"--steps {opts.steps}: must be at least 1")
+    for flag, v in (("--steps", opts.steps), ("--target-steps", opts.target_steps), ("--max-steps", opts.max_steps)):
+        if v is not None and v < 1:
+            raise InputError(f"{flag} {v}: must be at least 1")
+    if opts.confirm is not None and opts.confirm < 0:
+        raise InputError(f"--confirm {opts.confirm}: must be at least 0 (0: off)")
     check_run_options(opts)
     storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
-    cfg = load_config(opts.config, opts.config_overrides())
-    if cfg.training.steps is None:
+    own = load_config(opts.config, list(opts.overrides))  # the config's own budget: the user's run
+    target = opts.target_steps or own.training.steps
+    if target is None and own.training.epochs is None:
         raise InputError(f"{opts.config}: the ramp needs a step budget: set training.steps or pass --steps")
+    probe = opts.steps or min(x for x in (target, own.training.steps, DEFAULT_PROBE_STEPS if target is None
+                                                                       else None) if x is not None)
+    if target is not None:
+        _check_budgets(opts, probe, target)
+    cfg = load_config(opts.config, [*opts.overrides, f"training.steps={probe}"])
     base = cfg.to_dict()
     space = None
     if opts.space:
@@ -146,12 +162,37 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str]]:
         settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs, climb=climb_of(opts)))
     from stablesweep.data import build_data  # torch: once every cheaper check has passed
 
-    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
+    data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
+    if target is None:  # epochs x steps an epoch, as train counts them
+        from stablesweep.config import total_steps
+
+        target = total_steps(own, data.train_size)
+        _check_budgets(opts, probe, target)
+    budgets = Budgets(probe, target, min(target, opts.max_steps or target))
+    if budgets.extrapolated:
+        notes.append(f"the target ({target} steps) is beyond --max-steps {opts.max_steps}: the answer is measured up "
+                     f"to {budgets.reach} steps and extrapolated from there")
     notes += ephemeral_path_notes(opts)
     if opts.mode == "continue" and opts.parallel > 1:
         notes.append("continue mode: each setting climbs one rung at a time (each rung starts from the last "
                      "stable one); settings still run in parallel")
-    return base, cfg, settings, notes
+    return base, cfg, settings, notes, budgets
+
+
+def _check_budgets(opts: RampOptions, probe: int, target: int) -> None:
+    if target < probe:
+        raise InputError(f"--target-steps {target}: below the probes' budget (--steps {probe}); the answer is for "
+                         "the run you will do, at least as long as a probe")
+    if opts.max_steps is not None and opts.max_steps < probe:
+        raise InputError(f"--max-steps {opts.max_steps}: below the probes' budget (--steps {probe})")
+
+
+def confirm_of(opts: RampOptions, budgets: Budgets) -> int:
+    """--confirm, or its default: 2 seeds where the target is longer than the probes (0 where the
+    probes ran the target itself: their replicates and samples measured it)."""
+    if opts.confirm is not None:
+        return opts.confirm
+    return 2 if budgets.target > budgets.probe else 0
 
 
 def ramp_paths(opts: RampOptions, name: str) -> tuple[Path, Path, str]:
@@ -200,13 +241,14 @@ def read_state(ramp_dir: Path, name: str) -> dict:
         raise InputError(f"--resume --name {name}: {path} is not readable JSON ({e})") from None
 
 
-def _plan_of(opts: RampOptions, cfg, settings: list[Setting]) -> dict[str, Any]:
+def _plan_of(opts: RampOptions, cfg, settings: list[Setting], budgets: Budgets) -> dict[str, Any]:
     """What decides a ramp's probes: a resumed ramp goes on with the plan it was started with."""
     return {"config": cfg.to_dict(), "settings": [s.params for s in settings], "lr_start": opts.lr_start,
             "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts), "resolution": opts.resolution,
             "parallel": opts.parallel, "safety": opts.safety, "mode": opts.mode, "first_pass": opts.first_pass,
             "range_steps": opts.range_steps, "replicates": opts.replicates, "samples": opts.samples,
-            "evaluate": opts.evaluate}
+            "evaluate": opts.evaluate, "target_steps": budgets.target, "max_steps": opts.max_steps,
+            "confirm": confirm_of(opts, budgets)}
 
 
 def check_same_plan(state: dict, plan: dict[str, Any], ramp_dir: Path) -> None:
@@ -221,20 +263,23 @@ def check_same_plan(state: dict, plan: dict[str, Any], ramp_dir: Path) -> None:
 
 
 def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResult:
-    base, cfg, settings, notes = plan_ramp(opts)
+    base, cfg, settings, notes, budgets = plan_ramp(opts)
+    confirm = confirm_of(opts, budgets)
     started = time.time()
     name = resume_name(opts) if opts.resume else opts.run_name("ramp")
     out, ramp_dir, experiment = ramp_paths(opts, name)
     state = read_state(ramp_dir, name) if opts.resume else None
     if state is not None:
-        check_same_plan(state, _plan_of(opts, cfg, settings), ramp_dir)
+        check_same_plan(state, _plan_of(opts, cfg, settings, budgets), ramp_dir)
     if state is None and ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; continue it with --resume, or choose "
                          "another --name or --out")
     # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
-    from stablesweep.analysis.boundary import fit_boundary
     from stablesweep.analysis.plots import boundary_data, plot_boundary
-    from stablesweep.sweep.recovery import close_runs, delete_other_runs
+    from stablesweep.sweep.faults import probe_output, storage_fault
+    from stablesweep.sweep.ramp_outputs import answer_settings, write_ramp
+    from stablesweep.sweep.ramp_search import finish_probe_run
+    from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
     from stablesweep.sweep.session import ray_session
     from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
 
@@ -242,70 +287,91 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
         echo(f"note: {n}")
     with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
-        ramp_dir.mkdir(parents=True, exist_ok=True)
-        uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
-        create_store(uri)
-        tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
-        budget = cfg.training.steps
-        if state:
-            parent = state["parent_run_id"]
-            tracker.resume_sweep(parent)
-            echo(f"resuming ramp {name} ({ramp_dir})")
-        else:
-            parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment)
-            _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
-                                    "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
-                                    "experiment": tracker.experiment, "parent_run_id": parent,
-                                    "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings)})
-        echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
-             f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
-             f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
-        if shape.n_nodes > 1 or experiment != str(ramp_dir / TUNE):
-            echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
-                 f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
-                 + (" from its checkpoint" if max_failures else ""))
-        searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
-                          max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None)
-        settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
-        if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
-            close_runs(tracker, parent)
-            return RampResult(name, ramp_dir, settings, [], {}, uri, parent, time.time() - started, interrupted=True)
-        ended = searcher.probes()
-        delete_other_runs(tracker, parent, {r.trial_id for r in ended})  # a probe that runs again: one run
-        fits = [fit_boundary(boundary_runs(s, cfg.training.seed)) for s in settings] if opts.replicates else None
-        bounds = [fits[i][0].to_dict() if fits else None for i in range(len(settings))]
-        answers = [s.answer(opts.safety, b) for s, b in zip(settings, bounds)]
-        summary = [s.summary(opts.safety, b) for s, b in zip(settings, bounds)]
-        files = write_ramp(settings, answers, summary, opts, base, cfg, ramp_dir, name)
-        if fits:
-            files["ramp_boundary.png"] = plot_boundary(
-                boundary_data([a.label for a in answers], fits),
-                ramp_dir / "ramp_boundary.png", budget)
-        total_probes = sum(x["probes"] for x in summary)
-        tracker.end_sweep(parent, {"probes": float(total_probes),
-                                   TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
-                                   "compute_s": float(sum(x["compute_s"] for x in summary))},
-                          tags={BUDGET_STEPS: str(budget)}, artifacts=list(files.values()))
-        tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
-        runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
-        for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
-            if r.trial_id in runs:
-                s = r.setting
-                tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
-        echo(f"largest stable lr per setting (budget {budget} steps a probe)\n"
-             + answers_text(answers, RAMP_TEXT_COLUMNS))
-        if fits:
-            echo(boundary_text(answers, RAMP_WORDS))
-        echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
-        echo(f"MLflow: {ui_command(uri)}")
-        link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
-        if link:
-            echo(f"  the stable probes, best first: {link}")
-        return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
+        tracker = parent = uri = None
+        try:
+            ramp_dir.mkdir(parents=True, exist_ok=True)
+            uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
+            create_store(uri)
+            tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
+            budget = cfg.training.steps
+            if state:
+                parent = state["parent_run_id"]
+                tracker.resume_sweep(parent)
+                echo(f"resuming ramp {name} ({ramp_dir})")
+            else:
+                parent = _start_parent(opts, base, cfg, settings, tracker, name, ramp_dir, experiment, budgets)
+                _write_state(ramp_dir, {"version": 1, "kind": "ramp", "name": name,
+                                        "config_file": str(Path(opts.config).resolve()), "tracking_uri": uri,
+                                        "experiment": tracker.experiment, "parent_run_id": parent,
+                                        "tune_experiment": experiment, "plan": _plan_of(opts, cfg, settings, budgets)})
+            echo(f"ramp {name}: {len(settings)} setting(s), lr {opts.lr_start:.1e}..{opts.lr_stop:.1e} on the "
+                 f"{opts.ladder} ladder ({climb_of(opts)} climb), resolution {opts.resolution}, {opts.parallel} "
+                 f"probe(s) a setting at once, {opts.mode} mode, budget {budget} steps a probe")
+            echo(f"the answer is for {budgets.holds_for()}; "
+                 + (f"the recommended lr confirmed with {confirm} fresh seed(s) at {budgets.target} steps"
+                    if confirm and not budgets.extrapolated else "not confirmed"
+                    + (" (--confirm 0)" if not confirm else " (the target is out of reach)")))
+            if shape.n_nodes > 1 or experiment != str(ramp_dir / TUNE):
+                echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
+                     f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
+                     + (" from its checkpoint" if max_failures else ""))
+            searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
+                              max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None,
+                              folder=ramp_dir, budgets=budgets, confirm=confirm)
+            settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
+            if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
+                close_runs(tracker, parent)
+                return RampResult(name, ramp_dir, settings, [], {}, uri, parent, time.time() - started, interrupted=True)
+            ended = searcher.probes()
+            delete_other_runs(tracker, parent, {r.trial_id for r in ended})  # a probe that runs again: one run
+            for r in ended:  # each probe's run with its verdict, whatever the live callback could write
+                finish_probe_run(tracker, parent, r)
+            done = answer_settings(settings, budgets, opts.safety, opts.replicates, cfg.training.seed, confirm)
+            answers, summary, fits = done.answers, done.summary, done.fits
+            files = write_ramp(settings, done, opts, base, cfg, ramp_dir, name, budgets, climb_of(opts))
+            if fits:
+                files["ramp_boundary.png"] = plot_boundary(
+                    boundary_data([a.label for a in answers], fits),
+                    ramp_dir / "ramp_boundary.png", answers[0].budget_steps or budget)
+            total_probes = sum(x["probes"] for x in summary)
+            tracker.end_sweep(parent, {"probes": float(total_probes),
+                                       TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
+                                       "compute_s": float(sum(x["compute_s"] for x in summary))},
+                              tags={BUDGET_STEPS: str(budget), "target_steps": str(budgets.target),
+                                    "holds_for": budgets.holds_for(),
+                                    **{f"answer.{s.key}": f"{a.label}: for {a.holds_for}; {a.confirmation}"[:5000]
+                                       for s, a in zip(settings, answers)}},
+                              artifacts=list(files.values()))
+            tracker.log_setting_metrics(parent, (a.setting_metrics() for a in answers))
+            runs = {c.tags.get(TRIAL_TAG): c.run_id for c in tracker.children(parent)}
+            for r in ended:  # as a sweep's trials: lr over the setting's smallest diverged lr
+                if r.trial_id in runs:
+                    s = r.setting
+                    tracker.set_margin(runs[r.trial_id], r.lr / s.min_diverged if s.min_diverged else None)
+            echo(f"largest stable lr per setting (budget {budget} steps a probe"
+                 + (f"; the answer at {budgets.reach} steps)\n" if len(budgets.rungs) > 1 else ")\n")
+                 + answers_text(answers, RAMP_TEXT_COLUMNS))
+            if fits:
+                echo(boundary_text(answers, RAMP_WORDS))
+            for a in answers:
+                echo(f"  {a.label}: the answer holds for {a.holds_for}; {a.confirmation}")
+            echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
+            echo(f"MLflow: {ui_command(uri)}")
+            link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
+            if link:
+                echo(f"  the stable probes, best first: {link}")
+            return RampResult(name, ramp_dir, settings, summary, files, uri, parent, time.time() - started, answers)
+        except Exception as e:
+            why = storage_fault(e) or probe_output(ramp_dir if ramp_dir.is_dir() else out)
+            if why is None:
+                raise
+            closed = tracker is not None and parent is not None and close_runs(tracker, parent)
+            raise output_fault("ramp", name, why, closed, uri, opts.out,
+                               kept="probes that ended are kept, the others run again") from e
 
 
 def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], tracker, name: str, ramp_dir: Path,
-                  experiment: str) -> str:
+                  experiment: str, budgets: Budgets) -> str:
     """The ramp's parent MLflow run (its STATE_FILE names it for --resume). A parent of this ramp's
     folder that a start killed before the file was written is deleted first."""
     params = {"lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder,
@@ -313,7 +379,8 @@ def _start_parent(opts: RampOptions, base: dict, cfg, settings: list[Setting], t
               "safety": opts.safety,
               "mode": opts.mode, "first_pass": opts.first_pass or "none", BUDGET_STEPS: cfg.training.steps,
               "settings": len(settings), "config_file": str(Path(opts.config).resolve()),
-              "space_file": str(Path(opts.space).resolve()) if opts.space else "none"}
+              "space_file": str(Path(opts.space).resolve()) if opts.space else "none",
+              "target_steps": budgets.target, "max_steps": budgets.reach, "confirm": confirm_of(opts, budgets)}
     for run in tracker.sweep_runs(kind="ramp"):
         if run.tags.get("sweep_dir") == str(ramp_dir):
             if run.status == "RUNNING":
@@ -331,7 +398,8 @@ def _write_state(ramp_dir: Path, state: dict) -> None:
 
 
 def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
-           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool):
+           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool, folder: Path,
+           budgets: Budgets, confirm: int):
     """Every probe of the ramp, as one Tune run (`ramp_search`); returns its searcher. A resumed
     ramp restores Tune's experiment (and with it the searcher's state): probes that ended are not
     run again, those that were running go on; the MLflow runs of probes that Tune's last snapshot
@@ -339,12 +407,22 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
     from ray import tune
 
     from stablesweep.sweep.ramp_search import RampCallback, RampSearcher
-    from stablesweep.sweep.recovery import can_restore, delete_other_runs, repair_error_files, trial_ids_in
+    from stablesweep.sweep.recovery import (
+        can_restore,
+        delete_other_runs,
+        repair_error_files,
+        repair_tune_state,
+        trial_ids_in,
+        trial_statuses,
+    )
     from stablesweep.sweep.session import make_tuner, trial_trainable
 
     # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
-    trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue")
+    continues = len(budgets.rungs) > 1 and cfg.training.schedule == "constant"  # a promoted probe goes on
+    trainable = trial_trainable(cfg, opts, checkpoints=max_failures > 0 or opts.mode == "continue" or continues)
     local = uri_scheme(experiment) is None
+    if resume and local:
+        repair_tune_state(Path(experiment))  # a copy a full disk cut short: its last whole one
     if resume and can_restore(experiment):
         known = trial_ids_in(Path(experiment)) if local else None
         if known is not None:
@@ -355,59 +433,18 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
                         if isinstance(cb, RampCallback))
         searcher = callback.searcher
         callback.echo = searcher.echo = echo
-        searcher.tune_trials = known
+        searcher.folder = str(folder)
+        # trials in ERROR whose probe has no verdict (an output fault broke them) are handed out again
+        searcher.tune_trials = known if known is None else {t for t, st in trial_statuses(Path(experiment)).items()
+                                                            if st != "ERROR"}
     else:
         if resume:  # stopped before Tune's first snapshot: every probe runs (again)
             delete_other_runs(tracker, parent, set())
-        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo)
+        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo,
+                                folder=str(folder), budgets=budgets, continues=continues, confirm=confirm)
         storage, exp_name = experiment.rsplit("/", 1)
         tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
                            max_concurrent=max_concurrent, max_failures=max_failures,
                            callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo)])
     fit_tuner(tuner)
     return searcher
-
-# ---- outputs ------------------------------------------------------------------------------------
-
-def write_ramp(settings: list[Setting], answers: list[SettingAnswer], summary: list[dict], opts: RampOptions,
-               base: dict, cfg, ramp_dir: Path, name: str) -> dict[str, Path]:
-    """ramp.json (`summary`), ramp.md, recommended/<setting>.yaml and ramp.png."""
-    from stablesweep.analysis.plots import plot_ramp, ramp_data
-    from stablesweep.analysis.recommended import write_recommended_set
-
-    files: dict[str, Path] = {}
-    budget = cfg.training.steps
-    doc = {"kind": "ramp", "name": name, "config": str(Path(opts.config).resolve()),
-           "space": str(Path(opts.space).resolve()) if opts.space else None,
-           "lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts),
-           "resolution": opts.resolution, "safety": opts.safety, "mode": opts.mode,
-           "first_pass": opts.first_pass, BUDGET_STEPS: budget,
-           "note": f"every verdict holds for a budget of {budget} steps a probe",
-           "settings": summary}
-    files["ramp.json"] = ramp_dir / "ramp.json"
-    files["ramp.json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    md = [f"# lr ramp {name}", "", f"Budget: {budget} steps a probe ({opts.mode} mode); ladder {opts.ladder} "
-          f"({climb_of(opts)} climb) from "
-          f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}. *largest safe lr*: {opts.safety} x "
-          "the lr at 5% risk (with --replicates), else x *min failed lr*, else *max stable lr* where none failed. "
-          "*recommended lr*: the lr with the best objective at the budget among the stable probes trained from "
-          f"scratch at or below it ({opts.samples} lr(s) sampled below it once bracketed).", "",
-          ("Each bracket is P(fails | lr) fitted over replicates (below)." if opts.replicates else
-           "Each bracket is a single-seed estimate: one probe an lr; --replicates K measures P(fails | lr)."), "",
-          "*min failed lr*: the smallest lr that did not train, diverged or stalled above the stable band "
-          "(finite, but the loss fell less than monitor.min_progress of its initial loss). The bracket lies "
-          "between *max stable lr* and it. *stalled*: lrs that stalled below the band (too small) and above it.", "",
-          *answers_markdown(answers, RAMP_MD_COLUMNS)]
-    if answers and opts.replicates:
-        md += ["", *boundary_markdown(answers, RAMP_WORDS, seeds=opts.replicates, budget=budget, safety=opts.safety)]
-    files["ramp.md"] = ramp_dir / "ramp.md"
-    files["ramp.md"].write_text("\n".join(md).rstrip("\n") + "\n")
-    files.update(write_recommended_set(
-        [(a, {**s.params, LR_KEY: a.recommended_lr}, f"setting {a.label}")
-         for s, a in zip(settings, answers) if a.recommended_lr is not None],
-        ramp_dir, base, tool="ramp", what=f"the ramp {name}", seeds=opts.replicates,
-        source=cfg.source, base_dir=cfg.base_dir))
-    labels = [a.label for a in answers]
-    probes = [[(p.lr, p.verdict, p.phase) for p in s.tested] for s in settings]
-    files["ramp.png"] = plot_ramp(ramp_data(labels, probes, summary, budget), ramp_dir / "ramp.png")
-    return files

@@ -20,9 +20,11 @@ ended are not run again, those that were running are resumed by Tune under their
 """
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ray.tune.search import Searcher
@@ -30,13 +32,20 @@ from ray.tune.search import Searcher
 from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.callbacks import MlflowCallback, trial_error
+from stablesweep.sweep.faults import probe_output, storage_fault
 from stablesweep.sweep.ramp import (
+    CONFIRM,
+    CONFIRM_SEED,
+    PROMOTE,
     RUNNING,
     SAMPLE,
+    Budgets,
+    Confirmation,
     Probe,
     Setting,
     boundary_runs,
     next_probes,
+    promote_lrs,
     replicate_probes,
     sample_lrs,
     seed_from_range_test,
@@ -63,8 +72,12 @@ from stablesweep.vocab import (
     short_name,
 )
 
-RANGE, CLIMB, REPLICATES, SAMPLES, DONE = "range-test", "climb", "replicates", "samples", "done"
-_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: SAMPLES, SAMPLES: DONE}
+logger = logging.getLogger(__name__)
+
+RANGE, CLIMB, REPLICATES, PROMOTING, SAMPLES, CONFIRMING, DONE = (
+    "range-test", "climb", "replicates", "promote", "samples", "confirm", "done")
+_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: PROMOTING, PROMOTING: SAMPLES, SAMPLES: CONFIRMING,
+         CONFIRMING: DONE}
 
 
 @dataclass
@@ -79,6 +92,8 @@ class Request:
     start_step: int = 0  # continue mode: the step its warm start begins at
     trial_id: str | None = None
     probe: Probe | None = None
+    summary: dict[str, float] | None = None  # its MLflow run's final numbers (`finish_probe_run`)
+    ended_at: float | None = None  # when its last report was made (epoch seconds)
 
 
 def label(s: Setting) -> str:
@@ -89,9 +104,14 @@ class RampSearcher(Searcher):
     """The ramp's probes, setting by setting and batch by batch (see the module docstring)."""
 
     def __init__(self, settings: list[Setting], opts, *, budget: int, base_seed: int,
-                 echo: Callable[[str], None] | None = print):
+                 echo: Callable[[str], None] | None = print, folder: str | None = None,
+                 budgets: Budgets | None = None, continues: bool = False, confirm: int = 0):
         super().__init__()
         self.settings, self.opts, self.budget, self.base_seed = settings, opts, budget, base_seed
+        self.budgets = budgets or Budgets(budget, budget, budget)
+        self.continues = continues  # a promoted probe goes on from its own lr's checkpoint (constant lr)
+        self.confirm = confirm  # seeds at the target for the recommended lr (0: not confirmed)
+        self.folder = folder  # the ramp's folder: a probe's error while it refuses writes is the disk's
         self.per_setting = 1 if opts.mode == "continue" else opts.parallel
         self.echo = echo
         self.stage: dict[str, str] = {}
@@ -122,6 +142,9 @@ class RampSearcher(Searcher):
         if req is None or req.probe is not None:
             return
         m = result or {}
+        why = probe_output(Path(self.folder)) if error and self.folder else None
+        if why is not None:  # the disk broke it, not its lr: no verdict; the ramp stops, --resume runs it again
+            raise OSError(f"probe {trial_id} failed while the ramp's folder {self.folder} refuses writes ({why})")
         if error or VERDICT not in m:
             probe = Probe(req.lr, ERROR, phase=req.phase, reason="the probe raised an exception" if error else None)
         else:
@@ -131,6 +154,9 @@ class RampSearcher(Searcher):
                           float(m.get("time_total_s", 0.0)), req.phase, float(m.get(OBJECTIVE, math.nan)),
                           start_step=req.start_step, trial_id=m.get("trial_id", trial_id), node_id=m.get("node_id"))
         probe.seed = req.config.get(SEED_KEY)
+        req.summary = _summary(m)
+        ended = m.get(REPORTED_AT, m.get("timestamp"))  # Tune's timestamp is whole seconds
+        req.ended_at = ended if isinstance(ended, (int, float)) and not error else None
         req.probe = probe
 
     @property
@@ -151,7 +177,8 @@ class RampSearcher(Searcher):
             state = pickle.load(f)
         self.settings, self.stage, self.batch, self.trials = (state["settings"], state["stage"], state["batch"],
                                                               state["trials"])
-        if self.tune_trials is not None:  # handed out, but not in Tune's state (saved apart): hand out again
+        if self.tune_trials is not None:  # handed out, but not in Tune's state (saved apart) or ended there
+            # without a verdict here (an output fault broke it): hand out again
             for trial_id, req in list(self.trials.items()):
                 if req.probe is None and trial_id not in self.tune_trials:
                     del self.trials[trial_id]
@@ -180,8 +207,16 @@ class RampSearcher(Searcher):
             self._say(f"  range test {label(s)}: {where}; verifying " + ", ".join(f"{lr:.2e}" for lr, _ in todo))
             self._set(s, CLIMB, [self._request(s, lr, phase) for lr, phase in todo])
             return
-        s.probes.extend(r.probe for r in reqs)
-        self._enter(s, CLIMB if stage == CLIMB else _NEXT[stage])
+        cur = s.at_target
+        if stage == CONFIRMING:
+            cur.confirm_probes.extend(r.probe for r in reqs)
+            cur.confirmation.tried.append((reqs[0].lr, [r.probe.verdict for r in reqs]))
+            self._enter(s, CONFIRMING)  # moved down, or done
+            return
+        for r in reqs:
+            r.probe.budget = cur.budget
+        cur.probes.extend(r.probe for r in reqs)
+        self._enter(s, CLIMB if stage in (CLIMB, PROMOTING) else _NEXT[stage])
 
     def _enter(self, s: Setting, stage: str) -> None:
         """The setting's next batch from `stage` on: the first phase that has probes to run."""
@@ -199,8 +234,8 @@ class RampSearcher(Searcher):
             self._say(f"{label(s)}: {len(reqs)} probe(s) [{reqs[0].phase}] at lr "
                       + ", ".join(f"{r.lr:.2e}" for r in reqs))
 
-    def _plan(self, s: Setting, stage: str) -> list[Request]:
-        o = self.opts
+    def _plan(self, base: Setting, stage: str) -> list[Request]:
+        o, s = self.opts, base.at_target
         if stage == RANGE:
             return [self._request(s, o.lr_start, "range-test", steps=o.range_steps or self.budget)]
         if stage == CLIMB:
@@ -217,22 +252,91 @@ class RampSearcher(Searcher):
                 reqs.append(req)
             return reqs
         if stage == SAMPLES:  # the best-training lr below the edge (the 5%-risk lr's, with replicates)
-            if not o.samples:
+            if not o.samples and not s.budget:
                 return []
             at_risk = None
             if o.replicates:
                 from stablesweep.analysis.boundary import fit_boundary
 
                 at_risk = fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
-            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, o.samples, o.safety, at_risk)]
+            k = o.samples
+            if not k and s.budget and s.max_stable is not None and \
+                    s.recommendation(o.safety, {"lr_at_risk": at_risk}).lr is None:
+                k = 1  # a longer rung ran nothing at or below its largest safe lr: that lr itself, once
+            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, k, o.safety, at_risk)]
+        if stage == PROMOTING:
+            return self._promote(base)
+        if stage == CONFIRMING:
+            return self._confirm(base)
         raise ValueError(stage)
+
+    def _at_risk(self, s: Setting) -> float | None:
+        if not self.opts.replicates:
+            return None
+        from stablesweep.analysis.boundary import fit_boundary
+
+        return fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
+
+    def _promote(self, base: Setting) -> list[Request]:
+        """The next rung (x4 the budget, at most the reach) of a setting, seeded with the lrs that
+        bound its bracket at the rung below; [] at the last rung."""
+        s, rungs = base.at_target, self.budgets.rungs
+        now = s.budget or self.budget
+        longer = [b for b in rungs if b > now]
+        lrs = promote_lrs(s, self._at_risk(s)) if longer else []
+        if not lrs:
+            return []
+        rung = Setting(key=base.key, params=base.params, rungs=base.rungs, climb=base.climb, budget=longer[0])
+        base.longer.append(rung)
+        self._say(f"  {label(base)}: {now} -> {rung.budget} steps, promoting lr " + ", ".join(f"{x:.3g}" for x in lrs))
+        reqs = []
+        for lr in lrs:
+            req = self._request(rung, lr, PROMOTE)
+            was = next((p for p in s.tested if p.lr == lr and p.verdict == STABLE and p.checkpoint), None)
+            if self.continues and was is not None:  # the same run, longer: its checkpoint goes on
+                from stablesweep.sweep.trainable import WARM_START
+
+                req.config[WARM_START] = was.checkpoint
+                req.start_step = was.steps
+            reqs.append(req)
+        return reqs
+
+    def _confirm(self, base: Setting) -> list[Request]:
+        """K fresh seeds at the target at the recommended lr; after a failure, at the next lower
+        measured-safe lr; [] once one trained on every seed, or none is left (or it is off)."""
+        s = base.at_target
+        if not self.confirm or self.budgets.extrapolated or (s.budget or self.budget) < self.budgets.target:
+            return []
+        c = s.confirmation = s.confirmation or Confirmation(self.budgets.target)
+        if not c.tried:
+            b = None
+            if self.opts.replicates:
+                from stablesweep.analysis.boundary import fit_boundary
+
+                b = fit_boundary(boundary_runs(s, self.base_seed))[0].to_dict()
+            lr = s.recommendation(self.opts.safety, b).lr
+        elif c.lr is not None:
+            self._say(f"  {label(base)}: {c.words()}")
+            return []
+        else:
+            lr = s.safe_below(c.tried[-1][0])
+        if lr is None:
+            if c.tried:
+                self._say(f"  {label(base)}: {c.words()}")
+            return []
+        reqs = []
+        for i in range(self.confirm):
+            req = self._request(s, lr, CONFIRM)
+            req.config[SEED_KEY] = self.base_seed + CONFIRM_SEED + i
+            reqs.append(req)
+        return reqs
 
     def _request(self, s: Setting, lr: float, phase: str, steps: int | None = None) -> Request:
         o = self.opts
-        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or self.budget}
+        config: dict[str, Any] = {**s.params, LR_KEY: float(lr), "training.steps": steps or s.budget or self.budget}
         start_step = 0
-        if phase in (REPLICATE, SAMPLE):
-            pass  # from scratch, whatever the mode: replicates and samples are independent runs
+        if phase in (REPLICATE, SAMPLE, PROMOTE, CONFIRM) or s.budget:
+            pass  # from scratch, whatever the mode: replicates, samples, confirmations and longer rungs
         elif phase == "range-test":
             config.update({"training.schedule": "exponential", "training.lr_final": o.lr_stop,
                            "training.warmup_steps": 0})
@@ -247,6 +351,35 @@ class RampSearcher(Searcher):
         if not o.evaluate:
             config["datasets.skip_evaluation"] = True
         return Request(s, float(lr), phase, config, start_step)
+
+
+def _summary(m: dict) -> dict[str, float]:
+    return {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS) if isinstance(m.get(k), (int, float))}
+
+
+def describe(req: Request) -> tuple[str, dict, dict | None]:
+    """A probe's MLflow run: its name, its params (its setting, lr, phase and seed) and its setting."""
+    s = req.setting
+    params = {**s.params, LR_KEY: req.lr, "phase": req.phase}
+    name = f"{short_name({**s.params, LR_KEY: req.lr})} {req.phase}"
+    seed = req.config.get(SEED_KEY)
+    if seed is not None:
+        params[SEED_KEY] = seed
+        name += f" seed {seed}"
+    return name, params, s.params
+
+
+def finish_probe_run(tracker, parent: str, req: Request, run_id: str | None = None) -> None:
+    """A probe's MLflow run ended with its verdict: live (`RampCallback`), and again at the ramp's
+    end for every probe, as a sweep's `_finish_mlflow` does, so that a write the live callback
+    missed (a full disk, a probe that ended before a --resume) is made once the store takes it."""
+    probe = req.probe
+    if run_id is None:
+        name, params, setting = describe(req)
+        run_id = tracker.trial_run(parent, req.trial_id, name, params, setting=setting)
+    summary = {**(req.summary or {}), STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops}
+    tracker.finish_trial(run_id, probe.verdict, probe.reason, probe.first_bad_step, summary,
+                         {"node_id": probe.node_id} if probe.node_id else None, ended_at=req.ended_at)
 
 
 class RampCallback(MlflowCallback):
@@ -269,15 +402,18 @@ class RampCallback(MlflowCallback):
         return state
 
     def describe(self, trial) -> tuple[str, dict, dict | None]:
-        req = self.searcher.trials[trial.trial_id]
-        s = req.setting
-        params = {**s.params, LR_KEY: req.lr, "phase": req.phase}
-        name = f"{short_name({**s.params, LR_KEY: req.lr})} {req.phase}"
-        seed = req.config.get(SEED_KEY)
-        if seed is not None:
-            params[SEED_KEY] = seed
-            name += f" seed {seed}"
-        return name, params, s.params
+        return describe(self.searcher.trials[trial.trial_id])
+
+    @staticmethod
+    def _safe(fn, *args) -> None:
+        """As a sweep's, MLflow never stops the ramp, except when the disk is full or read-only: the
+        ramp then stops (`ramp_runner` says so, exit 74) rather than run probes it cannot record."""
+        try:
+            fn(*args)
+        except Exception as e:
+            if storage_fault(e) is not None:
+                raise
+            logger.warning("MLflow logging failed (%s: %s); the ramp goes on", type(e).__name__, e)
 
     def _ours(self, trial) -> bool:
         return trial.trial_id in self.searcher.trials
@@ -295,17 +431,11 @@ class RampCallback(MlflowCallback):
         req = self.searcher.trials.get(trial.trial_id)
         if req is None or req.probe is None:
             return
-        probe, m = req.probe, trial.last_result or {}
         if errored:
-            probe.reason = (error_text(trial_error(trial)) or probe.reason or "error")[:200]
-        run_id = self._run(trial)
-        summary = {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS)
-                   if isinstance(m.get(k), (int, float))}
-        summary.update({STEPS: probe.steps, TRAIN_FLOPS: probe.train_flops})
-        ended = m.get(REPORTED_AT, m.get("timestamp"))  # Tune's timestamp is whole seconds
-        self.tracker.finish_trial(run_id, probe.verdict, probe.reason, probe.first_bad_step, summary,
-                                  {"node_id": probe.node_id} if probe.node_id else None,
-                                  ended_at=ended if isinstance(ended, (int, float)) and not errored else None)
+            req.probe.reason = (error_text(trial_error(trial)) or req.probe.reason or "error")[:200]
+            req.summary = req.summary or _summary(trial.last_result or {})
+        finish_probe_run(self.tracker, self.parent, req, self._run(trial))
+        probe = req.probe
         if self.echo is not None:
             self.echo(f"    {label(req.setting)} lr {probe.lr:.2e} [{probe.phase}]: {probe.verdict}"
                       + (f" ({probe.reason} at step {probe.first_bad_step})" if probe.verdict == DIVERGED else "")

@@ -1,11 +1,13 @@
-"""A sweep's resume and its recovery from a full or read-only disk (`runner.run_sweep` calls these).
+"""The resume of a sweep or a ramp and their recovery from a full or read-only disk
+(`runner.run_sweep` and `ramp_runner.run_ramp` call these).
 
-Disk full: `faults.storage_fault` tells such an error from any other; the sweep then stops with an
-`OutputFault` after `close_runs` (its MLflow runs KILLED) and `save_elsewhere` (its trials, from
-the Optuna study, to a temporary folder).
+Disk full: `faults.storage_fault` tells such an error from any other; the run then stops with an
+`OutputFault` (`output_fault` words it, for both) after `close_runs` (its MLflow runs KILLED) and,
+for a sweep, `save_elsewhere` (its trials, from the Optuna study, to a temporary folder).
 
-Resume after a fault: `repair_tune_state` puts back a whole copy of Tune's state that a full disk
-cut short, `rerun_lost_trials` queues again in Optuna the trials Tune lost, and `delete_lost_runs`
+Resume after a fault: `repair_tune_state` puts back a whole copy of Tune's state (a sweep's or a
+ramp's experiment) that a full disk cut short, `repair_error_files` the error files it left empty;
+for a sweep, `rerun_lost_trials` queues again in Optuna the trials Tune lost, and `delete_lost_runs`
 removes their MLflow runs, so every setting ends in exactly one trial of the sweep's table, Optuna
 and MLflow. `can_restore`: whether Tune's experiment can be restored at all.
 """
@@ -21,19 +23,26 @@ from pathlib import Path
 import pandas as pd
 
 from stablesweep.cluster.storage import uri_scheme
+from stablesweep.sweep.faults import OutputFault
 from stablesweep.sweep.plan import SweepPlan
 from stablesweep.sweep.search import ABANDONED, open_study, study_summary
 from stablesweep.vocab import FIRST_BAD_STEP, OBJECTIVE, REASON, STEPS, VERDICT
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["OutputFault"]  # defined with the fault checks (sweep/faults.py); raised from here
 
-class OutputFault(Exception):
-    """A sweep stopped because its output could not be written (disk full, read-only file system)."""
 
-    def __init__(self, message: str, name: str):
-        super().__init__(message)
-        self.name = name  # the sweep's, for the resume command
+def output_fault(kind: str, name: str, why: str, closed: bool, tracking_uri: str, out, saved: Path | None = None,
+                 kept: str = "trials that finished are kept, the others run again") -> OutputFault:
+    """The stop of a sweep or ramp (`kind`) whose output could not be written, in the same words for
+    both: what happened, whether its MLflow runs were closed, where its records were saved, and what
+    --resume keeps."""
+    return OutputFault(f"{kind} {name}: its output could not be written ({why}); the {kind} stopped. "
+                       + ("Its MLflow runs are marked KILLED. " if closed else
+                          f"Its MLflow runs in {tracking_uri} could not be closed either (still RUNNING). ")
+                       + (f"Its trials so far (from its Optuna study) are in {saved}. " if saved else "")
+                       + f"Free space or make {out} writable, then resume: {kept}", name)
 
 
 def broken_by_fault(plan: SweepPlan) -> bool:
@@ -41,15 +50,13 @@ def broken_by_fault(plan: SweepPlan) -> bool:
     read-only disk broke (the searcher does not tell Optuna an error while the sweep folder refuses
     writes). The resume then runs Tune's errored trials again from their checkpoints, as the
     output-fault message promises; Optuna gets their verdicts at the end (`reconcile_study`)."""
-    state = newest_state(plan.sweep_dir)
-    if state is None or not (plan.sweep_dir / "optuna.db").exists():
+    if not (plan.sweep_dir / "optuna.db").exists():
         return False
     try:
-        trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
         rows = study_summary(plan.study_url, plan.name)
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
-    errored = {t["trial_id"] for t in trials if t.get("status") == "ERROR"}
+    errored = {t for t, status in trial_statuses(plan.sweep_dir).items() if status == "ERROR"}
     return any(r["state"] == "RUNNING" and r.get("tune_trial_id") in errored for r in rows)
 
 
@@ -74,8 +81,8 @@ def repair_error_files(sweep_dir: Path) -> list[Path]:
 
 
 def close_runs(tracker, parent: str) -> bool:
-    """Mark the sweep's MLflow runs that are still RUNNING as KILLED (a resume sets them RUNNING
-    again); False when the store cannot be written either."""
+    """Mark the MLflow runs of a sweep or ramp (`parent` and its children) that are still RUNNING as
+    KILLED (a resume sets them RUNNING again); False when the store cannot be written either."""
     try:
         for run in tracker.children(parent):
             if run.status == "RUNNING":
@@ -83,7 +90,7 @@ def close_runs(tracker, parent: str) -> bool:
         tracker.close_run(parent, "KILLED")
         return True
     except Exception as e:  # the store on the same full disk
-        logger.warning("could not close the MLflow runs of the sweep: %s", e)
+        logger.warning("could not close the MLflow runs of %s: %s", parent, e)
         return False
 
 
@@ -110,15 +117,16 @@ def save_elsewhere(plan: SweepPlan) -> Path | None:
 _TUNE_STATE = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 
 
-def repair_tune_state(plan: SweepPlan) -> None:
+def repair_tune_state(experiment: Path) -> None:
     """Tune writes its state whole to a staging folder of its Ray session first (RAY_TMPDIR or
-    /tmp, ray/session_*/artifacts/*/NAME/driver_artifacts), then copies it to the sweep folder. A
-    copy that failed (disk full) leaves the sweep folder's experiment_state-*.json cut short (Tune
-    then restores no trial at all) or older than the staged one (Tune would forget the trials that
-    started or ended since, though Optuna and MLflow know them). The newest whole staged copy of
-    this sweep is put back in place when it is newer: of this sweep means its trial folders are this
-    sweep's, and its trials include those of the sweep folder's own whole copy, if any."""
-    states = list(plan.sweep_dir.glob(_TUNE_STATE[0]))
+    /tmp, ray/session_*/artifacts/*/NAME/driver_artifacts, NAME the experiment folder's name: a
+    sweep's, or `tune` for a ramp's), then copies it to the experiment folder. A copy that failed
+    (disk full) leaves the folder's experiment_state-*.json cut short (Tune then restores no trial
+    at all) or older than the staged one (Tune would forget the trials that started or ended since,
+    though Optuna and MLflow know them). The newest whole staged copy of this experiment is put back
+    in place when it is newer: of this experiment means its trial folders are this one's, and its
+    trials include those of the folder's own whole copy, if any."""
+    states = list(experiment.glob(_TUNE_STATE[0]))
     if not states:
         return
     whole = [(p.stat().st_mtime, p.name, ids) for p in states if (ids := _trial_ids(p)) is not None]
@@ -126,9 +134,9 @@ def repair_tune_state(plan: SweepPlan) -> None:
     known = max(whole, key=lambda w: w[1])[2] if whole else set()
     if newest is not None and not known:
         return  # nothing to tell this sweep's staged copies from another sweep's of the same name
-    mine = {p.name for p in plan.sweep_dir.glob("trial_*")}
+    mine = {p.name for p in experiment.glob("trial_*")}
     root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
-    staged = sorted(root.glob(f"session_*/artifacts/*/{plan.name}/driver_artifacts/{_TUNE_STATE[0]}"),
+    staged = sorted(root.glob(f"session_*/artifacts/*/{experiment.name}/driver_artifacts/{_TUNE_STATE[0]}"),
                     key=lambda p: p.stat().st_mtime, reverse=True)
     for state in staged:
         if newest is not None and state.stat().st_mtime <= newest:
@@ -136,15 +144,15 @@ def repair_tune_state(plan: SweepPlan) -> None:
         ids = _trial_ids(state)
         if ids is not None and known <= ids and {p.name for p in state.parent.glob("trial_*")} <= mine:
             for pattern in _TUNE_STATE:
-                for p in plan.sweep_dir.glob(pattern):
+                for p in experiment.glob(pattern):
                     p.unlink()
                 for p in state.parent.glob(pattern):
-                    shutil.copy2(p, plan.sweep_dir / p.name)
-            logger.warning("Tune's state in %s was %s; restored its last whole copy from %s", plan.sweep_dir,
+                    shutil.copy2(p, experiment / p.name)
+            logger.warning("Tune's state in %s was %s; restored its last whole copy from %s", experiment,
                            "older than its staged copy" if newest is not None else "cut short", state.parent)
             return
     if newest is None:
-        logger.warning("Tune's state in %s was cut short and no whole copy was found", plan.sweep_dir)
+        logger.warning("Tune's state in %s was cut short and no whole copy was found", experiment)
 
 
 RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
@@ -165,6 +173,20 @@ def trial_ids_in(folder: Path) -> set[str]:
     """The trial ids of the Tune experiment in `folder`, as its newest whole state holds them."""
     newest = newest_state(folder)
     return (_trial_ids(newest) or set()) if newest is not None else set()
+
+
+def trial_statuses(folder: Path) -> dict[str, str]:
+    """Each trial's status (RUNNING, TERMINATED, ERROR...) in the newest state of the Tune experiment
+    in `folder`; empty when there is none or it is not whole. A trial in ERROR whose end its searcher
+    never recorded (a sweep's Optuna trial RUNNING, a ramp's probe without a verdict) was broken by
+    an output fault: the resume runs it again."""
+    newest = newest_state(folder)
+    if newest is None:
+        return {}
+    try:
+        return {(t := json.loads(x[0]))["trial_id"]: t.get("status") for x in json.loads(newest.read_text())["trial_data"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}
 
 
 def delete_other_runs(tracker, parent: str, keep: set[str]) -> list[str]:

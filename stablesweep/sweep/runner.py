@@ -52,11 +52,11 @@ from stablesweep.sweep.placement import cluster_checks, trial_resources
 from stablesweep.sweep.plan import STATE_FILE, SweepPlan, plan_sweep
 from stablesweep.sweep.records import trial_records, trials_table
 from stablesweep.sweep.recovery import (
-    OutputFault,
     broken_by_fault,
     can_restore,
     close_runs,
     delete_lost_runs,
+    output_fault,
     repair_error_files,
     repair_tune_state,
     rerun_lost_trials,
@@ -150,7 +150,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
     trainable = trial_trainable(plan.cfg, opts)
     try:
         if plan.resume and plan.storage == str(plan.out):
-            repair_tune_state(plan)
+            repair_tune_state(plan.sweep_dir)
             repair_error_files(plan.sweep_dir)
             lost = rerun_lost_trials(plan, trial_ids_of(plan) if can_restore(plan.experiment_path) else set())
             if lost:
@@ -185,13 +185,7 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
         if why is None:
             raise
         closed = close_runs(tracker, parent)
-        saved = save_elsewhere(plan)
-        raise OutputFault(f"sweep {plan.name}: its output could not be written ({why}); the sweep stopped. "
-                          + ("Its MLflow runs are marked KILLED. " if closed else
-                             f"Its MLflow runs in {plan.tracking_uri} could not be closed either (still RUNNING). ")
-                          + (f"Its trials so far (from its Optuna study) are in {saved}. " if saved else "")
-                          + f"Free space or make {plan.out} writable, then resume: trials that finished are kept, "
-                          "the others run again", plan.name) from e
+        raise output_fault("sweep", plan.name, why, closed, plan.tracking_uri, plan.out, save_elsewhere(plan)) from e
 
 
 def _swap_echo(tuner, echo) -> None:

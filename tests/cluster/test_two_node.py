@@ -431,7 +431,7 @@ def test_ramp_on_two_nodes_continue_mode_warm_starts_from_checkpoints_in_the_buc
     layout (Tune's rounds at a URI, the ramp's files on the driver) every probe runs on the worker
     node, and continue mode warm-starts each rung from the last stable rung's checkpoint read back
     from the URI (the step counter carries on)."""
-    ramp = ["ramp", "configs/demo.yaml", "--lr-start", "0.025", "--lr-stop", "0.1", "--ladder", "x2", "--steps", "10",
+    ramp = ["ramp", "configs/demo.yaml", "--lr-start", "0.025", "--lr-stop", "0.1", "--ladder", "x2", "--steps", "10", "--target-steps", "10",
             "--samples", "0",  # the climb's warm starts alone, no samples below the edge
             "--mode", "continue", "--set", "training.report_interval=5", "--set", "training.warmup_steps=0",
             "--set", "training.schedule=constant", "--resources-per-trial", '{"worker_node": 1}',

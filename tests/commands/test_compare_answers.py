@@ -21,7 +21,7 @@ def test_a_sweep_and_a_ramp_of_one_config_side_by_side(tmp_path, monkeypatch, ra
     monkeypatch.chdir(tmp_path)
     swept = stablesweep.sweep(DEMO, {"training.lr": {"grid": [0.01, 1000.0]}}, sampler="grid", steps=20, asha=False,
                               name="tiny-sweep", log=None, **FAST)
-    edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=20,
+    edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=20, target_steps=20,
                             name="tiny-ramp", log=None, **FAST)
     assert edge.tracking_uri == swept.tracking_uri  # one default store
     (region,) = json.loads((swept.dir / "stable_region.json").read_text())["groups"]

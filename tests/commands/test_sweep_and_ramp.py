@@ -135,6 +135,9 @@ sys.exit(rc)
      "cannot be gridded"),
     (["ramp", str(DEMO), "--lr-start", "1", "--lr-stop", "0.1"], "need 0 < lr-start < lr-stop"),
     (["ramp", str(DEMO), "--set", "training.lr=oops"], "training.lr: expected a number"),
+    (["ramp", str(DEMO), "--steps", "200"], "--target-steps 120: below the probes' budget (--steps 200)"),
+    (["ramp", str(DEMO), "--steps", "30", "--max-steps", "20"], "--max-steps 20: below the probes' budget"),
+    (["ramp", str(DEMO), "--confirm", "-1"], "--confirm -1: must be at least 0"),
 ])
 def test_bad_input_is_refused_before_ray_torch_mlflow_are_imported(tmp_path, argv, msg):
     p = subprocess.run([sys.executable, "-c", REFUSED_LIGHT, *argv, "--out", str(tmp_path / "out")],

@@ -1,5 +1,6 @@
 """The ramp's planner on a known boundary (pure: no Ray, no training)."""
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -182,8 +183,8 @@ def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicate
     from stablesweep.analysis.boundary import fit_boundary
     from stablesweep.config import load_config
     from stablesweep.sweep.options import RampOptions
-    from stablesweep.sweep.ramp import SAMPLE, boundary_runs
-    from stablesweep.sweep.ramp_runner import write_ramp
+    from stablesweep.sweep.ramp import SAMPLE, Budgets, boundary_runs
+    from stablesweep.sweep.ramp_outputs import answer_settings, write_ramp
 
     demo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     cfg = load_config(demo, ["training.steps=100"])
@@ -198,9 +199,12 @@ def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicate
         samples = ((3e-3, 0.7), (5e-3, 0.45), (1.5e-2, 0.6))  # the best trains below the cap 0.015
     s.probes += [Probe(lr, "stable", steps=100, phase=SAMPLE, objective=o) for lr, o in samples]
     b = fit_boundary(boundary_runs(s, 0))[0].to_dict() if replicates else None
-    a = s.answer(0.5, b)
+    budgets = Budgets(100, 100, 100)  # the target is the probes' budget
+    done = answer_settings([s], budgets, 0.5, replicates, 0, confirm=0)
+    a = done.answers[0]
+    assert a == replace(s.answer(0.5, b), holds_for="100 steps (the target)", confirmation="not confirmed (--confirm 0)")
     opts = RampOptions(config=str(demo), lr_start=1e-3, lr_stop=1e-1, replicates=replicates)
-    files = write_ramp([s], [a], [s.summary(0.5, b)], opts, cfg.to_dict(), cfg, tmp_path, "r")
+    files = write_ramp([s], done, opts, cfg.to_dict(), cfg, tmp_path, "r", budgets, "gallop")
     assert [k for k in files if k.startswith("recommended")] == ["recommended/config.yaml"]  # the one setting
     text = files["recommended/config.yaml"].read_text()
     header = [ln for ln in text.splitlines() if ln.startswith("#")]
@@ -226,3 +230,47 @@ def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicate
     assert header[0].startswith("# config.yaml: written by `stablesweep ramp` on ")
     assert "# budget: 100 steps a run; stability may not hold for a longer run: re-check at the length you train" \
         in header
+
+
+def test_budgets_go_x4_from_the_probes_to_the_target_or_the_reach():
+    from stablesweep.sweep.ramp import Budgets
+
+    assert Budgets(30, 480, 480).rungs == [30, 120, 480]
+    assert Budgets(20, 120, 120).rungs == [20, 80, 120]  # the last rung is the target itself
+    assert Budgets(20, 20, 20).rungs == [20] and not Budgets(20, 20, 20).extrapolated
+    far = Budgets(30, 4000, 500)
+    assert far.rungs == [30, 120, 480, 500] and far.extrapolated
+    assert far.holds_for() == "4000 steps (the target), extrapolated from 500 steps"
+
+
+def test_an_answer_short_of_the_target_is_extrapolated_along_the_rungs_trend():
+    from stablesweep.sweep.ramp import Budgets
+    from stablesweep.sweep.ramp_outputs import extrapolate, holds_for
+
+    rows = [{"budget_steps": 30, "max_stable_lr": 0.08, "lr_at_5pct_risk": None},
+            {"budget_steps": 120, "max_stable_lr": 0.04, "lr_at_5pct_risk": None}]
+    ex = extrapolate(rows, 480)  # halves with each x4: lr ~ D^-0.5
+    assert ex["of"] == "max_stable_lr" and ex["exponent"] == pytest.approx(-0.5)
+    assert ex["lr_at_target"] == pytest.approx(0.02)
+    t = Setting("s00", {}, [0.01], budget=120)
+    words = holds_for(t, Budgets(30, 480, 120), ex)
+    assert words.startswith("extrapolated from 120 steps to 480 (the target is beyond --max-steps)")
+    assert "near lr 0.02 there" in words
+    assert extrapolate(rows[:1], 480)["lr_at_target"] is None  # one budget: no trend
+
+
+def test_a_confirmation_says_what_it_holds_for_and_where_it_moved_down():
+    from stablesweep.sweep.ramp import Confirmation
+
+    c = Confirmation(480)
+    assert c.words() == "not confirmed" and c.lr is None
+    c.tried.append((0.1, ["stable", "diverged"]))
+    assert c.lr is None and c.words().startswith("not confirmed: no lr trained on every seed at 480 steps")
+    c.tried.append((0.07, ["stable", "stable"]))
+    assert c.lr == 0.07
+    assert c.words() == "confirmed: 2/2 trained at 480 steps (moved down from lr 0.1: 1/2 trained)"
+    s = Setting("s00", {}, [0.01], budget=480, confirmation=c)
+    s.probes = [Probe(lr, "stable", steps=480, objective=o) for lr, o in ((0.07, 0.6), (0.1, 0.5))]
+    s.probes.append(Probe(0.3, "diverged", steps=50))
+    assert s.recommendation(0.5).lr == 0.07  # 0.1, the best below 0.15, failed its confirmation
+    assert s.answer(0.5).budget_steps == 480

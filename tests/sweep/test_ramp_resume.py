@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from stablesweep.sweep.invariant import ramp_exactly_once_problems
 from stablesweep.tracking import Tracker
 from tests.conftest import DEMO, ROOT
@@ -19,7 +21,7 @@ from tests.sweep.test_runner import _kill_group, _terminated
 # the demo at 20 steps, one probe at a time: 0.02, 0.04, 0.08 train, 0.16 is past the edge (stalls or
 # diverges), then bisection: about 6 probes
 RAMP = ["ramp", str(DEMO), "--lr-start", "0.02", "--lr-stop", "0.32", "--ladder", "x2", "--climb", "step",
-        "--parallel", "1", "--samples", "0", "--steps", "20", "--set", "training.report_interval=5"]
+        "--parallel", "1", "--samples", "0", "--steps", "20", "--target-steps", "20", "--set", "training.report_interval=5"]
 ENDED = "    config lr "  # the line of a probe that ended
 
 
@@ -140,3 +142,58 @@ def test_sigterm_stops_a_ramp_as_ctrl_c_does_with_exit_143(ray_cluster, tmp_path
     assert [p.status for p in tracker.sweep_runs(kind="ramp")] == ["KILLED"]
     children = tracker.children(state["parent_run_id"])
     assert children and not [c for c in children if c.status == "RUNNING"]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_full_or_read_only_out_stops_a_ramp_with_exit_74_then_resume_finishes_it(ray_cluster, tmp_path, fault):
+    """--out on a small tmpfs, once two probes ended: filled up (dd), or made read-only (a read-only
+    bind mount over it). The driver says the output could not be written, prints the resume command
+    and exits 74; with space (or writes) back, one --resume ends with every probe once in ramp.json
+    and MLflow, nothing RUNNING, the parent FINISHED."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], check=True)
+    out = mnt / "out"
+    address = ray_cluster.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "stablesweep", *RAMP, "--out", str(out), "--name", "f"]
+    log = tmp_path / "first.log"
+    first = None
+    bound = False
+    try:
+        first = _start(cmd + ["--address", address], log)
+        done = _wait_for_probes(first, log, 2)
+        assert first.poll() is None and len(done) >= 2, log.read_text()[-3000:]
+        if fault == "full":
+            subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'filler'}", "bs=1M", "count=100"], capture_output=True)
+        else:
+            subprocess.run(["mount", "--bind", str(out), str(out)], check=True)
+            bound = True
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(out)], check=True)
+        first.wait(timeout=300)
+        text = log.read_text()
+        tail = text[text.rindex("error: ramp f"):] if "error: ramp f" in text else text[-3000:]
+        assert first.returncode == 74, tail
+        assert "its output could not be written" in tail and "Traceback" not in tail, tail
+        (line,) = [ln for ln in tail.splitlines() if ln.startswith("continue with  stablesweep ramp ")]
+        assert " --name f " in line and line.endswith(" --resume"), tail
+
+        if fault == "full":
+            (mnt / "filler").unlink()
+        else:
+            subprocess.run(["umount", str(out)], check=True)
+            bound = False
+        res = _resume(cmd, address)
+        assert res.returncode == 0, res.stdout[-4000:]
+        problems = ramp_exactly_once_problems(out / "f")
+        assert not problems, problems
+        doc = json.loads((out / "f" / "ramp.json").read_text())
+        assert doc["settings"][0]["status"] == "bracketed"
+        assert "error" not in {p["verdict"] for p in doc["settings"][0]["probe_list"]}  # the disk's, not the lr's
+    finally:
+        if first is not None:
+            _kill_group(first)
+        if bound:
+            subprocess.run(["umount", "-l", str(out)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -38,7 +38,7 @@ def ramp(ray_cluster, tmp_path_factory, new_store):
     out = tmp_path_factory.mktemp("ramp")
     new_store(out / "mlflow.db")  # OUT's default store, there already
     # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two rounds (of Tune)
-    opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, overrides=FIXED, out=str(out),
+    opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, target_steps=STEPS, overrides=FIXED, out=str(out),
                        name="r", parallel=4, climb="step", resolution=1.25)
     lines = []
     res = run_ramp(opts, echo=lines.append)
@@ -127,7 +127,7 @@ def test_ramp_files_and_mlflow(ramp):
 
 def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "mlflow.db")
-    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, mode="continue",
+    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, target_steps=10, mode="continue",
                        samples=0, overrides=FIXED, out=str(tmp_path), name="c")  # the climb alone
     res = run_ramp(opts, echo=lambda s: None)
     s = res.settings[0]
@@ -139,7 +139,7 @@ def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(r
 
 def test_diverged_at_start_is_reported_not_bracketed(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "mlflow.db")
-    opts = RampOptions(config=str(DEMO), lr_start=5.0, lr_stop=10.0, ladder="x2", steps=20, overrides=FIXED,
+    opts = RampOptions(config=str(DEMO), lr_start=5.0, lr_stop=10.0, ladder="x2", steps=20, target_steps=20, overrides=FIXED,
                        out=str(tmp_path), name="d", parallel=1)
     res = run_ramp(opts, echo=lambda s: None)
     s = res.settings[0]
@@ -163,7 +163,7 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
     and its largest safe lr is 0.5 x the 5%-risk lr, the recommended lr a measured one at or below it."""
 
     new_store(tmp_path / "mlflow.db")
-    opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, resolution=2.0,
+    opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, target_steps=STEPS, resolution=2.0,
                        overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2)
     lines = []
     res = run_ramp(opts, echo=lines.append)

@@ -52,13 +52,11 @@ def test_a_staged_tune_state_newer_than_the_sweep_folders_is_put_back(tmp_path, 
     for t in ("a", "b", "c"):
         (staged / f"trial_{t}").mkdir()
     _state(staged / "experiment_state-s1.json", ["a", "b", "c"], now - 50)
-    plan = SimpleNamespace(sweep_dir=sweep, name="full")
-
-    repair_tune_state(plan)
+    repair_tune_state(sweep)
     restored = json.loads((sweep / "experiment_state-s1.json").read_text())
     assert [json.loads(t[0])["trial_id"] for t in restored["trial_data"]] == ["a", "b", "c"]
     assert (sweep / "searcher-state-s1.pkl").read_bytes() == b"xxx"  # the searcher's state of the same moment
-    repair_tune_state(plan)  # now as new as the staged copy: left alone
+    repair_tune_state(sweep)  # now as new as the staged copy: left alone
     assert (sweep / "searcher-state-s1.pkl").read_bytes() == b"xxx"
 
 

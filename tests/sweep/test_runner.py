@@ -535,7 +535,7 @@ def test_a_killed_probe_worker_is_retried_once_from_its_checkpoint_in_a_ramp(ray
     from stablesweep.sweep.ramp import NEVER_DIVERGED
     from stablesweep.sweep.ramp_runner import run_ramp
 
-    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.01, ladder="x2", steps=100, parallel=1, samples=0,
+    opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.01, ladder="x2", steps=100, target_steps=100, parallel=1, samples=0,
                        overrides=[f"training.report_interval={INTERVAL}", "datasets.skip_evaluation=true"],
                        out=str(tmp_path / "out"), name="rk", mlflow=mlflow_uri)
     lines: list[str] = []
