@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         from stablesweep.sweep.plan import STATE_FILE
 
         if (plan.sweep_dir / STATE_FILE).exists():
-            print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, plan.name)}", file=sys.stderr)
+            print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, plan.name, 'sweep')}", file=sys.stderr)
         else:
             print(f"\n{stop_word()} before the sweep was recorded: nothing ran, nothing to resume; "
                   "run the same command again", file=sys.stderr)
