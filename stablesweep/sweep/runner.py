@@ -112,11 +112,8 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: Swe
     started = time.time()
     for n in plan.notes:
         echo(f"note: {n}")
-    from stablesweep.tracking import create_store
 
-    # the MLflow store (mlflow's imports, the migrations of a new store) is made while Ray starts;
-    # _run finds it whole
-    with ray_session(opts, meanwhile=lambda: create_store(plan.tracking_uri)):
+    with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)
         return _run(plan, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
 

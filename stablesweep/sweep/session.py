@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import ray
 from ray import tune
@@ -28,23 +26,14 @@ from stablesweep.vocab import InputError
 
 
 @contextmanager
-def ray_session(opts: RunOptions, meanwhile: Callable[[], Any] | None = None) -> Iterator[None]:
+def ray_session(opts: RunOptions) -> Iterator[None]:
     """Ray for a run: a cluster joined (--address, or RAY_ADDRESS as inside a Ray Job), or a local
     Ray started here and shut down at the end; a Ray this process already runs is used as it is.
-
-    `meanwhile`: work that does not need Ray (the MLflow store: its imports and migrations take
-    seconds), run in a thread while Ray starts, which mostly waits on its processes; it has ended
-    when the body runs, and its error is raised there. An --address that nothing answers on is
-    refused before it starts."""
+    An --address that nothing answers on is refused before it starts."""
     quiet_tune()
     if opts.address:
         check_reachable(opts.address)
-    side = _Beside(meanwhile) if meanwhile is not None else None
-    try:
-        started = start_ray(opts)
-    finally:
-        if side is not None:
-            side.join()  # raises its error, unless Ray's start raised one
+    started = start_ray(opts)
     take_sigterm()  # after Ray: its driver's handlers abort at SIGTERM (stablesweep.signals)
     try:
         yield
@@ -62,27 +51,6 @@ def quiet_tune() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class _Beside(threading.Thread):
-    """`work` in a thread of its own; `join` raises its error. Not a daemon: a Ctrl-C meanwhile lets it
-    end (the MLflow store is made whole or not at all, stablesweep.tracking.create_store)."""
-
-    def __init__(self, work: Callable[[], Any]):
-        super().__init__(name="stablesweep-meanwhile")
-        self.work, self.error = work, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.work()
-        except BaseException as e:  # raised in the caller's thread, by join
-            self.error = e
-
-    def join(self, timeout: float | None = None) -> None:
-        super().join(timeout)
-        if self.error is not None and sys.exc_info()[1] is None:
-            raise self.error
 
 
 def start_ray(opts: RunOptions) -> bool:

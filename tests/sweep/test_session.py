@@ -39,22 +39,3 @@ def test_tune_is_quieted_where_the_user_has_not_chosen(monkeypatch):
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
     assert os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] == "0"
 
-
-def test_the_work_meanwhile_has_ended_when_the_run_begins_and_its_error_is_raised(ray_cluster):
-    """`ray_session(meanwhile=...)`: the MLflow store is made in a thread while Ray starts."""
-    done = []
-
-    def slow():
-        time.sleep(0.5)
-        done.append(True)
-
-    with ray_session(SweepOptions(config="c", space="s"), meanwhile=slow):
-        assert done == [True]
-
-    def broken():
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        with ray_session(SweepOptions(config="c", space="s"), meanwhile=broken):
-            pytest.fail("the run must not begin")
-    assert ray_cluster.is_initialized()
