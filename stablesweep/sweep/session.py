@@ -40,6 +40,7 @@ def ray_session(opts: RunOptions) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+            take_sigterm()  # Ray's shutdown leaves SIGTERM's default (the process killed, exit -15)
 
 
 def quiet_tune() -> None:

@@ -198,3 +198,29 @@ def test_sigterm_while_ray_starts_is_taken_as_ours():
     assert out and out[-1].startswith("stopped"), (proc.stdout, proc.stderr[-2000:])
     _, _, terminated, status, initialized = out[-1].split()
     assert (terminated, status, initialized) == ("True", "143", "False")
+
+
+RAY_SHUTDOWN_SIGTERM = """
+import os, signal, time
+from stablesweep.signals import take_sigterm
+from stablesweep.sweep.options import RunOptions
+from stablesweep.sweep.session import ray_session
+take_sigterm()
+with ray_session(RunOptions(config="unused", num_cpus=1)):
+    pass
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(2)
+    print("survived")
+except KeyboardInterrupt:
+    print("stopped")
+"""
+
+
+def test_sigterm_after_ray_shut_down_is_still_taken_as_ours():
+    """Ray's shutdown puts SIGTERM's C-level handler back to the default: a SIGTERM while a sweep
+    printed its answer killed it (exit -15). `ray_session` takes SIGTERM again after the shutdown."""
+    proc = subprocess.run([sys.executable, "-c", RAY_SHUTDOWN_SIGTERM], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("stopped"), (proc.returncode, proc.stdout,
+                                                                            proc.stderr[-2000:])
