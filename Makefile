@@ -35,9 +35,12 @@ test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu
 
 # The multi-node tests: a second (and third) Ray node by `ray start` on loopback (~8 min), and Ray's
-# own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min)
+# own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min); then a
+# fixed-seed sample of bench/chaos.py: one round of each fault, each resumed once and checked
+# exactly once (~8 min on 2 cores; needs root, for its tmpfs mounts)
 cluster-test: $(STAMP)
 	STABLESWEEP_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/cluster/test_two_node.py tests/cluster/test_launcher.py
+	$(BIN)/python bench/chaos.py --rounds 6 --seed 0
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
