@@ -136,10 +136,11 @@ def repair_tune_state(experiment: Path) -> None:
         return  # nothing to tell this sweep's staged copies from another sweep's of the same name
     mine = {p.name for p in experiment.glob("trial_*")}
     root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
-    staged = sorted(root.glob(f"session_*/artifacts/*/{experiment.name}/driver_artifacts/{_TUNE_STATE[0]}"),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for state in staged:
-        if newest is not None and state.stat().st_mtime <= newest:
+    # other Ray sessions on this machine (another sweep's, ending now) may remove their files meanwhile
+    staged = sorted((m, p) for p in root.glob(f"session_*/artifacts/*/{experiment.name}/driver_artifacts/"
+                                              f"{_TUNE_STATE[0]}") if (m := _mtime(p)) is not None)
+    for mtime, state in reversed(staged):
+        if newest is not None and mtime <= newest:
             return  # the sweep folder's copy is whole and as new as any staged one
         ids = _trial_ids(state)
         if ids is not None and known <= ids and {p.name for p in state.parent.glob("trial_*")} <= mine:
@@ -153,6 +154,13 @@ def repair_tune_state(experiment: Path) -> None:
             return
     if newest is None:
         logger.warning("Tune's state in %s was cut short and no whole copy was found", experiment)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 RERUN_OF = "rerun_of"  # Optuna user attr: the number of the trial (lost by Tune) that this one runs again
