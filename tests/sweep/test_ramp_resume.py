@@ -17,6 +17,7 @@ from stablesweep.sweep.invariant import ramp_exactly_once_problems
 from stablesweep.tracking import Tracker
 from tests.conftest import DEMO, ROOT
 from tests.sweep.test_runner import _kill_group, _terminated
+from tests.sweep.test_signals import _wait_for_lines
 
 # the demo at 20 steps, one probe at a time: 0.02, 0.04, 0.08 train, 0.16 is past the edge (stalls or
 # diverges), then bisection: about 6 probes
@@ -28,17 +29,6 @@ ENDED = "    config lr "  # the line of a probe that ended
 def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env,
                             start_new_session=True)
-
-
-def _wait_for_probes(proc: subprocess.Popen, log: Path, n: int, timeout: float = 200) -> list[str]:
-    deadline = time.time() + timeout
-    lines: list[str] = []
-    while time.time() < deadline and proc.poll() is None:
-        lines = [ln for ln in log.read_text().splitlines() if ln.startswith(ENDED)]
-        if len(lines) >= n:
-            break
-        time.sleep(0.2)
-    return lines
 
 
 def _resume(cmd: list[str], address: str) -> subprocess.CompletedProcess:
@@ -60,7 +50,7 @@ def test_driver_killed_mid_ramp_then_resumed(ray_cluster, tmp_path):
     first = _start(cmd, log, env={**os.environ, "RAY_ADDRESS": "local"})  # a Ray of its own
     exp = out / "k" / "tune"
     try:
-        done = _wait_for_probes(first, log, 2)
+        done = _wait_for_lines(first, log, ENDED, 2, timeout=200)
         ended: set[str] = set()
         deadline = time.time() + 120
         while time.time() < deadline and first.poll() is None and len(ended) < 2:
@@ -95,7 +85,7 @@ def test_ctrl_c_stops_a_ramp_with_the_resume_command_then_resume_finishes_it(ray
     log = tmp_path / "first.log"
     first = _start(cmd + ["--address", address], log)
     try:
-        done = _wait_for_probes(first, log, 1)
+        done = _wait_for_lines(first, log, ENDED, 1, timeout=200)
         assert first.poll() is None and done, log.read_text()[-3000:]
         os.kill(first.pid, signal.SIGINT)  # the driver only, by its PID
         first.wait(timeout=120)
@@ -128,7 +118,7 @@ def test_sigterm_stops_a_ramp_as_ctrl_c_does_with_exit_143(ray_cluster, tmp_path
     log = tmp_path / "first.log"
     first = _start(cmd, log)
     try:
-        done = _wait_for_probes(first, log, 1)
+        done = _wait_for_lines(first, log, ENDED, 1, timeout=200)
         assert first.poll() is None and done, log.read_text()[-3000:]
         os.kill(first.pid, signal.SIGTERM)  # the driver only, as a scheduler's preemption
         first.wait(timeout=120)
@@ -163,7 +153,7 @@ def test_a_full_or_read_only_out_stops_a_ramp_with_exit_74_then_resume_finishes_
     bound = False
     try:
         first = _start(cmd + ["--address", address], log)
-        done = _wait_for_probes(first, log, 2)
+        done = _wait_for_lines(first, log, ENDED, 2, timeout=200)
         assert first.poll() is None and len(done) >= 2, log.read_text()[-3000:]
         if fault == "full":
             subprocess.run(["dd", "if=/dev/zero", f"of={mnt / 'filler'}", "bs=1M", "count=100"], capture_output=True)
