@@ -1,7 +1,7 @@
 # make demo: create .venv if needed, install, run the embedded demo sweep, print where results are.
 # make test: create .venv if needed, install with test extras, lint (ruff), run the suite (all but the
-#            multi-node tests, which `make cluster-test` runs; .ci/run runs both). Tests marked gpu are
-#            skipped where there is no CUDA device.
+#            multi-node tests and the end-to-end fault tests marked `faults`, which `make cluster-test`
+#            runs; .ci/run runs both). Tests marked gpu are skipped where there is no CUDA device.
 # make test-gpu: on a GPU machine, the tests that need CUDA (marked gpu: the CUDA-graph steps).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.stablesweep-installed
 DEMO_OUT ?= demo-out
 # test files run in this many processes (pytest-xdist; a file's tests stay together, sharing its
-# module fixtures): most of the suite waits on Ray, subprocesses and sqlite, so 2 fill 2 cores
-TEST_WORKERS ?= 2
+# module fixtures): most of the suite waits on Ray, subprocesses and sqlite (2 processes kept 2 cores
+# under half busy), so 3 on 2 cores
+TEST_WORKERS ?= 3
 
 .PHONY: demo test test-gpu lint cluster-test install clean stable-template
 
@@ -28,18 +29,21 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not faults"
 
 test-gpu: $(STAMP)
 	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA device here')"
 	$(BIN)/python -m pytest -m gpu
 
 # The multi-node tests: a second (and third) Ray node by `ray start` on loopback (~8 min), and Ray's
-# own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min); then a
+# own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min); the end-to-end
+# fault tests (marked faults: a driver SIGKILLed or sent SIGTERM, a full or read-only --out, a failed
+# data-parallel worker, two sweeps into one --out, each then resumed once; ~4 min); then a
 # fixed-seed sample of bench/chaos.py: one round of each fault, each resumed once and checked
-# exactly once (~8 min on 2 cores; needs root, for its tmpfs mounts)
+# exactly once (~8 min on 2 cores; the disk faults need root, for their tmpfs mounts)
 cluster-test: $(STAMP)
 	STABLESWEEP_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/cluster/test_two_node.py tests/cluster/test_launcher.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m faults
 	$(BIN)/python bench/chaos.py --rounds 6 --seed 0
 
 lint: $(STAMP)

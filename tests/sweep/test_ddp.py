@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from stablesweep.config import load_config
@@ -113,6 +114,7 @@ def test_a_nan_on_one_rank_stops_both_with_the_one_process_verdict_and_step(ray_
     assert last["device"] == "cpu" and last["finished"]
 
 
+@pytest.mark.faults
 def test_a_failed_data_parallel_trial_resumes_from_its_checkpoint(ray_cluster, tmp_path):
     CRASH_MARKER.touch()
     try:

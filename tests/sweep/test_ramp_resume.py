@@ -41,6 +41,7 @@ def _resume(cmd: list[str], address: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, output)
 
 
+@pytest.mark.faults
 def test_driver_killed_mid_ramp_then_resumed(ray_cluster, tmp_path):
     """SIGKILL the driver (and the local Ray it started) once two probes ended and Tune's snapshot
     holds them; --resume (on the session's Ray) ends with every probe once and those two untouched."""
@@ -111,6 +112,7 @@ def test_ctrl_c_stops_a_ramp_with_the_resume_command_then_resume_finishes_it(ray
     assert not problems, problems
 
 
+@pytest.mark.faults
 def test_sigterm_stops_a_ramp_as_ctrl_c_does_with_exit_143(ray_cluster, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "stablesweep", *RAMP, "--out", str(out), "--name", "t",
@@ -134,6 +136,7 @@ def test_sigterm_stops_a_ramp_as_ctrl_c_does_with_exit_143(ray_cluster, tmp_path
     assert children and not [c for c in children if c.status == "RUNNING"]
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("fault", ["full", "read-only"])
 def test_a_full_or_read_only_out_stops_a_ramp_with_exit_74_then_resume_finishes_it(ray_cluster, tmp_path, fault):
     """--out on a small tmpfs, once two probes ended: filled up (dd), or made read-only (a read-only

@@ -197,6 +197,7 @@ def assert_exactly_once(sweep_dir: Path, n_grid: int = N_GRID):
     return pd.read_csv(sweep_dir / "trials.csv")
 
 
+@pytest.mark.faults
 def test_driver_killed_mid_sweep_then_resumed(ray_cluster, tmp_path):
     """SIGKILL the driver (and the local Ray it started) once some trials finished; --resume (on the
     session's Ray: no Ray started for it) ends with every grid point run exactly once: no trial lost,
@@ -279,6 +280,7 @@ def test_asha_prunes_poor_finite_trials(ray_cluster, tmp_path, mlflow_uri):
     assert g.max_stable_lr == t.loc[t["verdict"] == "stable", "training.lr"].max()
 
 
+@pytest.mark.faults
 def test_disk_full_mid_sweep_stops_with_a_message_then_resumes(ray_cluster, tmp_path, new_store):
     """The sweep's --out on a small tmpfs, filled once two trials ended: the driver says the output
     could not be written, marks its MLflow runs KILLED where it can, prints the resume command and

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from stablesweep.sweep.search import study_summary
 from stablesweep.tracking import Tracker
@@ -29,6 +30,7 @@ def _wait_for_lines(proc: subprocess.Popen, log, prefix: str, n: int, timeout: f
     return lines
 
 
+@pytest.mark.faults
 def test_sigterm_stops_a_sweep_as_ctrl_c_does_then_resume_finishes_it(ray_cluster, tmp_path):
     out, space = tmp_path / "out", grid_space(tmp_path)
     address = ray_cluster.get_runtime_context().gcs_address
@@ -77,6 +79,7 @@ def test_sigterm_stops_a_sweep_as_ctrl_c_does_then_resume_finishes_it(ray_cluste
     assert set(table["verdict"]) <= {"stable", "diverged"}
 
 
+@pytest.mark.faults
 def test_two_sweeps_started_at_once_into_one_out_both_keep_every_record(ray_cluster, tmp_path):
     """Two sweeps of different names into one fresh --out, started together: both make the MLflow
     store at the same moment (its migrations take seconds); neither loses a run to the other."""
