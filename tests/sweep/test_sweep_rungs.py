@@ -1,0 +1,126 @@
+"""A sweep's answer for a target budget (`sweep --target-steps`): the ramp's rungs and confirmation
+after the sweep's trials, with real Tune trials on a planted model (tests/sweep/planted.py).
+
+late_stall, a grid of lrs at 20 steps, the answer for 80: 0.08 stalls at 20 steps (the bracket at
+20 is 0.04..0.08) and trains at 80, 0.16 diverges at step 50, and 0.08 fails from step 60 on an
+odd seed (the confirmation's second: the recommendation moves down to 0.04, confirmed there)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from stablesweep.sweep.invariant import exactly_once_problems
+from stablesweep.sweep.options import SweepOptions
+from stablesweep.sweep.runner import run_sweep
+from stablesweep.tracking import Tracker
+from tests.sweep.test_ramp_rungs import CONFIG
+
+PLANTED = CONFIG.replace("model: {name: small_cnn}", 'model: {name: small_cnn, factory: "tests.sweep.planted:late_stall"}')
+SPACE = "training.lr: {grid: [0.02, 0.04, 0.08, 0.16]}\n"
+
+
+def _files(d):
+    (d / "planted.yaml").write_text(PLANTED)
+    (d / "space.yaml").write_text(SPACE)
+    return dict(config=str(d / "planted.yaml"), space=str(d / "space.yaml"), sampler="grid", steps=20, asha=False,
+                out=str(d / "out"), max_concurrent=2)
+
+
+@pytest.fixture(scope="module")
+def swept(ray_cluster, tmp_path_factory, new_store):
+    d = tmp_path_factory.mktemp("target")
+    new_store(d / "out" / "mlflow.db")
+    opts = SweepOptions(**_files(d), name="t", target_steps=80)
+    lines: list[str] = []
+    return run_sweep(opts, echo=lines.append), lines, opts
+
+
+def test_the_rungs_promote_the_bracket_and_confirm_at_the_target(swept):
+    res, lines, _ = swept
+    (s,) = res.target.settings
+    assert (s.max_stable, s.min_failed) == (0.04, 0.08)  # at 20 steps: 0.08 stalls above the band
+    t = s.at_target
+    assert t.budget == 80 and (t.max_stable, t.min_failed) == (0.08, 0.16)  # at 80 it trains; 0.16 diverges late
+    assert sorted(p.lr for p in t.probes if p.phase == "promote") == [0.04, 0.08]
+    assert t.confirmation.tried == [(0.08, ["stable", "diverged"]), (0.04, ["stable", "stable"])]
+    (a,) = res.target.answers
+    assert a.recommended_lr == 0.04 and a.holds_for == "80 steps (the target)"
+    assert a.confirmation == "confirmed: 2/2 trained at 80 steps (moved down from lr 0.08: 1/2 trained)"
+    assert any("20 -> 80 steps, promoting lr 0.04, 0.08" in ln for ln in lines)
+    # the rung probes: rows of trials.csv with their phase and budget, not Optuna trials
+    t_csv = pd.read_csv(res.files["trials"])
+    rungs = t_csv[t_csv["budget_steps"] == 80]
+    assert len(t_csv[t_csv["phase"] == "sweep"]) == 4 and (t_csv[t_csv["phase"] == "sweep"]["budget_steps"] == 20).all()
+    assert sorted(rungs["phase"]) == ["confirm"] * 4 + ["ladder", "promote", "promote"]
+    assert (rungs["optuna_number"] == -1).all()
+    assert sorted(rungs.loc[rungs["phase"] == "confirm", "seed"]) == [1000, 1000, 1001, 1001]
+    assert (res.sweep_dir / "rungs").is_dir()
+    problems = exactly_once_problems(res.sweep_dir, 4)
+    assert not problems, problems
+
+
+def test_every_output_says_what_the_answer_holds_for_and_what_it_cost(swept):
+    res, _, _ = swept
+    data = json.loads(res.files["json"].read_text())
+    assert (data["probe_steps"], data["target_steps"], data["rungs"]) == (20, 80, [20, 80])
+    assert data["recommended"]["training.lr"] == 0.04
+    (x,) = data["at_target"]
+    assert x["holds_for"] == "80 steps (the target)" and x["confirmation"].startswith("confirmed: 2/2 trained at 80")
+    c = data["cost"]
+    assert c["rung_probes"] == 3 and c["confirm_runs"] == 4 and c["rungs_flops"] > 0 and c["confirm_s"] > 0
+    # one full run at the target: FLOPs a step x 80; 3 rung probes (one stopped at step 50) and 4 confirmations
+    assert c["full_run_flops"] == pytest.approx(c["flops_per_step"] * 80)
+    assert 5 < (c["rungs_flops"] + c["confirm_flops"]) / c["full_run_flops"] < 7
+    md = res.files["md"].read_text()
+    assert "## The answer for 80 steps (the target)" in md and "## Cost" in md and "## Across budgets" in md
+    header = res.files["recommended"].read_text()
+    assert "for 80 steps (the target); confirmed: 2/2 trained at 80 steps" in header
+    assert "steps: 80" in header.split("\n# ")[-1] and "lr: 0.04" in header
+    assert res.files["figure_budgets"].stat().st_size > 0
+    run = Tracker(res.tracking_uri).client.get_run(res.parent_run_id)
+    assert run.data.params["target_steps"] == "80" and run.data.tags["target_steps"] == "80"
+    assert run.data.tags["answer.s00"].endswith("confirmed: 2/2 trained at 80 steps (moved down from lr 0.08: "
+                                                "1/2 trained)")
+    assert run.data.metrics["confirm_flops"] == pytest.approx(c["confirm_flops"])
+    children = Tracker(res.tracking_uri).children(res.parent_run_id)
+    phases = sorted(ch.tags.get("phase", "sweep") for ch in children)
+    assert phases == ["confirm"] * 4 + ["ladder", "promote", "promote"] + ["sweep"] * 4
+
+
+def test_resume_of_the_finished_sweep_runs_no_probe_again(swept):
+    res, _, opts = swept
+    reports = {p: p.read_text() for p in (res.sweep_dir / "rungs").glob("trial_*/result.json")}
+    assert len(reports) == 7
+    again = run_sweep(SweepOptions(**{**opts.__dict__, "target_steps": None, "resume": True}), echo=lambda s: None)
+    assert {p: p.read_text() for p in (res.sweep_dir / "rungs").glob("trial_*/result.json")} == reports
+    assert sorted(again.table["trial_id"]) == sorted(res.table["trial_id"])
+    assert again.target.answers[0].confirmation == res.target.answers[0].confirmation
+    problems = exactly_once_problems(res.sweep_dir, 4)
+    assert not problems, problems
+
+
+def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_cluster, tmp_path, new_store):
+    new_store(tmp_path / "out" / "mlflow.db")
+    opts = SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "two.yaml")}, name="d")
+    (tmp_path / "two.yaml").write_text("training.lr: {grid: [0.02, 0.16]}\n")
+    res = run_sweep(opts, echo=lambda s: None)
+    assert res.target is None and not (res.sweep_dir / "rungs").exists()
+    assert "phase" not in pd.read_csv(res.files["trials"]).columns and len(res.table) == 2
+    data = json.loads(res.files["json"].read_text())
+    assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
+    assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--target-steps", "10"], "--target-steps 10: below the probes' budget (--steps 20)"),
+    (["--target-steps", "80", "--max-steps", "10"], "--max-steps 10: below the probes' budget (--steps 20)"),
+    (["--confirm", "-1"], "--confirm -1: must be at least 0"),
+])
+def test_bad_budgets_are_refused_before_ray(cli, tmp_path, flags, says):
+    f = _files(tmp_path)
+    r = cli("sweep", f["config"], "--space", f["space"], "--sampler", "grid", "--steps", "20",
+            "--out", tmp_path / "out", *flags)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
