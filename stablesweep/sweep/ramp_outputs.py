@@ -218,7 +218,8 @@ def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, r
     files["ramp.md"] = ramp_dir / "ramp.md"
     files["ramp.md"].write_text("\n".join(md).rstrip("\n") + "\n")
     files.update(write_recommended_set(
-        [(a, {**s.params, LR_KEY: a.recommended_lr}, f"setting {a.label}; for {a.holds_for}; {a.confirmation}")
+        [(a, {**s.params, LR_KEY: a.recommended_lr, "training.steps": budgets.target},  # the run it is for
+          f"setting {a.label}; for {a.holds_for}; {a.confirmation}")
          for s, a in zip(settings, answers) if a.recommended_lr is not None],
         ramp_dir, base, tool="ramp", what=f"the ramp {name}", seeds=opts.replicates,
         source=cfg.source, base_dir=cfg.base_dir))

@@ -11,6 +11,9 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
     OUT/NAME/trials.csv           one row a trial
     OUT/NAME/stable_region.{json,md}, figures/*.png, recommended.yaml
     OUT/NAME/replicates/          with --replicates: Tune's experiment of the replicate round
+    OUT/NAME/rungs/               with --target-steps longer than the trials: Tune's experiment of the
+                                  rungs and the confirmation (`sweep_rungs`), run after the replicates;
+                                  figures/budgets.png, and the answer for the target in the files above
 
 With `--replicates K` (grid and qmc samplers), once the sweep's trials have ended, K seeds run at
 `boundary.replicate_lrs(max stable lr, min failed lr)` of every combination of the categorical axes

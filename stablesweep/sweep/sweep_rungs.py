@@ -4,7 +4,8 @@ planner and Tune searcher.
 
 Each combination of the categorical axes (as the replicate round picks them: its other params those
 of its trial at the largest stable lr) becomes a ramp `Setting` whose probes at the first budget are
-the combination's sweep trials and replicates (`seeded_settings`). A `RampSearcher` entered at its
+the combination's sweep trials and replicates (`seeded_settings`; a stable trial's last checkpoint its probe's, so that at constant lr
+its promotion goes on from it). A `RampSearcher` entered at its
 promote phase then does what a ramp does above its first budget: x4 rungs up to the target, each
 seeded with the lrs that bound the bracket below, its climb and bisection, replicates (--replicates
 K) and, at the last rung, the recommended lr confirmed with --confirm fresh seeds at the target
@@ -134,21 +135,31 @@ def seeded_settings(plan: SweepPlan, done: pd.DataFrame) -> list[Setting]:
         top = mine[(mine[VERDICT] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)]
         first = (top if len(top) else mine).iloc[0]
         s = Setting(key=f"s{i:02d}", params={k: py(first[k]) for k in space.keys if k != LR_KEY}, rungs=rungs)
-        s.probes = [_probe(r) for _, r in mine.iterrows()]
+        s.probes = [_probe(r, _checkpoint(plan, r)) for _, r in mine.iterrows()]
         lo, hi = s.max_stable, s.min_failed
         s.status = BRACKETED if lo and hi else NEVER_DIVERGED if lo else NEVER_TRAINED
         settings.append(s)
     return settings
 
 
-def _probe(r: pd.Series) -> Probe:
+def _checkpoint(plan: SweepPlan, r: pd.Series) -> str | None:
+    """The last checkpoint of a stable sweep trial, from which its promoted probe goes on at constant
+    lr, where Tune's experiment is on a path (a bucket's: None, the promoted probe starts afresh)."""
+    if r[VERDICT] != STABLE or r.get("phase") == REPLICATE or plan.storage != str(plan.out):
+        return None
+    last = max((plan.sweep_dir / f"trial_{r['trial_id']}").glob("checkpoint_*"), default=None)
+    return str(last) if last is not None else None
+
+
+def _probe(r: pd.Series, checkpoint: str | None) -> Probe:
     """A sweep's trial (or replicate) `r` as a probe of its setting at the first budget."""
     rep = r.get("phase") == REPLICATE
     bad, objective = py(r.get(FIRST_BAD_STEP)), py(r.get(OBJECTIVE))
     return Probe(float(r[LR_KEY]), r[VERDICT], py(r.get(REASON)), -1 if bad is None else int(bad),
                  int(py(r.get(STEPS)) or 0), float(py(r.get(TRAIN_FLOPS)) or 0.0), float(py(r.get("wall_s")) or 0.0),
                  REPLICATE if rep else SWEEP_PHASE, float("nan") if objective is None else float(objective),
-                 trial_id=r["trial_id"], node_id=py(r.get("node_id")), seed=int(r["seed"]) if rep else None)
+                 checkpoint=checkpoint, trial_id=r["trial_id"], node_id=py(r.get("node_id")),
+                 seed=int(r["seed"]) if rep else None)
 
 
 def run_rungs(plan: SweepPlan, table: pd.DataFrame, replicates: tuple[pd.DataFrame, dict] | None, tracker,
@@ -158,7 +169,6 @@ def run_rungs(plan: SweepPlan, table: pd.DataFrame, replicates: tuple[pd.DataFra
     from stablesweep.sweep.ramp_runner import run_probes
     from stablesweep.sweep.ramp_search import PROMOTING, describe
     from stablesweep.sweep.records import trial_records, trials_table
-    from stablesweep.sweep.recovery import can_restore
 
     reps = replicates[0] if replicates is not None else None
     if (table[VERDICT] == UNFINISHED).any() or (reps is not None and (reps[VERDICT] == UNFINISHED).any()) \
@@ -176,7 +186,7 @@ def run_rungs(plan: SweepPlan, table: pd.DataFrame, replicates: tuple[pd.DataFra
     path = f"{plan.experiment_path}/{RUNGS}"
     searcher, results = run_probes(
         rung_options(plan), plan.cfg, settings, tracker, parent, plan.name, path, echo,
-        max_concurrent=max_concurrent, max_failures=max_failures, resume=plan.resume and can_restore(path),
+        max_concurrent=max_concurrent, max_failures=max_failures, resume=plan.resume,
         folder=plan.sweep_dir, budgets=budgets, confirm=plan.confirm, entry=PROMOTING,
         keep={*done["trial_id"]}, setting_keys=plan.space.categorical_keys)
     rows, outcomes = trials_table(trial_records(results), plan.space)

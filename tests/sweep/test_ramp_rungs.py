@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from stablesweep.sweep.invariant import ramp_exactly_once_problems
 from stablesweep.sweep.options import RampOptions
@@ -105,9 +106,10 @@ def test_every_output_names_the_target_and_every_probe_is_recorded_once(rungs):
     assert x["budget_steps"] == 80 and x["recommended_lr"] == 0.04
     md = (res.ramp_dir / "ramp.md").read_text()
     assert "## Across budgets" in md and "confirmed: 2/2 trained at 80 steps" in md
-    header = [ln for ln in next((res.ramp_dir / "recommended").glob("*late_stall*")).read_text().splitlines()
-              if ln.startswith("#")]
+    text = next((res.ramp_dir / "recommended").glob("*late_stall*")).read_text()
+    header = [ln for ln in text.splitlines() if ln.startswith("#")]
     assert any("for 80 steps (the target); confirmed: 2/2 trained at 80 steps" in ln for ln in header)
+    assert yaml.safe_load(text)["training"]["steps"] == 80  # the config of the run it is for, not the probes'
     assert (res.ramp_dir / "ramp_budgets.png").stat().st_size > 0
     run = Tracker(res.tracking_uri).client.get_run(res.parent_run_id)
     assert run.data.params["target_steps"] == "80" and run.data.tags["target_steps"] == "80"

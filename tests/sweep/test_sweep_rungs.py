@@ -1,7 +1,7 @@
 """A sweep's answer for a target budget (`sweep --target-steps`): the ramp's rungs and confirmation
 after the sweep's trials, with real Tune trials on a planted model (tests/sweep/planted.py).
 
-late_stall, a grid of lrs at 20 steps, the answer for 80: 0.08 stalls at 20 steps (the bracket at
+late_stall, a grid of three lrs at 20 steps, the answer for 80: 0.08 stalls at 20 steps (the bracket at
 20 is 0.04..0.08) and trains at 80, 0.16 diverges at step 50, and 0.08 fails from step 60 on an
 odd seed (the confirmation's second: the recommendation moves down to 0.04, confirmed there)."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from stablesweep.sweep.invariant import exactly_once_problems
 from stablesweep.sweep.options import SweepOptions
@@ -18,7 +19,7 @@ from stablesweep.tracking import Tracker
 from tests.sweep.test_ramp_rungs import CONFIG
 
 PLANTED = CONFIG.replace("model: {name: small_cnn}", 'model: {name: small_cnn, factory: "tests.sweep.planted:late_stall"}')
-SPACE = "training.lr: {grid: [0.02, 0.04, 0.08, 0.16]}\n"
+SPACE = "training.lr: {grid: [0.04, 0.08, 0.16]}\n"
 
 
 def _files(d):
@@ -43,7 +44,10 @@ def test_the_rungs_promote_the_bracket_and_confirm_at_the_target(swept):
     assert (s.max_stable, s.min_failed) == (0.04, 0.08)  # at 20 steps: 0.08 stalls above the band
     t = s.at_target
     assert t.budget == 80 and (t.max_stable, t.min_failed) == (0.08, 0.16)  # at 80 it trains; 0.16 diverges late
-    assert sorted(p.lr for p in t.probes if p.phase == "promote") == [0.04, 0.08]
+    promoted = {p.lr: p for p in t.probes if p.phase == "promote"}
+    assert sorted(promoted) == [0.04, 0.08]
+    assert promoted[0.04].start_step == 20 and promoted[0.04].steps == 80  # went on from its sweep trial
+    assert promoted[0.08].start_step == 0  # a stall: from scratch
     assert t.confirmation.tried == [(0.08, ["stable", "diverged"]), (0.04, ["stable", "stable"])]
     (a,) = res.target.answers
     assert a.recommended_lr == 0.04 and a.holds_for == "80 steps (the target)"
@@ -52,12 +56,12 @@ def test_the_rungs_promote_the_bracket_and_confirm_at_the_target(swept):
     # the rung probes: rows of trials.csv with their phase and budget, not Optuna trials
     t_csv = pd.read_csv(res.files["trials"])
     rungs = t_csv[t_csv["budget_steps"] == 80]
-    assert len(t_csv[t_csv["phase"] == "sweep"]) == 4 and (t_csv[t_csv["phase"] == "sweep"]["budget_steps"] == 20).all()
+    assert len(t_csv[t_csv["phase"] == "sweep"]) == 3 and (t_csv[t_csv["phase"] == "sweep"]["budget_steps"] == 20).all()
     assert sorted(rungs["phase"]) == ["confirm"] * 4 + ["ladder", "promote", "promote"]
     assert (rungs["optuna_number"] == -1).all()
     assert sorted(rungs.loc[rungs["phase"] == "confirm", "seed"]) == [1000, 1000, 1001, 1001]
     assert (res.sweep_dir / "rungs").is_dir()
-    problems = exactly_once_problems(res.sweep_dir, 4)
+    problems = exactly_once_problems(res.sweep_dir, 3)
     assert not problems, problems
 
 
@@ -70,14 +74,15 @@ def test_every_output_says_what_the_answer_holds_for_and_what_it_cost(swept):
     assert x["holds_for"] == "80 steps (the target)" and x["confirmation"].startswith("confirmed: 2/2 trained at 80")
     c = data["cost"]
     assert c["rung_probes"] == 3 and c["confirm_runs"] == 4 and c["rungs_flops"] > 0 and c["confirm_s"] > 0
-    # one full run at the target: FLOPs a step x 80; 3 rung probes (one stopped at step 50) and 4 confirmations
+    # one full run at the target: FLOPs a step x 80; 3 rung probes (one went on from step 20, one stopped at
+    # step 50) and 4 confirmations (one stopped at step 60): about 6 such runs
     assert c["full_run_flops"] == pytest.approx(c["flops_per_step"] * 80)
     assert 5 < (c["rungs_flops"] + c["confirm_flops"]) / c["full_run_flops"] < 7
     md = res.files["md"].read_text()
     assert "## The answer for 80 steps (the target)" in md and "## Cost" in md and "## Across budgets" in md
     header = res.files["recommended"].read_text()
     assert "for 80 steps (the target); confirmed: 2/2 trained at 80 steps" in header
-    assert "steps: 80" in header.split("\n# ")[-1] and "lr: 0.04" in header
+    assert yaml.safe_load(header)["training"]["steps"] == 80 and yaml.safe_load(header)["training"]["lr"] == 0.04
     assert res.files["figure_budgets"].stat().st_size > 0
     run = Tracker(res.tracking_uri).client.get_run(res.parent_run_id)
     assert run.data.params["target_steps"] == "80" and run.data.tags["target_steps"] == "80"
@@ -86,7 +91,7 @@ def test_every_output_says_what_the_answer_holds_for_and_what_it_cost(swept):
     assert run.data.metrics["confirm_flops"] == pytest.approx(c["confirm_flops"])
     children = Tracker(res.tracking_uri).children(res.parent_run_id)
     phases = sorted(ch.tags.get("phase", "sweep") for ch in children)
-    assert phases == ["confirm"] * 4 + ["ladder", "promote", "promote"] + ["sweep"] * 4
+    assert phases == ["confirm"] * 4 + ["ladder", "promote", "promote"] + ["sweep"] * 3
 
 
 def test_resume_of_the_finished_sweep_runs_no_probe_again(swept):
@@ -97,17 +102,17 @@ def test_resume_of_the_finished_sweep_runs_no_probe_again(swept):
     assert {p: p.read_text() for p in (res.sweep_dir / "rungs").glob("trial_*/result.json")} == reports
     assert sorted(again.table["trial_id"]) == sorted(res.table["trial_id"])
     assert again.target.answers[0].confirmation == res.target.answers[0].confirmation
-    problems = exactly_once_problems(res.sweep_dir, 4)
+    problems = exactly_once_problems(res.sweep_dir, 3)
     assert not problems, problems
 
 
 def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "out" / "mlflow.db")
-    opts = SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "two.yaml")}, name="d")
-    (tmp_path / "two.yaml").write_text("training.lr: {grid: [0.02, 0.16]}\n")
+    opts = SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "one.yaml")}, name="d")
+    (tmp_path / "one.yaml").write_text("training.lr: {grid: [0.02]}\n")
     res = run_sweep(opts, echo=lambda s: None)
     assert res.target is None and not (res.sweep_dir / "rungs").exists()
-    assert "phase" not in pd.read_csv(res.files["trials"]).columns and len(res.table) == 2
+    assert "phase" not in pd.read_csv(res.files["trials"]).columns and len(res.table) == 1
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
     assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
