@@ -127,15 +127,14 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         elif opts.samples > size:
             notes.append(f"--samples {opts.samples} is more than the {size} grid points: running {size}")
             samples = size
+    t = cfg.training
+    if t.steps:  # the budgets checked before the data where the trials' budget is known without it
+        budgets, confirm = _budgets(opts, space, t.steps, target, max_steps, confirm, notes)
     from stablesweep.data import build_data  # torch: imported once every cheaper check has passed
 
-    # the budgets checked before the data where the trials' budget is known without it (training.steps)
-    data = None if cfg.training.steps else build_data(cfg)
-    probe = cfg.training.steps or total_steps(cfg, data.train_size)
-    budgets, confirm = _budgets(opts, space, probe, target, max_steps, confirm, notes)
-    if data is None:
-        build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
-    t = cfg.training
+    data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
+    if not t.steps:  # epochs x steps an epoch, as train counts them
+        budgets, confirm = _budgets(opts, space, total_steps(cfg, data.train_size), target, max_steps, confirm, notes)
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
     uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or opts.default_tracking_uri(out)
     notes += ephemeral_path_notes(opts)

@@ -106,6 +106,9 @@ def test_resume_of_the_finished_sweep_runs_no_probe_again(swept):
     assert not problems, problems
 
 
+# bad --target-steps, --max-steps, --confirm: refused before Ray (tests/commands/test_sweep_and_ramp.py)
+
+
 def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "out" / "mlflow.db")
     opts = SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "one.yaml")}, name="d")
@@ -116,16 +119,3 @@ def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_clus
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
     assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
-
-
-@pytest.mark.parametrize("flags, says", [
-    (["--target-steps", "10"], "--target-steps 10: below the probes' budget (--steps 20)"),
-    (["--target-steps", "80", "--max-steps", "10"], "--max-steps 10: below the probes' budget (--steps 20)"),
-    (["--confirm", "-1"], "--confirm -1: must be at least 0"),
-])
-def test_bad_budgets_are_refused_before_ray(cli, tmp_path, flags, says):
-    f = _files(tmp_path)
-    r = cli("sweep", f["config"], "--space", f["space"], "--sampler", "grid", "--steps", "20",
-            "--out", tmp_path / "out", *flags)
-    assert r.returncode == 2 and says in r.stderr, r.stderr
-    assert not (tmp_path / "out").exists()
