@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
           f"stalled {c.get('stalled', 0)}, diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, "
           f"error {c.get('error', 0)}" + (f", unfinished {c['unfinished']}" if c.get("unfinished") else "")
           + (f" ({sum(g.replicates for g in res.region.groups)} of them replicates)" if res.region.replicates else "")
-          + (f" (and {len(res.target.table)} probes of the rungs)" if res.target is not None else ""))
+          + (f" ({len(res.target.table)} of them probes of the rungs)" if res.target is not None else ""))
     print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget"
           + (f"; the answer for {res.target.budgets.target} steps below)" if res.target is not None else ")"))
     print()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +148,7 @@ def _budgets(opts: SweepOptions, space: SearchSpace, probe: int, target: int | N
              confirm: int | None, notes: list[str]) -> tuple[Budgets, int]:
     """The sweep's budgets (its trials' budget `probe`, the target: --target-steps, default `probe`)
     and its --confirm, checked as the ramp's (`budgets.check_budgets`)."""
-    given = SweepOptions(config=opts.config, space=opts.space, target_steps=target, max_steps=max_steps,
-                         confirm=confirm)
+    given = replace(opts, target_steps=target, max_steps=max_steps, confirm=confirm)  # a resumed sweep's own
     target = target or probe
     check_budgets(given, probe, target)
     budgets = Budgets(probe, target, min(target, max_steps or target))

@@ -363,6 +363,8 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     _finish_mlflow(table, outcomes, tracker, parent, plan)
     title = f"Stable region: sweep {plan.name}"
     target = rungs if rungs is not None and rungs.answered else None
+    if plan.rungs:  # the first budget's recommended trial is not the answer: the target's is (write_target)
+        region.recommended = None
     files = write_region(region, shown, plan.sweep_dir, base=None if plan.rungs else plan.base, title=title,
                          extra={"sweep": plan.name, "sampler": plan.sampler, "samples": plan.samples,
                                 "config": plan.state.get("config_file"), "space": plan.state.get("space_file"),

@@ -80,6 +80,7 @@ def test_every_output_says_what_the_answer_holds_for_and_what_it_cost(swept):
     assert 5 < (c["rungs_flops"] + c["confirm_flops"]) / c["full_run_flops"] < 7
     md = res.files["md"].read_text()
     assert "## The answer for 80 steps (the target)" in md and "## Cost" in md and "## Across budgets" in md
+    assert md.count("(recommended.yaml)") == 1 and "## Recommended at the target (recommended.yaml)" in md
     header = res.files["recommended"].read_text()
     assert "for 80 steps (the target); confirmed: 2/2 trained at 80 steps" in header
     assert yaml.safe_load(header)["training"]["steps"] == 80 and yaml.safe_load(header)["training"]["lr"] == 0.04
