@@ -120,3 +120,33 @@ def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_clus
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
     assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
+
+
+def test_a_combination_is_seeded_with_its_trials_and_replicates_as_probes_at_the_first_budget(tmp_path):
+    """No Ray: the settings the rungs start from, as the replicate round picks a combination's params."""
+    from stablesweep.sweep.plan import plan_sweep
+    from stablesweep.sweep.ramp import boundary_runs, promote_lrs
+    from stablesweep.sweep.sweep_rungs import lr_ladder, seeded_settings
+
+    (tmp_path / "clip.yaml").write_text("training.lr: {grid: [0.01, 0.04, 0.16]}\n"
+                                        "training.max_grad_norm: {choice: [null, 1.0]}\n")
+    plan = plan_sweep(SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "clip.yaml")}, target_steps=80,
+                                   replicates=2))
+    assert plan.rungs and plan.confirm == 2 and plan.budgets.rungs == [20, 80]
+    assert lr_ladder(plan) == ([0.01, 0.04, 0.16], 4.0)  # the grid, bisected as finely as it measured
+    rows = [("sweep", 0.01, None, "stable", 0), ("sweep", 0.04, None, "stable", 0), ("sweep", 0.16, None, "diverged", 0),
+            ("replicate", 0.08, None, "stable", 0), ("replicate", 0.08, None, "diverged", 1),
+            ("sweep", 0.01, 1.0, "stable", 0), ("sweep", 0.04, 1.0, "stalled", 0), ("sweep", 0.16, 1.0, "pruned", 0)]
+    done = pd.DataFrame([{"trial_id": f"t{i}", "training.lr": lr, "training.max_grad_norm": clip, "verdict": v,
+                          "seed": seed, "phase": phase, "objective": 1.0, "steps": 20, "train_flops": 2e6,
+                          "wall_s": 1.0} for i, (phase, lr, clip, v, seed) in enumerate(rows)])
+    none, one = seeded_settings(plan, done)
+    assert none.params == {"training.max_grad_norm": None} and one.params == {"training.max_grad_norm": 1.0}
+    assert [(p.lr, p.phase, p.seed) for p in none.probes] == [(0.01, "sweep", None), (0.04, "sweep", None),
+                                                             (0.16, "sweep", None), (0.08, "replicate", 0),
+                                                             (0.08, "replicate", 1)]
+    assert (none.max_stable, none.min_failed, none.status) == (0.04, 0.16, "bracketed")
+    assert len(boundary_runs(none, 0)) == 5 and none.replicates and all(p.checkpoint is None for p in none.probes)
+    # a stall above the band is its edge; a pruned trial is no evidence at all
+    assert (one.max_stable, one.min_failed) == (0.01, 0.04) and [p.lr for p in one.probes] == [0.01, 0.04]
+    assert promote_lrs(one) == [0.01, 0.04]
