@@ -33,8 +33,10 @@ own length). When the target is longer, each setting's bracket is refitted at x4
 by rung up to the target: only its max stable and min failed lrs (with --replicates, the lrs
 around the 5%-risk point) are promoted, continuing from the probe's checkpoint where the lr is
 constant, and a stall below the target counts as "not trained yet" unless it persists at the next
-rung. The recommended config then runs at the target with --confirm seeds. ramp_budgets.png draws
-each setting's bracket (and 5%-risk lr) against the budget.
+rung. The recommended config (training.steps the target) then runs at the target with --confirm
+seeds. ramp_budgets.png draws each setting's bracket (and 5%-risk lr) against the budget; ramp.json,
+ramp.md and the terminal say what the rungs and the confirmation cost (FLOPs, seconds) next to one
+full run at the target.
 
 How it works: the space's categorical axes (precision, masking, clip, loss type...) give the
 settings; for each, lr climbs the ladder K rungs at a time (K = --parallel) until a rung

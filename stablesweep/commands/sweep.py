@@ -22,6 +22,10 @@ examples:
   # the boundary as a probability: 3 seeds around each combination's bracket, P(fails | lr) fitted
   stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 200 --replicates 3
 
+  # trials of 30 steps, the answer for the 480-step run: the lrs near each bracket promoted x4 a rung
+  # (120, 480 steps), the recommended lr run at 480 steps with 2 fresh seeds ("confirmed: 2/2 trained")
+  stablesweep sweep my.yaml --space my_grid.yaml --sampler grid --steps 30 --target-steps 480
+
   # continue an interrupted sweep (no trial lost, none run twice; the sampler keeps what it learnt)
   stablesweep sweep my.yaml --space search_spaces/default.yaml --out runs/sweeps --name food-qmc --resume
 
@@ -31,6 +35,16 @@ examples:
   stablesweep sweep my.yaml --space search_spaces/default.yaml --gpus-per-trial 0.25 \\
       --address auto --out s3://my-bucket/sweeps --local-dir ~/sweeps  # a bucket: Tune's checkpoints there,
                                                                        # the region, optuna.db, mlflow.db here
+
+The budget: every verdict of a trial holds for its --steps. With --target-steps N longer than that,
+the answer is for N steps: the rungs (the ramp's, in OUT/NAME/rungs; their probes are rows of
+trials.csv with their phase and budget_steps, and MLflow children) refit each combination's bracket at
+x4 the budget up to N, a stall below N counting as "not trained yet" unless it persists at the next
+rung; the recommended config (training.steps N) runs at N with --confirm seeds. stable_region.md/json,
+recommended.yaml's header, the terminal and the MLflow parent run then say what the answer holds for
+("confirmed: 2/2 trained at 480 steps", "not confirmed", "extrapolated from M steps") and what the rungs
+and the confirmation cost next to one full run at N; figures/budgets.png draws each bracket against the
+budget.
 
 A search space is YAML whose keys are dotted config keys:
   training.lr: {loguniform: [1.0e-6, 1.0e-1]}
@@ -111,6 +125,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fit P(fails | lr) per combination and report the lr at 5%% risk (with an interval), the "
                         "lr at 50%% and the evidence; the recommended lr is then at most half the 5%%-risk lr. "
                         "Without it each bracket is a single-seed estimate")
+    p.add_argument("--target-steps", type=int, default=None, metavar="N",
+                   help="the budget the answer is for: the run you will do (default: the trials' own, --steps or "
+                        "training.steps, and the sweep is as it was). Longer than the trials: once they (and their "
+                        "replicates) end, the lrs around each combination's bracket are promoted to x4 the budget, "
+                        "rung by rung up to N, as `stablesweep ramp` does (climbed and bisected at each rung), and "
+                        "the recommended config is the one for N steps")
+    p.add_argument("--max-steps", type=int, default=None, metavar="M",
+                   help="the longest run the rungs may do (default: the target); a target beyond it is out of "
+                        "reach and the answer says \"extrapolated from M steps\"")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help="run each combination's recommended lr at the target with K fresh seeds before calling it "
+                        "recommended; a failure moves it down to the next lower lr measured safe there (default 2 "
+                        "where the target is longer than the trials, else 0; 0: off, and the output says "
+                        "\"not confirmed\")")
     p.set_defaults(func=run)
 
 
@@ -150,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"sweep {res.name}: {sum(c.values())} trials in {res.wall_s:.0f}s: stable {c.get('stable', 0)}, "
           f"stalled {c.get('stalled', 0)}, diverged {c.get('diverged', 0)}, pruned {c.get('pruned', 0)}, "
           f"error {c.get('error', 0)}" + (f", unfinished {c['unfinished']}" if c.get("unfinished") else "")
-          + (f" ({sum(g.replicates for g in res.region.groups)} of them replicates)" if res.region.replicates else ""))
-    print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget)")
+          + (f" ({sum(g.replicates for g in res.region.groups)} of them replicates)" if res.region.replicates else "")
+          + (f" ({len(res.target.table)} of them probes of the rungs)" if res.target is not None else ""))
+    print(f"budget: {res.region.budget_steps} steps a trial (every verdict holds for this budget"
+          + (f"; the answer for {res.target.budgets.target} steps below)" if res.target is not None else ")"))
     print()
     print(res.region.to_text())
     if res.region.boundary_text():
@@ -162,13 +192,16 @@ def run(args: argparse.Namespace) -> int:
     if c.get("pruned"):
         print(f"\n{c['pruned']} trial(s) pruned by ASHA: stable only up to where they stopped, so not counted as "
               "stable; --no-asha maps the boundary with full-budget runs")
+    if res.target is not None:
+        print("\n" + "\n".join(res.target.lines()))
     if res.region.recommended:
         from stablesweep.vocab import format_value
 
         print("\nrecommended: " + "  ".join(f"{k}={format_value(v) if v is not None else 'null'}"
                                             for k, v in res.region.recommended.items()))
     print(f"\nfiles in {res.sweep_dir}:")
-    for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective", "figure_boundary"):
+    for key in ("md", "json", "trials", "recommended", "figure_region", "figure_objective", "figure_boundary",
+                "figure_budgets"):
         if key in res.files:
             print(f"  {res.files[key]}")
     for key in sorted(k for k in res.files if k.startswith("recommended/")):  # each setting's, runnable anywhere
@@ -179,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         [c for c in res.table.columns if "." in c])))
     if link:
         print(f"  the stable trials, best first: {link}")
+    if res.target is not None and res.target.cost:
+        print("\n" + res.target.cost_line())  # what the answer for the target cost
     if res.interrupted:
         from stablesweep.signals import stop_status, stop_word
 

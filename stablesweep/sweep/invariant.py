@@ -1,5 +1,6 @@
 """The recovery invariant: after any interruption and one `--resume`, every setting of a grid sweep
-exactly once in trials.csv, in the Optuna study and in the MLflow store, nothing RUNNING or WAITING.
+exactly once in trials.csv, in the Optuna study and in the MLflow store, nothing RUNNING or WAITING;
+its replicates' and its rungs' runs (rows of another `phase`) each once in trials.csv and MLflow.
 The tests (`tests/sweep/test_runner.assert_exactly_once`) and the fault-injection harness
 (`bench/chaos.py`) check it through this one function; a ramp's (every probe once in ramp.json and
 MLflow) is `ramp_exactly_once_problems`."""
@@ -23,14 +24,21 @@ def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
     if not csv.exists():
         return [f"no {csv}"]
     table = pd.read_csv(csv)
-    keys = ["training.lr", "training.max_grad_norm"]
-    settings = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
-                for row in table[keys].itertuples(index=False)]
+    state = json.loads((sweep_dir / "sweep.json").read_text())
+    keys = list(state["space"])  # the sweep's axes
+    # rows of a replicate round or of the rungs (`phase` other than sweep): each once, not Optuna trials
+    others = table[table["phase"] != "sweep"] if "phase" in table.columns else table.iloc[0:0]
+    table = table[table["phase"] == "sweep"] if "phase" in table.columns else table
+    problems += _other_rows_problems(others, keys, set(table["trial_id"]))
+
+    def plain(row) -> tuple:
+        return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
+
+    settings = [plain(row) for row in table[keys].itertuples(index=False)]
     if len(table) != n_settings or len(set(settings)) != n_settings or not table["trial_id"].is_unique:
         problems.append(f"trials.csv: {len(table)} rows, {len(set(settings))} settings, want {n_settings} once each")
     if (table["verdict"] == "unfinished").any():
         problems.append(f"trials.csv: {(table['verdict'] == 'unfinished').sum()} unfinished")
-    state = json.loads((sweep_dir / "sweep.json").read_text())
     rows = study_summary(state["study_url"], state["study_name"])
     open_ = [r["number"] for r in rows if r["state"] in ("RUNNING", "WAITING")]
     if open_:
@@ -52,8 +60,9 @@ def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
     if [p.run_id for p in parents] != [state["parent_run_id"]] or parents[0].status != "FINISHED":
         problems.append(f"mlflow: parents {[(p.run_id[:8], p.status) for p in parents]}")
     children = tr.children(state["parent_run_id"])
-    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(ids):
-        problems.append(f"mlflow: {len(children)} child runs for the {len(ids)} trials")
+    verdicts.update(zip(others["trial_id"], others["verdict"]))
+    if sorted(c.tags.get("stablesweep.trial_id", "?") for c in children) != sorted(verdicts):
+        problems.append(f"mlflow: {len(children)} child runs for the {len(verdicts)} trials")
     running = [c.run_id[:8] for c in children if c.status == "RUNNING"]
     if running:
         problems.append(f"mlflow: runs {running} RUNNING")
@@ -61,6 +70,23 @@ def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
               and c.status != STATUS[verdicts[c.tags["stablesweep.trial_id"]]]]
     if status:
         problems.append(f"mlflow: runs {status} whose status is not their verdict's")
+    return problems
+
+
+def _other_rows_problems(others, keys: list[str], sweep_ids: set[str]) -> list[str]:
+    """A sweep's rows other than its trials (replicates, the rungs' probes): each under its own
+    trial, none unfinished, each (phase, budget, setting, lr, seed) once."""
+    problems = []
+    ids = list(others["trial_id"])
+    if len(set(ids)) != len(ids) or set(ids) & sweep_ids:
+        problems.append(f"trials.csv: {len(ids)} replicate or rung rows under {len(set(ids) - sweep_ids)} trials")
+    if (others["verdict"] == "unfinished").any():
+        problems.append(f"trials.csv: {(others['verdict'] == 'unfinished').sum()} replicate or rung rows unfinished")
+    cols = ["phase", *(c for c in ("budget_steps", "seed") if c in others.columns), *keys]
+    runs = [tuple(None if isinstance(v, float) and math.isnan(v) else v for v in row)
+            for row in others[cols].itertuples(index=False)]
+    if len(set(runs)) != len(runs):
+        problems.append("trials.csv: a replicate or rung run (phase, budget, seed, setting, lr) more than once")
     return problems
 
 

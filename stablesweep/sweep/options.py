@@ -87,6 +87,11 @@ class SweepOptions(RunOptions):
     asha_rf: float | None = None  # ASHA reduction factor (default 2: the worse half stops)
     seed: int | None = None  # the sampler's seed (default 0)
     replicates: int | None = None  # K seeds around each setting's bracket, then P(fails | lr) (default 0: none)
+    target_steps: int | None = None  # the budget the answer is for (default: the trials' own, training.steps
+    #                                  after --steps: no rungs); longer: the ramp's rungs and confirmation after
+    max_steps: int | None = None  # the longest probe the rungs may run (default: the target); below it: extrapolated
+    confirm: int | None = None  # seeds the recommended config runs at the target (0: off; default 2 where the
+    #                             target is longer than the trials, else 0)
 
 
 @dataclass(kw_only=True)

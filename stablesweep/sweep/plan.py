@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stablesweep.cluster.storage import storage_paths
-from stablesweep.config import Config, load_config
+from stablesweep.config import Config, load_config, total_steps
+from stablesweep.sweep.budgets import Budgets, check_budget_flags, check_budgets, confirm_of
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.placement import check_run_options, ephemeral_path_notes
 from stablesweep.sweep.space import SearchSpace, load_space
@@ -44,6 +45,13 @@ class SweepPlan:
     notes: list[str] = field(default_factory=list)
     storage: str = ""  # Tune's storage_path: str(out), or the --out URI
     replicates: int = 0  # K seeds around each bracket (0: none)
+    budgets: Budgets | None = None  # the trials' budget (`probe`) and the target; rungs where the target is longer
+    confirm: int = 0  # seeds at the target for each combination's recommended lr (0: not confirmed)
+
+    @property
+    def rungs(self) -> bool:
+        """Whether the answer is for a target longer than the trials: the rungs run after them."""
+        return self.budgets is not None and self.budgets.target > self.budgets.probe
 
     @property
     def experiment_path(self) -> str:
@@ -72,6 +80,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
                         ("--asha-rf", opts.asha_rf, lambda x: x > 1)):
         if v is not None and not ok(v):
             raise InputError(f"{flag} {v}: out of range")
+    check_budget_flags(opts)
     check_run_options(opts)
 
     cfg = load_config(opts.config, opts.config_overrides())
@@ -95,6 +104,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         sampler, samples, seed = state["sampler"], int(state["samples"]), int(state["seed"])
         asha, grace, rf = bool(state["asha"]), state.get("asha_grace"), float(state.get("asha_rf", 2.0))
         replicates = int(state.get("replicates", 0))
+        target, max_steps, confirm = state.get("target_steps"), state.get("max_steps"), state.get("confirm")
     else:
         name = opts.run_name(Path(opts.space).stem)
         sweep_dir = out / name
@@ -107,6 +117,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         grace, rf = opts.asha_grace, float(opts.asha_rf or 2.0)
         samples = opts.samples or DEFAULT_SAMPLES
         replicates = opts.replicates or 0
+        target, max_steps, confirm = opts.target_steps, opts.max_steps, opts.confirm
         state = {}
     notes = []
     if sampler == "grid" and not opts.resume:  # a resumed sweep keeps the samples it began with
@@ -116,17 +127,42 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         elif opts.samples > size:
             notes.append(f"--samples {opts.samples} is more than the {size} grid points: running {size}")
             samples = size
+    t = cfg.training
+    if t.steps:  # the budgets checked before the data where the trials' budget is known without it
+        budgets, confirm = _budgets(opts, space, t.steps, target, max_steps, confirm, notes)
     from stablesweep.data import build_data  # torch: imported once every cheaper check has passed
 
-    build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
-    t = cfg.training
+    data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
+    if not t.steps:  # epochs x steps an epoch, as train counts them
+        budgets, confirm = _budgets(opts, space, total_steps(cfg, data.train_size), target, max_steps, confirm, notes)
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
     uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or opts.default_tracking_uri(out)
     notes += ephemeral_path_notes(opts)
     return SweepPlan(opts=opts, name=name, out=out, sweep_dir=sweep_dir, cfg=cfg, base=base, space=space,
                      sampler=sampler, samples=samples, seed=seed, asha=asha, asha_grace=grace, asha_rf=rf,
                      n_reports=n_reports, tracking_uri=uri, resume=opts.resume, state=state, notes=notes,
-                     storage=storage, replicates=replicates)
+                     storage=storage, replicates=replicates, budgets=budgets, confirm=confirm)
+
+
+def _budgets(opts: SweepOptions, space: SearchSpace, probe: int, target: int | None, max_steps: int | None,
+             confirm: int | None, notes: list[str]) -> tuple[Budgets, int]:
+    """The sweep's budgets (its trials' budget `probe`, the target: --target-steps, default `probe`)
+    and its --confirm, checked as the ramp's (`budgets.check_budgets`)."""
+    given = replace(opts, target_steps=target, max_steps=max_steps, confirm=confirm)  # a resumed sweep's own
+    target = target or probe
+    check_budgets(given, probe, target)
+    budgets = Budgets(probe, target, min(target, max_steps or target))
+    if target > probe:
+        if LR_KEY not in space.keys:
+            raise InputError(f"--target-steps {target}: {opts.space} has no {LR_KEY} axis: the rungs promote the lrs "
+                             "around each combination's bracket, and there is none")
+        if SEED_KEY in space.keys:
+            raise InputError(f"--target-steps {target}: {opts.space} sweeps {SEED_KEY}; the confirmation at the "
+                             "target runs fresh seeds itself")
+        if budgets.extrapolated:
+            notes.append(f"the target ({target} steps) is beyond --max-steps {max_steps}: the answer is measured up "
+                         f"to {budgets.reach} steps and extrapolated from there")
+    return budgets, confirm_of(given, budgets)
 
 
 
@@ -155,6 +191,9 @@ def _check_same(state: dict, base: dict, space: SearchSpace, opts: SweepOptions,
                          f"started with ({sweep_dir / 'space.yaml'})")
     for flag, mine, theirs in (("--sampler", opts.sampler, state["sampler"]), ("--samples", opts.samples, state["samples"]),
                                ("--seed", opts.seed, state["seed"]), ("--no-asha", opts.asha, state["asha"]),
-                               ("--replicates", opts.replicates, state.get("replicates", 0))):
+                               ("--replicates", opts.replicates, state.get("replicates", 0)),
+                               ("--target-steps", opts.target_steps, state.get("target_steps")),
+                               ("--max-steps", opts.max_steps, state.get("max_steps")),
+                               ("--confirm", opts.confirm, state.get("confirm"))):
         if mine is not None and mine != theirs:
             raise InputError(f"--resume: {flag} differs from the sweep's own ({theirs}); leave it out to resume")

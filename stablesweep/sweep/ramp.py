@@ -50,6 +50,7 @@ from typing import Any
 
 from stablesweep.analysis.answer import SettingAnswer, recommend
 from stablesweep.analysis.recommended import setting_file_name
+from stablesweep.sweep.budgets import RUNG_FACTOR, Budgets  # noqa: F401 (the ramp's budgets, re-exported)
 from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
@@ -67,7 +68,6 @@ SAMPLE = "sample"  # the phase of a probe sampled below the largest safe lr
 PROMOTE = "promote"  # a probe at a longer rung of an lr that bounded the bracket at the rung below
 CONFIRM = "confirm"  # a run of the recommended lr at the target budget with a fresh seed
 CONFIRM_SEED = 1000  # confirmation seeds: training.seed + 1000 + i (never a replicate's)
-RUNG_FACTOR = 4  # each rung's budget: x4 the one below (as ASHA and Hyperband promote)
 CLIMBS = ("gallop", "step")
 
 # status of a setting
@@ -111,39 +111,6 @@ def geometric_points(lo: float, hi: float, k: int) -> list[float]:
 def range_test_lr(lr_start: float, lr_stop: float, steps: int, step: int) -> float:
     """The lr at `step` of an exponential range test from lr_start to lr_stop over `steps`."""
     return lr_start * (lr_stop / lr_start) ** (min(step, steps - 1) / max(1, steps - 1))
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """A ramp's step budgets: its first probes run `probe` steps; the answer is for `target`; the
-    rungs it measures at go x4 from `probe` up to `reach` (the target, or --max-steps below it)."""
-
-    probe: int
-    target: int
-    reach: int
-
-    @property
-    def rungs(self) -> list[int]:
-        out = [self.probe]
-        while out[-1] < self.reach:
-            out.append(min(out[-1] * RUNG_FACTOR, self.reach))
-        return out
-
-    @property
-    def extrapolated(self) -> bool:
-        """The target is out of reach: the answer holds for `reach` steps and is extrapolated."""
-        return self.reach < self.target
-
-    def holds_for(self) -> str:
-        """What the answer holds for, in words."""
-        if self.extrapolated:
-            return f"{self.target} steps (the target), extrapolated from {self.reach} steps"
-        return f"{self.target} steps (the target)" + (f"; probes from {self.probe} steps, rungs "
-                                                     + ", ".join(map(str, self.rungs)) if len(self.rungs) > 1 else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"probe_steps": self.probe, "target_steps": self.target, "rungs": self.rungs,
-                "extrapolated_from": self.reach if self.extrapolated else None}
 
 
 @dataclass

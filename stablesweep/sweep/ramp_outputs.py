@@ -1,7 +1,9 @@
 """What a ramp says, across its budgets: each setting's answer at its last rung (`Setting.at_target`)
 with the budget it holds for and its confirmation, the trend of its bracket and 5%-risk lr from rung
 to rung (and, where the target was out of reach, that trend extrapolated to it), and the files:
-ramp.json, ramp.md, recommended/<setting>.yaml, ramp.png, ramp_budgets.png.
+ramp.json, ramp.md, recommended/<setting>.yaml, ramp.png, ramp_budgets.png; what the answer for the
+target cost (`cost`: the rungs and the confirmation next to one full run at the target). A sweep
+with a target (`sweep.sweep_rungs`) says its answer at the target with the same functions.
 
 The trend's extrapolation is a power law in the budget, lr(D) = B * D^k, least squares in log-log
 over the rungs measured (Bjorck et al., ICLR 2025, fit the optimal lr across token horizons so);
@@ -117,6 +119,59 @@ def confirmation(t: Setting, confirm: int, budgets: Budgets) -> str:
     return "not confirmed (no recommended lr)"
 
 
+def cost(settings: list[Setting], budgets: Budgets) -> dict[str, Any]:
+    """What the answer for the target cost, for a ramp and a sweep alike: the FLOPs and wall seconds
+    of the probes at the rungs above the first budget and of the confirmation runs, next to one full
+    run at the target (FLOPs a step, the median over the probes, x the target steps). A probe counts
+    the steps it ran: a promoted probe that went on from a checkpoint, not those before it."""
+    def flops(ps: list) -> float:
+        return float(sum(p.train_flops * (p.steps - p.start_step) / p.steps for p in ps if p.steps))
+
+    rungs = [p for s in settings for r in s.longer for p in r.probes]
+    confirms = [p for s in settings for r in (s, *s.longer) for p in r.confirm_probes]
+    per_step = sorted(p.train_flops / p.steps for s in settings for p in s.every_probe if p.steps and p.train_flops)
+    fps = per_step[len(per_step) // 2] if per_step else None
+    full = fps * budgets.target if fps else None
+    out = {"target_steps": budgets.target, "rung_probes": len(rungs), "rungs_flops": flops(rungs),
+           "rungs_s": float(sum(p.wall_s for p in rungs)), "confirm_runs": len(confirms),
+           "confirm_flops": flops(confirms), "confirm_s": float(sum(p.wall_s for p in confirms)),
+           "flops_per_step": fps, "full_run_flops": full}
+    out["full_runs"] = (out["rungs_flops"] + out["confirm_flops"]) / full if full else None
+    return out
+
+
+def cost_text(c: dict[str, Any]) -> str:
+    """`cost`, in a line."""
+    full = c["full_run_flops"]
+    return (f"cost of the answer for {c['target_steps']} steps: rungs {c['rung_probes']} probe(s), "
+            f"{c['rungs_flops']:.3g} FLOPs, {c['rungs_s']:.0f} s; confirmation {c['confirm_runs']} run(s), "
+            f"{c['confirm_flops']:.3g} FLOPs, {c['confirm_s']:.0f} s; one full run at the target "
+            + (f"{full:.3g} FLOPs ({c['flops_per_step']:.3g} a step x {c['target_steps']}): the rungs and the "
+               f"confirmation cost {c['full_runs']:.1f} full runs" if full else "unknown (no probe recorded its FLOPs)"))
+
+
+def cost_metrics(c: dict[str, Any]) -> dict[str, float]:
+    """`cost` as the parent MLflow run's metrics."""
+    return {k: float(c[k]) for k in ("rungs_flops", "rungs_s", "confirm_flops", "confirm_s", "full_run_flops")
+            if c.get(k) is not None}
+
+
+def holds_lines(answers: list[SettingAnswer]) -> list[str]:
+    """What each setting's answer holds for, as markdown."""
+    return ["## What each answer holds for", "", *[f"- {a.label}: {a.holds_for}; {a.confirmation}" for a in answers]]
+
+
+def budgets_table(answers: list[SettingAnswer], trends: list[list[dict]]) -> list[str]:
+    """Each setting's bracket (and 5%-risk lr) at each budget measured, as markdown."""
+    md = ["## Across budgets", "", "| setting | budget (steps) | max stable lr | min failed lr | "
+          "lr at 5% risk | status | probes |", "|---|---|---|---|---|---|---|"]
+    fmt = lambda v: f"{v:.3g}" if v else "-"  # noqa: E731
+    for a, rows in zip(answers, trends):
+        md += [f"| {a.label} | {r[BUDGET_STEPS]} | {fmt(r['max_stable_lr'])} | {fmt(r['min_failed_lr'])} | "
+               f"{fmt(r['lr_at_5pct_risk'])} | {r['status']} | {r['probes']} |" for r in rows]
+    return md
+
+
 # ---- files -------------------------------------------------------------------------------------
 
 def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, ramp_dir: Path, name: str,
@@ -134,7 +189,7 @@ def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, r
            "lr_start": opts.lr_start, "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb,
            "resolution": opts.resolution, "safety": opts.safety, "mode": opts.mode,
            "first_pass": opts.first_pass, BUDGET_STEPS: budget, **budgets.to_dict(),
-           "holds_for": budgets.holds_for(),
+           "holds_for": budgets.holds_for(), "cost": cost(settings, budgets),
            "note": f"every verdict holds for a budget of {budget} steps a probe" if len(budgets.rungs) == 1 else
                    f"every verdict holds for its probe's budget ({budget} steps a first probe, longer at the rungs "
                    "above); each setting's answer for its last rung's (holds_for)",
@@ -157,18 +212,14 @@ def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, r
     if answers and opts.replicates:
         md += ["", *boundary_markdown(answers, RAMP_WORDS, seeds=opts.replicates,
                                       budget=answers[0].budget_steps or budget, safety=opts.safety)]
-    md += ["", "## What each answer holds for", "", *[f"- {a.label}: {a.holds_for}; {a.confirmation}" for a in answers]]
+    md += ["", *holds_lines(answers)]
     if len(budgets.rungs) > 1 or budgets.extrapolated:
-        md += ["", "## Across budgets", "", "| setting | budget (steps) | max stable lr | min failed lr | "
-               "lr at 5% risk | status | probes |", "|---|---|---|---|---|---|---|"]
-        fmt = lambda v: f"{v:.3g}" if v else "-"  # noqa: E731
-        for a, rows in zip(answers, done.trends):
-            md += [f"| {a.label} | {r[BUDGET_STEPS]} | {fmt(r['max_stable_lr'])} | {fmt(r['min_failed_lr'])} | "
-                   f"{fmt(r['lr_at_5pct_risk'])} | {r['status']} | {r['probes']} |" for r in rows]
+        md += ["", *budgets_table(answers, done.trends), "", "## Cost", "", cost_text(doc["cost"])]
     files["ramp.md"] = ramp_dir / "ramp.md"
     files["ramp.md"].write_text("\n".join(md).rstrip("\n") + "\n")
     files.update(write_recommended_set(
-        [(a, {**s.params, LR_KEY: a.recommended_lr}, f"setting {a.label}; for {a.holds_for}; {a.confirmation}")
+        [(a, {**s.params, LR_KEY: a.recommended_lr, "training.steps": budgets.target},  # the run it is for
+          f"setting {a.label}; for {a.holds_for}; {a.confirmation}")
          for s, a in zip(settings, answers) if a.recommended_lr is not None],
         ramp_dir, base, tool="ramp", what=f"the ramp {name}", seeds=opts.replicates,
         source=cfg.source, base_dir=cfg.base_dir))

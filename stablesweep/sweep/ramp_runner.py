@@ -54,6 +54,7 @@ from stablesweep.analysis.answer import (
 from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
 from stablesweep.signals import fit_tuner
+from stablesweep.sweep.budgets import check_budget_flags, check_budgets, confirm_of
 from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes
 from stablesweep.sweep.ramp import (
@@ -124,11 +125,9 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], B
         raise InputError(f"--first-pass {opts.first_pass}: the only first pass is range-test")
     if opts.replicates < 0:
         raise InputError(f"--replicates {opts.replicates}: must be at least 0 (0: no replicates)")
-    for flag, v in (("--steps", opts.steps), ("--target-steps", opts.target_steps), ("--max-steps", opts.max_steps)):
-        if v is not None and v < 1:
-            raise InputError(f"{flag} {v}: must be at least 1")
-    if opts.confirm is not None and opts.confirm < 0:
-        raise InputError(f"--confirm {opts.confirm}: must be at least 0 (0: off)")
+    if opts.steps is not None and opts.steps < 1:
+        raise InputError(f"--steps {opts.steps}: must be at least 1")
+    check_budget_flags(opts)
     check_run_options(opts)
     storage_paths(opts.out, opts.local_dir, opts.DEFAULT_DIR)  # refuses a bad --out / --local-dir
     own = load_config(opts.config, list(opts.overrides))  # the config's own budget: the user's run
@@ -138,7 +137,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], B
     probe = opts.steps or min(x for x in (target, own.training.steps, DEFAULT_PROBE_STEPS if target is None
                                                                        else None) if x is not None)
     if target is not None:
-        _check_budgets(opts, probe, target)
+        check_budgets(opts, probe, target)
     cfg = load_config(opts.config, [*opts.overrides, f"training.steps={probe}"])
     base = cfg.to_dict()
     space = None
@@ -167,7 +166,7 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], B
         from stablesweep.config import total_steps
 
         target = total_steps(own, data.train_size)
-        _check_budgets(opts, probe, target)
+        check_budgets(opts, probe, target)
     budgets = Budgets(probe, target, min(target, opts.max_steps or target))
     if budgets.extrapolated:
         notes.append(f"the target ({target} steps) is beyond --max-steps {opts.max_steps}: the answer is measured up "
@@ -177,22 +176,6 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], B
         notes.append("continue mode: each setting climbs one rung at a time (each rung starts from the last "
                      "stable one); settings still run in parallel")
     return base, cfg, settings, notes, budgets
-
-
-def _check_budgets(opts: RampOptions, probe: int, target: int) -> None:
-    if target < probe:
-        raise InputError(f"--target-steps {target}: below the probes' budget (--steps {probe}); the answer is for "
-                         "the run you will do, at least as long as a probe")
-    if opts.max_steps is not None and opts.max_steps < probe:
-        raise InputError(f"--max-steps {opts.max_steps}: below the probes' budget (--steps {probe})")
-
-
-def confirm_of(opts: RampOptions, budgets: Budgets) -> int:
-    """--confirm, or its default: 2 seeds where the target is longer than the probes (0 where the
-    probes ran the target itself: their replicates and samples measured it)."""
-    if opts.confirm is not None:
-        return opts.confirm
-    return 2 if budgets.target > budgets.probe else 0
 
 
 def ramp_paths(opts: RampOptions, name: str) -> tuple[Path, Path, str]:
@@ -277,7 +260,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
     from stablesweep.analysis.plots import boundary_data, plot_boundary
     from stablesweep.sweep.faults import probe_output, storage_fault
-    from stablesweep.sweep.ramp_outputs import answer_settings, write_ramp
+    from stablesweep.sweep.ramp_outputs import answer_settings, cost, cost_metrics, cost_text, write_ramp
     from stablesweep.sweep.ramp_search import finish_probe_run
     from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
     from stablesweep.sweep.session import ray_session
@@ -315,7 +298,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                 echo(f"cluster: {shape.n_nodes} nodes; Tune's storage {experiment}; the ramp's files in {ramp_dir}; "
                      f"a failed probe is retried {max_failures} time{'s' if max_failures != 1 else ''}"
                      + (" from its checkpoint" if max_failures else ""))
-            searcher = _probe(opts, cfg, settings, tracker, parent, name, experiment, echo,
+            searcher, _ = run_probes(opts, cfg, settings, tracker, parent, name, experiment, echo,
                               max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None,
                               folder=ramp_dir, budgets=budgets, confirm=confirm)
             settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
@@ -334,7 +317,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                     boundary_data([a.label for a in answers], fits),
                     ramp_dir / "ramp_boundary.png", answers[0].budget_steps or budget)
             total_probes = sum(x["probes"] for x in summary)
-            tracker.end_sweep(parent, {"probes": float(total_probes),
+            spent = cost(settings, budgets)
+            tracker.end_sweep(parent, {"probes": float(total_probes), **cost_metrics(spent),
                                        TRAIN_FLOPS: float(sum(x[TRAIN_FLOPS] for x in summary)),
                                        "compute_s": float(sum(x["compute_s"] for x in summary))},
                               tags={BUDGET_STEPS: str(budget), "target_steps": str(budgets.target),
@@ -355,6 +339,8 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
                 echo(boundary_text(answers, RAMP_WORDS))
             for a in answers:
                 echo(f"  {a.label}: the answer holds for {a.holds_for}; {a.confirmation}")
+            if len(budgets.rungs) > 1 or budgets.extrapolated:
+                echo(cost_text(spent))
             echo(f"files: {ramp_dir}  (ramp.json, ramp.md, ramp.png, recommended/)")
             echo(f"MLflow: {ui_command(uri)}")
             link = stable_trials_link(uri, parent, params=[LR_KEY, *(settings[0].params if settings else {})])
@@ -397,13 +383,17 @@ def _write_state(ramp_dir: Path, state: dict) -> None:
     tmp.replace(ramp_dir / STATE_FILE)
 
 
-def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
-           echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool, folder: Path,
-           budgets: Budgets, confirm: int):
-    """Every probe of the ramp, as one Tune run (`ramp_search`); returns its searcher. A resumed
-    ramp restores Tune's experiment (and with it the searcher's state): probes that ended are not
-    run again, those that were running go on; the MLflow runs of probes that Tune's last snapshot
-    did not hold (they run again under new trials) are deleted first."""
+def run_probes(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str, name: str, experiment: str,
+               echo: Callable[[str], None], *, max_concurrent: int, max_failures: int, resume: bool, folder: Path,
+               budgets: Budgets, confirm: int, entry: str | None = None, keep: set[str] = frozenset(),
+               setting_keys: list[str] | None = None):
+    """Every probe of the ramp, as one Tune run (`ramp_search`); returns its searcher and Tune's
+    results. A resumed ramp restores Tune's experiment (and with it the searcher's state): probes
+    that ended are not run again, those that were running go on; the MLflow runs of probes that
+    Tune's last snapshot did not hold (they run again under new trials) are deleted first, the
+    other children of `parent` in `keep` (a sweep's trials) never. A sweep's rungs (`sweep_rungs`)
+    run here too: settings seeded with its trials, `entry` PROMOTING, the `setting` tag of its
+    categorical axes (`setting_keys`)."""
     from ray import tune
 
     from stablesweep.sweep.ramp_search import RampCallback, RampSearcher
@@ -427,7 +417,7 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
         known = trial_ids_in(Path(experiment)) if local else None
         if known is not None:
             repair_error_files(Path(experiment))
-            delete_other_runs(tracker, parent, known)
+            delete_other_runs(tracker, parent, known | set(keep))
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         callback = next(cb for cb in tuner._local_tuner.get_run_config().callbacks or []
                         if isinstance(cb, RampCallback))
@@ -439,12 +429,13 @@ def _probe(opts: RampOptions, cfg, settings: list[Setting], tracker, parent: str
                                                             if st != "ERROR"}
     else:
         if resume:  # stopped before Tune's first snapshot: every probe runs (again)
-            delete_other_runs(tracker, parent, set())
-        searcher = RampSearcher(settings, opts, budget=cfg.training.steps, base_seed=cfg.training.seed, echo=echo,
-                                folder=str(folder), budgets=budgets, continues=continues, confirm=confirm)
+            delete_other_runs(tracker, parent, set(keep))
+        searcher = RampSearcher(settings, opts, budget=budgets.probe, base_seed=cfg.training.seed, echo=echo,
+                                folder=str(folder), budgets=budgets, continues=continues, confirm=confirm, entry=entry)
         storage, exp_name = experiment.rsplit("/", 1)
         tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
                            max_concurrent=max_concurrent, max_failures=max_failures,
-                           callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo)])
-    fit_tuner(tuner)
-    return searcher
+                           callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo,
+                                                   setting_keys=setting_keys)])
+    results = fit_tuner(tuner)
+    return searcher, results

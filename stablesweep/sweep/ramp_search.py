@@ -105,7 +105,8 @@ class RampSearcher(Searcher):
 
     def __init__(self, settings: list[Setting], opts, *, budget: int, base_seed: int,
                  echo: Callable[[str], None] | None = print, folder: str | None = None,
-                 budgets: Budgets | None = None, continues: bool = False, confirm: int = 0):
+                 budgets: Budgets | None = None, continues: bool = False, confirm: int = 0,
+                 entry: str | None = None):
         super().__init__()
         self.settings, self.opts, self.budget, self.base_seed = settings, opts, budget, base_seed
         self.budgets = budgets or Budgets(budget, budget, budget)
@@ -118,8 +119,10 @@ class RampSearcher(Searcher):
         self.batch: dict[str, list[Request]] = {}
         self.trials: dict[str, Request] = {}  # Tune trial id -> its probe, every probe handed out
         self.tune_trials: set[str] | None = None  # set before a restore: the trials Tune's state holds
+        # where each setting starts: the range test or the climb; a sweep's settings, whose trials
+        # bracketed them at the first budget already, at PROMOTING (`sweep.sweep_rungs`)
         for s in settings:
-            self._enter(s, RANGE if opts.first_pass == "range-test" else CLIMB)
+            self._enter(s, entry or (RANGE if opts.first_pass == "range-test" else CLIMB))
 
     # ---- Tune's side -----------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -357,8 +360,9 @@ def _summary(m: dict) -> dict[str, float]:
     return {k: m[k] for k in (OBJECTIVE, INITIAL_LOSS, FLOPS_PER_STEP, BUDGET_STEPS) if isinstance(m.get(k), (int, float))}
 
 
-def describe(req: Request) -> tuple[str, dict, dict | None]:
-    """A probe's MLflow run: its name, its params (its setting, lr, phase and seed) and its setting."""
+def describe(req: Request, setting_keys: list[str] | None = None) -> tuple[str, dict, dict | None]:
+    """A probe's MLflow run: its name, its params (its setting, lr, phase and seed) and its setting
+    (its params, or those of `setting_keys`: a sweep's categorical axes)."""
     s = req.setting
     params = {**s.params, LR_KEY: req.lr, "phase": req.phase}
     name = f"{short_name({**s.params, LR_KEY: req.lr})} {req.phase}"
@@ -366,7 +370,7 @@ def describe(req: Request) -> tuple[str, dict, dict | None]:
     if seed is not None:
         params[SEED_KEY] = seed
         name += f" seed {seed}"
-    return name, params, s.params
+    return name, params, s.params if setting_keys is None else {k: s.params.get(k) for k in setting_keys}
 
 
 def finish_probe_run(tracker, parent: str, req: Request, run_id: str | None = None) -> None:
@@ -392,9 +396,10 @@ class RampCallback(MlflowCallback):
     core = True  # a probe's run charts the numbers every report holds
 
     def __init__(self, searcher: RampSearcher, tracker, parent_run_id: str, sweep: str, storage: str,
-                 echo: Callable[[str], None] | None = print):
+                 echo: Callable[[str], None] | None = print, setting_keys: list[str] | None = None):
         super().__init__(tracker, parent_run_id, [], sweep)
         self.searcher, self.storage, self.echo = searcher, storage, echo
+        self.rung_keys = setting_keys  # a sweep's rungs: the `setting` tag of its categorical axes
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -402,7 +407,7 @@ class RampCallback(MlflowCallback):
         return state
 
     def describe(self, trial) -> tuple[str, dict, dict | None]:
-        return describe(self.searcher.trials[trial.trial_id])
+        return describe(self.searcher.trials[trial.trial_id], getattr(self, "rung_keys", None))
 
     @staticmethod
     def _safe(fn, *args) -> None:

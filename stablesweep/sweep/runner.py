@@ -11,6 +11,9 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
     OUT/NAME/trials.csv           one row a trial
     OUT/NAME/stable_region.{json,md}, figures/*.png, recommended.yaml
     OUT/NAME/replicates/          with --replicates: Tune's experiment of the replicate round
+    OUT/NAME/rungs/               with --target-steps longer than the trials: Tune's experiment of the
+                                  rungs and the confirmation (`sweep_rungs`), run after the replicates;
+                                  figures/budgets.png, and the answer for the target in the files above
 
 With `--replicates K` (grid and qmc samplers), once the sweep's trials have ended, K seeds run at
 `boundary.replicate_lrs(max stable lr, min failed lr)` of every combination of the categorical axes
@@ -103,6 +106,7 @@ class SweepResult:
     counts: dict[str, int]
     interrupted: bool
     wall_s: float
+    target: Any = None  # sweep_rungs.Rungs: the answer for a target longer than the trials (None: no rungs)
 
 
 def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: SweepPlan | None = None) -> SweepResult:
@@ -140,7 +144,9 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
          f"{'ASHA' if plan.asha else 'no ASHA'}, up to {max_concurrent} at once "
          f"({opts.cpus_per_trial:g} CPU{', %g GPU' % opts.gpus_per_trial if opts.gpus_per_trial else ''}{custom} "
          f"a trial), budget {plan.cfg.training.steps or '?'} steps, report every {plan.cfg.training.report_interval}"
-         + (f"; then {plan.replicates} seed(s) around each bracket" if plan.replicates else ""))
+         + (f"; then {plan.replicates} seed(s) around each bracket" if plan.replicates else "")
+         + (f"; then the rungs up to {plan.budgets.reach} steps, the answer for {plan.budgets.target}"
+            if plan.rungs else ""))
     if n_nodes > 1 or plan.storage != str(plan.out):
         echo(f"cluster: {n_nodes} nodes; Tune's storage {plan.experiment_path}; the sweep's files in {plan.sweep_dir}; "
              f"a failed trial is retried {max_failures} time{'s' if max_failures != 1 else ''} from its checkpoint")
@@ -172,11 +178,16 @@ def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], star
                 callbacks=[MlflowCallback(tracker, parent, space.keys, plan.name, space.categorical_keys), progress,
                            *tune_loggers()])
         table, outcomes = _sweep_table(plan, fit_tuner(tuner))
-        replicates = None
+        replicates = rungs = None
         if plan.replicates:
             replicates = _replicate(plan, table, trainable, tracker, parent, echo, max_concurrent=max_concurrent,
                                     max_failures=max_failures)
-        return _collect(plan, table, outcomes, replicates, tracker, parent, started)
+        if plan.rungs:  # a target longer than the trials: the ramp's rungs and confirmation (sweep_rungs)
+            from stablesweep.sweep.sweep_rungs import run_rungs
+
+            rungs = run_rungs(plan, table, replicates, tracker, parent, echo, max_concurrent=max_concurrent,
+                              max_failures=max_failures)
+        return _collect(plan, table, outcomes, replicates, tracker, parent, started, rungs)
     except Exception as e:
         why = storage_fault(e) or probe_output(plan.sweep_dir)
         if why is None:
@@ -206,7 +217,9 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
               "cpus_per_trial": opts.cpus_per_trial, "gpus_per_trial": opts.gpus_per_trial,
               "max_concurrent": max_concurrent, "config_file": str(Path(opts.config).resolve()),
               "space_file": str(Path(opts.space).resolve()), "space_keys": ",".join(plan.space.keys),
-              "replicates": plan.replicates}
+              "replicates": plan.replicates, "target_steps": plan.budgets.target}
+    if plan.rungs:
+        params.update({"max_steps": plan.budgets.reach, "confirm": plan.confirm})
     if opts.resources_per_trial:
         params["resources_per_trial"] = json.dumps(opts.resources_per_trial, sort_keys=True)
     for run in tracker.sweep_runs():  # a start of this sweep killed before sweep.json named its parent
@@ -227,7 +240,8 @@ def _start_parent(plan: SweepPlan, tracker, max_concurrent: int) -> str:
              "sampler": plan.sampler, "samples": plan.samples, "seed": plan.seed, "asha": plan.asha,
              "replicates": plan.replicates, "asha_grace": plan.asha_grace, "asha_rf": plan.asha_rf, "tracking_uri": plan.tracking_uri,
              "experiment": opts.experiment, "storage": plan.storage, "experiment_path": plan.experiment_path,
-             "parent_run_id": parent, "study_name": plan.name, "study_url": plan.study_url}
+             "parent_run_id": parent, "study_name": plan.name, "study_url": plan.study_url,
+             "target_steps": plan.budgets.target, "max_steps": opts.max_steps, "confirm": plan.confirm}
     (plan.sweep_dir / "config.yaml").write_text(config_yaml)
     (plan.sweep_dir / "space.yaml").write_text(space_yaml)
     tmp = plan.sweep_dir / (STATE_FILE + ".tmp")
@@ -310,13 +324,17 @@ def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent:
 
 def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
              replicates: tuple[pd.DataFrame, dict[str, Outcome]] | None, tracker, parent: str,
-             started: float) -> SweepResult:
+             started: float, rungs=None) -> SweepResult:
     from stablesweep.analysis.plots import boundary_data, plot_boundary
     from stablesweep.analysis.region import add_boundaries, analyze, lr_margins, write_region
+    from stablesweep.sweep.sweep_rungs import target_tags, write_target
 
     interrupted = bool((table[VERDICT] == UNFINISHED).any()) if len(table) else False
+    if plan.rungs:  # the answer for the target waits for the rungs (None: the trials before them are unfinished)
+        interrupted = interrupted or rungs is None or not rungs.finished
     if not interrupted:
-        kept = [t for t in (table, replicates[0] if replicates is not None else None) if t is not None and len(t)]
+        kept = [t for t in (table, replicates[0] if replicates is not None else None,
+                            rungs.table if rungs is not None else None) if t is not None and len(t)]
         delete_lost_runs(tracker, parent, plan, {tid for t in kept for tid in t["trial_id"]})
     done = table[table[VERDICT].isin(VERDICTS)] if len(table) else table
     region = analyze(done, lr_key=plan.space.lr_key, group_keys=plan.space.categorical_keys,
@@ -335,13 +353,29 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
         metrics.update({"replicates": float(len(reps)),
                         "replicate_flops": float(sum(g.replicate_flops for g in region.groups)),
                         TRAIN_FLOPS: float(sum(g.train_flops for g in region.groups))})
+    shown = table  # the region's figures: the trials at the first budget
+    if rungs is not None and len(rungs.table):  # the rungs' probes: rows of trials.csv, children in MLflow
+        if "phase" not in table.columns:
+            table = table.assign(phase="sweep", seed=plan.cfg.training.seed)
+        shown = table
+        table = pd.concat([table, rungs.table.assign(optuna_number=-1)], ignore_index=True)
+        outcomes = {**outcomes, **rungs.outcomes}
     _finish_mlflow(table, outcomes, tracker, parent, plan)
     title = f"Stable region: sweep {plan.name}"
-    files = write_region(region, table, plan.sweep_dir, base=plan.base, title=title,
+    target = rungs if rungs is not None and rungs.answered else None
+    if plan.rungs:  # the first budget's recommended trial is not the answer: the target's is (write_target)
+        region.recommended = None
+    files = write_region(region, shown, plan.sweep_dir, base=None if plan.rungs else plan.base, title=title,
                          extra={"sweep": plan.name, "sampler": plan.sampler, "samples": plan.samples,
                                 "config": plan.state.get("config_file"), "space": plan.state.get("space_file"),
-                                "interrupted": interrupted},
+                                "interrupted": interrupted, "target_steps": plan.budgets.target,
+                                "holds_for": plan.budgets.holds_for() if not plan.rungs else None},
                          source=plan.cfg.source, base_dir=plan.cfg.base_dir)
+    if plan.rungs:  # the answer is for the target: its recommended config, not the first budget's
+        table.to_csv(files["trials"], index=False)
+        files.update(write_target(target, plan, files) if target else {})
+        top = target.recommended() if target else None
+        region.recommended = {**top[0].params, LR_KEY: top[1].recommended_lr} if top else None
     if fits is not None:
         files["figure_boundary"] = plot_boundary(boundary_data([g.label for g in region.groups], fits),
                                                  plan.sweep_dir / "figures" / "boundary.png", region.budget_steps)
@@ -349,17 +383,21 @@ def _collect(plan: SweepPlan, table: pd.DataFrame, outcomes: dict[str, Outcome],
     metrics.update({f"trials_{k}": float(v) for k, v in counts.items()})
     if region.best:
         metrics["best_objective"] = region.best[OBJECTIVE]
-    tracker.log_setting_metrics(parent, (a.setting_metrics() for a in region.answers()))
+    tracker.log_setting_metrics(parent, (a.setting_metrics() for a in (target.answers if target else region.answers())))
+    if target is not None and target.cost:
+        from stablesweep.sweep.ramp_outputs import cost_metrics
+
+        metrics.update(cost_metrics(target.cost))
     for trial_id, margin in zip(done["trial_id"], lr_margins(done, region)) if len(done) else ():
         run_id = tracker.trial_run(parent, trial_id, "", {})
         tracker.set_margin(run_id, margin)
-    tracker.end_sweep(parent, metrics, tags={"interrupted": str(interrupted).lower()},
+    tracker.end_sweep(parent, metrics, tags={"interrupted": str(interrupted).lower(), **target_tags(target, plan.budgets)},
                       artifacts=list(files.values()), status="KILLED" if interrupted else "FINISHED")
     if interrupted:  # the child runs of trials stopped mid-way (Ctrl-C, SIGTERM): KILLED, not RUNNING
         close_runs(tracker, parent)
     return SweepResult(name=plan.name, sweep_dir=plan.sweep_dir, table=table, region=region, files=files,
                        tracking_uri=plan.tracking_uri, parent_run_id=parent, counts=counts,
-                       interrupted=interrupted, wall_s=time.time() - started)
+                       interrupted=interrupted, wall_s=time.time() - started, target=target)
 
 
 def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, parent: str, plan: SweepPlan) -> None:
@@ -371,9 +409,9 @@ def _finish_mlflow(table: pd.DataFrame, outcomes: dict[str, Outcome], tracker, p
             continue
         params = {k: py(r[k]) for k in plan.space.keys}
         tags = {}
-        if r.get("phase") == REPLICATE:
+        if r.get("phase") not in (None, "sweep"):  # a replicate, or a probe of the rungs (sweep_rungs)
             params[SEED_KEY] = py(r["seed"])
-            tags["phase"] = REPLICATE
+            tags["phase"] = r["phase"]
         run_id = tracker.trial_run(parent, r["trial_id"], r["name"], params,
                                    setting={k: params.get(k) for k in plan.space.categorical_keys})
         # budget_steps among the constants (a tag, as the config writes it); tags only where known

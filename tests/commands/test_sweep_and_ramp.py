@@ -27,7 +27,8 @@ def parse(command, argv: list[str]) -> argparse.Namespace:
 
 @pytest.mark.parametrize("command, options, argv", [
     (sweep_command, SweepOptions, ["sweep", "c.yaml", "--space", "s.yaml", "--out", "s3://b/x", "--local-dir", "l",
-                                   "--shared-storage", "--resources-per-trial", '{"w": 1}', "--no-asha", "--steps", "9"]),
+                                   "--shared-storage", "--resources-per-trial", '{"w": 1}', "--no-asha", "--steps", "9",
+                                   "--target-steps", "36", "--max-steps", "18", "--confirm", "1"]),
     (ramp_command, RampOptions, ["ramp", "c.yaml", "--mode", "continue", "--max-failures", "3", "--set", "a.b=1"]),
 ])
 def test_every_flag_is_an_option_of_the_same_name(command, options, argv):
@@ -138,6 +139,12 @@ sys.exit(rc)
     (["ramp", str(DEMO), "--steps", "200"], "--target-steps 120: below the probes' budget (--steps 200)"),
     (["ramp", str(DEMO), "--steps", "30", "--max-steps", "20"], "--max-steps 20: below the probes' budget"),
     (["ramp", str(DEMO), "--confirm", "-1"], "--confirm -1: must be at least 0"),
+    (["sweep", str(DEMO), "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--steps", "20", "--target-steps",
+      "10"], "--target-steps 10: below the probes' budget (--steps 20)"),
+    (["sweep", str(DEMO), "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--target-steps", "480",
+      "--max-steps", "60"], "--max-steps 60: below the probes' budget (--steps 120)"),
+    (["sweep", str(DEMO), "--space", str(ROOT / "search_spaces" / "quick.yaml"), "--confirm", "-1"],
+     "--confirm -1: must be at least 0"),
 ])
 def test_bad_input_is_refused_before_ray_torch_mlflow_are_imported(tmp_path, argv, msg):
     p = subprocess.run([sys.executable, "-c", REFUSED_LIGHT, *argv, "--out", str(tmp_path / "out")],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from stablesweep.sweep.invariant import ramp_exactly_once_problems
 from stablesweep.sweep.options import RampOptions
@@ -105,10 +106,16 @@ def test_every_output_names_the_target_and_every_probe_is_recorded_once(rungs):
     assert x["budget_steps"] == 80 and x["recommended_lr"] == 0.04
     md = (res.ramp_dir / "ramp.md").read_text()
     assert "## Across budgets" in md and "confirmed: 2/2 trained at 80 steps" in md
-    header = [ln for ln in next((res.ramp_dir / "recommended").glob("*late_stall*")).read_text().splitlines()
-              if ln.startswith("#")]
+    text = next((res.ramp_dir / "recommended").glob("*late_stall*")).read_text()
+    header = [ln for ln in text.splitlines() if ln.startswith("#")]
     assert any("for 80 steps (the target); confirmed: 2/2 trained at 80 steps" in ln for ln in header)
+    assert yaml.safe_load(text)["training"]["steps"] == 80  # the config of the run it is for, not the probes'
     assert (res.ramp_dir / "ramp_budgets.png").stat().st_size > 0
+    # what the rungs and the confirmation cost, next to one full run at the target (`ramp_outputs.cost`)
+    c = doc["cost"]
+    assert c["rung_probes"] == sum(len(r.probes) for s in res.settings for r in s.longer)
+    assert c["confirm_runs"] == 6 and c["confirm_flops"] > 0 and c["full_run_flops"] == c["flops_per_step"] * 80
+    assert "## Cost" in md and any(ln.startswith("cost of the answer for 80 steps: rungs") for ln in lines)
     run = Tracker(res.tracking_uri).client.get_run(res.parent_run_id)
     assert run.data.params["target_steps"] == "80" and run.data.tags["target_steps"] == "80"
     assert problems_free(res)
