@@ -84,6 +84,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     check_run_options(opts)
 
     cfg = load_config(opts.config, opts.config_overrides())
+    own_steps = load_config(opts.config, list(opts.overrides)).training.steps if opts.steps else None
     space = load_space(opts.space)
     space.validate(cfg)
     if opts.replicates and LR_KEY not in space.keys:
@@ -129,7 +130,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             samples = size
     t = cfg.training
     if t.steps:  # the budgets checked before the data where the trials' budget is known without it
-        budgets, confirm = _budgets(opts, space, t.steps, target, max_steps, confirm, notes)
+        budgets, confirm = _budgets(opts, space, t.steps, target, max_steps, confirm, notes, own_steps)
     from stablesweep.data import build_data  # torch: imported once every cheaper check has passed
 
     data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
@@ -145,13 +146,16 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
 
 
 def _budgets(opts: SweepOptions, space: SearchSpace, probe: int, target: int | None, max_steps: int | None,
-             confirm: int | None, notes: list[str]) -> tuple[Budgets, int]:
+             confirm: int | None, notes: list[str], own_steps: int | None = None) -> tuple[Budgets, int]:
     """The sweep's budgets (its trials' budget `probe`, the target: --target-steps, default `probe`)
     and its --confirm, checked as the ramp's (`budgets.check_budgets`)."""
     given = replace(opts, target_steps=target, max_steps=max_steps, confirm=confirm)  # a resumed sweep's own
     target = target or probe
     check_budgets(given, probe, target)
     budgets = Budgets(probe, target, min(target, max_steps or target))
+    if own_steps and own_steps > probe and not given.target_steps:
+        notes.append(f"the answer holds for the trials' {probe} steps (--steps); the config trains {own_steps}: "
+                     f"add --target-steps {own_steps} for the answer at that budget (rungs and a confirmation)")
     if target > probe:
         if LR_KEY not in space.keys:
             raise InputError(f"--target-steps {target}: {opts.space} has no {LR_KEY} axis: the rungs promote the lrs "

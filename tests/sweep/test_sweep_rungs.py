@@ -114,8 +114,12 @@ def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_clus
     new_store(tmp_path / "out" / "mlflow.db")
     opts = SweepOptions(**{**_files(tmp_path), "space": str(tmp_path / "one.yaml")}, name="d")
     (tmp_path / "one.yaml").write_text("training.lr: {grid: [0.02]}\n")
-    res = run_sweep(opts, echo=lambda s: None)
+    lines: list[str] = []
+    res = run_sweep(opts, echo=lines.append)
     assert res.target is None and not (res.sweep_dir / "rungs").exists()
+    # --steps shortened the config's own budget: the start says what the answer holds for, and how to ask for more
+    assert any("the answer holds for the trials' 20 steps (--steps); the config trains 80: add --target-steps 80"
+               in ln for ln in lines), lines
     assert "phase" not in pd.read_csv(res.files["trials"]).columns and len(res.table) == 1
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
