@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (`python bench/chaos.py ... &`)
     start = time.time()
     records: list[dict] = []
     rounds = [r for r in plan_rounds(args.rounds * len(FAULTS) * len(MOMENTS) * 4, args.seed, commands)
