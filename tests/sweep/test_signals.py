@@ -269,15 +269,20 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize("sig,status,word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated (SIGTERM)")])
-def test_a_stop_while_ray_makes_the_drivers_core_worker_ends_with_its_status_not_a_crash(tmp_path, sig, status, word):
+@pytest.mark.parametrize("command,sig,status,word", [("sweep", "SIGINT", 130, "interrupted"),
+                                                     ("sweep", "SIGTERM", 143, "terminated (SIGTERM)"),
+                                                     ("ramp", "SIGINT", 130, "interrupted")])
+def test_a_stop_while_ray_makes_the_drivers_core_worker_ends_with_its_status_not_a_crash(tmp_path, command, sig, status,
+                                                                                         word):
     """Ctrl-C (or SIGTERM) while `ray.init` makes the driver's C++ core worker: its constructor had
     started the C++ side and the Python object that could stop it was never made, so the process
     printed its message and then died in the interpreter's teardown (SIGSEGV, exit -11). Now: the
     message, the stop's status, and the Ray it had started shut down."""
     env, ray_tmp = _private_ray_env()
-    cmd = [sys.executable, "-c", STOP_IN_CORE_WORKER, sig, "sweep", str(DEMO), "--space", str(grid_space(tmp_path)),
-           "--sampler", "grid", "--steps", "10", "--no-asha", "--out", str(tmp_path / "out"), "--name", "t"]
+    what = (["--space", str(grid_space(tmp_path)), "--sampler", "grid", "--no-asha"] if command == "sweep"
+            else ["--lr-start", "0.04", "--lr-stop", "0.32", "--samples", "0"])
+    cmd = [sys.executable, "-c", STOP_IN_CORE_WORKER, sig, command, str(DEMO), *what, "--steps", "10",
+           "--out", str(tmp_path / "out"), "--name", "t"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
                             start_new_session=True)
     try:
@@ -287,7 +292,7 @@ def test_a_stop_while_ray_makes_the_drivers_core_worker_ends_with_its_status_not
         _kill_group(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == status, (proc.returncode, output[-3000:])
-    assert f"{word} before the sweep was recorded" in output, output[-3000:]
+    assert f"{word} before the {command} was recorded" in output, output[-3000:]
     assert not left, f"Ray's processes left running: {left}"
 
 
