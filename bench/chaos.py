@@ -1,6 +1,6 @@
-"""Fault injection into a tiny sweep, then one `--resume`, then the exactly-once check.
+"""Fault injection into a tiny sweep or ramp, then one `--resume`, then the exactly-once check.
 
-Each round runs `stablesweep sweep` on the demo config over a 2 x 2 grid (lr 1e-2 / 1e3, clip
+A sweep round runs `stablesweep sweep` on the demo config over a 2 x 2 grid (lr 1e-2 / 1e3, clip
 none / 1.0; four trials, two at a time, a few report intervals each) with its `--out` on a tmpfs
 of its own, injects one fault at one moment, waits for the driver to end, undoes the fault (frees
 the space, makes the folder writable again), runs `--resume` once and checks the invariant:
@@ -10,14 +10,23 @@ the space, makes the folder writable again), runs `--resume` once and checks the
   RUNNING or WAITING; any other trial is `abandoned` or was run again (`rerun_of`);
 - MLflow: one parent run (FINISHED), exactly one child run a trial of the table, none RUNNING.
 
+A ramp round (`--commands sweep,ramp`) runs `stablesweep ramp` on the demo config (lr 0.04 to
+0.32 on the x2 ladder, two probes at a time, a few report intervals each, no samples after the
+bracket) in the same way, and checks the ramp's invariant (`ramp_exactly_once_problems`): every
+probe of ramp.json under its own trial, one MLflow child run a probe with the probe's verdict, one
+parent run, FINISHED, nothing RUNNING.
+
 Faults: SIGINT, SIGTERM or SIGKILL of the driver, SIGKILL of a trial's worker, the disk filled
 (ENOSPC), the output folder made read-only. Moments: a wall time after the start, or an event seen
-in the sweep folder (the first trial result, the first checkpoint, the first trial ended, trials.csv
-written), each plus a random delay of up to 2 s. The choice of fault, moment and delay is fixed
-by --seed; the faults take turns so that each gets its share of the rounds.
+in the sweep folder (the first trial result, the first checkpoint, the first trial ended, the answer
+written: trials.csv of a sweep, ramp.json of a ramp; the moment is named `trials_csv` for both),
+each plus a random delay of up to 2 s. The choice of command, fault, moment and delay is fixed by
+--seed; the faults take turns so that each gets its share of the rounds, and the commands take turns
+by blocks of one round of each fault.
 
     python bench/chaos.py --rounds 60 --minutes 15 --seed 0
     python bench/chaos.py --rounds 60 --jobs 8 --seed 0     # 8 rounds at once on a bigger machine
+    python bench/chaos.py --rounds 12 --jobs 2 --seed 3 --commands sweep,ramp
 
 With --jobs N, N rounds run at once, each with its own tmpfs, --out, local Ray (its own temp
 folder, RAY_TMPDIR, so that no round reads another's staged Tune state) and logs; a round's plan
@@ -26,8 +35,9 @@ checkout) with --root put first on PYTHONPATH, before what PYTHONPATH holds alre
 libraries may come from there, without a virtual environment).
 
 Needs root (mount). Every process it starts runs in a session of its own and its whole group is
-killed by id when the round ends, whatever happened. Prints a table (fault x moment: rounds, held)
-and writes one JSON line a round to --log.
+killed by id when the round ends, whatever happened; a Ctrl-C (or SIGTERM) to the harness starts
+no further round and kills the process groups of the rounds running (its own, by id). Prints a
+table (command x fault x moment: rounds, held) and writes one JSON line a round to --log.
 """
 from __future__ import annotations
 
@@ -50,28 +60,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stablesweep.sweep.invariant import exactly_once_problems  # noqa: E402
+from stablesweep.sweep.invariant import exactly_once_problems, ramp_exactly_once_problems  # noqa: E402
 
 DEMO = ROOT / "configs" / "demo.yaml"
 GRID = "training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [null, 1.0]}\n"
 N_SETTINGS = 4
+# the tiny ramp: the demo at 15 steps, lr 0.04..0.32 on the x2 ladder, two probes at a time
+RAMP = ["--lr-start", "0.04", "--lr-stop", "0.32", "--ladder", "x2", "--climb", "step", "--parallel", "2",
+        "--samples", "0"]
+COMMANDS = ("sweep", "ramp")
 FAULTS = ("sigint", "sigterm", "sigkill_driver", "sigkill_worker", "enospc", "readonly")
 MOMENTS = ("wall", "first_result", "checkpoint", "trial_end", "trials_csv")
 EXPECTED_EXIT = {"sigint": 130, "sigterm": 143, "enospc": 74, "readonly": 74}
 
 
-def plan_rounds(n: int, seed: int) -> list[tuple[str, str, float]]:
+def plan_rounds(n: int, seed: int, commands: tuple[str, ...] = ("sweep",)) -> list[tuple[str, str, str, float]]:
+    """(command, fault, moment, delay) a round. The faults take turns; the commands take turns by blocks
+    of one round of each fault; with the sweep alone the plan of a seed is what it was before ramps."""
     rng = random.Random(seed)
     rounds = []
     for i in range(n):
         moment = rng.choice(MOMENTS)
         delay = rng.uniform(3.0, 40.0) if moment == "wall" else rng.uniform(0.0, 2.0)
-        rounds.append((FAULTS[i % len(FAULTS)], moment, round(delay, 2)))
+        command = commands[(i // len(FAULTS)) % len(commands)]
+        rounds.append((command, FAULTS[i % len(FAULTS)], moment, round(delay, 2)))
     return rounds
-
-
-# ---- the invariant ---------------------------------------------------------------------------
-
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -91,6 +104,9 @@ class Procs:
         p = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env=env,
                              start_new_session=True)
         self.groups.append(p)
+        if STOP.is_set():  # stopped while it started: the harness's kill may have missed it
+            kill_group(p.pid)
+            raise subprocess.SubprocessError("the harness was stopped")
         return p
 
     def kill_all(self) -> None:
@@ -147,18 +163,43 @@ def trial_worker(pgids: set[int]) -> int | None:
 
 # ---- one round ---------------------------------------------------------------------------------
 
-def moment_reached(moment: str, sweep_dir: Path, log: Path, since: float, delay: float) -> bool:
+# a command's files: where Tune's trials are (a ramp's Tune experiment is its folder's tune/), the
+# line of a trial that ended, the answer file, and what --resume needs
+TRIALS = {"sweep": "trial_*", "ramp": "tune/trial_*"}
+ENDED = {"sweep": "[", "ramp": "    config lr "}
+ANSWER = {"sweep": "trials.csv", "ramp": "ramp.json"}
+STATE = {"sweep": "sweep.json", "ramp": "run.json"}
+
+
+def moment_reached(moment: str, run_dir: Path, log: Path, since: float, delay: float, command: str = "sweep") -> bool:
     if moment == "wall":
         return time.time() - since >= delay
     if moment == "first_result":
-        return any(p.stat().st_size > 0 for p in sweep_dir.glob("trial_*/result.json"))
+        return any(p.stat().st_size > 0 for p in run_dir.glob(f"{TRIALS[command]}/result.json"))
     if moment == "checkpoint":
-        return bool(list(sweep_dir.glob("trial_*/checkpoint_*")))
+        return bool(list(run_dir.glob(f"{TRIALS[command]}/checkpoint_*")))
     if moment == "trial_end":
-        return any(ln.startswith("[") for ln in log.read_text(errors="replace").splitlines())
+        return any(ln.startswith(ENDED[command]) for ln in log.read_text(errors="replace").splitlines())
     if moment == "trials_csv":
-        return (sweep_dir / "trials.csv").exists()
+        return (run_dir / ANSWER[command]).exists()
     raise ValueError(moment)
+
+
+def round_command(command: str, args, work: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "stablesweep", command, str(DEMO)]
+    if command == "sweep":
+        cmd += ["--space", str(work / "grid.yaml"), "--sampler", "grid", "--no-asha"]
+    else:
+        cmd += [*RAMP, "--target-steps", str(args.steps)]
+    cmd += ["--steps", str(args.steps), "--set", "training.report_interval=5", "--max-concurrent", "2",
+            "--out", str(out), "--name", "c"]
+    return cmd + (["--address", args.address] if args.address else [])
+
+
+def invariant_problems(command: str, run_dir: Path) -> list[str]:
+    if command == "sweep":
+        return exactly_once_problems(run_dir, N_SETTINGS)
+    return ramp_exactly_once_problems(run_dir)
 
 
 def fill(mnt: Path) -> None:
@@ -191,33 +232,28 @@ def round_env(args, i: int) -> dict:
     return env
 
 
-def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs, work: Path) -> dict:
-    rec = {"round": i, "fault": fault, "moment": moment, "delay": delay}
+def run_round(i: int, command: str, fault: str, moment: str, delay: float, args, procs: Procs, work: Path) -> dict:
+    rec = {"round": i, "command": command, "fault": fault, "moment": moment, "delay": delay}
     mnt = work / f"r{i:03d}"
     mnt.mkdir(parents=True, exist_ok=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.tmpfs_mb}m", "tmpfs", str(mnt)], check=True)
     env: dict = {}
     try:
         env.update(round_env(args, i))
-        space = work / "grid.yaml"
         out = mnt / "out"
-        cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
-               "--steps", str(args.steps), "--set", "training.report_interval=5", "--no-asha",
-               "--max-concurrent", "2", "--out", str(out), "--name", "c"]
-        if args.address:
-            cmd += ["--address", args.address]
+        cmd = round_command(command, args, work, out)
         log1, log2 = work / f"r{i:03d}.first.log", work / f"r{i:03d}.resume.log"
         t0 = time.time()
         first = procs.start(cmd, log1, env, str(args.root))
         deadline = t0 + args.round_timeout
         while time.time() < deadline and first.poll() is None \
-                and not moment_reached(moment, out / "c", log1, t0, delay):
+                and not moment_reached(moment, out / "c", log1, t0, delay, command):
             time.sleep(0.05)
         if moment != "wall" and first.poll() is None:
             time.sleep(delay)
         rec["injected_at_s"] = round(time.time() - t0, 1)
         rec["injected"] = first.poll() is None  # False: the sweep ended before the moment came
-        rec["after_outputs"] = (out / "c" / "trials.csv").exists()  # the sweep had written its answer
+        rec["after_outputs"] = (out / "c" / ANSWER[command]).exists()  # the run had written its answer
         if rec["injected"]:
             if fault == "sigint":
                 os.kill(first.pid, signal.SIGINT)
@@ -261,9 +297,9 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
                 (mnt / f).unlink(missing_ok=True)
         elif fault == "readonly" and rec["injected"]:
             subprocess.run(["umount", "-l", str(out)], check=True)
-        # stopped before the sweep was recorded (no sweep.json): --resume refuses ("no sweep at"), exit
-        # 2, and the same command again starts it, which is what one does then
-        rec["before_record"] = not (out / "c" / "sweep.json").exists()
+        # stopped before the run was recorded (no sweep.json, run.json): --resume refuses ("no sweep at"),
+        # exit 2, and the same command again starts it, which is what one does then
+        rec["before_record"] = not (out / "c" / STATE[command]).exists()
         second = procs.start(cmd + ([] if rec["before_record"] else ["--resume"]), log2, env, str(args.root))
         try:
             second.wait(timeout=args.round_timeout)
@@ -278,7 +314,7 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
         problems = [] if second.returncode in (0, 1) else [f"resume exit {second.returncode}: "
                                                            + rtext.strip().splitlines()[-1][:200] if rtext.strip() else ""]
         try:
-            problems += exactly_once_problems(out / "c", N_SETTINGS)
+            problems += invariant_problems(command, out / "c")
         except Exception as e:  # an unreadable store is a failed round, not a crashed harness
             problems.append(f"check failed: {type(e).__name__}: {e}")
         rec["problems"] = problems
@@ -302,18 +338,20 @@ def run_round(i: int, fault: str, moment: str, delay: float, args, procs: Procs,
 
 
 def table(records: list[dict]) -> str:
-    cells: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
+    cells: dict[tuple[str, str, str], list[dict]] = collections.defaultdict(list)
     for r in records:
-        cells[(r["fault"], r["moment"])].append(r)
-    lines = ["| fault | moment | rounds | injected | held | exit code and resume command as documented |",
-             "|---|---|---|---|---|---|"]
-    for (f, m) in sorted(cells, key=lambda k: (FAULTS.index(k[0]), MOMENTS.index(k[1]))):
-        rs = cells[(f, m)]
-        lines.append(f"| {f} | {m} | {len(rs)} | {sum(bool(r.get('injected')) for r in rs)} | "
+        cells[(r.get("command", "sweep"), r["fault"], r["moment"])].append(r)
+    lines = ["| command | fault | moment | rounds | injected | held | exit code and resume command as documented |",
+             "|---|---|---|---|---|---|---|"]
+    for (c, f, m) in sorted(cells, key=lambda k: (COMMANDS.index(k[0]), FAULTS.index(k[1]), MOMENTS.index(k[2]))):
+        rs = cells[(c, f, m)]
+        lines.append(f"| {c} | {f} | {m} | {len(rs)} | {sum(bool(r.get('injected')) for r in rs)} | "
                      f"{sum(r.get('held') is True for r in rs)} | "
                      f"{sum(r.get('exit_ok') is True for r in rs) if f in EXPECTED_EXIT else '-'} |")
     n, held = len(records), sum(r.get("held") is True for r in records)
-    lines.append(f"| **all** | | {n} | {sum(bool(r.get('injected')) for r in records)} | {held} | |")
+    ok = sum(r.get("exit_ok") is True for r in records if r["fault"] in EXPECTED_EXIT)
+    lines.append(f"| **all** | | | {n} | {sum(bool(r.get('injected')) for r in records)} | {held} | "
+                 f"{ok} of {sum(r['fault'] in EXPECTED_EXIT for r in records)} |")
     return "\n".join(lines)
 
 
@@ -326,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of " + ",".join(FAULTS))
     ap.add_argument("--moments", default=",".join(MOMENTS), help="comma-separated subset of " + ",".join(MOMENTS))
+    ap.add_argument("--commands", default="sweep", help="comma-separated commands the rounds run, taking turns: "
+                    + ",".join(COMMANDS) + " (default: sweep)")
     ap.add_argument("--address", default=None, help="a Ray cluster every run joins (default: each run its own Ray)")
     ap.add_argument("--tmpfs-mb", type=int, default=300)
     ap.add_argument("--round-timeout", type=float, default=240.0)
@@ -344,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     if not set(faults) <= set(FAULTS):
         print(f"--faults: expected some of {','.join(FAULTS)}", file=sys.stderr)
         return 2
+    commands = tuple(args.commands.split(","))
+    if not commands or not set(commands) <= set(COMMANDS) or len(set(commands)) != len(commands):
+        print(f"--commands: expected some of {','.join(COMMANDS)}, each once", file=sys.stderr)
+        return 2
     args.ray_pgid = None
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="stablesweep-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -355,17 +399,19 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)  # also when started with SIGINT ignored (`python bench/chaos.py ... &`)
     start = time.time()
     records: list[dict] = []
-    rounds = [r for r in plan_rounds(args.rounds * len(FAULTS) * len(MOMENTS) * 4, args.seed)
-              if r[0] in faults and r[1] in moments][:args.rounds]
-    def one(i: int, fault: str, moment: str, delay: float) -> dict:
+    rounds = [r for r in plan_rounds(args.rounds * len(FAULTS) * len(MOMENTS) * 4, args.seed, commands)
+              if r[1] in faults and r[2] in moments][:args.rounds]
+
+    def one(i: int, command: str, fault: str, moment: str, delay: float) -> dict:
         procs = Procs()
         live.append(procs)
         try:
-            return run_round(i, fault, moment, delay, args, procs, work)
+            return run_round(i, command, fault, moment, delay, args, procs, work)
         except (OSError, subprocess.SubprocessError) as e:  # the harness's own step failed: say so, go on
-            return {"round": i, "fault": fault, "moment": moment, "delay": delay, "held": None,
+            return {"round": i, "command": command, "fault": fault, "moment": moment, "delay": delay, "held": None,
                     "problems": [f"harness: {type(e).__name__}: {e}"]}
         finally:
             procs.kill_all()
@@ -375,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         records.append(rec)
         with logf.open("a") as f:
             f.write(json.dumps(rec) + "\n")
-        print(f"round {rec['round']}: {rec['fault']:15s} {rec['moment']:12s} +{rec['delay']:5.1f}s  first exit "
+        print(f"round {rec['round']}: {rec.get('command', 'sweep'):5s} {rec['fault']:15s} {rec['moment']:12s} "
+              f"+{rec['delay']:5.1f}s  first exit "
               f"{rec.get('first_rc')}, resume exit {rec.get('resume_rc')}, {'held' if rec.get('held') else 'BROKEN'}"
-              + ("" if rec.get("injected", True) else " (sweep ended before the moment)")
+              + ("" if rec.get("injected", True) else " (the run ended before the moment)")
               + (f": {'; '.join(rec['problems'])}" if rec.get("problems") else ""), flush=True)
 
     todo = [(i, *r) for i, r in enumerate(rounds) if i >= args.start]
@@ -400,9 +447,11 @@ def main(argv: list[str] | None = None) -> int:
                 for f in finished:
                     done(f.result())
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        print("stopped: no further round; killing the rounds running", file=sys.stderr, flush=True)
     finally:
-        STOP.set()
+        STOP.set()  # no round starts another process from now on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C would cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for procs in list(live):  # the groups of rounds still running (theirs only, by id)
             procs.kill_all()
         if pool is not None:

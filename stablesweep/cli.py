@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from stablesweep import __version__
-from stablesweep.signals import EXIT_INTERRUPTED, stop_status, stop_word, take_sigint, take_sigterm
+from stablesweep.signals import EXIT_INTERRUPTED, ray_start_broken, stop_status, stop_word, take_sigint, take_sigterm
 from stablesweep.vocab import InputError
 
 # command modules, in the order `--help` lists them
@@ -83,6 +84,15 @@ def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    rc = _main(argv)
+    if ray_start_broken():  # a stop cut ray.init short: the interpreter's teardown may crash (signals.py)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
     from stablesweep.quiet import quiet
 
     take_sigint()  # a Ctrl-C is one at any moment, even in a process started ignoring SIGINT

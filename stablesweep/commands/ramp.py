@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from stablesweep.commands.args import add_cluster_arguments, resume_command
 from stablesweep.vocab import SAFETY
@@ -152,14 +153,39 @@ def run(args: argparse.Namespace) -> int:
     from stablesweep.sweep.options import RampOptions
     from stablesweep.sweep.ramp_runner import run_ramp
 
+    opts, started = RampOptions.from_args(args), time.time()
     try:
-        result = run_ramp(RampOptions.from_args(args), echo=lambda s: print(s, flush=True))
+        result = run_ramp(opts, echo=lambda s: print(s, flush=True))
     except OutputFault as e:
         print(f"\nerror: {e}\ncontinue with  {resume_command(sys.argv, e.name, 'ramp')}", file=sys.stderr)
         return 74
+    except KeyboardInterrupt:  # outside Tune's run of the probes (it takes a Ctrl-C itself): while Ray
+        from stablesweep.signals import stop_status, stop_word  # started or shut down, the store was made
+
+        name = _recorded_since(opts, started)
+        if name:
+            print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, name, 'ramp')}", file=sys.stderr)
+        else:
+            print(f"\n{stop_word()} before the ramp was recorded: nothing ran, nothing to resume; "
+                  "run the same command again", file=sys.stderr)
+        return stop_status()
     if result.interrupted:
         from stablesweep.signals import stop_status, stop_word
 
         print(f"\n{stop_word()}: continue with  {resume_command(sys.argv, result.name, 'ramp')}", file=sys.stderr)
         return stop_status()
     return 0 if any(x["max_stable_lr"] for x in result.summary) else 1
+
+
+def _recorded_since(opts, started: float) -> str | None:
+    """The name of the ramp this command runs, once its state (what --resume needs) is written: --name's,
+    else the newest ramp in --out if this command wrote it."""
+    from stablesweep.sweep.ramp_runner import STATE_FILE, ramp_paths, resume_name
+    from stablesweep.vocab import InputError
+
+    try:
+        name = resume_name(opts)
+        state = ramp_paths(opts, name)[1] / STATE_FILE
+        return name if state.is_file() and (opts.name or opts.resume or state.stat().st_mtime >= started) else None
+    except (InputError, OSError):
+        return None

@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
-from stablesweep.signals import sigterm_through_ray_start, take_sigterm
+from stablesweep.signals import keep_handlers_through_ray, signals_held, sigterm_through_ray_start, take_sigterm
 from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
@@ -34,13 +34,17 @@ def ray_session(opts: RunOptions) -> Iterator[None]:
     if opts.address:
         check_reachable(opts.address)
     started = start_ray(opts)
-    take_sigterm()  # after Ray: its driver's handlers abort at SIGTERM (stablesweep.signals)
+    take_sigterm()  # after Ray: ray.init set its own (stablesweep.signals)
+    ended = False
     try:
         yield
+        ended = True
     finally:
         if started:
-            ray.shutdown()
-            take_sigterm()  # Ray's shutdown leaves SIGTERM's default (the process killed, exit -15)
+            # a Ctrl-C or SIGTERM during the shutdown is delivered once it has ended (after a run that
+            # ended: a stop then, exit 130 or 143 with the resume command); our handlers are put back
+            with signals_held(deliver=ended):
+                ray.shutdown()
 
 
 def quiet_tune() -> None:
@@ -59,6 +63,7 @@ def start_ray(opts: RunOptions) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    keep_handlers_through_ray()
     if opts.address:
         check_reachable(opts.address)
         try:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -227,3 +230,111 @@ def test_sigterm_after_ray_shut_down_is_still_taken_as_ours():
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("stopped"), (proc.returncode, proc.stdout,
                                                                             proc.stderr[-2000:])
+
+
+def _private_ray_env() -> tuple[dict, str]:
+    """The environment of a CLI that starts a Ray of its own (not the session's), with a temp folder
+    of its own (short: Ray's socket paths must fit in 107 bytes)."""
+    tmp = tempfile.mkdtemp(prefix="sss", dir="/tmp")
+    return {**os.environ, "RAY_ADDRESS": "local", "RAY_TMPDIR": tmp}, tmp
+
+
+def _group_left(pgid: int, wait: float = 10.0) -> list[int]:
+    """The processes still in the process group `pgid` (the CLI's and the Ray it started) after up to `wait` s."""
+    deadline, left = time.time() + wait, []
+    while time.time() < deadline:
+        left = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if os.getpgid(int(d.name)) == pgid:
+                        left.append(int(d.name))
+                except (OSError, ProcessLookupError):
+                    pass
+        if not left:
+            break
+        time.sleep(0.2)
+    return left
+
+
+# the CLI, with the signal sent by its own PID while its driver's C++ core worker is being made
+STOP_IN_CORE_WORKER = """
+import os, signal, sys, threading
+import ray._raylet
+from stablesweep.cli import main
+make = ray._raylet.CoreWorker
+def core_worker(*args, **kwargs):
+    threading.Timer(0.05, os.kill, (os.getpid(), getattr(signal, sys.argv[1]))).start()
+    return make(*args, **kwargs)
+ray._raylet.CoreWorker = core_worker
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("command,sig,status,word", [("sweep", "SIGINT", 130, "interrupted"),
+                                                     ("sweep", "SIGTERM", 143, "terminated (SIGTERM)"),
+                                                     ("ramp", "SIGINT", 130, "interrupted")])
+def test_a_stop_while_ray_makes_the_drivers_core_worker_ends_with_its_status_not_a_crash(tmp_path, command, sig, status,
+                                                                                         word):
+    """Ctrl-C (or SIGTERM) while `ray.init` makes the driver's C++ core worker: its constructor had
+    started the C++ side and the Python object that could stop it was never made, so the process
+    printed its message and then died in the interpreter's teardown (SIGSEGV, exit -11). Now: the
+    message, the stop's status, and the Ray it had started shut down."""
+    env, ray_tmp = _private_ray_env()
+    what = (["--space", str(grid_space(tmp_path)), "--sampler", "grid", "--no-asha"] if command == "sweep"
+            else ["--lr-start", "0.04", "--lr-stop", "0.32", "--samples", "0"])
+    cmd = [sys.executable, "-c", STOP_IN_CORE_WORKER, sig, command, str(DEMO), *what, "--steps", "10",
+           "--out", str(tmp_path / "out"), "--name", "t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=180)
+        left = _group_left(proc.pid)
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == status, (proc.returncode, output[-3000:])
+    assert f"{word} before the {command} was recorded" in output, output[-3000:]
+    assert not left, f"Ray's processes left running: {left}"
+
+
+# the CLI, with SIGTERM sent by its own PID inside Ray's shutdown at the end of the sweep, once the
+# driver's core worker is shut down (which put SIGTERM back to the default) and before Ray's
+# processes are stopped
+SIGTERM_IN_RAY_SHUTDOWN = """
+import os, signal, sys
+import ray._private.state
+from stablesweep.cli import main
+state = ray._private.state.state
+disconnect = state.disconnect
+def sigterm_then_disconnect(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return disconnect(*args, **kwargs)
+state.disconnect = sigterm_then_disconnect
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(tmp_path):
+    """A SIGTERM during Ray's shutdown, the answer written: the shutdown had put SIGTERM back to the
+    default, so the process was killed (exit -15) before it said anything, and with it Ray's
+    processes were left to the reaper. Now the shutdown ends, then the SIGTERM stops the command as
+    Ctrl-C does: exit 143 with the resume command, Ray's processes gone, the answer whole."""
+    env, ray_tmp = _private_ray_env()
+    out, space = tmp_path / "out", tmp_path / "two.yaml"
+    space.write_text("training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [1.0]}\n")
+    cmd = [sys.executable, "-c", SIGTERM_IN_RAY_SHUTDOWN, "sweep", str(DEMO), "--space", str(space),
+           "--sampler", "grid", "--steps", "10", "--set", "training.report_interval=5", "--no-asha",
+           "--max-concurrent", "2", "--out", str(out), "--name", "t"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+        left = _group_left(proc.pid)
+    finally:
+        _kill_group(proc)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 143, (proc.returncode, output[-3000:])
+    assert "terminated (SIGTERM): continue with  stablesweep sweep" in output and "--resume" in output, output[-3000:]
+    assert not left, f"Ray's processes left running: {left}"
+    assert_exactly_once(out / "t", n_grid=2)  # the whole answer was written before the shutdown
