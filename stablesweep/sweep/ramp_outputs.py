@@ -58,13 +58,17 @@ def answer_settings(settings: list[Setting], budgets: Budgets, safety: float, re
         probes = sum(a.probes for a in own) + len(confirms)
         compute = sum(a.compute_s for a in own) + sum(p.wall_s for p in confirms)
         flops = sum(a.train_flops for a in own) + sum(p.train_flops for p in confirms)
+        reps = [p for r in rungs for p in r.replicates]  # every rung's, not the last one's only
+        rep_flops = float(sum(p.train_flops for p in reps))
         a = replace(own[-1], holds_for=holds, confirmation=confirmed, probes=probes, compute_s=compute,
-                    train_flops=flops)
+                    train_flops=flops, replicates=len(reps), replicate_flops=rep_flops)
         x = t.summary(safety, b)
         x.update({"range_test": asdict(s.range_test) if s.range_test else None,
                   "probe_list": [asdict(p) for p in s.every_probe], "probes": probes, "compute_s": compute,
-                  TRAIN_FLOPS: flops, "target_steps": budgets.target, "holds_for": holds, "confirmation": confirmed,
-                  "budgets": rows, "extrapolated": ex})
+                  TRAIN_FLOPS: flops, "replicates": len(reps), "replicate_flops": rep_flops,
+                  "replicate_compute_s": float(sum(p.wall_s for p in reps)),
+                  "total": _total(all_runs(s)), "target_steps": budgets.target, "holds_for": holds,
+                  "confirmation": confirmed, "budgets": rows, "extrapolated": ex})
         answers.append(a)
         summary.append(x)
         fits.append(rung_fits[-1])
@@ -119,14 +123,27 @@ def confirmation(t: Setting, confirm: int, budgets: Budgets) -> str:
     return "not confirmed (no recommended lr)"
 
 
+def all_runs(s: Setting) -> list:
+    """Every run a setting made: its range test, the probes and replicates of every rung, the confirmations."""
+    return ([s.range_test] if s.range_test and s.range_test not in s.every_probe else []) + s.every_probe
+
+
+def _flops_run(ps: list) -> float:
+    """FLOPs of the steps the runs ran: a promoted probe that went on from a checkpoint counts its own steps."""
+    return float(sum(p.train_flops * (p.steps - p.start_step) / p.steps for p in ps if p.steps))
+
+
+def _total(ps: list) -> dict[str, Any]:
+    return {"runs": len(ps), TRAIN_FLOPS: _flops_run(ps), "compute_s": float(sum(p.wall_s for p in ps))}
+
+
 def cost(settings: list[Setting], budgets: Budgets) -> dict[str, Any]:
     """What the answer for the target cost, for a ramp and a sweep alike: the FLOPs and wall seconds
     of the probes at the rungs above the first budget and of the confirmation runs, next to one full
-    run at the target (FLOPs a step, the median over the probes, x the target steps). A probe counts
+    run at the target (FLOPs a step, the median over the probes, x the target steps), and of every
+    run in all (`all_runs`: the first budget's probes and every rung's replicates too). A probe counts
     the steps it ran: a promoted probe that went on from a checkpoint, not those before it."""
-    def flops(ps: list) -> float:
-        return float(sum(p.train_flops * (p.steps - p.start_step) / p.steps for p in ps if p.steps))
-
+    flops = _flops_run
     rungs = [p for s in settings for r in s.longer for p in r.probes]
     confirms = [p for s in settings for r in (s, *s.longer) for p in r.confirm_probes]
     per_step = sorted(p.train_flops / p.steps for s in settings for p in s.every_probe if p.steps and p.train_flops)
@@ -136,7 +153,10 @@ def cost(settings: list[Setting], budgets: Budgets) -> dict[str, Any]:
            "rungs_s": float(sum(p.wall_s for p in rungs)), "confirm_runs": len(confirms),
            "confirm_flops": flops(confirms), "confirm_s": float(sum(p.wall_s for p in confirms)),
            "flops_per_step": fps, "full_run_flops": full}
+    every = [p for s in settings for p in all_runs(s)]
+    out.update({"all_runs": len(every), "all_flops": flops(every), "all_s": float(sum(p.wall_s for p in every))})
     out["full_runs"] = (out["rungs_flops"] + out["confirm_flops"]) / full if full else None
+    out["all_full_runs"] = out["all_flops"] / full if full else None
     return out
 
 
@@ -147,12 +167,15 @@ def cost_text(c: dict[str, Any]) -> str:
             f"{c['rungs_flops']:.3g} FLOPs, {c['rungs_s']:.0f} s; confirmation {c['confirm_runs']} run(s), "
             f"{c['confirm_flops']:.3g} FLOPs, {c['confirm_s']:.0f} s; one full run at the target "
             + (f"{full:.3g} FLOPs ({c['flops_per_step']:.3g} a step x {c['target_steps']}): the rungs and the "
-               f"confirmation cost {c['full_runs']:.1f} full runs" if full else "unknown (no probe recorded its FLOPs)"))
+               f"confirmation cost {c['full_runs']:.1f} full runs" if full else "unknown (no probe recorded its FLOPs)")
+            + (f"; in all {c['all_runs']} run(s), {c['all_flops']:.3g} FLOPs, {c['all_s']:.0f} s"
+               + (f" ({c['all_full_runs']:.1f} full runs)" if full else "") if "all_runs" in c else ""))
 
 
 def cost_metrics(c: dict[str, Any]) -> dict[str, float]:
     """`cost` as the parent MLflow run's metrics."""
-    return {k: float(c[k]) for k in ("rungs_flops", "rungs_s", "confirm_flops", "confirm_s", "full_run_flops")
+    return {k: float(c[k]) for k in ("rungs_flops", "rungs_s", "confirm_flops", "confirm_s", "full_run_flops",
+                                     "all_flops", "all_s")
             if c.get(k) is not None}
 
 

@@ -116,9 +116,17 @@ def test_every_output_names_the_target_and_every_probe_is_recorded_once(rungs):
     assert c["rung_probes"] == sum(len(r.probes) for s in res.settings for r in s.longer)
     assert c["confirm_runs"] == 6 and c["confirm_flops"] > 0 and c["full_run_flops"] == c["flops_per_step"] * 80
     assert "## Cost" in md and any(ln.startswith("cost of the answer for 80 steps: rungs") for ln in lines)
+    # and every run in all: each setting's totals count every probe of ramp.json, at every rung
+    assert c["all_runs"] == sum(len(x["probe_list"]) for x in doc["settings"]) == \
+        sum(x["total"]["runs"] for x in doc["settings"])
+    assert c["all_flops"] >= c["rungs_flops"] + c["confirm_flops"] and "; in all " in cost_line(lines)
     run = Tracker(res.tracking_uri).client.get_run(res.parent_run_id)
     assert run.data.params["target_steps"] == "80" and run.data.tags["target_steps"] == "80"
     assert problems_free(res)
+
+
+def cost_line(lines: list[str]) -> str:
+    return next(ln for ln in lines if ln.startswith("cost of the answer for"))
 
 
 def problems_free(res) -> bool:
