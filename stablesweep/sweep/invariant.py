@@ -76,6 +76,8 @@ def exactly_once_problems(sweep_dir: Path, n_settings: int) -> list[str]:
 def _other_rows_problems(others, keys: list[str], sweep_ids: set[str]) -> list[str]:
     """A sweep's rows other than its trials (replicates, the rungs' probes): each under its own
     trial, none unfinished, each (phase, budget, setting, lr, seed) once."""
+    if others.empty:  # a sweep without replicates or rungs: its table has no phase column
+        return []
     problems = []
     ids = list(others["trial_id"])
     if len(set(ids)) != len(ids) or set(ids) & sweep_ids:

@@ -121,6 +121,7 @@ def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_clus
     assert any("the answer holds for the trials' 20 steps (--steps); the config trains 80: add --target-steps 80"
                in ln for ln in lines), lines
     assert "phase" not in pd.read_csv(res.files["trials"]).columns and len(res.table) == 1
+    assert not exactly_once_problems(res.sweep_dir, 1)  # the check reads a table without replicates or rungs
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
     assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
