@@ -22,7 +22,10 @@ then delivered (a KeyboardInterrupt half-way through it would leave Ray half tor
 it starts in the background, `stablesweep sweep ... &`) gets no KeyboardInterrupt from Python, and
 Tune's handler took a Ctrl-C only while the trials ran: one sent before them (while Ray started or
 the MLflow store was made) was lost and the sweep ran to its end. The CLI takes SIGINT as
-KeyboardInterrupt from its start, so a Ctrl-C stops it at any moment.
+KeyboardInterrupt from its start, so a Ctrl-C stops it at any moment. A KeyboardInterrupt raised
+while a finalizer runs (a weakref callback of SQLAlchemy's as MLflow's store is made, seen by
+bench/chaos.py) is printed as "Exception ignored in" and lost; the handler notes each stop, and
+`fit_tuner` raises a noted one again before the trials start.
 
 `sigterm_through_ray_start` and `ray_start_broken`: a stop while `ray.init` runs (its SIGTERM
 handler's `sys.exit(15)`, or a Ctrl-C) may come while the driver's C++ core worker is being made:
@@ -59,11 +62,22 @@ def take_sigterm() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+_pending: list[int] = []  # stops taken by `_on_sigint`: one a finalizer swallowed is raised again
+
+
+def _on_sigint(signum, frame) -> None:
+    _pending.append(signum)
+    raise KeyboardInterrupt
+
+
 def take_sigint() -> None:
-    """Make SIGINT raise KeyboardInterrupt in this process even if it was started ignoring it (main
-    thread only; a handler someone set is left as it is)."""
-    if threading.current_thread() is threading.main_thread() and not callable(signal.getsignal(signal.SIGINT)):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Make SIGINT raise KeyboardInterrupt in this process even if it was started ignoring it, and
+    note it, so that one raised inside a finalizer (Python prints "Exception ignored in" and goes
+    on) is raised again before the trials start (`fit_tuner`). Main thread only; a handler someone
+    set is left as it is."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, _on_sigint)
 
 
 _broken_start: list[bool] = []
@@ -151,6 +165,8 @@ def fit_tuner(tuner) -> Any:
     so a Ctrl-C after the trials (while the sweep's tables, figures and MLflow runs are written)
     set a flag nothing read, and the command ran to its end with exit 0."""
     main = threading.current_thread() is threading.main_thread()
+    if _pending:  # a Ctrl-C (or SIGTERM) came and was swallowed where Python ignores exceptions: stop here
+        raise KeyboardInterrupt
     before = signal.getsignal(signal.SIGINT) if main else None
     try:
         return tuner.fit()
