@@ -87,8 +87,11 @@ def cli(capsys, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` need a CUDA device: skipped where there is none (`make test-gpu` runs
-    them alone, on a GPU machine)."""
+    """The sweep tests first (tests/sweep: a minute of Ray a file, some of them): with the suite's
+    files shared among processes (`make test`), the longest then start first and the processes end
+    together. Tests marked `gpu` need a CUDA device: skipped where there is none (`make test-gpu`
+    runs them alone, on a GPU machine)."""
+    items.sort(key=lambda item: "tests/sweep/" not in item.nodeid)  # stable: the order within stays
     gpu = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu:
         return
