@@ -84,3 +84,15 @@ def resume_command(argv: list[str], name: str, command: str) -> str:
     if "--resume" not in args:
         args.append("--resume")
     return "stablesweep " + shlex.join(args)
+
+
+def add_budget_arguments(p: argparse.ArgumentParser, runs: str, recommended: str, probes_flag: str) -> None:
+    """--max-steps and --confirm, as `sweep` and `ramp` both take them (--target-steps, whose default
+    differs, each adds itself): `runs` names what the rungs run, `recommended` what is confirmed."""
+    p.add_argument("--max-steps", type=int, default=None, metavar="M",
+                   help=f"the longest {runs} may run (default: the target); a target beyond it is out of "
+                        "reach and the answer says \"extrapolated from M steps\"")
+    p.add_argument("--confirm", type=int, default=None, metavar="K",
+                   help=f"run {recommended} at the target with K fresh seeds before calling it recommended; a failure "
+                        "moves it down to the next lower lr measured safe there (default 2 where the target is longer "
+                        f"than {probes_flag}, else 0; 0: off, and the output says \"not confirmed\")")

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from stablesweep.commands.args import add_cluster_arguments, resume_command
+from stablesweep.commands.args import add_budget_arguments, add_cluster_arguments, resume_command
 from stablesweep.vocab import SAFETY
 
 EPILOG = """\
@@ -102,13 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the budget the answer is for: the run you will do (default: the config's own, training.steps, "
                         "or epochs x steps an epoch). Below it, the lrs near each bracket are promoted to x4 the "
                         "budget, rung by rung, up to N")
-    p.add_argument("--max-steps", type=int, default=None, metavar="M",
-                   help="the longest probe the ramp may run (default: the target); a target beyond it is out of "
-                        "reach and the answer says \"extrapolated from M steps\"")
-    p.add_argument("--confirm", type=int, default=None, metavar="K",
-                   help="run the recommended config at the target with K fresh seeds before calling it recommended; "
-                        "a failure moves it down to the next lower measured-safe lr (default 2 where the target is longer "
-                        "than --steps, else 0; 0: off, and the output says \"not confirmed\")")
+    add_budget_arguments(p, "probe the ramp", "the recommended config", "--steps")
     p.add_argument("--mode", choices=["restart", "continue"], default="restart",
                    help="restart: every probe from scratch (default); continue: each rung warm-starts from the "
                         "last stable rung's checkpoint and trains S more steps")

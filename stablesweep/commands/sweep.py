@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stablesweep.commands.args import add_cluster_arguments, resume_command
+from stablesweep.commands.args import add_budget_arguments, add_cluster_arguments, resume_command
 from stablesweep.vocab import ERROR, REASON, VERDICT
 
 EPILOG = """\
@@ -131,14 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "replicates) end, the lrs around each combination's bracket are promoted to x4 the budget, "
                         "rung by rung up to N, as `stablesweep ramp` does (climbed and bisected at each rung), and "
                         "the recommended config is the one for N steps")
-    p.add_argument("--max-steps", type=int, default=None, metavar="M",
-                   help="the longest run the rungs may do (default: the target); a target beyond it is out of "
-                        "reach and the answer says \"extrapolated from M steps\"")
-    p.add_argument("--confirm", type=int, default=None, metavar="K",
-                   help="run each combination's recommended lr at the target with K fresh seeds before calling it "
-                        "recommended; a failure moves it down to the next lower lr measured safe there (default 2 "
-                        "where the target is longer than the trials, else 0; 0: off, and the output says "
-                        "\"not confirmed\")")
+    add_budget_arguments(p, "probe the rungs", "each combination's recommended lr", "the trials")
     p.set_defaults(func=run)
 
 

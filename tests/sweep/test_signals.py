@@ -327,17 +327,25 @@ def test_a_stop_while_ray_makes_the_drivers_core_worker_ends_with_its_status_not
             else ["--lr-start", "0.04", "--lr-stop", "0.32", "--samples", "0"])
     cmd = [sys.executable, "-c", STOP_IN_CORE_WORKER, sig, command, str(DEMO), *what, "--steps", "10",
            "--out", str(tmp_path / "out"), "--name", "t"]
+    proc, output, left = _run_private(cmd, env, ray_tmp, timeout=180)
+    assert proc.returncode == status, (proc.returncode, output[-3000:])
+    assert f"{word} before the {command} was recorded" in output, output[-3000:]
+    assert not left, f"Ray's processes left running: {left}"
+
+
+def _run_private(cmd: list[str], env: dict, ray_tmp, timeout: float):
+    """The CLI in a process group of its own with a Ray of its own: (the process, its output, the
+    processes of its group still alive when it ended); the group killed and Ray's temp folder
+    removed after."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
                             start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=180)
+        output, _ = proc.communicate(timeout=timeout)
         left = _group_left(proc.pid)
     finally:
         _kill_group(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == status, (proc.returncode, output[-3000:])
-    assert f"{word} before the {command} was recorded" in output, output[-3000:]
-    assert not left, f"Ray's processes left running: {left}"
+    return proc, output, left
 
 
 # the CLI, with SIGTERM sent by its own PID inside Ray's shutdown at the end of the sweep, once the
@@ -368,14 +376,7 @@ def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(
     cmd = [sys.executable, "-c", SIGTERM_IN_RAY_SHUTDOWN, "sweep", str(DEMO), "--space", str(space),
            "--sampler", "grid", "--steps", "10", "--set", "training.report_interval=5", "--no-asha",
            "--max-concurrent", "2", "--out", str(out), "--name", "t"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-        left = _group_left(proc.pid)
-    finally:
-        _kill_group(proc)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    proc, output, left = _run_private(cmd, env, ray_tmp, timeout=300)
     assert proc.returncode == 143, (proc.returncode, output[-3000:])
     assert "terminated (SIGTERM): continue with  stablesweep sweep" in output and "--resume" in output, output[-3000:]
     assert not left, f"Ray's processes left running: {left}"
