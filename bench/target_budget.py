@@ -1,6 +1,7 @@
 """Does the ramp's answer hold for the run you will do? Issue 27's measurable promise, checked.
 
     python bench/target_budget.py [--out runs/bench/target_budget] [--seeds 20] [--procs 2] [--grid run]
+                                  [--grid-seeds 4]
 
 On configs/demo.yaml at constant lr (warmup 0), on CPU:
 1. the README's command, as a user runs it (a subprocess with its own --out):
@@ -17,7 +18,11 @@ On configs/demo.yaml at constant lr (warmup 0), on CPU:
 4. the cost against a grid at the target budget: every lr of the ramp's range at its resolution
    (lr-start x 1.25^k, as bench/ramp_vs_grid.py), one seed (the config's), 480 steps. `--grid run`
    trains it; `--grid estimate` counts 480 steps a point at the measured FLOPs a step (an upper
-   bound: a divergence stops early).
+   bound: a divergence stops early). `--grid-seeds K` runs K seeds a point (0..K-1): the grid that
+   gives the evidence the ramp's `--replicates 4` gives (P(fails | lr) at every lr), next to the
+   one-seed grid that gives one seed's boundary.
+On a machine with a GPU, `CUDA_VISIBLE_DEVICES=` keeps every run on the CPU (the ramp's and the
+seeds'), as on the machine the issue's table came from.
 Runs train in-process (`stablesweep.train`) in a pool of `--procs` processes of 1 torch thread.
 Every finished run is appended to OUT/runs.jsonl, so a second start reuses them; `--ramp-dir` reads
 a ramp that already ran this command instead of starting it. Prints a table, writes OUT/target_budget.json.
@@ -29,6 +34,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import platform
 import queue
 import subprocess
 import sys
@@ -49,6 +55,11 @@ def ramp_command(out: Path, name: str) -> list[str]:
             "--set", "training.warmup_steps=0", "--steps", str(PROBE_STEPS), "--target-steps", str(TARGET),
             "--replicates", str(REPLICATES), "--lr-start", str(LR_START), "--lr-stop", str(LR_STOP),
             "--out", str(out), "--name", name]
+
+
+def machine() -> str:
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES") == ""
+    return f"{os.cpu_count()} CPUs ({platform.machine()}){', CUDA hidden: every run on the CPU' if hidden else ''}"
 
 
 def load() -> str:
@@ -81,6 +92,7 @@ def run_ramp(out: Path, ramp_dir: str | None) -> dict:
             # every run of probe_list (ramp.json's train_flops and compute_s leave replicates out)
             "all_runs_flops": sum(p["train_flops"] for p in probes), "all_runs_s": sum(p["wall_s"] for p in probes),
             "replicate_runs": sum(p["phase"] == "replicate" for p in probes),
+            "replicate_flops_all": sum(p["train_flops"] for p in probes if p["phase"] == "replicate"),
             "load_before_after": loads, "evidence": s.get("evidence"),
             "flops_per_step": next((p["train_flops"] / (p["steps"] - p.get("start_step", 0)) for p in probes
                                     if p["verdict"] == STABLE and p["steps"] > p.get("start_step", 0)), None)}
@@ -231,6 +243,7 @@ def main() -> None:
     ap.add_argument("--multipliers", default=None,
                     help="the lrs above the stated one as multiples of it, e.g. 2,2.83,4 (default: the --factor grid)")
     ap.add_argument("--grid", choices=("run", "estimate"), default="estimate")
+    ap.add_argument("--grid-seeds", type=int, default=1, help="with --grid run: seeds a point (0..K-1)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,7 +264,7 @@ def main() -> None:
         g0 = time.perf_counter()
         grid_runs = None
         if args.grid == "run":
-            grid_runs = [runs.batch("grid", lr, [0])[0] for lr in lrs]
+            grid_runs = [x for lr in lrs for x in runs.batch("grid", lr, list(range(args.grid_seeds)))]
         grid_wall = time.perf_counter() - g0
     finally:
         runs.close()
@@ -261,12 +274,17 @@ def main() -> None:
     grid = {"lrs": lrs, "points": len(lrs), "flops_per_step": fps, "flops_estimate_upper": fps * TARGET * len(lrs),
             "steps_estimate": est, "flops_estimate": fps * sum(est)}
     if grid_runs:
-        grid.update(flops=sum(x["train_flops"] for x in grid_runs), train_s=sum(x["wall_s"] for x in grid_runs),
-                    wall_s=grid_wall, steps=sum(x["steps"] for x in grid_runs),
-                    verdicts={x["lr"]: x["verdict"] for x in grid_runs}, load=load())
+        one = [x for x in grid_runs if x["seed"] == 0]
+        grid.update(flops=sum(x["train_flops"] for x in one), train_s=sum(x["wall_s"] for x in one),
+                    wall_s=grid_wall, steps=sum(x["steps"] for x in one),
+                    verdicts={x["lr"]: x["verdict"] for x in one}, load=load())
+        if args.grid_seeds > 1:  # the grid with the ramp's evidence: K seeds at every lr
+            grid.update(seeds=args.grid_seeds, flops_k=sum(x["train_flops"] for x in grid_runs),
+                        train_s_k=sum(x["wall_s"] for x in grid_runs),
+                        failures_k={lr: sum(x["verdict"] != STABLE for x in grid_runs if x["lr"] == lr) for lr in lrs})
     first = points[0] if points else {}
     result = {
-        "command": " ".join(ramp_command(Path("OUT"), "NAME")[2:]), "machine": "2-core x86, no GPU",
+        "command": " ".join(ramp_command(Path("OUT"), "NAME")[2:]), "machine": machine(),
         "ramp": ramp, "seeds": args.seeds, "seed_base": SEED_BASE, "multipliers": ups, "points": points,
         "stated_lr": stated, "failures_at_stated": first.get("failures"), "runs_at_stated": first.get("runs"),
         "largest_lr_at_most_1_failure": largest,
@@ -286,6 +304,10 @@ def main() -> None:
     result["ramp_over_grid_flops_estimate"] = total / grid["flops_estimate"]
     if grid.get("train_s"):
         result["ramp_over_grid_train_s"] = ramp["all_runs_s"] / grid["train_s"]
+    if grid.get("flops_k"):
+        result["ramp_over_grid_k_flops"] = total / grid["flops_k"]
+    reps = ramp["replicate_flops_all"]
+    result["ramp_without_replicates_over_grid_flops"] = (total - reps) / g_flops
     (out / "target_budget.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\n| lr | x stated | fresh seeds at 480 steps | failed | verdicts | train s (sum) | load |\n|---|---|---|---|---|---|---|")
     for p in points:
@@ -307,6 +329,10 @@ def main() -> None:
           f"(ramp / that {result['ramp_over_grid_flops_estimate']:.2f})"
           + (f", {grid['train_s']:.0f} train s" if grid.get("train_s") else "")
           + f": ramp / grid FLOPs {result['ramp_over_grid_flops']:.2f}; load average {load()}")
+    print(f"the ramp's replicates {ramp['replicate_runs']} runs, {reps:.3g} FLOPs; without them the ramp / the one-seed grid "
+          f"{result['ramp_without_replicates_over_grid_flops']:.2f}"
+          + (f"; the ramp / the grid of {grid['seeds']} seeds a point ({grid['flops_k']:.3g} FLOPs, the same evidence) "
+             f"{result['ramp_over_grid_k_flops']:.2f}" if grid.get("flops_k") else ""))
 
 
 if __name__ == "__main__":

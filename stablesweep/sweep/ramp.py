@@ -19,8 +19,10 @@ trained and the smallest that did not (diverged, or stalled above a stable lr).
 
 With `--replicates K`, once a setting is bracketed, K seeds run at `analysis.boundary.
 replicate_lrs(max stable, min failed)` (inside the bracket and at its ends; a (lr, seed) pair the
-bracket already ran is not run again), and P(fails | lr) is fitted over all its probes: the lr at
-5% risk then sets the recommended lr. Replicates never move the single-seed bracket.
+bracket already ran is not run again), and P(fails | lr) is fitted over all its probes; then K more
+at the lr at 5% risk so fitted (`at_risk_probes`), where the answer is read, and the fit is made
+again: the lr at 5% risk then sets the recommended lr. Replicates never move the single-seed
+bracket.
 
 The recommended lr is the best-training safe lr (`analysis.answer.recommend`): the lowest
 objective at the budget among stable probes trained from scratch at base seed at or below the
@@ -337,6 +339,20 @@ def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, in
     from stablesweep.analysis.boundary import replicate_runs
 
     return replicate_runs(s.max_stable, s.min_failed, k, base_seed, [p.lr for p in s.tested])
+
+
+def at_risk_probes(s: Setting, k: int, base_seed: int, at_risk: float | None) -> list[tuple[float, int]]:
+    """K more replicates (seeds base_seed .. base_seed + k - 1) where the answer is read: at the lr
+    at 5% risk that the bracket's replicates fitted (3 significant digits), so that the refitted
+    5%-risk lr rests on runs near it rather than on the tail of a slope fitted 2-5x above it (the
+    bracket's replicates fail 25-100%). [] without a fit, or where an lr within 2% ran K times."""
+    if k < 1 or at_risk is None:
+        return []
+    lr = float(f"{at_risk:.3g}")
+    near = [p for p in s.tested + s.replicates if math.isclose(p.lr, lr, rel_tol=0.02)]
+    if len(near) >= k:
+        return []
+    return [(lr, base_seed + i) for i in range(k)]
 
 
 def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None) -> list[float]:

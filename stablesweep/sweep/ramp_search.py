@@ -4,7 +4,8 @@ MLflow and hands the searcher what Tune does not give a searcher (a stable probe
 failed probe's error).
 
 Each setting goes its own way through the phases: the range test (--first-pass range-test), the
-climb and bisection, the replicates (--replicates K), the samples (--samples K). Within a phase a
+climb and bisection, the replicates (--replicates K: K seeds in the bracket, then K at the lr at 5%
+risk fitted to them), the samples (--samples K). Within a phase a
 setting runs in batches, the planner's next probes of it (at most --parallel; one at a time in
 continue mode, where each rung starts from the last stable rung's checkpoint), and a batch's
 probes all end before its next batch is planned, so a setting gets the probes that the ramp's
@@ -43,6 +44,7 @@ from stablesweep.sweep.ramp import (
     Confirmation,
     Probe,
     Setting,
+    at_risk_probes,
     boundary_runs,
     next_probes,
     promote_lrs,
@@ -74,10 +76,10 @@ from stablesweep.vocab import (
 
 logger = logging.getLogger(__name__)
 
-RANGE, CLIMB, REPLICATES, PROMOTING, SAMPLES, CONFIRMING, DONE = (
-    "range-test", "climb", "replicates", "promote", "samples", "confirm", "done")
-_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: PROMOTING, PROMOTING: SAMPLES, SAMPLES: CONFIRMING,
-         CONFIRMING: DONE}
+RANGE, CLIMB, REPLICATES, AT_RISK, PROMOTING, SAMPLES, CONFIRMING, DONE = (
+    "range-test", "climb", "replicates", "at-risk", "promote", "samples", "confirm", "done")
+_NEXT = {RANGE: CLIMB, CLIMB: REPLICATES, REPLICATES: AT_RISK, AT_RISK: PROMOTING, PROMOTING: SAMPLES,
+         SAMPLES: CONFIRMING, CONFIRMING: DONE}
 
 
 @dataclass
@@ -250,6 +252,13 @@ class RampSearcher(Searcher):
         if stage == REPLICATES:  # K seeds around the bracket, from scratch
             reqs = []
             for lr, seed in replicate_probes(s, o.replicates, self.base_seed) if o.replicates else []:
+                req = self._request(s, lr, REPLICATE)
+                req.config[SEED_KEY] = seed
+                reqs.append(req)
+            return reqs
+        if stage == AT_RISK:  # K seeds where the answer is read: at the fitted 5%-risk lr, then refitted
+            reqs = []
+            for lr, seed in at_risk_probes(s, o.replicates, self.base_seed, self._at_risk(s)) if o.replicates else []:
                 req = self._request(s, lr, REPLICATE)
                 req.config[SEED_KEY] = seed
                 reqs.append(req)

@@ -170,6 +170,35 @@ def test_replicates_go_inside_the_bracket_and_the_fit_sets_the_recommended_lr():
     assert fit_boundary(boundary_runs(one, 0))[0].single_seed
 
 
+@pytest.mark.parametrize("late", [0.02, 0.03, 0.045])
+def test_replicates_at_the_fitted_5pct_risk_lr_bring_it_within_2x_below_a_rare_failure(late):
+    """The demo at 480 steps fails two ways: a hard edge (every seed) and, well below it, a late
+    divergence of a few seeds. Planted: seeds 0-2 fail from 0.068, seed 3 from `late`. The bracket's
+    replicates (1, 1 and 4 of 4 failed) fit a 5%-risk lr of 0.030, above the rare failure where it is
+    at 0.02; K seeds at that lr (`at_risk_probes`), refitted, put it below the rare failure and
+    within 2x of it, whichever side the first fit was on; they run once."""
+    from stablesweep.analysis.boundary import fit_boundary
+    from stablesweep.sweep.ramp import at_risk_probes, boundary_runs, replicate_probes
+
+    def verdict(lr, seed):
+        return "diverged" if lr >= (late if seed == 3 else 0.068) else "stable"
+
+    s = run_plan(boundary=0.068, parallel=2, resolution=1.2)
+    for lr, seed in replicate_probes(s, 4, 0):
+        s.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
+    first = fit_boundary(boundary_runs(s, 0))[0].lr_at_risk
+    assert at_risk_probes(s, 4, 0, None) == [] and at_risk_probes(s, 0, 0, first) == []
+    check = at_risk_probes(s, 4, 0, first)
+    assert check == [(float(f"{first:.3g}"), seed) for seed in range(4)]
+    for lr, seed in check:
+        s.probes.append(Probe(lr, verdict(lr, seed), phase="replicate", seed=seed))
+    refit = fit_boundary(boundary_runs(s, 0))[0].lr_at_risk
+    assert late / 2 <= refit < late, (first, refit)
+    assert at_risk_probes(s, 4, 0, first) == []  # ran once
+    plain = run_plan(boundary=0.068, parallel=2, resolution=1.2)
+    assert (s.max_stable, s.min_failed) == (plain.max_stable, plain.min_failed)  # never the bracket
+
+
 @pytest.mark.parametrize("replicates", [0, 2])
 def test_a_recommended_config_names_the_rule_that_set_its_lr(tmp_path, replicates):
     """recommended/<setting>.yaml: the lr with the best objective among the stable probes at or below

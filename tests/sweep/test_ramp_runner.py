@@ -174,8 +174,11 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
             assert p.lr < s.min_stable or p.lr >= s.min_failed, (p.lr, s.min_stable, s.min_failed)
     assert all(p.lr <= s.max_stable for p in s.tested if p.verdict == "stable" and p.lr < s.min_failed)
     x = json.loads((res.ramp_dir / "ramp.json").read_text())["settings"][0]
-    assert x["replicates"] == len(s.replicates) == 4 and {p.seed for p in s.replicates} == {0, 1}
-    assert all(s.max_stable * 0.999 <= p.lr <= s.min_failed * 1.001 for p in s.replicates)
+    # 2 seeds in the bracket (4 runs: each end's seed 0 is its probe), then 2 at the 5%-risk lr so fitted
+    inside = [p for p in s.replicates if s.max_stable * 0.999 <= p.lr <= s.min_failed * 1.001]
+    at_risk = [p for p in s.replicates if p not in inside]
+    assert x["replicates"] == len(s.replicates) == 6 and len(inside) == 4 and {p.seed for p in s.replicates} == {0, 1}
+    assert len({p.lr for p in at_risk}) == 1 and at_risk[0].lr < s.max_stable and len(at_risk) == 2
     assert x["replicate_flops"] > 0 and x["train_flops"] > 0 and x["evidence"]
     assert len({e["lr"] for e in x["evidence"]}) == len(x["evidence"])
     assert x["rule"] == "lr_at_5pct_risk" and x["single_seed"] is False
