@@ -69,6 +69,9 @@ class Swept:
     """A sweep's answer: verdict counts, per combination of the categorical axes (`settings`) the
     stable band, the smallest failed lr and the recommended lr, the recommended config as a dict
     and its file, and where everything is (the sweep folder, the MLflow store and parent run).
+    `holds_for` is the budget the answer holds for; with a target longer than the trials'
+    (`target_steps`), `at_target` holds each combination's answer there (its lr at 5% risk,
+    recommended lr, what it holds for and its confirmation), and `recommended` is the target's.
     `region` (analysis.region.Region) and `table` (trials.csv as a DataFrame) hold the rest."""
 
     name: str
@@ -82,19 +85,24 @@ class Swept:
     files: dict[str, Path] = field(default_factory=dict)
     region: Any = None
     table: Any = None
+    holds_for: str | None = None
+    at_target: list[dict] = field(default_factory=list)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.counts.items() if v)
         lr = (self.recommended or {}).get("training", {}).get("lr")
         return (f"Swept({self.name}: {counts}; {len(self.settings)} setting(s)"
-                + (f"; recommended lr {lr:.3g}" if lr is not None else "; nothing stable") + f"; dir={self.dir})")
+                + (f"; recommended lr {lr:.3g}" if lr is not None else "; nothing stable")
+                + (f" for {self.holds_for}" if self.holds_for else "") + f"; dir={self.dir})")
 
 
 @dataclass(frozen=True, repr=False)
 class Ramped:
     """A ramp's answer: per setting (`settings`, ramp.json's rows) its status, largest stable and
-    smallest failed lr and recommended lr; `recommended` maps each setting with a stable lr to its
-    recommended config as a dict, `recommended_paths` to its file; the ramp folder and MLflow run."""
+    smallest failed lr and recommended lr, lr at 5% risk, what the answer holds for (`holds_for`:
+    the target budget, or "extrapolated from N steps") and its `confirmation`; `recommended` maps
+    each setting with a stable lr to its recommended config as a dict, `recommended_paths` to its
+    file; the ramp folder and MLflow run."""
 
     name: str
     dir: Path
@@ -176,14 +184,24 @@ def sweep(config: str | Path | dict, space: str | Path | dict, *, log: Log = pri
     with config_file(config) as path, config_file(space, "space") as space_path:
         res = run_sweep(SweepOptions(config=str(path), space=str(space_path), overrides=overrides, **opts),
                         echo=log or (lambda s: None))
+    return swept(res)
+
+
+def swept(res) -> Swept:
+    """A `sweep.runner` result as the API's `Swept`: the answer as stable_region.json says it."""
+    import json
+
     rec = res.files.get("recommended")
+    region_file = json.loads(res.files["json"].read_text())
     settings = [{"setting": g.label, "params": g.key, "counts": g.counts, "min_stable_lr": g.min_stable_lr,
                  "max_stable_lr": g.max_stable_lr, "min_diverged_lr": g.min_diverged_lr,
                  "min_failed_lr": g.min_failed_lr, "recommended_lr": g.recommended_lr,
                  "best_objective": g.best_objective} for g in res.region.groups]
     return Swept(name=res.name, dir=res.sweep_dir, counts=dict(res.counts), settings=settings,
                  recommended=_read_yaml(rec), recommended_path=rec, tracking_uri=res.tracking_uri,
-                 parent_run_id=res.parent_run_id, files=dict(res.files), region=res.region, table=res.table)
+                 parent_run_id=res.parent_run_id, files=dict(res.files), region=res.region, table=res.table,
+                 holds_for=region_file.get("holds_for"),
+                 at_target=[_row(x) for x in region_file.get("at_target") or []])
 
 
 def ramp(config: str | Path | dict, *, log: Log = print, verbose: bool = False, **kwargs) -> Ramped:
@@ -268,7 +286,7 @@ def diagnose(config: str | Path | dict, *, probe_steps: int = 0, region: str | P
 # ---- helpers ------------------------------------------------------------------------------------
 
 _ROW_KEYS = ("setting", "params", "status", "min_stable_lr", "max_stable_lr", "min_diverged_lr", "min_failed_lr",
-             "recommended_lr", "lr_at_5pct_risk", "lr_at_50pct", "probes")
+             "recommended_lr", "lr_at_5pct_risk", "lr_at_50pct", "probes", "holds_for", "confirmation")
 
 
 def _row(x: dict) -> dict:

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from stablesweep.api import swept as swept_result
 from stablesweep.sweep.invariant import exactly_once_problems
 from stablesweep.sweep.options import SweepOptions
 from stablesweep.sweep.runner import run_sweep
@@ -93,6 +94,13 @@ def test_every_output_says_what_the_answer_holds_for_and_what_it_cost(swept):
     children = Tracker(res.tracking_uri).children(res.parent_run_id)
     phases = sorted(ch.tags.get("phase", "sweep") for ch in children)
     assert phases == ["confirm"] * 4 + ["ladder", "promote", "promote"] + ["sweep"] * 3
+    # the Python API's result says the same (stablesweep.sweep returns `api.swept` of this result)
+    api = swept_result(res)
+    assert api.holds_for == "80 steps (the target); probes from 20 steps, rungs 20, 80"
+    assert api.recommended["training"]["lr"] == 0.04
+    (row,) = api.at_target
+    assert row["recommended_lr"] == 0.04 and row["confirmation"] == x["confirmation"]
+    assert "recommended lr 0.04 for 80 steps (the target)" in repr(api)
 
 
 def test_resume_of_the_finished_sweep_runs_no_probe_again(swept):
@@ -124,6 +132,7 @@ def test_the_default_target_is_the_trials_budget_and_adds_no_experiment(ray_clus
     assert not exactly_once_problems(res.sweep_dir, 1)  # the check reads a table without replicates or rungs
     data = json.loads(res.files["json"].read_text())
     assert data["target_steps"] == 20 and data["holds_for"] == "20 steps (the target)"
+    assert swept_result(res).holds_for == "20 steps (the target)" and swept_result(res).at_target == []
     assert "recommended" in res.files and "budgets.png" not in {p.name for p in res.files.values()}
 
 
