@@ -107,3 +107,21 @@ def test_replicate_runs_skip_the_pairs_already_run_and_settings_without_a_bracke
     assert runs[1][0] == pytest.approx(0.2)
     assert replicate_runs(None, 0.4, 2, 0, []) == replicate_runs(0.1, None, 2, 0, []) == []
     assert replicate_runs(0.1, 0.4, 0, 0, []) == []
+
+
+def test_a_run_that_trained_above_the_hard_edge_is_left_out_of_the_fit_and_said():
+    """The demo at 480 steps (constant lr), as a ramp recorded it: every seed fails at 0.065, seed 0
+    trains at 0.129 (a second regime far above) and one of four at 0.0709. Fitted with them, the
+    slope is shallow and the 5%-risk lr 0.0095, 3x below 0.0272 where 20 fresh seeds all trained;
+    left out (above the hard edge the curve is taken as failing), it is 0.02; the evidence keeps them."""
+    S, F = "stable", "diverged"
+    spec = [(0.02, [S]), (0.05, [S]), (0.0595, [S, F, F, S]), (0.065, [F, F, F, F]), (0.0709, [F, F, S, F]),
+            (0.0844, [F]), (0.129, [S]), (0.147, [F]), (0.00522, [S, S, S, S]), (0.00209, [S]), (0.0045, [S])]
+    runs = [Run(lr, v, i) for lr, vs in spec for i, v in enumerate(vs)]
+    b, fit = fit_boundary(runs)
+    assert 0.0145 < b.lr_at_risk < 0.0272 and b.runs == len(runs) - 2
+    assert "2 run(s) that trained above 0.065, where every run failed, left out of the fit" in b.note
+    assert {e["lr"]: (e["runs"], e["failures"]) for e in b.evidence}[0.129] == (1, 0)  # still in the evidence
+    # one failure at an lr is no hard edge: nothing is left out
+    b1, _ = fit_boundary([r for r in runs if r.lr not in (0.065, 0.0709)])
+    assert b1.runs == len(runs) - 8 and "left out" not in b1.note
