@@ -246,10 +246,11 @@ def boundary_markdown(answers: Iterable[SettingAnswer], words: Words, *, seeds: 
                       safety: float = SAFETY) -> list[str]:
     """The markdown section of P(fails | lr) per setting; `seeds`: the K of --replicates."""
     lines = ["## The boundary as a probability", "",
-             f"{seeds} seed(s) at the lrs inside each {words.setting}'s bracket and at its ends; P(fails | lr) "
-             f"fitted in log lr over {words.fitted_over} (a failure: diverged, or stalled from the middle of the "
-             f"stable band up), at the budget of {budget} steps. The recommended lr is at most {safety} x the lr "
-             "at 5% risk where it was measured.", ""]
+             f"{seeds} seed(s) at the lrs inside each {words.setting}'s bracket and at its ends, then {seeds} at the "
+             f"lr at 5% risk fitted to them; P(fails | lr) fitted again in log lr over {words.fitted_over} (a "
+             f"failure: diverged, or stalled from the middle of the stable band up; a run that trained above an lr "
+             f"where every run failed is left out), at the budget of {budget} steps. The recommended lr is at most "
+             f"{safety} x the lr at 5% risk where it was measured.", ""]
     head = [words.setting, "lr at 5% risk", "interval", "lr at 50%", "evidence (lr: failures/runs)", "replicates",
             "replicate FLOPs", words.flops_column, "note"]
     rows = []

@@ -11,6 +11,7 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
     OUT/NAME/trials.csv           one row a trial
     OUT/NAME/stable_region.{json,md}, figures/*.png, recommended.yaml
     OUT/NAME/replicates/          with --replicates: Tune's experiment of the replicate round
+    OUT/NAME/replicates-at-risk/  and of its second round, at each combination's fitted 5%-risk lr
     OUT/NAME/rungs/               with --target-steps longer than the trials: Tune's experiment of the
                                   rungs and the confirmation (`sweep_rungs`), run after the replicates;
                                   figures/budgets.png, and the answer for the target in the files above
@@ -18,12 +19,14 @@ Layout of a sweep, everything under `--out` (default runs/sweeps):
 With `--replicates K` (grid and qmc samplers), once the sweep's trials have ended, K seeds run at
 `boundary.replicate_lrs(max stable lr, min failed lr)` of every combination of the categorical axes
 that has a bracket (its other params those of its trial at the largest stable lr), from scratch, as
-a second Tune experiment through the same trial function. They are rows of trials.csv (`phase`
+a second Tune experiment through the same trial function; then, as the ramp does, K more at each
+combination's lr at 5% risk fitted to those (`at_risk_configs`: where the answer is read), a third.
+They are rows of trials.csv (`phase`
 replicate, their `seed`) and MLflow children (tag `phase: replicate`, param `training.seed`), and
 the region fits P(fails | lr) per combination over its trials and replicates
 (`region.add_boundaries`). They are not Optuna trials: the study is the sampler's knowledge, and a
-replicate's lr, between two grid values, is no point of its space. `--resume` restores that
-experiment like the sweep's own: a replicate that ended is never run again.
+replicate's lr, between two grid values, is no point of its space. `--resume` restores those
+experiments like the sweep's own: a replicate that ended is never run again.
 
 Where `--out` is a URI (s3://bucket/sweeps, gs://..., any pyarrow filesystem URI), only Tune's
 experiment (checkpoints, trial results, experiment state) goes there, as OUT/NAME; the rest of the
@@ -40,6 +43,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +95,7 @@ from stablesweep.vocab import (
 
 logger = logging.getLogger(__name__)
 
+AT_RISK = "replicates-at-risk"  # the replicates' second round, at the fitted 5%-risk lrs
 REPLICATES = "replicates"  # the replicate round's Tune experiment, in the sweep's
 
 
@@ -286,30 +291,71 @@ def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], 
     return configs, skipped
 
 
+def at_risk_configs(plan: SweepPlan, done: pd.DataFrame, reps: pd.DataFrame) -> list[dict]:
+    """The trial configs of the replicates' second round: K seeds at each combination's lr at 5% risk
+    fitted to its trials `done` and first-round replicates `reps` (`ramp.at_risk_probes`' rule: 3
+    significant digits; none where the fit has no such lr or an lr within 2% ran K times)."""
+    from stablesweep.analysis.region import add_boundaries, analyze, rows_of
+
+    space, seed, k = plan.space, plan.cfg.training.seed, plan.replicates
+    region = analyze(done, lr_key=LR_KEY, group_keys=space.categorical_keys, param_keys=space.keys, importance=False)
+    add_boundaries(region, done, reps, k, seed)
+    configs = []
+    for g in region.groups:
+        if g.lr_at_5pct_risk is None or g.max_stable_lr is None:
+            continue
+        lr = float(f"{g.lr_at_5pct_risk:.3g}")
+        mine = pd.concat([rows_of(done, region.group_keys, g.key), rows_of(reps, region.group_keys, g.key)])
+        ran = mine.loc[mine[VERDICT].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
+        if sum(math.isclose(x, lr, rel_tol=0.02) for x in ran) >= k:
+            continue
+        done_g = rows_of(done, region.group_keys, g.key)
+        top = done_g[(done_g[VERDICT] == STABLE) & (done_g[LR_KEY] == g.max_stable_lr)].iloc[0]
+        params = {key: py(top[key]) for key in space.keys}
+        configs += [{**params, LR_KEY: lr, SEED_KEY: seed + i} for i in range(k)]
+    return configs
+
+
 def _replicate(plan: SweepPlan, table: pd.DataFrame, trainable, tracker, parent: str, echo: Callable[[str], None], *,
                max_concurrent: int, max_failures: int) -> tuple[pd.DataFrame, dict[str, Outcome]] | None:
-    """The replicate round (see the module docstring): its table (a `seed` column) and outcomes;
+    """The replicate rounds (see the module docstring): their table (a `seed` column) and outcomes;
     None while the sweep's own trials have not all ended."""
-    from ray import tune
-
     if (table[VERDICT] == UNFINISHED).any():
         echo("replicates: not yet, the sweep's own trials have not all ended (--resume runs them)")
         return None
-    configs, skipped = replicate_configs(plan, table[table[VERDICT].isin(VERDICTS)])
+    done = table[table[VERDICT].isin(VERDICTS)]
+    configs, skipped = replicate_configs(plan, done)
     if skipped:
         echo(f"replicates: no bracket (no stable lr below a failed one) with {'; '.join(skipped)}: skipped")
     if not configs:
         return pd.DataFrame(columns=[*table.columns, "seed"]), {}
-    keys = [*plan.space.keys, SEED_KEY]
     echo(f"replicates: {len(configs)} run(s), {plan.replicates} seed(s) at the lrs inside each bracket and at its ends")
-    path = f"{plan.experiment_path}/{REPLICATES}"
+    reps, outcomes = _replicate_round(plan, REPLICATES, configs, trainable, tracker, parent, echo,
+                                      max_concurrent=max_concurrent, max_failures=max_failures)
+    second = at_risk_configs(plan, done, reps)
+    if second:
+        echo(f"replicates: {len(second)} run(s), {plan.replicates} seed(s) at the lr at 5% risk fitted to them")
+        more, more_outcomes = _replicate_round(plan, AT_RISK, second, trainable, tracker, parent, echo,
+                                               max_concurrent=max_concurrent, max_failures=max_failures)
+        reps, outcomes = pd.concat([reps, more], ignore_index=True), {**outcomes, **more_outcomes}
+    return reps, outcomes
+
+
+def _replicate_round(plan: SweepPlan, name: str, configs: list[dict], trainable, tracker, parent: str,
+                     echo: Callable[[str], None], *, max_concurrent: int,
+                     max_failures: int) -> tuple[pd.DataFrame, dict[str, Outcome]]:
+    """One round of replicates: a Tune experiment `name` in the sweep's (restored by --resume)."""
+    from ray import tune
+
+    keys = [*plan.space.keys, SEED_KEY]
+    path = f"{plan.experiment_path}/{name}"
     if plan.resume and can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
         _swap_echo(tuner, echo)
     else:
         progress = ProgressCallback(len(configs), keys)
         progress.echo = echo
-        tuner = make_tuner(trainable, name=REPLICATES, storage=plan.experiment_path,
+        tuner = make_tuner(trainable, name=name, storage=plan.experiment_path,
                            search_alg=ListedSearcher(configs), num_samples=len(configs),
                            max_concurrent=max_concurrent, max_failures=max_failures,
                            callbacks=[MlflowCallback(tracker, parent, keys, plan.name, plan.space.categorical_keys),

@@ -1,4 +1,5 @@
-"""A sweep's --replicates: K seeds at each combination's bracket, a second Tune experiment (its
+"""A sweep's --replicates: K seeds at each combination's bracket, then K at its fitted 5%-risk lr, Tune
+experiments of their own (its
 planning without Ray; end to end on the session's Ray, with the probability boundary recorded and a
 --resume that runs nothing again)."""
 from __future__ import annotations
@@ -53,14 +54,25 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
     sweep, reps = t[t["phase"] == "sweep"], t[t["phase"] == "replicate"]
     assert len(sweep) == N_GRID and (sweep["seed"] == 0).all() and not res.interrupted
     assert len(reps) > 0, t[["name", "verdict", "reason"]]
-    # only inside each setting's bracket (its ends included), seeds 0 and 1, never a pair the sweep ran
+    # inside each setting's bracket (its ends included), then at one lr below it (the 5%-risk lr fitted to
+    # those), seeds 0 and 1, never a pair the sweep ran
     groups = {repr(g.key["training.max_grad_norm"]): g for g in res.region.groups}
+    below = []
     for _, r in reps.iterrows():
         clip = None if pd.isna(r["training.max_grad_norm"]) else r["training.max_grad_norm"]
         g = groups[repr(clip)]
-        assert g.max_stable_lr * 0.999 <= r["training.lr"] <= g.min_failed_lr * 1.001
+        if r["training.lr"] < g.max_stable_lr * 0.999:
+            below.append((clip, r["training.lr"], r["seed"]))
+        else:
+            assert r["training.lr"] <= g.min_failed_lr * 1.001
         assert r["seed"] in (0, 1) and r["optuna_number"] == -1
         assert not (r["seed"] == 0 and ((sweep["training.lr"] == r["training.lr"]).any()))
+    # each combination with a bracket: its second round at one lr, seeds 0 and 1
+    by: dict[str, set] = {}
+    for clip, lr, seed in below:
+        by.setdefault(repr(clip), set()).add((lr, seed))
+    assert by and all(len({lr for lr, _ in v}) == 1 and {sd for _, sd in v} == {0, 1} for v in by.values())
+    assert any("at the lr at 5% risk fitted to them" in ln for ln in lines)
     assert set(reps["verdict"]) <= {"stable", "stalled", "diverged"}
     saved = pd.read_csv(res.files["trials"])
     assert list(saved["phase"]).count("replicate") == len(reps) and "seed" in saved.columns
@@ -98,10 +110,13 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
                 key = next(k for k in metrics if k.startswith(name + ".") and metrics[k] == getattr(g, name))
                 assert key.count("/") == 0
     # --resume of the finished sweep: Tune restores both experiments, nothing runs again
-    reports = {p: p.read_text() for p in (res.sweep_dir / "replicates").glob("trial_*/result.json")}
-    assert len(reports) == len(reps)
+    def reports():
+        return {p: p.read_text() for p in res.sweep_dir.glob("replicates*/trial_*/result.json")}
+
+    before = reports()
+    assert len(before) == len(reps) and len(list(res.sweep_dir.glob("replicates-at-risk/trial_*"))) == len(below)
     again = run_sweep(SweepOptions(**{**opts.__dict__, "replicates": None, "resume": True}), echo=lines.append)
     assert sorted(again.table["trial_id"]) == sorted(t["trial_id"])
-    assert {p: p.read_text() for p in (res.sweep_dir / "replicates").glob("trial_*/result.json")} == reports
+    assert reports() == before
     assert len(tr.children(res.parent_run_id)) == len(t)
     assert [g.lr_at_5pct_risk for g in again.region.groups] == [g.lr_at_5pct_risk for g in res.region.groups]
