@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from stablesweep.cli import main
 from stablesweep.config import load_config
@@ -12,15 +11,6 @@ from stablesweep.data import build_data, write_synthetic
 from tests.conftest import DEMO
 
 SMALL = ["data.image_size=16", "training.report_interval=10", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a shared 2-core machine run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
