@@ -125,6 +125,17 @@ def test_ramp_files_and_mlflow(ramp):
     assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`objective`", True)
 
 
+def test_a_resume_with_other_options_than_the_start_is_refused_naming_them(ramp, cli):
+    """`ramp --resume` goes on with the plan the ramp was started with: another --parallel is an
+    error for the user (exit 2) that names it, before anything runs."""
+    res, _ = ramp
+    sets = [a for o in FIXED for a in ("--set", o)]
+    p = cli("ramp", DEMO, "--lr-start", LO, "--lr-stop", HI, "--steps", STEPS, "--target-steps", STEPS, *sets,
+            "--climb", "step", "--resolution", 1.25, "--out", res.ramp_dir.parent, "--name", "r", "--parallel", 2,
+            "--resume")
+    assert p.returncode == 2 and "--parallel (4, now 2)" in p.stderr, p.stderr
+
+
 def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, target_steps=10, mode="continue",
