@@ -37,9 +37,10 @@ def grid():
 def ramp(ray_cluster, tmp_path_factory, new_store):
     out = tmp_path_factory.mktemp("ramp")
     new_store(out / "mlflow.db")  # OUT's default store, there already
-    # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two rounds (of Tune)
+    # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two batches (one trial at
+    # a time in Tune: one worker for all the probes, torch imported once; a batch's probes are the same)
     opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, target_steps=STEPS, overrides=FIXED, out=str(out),
-                       name="r", parallel=4, climb="step", resolution=1.25)
+                       name="r", parallel=4, climb="step", resolution=1.25, max_concurrent=1)
     lines = []
     res = run_ramp(opts, echo=lines.append)
     return res, lines
@@ -175,7 +176,7 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
 
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, target_steps=STEPS, resolution=2.0,
-                       overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2)
+                       overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2, max_concurrent=1)
     lines = []
     res = run_ramp(opts, echo=lines.append)
     s = res.settings[0]
