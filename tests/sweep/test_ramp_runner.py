@@ -6,6 +6,7 @@ import re
 import pytest
 
 from stablesweep.config import load_config
+from stablesweep.data import build_data
 from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.ramp import BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED
 from stablesweep.sweep.ramp_runner import run_ramp
@@ -23,13 +24,17 @@ LO, HI = 0.02, 0.4
 
 @pytest.fixture(scope="module")
 def grid():
-    """The boundary by brute force: every lr of a 1.25x grid over [LO, HI], trained in process."""
+    """The boundary by brute force: every lr of a 1.25x grid over [LO, HI], trained in process on
+    one dataset built once (as a reused trial worker does: the lr does not change the data)."""
     n = math.ceil(math.log(HI / LO) / math.log(1.25))
     lrs = [LO * 1.25 ** k for k in range(n + 1)]
     verdicts = {}
+    data = None
     for lr in lrs:
         cfg = load_config(DEMO, FIXED + [f"training.steps={STEPS}", f"training.lr={lr}"])
-        verdicts[lr] = run_training(cfg, device="cpu").verdict
+        if data is None:
+            data = build_data(cfg)
+        verdicts[lr] = run_training(cfg, device="cpu", data=data).verdict
     return verdicts
 
 
