@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from stablesweep.cli import main
 from stablesweep.config import load_config
@@ -18,6 +19,7 @@ def train(config: Path, out: Path, overrides: list[str]) -> dict:
     for o in overrides:
         args += ["--set", o] if "=" in o else [o]
     main(args)
+    torch.set_num_threads(1)  # `train` took the machine's CPUs; explain's replays after it run on one, as the suite
     return json.loads((out / "result.json").read_text())
 
 
