@@ -37,8 +37,9 @@ test-gpu: $(STAMP)
 
 # The multi-node tests: a second (and third) Ray node by `ray start` on loopback (~8 min), and Ray's
 # own launcher end to end (ray up of a head and a worker through a test sshd, ~5 min); the end-to-end
-# fault tests (marked faults: a driver SIGKILLed or sent SIGTERM, a full or read-only --out, a failed
-# data-parallel worker, two sweeps into one --out, each then resumed once; ~4 min); then a
+# fault tests (marked faults: a driver SIGKILLed, or sent Ctrl-C or SIGTERM mid-run, while its MLflow
+# store is made, while Ray starts or shuts down; a full or read-only --out, a failed data-parallel
+# worker, two sweeps into one --out; each then resumed or run again once; ~7 min); then a
 # fixed-seed sample of bench/chaos.py: one round of each fault, each resumed once and checked
 # exactly once (~8 min on 2 cores; the disk faults need root, for their tmpfs mounts)
 cluster-test: $(STAMP)

@@ -19,6 +19,20 @@ DEMO = ROOT / "configs" / "demo.yaml"  # the demo config: synthetic data, a smal
 # the machine's outward address, so a loopback Ray takes 127.0.0.2).
 LOOPBACK_NODE_IP = "127.0.0.2"
 os.environ.setdefault("STABLESWEEP_RAY_NODE_IP", LOOPBACK_NODE_IP)
+# One OpenMP thread where nothing sets torch's threads (the commands in a test's subprocess that
+# train: diagnose's probe, explain's replays); `train` sets the machine's CPUs and a trial its own.
+# The suite runs its files in several processes on few cores, where two threads a process each run
+# several times slower than one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """torch trains on one thread in the test process (as OMP_NUM_THREADS above; a command called
+    in this process that sets its own, such as `train`, is put back to one before the next test)."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ def test_diagnose_through_the_api_writes_only_into_out(tmp_path):
     assert repr(d).startswith("Diagnosed(not healthy: ")
 
 
-def test_train_command_quiet_progress_and_a_new_folder_each_run(tmp_path):
+def test_train_command_quiet_progress_and_a_new_folder_each_run(tmp_path, cli):
     args = [sys.executable, "-m", "stablesweep", "train", str(DEMO), "--set", "training.steps=6",
             "--set", "training.report_interval=3", "--device", "cpu"]
     p = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -79,8 +79,7 @@ def test_train_command_quiet_progress_and_a_new_folder_each_run(tmp_path):
     assert out[0].startswith("training 6 steps of small_cnn on cpu (fp32, ") and out[1].startswith("step 1/6  loss ")
     assert not [s for s in (p.stdout + p.stderr).splitlines() if LIBRARY_LINE.search(s)]
     assert "results: runs/demo/result.json" in p.stderr
-    p = subprocess.run(args + ["--set", "training.precision=bf16", "--quiet"], capture_output=True, text=True,
-                       timeout=300, cwd=tmp_path)
+    p = cli(*args[3:], "--set", "training.precision=bf16", "--quiet", cwd=tmp_path)  # in this process
     assert "results: runs/demo-2/result.json" in p.stderr  # the first run's folder is kept
     assert "bf16 on CPU is emulated" in p.stderr
     assert json.loads((tmp_path / "runs" / "demo" / "result.json").read_text())["budget_steps"] == 6
@@ -116,7 +115,8 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     space = {"training.lr": {"grid": [0.003, 1000.0]}}
     fast = dict(training__report_interval=3, training__warmup_steps=0, datasets__skip_evaluation=True)
-    swept = stablesweep.sweep(DEMO, space, sampler="grid", steps=6, asha=False, name="tiny-sweep", log=None, **fast)
+    swept = stablesweep.sweep(DEMO, space, sampler="grid", steps=6, asha=False, name="tiny-sweep", log=None,
+                              max_concurrent=1, **fast)
     assert swept.dir == (tmp_path / "runs" / "sweeps" / "tiny-sweep").resolve()
     assert swept.tracking_uri == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"
     assert sum(swept.counts.values()) == 2 and swept.counts["stable"] == 1  # lr 1e3 diverged or stalled
@@ -127,7 +127,7 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
     assert "Swept(tiny-sweep: " in repr(swept)
 
     edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=6, target_steps=6,
-                            name="tiny-ramp", log=None, **fast)
+                            name="tiny-ramp", log=None, max_concurrent=1, **fast)
     assert edge.dir == (tmp_path / "runs" / "ramps" / "tiny-ramp").resolve() and edge.tracking_uri == swept.tracking_uri
     doc = json.loads((edge.dir / "ramp.json").read_text())
     assert [x["max_stable_lr"] for x in edge.settings] == [x["max_stable_lr"] for x in doc["settings"]]
@@ -138,10 +138,12 @@ def test_sweep_and_ramp_through_the_api_share_the_default_store(tmp_path, monkey
 
     captured = capfd.readouterr()
     assert not [s for s in (captured.out + captured.err).splitlines() if LIBRARY_LINE.search(s)]
-    p = subprocess.run([sys.executable, "-m", "stablesweep", "compare", "--out", str(tmp_path / "cmp")],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path)  # the default store: both there
-    assert p.returncode == 0, p.stderr
-    assert "tiny-sweep" in p.stdout and "tiny-ramp" in p.stdout
+    from stablesweep.cli import main
+
+    code = main(["compare", "--out", str(tmp_path / "cmp")])  # the default store: both there
+    printed = capfd.readouterr()
+    assert code == 0, printed.err
+    assert "tiny-sweep" in printed.out and "tiny-ramp" in printed.out
 
 
 def test_the_default_out_of_sweep_and_ramp_shares_one_store(tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ def server(mlflow_proc) -> str:
 @pytest.fixture(scope="module")
 def sweeps(mlflow_proc, ray_cluster, tmp_path_factory):
     """Two real sweeps logged to the server, oldest first: wide, then low. (The server starts while
-    Ray does.)"""
+    Ray does.) One trial at a time: one worker a sweep, torch imported once."""
     server = mlflow_proc.uri
     tmp = tmp_path_factory.mktemp("compare_sweeps")
     results = {}
@@ -62,7 +62,7 @@ def sweeps(mlflow_proc, ray_cluster, tmp_path_factory):
         space.write_text(text)
         opts = SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=STEPS,
                             overrides=[f"training.report_interval={INTERVAL}"], asha=False, out=str(tmp / "out"),
-                            name=name, mlflow=server, max_concurrent=2)
+                            name=name, mlflow=server, max_concurrent=1)
         results[name] = run_sweep(opts, echo=lambda s: None)
     assert set(results["wide"].table["verdict"]) == {"stable", "diverged"}
     assert set(results["low"].table["verdict"]) == {"stable"}

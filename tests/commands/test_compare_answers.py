@@ -20,9 +20,9 @@ FAST = dict(training__report_interval=5, training__warmup_steps=0, datasets__ski
 def test_a_sweep_and_a_ramp_of_one_config_side_by_side(tmp_path, monkeypatch, ray_cluster, capsys):
     monkeypatch.chdir(tmp_path)
     swept = stablesweep.sweep(DEMO, {"training.lr": {"grid": [0.01, 1000.0]}}, sampler="grid", steps=20, asha=False,
-                              name="tiny-sweep", log=None, **FAST)
+                              name="tiny-sweep", log=None, max_concurrent=1, **FAST)  # one worker
     edge = stablesweep.ramp(DEMO, lr_start=0.01, lr_stop=1000.0, ladder="x10", resolution=10, steps=20, target_steps=20,
-                            name="tiny-ramp", log=None, **FAST)
+                            name="tiny-ramp", log=None, max_concurrent=1, **FAST)
     assert edge.tracking_uri == swept.tracking_uri  # one default store
     (region,) = json.loads((swept.dir / "stable_region.json").read_text())["groups"]
     (ramped,) = json.loads((edge.dir / "ramp.json").read_text())["settings"]

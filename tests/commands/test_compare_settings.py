@@ -28,7 +28,7 @@ def test_the_per_setting_table_is_the_parents_answer_of_a_sweep_with_replicates(
                                                                                 capsys, mlflow_uri):
     monkeypatch.chdir(tmp_path)
     swept = stablesweep.sweep(DEMO, {"training.lr": {"grid": [0.02, 0.05, 1000.0]}}, sampler="grid", steps=20,
-                              asha=False, replicates=2, name="rep", mlflow=mlflow_uri, log=None, **FAST)
+                              asha=False, replicates=2, name="rep", mlflow=mlflow_uri, log=None, max_concurrent=1, **FAST)
     table = swept.table
     assert (table["phase"] == "replicate").sum() > 0  # seeds 0 and 1 inside the bracket and at its ends
     (region,) = json.loads((swept.dir / "stable_region.json").read_text())["groups"]

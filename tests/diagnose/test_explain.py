@@ -14,20 +14,12 @@ from tests.conftest import DEMO
 SMALL = ["data.image_size=16", "training.report_interval=10", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a shared 2-core machine run several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def train(config: Path, out: Path, overrides: list[str]) -> dict:
     args = ["train", str(config), "--out", str(out), "--quiet"]
     for o in overrides:
         args += ["--set", o] if "=" in o else [o]
     main(args)
+    torch.set_num_threads(1)  # `train` took the machine's CPUs; explain's replays after it run on one, as the suite
     return json.loads((out / "result.json").read_text())
 
 

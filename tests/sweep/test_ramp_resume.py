@@ -79,6 +79,7 @@ def test_driver_killed_mid_ramp_then_resumed(ray_cluster, tmp_path):
     assert doc["settings"][0]["status"] == "bracketed" and len(probes) >= 4
 
 
+@pytest.mark.faults
 def test_ctrl_c_stops_a_ramp_with_the_resume_command_then_resume_finishes_it(ray_cluster, tmp_path):
     out = tmp_path / "out"
     address = ray_cluster.get_runtime_context().gcs_address

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from stablesweep.config import load_config
+from stablesweep.data import build_data
 from stablesweep.sweep.options import RampOptions
 from stablesweep.sweep.ramp import BRACKETED, DIVERGED_AT_START, NEVER_DIVERGED
 from stablesweep.sweep.ramp_runner import run_ramp
@@ -23,13 +24,17 @@ LO, HI = 0.02, 0.4
 
 @pytest.fixture(scope="module")
 def grid():
-    """The boundary by brute force: every lr of a 1.25x grid over [LO, HI], trained in process."""
+    """The boundary by brute force: every lr of a 1.25x grid over [LO, HI], trained in process on
+    one dataset built once (as a reused trial worker does: the lr does not change the data)."""
     n = math.ceil(math.log(HI / LO) / math.log(1.25))
     lrs = [LO * 1.25 ** k for k in range(n + 1)]
     verdicts = {}
+    data = None
     for lr in lrs:
         cfg = load_config(DEMO, FIXED + [f"training.steps={STEPS}", f"training.lr={lr}"])
-        verdicts[lr] = run_training(cfg, device="cpu").verdict
+        if data is None:
+            data = build_data(cfg)
+        verdicts[lr] = run_training(cfg, device="cpu", data=data).verdict
     return verdicts
 
 
@@ -37,9 +42,10 @@ def grid():
 def ramp(ray_cluster, tmp_path_factory, new_store):
     out = tmp_path_factory.mktemp("ramp")
     new_store(out / "mlflow.db")  # OUT's default store, there already
-    # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two rounds (of Tune)
+    # every rung of [LO, HI] climbed 4 at a time, then bisected 4 at a time: two batches (one trial at
+    # a time in Tune: one worker for all the probes, torch imported once; a batch's probes are the same)
     opts = RampOptions(config=str(DEMO), lr_start=LO, lr_stop=HI, steps=STEPS, target_steps=STEPS, overrides=FIXED, out=str(out),
-                       name="r", parallel=4, climb="step", resolution=1.25)
+                       name="r", parallel=4, climb="step", resolution=1.25, max_concurrent=1)
     lines = []
     res = run_ramp(opts, echo=lines.append)
     return res, lines
@@ -125,6 +131,17 @@ def test_ramp_files_and_mlflow(ramp):
     assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`objective`", True)
 
 
+def test_a_resume_with_other_options_than_the_start_is_refused_naming_them(ramp, cli):
+    """`ramp --resume` goes on with the plan the ramp was started with: another --parallel is an
+    error for the user (exit 2) that names it, before anything runs."""
+    res, _ = ramp
+    sets = [a for o in FIXED for a in ("--set", o)]
+    p = cli("ramp", DEMO, "--lr-start", LO, "--lr-stop", HI, "--steps", STEPS, "--target-steps", STEPS, *sets,
+            "--climb", "step", "--resolution", 1.25, "--out", res.ramp_dir.parent, "--name", "r", "--parallel", 2,
+            "--resume")
+    assert p.returncode == 2 and "--parallel (4, now 2)" in p.stderr, p.stderr
+
+
 def test_continue_mode_carries_the_step_counter_and_never_diverged_is_reported(ray_cluster, tmp_path, new_store):
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.005, lr_stop=0.02, ladder="x2", steps=10, target_steps=10, mode="continue",
@@ -164,7 +181,7 @@ def test_the_demo_ramp_brackets_below_any_stall_and_replicates_give_a_probabilit
 
     new_store(tmp_path / "mlflow.db")
     opts = RampOptions(config=str(DEMO), lr_start=0.05, lr_stop=3.2, ladder="x2", steps=STEPS, target_steps=STEPS, resolution=2.0,
-                       overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2)
+                       overrides=FIXED, out=str(tmp_path), name="q", parallel=2, replicates=2, max_concurrent=1)
     lines = []
     res = run_ramp(opts, echo=lines.append)
     s = res.settings[0]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from stablesweep.config import load_config
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.session import ListedSearcher, make_tuner, trial_trainable
@@ -38,22 +40,27 @@ def training(reports: list[dict]) -> list[tuple]:
     return [tuple(r[k] for k in TRAINING_KEYS) for r in reports]
 
 
-def test_a_reused_worker_trains_bit_for_bit_as_a_fresh_one(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def not_reused(ray_cluster, tmp_path_factory) -> list[list[dict]]:
+    """A, then A again, each in a worker of its own (--no-reuse)."""
+    return run(tmp_path_factory.mktemp("not_reused"), "own", [A, A], reuse=False)
+
+
+def test_a_reused_worker_trains_bit_for_bit_as_a_fresh_one(ray_cluster, tmp_path, not_reused):
     a1, b, a2 = run(tmp_path, "reused", [A, B, A], reuse=True)
     assert len({r["pid"] for trial in (a1, b, a2) for r in trial}) == 1  # one worker ran all three
     assert [r["config"] for r in (a1[0], b[0], a2[0])] == [A, B, A]
     assert training(a1) == training(a2)  # exact: floats compared as JSON wrote them
     assert training(a1) != training(b)
-    [fresh] = run(tmp_path, "fresh", [A], reuse=False)
+    fresh = not_reused[0]
     assert fresh[0]["pid"] != a1[0]["pid"]
     assert training(fresh) == training(a1)
     assert {r[THREADS] for r in a1 + b + a2 + fresh} == {1}
 
 
-def test_without_reuse_every_trial_has_a_worker_of_its_own(ray_cluster, tmp_path):
-    trials = run(tmp_path, "own", [A, A], reuse=False)
-    assert len({t[0]["pid"] for t in trials}) == 2
-    assert training(trials[0]) == training(trials[1])
+def test_without_reuse_every_trial_has_a_worker_of_its_own(not_reused):
+    assert len({t[0]["pid"] for t in not_reused}) == 2
+    assert training(not_reused[0]) == training(not_reused[1])
 
 
 def test_torch_threads_are_the_trials_cpus(ray_cluster, tmp_path):

@@ -122,6 +122,7 @@ def _sigint_ignored() -> None:  # what a shell does to a job it starts in the ba
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@pytest.mark.faults
 def test_ctrl_c_while_the_first_store_is_created_stops_the_sweep_with_130_even_when_started_ignoring_sigint(
         ray_cluster, tmp_path):
     """SIGINT by PID while the sweep's first MLflow store is being made (its migrations run under
@@ -313,6 +314,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("command,sig,status,word", [("sweep", "SIGINT", 130, "interrupted"),
                                                      ("sweep", "SIGTERM", 143, "terminated (SIGTERM)"),
                                                      ("ramp", "SIGINT", 130, "interrupted")])
@@ -365,6 +367,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.faults
 def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(tmp_path):
     """A SIGTERM during Ray's shutdown, the answer written: the shutdown had put SIGTERM back to the
     default, so the process was killed (exit -15) before it said anything, and with it Ray's

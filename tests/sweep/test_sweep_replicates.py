@@ -45,9 +45,9 @@ def test_sweep_replicates_record_a_probability_boundary_and_resume_runs_none_aga
 
     space = tmp_path / "grid.yaml"
     space.write_text(REP_GRID)
-    uri = mlflow_uri
+    uri = mlflow_uri  # one trial at a time below: one worker an experiment, torch imported once
     opts = SweepOptions(config=str(DEMO), space=str(space), sampler="grid", steps=20, overrides=REPLICATED,
-                        asha=False, out=str(tmp_path / "out"), name="rep", mlflow=uri, max_concurrent=2, replicates=2)
+                        asha=False, out=str(tmp_path / "out"), name="rep", mlflow=uri, max_concurrent=1, replicates=2)
     lines: list[str] = []
     res = run_sweep(opts, echo=lines.append)
     t = res.table

@@ -26,7 +26,7 @@ def case1(ray_cluster, tmp_path_factory, new_store):
     opts = SweepOptions(config=str(DEMO), space=str(tmp / "space.yaml"), sampler="grid", steps=20,
                         overrides=["training.report_interval=5", "training.schedule=constant",
                                    "training.warmup_steps=0"],
-                        out=str(tmp / "out"), name="case1", mlflow=uri, max_concurrent=2)
+                        out=str(tmp / "out"), name="case1", mlflow=uri, max_concurrent=1)  # one worker: torch imported once
     return run_sweep(opts, echo=lambda s: None), uri
 
 
