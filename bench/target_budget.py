@@ -304,10 +304,14 @@ def main() -> None:
     result["ramp_over_grid_flops_estimate"] = total / grid["flops_estimate"]
     if grid.get("train_s"):
         result["ramp_over_grid_train_s"] = ramp["all_runs_s"] / grid["train_s"]
-    if grid.get("flops_k"):
-        result["ramp_over_grid_k_flops"] = total / grid["flops_k"]
+    # the grid that gives the ramp's evidence (P(fails | lr) at every lr): K seeds a point, as run or
+    # K x the one-seed grid's FLOPs (measured, else estimated)
+    one = grid.get("flops", grid["flops_estimate"])
+    k_seeds = grid.get("seeds") or REPLICATES
+    grid["flops_k_seeds"] = grid.get("flops_k") or k_seeds * one
+    result["ramp_over_grid_k_flops"] = total / grid["flops_k_seeds"]
     reps = ramp["replicate_flops_all"]
-    result["ramp_without_replicates_over_grid_flops"] = (total - reps) / g_flops
+    result["ramp_without_replicates_over_grid_flops"] = (total - reps) / one
     (out / "target_budget.json").write_text(json.dumps(result, indent=2) + "\n")
     print("\n| lr | x stated | fresh seeds at 480 steps | failed | verdicts | train s (sum) | load |\n|---|---|---|---|---|---|---|")
     for p in points:
@@ -330,9 +334,9 @@ def main() -> None:
           + (f", {grid['train_s']:.0f} train s" if grid.get("train_s") else "")
           + f": ramp / grid FLOPs {result['ramp_over_grid_flops']:.2f}; load average {load()}")
     print(f"the ramp's replicates {ramp['replicate_runs']} runs, {reps:.3g} FLOPs; without them the ramp / the one-seed grid "
-          f"{result['ramp_without_replicates_over_grid_flops']:.2f}"
-          + (f"; the ramp / the grid of {grid['seeds']} seeds a point ({grid['flops_k']:.3g} FLOPs, the same evidence) "
-             f"{result['ramp_over_grid_k_flops']:.2f}" if grid.get("flops_k") else ""))
+          f"{result['ramp_without_replicates_over_grid_flops']:.2f}; the ramp / the grid of {k_seeds} seeds a point "
+          f"({grid['flops_k_seeds']:.3g} FLOPs{'' if grid.get('flops_k') else ', estimated'}: the same evidence) "
+          f"{result['ramp_over_grid_k_flops']:.2f}")
 
 
 if __name__ == "__main__":

@@ -82,20 +82,25 @@ def test_resume_continues_exactly(tmp_path):
     assert full[-1]["objective"] == resumed[-1]["objective"]
 
 
-def test_cli_train_writes_result_json_and_exit_status(tmp_path, cli):
+def test_cli_train_writes_result_json_and_exit_status(tmp_path, cli, monkeypatch):
+    from stablesweep.commands.train import machine_cpus
+
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "stablesweep", "train", str(DEMO), "--set", "training.steps=20",
            "--set", "training.report_interval=10", "--device", "cpu", "--out", str(out)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "verdict: stable" in p.stdout and "Eval food101: Loss:" in p.stdout
+    assert ", 1 threads," in p.stdout.splitlines()[0]  # the OMP_NUM_THREADS=1 this suite exports
     res = json.loads((out / "result.json").read_text())
     for key in ("verdict", "reason", "first_bad_step", "steps", "train_flops", "datasets"):
         assert key in res
     assert set(res["datasets"]) == {"food101", "food172", "foodx251", "food2k", "fru92", "veg200"}
     assert {"loss", "accuracy"} <= set(res["datasets"]["food101"])
+    monkeypatch.delenv("OMP_NUM_THREADS")  # none exported: every CPU this process may use
     p = cli(*cmd[3:-2], "--out", tmp_path / "d", "--set", "training.lr=1e3", "--set", "training.max_grad_norm=null")
     assert p.returncode == 1 and "verdict: diverged" in p.stdout  # in this process: the run above was the subprocess
+    assert f", {machine_cpus()} threads," in p.stdout.splitlines()[0]
 
 
 @pytest.mark.parametrize("args, expect", [

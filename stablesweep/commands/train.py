@@ -93,6 +93,15 @@ def machine_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def train_threads() -> int:
+    """torch's threads for `train`: an OMP_NUM_THREADS the user exported (a positive whole number),
+    else every CPU this process may run on."""
+    import os
+
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else machine_cpus()
+
+
 def precision_warning(device_type: str, precision: str) -> str | None:
     """The warning for a precision that CPUs only emulate (bf16 on most, fp16 on all): many times slower."""
     if device_type != "cpu" or precision not in ("fp16", "bf16"):
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     from stablesweep.train import resolve_device, run_training
 
-    torch.set_num_threads(machine_cpus())  # the header line says how many
+    torch.set_num_threads(train_threads())  # the header line says how many
     device = resolve_device(args.device)  # a GPU asked for where there is none: error before any work
     warning = precision_warning(device.type, cfg.training.precision)
     if warning:

@@ -43,7 +43,7 @@ def rungs(ray_cluster, tmp_path_factory, new_store):
     # the config's own budget (80 steps) is the target; the first probes run 20
     opts = RampOptions(config=str(d / "planted.yaml"), space=str(d / "space.yaml"), lr_start=0.01, lr_stop=0.32,
                        ladder="x2", climb="step", resolution=2.0, parallel=2, samples=0, steps=20,
-                       out=str(d / "out"), name="r")
+                       out=str(d / "out"), name="r", max_concurrent=1)  # one trial worker: torch imported once
     lines: list[str] = []
     return run_ramp(opts, echo=lines.append), lines
 
@@ -144,7 +144,7 @@ def test_a_target_beyond_max_steps_is_extrapolated_and_not_confirmed(ray_cluster
     new_store(tmp_path / "out" / "mlflow.db")
     opts = RampOptions(config=str(tmp_path / "planted.yaml"), lr_start=0.01, lr_stop=0.32, ladder="x2", climb="step",
                        resolution=2.0, parallel=2, samples=0, steps=20, target_steps=320, max_steps=80,
-                       out=str(tmp_path / "out"), name="x")
+                       out=str(tmp_path / "out"), name="x", max_concurrent=1)
     lines: list[str] = []
     res = run_ramp(opts, echo=lines.append)
     (a,) = res.answers
