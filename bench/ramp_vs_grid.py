@@ -5,8 +5,10 @@
 Settings: clip (none, 1.0) x masking (slice, large_negative) on configs/demo.yaml (CPU, constant lr,
 a report every 5 steps). The grid runs every lr of a 1.25x grid over [lr-start, lr-stop] for every
 setting (one Tune sweep, grid sampler, no ASHA); the ramp runs with and without the range-test
-first pass. Compute is training FLOPs (torch's FLOP counter) and probe seconds, summed per setting.
-Prints a markdown table and whether each ramp bracket agrees with the grid.
+first pass. Compute is training FLOPs (torch's FLOP counter) and probe seconds, summed per setting;
+wall is each run's own, from its call to its answer (each starts and stops its own local Ray).
+Prints a markdown table, whether each ramp bracket agrees with the grid, and each ramp's share of
+the grid's FLOPs, probe seconds and wall.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import argparse
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,16 +53,20 @@ def main() -> None:
     (tmp / "settings.yaml").write_text(yaml.safe_dump(space))
     (tmp / "grid.yaml").write_text(yaml.safe_dump({**space, "training.lr": {"grid": lrs}}))
     config = str(ROOT / "configs" / "demo.yaml")
+    t0 = time.perf_counter()
     grid = run_sweep(SweepOptions(config=config, space=str(tmp / "grid.yaml"), sampler="grid", steps=args.steps,
                                   asha=False, overrides=FIXED, out=str(tmp / "grid"), name="grid",
                                   num_cpus=args.cpus), echo=lambda s: None)
+    walls = {"grid": time.perf_counter() - t0}
     t = grid.table
     ramps = {}
     for first in (None, "range-test"):
+        t0 = time.perf_counter()
         ramps[first or "ladder"] = run_ramp(RampOptions(
             config=config, space=str(tmp / "settings.yaml"), lr_start=args.lr_start, lr_stop=args.lr_stop,
             steps=args.steps, target_steps=args.steps, resolution=args.resolution, parallel=args.parallel, first_pass=first,
             overrides=FIXED, out=str(tmp / "ramps"), name=first or "ladder", num_cpus=args.cpus), echo=lambda s: None)
+        walls[first or "ladder"] = time.perf_counter() - t0
     print(f"# lr {args.lr_start:g}..{args.lr_stop:g}, resolution {args.resolution}, {args.steps} steps a probe, "
           f"grid of {len(lrs)} lrs a setting, ramp --parallel {args.parallel}")
     print("| setting | grid probes | grid FLOPs | grid bracket | ramp | probes | FLOPs | % of grid FLOPs | "
@@ -93,8 +100,10 @@ def main() -> None:
                   f"{x['probes']} | {x['train_flops']:.3g} | {100 * x['train_flops'] / g_flops:.1f}% | | "
                   f"{x['status']} | |")
     for kind, (f, sec) in totals.items():
-        print(f"all settings, {kind}: {100 * f / grid_total[0]:.1f}% of the grid's FLOPs, "
-              f"{100 * sec / max(grid_total[1], 1e-9):.1f}% of its probe seconds")
+        flops, wall = f / grid_total[0], walls[kind] / walls["grid"]
+        print(f"all settings, {kind}: {100 * flops:.1f}% of the grid's FLOPs, "
+              f"{100 * sec / max(grid_total[1], 1e-9):.1f}% of its probe seconds, {100 * wall:.1f}% of its wall "
+              f"({walls[kind]:.0f} s against {walls['grid']:.0f} s): wall share / FLOPs share {wall / flops:.2f}")
 
 
 if __name__ == "__main__":
