@@ -81,11 +81,14 @@ def main() -> None:
                 col = rows[k]
                 rows = rows[col.isna()] if v is None else rows[col == v]
             g_flops, g_secs = rows["train_flops"].sum(), rows["wall_s"].sum()
-            div = rows[rows["verdict"] == "diverged"]["training.lr"]
-            g_hi = div.min() if len(div) else None
-            stab = rows[(rows["verdict"] == "stable") & ((rows["training.lr"] < g_hi) if g_hi else True)]["training.lr"]
+            # the grid's bracket as the ramp's: failed = diverged, or stalled above its smallest stable lr
+            trained = rows[rows["verdict"] == "stable"]["training.lr"]
+            floor = trained.min() if len(trained) else float("inf")
+            failed = rows[(rows["verdict"] == "diverged") | ((rows["verdict"] == "stalled") & (rows["training.lr"] > floor))]
+            g_hi = failed["training.lr"].min() if len(failed) else None
+            stab = trained[(trained < g_hi) if g_hi else trained > 0]
             g_lo = stab.max() if len(stab) else None
-            lo, hi = x["max_stable_lr"], x["min_diverged_lr"]
+            lo, hi = x["max_stable_lr"], x["min_failed_lr"]
             agree = (lo is None or g_hi is None or lo < g_hi) and (hi is None or g_lo is None or hi > g_lo)
             if kind == "ladder":
                 grid_total[0] += g_flops

@@ -408,6 +408,10 @@ def next_probes(s: Setting, parallel: int, resolution: float) -> list[tuple[floa
             return []
         down = [r for r in s.rungs if r < hi * (1 - 1e-9) and (floor is None or r > floor * (1 + 1e-9))
                 and not s.has(r)]
+        if not down and floor is not None:
+            # with nothing trained yet a stall may be the edge (too large to train in the budget: a
+            # range test's verification starts there), not too small: the rungs below the lowest stall
+            down = [r for r in s.rungs if r < min(s.stalled_below) * (1 - 1e-9) and not s.has(r)]
         if not down:
             s.status = NEVER_TRAINED  # every lr tried either stalled (too small) or diverged
             return []

@@ -127,6 +127,17 @@ def test_stalls_below_are_climbed_past_and_stalls_above_close_the_bracket(parall
     assert x["stalled_above"] == s.stalled_above and x["stalled_below"] == s.stalled_below
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_first_stall_above_the_band_is_searched_below(parallel):
+    """A range test that never diverged verifies 0.1 and 1.0: 0.1 stalls (the demo at 30 steps: too large
+    to train yet), 1.0 diverges, nothing trained. The stall may be the edge, not too small an lr: the
+    ladder goes on below it, and the bracket is the band's top and that stall."""
+    s = run_plan(boundary=0.15, parallel=parallel, learns=1e-4, stalls_from=0.08,
+                 seed=[(0.1, "verify"), (1.0, "verify")])
+    assert s.status == BRACKETED and s.max_stable < 0.08 <= s.min_failed
+    assert s.min_failed / s.max_stable <= 1.25 + 1e-9 and 0.1 in s.stalled_above
+
+
 def test_a_setting_that_only_stalls_or_stalls_then_diverges_never_trained():
     assert run_plan(boundary=10.0, learns=10.0).status == NEVER_TRAINED
     s = run_plan(boundary=1e-2, learns=1e-2)
