@@ -66,8 +66,8 @@ def resolve_uri(uri: str | None) -> str:
     sweep` where it exists."""
     if uri:
         return uri
-    if DEFAULT_STORE.is_file():
-        return f"sqlite:///{DEFAULT_STORE}"
+    if DEFAULT_STORE.is_file():  # absolute: MLflow keeps a store a URI, so a relative one outlives a chdir
+        return f"sqlite:///{DEFAULT_STORE.resolve()}"
     raise InputError(f"no MLflow store at sqlite:///{DEFAULT_STORE} (tried {DEFAULT_STORE.resolve()}, the default of "
                      "`stablesweep sweep` and `ramp`); pass --mlflow URI: sqlite:///OUT/mlflow.db of a `sweep --out OUT`, "
                      "or a server such as http://127.0.0.1:5000")

@@ -263,3 +263,18 @@ def test_missing_default_store_says_which_uri_was_tried(tmp_path):
     assert p.returncode == 2, p.stderr
     assert "no MLflow store at sqlite:///runs/mlflow.db" in p.stderr and "pass --mlflow URI" in p.stderr
     assert not (tmp_path / "runs").exists()  # no empty store created
+
+
+def test_the_default_store_is_the_one_under_the_working_directory_after_a_chdir(tmp_path, monkeypatch):
+    """In one process (the Python API, a notebook) a relative sqlite URI names the store MLflow opened
+    first, whatever the directory now: the default store is resolved to an absolute path."""
+    from stablesweep.commands.args import resolve_uri
+    from stablesweep.tracking import create_store
+
+    seen = []
+    for d in (tmp_path / "a", tmp_path / "b"):
+        (d / "runs").mkdir(parents=True)
+        monkeypatch.chdir(d)
+        create_store(f"sqlite:///{(d / 'runs' / 'mlflow.db').resolve()}")
+        seen.append(resolve_uri(None))
+    assert seen == [f"sqlite:///{(tmp_path / x / 'runs' / 'mlflow.db').resolve()}" for x in ("a", "b")]
