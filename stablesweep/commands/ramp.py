@@ -52,8 +52,9 @@ Settings that never diverge up to --lr-stop, diverge already at --lr-start, or n
 reported as such.
 
 With --replicates K, each bracketed setting then runs K seeds at the lrs inside its bracket and at
-its ends (only there), P(fails | lr) is fitted per setting, and ramp.json/md give the lr at 5%
-risk with an interval, the lr at 50%, the evidence and the replicates' FLOPs next to the ramp's;
+its ends, P(fails | lr) is fitted per setting, K more seeds run at the lr at 5% risk so fitted, the
+fit is made again, and ramp.json/md give the lr at 5% risk with an interval, the lr at 50%, the
+evidence and the replicates' FLOPs next to the ramp's;
 the recommended lr is at most --safety x the 5%-risk lr. With K=1 the output says the boundary is
 a single-seed estimate.
 
@@ -128,8 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evaluate", action="store_true", help="also evaluate each probe at its end (slower)")
     p.add_argument("--replicates", type=int, default=0, metavar="K",
                    help="after bracketing, run K seeds (training.seed + 0..K-1) at the lrs inside each bracket "
-                        "and at its ends, fit P(fails | lr) per setting and recommend from the lr at 5%% risk "
-                        "(writes ramp_boundary.png; default 0: none)")
+                        "and at its ends, fit P(fails | lr) per setting, run K more at the lr at 5%% risk so "
+                        "fitted and fit again, and recommend from that lr (writes ramp_boundary.png; default 0: "
+                        "none)")
     p.add_argument("--samples", type=int, default=3, metavar="K",
                    help="once bracketed, train K lrs from scratch between the smallest stable lr and the largest "
                         "safe lr (--safety x the edge), so the recommendation is the best-training safe lr, not "

@@ -121,8 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0)")
     p.add_argument("--replicates", type=int, default=None, metavar="K",
                    help="with --sampler grid or qmc: once the trials end, run K seeds (training.seed + 0..K-1) at "
-                        "three lrs from each combination's largest stable to its smallest failed lr (only there), "
-                        "fit P(fails | lr) per combination and report the lr at 5%% risk (with an interval), the "
+                        "three lrs from each combination's largest stable to its smallest failed lr, fit P(fails | "
+                        "lr) per combination, run K more at the lr at 5%% risk so fitted, fit again and report "
+                        "the lr at 5%% risk (with an interval), the "
                         "lr at 50%% and the evidence; the recommended lr is then at most half the 5%%-risk lr. "
                         "Without it each bracket is a single-seed estimate")
     p.add_argument("--target-steps", type=int, default=None, metavar="N",
