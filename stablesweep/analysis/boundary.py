@@ -163,6 +163,16 @@ def replicate_lrs(max_stable: float | None, min_diverged: float | None, points: 
     return [max_stable * r ** i for i in range(points)]
 
 
+def at_risk_lr(lr_at_risk: float | None, tried: Iterable[float], k: int) -> float | None:
+    """Where K more replicates go once the bracket's are fitted: the lr at 5% risk, 3 significant
+    digits, so that the refitted lr rests on runs near it. None without such an lr (or k < 1), or
+    where an lr within 2% of it already ran K times (`tried`: the lr of every run of the setting)."""
+    if k < 1 or lr_at_risk is None:
+        return None
+    lr = float(f"{lr_at_risk:.3g}")
+    return None if sum(math.isclose(x, lr, rel_tol=0.02) for x in tried) >= k else lr
+
+
 def replicate_runs(max_stable: float | None, min_failed: float | None, k: int, base_seed: int,
                    tried: Iterable[float]) -> list[tuple[float, int]]:
     """The (lr, seed) replicates of one setting: seeds base_seed .. base_seed + k - 1 at

@@ -342,17 +342,14 @@ def replicate_probes(s: Setting, k: int, base_seed: int) -> list[tuple[float, in
 
 
 def at_risk_probes(s: Setting, k: int, base_seed: int, at_risk: float | None) -> list[tuple[float, int]]:
-    """K more replicates (seeds base_seed .. base_seed + k - 1) where the answer is read: at the lr
-    at 5% risk that the bracket's replicates fitted (3 significant digits), so that the refitted
+    """K more replicates (seeds base_seed .. base_seed + k - 1) where the answer is read:
+    `boundary.at_risk_lr` of the lr at 5% risk the bracket's replicates fitted, so that the refitted
     5%-risk lr rests on runs near it rather than on the tail of a slope fitted 2-5x above it (the
-    bracket's replicates fail 25-100%). [] without a fit, or where an lr within 2% ran K times."""
-    if k < 1 or at_risk is None:
-        return []
-    lr = float(f"{at_risk:.3g}")
-    near = [p for p in s.tested + s.replicates if math.isclose(p.lr, lr, rel_tol=0.02)]
-    if len(near) >= k:
-        return []
-    return [(lr, base_seed + i) for i in range(k)]
+    bracket's replicates fail 25-100%). [] where that gives no lr."""
+    from stablesweep.analysis.boundary import at_risk_lr
+
+    lr = at_risk_lr(at_risk, [p.lr for p in s.tested + s.replicates], k)
+    return [] if lr is None else [(lr, base_seed + i) for i in range(k)]
 
 
 def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None) -> list[float]:

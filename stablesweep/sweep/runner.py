@@ -43,7 +43,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,8 +292,9 @@ def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], 
 
 def at_risk_configs(plan: SweepPlan, done: pd.DataFrame, reps: pd.DataFrame) -> list[dict]:
     """The trial configs of the replicates' second round: K seeds at each combination's lr at 5% risk
-    fitted to its trials `done` and first-round replicates `reps` (`ramp.at_risk_probes`' rule: 3
-    significant digits; none where the fit has no such lr or an lr within 2% ran K times)."""
+    fitted to its trials `done` and first-round replicates `reps`, where `boundary.at_risk_lr` puts
+    them (as the ramp's `at_risk_probes`)."""
+    from stablesweep.analysis.boundary import at_risk_lr
     from stablesweep.analysis.region import add_boundaries, analyze, rows_of
 
     space, seed, k = plan.space, plan.cfg.training.seed, plan.replicates
@@ -302,12 +302,10 @@ def at_risk_configs(plan: SweepPlan, done: pd.DataFrame, reps: pd.DataFrame) -> 
     add_boundaries(region, done, reps, k, seed)
     configs = []
     for g in region.groups:
-        if g.lr_at_5pct_risk is None or g.max_stable_lr is None:
-            continue
-        lr = float(f"{g.lr_at_5pct_risk:.3g}")
         mine = pd.concat([rows_of(done, region.group_keys, g.key), rows_of(reps, region.group_keys, g.key)])
         ran = mine.loc[mine[VERDICT].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
-        if sum(math.isclose(x, lr, rel_tol=0.02) for x in ran) >= k:
+        lr = at_risk_lr(g.lr_at_5pct_risk, ran, k)
+        if lr is None or g.max_stable_lr is None:
             continue
         done_g = rows_of(done, region.group_keys, g.key)
         top = done_g[(done_g[VERDICT] == STABLE) & (done_g[LR_KEY] == g.max_stable_lr)].iloc[0]
