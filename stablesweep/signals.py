@@ -74,7 +74,9 @@ def take_sigint() -> None:
     """Make SIGINT raise KeyboardInterrupt in this process even if it was started ignoring it, and
     note it, so that one raised inside a finalizer (Python prints "Exception ignored in" and goes
     on) is raised again before the trials start (`fit_tuner`). Main thread only; a handler someone
-    set is left as it is."""
+    set is left as it is. The stops noted are this command's: an earlier one's in this process (the
+    CLI's `main` called again) are forgotten."""
+    _pending.clear()
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
         signal.signal(signal.SIGINT, _on_sigint)

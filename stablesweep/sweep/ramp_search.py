@@ -250,27 +250,14 @@ class RampSearcher(Searcher):
                           f"{sig3_text(s.min_failed)}, {len(s.probes)} probes")
             return reqs
         if stage == REPLICATES:  # K seeds around the bracket, from scratch
-            reqs = []
-            for lr, seed in replicate_probes(s, o.replicates, self.base_seed) if o.replicates else []:
-                req = self._request(s, lr, REPLICATE)
-                req.config[SEED_KEY] = seed
-                reqs.append(req)
-            return reqs
+            return self._replicates(s, replicate_probes(s, o.replicates, self.base_seed) if o.replicates else [])
         if stage == AT_RISK:  # K seeds where the answer is read: at the fitted 5%-risk lr, then refitted
-            reqs = []
-            for lr, seed in at_risk_probes(s, o.replicates, self.base_seed, self._at_risk(s)) if o.replicates else []:
-                req = self._request(s, lr, REPLICATE)
-                req.config[SEED_KEY] = seed
-                reqs.append(req)
-            return reqs
+            return self._replicates(s, at_risk_probes(s, o.replicates, self.base_seed, self._at_risk(s))
+                                    if o.replicates else [])
         if stage == SAMPLES:  # the best-training lr below the edge (the 5%-risk lr's, with replicates)
             if not o.samples and not s.budget:
                 return []
-            at_risk = None
-            if o.replicates:
-                from stablesweep.analysis.boundary import fit_boundary
-
-                at_risk = fit_boundary(boundary_runs(s, self.base_seed))[0].lr_at_risk
+            at_risk = self._at_risk(s)
             k = o.samples
             if not k and s.budget and s.max_stable is not None and \
                     s.recommendation(o.safety, {"lr_at_risk": at_risk}).lr is None:
@@ -281,6 +268,15 @@ class RampSearcher(Searcher):
         if stage == CONFIRMING:
             return self._confirm(base)
         raise ValueError(stage)
+
+    def _replicates(self, s: Setting, pairs: list[tuple[float, int]]) -> list[Request]:
+        """Replicate probes of `s` at (lr, seed) `pairs`, from scratch."""
+        reqs = []
+        for lr, seed in pairs:
+            req = self._request(s, lr, REPLICATE)
+            req.config[SEED_KEY] = seed
+            reqs.append(req)
+        return reqs
 
     def _at_risk(self, s: Setting) -> float | None:
         if not self.opts.replicates:

@@ -284,10 +284,15 @@ def replicate_configs(plan: SweepPlan, done: pd.DataFrame) -> tuple[list[dict], 
         if not runs:
             skipped.append(g.label)
             continue
-        top = mine[(mine[VERDICT] == STABLE) & (mine[LR_KEY] == g.max_stable_lr)].iloc[0]
-        params = {k: py(top[k]) for k in space.keys}
+        params = _params_at_max_stable(mine, g.max_stable_lr, space.keys)
         configs += [{**params, LR_KEY: float(lr), SEED_KEY: int(s)} for lr, s in runs]
     return configs, skipped
+
+
+def _params_at_max_stable(rows: pd.DataFrame, max_stable_lr: float, keys: list[str]) -> dict:
+    """A combination's params for its replicates: those of its trial at its largest stable lr."""
+    top = rows[(rows[VERDICT] == STABLE) & (rows[LR_KEY] == max_stable_lr)].iloc[0]
+    return {k: py(top[k]) for k in keys}
 
 
 def at_risk_configs(plan: SweepPlan, done: pd.DataFrame, reps: pd.DataFrame) -> list[dict]:
@@ -302,14 +307,13 @@ def at_risk_configs(plan: SweepPlan, done: pd.DataFrame, reps: pd.DataFrame) -> 
     add_boundaries(region, done, reps, k, seed)
     configs = []
     for g in region.groups:
-        mine = pd.concat([rows_of(done, region.group_keys, g.key), rows_of(reps, region.group_keys, g.key)])
+        trials = rows_of(done, region.group_keys, g.key)
+        mine = pd.concat([trials, rows_of(reps, region.group_keys, g.key)])
         ran = mine.loc[mine[VERDICT].isin([STABLE, STALLED, DIVERGED]), LR_KEY].astype(float)
         lr = at_risk_lr(g.lr_at_5pct_risk, ran, k)
         if lr is None or g.max_stable_lr is None:
             continue
-        done_g = rows_of(done, region.group_keys, g.key)
-        top = done_g[(done_g[VERDICT] == STABLE) & (done_g[LR_KEY] == g.max_stable_lr)].iloc[0]
-        params = {key: py(top[key]) for key in space.keys}
+        params = _params_at_max_stable(trials, g.max_stable_lr, space.keys)
         configs += [{**params, LR_KEY: lr, SEED_KEY: seed + i} for i in range(k)]
     return configs
 

@@ -384,3 +384,27 @@ def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(
     assert "terminated (SIGTERM): continue with  stablesweep sweep" in output and "--resume" in output, output[-3000:]
     assert not left, f"Ray's processes left running: {left}"
     assert_exactly_once(out / "t", n_grid=2)  # the whole answer was written before the shutdown
+
+
+def test_a_stop_noted_by_one_command_does_not_stop_the_next_in_the_same_process():
+    """The CLI's `main` run again in one process (a notebook, a test): a Ctrl-C noted by the first
+    command stops its own fit, not the next command's."""
+    from stablesweep import signals
+
+    class Fits:  # what fit_tuner calls: a Tuner's fit
+        def fit(self):
+            return "fit"
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signals.take_sigint()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(2)
+        with pytest.raises(KeyboardInterrupt):
+            signals.fit_tuner(Fits())  # this command's stop: no fit
+        signals.take_sigint()  # the next command
+        assert signals.fit_tuner(Fits()) == "fit"
+    finally:
+        signal.signal(signal.SIGINT, before)
