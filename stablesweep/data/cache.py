@@ -48,7 +48,8 @@ if TYPE_CHECKING:  # pragma: no cover
 FORMAT = "stablesweep-image-cache/1"
 HEADER_BYTES = 4096
 SAMPLE_ROWS = 64  # rows whose CRC is checked on open (every row is checked when read)
-KEEP_FREE = 0.05  # a build must leave this fraction of the file system free
+KEEP_FREE = 0.05  # a build must leave this fraction of the file system free,
+KEEP_FREE_CAP = 1 << 30  # or 1 GiB on a file system larger than 20 GiB
 BUILD_BATCH = 64
 
 Log = Callable[[str], None]
@@ -337,13 +338,19 @@ def _writable(directory: Path) -> str | None:
     return None
 
 
+def keep_free(total: int) -> int:
+    """The bytes a build leaves free on a file system of `total` bytes: 5% of it, at most 1 GiB."""
+    return min(int(KEEP_FREE * total), KEEP_FREE_CAP)
+
+
 def _fits(directory: Path, need: int) -> str | None:
-    """None when `need` bytes fit in `directory`'s file system leaving KEEP_FREE of it free, else why not."""
+    """None when `need` bytes fit in `directory`'s file system leaving keep_free() of it free, else why not."""
     du = shutil.disk_usage(directory)
-    if du.free - need >= KEEP_FREE * du.total:
+    reserve = keep_free(du.total)
+    if du.free - need >= reserve:
         return None
     return (f"needs {size_text(need)}, {size_text(du.free)} free of {size_text(du.total)} "
-            f"(a build leaves {KEEP_FREE:.0%} free)")
+            f"(a build leaves {size_text(reserve)} free)")
 
 
 def size_text(n: float) -> str:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from stablesweep.config import config_from_dict
 from stablesweep.data import DataError, build_data
-from stablesweep.data.cache import CachedSource, check, checked_rows, source_key
+from stablesweep.data.cache import CachedSource, check, checked_rows, keep_free, source_key
 from stablesweep.data.images import decode
 from stablesweep.data.manifests import FileSource
 
@@ -245,6 +245,15 @@ def test_a_full_disk_small_tmpfs(root, tmpfs, monkeypatch):
         data = build_data(with_cache(cfg, "auto"))
     assert isinstance(data.train_set.sources[0], FileSource)
     assert not any(small.iterdir())
+
+
+def test_a_large_disk_keeps_1_gib_free_not_5_percent():
+    # a 252 GiB disk with 7.4 GiB free builds a 53 KiB cache (5% of it, 12.6 GiB, refused it)
+    gib = 1 << 30
+    assert keep_free(252 * gib) == gib
+    assert keep_free(252 * gib) < 7.4 * gib - 53 * 1024
+    assert keep_free(32 * 1024) == int(0.05 * 32 * 1024)
+    assert keep_free(10 * gib) == int(0.5 * gib)
 
 
 def _limit_file_size():  # in the child: writes past 20,000 bytes fail (EFBIG), as on a full disk
