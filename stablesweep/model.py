@@ -15,7 +15,6 @@ import importlib
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from stablesweep.config import ConfigError, ModelConfig
@@ -39,6 +38,8 @@ class SmallCNN(nn.Module):
 
 
 def classification_models() -> list[str]:
+    import torchvision  # 1 s (its models import torch._dynamo): only where a torchvision model is named
+
     return sorted(torchvision.models.list_models(module=torchvision.models)) + ["small_cnn"]
 
 
@@ -46,6 +47,8 @@ TIMM = "timm:"
 
 
 def check_model_name(name: str, source: str = "config") -> None:
+    if name == "small_cnn":
+        return
     if name.startswith(TIMM):
         timm = _timm(source)
         if not timm.list_models(name[len(TIMM):]):
@@ -101,6 +104,8 @@ def build_model(cfg: ModelConfig, num_classes: int, source: str = "config") -> n
         elif cfg.name.startswith(TIMM):
             model = _timm(source).create_model(cfg.name[len(TIMM):], pretrained=False, num_classes=num_classes)
         else:
+            import torchvision
+
             model = torchvision.models.get_model(cfg.name, weights=None, num_classes=num_classes)
     if cfg.weights:
         load_backbone_weights(model, cfg.weights, source)

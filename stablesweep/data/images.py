@@ -7,7 +7,6 @@ from functools import lru_cache
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 # ImageNet statistics: images come out roughly zero mean / unit std, as torchvision backbones expect.
 MEAN = (0.485, 0.456, 0.406)
@@ -32,6 +31,8 @@ def normalise(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
 def decode(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     """Read an image file as RGB and resize it to a square image_size: uint8 [3,S,S]. A JPEG at least
     twice the size is decoded at a reduced scale (1/2, 1/4, 1/8) first (PIL's draft)."""
+    from torchvision.transforms.v2 import functional as TF  # imported by the first image read: 1 s
+
     with Image.open(path) as im:
         im.draft("RGB", (image_size, image_size))
         im = im.convert("RGB")
