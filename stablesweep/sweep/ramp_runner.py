@@ -411,6 +411,7 @@ def run_probes(opts: RampOptions, cfg, settings: list[Setting], tracker, parent:
         trial_statuses,
     )
     from stablesweep.sweep.session import make_tuner, trial_trainable
+    from stablesweep.sweep.stopper import DivergenceStopper
 
     # checkpoints only where something reads them: the next rung (continue mode), a retry (a cluster)
     continues = len(budgets.rungs) > 1 and cfg.training.schedule == "constant"  # a promoted probe goes on
@@ -440,6 +441,7 @@ def run_probes(opts: RampOptions, cfg, settings: list[Setting], tracker, parent:
         storage, exp_name = experiment.rsplit("/", 1)
         tuner = make_tuner(trainable, name=exp_name, storage=storage, search_alg=searcher, num_samples=-1,
                            max_concurrent=max_concurrent, max_failures=max_failures,
+                           stopper=DivergenceStopper(let_last_end=True),
                            callbacks=[RampCallback(searcher, tracker, parent, name, experiment, echo=echo,
                                                    setting_keys=setting_keys)])
     results = fit_tuner(tuner)

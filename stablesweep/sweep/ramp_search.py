@@ -57,6 +57,7 @@ from stablesweep.vocab import (
     BUDGET_STEPS,
     DIVERGED,
     ERROR,
+    FINISHED,
     FIRST_BAD_STEP,
     FLOPS_PER_STEP,
     INITIAL_LOSS,
@@ -139,6 +140,21 @@ class RampSearcher(Searcher):
                     self.trials[trial_id] = r
                     return dict(r.config)
         return Searcher.FINISHED if self.finished else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A probe's last report (the loop's `finished`) is its verdict: taken now, the setting's next
+        probes are handed out while Tune ends the trial, and Tune gives its worker to one of them
+        (Tune keeps one idle worker; another would be ended before the batch's last probe ends, and
+        the next probe would import torch again in a new one). A stable probe whose checkpoint the
+        next probes may start from waits for its end (`RampCallback` hands the checkpoint over)."""
+        if result.get(FINISHED) and not (result.get(VERDICT) == STABLE and self.reads_checkpoints):
+            self.on_trial_complete(trial_id, result)
+
+    @property
+    def reads_checkpoints(self) -> bool:
+        """Whether a later probe may start from a stable probe's checkpoint: continue mode's climb,
+        a promotion that goes on from its lr's checkpoint."""
+        return self.continues or self.opts.mode == "continue"
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """The probe of a trial that ended, as the planner reads it. A stable probe's checkpoint and

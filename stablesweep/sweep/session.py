@@ -109,14 +109,15 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
 
 def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: int, max_concurrent: int,
                max_failures: int, scheduler=None, callbacks: list | None = None,
-               keep_checkpoints: int = 1) -> tune.Tuner:
+               keep_checkpoints: int = 1, stopper: DivergenceStopper | None = None) -> tune.Tuner:
     """The Tuner of a run: trials in `storage`/`name`/trial_<id>, each stopped at its first
     diverged report, keeping its last `keep_checkpoints` checkpoints (a sweep: the config's
     `training.keep_checkpoints`, the ring `stablesweep explain` replays from) and retried from the
     last one up to `max_failures` times; Tune's own output off. A trial's worker process is given to
     the next trial of the same resources (Tune's `reuse_actors`: torch imported and the data built
     once a worker; trainable.py says what is made new each trial) unless the trainable says
-    otherwise (`trial_trainable`: --no-reuse, or a data-parallel trial)."""
+    otherwise (`trial_trainable`: --no-reuse, or a data-parallel trial). `stopper`: the ramp's lets
+    a trial whose last report diverged end by itself (`DivergenceStopper`)."""
     return tune.Tuner(
         trainable,
         param_space={},
@@ -124,7 +125,7 @@ def make_tuner(trainable, *, name: str, storage: str, search_alg, num_samples: i
                                     max_concurrent_trials=max_concurrent, trial_dirname_creator=trial_dirname,
                                     reuse_actors=getattr(trainable, "reuse", True)),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, stop=DivergenceStopper(), callbacks=callbacks,
+            name=name, storage_path=storage, stop=stopper or DivergenceStopper(), callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=0),
     )

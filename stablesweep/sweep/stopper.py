@@ -80,10 +80,19 @@ def _verdict(result: dict[str, Any], errored: bool, error: str | None) -> Outcom
 
 
 class DivergenceStopper(Stopper):
-    """Stop a trial at the first report whose verdict is `diverged`."""
+    """Stop a trial at the first report whose verdict is `diverged`.
+
+    `let_last_end`: a diverged report that is the loop's last (`finished`: the monitor's
+    `stop_on_divergence`) is left to end by itself, a moment later, as a finished trial does. The
+    ramp's searcher reads the verdict of that report (`RampSearcher.on_trial_result`, which Tune
+    calls only for reports it does not stop) and plans the next probes before the trial ends, so
+    Tune hands the trial's worker to one of them rather than ending it."""
+
+    def __init__(self, let_last_end: bool = False):
+        self.let_last_end = let_last_end
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        return result.get(VERDICT) == DIVERGED
+        return result.get(VERDICT) == DIVERGED and not (self.let_last_end and result.get(FINISHED))
 
     def stop_all(self) -> bool:
         return False

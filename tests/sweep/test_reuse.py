@@ -85,3 +85,25 @@ def test_use_cpus_sets_torchs_threads_whatever_they_were():
         assert use_cpus(1.99) == 1 and torch.get_num_threads() == 1  # whole CPUs only
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_ramps_probes_keep_their_workers_batch_after_batch(ray_cluster, tmp_path, new_store):
+    """Two probes at a time, batch after batch: Tune keeps one idle worker, so a batch whose last
+    probe ended before its next batch was planned ended its other worker, and the next batch imported
+    torch again in a new one (8 workers for the demo ramp's 24 probes). The ramp's searcher reads a
+    probe's verdict in its last report, diverged ones included, and hands out the next batch before
+    Tune ends it: every probe runs in one of the two workers of the first batch."""
+    from stablesweep.sweep.options import RampOptions
+    from stablesweep.sweep.ramp_runner import run_ramp
+
+    new_store(tmp_path / "mlflow.db")
+    # the demo's own schedule at 30 steps: stable to 0.8 (0.4 stalls), diverged at 1.6 and 3.2, stalled between
+    opts = RampOptions(config=str(DEMO), lr_start=0.1, lr_stop=30.0, ladder="x2", climb="step", steps=30,
+                       target_steps=30, overrides=["datasets.skip_evaluation=true"], out=str(tmp_path), name="w",
+                       parallel=2, max_concurrent=2, samples=0, confirm=0)
+    res = run_ramp(opts, echo=lambda _: None)
+    rows = [json.loads(line.splitlines()[0]) for line in
+            (p.read_text() for p in (res.ramp_dir / "tune").rglob("trial_*/result.json"))]
+    verdicts = {p.verdict for p in res.settings[0].probes}
+    assert len(rows) == len(res.settings[0].probes) >= 6 and {"stable", "diverged"} <= verdicts
+    assert len({r["pid"] for r in rows}) == 2

@@ -35,6 +35,17 @@ def test_the_stopper_stops_at_the_first_diverged_report():
     assert not stop.stop_all()
 
 
+def test_the_ramps_stopper_lets_a_diverged_last_report_end_by_itself():
+    """The loop ends at a divergence (`monitor.stop_on_divergence`: its report is `finished`): the
+    ramp's stopper leaves that trial to end a moment later, so Tune hands its report to the searcher
+    first; one that trains on past a divergence is stopped at once, as by the sweep's stopper."""
+    stop = DivergenceStopper(let_last_end=True)
+    assert not stop("t", {**diverged_result(20, 11), "finished": True})
+    assert stop("t", {**diverged_result(20, 11), "finished": False})
+    assert DivergenceStopper()("t", {**diverged_result(20, 11), "finished": True})
+    assert not stop("t", stable_result(20, 1.0, finished=True))
+
+
 def test_asha_leaves_divergence_to_the_stopper():
     asha = asha_for(8, reduction_factor=2)  # 8 reports: one rung, at report 4
     assert isinstance(asha, StabilityASHA)
