@@ -132,10 +132,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "and at its ends, fit P(fails | lr) per setting, run K more at the lr at 5%% risk so "
                         "fitted and fit again, and recommend from that lr (writes ramp_boundary.png; default 0: "
                         "none)")
-    p.add_argument("--samples", type=int, default=3, metavar="K",
+    p.add_argument("--samples", type=int, default=None, metavar="K",
                    help="once bracketed, train K lrs from scratch between the smallest stable lr and the largest "
                         "safe lr (--safety x the edge), so the recommendation is the best-training safe lr, not "
-                        "the edge's margin (default 3; 0: choose among the climb's probes)")
+                        "the edge's margin (default 3, rounded up to whole batches of --parallel so no probe "
+                        "slot idles: 4 with --parallel 2; 0: choose among the climb's probes)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     p.add_argument("--resume", action="store_true",

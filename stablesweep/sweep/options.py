@@ -114,9 +114,23 @@ class RampOptions(RunOptions):
     range_steps: int | None = None  # steps of the range test (default: the probe budget)
     evaluate: bool = False  # evaluate each probe at its end (off: the verdict needs no eval)
     replicates: int = 0  # K seeds at the lrs around each bracket, then P(fails | lr) (0: none)
-    samples: int = 3  # lrs sampled below each setting's largest safe lr before it recommends one (0: none)
+    samples: int | None = None  # lrs sampled below each setting's largest safe lr before it recommends one
+    # (0: none; default: `samples_of`)
     target_steps: int | None = None  # the budget the answer is for (default: the config's own, before --steps)
     max_steps: int | None = None  # the longest probe the ramp may run (default: the target); below it: extrapolated
     confirm: int | None = None  # seeds the recommended config runs at the target first (0: off; default: 2 where
     # the target is longer than the probes, else 0)
     resume: bool = False  # continue the ramp --name (default: the newest) in --out where it stopped
+
+
+DEFAULT_RAMP_SAMPLES = 3
+
+
+def samples_of(opts: RampOptions) -> int:
+    """The lrs a ramp samples below each setting's largest safe lr: --samples, else 3 rounded up to a
+    whole number of batches (a setting's --parallel probes at once, at most --max-concurrent; one in
+    continue mode), so no probe slot waits idle for the batch's last probe: 4 with --parallel 2."""
+    if opts.samples is not None:
+        return opts.samples
+    per = 1 if opts.mode == "continue" else max(1, min(opts.parallel, opts.max_concurrent or opts.parallel))
+    return -(-DEFAULT_RAMP_SAMPLES // per) * per

@@ -25,6 +25,7 @@ from stablesweep.analysis.answer import (
     answers_markdown,
     boundary_markdown,
 )
+from stablesweep.sweep.options import samples_of
 from stablesweep.sweep.ramp import Budgets, Setting, boundary_runs
 from stablesweep.vocab import BUDGET_STEPS, LR_KEY, TRAIN_FLOPS
 
@@ -224,7 +225,7 @@ def write_ramp(settings: list[Setting], done: Answered, opts, base: dict, cfg, r
           f"{opts.lr_start:g} to {opts.lr_stop:g}; resolution {opts.resolution}. *largest safe lr*: {opts.safety} x "
           "the lr at 5% risk (with --replicates), else x *min failed lr*, else *max stable lr* where none failed. "
           "*recommended lr*: the lr with the best objective at the budget among the stable probes trained from "
-          f"scratch at or below it ({opts.samples} lr(s) sampled below it once bracketed).", "",
+          f"scratch at or below it ({samples_of(opts)} lr(s) sampled below it once bracketed).", "",
           f"The answer is for {budgets.holds_for()}.", "",
           ("Each bracket is P(fails | lr) fitted over replicates (below)." if opts.replicates else
            "Each bracket is a single-seed estimate: one probe an lr; --replicates K measures P(fails | lr)."), "",

@@ -56,7 +56,7 @@ from stablesweep.cluster.storage import storage_paths, uri_scheme
 from stablesweep.config import ConfigError, load_config
 from stablesweep.signals import fit_tuner
 from stablesweep.sweep.budgets import check_budget_flags, check_budgets, confirm_of
-from stablesweep.sweep.options import RampOptions
+from stablesweep.sweep.options import RampOptions, samples_of
 from stablesweep.sweep.placement import check_run_options, cluster_checks, ephemeral_path_notes
 from stablesweep.sweep.ramp import (
     CLIMBS,
@@ -230,7 +230,7 @@ def _plan_of(opts: RampOptions, cfg, settings: list[Setting], budgets: Budgets) 
     return {"config": cfg.to_dict(), "settings": [s.params for s in settings], "lr_start": opts.lr_start,
             "lr_stop": opts.lr_stop, "ladder": opts.ladder, "climb": climb_of(opts), "resolution": opts.resolution,
             "parallel": opts.parallel, "safety": opts.safety, "mode": opts.mode, "first_pass": opts.first_pass,
-            "range_steps": opts.range_steps, "replicates": opts.replicates, "samples": opts.samples,
+            "range_steps": opts.range_steps, "replicates": opts.replicates, "samples": samples_of(opts),
             "evaluate": opts.evaluate, "target_steps": budgets.target, "max_steps": opts.max_steps,
             "confirm": confirm_of(opts, budgets)}
 

@@ -34,6 +34,7 @@ from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.callbacks import MlflowCallback, trial_error
 from stablesweep.sweep.faults import probe_output, storage_fault
+from stablesweep.sweep.options import samples_of
 from stablesweep.sweep.ramp import (
     CONFIRM,
     CONFIRM_SEED,
@@ -271,10 +272,10 @@ class RampSearcher(Searcher):
             return self._replicates(s, at_risk_probes(s, o.replicates, self.base_seed, self._at_risk(s))
                                     if o.replicates else [])
         if stage == SAMPLES:  # the best-training lr below the edge (the 5%-risk lr's, with replicates)
-            if not o.samples and not s.budget:
+            k = samples_of(o)
+            if not k and not s.budget:
                 return []
             at_risk = self._at_risk(s)
-            k = o.samples
             if not k and s.budget and s.max_stable is not None and \
                     s.recommendation(o.safety, {"lr_at_risk": at_risk}).lr is None:
                 k = 1  # a longer rung ran nothing at or below its largest safe lr: that lr itself, once
