@@ -1,5 +1,3 @@
-import sys
+from stablesweep.cli import run
 
-from stablesweep.cli import main
-
-sys.exit(main())
+run()
