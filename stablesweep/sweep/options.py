@@ -128,9 +128,15 @@ DEFAULT_RAMP_SAMPLES = 3
 
 def samples_of(opts: RampOptions) -> int:
     """The lrs a ramp samples below each setting's largest safe lr: --samples, else 3 rounded up to a
-    whole number of batches (a setting's --parallel probes at once, at most --max-concurrent; one in
-    continue mode), so no probe slot waits idle for the batch's last probe: 4 with --parallel 2."""
+    whole number of batches (`batch_of`), so no probe slot waits idle for the batch's last probe: 4
+    with --parallel 2 (`sample_lrs` makes up an lr it leaves out as one already run)."""
     if opts.samples is not None:
         return opts.samples
-    per = 1 if opts.mode == "continue" else max(1, min(opts.parallel, opts.max_concurrent or opts.parallel))
+    per = batch_of(opts)
     return -(-DEFAULT_RAMP_SAMPLES // per) * per
+
+
+def batch_of(opts: RampOptions) -> int:
+    """The probes of one setting a ramp runs at once: --parallel, at most --max-concurrent; one in
+    continue mode (each rung starts from the last stable one)."""
+    return 1 if opts.mode == "continue" else max(1, min(opts.parallel, opts.max_concurrent or opts.parallel))

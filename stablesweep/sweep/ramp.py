@@ -352,12 +352,14 @@ def at_risk_probes(s: Setting, k: int, base_seed: int, at_risk: float | None) ->
     return [] if lr is None else [(lr, base_seed + i) for i in range(k)]
 
 
-def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None) -> list[float]:
+def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None, whole: int = 1) -> list[float]:
     """K lrs to train below a setting's largest safe lr (`safety` x the lr at 5% risk, else x the
     smallest failed lr, else its largest stable lr): geometric from its smallest stable lr (a decade
     below the cap where that is not below it, above any stall below the band) up to the cap itself,
-    3 significant digits, less those within 2% of an lr it already ran from scratch. [] when it has no
-    stable lr or k is 0."""
+    3 significant digits, less those within 2% of an lr it already ran from scratch. `whole`: where
+    that leaves a number that is not a multiple of it (a batch with a slot idle), the widest gaps
+    between the lrs (those it ran included) are split in the middle, the highest first, until it is.
+    [] when it has no stable lr or k is 0."""
     if k <= 0 or s.max_stable is None:
         return []
     edge = at_risk if at_risk is not None else s.min_failed
@@ -370,7 +372,12 @@ def sample_lrs(s: Setting, k: int, safety: float, at_risk: float | None = None) 
         return []
     ran = [p.lr for p in s.tested if p.start_step == 0 and p.seed is None]
     points = [float(f"{lo * (cap / lo) ** (i / k):.3g}") for i in range(1, k + 1)]
-    return [x for x in dict.fromkeys(points) if not any(math.isclose(x, r, rel_tol=0.02) for r in ran)]
+    out = [x for x in dict.fromkeys(points) if not any(math.isclose(x, r, rel_tol=0.02) for r in ran)]
+    while out and len(out) % whole:
+        edges = sorted({lo, *out, *(r for r in ran if lo < r <= cap)})
+        a, b = max(zip(edges, edges[1:]), key=lambda ab: (ab[1] / ab[0], ab[1]))
+        out.append(float(f"{math.sqrt(a * b):.3g}"))
+    return sorted(out)
 
 
 def boundary_runs(s: Setting, base_seed: int) -> list:

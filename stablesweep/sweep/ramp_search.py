@@ -34,7 +34,7 @@ from stablesweep.analysis.text import sig3_text
 from stablesweep.cluster.storage import uri_scheme
 from stablesweep.sweep.callbacks import MlflowCallback, trial_error
 from stablesweep.sweep.faults import probe_output, storage_fault
-from stablesweep.sweep.options import samples_of
+from stablesweep.sweep.options import batch_of, samples_of
 from stablesweep.sweep.ramp import (
     CONFIRM,
     CONFIRM_SEED,
@@ -279,7 +279,9 @@ class RampSearcher(Searcher):
             if not k and s.budget and s.max_stable is not None and \
                     s.recommendation(o.safety, {"lr_at_risk": at_risk}).lr is None:
                 k = 1  # a longer rung ran nothing at or below its largest safe lr: that lr itself, once
-            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, k, o.safety, at_risk)]
+            # the default fills whole batches (`samples_of`), also where an lr is left out beside one run
+            whole = batch_of(o) if o.samples is None else 1
+            return [self._request(s, lr, SAMPLE) for lr in sample_lrs(s, k, o.safety, at_risk, whole)]
         if stage == PROMOTING:
             return self._promote(base)
         if stage == CONFIRMING:

@@ -14,6 +14,7 @@ from stablesweep.sweep.ramp import (
     ladder,
     next_probes,
     range_test_lr,
+    sample_lrs,
     seed_from_range_test,
 )
 
@@ -314,3 +315,15 @@ def test_a_confirmation_says_what_it_holds_for_and_where_it_moved_down():
     s.probes.append(Probe(0.3, "diverged", steps=50))
     assert s.recommendation(0.5).lr == 0.07  # 0.1, the best below 0.15, failed its confirmation
     assert s.answer(0.5).budget_steps == 480
+
+
+def test_samples_left_out_beside_a_run_lr_are_made_up_to_whole_batches():
+    """Stable at 0.01 and 0.1, diverged at 2: the cap is 1.0 (0.5 x 2), and 4 samples from 0.01 are
+    0.0316, 0.1, 0.316, 1.0, where 0.1 already ran: 3 new lrs, a batch of 2 with a slot idle. With
+    whole batches of 2 the widest gap (0.316..1.0, the higher of two as wide) is split: 0.562."""
+    s = Setting("s", {}, ladder(0.01, 10.0, "x10"))
+    s.probes += [Probe(0.01, "stable"), Probe(0.1, "stable"), Probe(2.0, "diverged")]
+    assert sample_lrs(s, 4, 0.5) == [0.0316, 0.316, 1.0]
+    assert sample_lrs(s, 4, 0.5, whole=2) == [0.0316, 0.316, 0.562, 1.0]
+    assert sample_lrs(s, 4, 0.5, whole=3) == [0.0316, 0.316, 1.0]
+    assert len(sample_lrs(s, 4, 0.5, whole=4)) == 4

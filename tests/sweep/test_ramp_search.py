@@ -72,3 +72,44 @@ def test_saved_and_restored_it_goes_on_and_hands_out_again_what_tune_never_held(
         lrs = [p.lr for p in st.probes]
         assert len(lrs) == len(set(lrs))
     assert all(r.probe is not None for r in again.trials.values())
+
+
+def _run_to_the_end(s: RampSearcher) -> None:
+    live, n = {}, 0
+    while True:
+        while isinstance(c := s.suggest(f"t{n}"), dict):
+            live[f"t{n}"] = c
+            n += 1
+        if c == Searcher.FINISHED:
+            return
+        assert live, "nothing running and nothing handed out"
+        for t, c in list(live.items()):
+            _end(s, t, c)
+            del live[t]
+
+
+def test_a_probes_last_report_is_its_verdict_and_the_next_batch_is_handed_out_at_once():
+    s = _searcher()
+    handed = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}
+    _end(s, "t0", handed["t0"])
+    s.on_trial_result("t1", stable_result(10, 1.0, finished=False))  # not its last report
+    assert s.suggest("t4") is None
+    s.on_trial_result("t1", stable_result(20, 1.0, finished=True))  # its last: Tune has not ended it yet
+    assert s.suggest("t4")["training.lr"] == 10.0
+    s.on_trial_complete("t1", stable_result(20, 1.0, finished=True))  # then it ends: nothing changes
+    assert [p.lr for p in s.settings[0].probes] == [0.01, 0.1]
+    # continue mode starts a probe from the last stable one's checkpoint, which comes with the trial's end
+    c = _searcher(mode="continue")
+    first = c.suggest("t0")
+    c.on_trial_result("t0", stable_result(20, 1.0, finished=True))
+    assert c.suggest("t2")["training.precision"] == "bf16"  # fp32 waits for t0's end
+    c.on_trial_complete("t0", stable_result(20, 1.0, finished=True))
+    assert c.suggest("t3")["training.precision"] == first["training.precision"] == "fp32"
+
+
+def test_the_default_samples_fill_whole_batches():
+    for samples, parallel, each in ((None, 2, {4}), (None, 3, {3}), (3, 2, {3})):
+        s = _searcher()
+        s.opts.samples, s.opts.parallel = samples, parallel
+        _run_to_the_end(s)
+        assert {sum(p.phase == "sample" for p in st.probes) for st in s.settings} == each, (samples, parallel)
