@@ -1,12 +1,13 @@
 """What a short probe pays besides training: start-up once, then the gap between trials, with the
 trial worker reused (the default) and without (--no-reuse).
 
-    python bench/probe_overhead.py [--steps 40] [--samples 16] [--only ramp|sweep] [--out DIR]
+    python bench/probe_overhead.py [--steps 40] [--samples 16] [--only ramp|sweep] [--out DIR] [--extra OPTS]
 
 Runs, as a user would, each with and without --no-reuse:
   ramp   the README's demo ramp: stablesweep ramp configs/demo.yaml --lr-start 1e-3 --lr-stop 30 --steps 30
   sweep  stablesweep sweep configs/demo.yaml --space search_spaces/quick.yaml --samples 16 --steps 40
-and reads every trial's Tune results (OUT/**/trial_*/result.json, however many Tune runs the
+(plus --extra, e.g. '--gpus-per-trial 0.5' on a GPU machine: a reused worker keeps its CUDA
+context) and reads every trial's Tune results (OUT/**/trial_*/result.json, however many Tune runs the
 command made). Per run: probes; training s (the sum of the trials' time_total_s, which counts a
 new worker's torch import as the trial's own); wall s (the command's, from its start to its
 exit); first (command start to the first trial's start); concurrency (most trials running at
@@ -20,6 +21,7 @@ import argparse
 import heapq
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -73,8 +75,8 @@ def gaps(spans: list[tuple[float, float, float]], slots: int) -> list[float]:
 def measure(kind: str, reuse: bool, args, tmp: Path) -> dict:
     out = tmp / f"{kind}-{'reuse' if reuse else 'noreuse'}"
     argv = [a.format(samples=args.samples, steps=args.steps) for a in RUNS[kind]]
-    argv += ["--out", str(out), "--name", "bench"] + ([] if reuse else ["--no-reuse"])
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv += shlex.split(args.extra) + ["--out", str(out), "--name", "bench"] + ([] if reuse else ["--no-reuse"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     t0 = time.time()
     p = subprocess.run([sys.executable, "-m", "stablesweep.cli", *argv], cwd=ROOT, env=env, capture_output=True,
                        text=True)
@@ -92,17 +94,28 @@ def measure(kind: str, reuse: bool, args, tmp: Path) -> dict:
             "wall_vs_training": wall / (train / c) if train else float("nan"), "command": "stablesweep " + " ".join(argv)}
 
 
+def gpu_name() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a machine without torch's CUDA: no GPU to name
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="the sweep's step budget (default 40)")
     ap.add_argument("--samples", type=int, default=16, help="the sweep's trials (default 16)")
     ap.add_argument("--only", choices=sorted(RUNS), default=None)
     ap.add_argument("--out", default=None, help="where the runs go (default: a temporary folder)")
+    ap.add_argument("--extra", default="", help="more options for every command, e.g. '--gpus-per-trial 0.5'")
     args = ap.parse_args()
     tmp = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="probe-overhead-"))
     load = os.getloadavg()[0]
     rows = [measure(kind, reuse, args, tmp) for kind in ([args.only] if args.only else RUNS) for reuse in (True, False)]
-    print(f"# probe overhead, load average {load:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs)\n")
+    print(f"# probe overhead, load average {load:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs"
+          + (f", {gpu_name()}" if gpu_name() else "") + ")\n")
     print("| run | reuse | probes | training s | wall s | first trial at s | concurrency | overhead a probe s "
           "| median gap after the first s | wall / (training / concurrency) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
