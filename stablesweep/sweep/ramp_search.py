@@ -7,9 +7,10 @@ Each setting goes its own way through the phases: the range test (--first-pass r
 climb and bisection, the replicates (--replicates K: K seeds in the bracket, then K at the lr at 5%
 risk fitted to them), the samples (--samples K). Within a phase a
 setting runs in batches, the planner's next probes of it (at most --parallel; one at a time in
-continue mode, where each rung starts from the last stable rung's checkpoint), and a batch's
-probes all end before its next batch is planned, so a setting gets the probes that the ramp's
-rounds gave it when each round was a Tune run of its own. Settings do not wait for each other;
+continue mode, where each rung starts from the last stable rung's checkpoint), and every probe of
+a batch has its verdict (from its last report, `on_trial_result`) before its next batch is planned,
+so a setting gets the probes that the ramp's rounds gave it when each round was a Tune run of its
+own, and the next batch takes the workers of the last one (Tune's `reuse_actors`). Settings do not wait for each other;
 --max-concurrent bounds the probes at once (Tune's ConcurrencyLimiter). `suggest` returns the next
 probe's trial config, None while a setting's batch still runs (Tune asks again), FINISHED once
 every setting is done.
