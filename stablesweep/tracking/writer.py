@@ -131,8 +131,16 @@ class Tracker:
             if exp is not None:
                 self._experiment_id = exp.experiment_id
             else:
+                from mlflow.exceptions import MlflowException
+
                 location = Path(self.artifact_root).resolve().as_uri() if self.artifact_root else None
-                self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+                except MlflowException:  # another sweep into the same store made it a moment before: use it
+                    exp = self.client.get_experiment_by_name(self.experiment)
+                    if exp is None:
+                        raise
+                    self._experiment_id = exp.experiment_id
         return self._experiment_id
 
     # ---- the sweep (parent) run -----------------------------------------------------------

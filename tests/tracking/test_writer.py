@@ -299,3 +299,34 @@ def test_the_metrics_of_a_report():
     row = {**report, "config/training.lr": 0.1}
     assert trial_metrics(row, core=True) == {"budget_steps": 20, "loss": 1.2, "nonfinite_steps": 0,
                                              "initial_loss": 3.2, "flops_per_step": 1e6}
+
+
+def test_sweeps_started_at_once_into_one_store_share_its_experiment(tmp_path):
+    """Two sweeps into one new --out both found no experiment, and the second one's create failed
+    (`UNIQUE constraint failed: experiments.name`). Here another sweep makes the experiment between
+    this Tracker's look for it and its create (the real client and store, the two steps
+    interleaved): it takes the one the other made."""
+    from mlflow import MlflowClient
+
+    from stablesweep.tracking import create_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    create_store(uri)
+    made = []
+
+    class Interleaved:
+        def __init__(self, client):
+            self.client = client
+
+        def get_experiment_by_name(self, name):
+            found = self.client.get_experiment_by_name(name)
+            if found is None and not made:
+                made.append(Tracker(uri, experiment=name).experiment_id)  # the other sweep, just then
+            return found
+
+        def __getattr__(self, attr):
+            return getattr(self.client, attr)
+
+    mine = Tracker(uri, experiment="e")
+    mine._client = Interleaved(MlflowClient(tracking_uri=uri))
+    assert made == [] and mine.experiment_id == made[0]
