@@ -35,7 +35,6 @@ whose node is lost is retried (`--max-failures`) from its last checkpoint.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import time
@@ -258,28 +257,24 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     if state is None and ramp_dir.exists() and any(ramp_dir.iterdir()):
         raise InputError(f"--name {name}: {ramp_dir} already holds a ramp; continue it with --resume, or choose "
                          "another --name or --out")
-    uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
     # Ray, torch, MLflow and matplotlib only once the plan's checks have passed (a refusal in milliseconds)
-    from stablesweep.tracking.store import store_made_meanwhile
+    from stablesweep.analysis.plots import boundary_data, plot_boundary
+    from stablesweep.sweep.faults import probe_output, storage_fault
+    from stablesweep.sweep.ramp_outputs import answer_settings, cost, cost_metrics, cost_text, write_ramp
+    from stablesweep.sweep.ramp_search import finish_probe_run
+    from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
+    from stablesweep.sweep.session import ray_session
+    from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
 
-    with contextlib.ExitStack() as held:
-        make_store = held.enter_context(store_made_meanwhile(uri))  # MLflow's tables made while Ray starts
-        from stablesweep.analysis.plots import boundary_data, plot_boundary
-        from stablesweep.sweep.faults import probe_output, storage_fault
-        from stablesweep.sweep.ramp_outputs import answer_settings, cost, cost_metrics, cost_text, write_ramp
-        from stablesweep.sweep.ramp_search import finish_probe_run
-        from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
-        from stablesweep.sweep.session import ray_session
-        from stablesweep.tracking import TRIAL_TAG, Tracker, stable_trials_link, ui_command
-
-        for n in notes:
-            echo(f"note: {n}")
-        held.enter_context(ray_session(opts))
+    for n in notes:
+        echo(f"note: {n}")
+    with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
-        tracker = parent = None
+        tracker = parent = uri = None
         try:
             ramp_dir.mkdir(parents=True, exist_ok=True)
-            make_store()
+            uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
+            create_store(uri)
             tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
             budget = cfg.training.steps
             if state:

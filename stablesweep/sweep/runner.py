@@ -121,22 +121,20 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: Swe
     for n in plan.notes:
         echo(f"note: {n}")
 
-    from stablesweep.tracking.store import store_made_meanwhile
-
-    with store_made_meanwhile(plan.tracking_uri) as make_store, ray_session(opts):  # MLflow's tables while Ray starts
+    with ray_session(opts):
         max_concurrent, max_failures, shape = cluster_checks(opts)
-        return _run(plan, max_concurrent, echo, started, make_store, max_failures=max_failures, n_nodes=shape.n_nodes)
+        return _run(plan, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
 
 
-def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], started: float,
-         make_store: Callable[[], None], *, max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
+def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], started: float, *,
+         max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
     from ray import tune
 
-    from stablesweep.tracking import Tracker
+    from stablesweep.tracking import Tracker, create_store
 
     opts, space = plan.opts, plan.space
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    make_store()
+    create_store(plan.tracking_uri)
     tracker = Tracker(plan.tracking_uri, experiment=plan.state.get("experiment", opts.experiment))
     if plan.resume:
         parent = plan.state["parent_run_id"]

@@ -1,6 +1,5 @@
 """The store itself: its default URI (an embedded sqlite file beside a sweep's files), its path,
-making it whole before a sweep or ramp writes (`create_store`: a half-made store is repaired; its
-tables made while Ray starts, `store_made_meanwhile`),
+making it whole before a sweep or ramp writes (`create_store`: a half-made store is repaired),
 telling whether there is something to read (`probe_store`), and `TrackingError`, what MLflow
 raises while reading or logging a report (`_mlflow_errors`), with the store and the step.
 """
@@ -9,11 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
-import threading
 from pathlib import Path
-from typing import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +29,7 @@ def store_path(uri: str) -> Path | None:
     return None
 
 
-def create_store(uri: str, made: Path | None = None) -> None:
+def create_store(uri: str) -> None:
     """Make sure a sqlite MLflow store at `uri` is whole before a sweep or ramp writes to it.
 
     A new store is made under a temporary name and linked into place: a Ctrl-C while MLflow
@@ -43,8 +38,7 @@ def create_store(uri: str, made: Path | None = None) -> None:
     half-made all the same (by an older version, or a migration interrupted later) holds
     `_alembic_tmp_*` tables that fail every later use (`table _alembic_tmp_experiments already
     exists`): with no run in it, it is made again from scratch; with runs, each leftover table whose
-    own table is still there is dropped, and MLflow redoes that migration. `made`: a new store's
-    tables, made elsewhere (`store_made_meanwhile`), copied in rather than made here."""
+    own table is still there is dropped, and MLflow redoes that migration."""
     path = store_path(uri)
     if path is None:
         return
@@ -53,12 +47,9 @@ def create_store(uri: str, made: Path | None = None) -> None:
             return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if made is not None:
-            shutil.copyfile(made, tmp)
-        else:
-            from mlflow import MlflowClient
+        from mlflow import MlflowClient
 
-            MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
+        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
         # put in place only if still absent: a sweep started at the same moment into the same --out
         # may have made it meanwhile and be writing to it; replacing its file under it would lose
         # its runs (sqlite then answers "attempt to write a readonly database")
@@ -68,41 +59,6 @@ def create_store(uri: str, made: Path | None = None) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def store_made_meanwhile(uri: str) -> Iterator[Callable[[], None]]:
-    """MLflow's import and a new sqlite store's tables (migrations: 2.5 s in all on the 2-core
-    machine) made in a thread while the caller starts Ray. Yields `make()`, which puts the store in
-    place (`create_store`) once the run's own checks have passed: until then nothing is written
-    beside the run's files; the tables are made in a private temporary folder, removed at the end.
-    Whatever goes wrong in the thread, `make()` makes the store itself, and raises there."""
-    made: list[Path] = []
-    scratch = Path(tempfile.mkdtemp(prefix="stablesweep-store-"))
-
-    def work() -> None:
-        try:
-            from mlflow import MlflowClient
-
-            path = store_path(uri)
-            if path is not None and not path.exists():
-                MlflowClient(tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}").search_experiments()
-                made.append(scratch / "mlflow.db")
-        except Exception:  # noqa: BLE001 - make() makes it again in the caller's thread and raises there
-            logger.debug("making the store in a thread failed", exc_info=True)
-
-    thread = threading.Thread(target=work, name="stablesweep-store", daemon=True)
-    thread.start()
-
-    def make() -> None:
-        thread.join()
-        create_store(uri, made[0] if made else None)
-
-    try:
-        yield make
-    finally:
-        thread.join()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _repair_store(path: Path) -> bool:

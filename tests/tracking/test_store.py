@@ -5,7 +5,6 @@ the sweep and the ramp call before they write; a file that is no store is a Trac
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -18,7 +17,6 @@ from stablesweep.tracking import (
     default_tracking_uri,
     probe_store,
     stable_filter,
-    store_made_meanwhile,
 )
 from tests.mlflow_server import free_port
 
@@ -111,26 +109,3 @@ def test_probe_store_says_why_there_is_nothing_to_read(uri, tmp_path):
     assert "no directory" in probe_store(str(tmp_path / "mlruns"))
     url = f"http://127.0.0.1:{free_port()}"
     assert probe_store(url, timeout=2).startswith(f"no MLflow server answers at {url} (")
-
-
-def test_a_store_made_while_ray_starts_is_put_in_place_only_when_asked(tmp_path):
-    """The sweep and the ramp make a new store's tables in a thread while Ray starts: nothing is
-    written beside the run's files until `make()` (a run its checks refuse then leaves no store), the
-    store `make()` puts there is whole, and the thread's scratch folder is gone at the end."""
-    import tempfile
-
-    path = tmp_path / "out" / "mlflow.db"
-    path.parent.mkdir()
-    scratch_before = set(Path(tempfile.gettempdir()).glob("stablesweep-store-*"))
-    with store_made_meanwhile(default_tracking_uri(path.parent)) as make:
-        assert not path.exists()
-        make()
-        assert probe_store(default_tracking_uri(path.parent)) is None
-        assert Tracker(default_tracking_uri(path.parent), experiment="e").experiment == "e"
-    assert list(path.parent.iterdir()) == [path]  # no temporary file beside it
-    assert set(Path(tempfile.gettempdir()).glob("stablesweep-store-*")) == scratch_before
-    with store_made_meanwhile(default_tracking_uri(tmp_path / "refused")):
-        pass  # the run's checks refused it: no make()
-    assert not (tmp_path / "refused").exists()
-    with pytest.raises(FileNotFoundError), store_made_meanwhile(default_tracking_uri(tmp_path / "gone")) as make:
-        make()  # its folder was never made: the caller hears why
