@@ -461,7 +461,7 @@ class RampCallback(MlflowCallback):
         req = self.searcher.trials.get(trial.trial_id)
         if req is None or req.probe is None:
             return
-        if errored:
+        if errored and req.probe.verdict == ERROR:  # not one whose last report gave its verdict before the error
             req.probe.reason = (error_text(trial_error(trial)) or req.probe.reason or "error")[:200]
             req.summary = req.summary or _summary(trial.last_result or {})
         finish_probe_run(self.tracker, self.parent, req, self._run(trial))
