@@ -24,6 +24,22 @@ def _end(searcher: RampSearcher, trial_id: str, config: dict) -> None:
     searcher.on_trial_complete(trial_id, stable_result(20, 1.0, finished=True) if ok else diverged_result(5, 3))
 
 
+def _run_to_the_end(s: RampSearcher, live: dict | None = None, n: int = 0) -> None:
+    """End the probes `live` (trial id -> config), then hand out and end batch after batch (new trial
+    ids from t`n`) until the searcher is finished."""
+    live = dict(live or {})
+    while True:
+        for t, c in list(live.items()):
+            _end(s, t, c)
+            del live[t]
+        while isinstance(c := s.suggest(f"t{n}"), dict):
+            live[f"t{n}"] = c
+            n += 1
+        if c == Searcher.FINISHED:
+            return
+        assert live, "nothing running and nothing handed out"
+
+
 def test_a_settings_next_batch_waits_for_its_last_one_and_settings_do_not_wait_for_each_other():
     s = _searcher()
     handed = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}
@@ -54,38 +70,13 @@ def test_saved_and_restored_it_goes_on_and_hands_out_again_what_tune_never_held(
     redo = again.suggest("t5")
     assert (redo["training.precision"], redo["training.lr"]) == (handed["t4"]["training.precision"], 10.0)
     # then to the end: every setting bracketed around EDGE, each lr probed once
-    live = {"t2": handed["t2"], "t3": handed["t3"], "t5": redo}
-    n = 6
-    while True:
-        for t, c in list(live.items()):
-            _end(again, t, c)
-            del live[t]
-        while isinstance(c := again.suggest(f"t{n}"), dict):
-            live[f"t{n}"] = c
-            n += 1
-        if c == Searcher.FINISHED:
-            break
-        assert live, "nothing running and nothing handed out"
+    _run_to_the_end(again, {"t2": handed["t2"], "t3": handed["t3"], "t5": redo}, n=6)
     for st in again.settings:
         assert st.status == BRACKETED and st.max_stable <= EDGE < st.min_failed
         assert st.min_failed / st.max_stable <= 1.25 + 1e-9
         lrs = [p.lr for p in st.probes]
         assert len(lrs) == len(set(lrs))
     assert all(r.probe is not None for r in again.trials.values())
-
-
-def _run_to_the_end(s: RampSearcher) -> None:
-    live, n = {}, 0
-    while True:
-        while isinstance(c := s.suggest(f"t{n}"), dict):
-            live[f"t{n}"] = c
-            n += 1
-        if c == Searcher.FINISHED:
-            return
-        assert live, "nothing running and nothing handed out"
-        for t, c in list(live.items()):
-            _end(s, t, c)
-            del live[t]
 
 
 def test_a_probes_last_report_is_its_verdict_and_the_next_batch_is_handed_out_at_once():
