@@ -131,11 +131,11 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     t = cfg.training
     if t.steps:  # the budgets checked before the data where the trials' budget is known without it
         budgets, confirm = _budgets(opts, space, t.steps, target, max_steps, confirm, notes, own_steps)
-    from stablesweep.data import build_data  # torch: imported once every cheaper check has passed
+    from stablesweep.data.check import preflight
 
-    data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every trial
+    train_size = preflight(cfg)  # train's data check, without torch: a data problem named here, not in every trial
     if not t.steps:  # epochs x steps an epoch, as train counts them
-        budgets, confirm = _budgets(opts, space, total_steps(cfg, data.train_size), target, max_steps, confirm, notes)
+        budgets, confirm = _budgets(opts, space, total_steps(cfg, train_size), target, max_steps, confirm, notes)
     n_reports = math.ceil(t.steps / t.report_interval) if t.steps else None
     uri = opts.mlflow or (state.get("tracking_uri") if opts.resume else None) or opts.default_tracking_uri(out)
     notes += ephemeral_path_notes(opts)

@@ -159,13 +159,13 @@ def plan_ramp(opts: RampOptions) -> tuple[dict, Any, list[Setting], list[str], B
         except ConfigError as e:
             raise InputError(f"setting {short_name(params) or 'the config'}: {e}") from None
         settings.append(Setting(key=f"s{i:02d}", params=params, rungs=rungs, climb=climb_of(opts)))
-    from stablesweep.data import build_data  # torch: once every cheaper check has passed
+    from stablesweep.data.check import preflight
 
-    data = build_data(cfg)  # train's (and data check's) pre-flight: a data problem named here, not in every probe
+    train_size = preflight(cfg)  # train's data check, without torch: a data problem named here, not in every probe
     if target is None:  # epochs x steps an epoch, as train counts them
         from stablesweep.config import total_steps
 
-        target = total_steps(own, data.train_size)
+        target = total_steps(own, train_size)
         check_budgets(opts, probe, target)
     budgets = Budgets(probe, target, min(target, opts.max_steps or target))
     if budgets.extrapolated:
@@ -264,17 +264,17 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     from stablesweep.sweep.ramp_search import finish_probe_run
     from stablesweep.sweep.recovery import close_runs, delete_other_runs, output_fault
     from stablesweep.sweep.session import ray_session
-    from stablesweep.tracking import TRIAL_TAG, Tracker, create_store, stable_trials_link, ui_command
+    from stablesweep.tracking import TRIAL_TAG, StoreStart, Tracker, stable_trials_link, ui_command
 
     for n in notes:
         echo(f"note: {n}")
-    with ray_session(opts):
+    uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
+    with StoreStart(uri) as store, ray_session(opts):  # the store begun while Ray starts
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
-        tracker = parent = uri = None
+        tracker = parent = None
         try:
             ramp_dir.mkdir(parents=True, exist_ok=True)
-            uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
-            create_store(uri)
+            store.place()
             tracker = Tracker(uri, experiment=state["experiment"] if state else opts.experiment)
             budget = cfg.training.steps
             if state:

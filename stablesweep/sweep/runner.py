@@ -121,20 +121,22 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: Swe
     for n in plan.notes:
         echo(f"note: {n}")
 
-    with ray_session(opts):
+    from stablesweep.tracking import StoreStart
+
+    with StoreStart(plan.tracking_uri) as store, ray_session(opts):  # the store begun while Ray starts
         max_concurrent, max_failures, shape = cluster_checks(opts)
-        return _run(plan, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
+        return _run(plan, store, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
 
 
-def _run(plan: SweepPlan, max_concurrent: int, echo: Callable[[str], None], started: float, *,
+def _run(plan: SweepPlan, store, max_concurrent: int, echo: Callable[[str], None], started: float, *,
          max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
     from ray import tune
 
-    from stablesweep.tracking import Tracker, create_store
+    from stablesweep.tracking import Tracker
 
     opts, space = plan.opts, plan.space
     plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-    create_store(plan.tracking_uri)
+    store.place()
     tracker = Tracker(plan.tracking_uri, experiment=plan.state.get("experiment", opts.experiment))
     if plan.resume:
         parent = plan.state["parent_run_id"]

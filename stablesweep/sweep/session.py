@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -17,7 +18,6 @@ from ray.tune.search import Searcher
 from stablesweep.cluster.live import check_reachable
 from stablesweep.config import Config
 from stablesweep.signals import keep_handlers_through_ray, signals_held, sigterm_through_ray_start, take_sigterm
-from stablesweep.sweep.ddp_trial import ddp_trainable
 from stablesweep.sweep.options import RunOptions
 from stablesweep.sweep.placement import DRIVER_CPUS, trial_resources
 from stablesweep.sweep.stopper import DivergenceStopper
@@ -33,6 +33,9 @@ def ray_session(opts: RunOptions) -> Iterator[None]:
     quiet_tune()
     if opts.address:
         check_reachable(opts.address)
+    # Tune's TensorBoard logger imports tensorboardX, and with it torch (1.4 s on 2 cores), as the first
+    # trials start; imported here while ray.init waits for the processes it launched
+    threading.Thread(target=_import_tensorboardx, name="stablesweep-imports", daemon=True).start()
     started = start_ray(opts)
     take_sigterm()  # after Ray: ray.init set its own (stablesweep.signals)
     ended = False
@@ -45,6 +48,13 @@ def ray_session(opts: RunOptions) -> Iterator[None]:
             # ended: a stop then, exit 130 or 143 with the resume command); our handlers are put back
             with signals_held(deliver=ended):
                 ray.shutdown()
+
+
+def _import_tensorboardx() -> None:
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:  # Tune then logs no TensorBoard files
+        pass
 
 
 def quiet_tune() -> None:
@@ -99,6 +109,8 @@ def trial_trainable(cfg: Config, opts: RunOptions, *, checkpoints: bool = True):
     if cfg.training.batch_size % n:
         raise InputError(f"--workers-per-trial {n}: training.batch_size {cfg.training.batch_size} is not a multiple "
                          f"of it (each worker trains on an equal share of every batch)")
+    from stablesweep.sweep.ddp_trial import ddp_trainable  # Ray Train and torch: only for a data-parallel trial
+
     worker = trial_resources(opts, per_worker=True)
     trial = ddp_trainable(workers=n, cpus_per_worker=worker.pop("cpu"), gpus_per_worker=worker.pop("gpu"),
                           custom_per_worker=worker, **kwargs)

@@ -79,14 +79,15 @@ from stablesweep.tracking.names import (
     verdict_label,
 )
 from stablesweep.tracking.reader import RunRecord, TrackerReader
-from stablesweep.tracking.store import TrackingError, create_store, default_tracking_uri, probe_store, store_path
+from stablesweep.tracking.store import (StoreStart, TrackingError, create_store, default_tracking_uri, probe_store,
+                                       store_path)
 from stablesweep.tracking.writer import Tracker, stable_trials_link, trial_metrics
 
 __all__ = [
     "COMPARE_KIND", "CONSTANTS", "DEFAULT_EXPERIMENT", "DIVERGED_AT_STEP", "KIND_TAG", "LR_MARGIN", "MEASURED",
     "ORDER_BY_OBJECTIVE", "PARENT_KINDS", "PARENT_TAG", "SETTING_TAG", "SHARED_VIEW_TAG",
     "STAND_IN_OBJECTIVE", "STATUS", "STEP_GRAD_NORM", "STEP_LOSS", "SWEEP_TAG", "TRIAL_COLUMNS", "TRIAL_TAG",
-    "UI_PORT", "RunRecord", "Tracker", "TrackerReader", "TrackingError", "code_version", "create_store",
+    "UI_PORT", "RunRecord", "StoreStart", "Tracker", "TrackerReader", "TrackingError", "code_version", "create_store",
     "default_tracking_uri", "name_without_verdict", "param_value", "probe_store", "run_link", "run_name",
     "setting_slug", "stable_filter", "stable_trials_link", "store_path", "trial_metrics", "ui_base", "ui_command",
     "ui_link", "verdict_label", "view_state",

@@ -1,5 +1,6 @@
 """The store itself: its default URI (an embedded sqlite file beside a sweep's files), its path,
-making it whole before a sweep or ramp writes (`create_store`: a half-made store is repaired),
+making it whole before a sweep or ramp writes (`create_store`: a half-made store is repaired;
+`StoreStart`: its making begun while Ray starts),
 telling whether there is something to read (`probe_store`), and `TrackingError`, what MLflow
 raises while reading or logging a report (`_mlflow_errors`), with the store and the step.
 """
@@ -8,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -29,7 +33,7 @@ def store_path(uri: str) -> Path | None:
     return None
 
 
-def create_store(uri: str) -> None:
+def create_store(uri: str, made: Path | None = None) -> None:
     """Make sure a sqlite MLflow store at `uri` is whole before a sweep or ramp writes to it.
 
     A new store is made under a temporary name and linked into place: a Ctrl-C while MLflow
@@ -38,18 +42,21 @@ def create_store(uri: str) -> None:
     half-made all the same (by an older version, or a migration interrupted later) holds
     `_alembic_tmp_*` tables that fail every later use (`table _alembic_tmp_experiments already
     exists`): with no run in it, it is made again from scratch; with runs, each leftover table whose
-    own table is still there is dropped, and MLflow redoes that migration."""
+    own table is still there is dropped, and MLflow redoes that migration. `made`: a new store's
+    tables made elsewhere already (`StoreStart`), copied in place of the migrations."""
     path = store_path(uri)
     if path is None:
         return
     if path.exists():
         if not _repair_store(path):
             return
+        made = None  # it was half-made: made again here
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        from mlflow import MlflowClient
-
-        MlflowClient(tracking_uri=f"sqlite:///{tmp}").search_experiments()  # runs the migrations
+        if made is not None:
+            shutil.copyfile(made, tmp)
+        else:
+            _migrate(tmp)
         # put in place only if still absent: a sweep started at the same moment into the same --out
         # may have made it meanwhile and be writing to it; replacing its file under it would lose
         # its runs (sqlite then answers "attempt to write a readonly database")
@@ -59,6 +66,64 @@ def create_store(uri: str) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _migrate(path: Path) -> None:
+    """A new, empty store at `path`: MLflow's tables, made by its migrations."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()  # runs the migrations
+
+
+class StoreStart:
+    """`create_store` begun while Ray starts (ray.init spends most of its 2-4 s waiting for the
+    processes it launched): a thread imports MLflow and, where the sqlite store is still to be made,
+    makes its tables in a temporary directory; nothing is written where the store goes. `place()`,
+    once the run's checks have passed, waits for it and puts the store in place (`create_store`).
+    As a context manager, a run refused or stopped before `place()` leaves no temporary store behind
+    (its exit waits for the thread: at most the seconds of the migrations)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._dir: str | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()  # not Thread.join: a join that a Ctrl-C cut short may take it as ended
+        threading.Thread(target=self._make, name="stablesweep-store", daemon=True).start()
+
+    def _make(self) -> None:
+        try:
+            import mlflow  # noqa: F401  (the Tracker's, imported meanwhile)
+
+            path = store_path(self.uri)
+            if path is not None and not path.exists():
+                self._dir = tempfile.mkdtemp(prefix="stablesweep-store-")
+                _migrate(Path(self._dir) / "mlflow.db")
+        except BaseException as e:  # raised by place()
+            self._error = e
+        finally:
+            self._done.set()
+
+    def __enter__(self) -> "StoreStart":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+    def place(self) -> None:
+        self._done.wait()
+        try:
+            if self._error is not None:
+                raise self._error
+            create_store(self.uri, made=Path(self._dir) / "mlflow.db" if self._dir else None)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Wait for the thread and remove the temporary store (placed, or a refused run's)."""
+        self._done.wait()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 def _repair_store(path: Path) -> bool:

@@ -94,6 +94,22 @@ def test_a_path_resolves_against_the_config_and_always_builds(root, cache_dir):
     assert len(u8_files(root / "mycache")) == 1 and not u8_files(cache_dir)
 
 
+@pytest.mark.parametrize("steps, builds", [(2, False), (5, True)])
+def test_a_drivers_preflight_caches_as_build_data_would_and_counts_the_same_images(root, cache_dir, steps, builds):
+    """A sweep's or ramp's driver checks and caches its data without torch (`preflight`): the cache
+    its trials then read is built when `build_data` would build it (auto: the run reads its train
+    set at least once), for train and evaluated val splits, and the train set's size is the same."""
+    from stablesweep.data.check import preflight
+
+    cfg = jpeg_config(root, {"a": (3, 40)}, val=6, training={"steps": steps})  # 16 or 40 of 40 images
+    assert preflight(cfg) == 40
+    assert len(u8_files(cache_dir)) == (2 if builds else 0)
+    data = build_data(cfg)
+    assert data.train_size == 40
+    assert isinstance(data.train_set.sources[0], CachedSource) is builds
+    assert len(u8_files(cache_dir)) == (2 if builds else 0)  # read, not built again
+
+
 def test_synthetic_data_is_not_cached_and_off_is_off(root, cache_dir):
     from .conftest import synthetic_cfg
 

@@ -113,3 +113,26 @@ def test_the_cli_refuses_bad_data_before_torch_is_imported(tmp_path, command):
     assert "range_train.jsonl:3: label 2 is outside [0, 2)" in p.stderr, p.stderr
     assert heavy == [], f"{command[0]}: imported {heavy} before refusing"
     assert not out.exists() or not any(out.iterdir())
+
+
+PLAN = """
+from stablesweep.cli import build_parser
+from stablesweep.sweep.options import {opts}
+from stablesweep.sweep.{module} import {plan}
+{plan}({opts}.from_args(build_parser().parse_args({argv!r})))
+"""
+
+
+@pytest.mark.parametrize("kind", ["sweep", "ramp"])
+def test_planning_a_sweep_or_ramp_on_good_data_imports_no_torch(tmp_path, kind):
+    """The driver checks the data and counts its steps without torch (`data.check.preflight`): only the
+    trial workers, which train, import it, and the driver's start does not wait for it."""
+    config = _config(tmp_path, "    d: {num_classes: 3, source: synthetic, train_size: 12}\n")
+    argv = [kind, str(config), "--out", str(tmp_path / "out")]
+    if kind == "sweep":
+        argv += ["--space", str(ROOT / "search_spaces" / "quick.yaml")]
+    opts, module, plan = (("SweepOptions", "plan", "plan_sweep") if kind == "sweep"
+                          else ("RampOptions", "ramp_runner", "plan_ramp"))
+    p, heavy = _heavy_after(PLAN.format(opts=opts, module=module, plan=plan, argv=argv))
+    assert p.returncode == 0, p.stderr
+    assert "torch" not in heavy and "torchvision" not in heavy, heavy

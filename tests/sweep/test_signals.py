@@ -125,23 +125,26 @@ def _sigint_ignored() -> None:  # what a shell does to a job it starts in the ba
 @pytest.mark.faults
 def test_ctrl_c_while_the_first_store_is_created_stops_the_sweep_with_130_even_when_started_ignoring_sigint(
         ray_cluster, tmp_path):
-    """SIGINT by PID while the sweep's first MLflow store is being made (its migrations run under
-    `.mlflow.db.PID.tmp`), to a driver started with SIGINT ignored as a non-interactive shell starts a
-    background job: Python then raises no KeyboardInterrupt and only Tune's handler, once the trials
-    run, took a Ctrl-C, so the sweep ran to its end. It stops with 130 and says so; no store is left
-    half-made, and the same command then runs the sweep."""
-    out, space = tmp_path / "out", grid_space(tmp_path)
+    """SIGINT by PID while the sweep's first MLflow store is being made (its migrations run in a
+    temporary `stablesweep-store-*` directory while Ray starts), to a driver started with SIGINT
+    ignored as a non-interactive shell starts a background job: Python then raises no
+    KeyboardInterrupt and only Tune's handler, once the trials run, took a Ctrl-C, so the sweep ran
+    to its end. It stops with 130 and says so; no store is left, made or half-made, where it goes
+    or in the temporary directory, and the same command then runs the sweep."""
+    out, space, tmp = tmp_path / "out", grid_space(tmp_path), tmp_path / "tmp"
+    tmp.mkdir()
     address = ray_cluster.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "stablesweep", "sweep", str(DEMO), "--space", str(space), "--sampler", "grid",
            "--steps", "10", "--set", "training.report_interval=5", "--no-asha",
            "--max-concurrent", "2", "--out", str(out), "--name", "t", "--address", address]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                             start_new_session=True, preexec_fn=_sigint_ignored)
+                             env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True,
+                             preexec_fn=_sigint_ignored)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and first.poll() is None and not list(out.glob(".mlflow.db.*.tmp")):
+        while time.time() < deadline and first.poll() is None and not list(tmp.glob("stablesweep-store-*/*.db")):
             time.sleep(0.01)
-        assert first.poll() is None and list(out.glob(".mlflow.db.*.tmp")), "the store was not being made"
+        assert first.poll() is None and list(tmp.glob("stablesweep-store-*/*.db")), "the store was not being made"
         os.kill(first.pid, signal.SIGINT)
         output, _ = first.communicate(timeout=120)
     finally:
@@ -150,7 +153,8 @@ def test_ctrl_c_while_the_first_store_is_created_stops_the_sweep_with_130_even_w
     assert "interrupted before the sweep was recorded" in output, output[-3000:]
     assert "Traceback" not in output
     assert not list(out.glob("*/trial_*")), "a trial ran"
-    assert not list(out.glob(".mlflow.db.*")) and not (out / "t" / "sweep.json").exists()
+    assert not list(out.glob("*mlflow.db*")) and not (out / "t" / "sweep.json").exists()
+    assert not list(tmp.glob("stablesweep-store-*")), "the temporary store was left"
 
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=240)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy
 
 from stablesweep.tracking import (
+    StoreStart,
     Tracker,
     TrackerReader,
     TrackingError,
@@ -109,3 +110,63 @@ def test_probe_store_says_why_there_is_nothing_to_read(uri, tmp_path):
     assert "no directory" in probe_store(str(tmp_path / "mlruns"))
     url = f"http://127.0.0.1:{free_port()}"
     assert probe_store(url, timeout=2).startswith(f"no MLflow server answers at {url} (")
+
+
+def _temporary_stores(tmp) -> list:
+    return list(tmp.glob("stablesweep-store-*"))
+
+
+@pytest.fixture
+def own_tmp(tmp_path, monkeypatch):
+    """tempfile's directory, where StoreStart makes a new store's tables, is this test's own."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def test_store_start_makes_the_tables_elsewhere_and_places_a_usable_store(tmp_path, own_tmp):
+    """While the thread runs, nothing is written where the store goes; `place()` puts a whole store
+    there, one MLflow reads and writes, and the temporary one is gone."""
+    out = tmp_path / "out"
+    uri = default_tracking_uri(out)
+    with StoreStart(uri) as store:
+        store._done.wait()
+        assert not out.exists() and len(_temporary_stores(own_tmp)) == 1
+        out.mkdir()
+        store.place()
+    assert (out / "mlflow.db").is_file() and not list(out.glob(".mlflow.db*"))
+    assert _temporary_stores(own_tmp) == []
+    Tracker(uri, experiment="e").start_sweep("s", {"a": 1}, tags={})
+    assert "e" in TrackerReader(uri).experiment_names()
+
+
+def test_a_run_refused_before_the_store_is_placed_leaves_nothing(tmp_path, own_tmp):
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="refused"):
+        with StoreStart(default_tracking_uri(out)):
+            raise RuntimeError("refused")  # as a cluster check refuses, the thread perhaps still running
+    assert not out.exists() and _temporary_stores(own_tmp) == []
+
+
+def test_store_start_leaves_a_store_that_is_there_as_it_is(tmp_path, own_tmp):
+    uri = default_tracking_uri(tmp_path)
+    Tracker(uri, experiment="e").start_sweep("s", {"a": 1}, tags={})
+    before = (tmp_path / "mlflow.db").stat().st_ino, TrackerReader(uri).experiment_names()
+    with StoreStart(uri) as store:
+        store.place()
+    assert _temporary_stores(own_tmp) == []
+    assert ((tmp_path / "mlflow.db").stat().st_ino, TrackerReader(uri).experiment_names()) == before
+
+
+def test_a_store_another_run_placed_meanwhile_is_kept(tmp_path, own_tmp):
+    """Two runs into one --out: the second finds the first's store in place and keeps it."""
+    uri = default_tracking_uri(tmp_path)
+    with StoreStart(uri) as store:
+        store._done.wait()
+        create_store(uri)
+        Tracker(uri, experiment="first").start_sweep("s", {"a": 1}, tags={})
+        store.place()
+    assert "first" in TrackerReader(uri).experiment_names()
