@@ -269,7 +269,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
     for n in notes:
         echo(f"note: {n}")
     uri = state["tracking_uri"] if state else (opts.mlflow or opts.default_tracking_uri(out))
-    with StoreStart(uri) as store, ray_session(opts):  # the store begun while Ray starts
+    with StoreStart(uri) as store, ray_session(opts) as session:  # the store begun while Ray starts
         max_concurrent, max_failures, shape = cluster_checks(opts)  # before anything is written
         tracker = parent = None
         try:
@@ -301,6 +301,7 @@ def run_ramp(opts: RampOptions, echo: Callable[[str], None] = print) -> RampResu
             searcher, _ = run_probes(opts, cfg, settings, tracker, parent, name, experiment, echo,
                               max_concurrent=max_concurrent, max_failures=max_failures, resume=state is not None,
                               folder=ramp_dir, budgets=budgets, confirm=confirm)
+            session.release()  # the probes have ended: Ray shuts down while the answer is written
             settings = searcher.settings  # a restored ramp's: with the probes of its earlier runs
             if not searcher.finished:  # Ctrl-C or SIGTERM: Tune stopped; its state and the searcher's are saved
                 close_runs(tracker, parent)

@@ -123,12 +123,13 @@ def run_sweep(opts: SweepOptions, echo: Callable[[str], None] = print, plan: Swe
 
     from stablesweep.tracking import StoreStart
 
-    with StoreStart(plan.tracking_uri) as store, ray_session(opts):  # the store begun while Ray starts
+    with StoreStart(plan.tracking_uri) as store, ray_session(opts) as session:  # the store begun while Ray starts
         max_concurrent, max_failures, shape = cluster_checks(opts)
-        return _run(plan, store, max_concurrent, echo, started, max_failures=max_failures, n_nodes=shape.n_nodes)
+        return _run(plan, store, session, max_concurrent, echo, started, max_failures=max_failures,
+                    n_nodes=shape.n_nodes)
 
 
-def _run(plan: SweepPlan, store, max_concurrent: int, echo: Callable[[str], None], started: float, *,
+def _run(plan: SweepPlan, store, session, max_concurrent: int, echo: Callable[[str], None], started: float, *,
          max_failures: int = 0, n_nodes: int = 1) -> SweepResult:
     from ray import tune
 
@@ -193,6 +194,7 @@ def _run(plan: SweepPlan, store, max_concurrent: int, echo: Callable[[str], None
 
             rungs = run_rungs(plan, table, replicates, tracker, parent, echo, max_concurrent=max_concurrent,
                               max_failures=max_failures)
+        session.release()  # the trials have ended: Ray shuts down while the region is written
         return _collect(plan, table, outcomes, replicates, tracker, parent, started, rungs)
     except Exception as e:
         why = storage_fault(e) or probe_output(plan.sweep_dir)

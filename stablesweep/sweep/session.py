@@ -25,29 +25,59 @@ from stablesweep.sweep.trainable import run_trial
 from stablesweep.vocab import InputError
 
 
+class RaySession:
+    """What `ray_session` yields: `release()` once the run's last Tune run has ended."""
+
+    def __init__(self, started: bool):
+        self.started = started
+        self._down: threading.Event | None = None
+
+    def release(self) -> None:
+        """No more trials: a local Ray this run started is shut down in a thread while the run writes
+        its tables, figures and MLflow runs (Ray's shutdown waits up to a second for each of its
+        processes to end: 1.4 s on 2 cores); the session's end waits for it."""
+        if not self.started or self._down is not None:
+            return
+        self._down = threading.Event()
+
+        def down() -> None:
+            try:
+                ray.shutdown()
+            finally:
+                self._down.set()
+
+        threading.Thread(target=down, name="stablesweep-ray-shutdown", daemon=True).start()
+
+    def end(self) -> None:
+        if self._down is None:
+            ray.shutdown()
+        else:
+            self._down.wait()  # an Event, not a join that a stop could cut short
+
+
 @contextmanager
-def ray_session(opts: RunOptions) -> Iterator[None]:
+def ray_session(opts: RunOptions) -> Iterator[RaySession]:
     """Ray for a run: a cluster joined (--address, or RAY_ADDRESS as inside a Ray Job), or a local
-    Ray started here and shut down at the end; a Ray this process already runs is used as it is.
-    An --address that nothing answers on is refused before it starts."""
+    Ray started here and shut down at the end (or from `RaySession.release()` on); a Ray this process
+    already runs is used as it is. An --address that nothing answers on is refused before it starts."""
     quiet_tune()
     if opts.address:
         check_reachable(opts.address)
     # Tune's TensorBoard logger imports tensorboardX, and with it torch (1.4 s on 2 cores), as the first
     # trials start; imported here while ray.init waits for the processes it launched
     threading.Thread(target=_import_tensorboardx, name="stablesweep-imports", daemon=True).start()
-    started = start_ray(opts)
+    session = RaySession(start_ray(opts))
     take_sigterm()  # after Ray: ray.init set its own (stablesweep.signals)
     ended = False
     try:
-        yield
+        yield session
         ended = True
     finally:
-        if started:
+        if session.started:
             # a Ctrl-C or SIGTERM during the shutdown is delivered once it has ended (after a run that
             # ended: a stop then, exit 130 or 143 with the resume command); our handlers are put back
             with signals_held(deliver=ended):
-                ray.shutdown()
+                session.end()
 
 
 def _import_tensorboardx() -> None:
