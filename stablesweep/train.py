@@ -340,6 +340,10 @@ class Trainer:
         history: list[tuple[int, float, float]] = []
         evals: dict[str, dict[str, float]] = {}
         done = self.step >= end
+        # where the monitor's state is in host memory (CPU, one process) reading it costs no device
+        # sync: a diverged run is read each step and ends at its first bad step, with a report there;
+        # elsewhere at the report that follows it (one sync an interval)
+        stop_now = cfg.monitor.stop_on_divergence and self.device.type == "cpu" and not self.ranks.parallel
         if self.step == 0 and cfg.monitor.initial_batches:
             self.monitor.set_initial_loss(self.initial_loss(cfg.monitor.initial_batches))
         while not done:
@@ -353,7 +357,7 @@ class Trainer:
             else:
                 self._train_step(batch, measure)
             self.step += 1
-            if self.step % t.report_interval and self.step < end:
+            if self.step % t.report_interval and self.step < end and not (stop_now and self.monitor.diverged_now()):
                 if self.talks and (self.step == first + 1 or time.perf_counter() - line_at >= LINE_EVERY_S):
                     line_at = time.perf_counter()  # a host clock each step; the device is read only here
                     self.log(self._between_line(first, started, line_at))

@@ -39,6 +39,22 @@ def test_default_demo_is_stable_and_learns(demo_result):
     assert reports[-1]["done"] and not reports[0]["done"]
 
 
+def test_on_the_cpu_a_diverged_run_ends_at_its_first_bad_step_with_the_verdict_of_every_report():
+    """Read each step where it costs no device sync, a divergence ends the run at once, with a report
+    there: the same verdict, reason and first bad step as a run that reports every step."""
+    over = ["training.lr=30", "training.warmup_steps=0"]
+    every = []
+    ref = run_training(load_config(DEMO, over + ["training.report_interval=1"]), report=lambda m, c: every.append(m),
+                       device="cpu")
+    reports = []
+    res = run_training(load_config(DEMO, over), report=lambda m, c: reports.append(m), device="cpu")
+    assert ref.verdict == res.verdict == "diverged"
+    assert (res.reason, res.first_bad_step) == (ref.reason, ref.first_bad_step)
+    assert res.first_bad_step < res.steps == ref.steps < load_config(DEMO).training.report_interval
+    assert [m["step"] for m in reports] == [res.steps] and reports[-1]["done"]
+    assert res.train_flops == pytest.approx(res.flops_per_step * res.steps)
+
+
 def test_huge_lr_diverges_with_reason_and_step_and_stops_within_an_interval():
     cfg = load_config(DEMO, ["training.lr=1e3", "training.warmup_steps=0", "training.max_grad_norm=null"])
     reports = []
@@ -183,19 +199,26 @@ HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int_
 def test_the_guarded_step_adds_no_host_sync(monkeypatch):
     """Reads of a tensor's value on the host by the training core (the data loader's index lists
     are host data, not reads of the device), counted over a 10-step and a 30-step run with one
-    report each: the same count, so no step reads anything."""
+    report each: the same count, so no step reads anything. Apart: on the CPU, where a read is no
+    device sync, the loop asks the monitor each step whether the run diverged
+    (`DivergenceMonitor.diverged_now`; `Trainer.run` asks only on the CPU)."""
+    from stablesweep.stability.monitor import DivergenceMonitor
+
     pkg = str(ROOT / "stablesweep")
     data = str(ROOT / "stablesweep" / "data")
-    calls = []
+    calls, asked = [], []
     for name in HOST_READS:
         real = getattr(torch.Tensor, name)
 
         def counted(self, *a, _real=real, _name=name, **k):
-            where = sys._getframe(1).f_code.co_filename
-            if where.startswith(pkg) and not where.startswith(data):
-                calls.append((_name, where, sys._getframe(1).f_lineno))
+            frame = sys._getframe(1)
+            where = frame.f_code.co_filename
+            if where.startswith(pkg) and not where.startswith(data) and frame.f_code.co_name != "diverged_now":
+                calls.append((_name, where, frame.f_lineno))
             return _real(self, *a, **k)
         monkeypatch.setattr(torch.Tensor, name, counted)
+    real_ask = DivergenceMonitor.diverged_now
+    monkeypatch.setattr(DivergenceMonitor, "diverged_now", lambda self: asked.append(1) or real_ask(self))
 
     counts = {}
     for steps in (10, 30):
@@ -205,6 +228,7 @@ def test_the_guarded_step_adds_no_host_sync(monkeypatch):
         counts[steps] = list(calls)
     assert counts[10], "the counter must see the report's read"
     assert len(counts[30]) == len(counts[10]), sorted(set(counts[30]) - set(counts[10]))
+    assert len(asked) == 9 + 29  # each step but the one of the report, in both runs
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -79,8 +79,14 @@ from stablesweep.tracking.names import (
     verdict_label,
 )
 from stablesweep.tracking.reader import RunRecord, TrackerReader
-from stablesweep.tracking.store import (StoreStart, TrackingError, create_store, default_tracking_uri, probe_store,
-                                       store_path)
+from stablesweep.tracking.store import (
+    StoreStart,
+    TrackingError,
+    create_store,
+    default_tracking_uri,
+    probe_store,
+    store_path,
+)
 from stablesweep.tracking.writer import Tracker, stable_trials_link, trial_metrics
 
 __all__ = [
