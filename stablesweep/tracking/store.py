@@ -50,7 +50,6 @@ def create_store(uri: str, made: Path | None = None) -> None:
     if path.exists():
         if not _repair_store(path):
             return
-        made = None  # it was half-made: made again here
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if made is not None:
