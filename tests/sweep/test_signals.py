@@ -373,10 +373,12 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.faults
 def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(tmp_path):
-    """A SIGTERM during Ray's shutdown, the answer written: the shutdown had put SIGTERM back to the
-    default, so the process was killed (exit -15) before it said anything, and with it Ray's
-    processes were left to the reaper. Now the shutdown ends, then the SIGTERM stops the command as
-    Ctrl-C does: exit 143 with the resume command, Ray's processes gone, the answer whole."""
+    """A SIGTERM during Ray's shutdown: the shutdown had put SIGTERM back to the default, so the
+    process was killed (exit -15) before it said anything, and with it Ray's processes were left to
+    the reaper. Now the shutdown ends, and the SIGTERM stops the command as Ctrl-C does: exit 143
+    with the resume command, Ray's processes gone. The shutdown runs beside the writing of the
+    answer (`RaySession.release`), so the stop may cut that writing short: one --resume then
+    finishes it, every trial exactly once."""
     env, ray_tmp = _private_ray_env()
     out, space = tmp_path / "out", tmp_path / "two.yaml"
     space.write_text("training.lr: {grid: [1.0e-2, 1.0e+3]}\ntraining.max_grad_norm: {choice: [1.0]}\n")
@@ -387,7 +389,11 @@ def test_sigterm_during_rays_shutdown_at_the_end_of_a_sweep_is_handled_after_it(
     assert proc.returncode == 143, (proc.returncode, output[-3000:])
     assert "terminated (SIGTERM): continue with  stablesweep sweep" in output and "--resume" in output, output[-3000:]
     assert not left, f"Ray's processes left running: {left}"
-    assert_exactly_once(out / "t", n_grid=2)  # the whole answer was written before the shutdown
+    resumed = subprocess.run([sys.executable, "-m", "stablesweep", *cmd[3:], "--resume"], capture_output=True,
+                             text=True, cwd=ROOT, env=env, timeout=300)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert_exactly_once(out / "t", n_grid=2)
 
 
 def test_a_stop_noted_by_one_command_does_not_stop_the_next_in_the_same_process():
