@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 # test files run in this many processes (pytest-xdist; a file's tests stay together, sharing its
 # module fixtures): most of the suite waits on Ray, subprocesses and sqlite (2 processes kept 2 cores
 # under half busy), so 3 on 2 cores (4 were slower: a fresh clone 12m36s against 11m43s). A fresh
-# clone, idle 2-core machine: 8m50s in all, the suite 7m01s, 715 tests (2026-12-05)
+# clone, idle 2-core machine: 8m04s in all, the suite 6m14s, 725 tests (2026-12-05)
 TEST_WORKERS ?= 3
 
 .PHONY: demo test test-gpu lint cluster-test install clean stable-template
