@@ -11,6 +11,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import optuna  # here, not in a run: imported before the store's and tensorboardX's threads start, never beside them
 import ray
 from ray import tune
 from ray.tune.search import Searcher
@@ -93,8 +94,6 @@ def quiet_tune() -> None:
     nothing) are noise here. Only set where the user has not chosen."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
