@@ -311,7 +311,7 @@ class MultiData:
         self.eval_names: list[str] = []
         for d, name in enumerate(label_space.names):
             src = val_sources.get(name)
-            if src is None or len(src) == 0 or cfg.eval_skipped(name):
+            if src is None:  # the pre-flight's choice (`check._checked`): none, empty or skip_evaluation
                 continue
             self.eval_sets[name] = EvalDataset(src, d, eval_subset(name, len(src), dcs[name].eval_ratio),
                                             label_space, self.on_bad_label, self.image_size)

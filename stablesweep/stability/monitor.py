@@ -487,11 +487,9 @@ class DivergenceMonitor:
         return Verdict(DIVERGED, reason, step)
 
     def diverged_now(self) -> bool:
-        """Whether `judge` would say diverged now, read off two entries of the state: a host read (on
-        a GPU, a sync; the training loop asks each step only where the state is in host memory)."""
-        v = self.v
-        return bool((v[_I["loss_bad"]] + v[_I["grad_bad"]] > self.cfg.max_skipped_steps)
-                    | (v[_I["first_explosion"]] >= 0))
+        """`judge`'s divergence on the state as it stands: a host read (on a GPU, a sync; the training
+        loop asks each step only where the state is in host memory)."""
+        return self.judge(self.snapshot(self.v.tolist())).diverged
 
     def read(self) -> tuple[Snapshot, Verdict]:
         snap = self.snapshot()
